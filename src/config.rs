@@ -1,0 +1,433 @@
+//! Configuration: where leases live, who we are, and lease timing.
+//!
+//! [`Config::from_env`] reads the seed's environment variables; an empty value counts as unset.
+//!
+//! | variable | default |
+//! |---|---|
+//! | `KUBE_NAMESPACE` | `default` |
+//! | `KUBE_LEASE_SCOPE` | `unscoped` |
+//! | `KUBE_POD_NAME` | 12 hex characters of a per-process UUID |
+//! | `KUBE_CONFIG_PATH` | none: in-cluster config, then the default kubeconfig |
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::resource::{DEFAULT_NAMESPACE, DEFAULT_SCOPE, is_dns1123_label};
+
+/// Environment variable naming the namespace of the leases.
+pub const ENV_NAMESPACE: &str = "KUBE_NAMESPACE";
+/// Environment variable naming the scope prefixed to lease names.
+pub const ENV_SCOPE: &str = "KUBE_LEASE_SCOPE";
+/// Environment variable naming this replica (the lease holder identity).
+pub const ENV_POD_NAME: &str = "KUBE_POD_NAME";
+/// Environment variable naming a kubeconfig file.
+pub const ENV_CONFIG_PATH: &str = "KUBE_CONFIG_PATH";
+
+/// Why a [`Timing`] was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimingError {
+    /// A duration is zero.
+    #[error("{field} must be greater than zero")]
+    Zero {
+        /// `lease_duration`, `renew_deadline` or `retry_period`.
+        field: &'static str,
+    },
+    /// Leases are stored in whole seconds (`leaseDurationSeconds`).
+    #[error("lease_duration must be a whole number of seconds (up to {max}), got {got:?}", max = i32::MAX)]
+    LeaseNotWholeSeconds {
+        /// The rejected duration.
+        got: Duration,
+    },
+    /// The holder must give up before others may take over.
+    #[error("lease_duration ({lease:?}) must be greater than renew_deadline ({renew:?})")]
+    LeaseNotAboveRenewDeadline {
+        /// The lease duration.
+        lease: Duration,
+        /// The renew deadline.
+        renew: Duration,
+    },
+    /// At least one retry must fit before the renew deadline, with jitter.
+    #[error("renew_deadline ({renew:?}) must be greater than 1.2 × retry_period ({retry:?})")]
+    RenewDeadlineTooShort {
+        /// The renew deadline.
+        renew: Duration,
+        /// The retry period.
+        retry: Duration,
+    },
+}
+
+/// Lease timing, as in client-go's leader election.
+///
+/// * `lease_duration`: how long others wait, after they last saw the lease change, before they
+///   may take it over.
+/// * `renew_deadline`: how long the holder keeps trying to renew before it gives up (its term is
+///   cancelled). Being shorter than `lease_duration` is what keeps two holders apart.
+/// * `retry_period`: how often the holder renews, and how soon failed calls are retried.
+///
+/// Validated on construction: `lease_duration > renew_deadline > 1.2 × retry_period > 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    lease_duration: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
+}
+
+impl Default for Timing {
+    /// client-go's defaults: 15 s / 10 s / 2 s.
+    fn default() -> Self {
+        Timing {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Timing {
+    /// Validated timing.
+    pub fn new(
+        lease_duration: Duration,
+        renew_deadline: Duration,
+        retry_period: Duration,
+    ) -> Result<Self, TimingError> {
+        for (field, d) in [
+            ("lease_duration", lease_duration),
+            ("renew_deadline", renew_deadline),
+            ("retry_period", retry_period),
+        ] {
+            if d.is_zero() {
+                return Err(TimingError::Zero { field });
+            }
+        }
+        if lease_duration.subsec_nanos() != 0 || lease_duration.as_secs() > i32::MAX as u64 {
+            return Err(TimingError::LeaseNotWholeSeconds {
+                got: lease_duration,
+            });
+        }
+        if lease_duration <= renew_deadline {
+            return Err(TimingError::LeaseNotAboveRenewDeadline {
+                lease: lease_duration,
+                renew: renew_deadline,
+            });
+        }
+        // renew > 1.2 * retry, compared exactly in nanoseconds: 5 * renew > 6 * retry.
+        if renew_deadline.as_nanos() * 5 <= retry_period.as_nanos() * 6 {
+            return Err(TimingError::RenewDeadlineTooShort {
+                renew: renew_deadline,
+                retry: retry_period,
+            });
+        }
+        Ok(Timing {
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        })
+    }
+
+    /// How long others wait after the last observed change before taking over.
+    pub fn lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+
+    /// How long a holder keeps trying to renew before it steps down.
+    pub fn renew_deadline(&self) -> Duration {
+        self.renew_deadline
+    }
+
+    /// How often the holder renews and failed calls are retried.
+    pub fn retry_period(&self) -> Duration {
+        self.retry_period
+    }
+
+    /// `lease_duration` in whole seconds, as written to `leaseDurationSeconds`.
+    pub fn lease_duration_seconds(&self) -> i32 {
+        // Checked in `new`: whole seconds that fit in an i32.
+        self.lease_duration.as_secs() as i32
+    }
+}
+
+/// Where leases live, who this replica is, how to reach Kubernetes, and lease timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Config {
+    /// Namespace of the leases (`KUBE_NAMESPACE`).
+    pub namespace: String,
+    /// Scope prefixed to lease names (`KUBE_LEASE_SCOPE`).
+    pub scope: String,
+    /// Holder identity of this replica (`KUBE_POD_NAME`). Must be unique among replicas.
+    pub identity: String,
+    /// Kubeconfig to use instead of in-cluster / default discovery (`KUBE_CONFIG_PATH`).
+    pub kubeconfig_path: Option<PathBuf>,
+    /// Lease timing.
+    pub timing: Timing,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            scope: DEFAULT_SCOPE.to_owned(),
+            identity: process_identity().to_owned(),
+            kubeconfig_path: None,
+            timing: Timing::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment (see the module docs) and validates the result.
+    pub fn from_env() -> Result<Self, Error> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup` (a map in tests,
+    /// another configuration system in applications). Empty values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let get = |key: &str| lookup(key).filter(|v| !v.is_empty());
+        let mut config = Config::default();
+        if let Some(ns) = get(ENV_NAMESPACE) {
+            config.namespace = ns;
+        }
+        if let Some(scope) = get(ENV_SCOPE) {
+            config.scope = scope;
+        }
+        if let Some(id) = get(ENV_POD_NAME) {
+            config.identity = id;
+        }
+        config.kubeconfig_path = get(ENV_CONFIG_PATH).map(PathBuf::from);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Sets the namespace.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets the scope.
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = scope.into();
+        self
+    }
+
+    /// Sets the holder identity.
+    pub fn with_identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+
+    /// Sets the kubeconfig path.
+    pub fn with_kubeconfig_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.kubeconfig_path = Some(path.into());
+        self
+    }
+
+    /// Sets the lease timing.
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// Checks the namespace, scope and identity.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !is_dns1123_label(&self.namespace) {
+            return Err(Error::InvalidConfig {
+                key: ENV_NAMESPACE,
+                reason: format!(
+                    "namespace {:?} is not a DNS-1123 label (lowercase a-z, 0-9 and '-', at most 63)",
+                    self.namespace
+                ),
+            });
+        }
+        // The scope prefixes lease names: check it inside a real one.
+        crate::Resource::new(&*self.namespace, &*self.scope, "x")
+            .validate()
+            .map_err(|err| Error::InvalidConfig {
+                key: ENV_SCOPE,
+                reason: format!("scope {:?}: {}", self.scope, source_text(&err)),
+            })?;
+        validate_identity(&self.identity)
+    }
+}
+
+fn source_text(err: &Error) -> String {
+    match std::error::Error::source(err) {
+        Some(source) => source.to_string(),
+        None => err.to_string(),
+    }
+}
+
+/// Identities are written to `holderIdentity`: non-empty, no surrounding whitespace, no control
+/// characters, at most 253 bytes (so they also fit a label value or an object name).
+pub(crate) fn validate_identity(identity: &str) -> Result<(), Error> {
+    let reason = if identity.is_empty() {
+        "identity must not be empty".to_owned()
+    } else if identity.trim() != identity {
+        format!("identity {identity:?} has leading or trailing whitespace")
+    } else if identity.chars().any(char::is_control) {
+        format!("identity {identity:?} contains control characters")
+    } else if identity.len() > 253 {
+        format!("identity is {} bytes long; at most 253", identity.len())
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidConfig {
+        key: ENV_POD_NAME,
+        reason,
+    })
+}
+
+/// This process's default identity: the first 12 hex characters of a UUID made once per process.
+pub fn process_identity() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let c = Config::from_lookup(lookup(&[])).unwrap();
+        assert_eq!(c.namespace, "default");
+        assert_eq!(c.scope, "unscoped");
+        assert_eq!(c.identity, process_identity());
+        assert_eq!(c.identity.len(), 12);
+        assert!(c.identity.chars().all(|ch| ch.is_ascii_hexdigit()));
+        assert_eq!(c.kubeconfig_path, None);
+        assert_eq!(c.timing, Timing::default());
+    }
+
+    #[test]
+    fn process_identity_is_stable_within_the_process() {
+        assert_eq!(process_identity(), process_identity());
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = Config::from_lookup(lookup(&[
+            ("KUBE_NAMESPACE", "prod"),
+            ("KUBE_LEASE_SCOPE", "billing"),
+            ("KUBE_POD_NAME", "billing-7d9f-x2"),
+            ("KUBE_CONFIG_PATH", "/etc/kube/config"),
+        ]))
+        .unwrap();
+        assert_eq!(c.namespace, "prod");
+        assert_eq!(c.scope, "billing");
+        assert_eq!(c.identity, "billing-7d9f-x2");
+        assert_eq!(c.kubeconfig_path, Some(PathBuf::from("/etc/kube/config")));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let c = Config::from_lookup(lookup(&[
+            ("KUBE_NAMESPACE", ""),
+            ("KUBE_LEASE_SCOPE", ""),
+            ("KUBE_POD_NAME", ""),
+            ("KUBE_CONFIG_PATH", ""),
+        ]))
+        .unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_the_variable() {
+        for (pairs, key) in [
+            (&[("KUBE_NAMESPACE", "Prod")][..], ENV_NAMESPACE),
+            (&[("KUBE_LEASE_SCOPE", "my_service")][..], ENV_SCOPE),
+            (&[("KUBE_POD_NAME", " pod ")][..], ENV_POD_NAME),
+            (&[("KUBE_POD_NAME", "a\nb")][..], ENV_POD_NAME),
+        ] {
+            match Config::from_lookup(lookup(pairs)) {
+                Err(Error::InvalidConfig { key: got, .. }) => assert_eq!(got, key, "{pairs:?}"),
+                other => panic!("{pairs:?}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn empty_identity_is_rejected() {
+        let err = Config::default().with_identity("").validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidConfig {
+                    key: ENV_POD_NAME,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn default_timing_is_client_go_s() {
+        let t = Timing::default();
+        assert_eq!(t.lease_duration(), Duration::from_secs(15));
+        assert_eq!(t.renew_deadline(), Duration::from_secs(10));
+        assert_eq!(t.retry_period(), Duration::from_secs(2));
+        assert_eq!(
+            Timing::new(t.lease_duration(), t.renew_deadline(), t.retry_period()),
+            Ok(t)
+        );
+    }
+
+    #[test]
+    fn timing_validation() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(
+            Timing::new(s(0), s(10), s(2)),
+            Err(TimingError::Zero {
+                field: "lease_duration"
+            })
+        );
+        assert_eq!(
+            Timing::new(s(15), s(0), s(2)),
+            Err(TimingError::Zero {
+                field: "renew_deadline"
+            })
+        );
+        assert_eq!(
+            Timing::new(s(15), s(10), s(0)),
+            Err(TimingError::Zero {
+                field: "retry_period"
+            })
+        );
+        assert_eq!(
+            Timing::new(s(10), s(10), s(2)),
+            Err(TimingError::LeaseNotAboveRenewDeadline {
+                lease: s(10),
+                renew: s(10)
+            })
+        );
+        // renew == 1.2 * retry exactly is rejected; just above is accepted.
+        assert_eq!(
+            Timing::new(s(15), ms(2400), s(2)),
+            Err(TimingError::RenewDeadlineTooShort {
+                renew: ms(2400),
+                retry: s(2)
+            })
+        );
+        assert!(Timing::new(s(15), ms(2401), s(2)).is_ok());
+        assert_eq!(
+            Timing::new(ms(1500), s(1), ms(100)),
+            Err(TimingError::LeaseNotWholeSeconds { got: ms(1500) })
+        );
+        assert!(Timing::new(s(1), ms(500), ms(100)).is_ok());
+    }
+}

@@ -1,0 +1,312 @@
+//! Leader election: [`Election`] handles on an [`ElectionActor`].
+//!
+//! The actor campaigns for `<scope>.election.<name>`, renews while leader, steps down at the
+//! renew deadline and campaigns again after any loss: an election never gives up until it is
+//! stopped. Subscribers receive [`Elected`], [`Deposed`] and [`LeaderChanged`] messages;
+//! [`Election::when_elected`] runs a future per term.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Instant;
+
+use actix::WeakRecipient;
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use futures::FutureExt;
+use futures::future::LocalBoxFuture;
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::lease::StepDownReason;
+use crate::resource::Resource;
+use crate::store::LeaseKey;
+use crate::term::{Term, TermId};
+
+mod actor;
+
+pub use actor::ElectionActor;
+
+/// Sent to subscribers when this replica becomes leader.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Elected {
+    /// The new term; cancelled when it ends.
+    pub term: Term,
+}
+
+/// Sent to subscribers when a term of this replica ends.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Deposed {
+    /// The election's lease.
+    pub lease: LeaseKey,
+    /// Which term ended (matches [`Term::id`] of the `Elected` message).
+    pub term_id: TermId,
+    /// The ended term's fencing token.
+    pub fencing_token: i32,
+    /// Why it ended.
+    pub reason: DeposeReason,
+}
+
+/// Sent to subscribers when the lease's recorded holder changes (including to or from us).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct LeaderChanged {
+    /// The election's lease.
+    pub lease: LeaseKey,
+    /// The new holder; `None`: nobody.
+    pub leader: Option<String>,
+}
+
+/// Why a term ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeposeReason {
+    /// No renewal succeeded within the renew deadline (API server unreachable, too slow, ...).
+    RenewDeadlineExceeded,
+    /// Someone else wrote the lease.
+    Superseded {
+        /// The new holder, if any.
+        holder: Option<String>,
+    },
+    /// The lease object was deleted.
+    LeaseDeleted,
+    /// The election was stopped (or its `Dsync` shut down).
+    Stopped,
+    /// The election actor failed and was restarted by its supervisor.
+    Restarted,
+}
+
+impl From<StepDownReason> for DeposeReason {
+    fn from(reason: StepDownReason) -> Self {
+        match reason {
+            StepDownReason::RenewDeadlineExceeded => DeposeReason::RenewDeadlineExceeded,
+            StepDownReason::Superseded { holder } => DeposeReason::Superseded { holder },
+            StepDownReason::LeaseDeleted => DeposeReason::LeaseDeleted,
+        }
+    }
+}
+
+impl fmt::Display for DeposeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeposeReason::RenewDeadlineExceeded => f.write_str("renew deadline exceeded"),
+            DeposeReason::Superseded { holder: Some(h) } => write!(f, "superseded by {h}"),
+            DeposeReason::Superseded { holder: None } => f.write_str("lease cleared by another"),
+            DeposeReason::LeaseDeleted => f.write_str("lease deleted"),
+            DeposeReason::Stopped => f.write_str("stopped"),
+            DeposeReason::Restarted => f.write_str("election actor restarted"),
+        }
+    }
+}
+
+/// A snapshot of an election, published by its actor.
+#[derive(Debug, Clone)]
+pub struct ElectionStatus {
+    /// The election's lease.
+    pub lease: LeaseKey,
+    /// This replica's identity.
+    pub identity: String,
+    /// The holder recorded in the lease when last observed.
+    pub leader: Option<String>,
+    /// Our current term, while leader.
+    pub term: Option<Term>,
+    /// Until when our term is certainly valid (the renew deadline of the last renewal).
+    pub valid_until: Option<Instant>,
+    /// How often the supervisor has restarted the election actor.
+    pub restarts: u32,
+    /// The latest store error, cleared by the next success.
+    pub last_error: Option<String>,
+    /// The election has been stopped.
+    pub stopped: bool,
+}
+
+impl ElectionStatus {
+    /// Whether we lead right now: a live term whose renew deadline has not passed (so this is
+    /// false at the deadline even if the actor is busy).
+    pub fn is_leader(&self) -> bool {
+        let live = self.term.as_ref().is_some_and(Term::is_active);
+        live && self
+            .valid_until
+            .is_some_and(|until| crate::lease::driver::now() < until)
+    }
+}
+
+/// A function run at the start of every term.
+pub(crate) type TermCallback = Box<dyn Fn(Term) -> LocalBoxFuture<'static, ()> + Send>;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) enum Command {
+    SubscribeElected(WeakRecipient<Elected>),
+    SubscribeDeposed(WeakRecipient<Deposed>),
+    SubscribeLeaderChanged(WeakRecipient<LeaderChanged>),
+    WhenElected(TermCallback),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A handle on one election. Cheap to clone; clones and other handles for the same election
+/// from the same [`Dsync`](crate::Dsync) share one actor.
+#[derive(Clone)]
+pub struct Election {
+    resource: Resource,
+    addr: Addr<ElectionActor>,
+    status: watch::Receiver<ElectionStatus>,
+}
+
+impl fmt::Debug for Election {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Election")
+            .field("resource", &self.resource)
+            .field("status", &*self.status.borrow())
+            .finish()
+    }
+}
+
+impl Election {
+    pub(crate) fn new(
+        resource: Resource,
+        addr: Addr<ElectionActor>,
+        status: watch::Receiver<ElectionStatus>,
+    ) -> Self {
+        Election {
+            resource,
+            addr,
+            status,
+        }
+    }
+
+    pub(crate) fn addr(&self) -> &Addr<ElectionActor> {
+        &self.addr
+    }
+
+    /// The resource this election is for.
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// The election's lease.
+    pub fn lease(&self) -> LeaseKey {
+        self.status.borrow().lease.clone()
+    }
+
+    /// Whether this replica leads right now. See [`ElectionStatus::is_leader`].
+    pub fn is_leader(&self) -> bool {
+        self.status.borrow().is_leader()
+    }
+
+    /// The leader recorded in the lease when last observed (followers learn of changes from
+    /// the watch, so this is current up to the watch's delay).
+    pub fn leader(&self) -> Option<String> {
+        self.status.borrow().leader.clone()
+    }
+
+    /// Our current term, while leader.
+    pub fn term(&self) -> Option<Term> {
+        let status = self.status.borrow();
+        if status.is_leader() {
+            status.term.clone()
+        } else {
+            None
+        }
+    }
+
+    /// A snapshot of the election's state.
+    pub fn status(&self) -> ElectionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of every status change, for waiting on conditions without polling.
+    pub fn watch_status(&self) -> watch::Receiver<ElectionStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until this replica is leader and returns the term. [`Error::Stopped`] if the
+    /// election is (or gets) stopped first.
+    pub async fn elected(&self) -> Result<Term> {
+        let mut rx = self.status.clone();
+        let status = rx
+            .wait_for(|s| s.stopped || s.term.as_ref().is_some_and(Term::is_active))
+            .await
+            .map_err(|_| self.stopped_error())?;
+        match &status.term {
+            Some(term) if !status.stopped => Ok(term.clone()),
+            _ => Err(self.stopped_error()),
+        }
+    }
+
+    /// Subscribes an actor to [`Elected`], [`Deposed`] and [`LeaderChanged`]. The election
+    /// keeps only weak references: a stopped subscriber is dropped from the list. A subscriber
+    /// joining during our term receives `Elected` for it at once.
+    pub fn subscribe<A>(&self, addr: &Addr<A>) -> Result<()>
+    where
+        A: Actor + Handler<Elected> + Handler<Deposed> + Handler<LeaderChanged>,
+        A::Context: ToEnvelope<A, Elected> + ToEnvelope<A, Deposed> + ToEnvelope<A, LeaderChanged>,
+    {
+        self.subscribe_elected(addr.clone().recipient())?;
+        self.subscribe_deposed(addr.clone().recipient())?;
+        self.subscribe_leader_changed(addr.clone().recipient())
+    }
+
+    /// Subscribes a recipient to [`Elected`] only.
+    pub fn subscribe_elected(&self, recipient: Recipient<Elected>) -> Result<()> {
+        self.command(Command::SubscribeElected(recipient.downgrade()))
+    }
+
+    /// Subscribes a recipient to [`Deposed`] only.
+    pub fn subscribe_deposed(&self, recipient: Recipient<Deposed>) -> Result<()> {
+        self.command(Command::SubscribeDeposed(recipient.downgrade()))
+    }
+
+    /// Subscribes a recipient to [`LeaderChanged`] only.
+    pub fn subscribe_leader_changed(&self, recipient: Recipient<LeaderChanged>) -> Result<()> {
+        self.command(Command::SubscribeLeaderChanged(recipient.downgrade()))
+    }
+
+    /// Runs `f(term)` at the start of every term of this replica (at once if it leads now).
+    ///
+    /// The future runs on the election's actix arbiter and should return soon after
+    /// [`Term::cancelled`] completes. A new term's futures start only after every future of the
+    /// previous term has returned, and [`stop`](Self::stop) waits for them.
+    pub fn when_elected<F, Fut>(&self, f: F) -> Result<()>
+    where
+        F: Fn(Term) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.command(Command::WhenElected(Box::new(move |term| {
+            f(term).boxed_local()
+        })))
+    }
+
+    /// Stops the election: cancels the current term, waits for its `when_elected` futures,
+    /// releases the lease (so another replica takes over at once) and ends the actor.
+    /// Idempotent; later calls on this handle return [`Error::Stopped`].
+    pub async fn stop(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        if self.addr.send(Command::Stop(tx)).await.is_err() {
+            // The actor is gone: nothing left to stop.
+            return Ok(());
+        }
+        // A dropped sender means the actor ended without answering; stopped either way.
+        let _ = rx.await;
+        Ok(())
+    }
+
+    fn command(&self, command: Command) -> Result<()> {
+        if self.status.borrow().stopped {
+            return Err(self.stopped_error());
+        }
+        if !self.addr.connected() {
+            return Err(self.stopped_error());
+        }
+        // `do_send` ignores the mailbox capacity: commands are few and must not be lost.
+        self.addr.do_send(command);
+        Ok(())
+    }
+
+    fn stopped_error(&self) -> Error {
+        Error::Stopped {
+            what: format!("election {}", self.status.borrow().lease),
+        }
+    }
+}

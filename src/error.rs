@@ -1,0 +1,170 @@
+//! The crate's error type.
+//!
+//! Variant names follow the Go seed (`ErrBadResourceName`, `ErrAlreadyLocked`, ...) so a port
+//! reads naturally, and every variant says *which* lease or lock it is about. Failures of the
+//! backing store keep their cause as a `#[source]` ([`StoreError`]).
+
+use std::time::Duration;
+
+use crate::config::TimingError;
+use crate::resource::NameError;
+use crate::store::StoreError;
+
+/// Result alias for dsync operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a dsync operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A namespace, scope or name is not a valid Kubernetes object name. Returned before any
+    /// side effect (nothing is created, no actor is started).
+    #[error("bad resource name {resource:?}")]
+    BadResourceName {
+        /// The resource as given (`namespace/scope/name`).
+        resource: String,
+        /// What exactly is wrong with it.
+        #[source]
+        source: NameError,
+    },
+
+    /// A configuration value (identity, environment variable, timing) is unusable.
+    #[error("invalid configuration {key}: {reason}")]
+    InvalidConfig {
+        /// The setting, e.g. `KUBE_POD_NAME` or `identity`.
+        key: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// Lease timings violate `lease_duration > renew_deadline > 1.2 * retry_period`.
+    #[error("invalid lease timing")]
+    InvalidTiming(#[from] TimingError),
+
+    /// The lease object exists but holds something dsync cannot interpret (edited by hand,
+    /// negative duration, ...). dsync never overwrites such a record blindly.
+    #[error("lease {lease} is in an invalid state: {reason}")]
+    InvalidState {
+        /// `namespace/name` of the lease.
+        lease: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The lease does not exist.
+    #[error("lease {lease} not found")]
+    NotFound {
+        /// `namespace/name` of the lease.
+        lease: String,
+    },
+
+    /// Nobody holds the election right now.
+    #[error("election {lease} has no leader right now")]
+    NoLeader {
+        /// `namespace/name` of the lease.
+        lease: String,
+    },
+
+    /// `try_lock` found the lock held (by another replica, or by this one: locks are not
+    /// reentrant).
+    #[error("lock {lock} is already locked by {holder:?}")]
+    AlreadyLocked {
+        /// `namespace/name` of the lock's lease.
+        lock: String,
+        /// The identity holding it.
+        holder: String,
+    },
+
+    /// `unlock` by someone who does not hold the lock.
+    #[error("lock {lock} is held by {holder:?}, not by this handle ({identity:?})")]
+    NotLockHolder {
+        /// `namespace/name` of the lock's lease.
+        lock: String,
+        /// Who holds it according to the store (`None`: nobody we could see).
+        holder: Option<String>,
+        /// This replica's identity.
+        identity: String,
+    },
+
+    /// `unlock` of a lock that nobody holds.
+    #[error("lock {lock} is not locked")]
+    NotLocked {
+        /// `namespace/name` of the lock's lease.
+        lock: String,
+    },
+
+    /// The store refused the operation (Kubernetes RBAC: HTTP 403).
+    #[error("forbidden to {verb} {resource}: {message}")]
+    Forbidden {
+        /// The API verb (`get`, `create`, `update`, `watch`).
+        verb: String,
+        /// The resource, e.g. `leases.coordination.k8s.io "ns/name"`.
+        resource: String,
+        /// The server's message.
+        message: String,
+    },
+
+    /// dsync's actors need a running actix System (`#[actix_web::main]`, `#[actix::main]`,
+    /// `#[actix::test]`), and there is none on this thread.
+    #[error(
+        "no actix System is running on this thread; start dsync inside #[actix_web::main], #[actix::main] or #[actix::test]"
+    )]
+    NoActixSystem,
+
+    /// The election, lock or supervisor has been stopped; the handle can no longer be used.
+    #[error("{what} has been stopped")]
+    Stopped {
+        /// What was stopped, e.g. `election default/unscoped.election.master`.
+        what: String,
+    },
+
+    /// An operation did not complete in time (`lock_timeout`, a store call).
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: String,
+        /// The limit that was exceeded.
+        after: Duration,
+    },
+
+    /// The caller cancelled the operation (e.g. `lock_with_cancel`).
+    #[error("{operation} was cancelled")]
+    Cancelled {
+        /// What was cancelled.
+        operation: String,
+    },
+
+    /// The backing store failed.
+    #[error("lease store failed to {operation}")]
+    Store {
+        /// What dsync was doing, e.g. `read lease default/x`.
+        operation: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl Error {
+    /// Maps a store error met while doing `operation` on `lease`, lifting the store's
+    /// well-known outcomes (`NotFound`, `Forbidden`, `Timeout`) to their own variants.
+    pub(crate) fn from_store(operation: impl Into<String>, source: StoreError) -> Self {
+        match source {
+            StoreError::NotFound { lease } => Error::NotFound { lease },
+            StoreError::Forbidden {
+                verb,
+                resource,
+                message,
+            } => Error::Forbidden {
+                verb,
+                resource,
+                message,
+            },
+            StoreError::Timeout { operation, after } => Error::Timeout { operation, after },
+            source => Error::Store {
+                operation: operation.into(),
+                source,
+            },
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! # dsync
+//!
+//! Leader elections and distributed locks for the replicas of a service, on
+//! `coordination.k8s.io/v1` Leases, built as [actix] actors.
+//!
+//! * An [`Election`] campaigns for a lease, renews it while leader, steps down at the renew
+//!   deadline and campaigns again after any loss. Subscribers get [`Elected`] / [`Deposed`] /
+//!   [`LeaderChanged`] messages; [`Election::when_elected`] runs a future per [`Term`].
+//! * A [`Lock`] is held by one replica at a time, renewed while held, freed by `unlock` at once
+//!   or by the lease duration if its holder crashed. Local waiters are served in order.
+//! * Every term carries a **fencing token** (the lease's `leaseTransitions`, incremented on every
+//!   acquisition) and a cancellation token that fires when the term ends.
+//! * Expiry is judged by when *this* process saw the lease change, never by another machine's
+//!   clock; every write is a compare-and-swap on `resourceVersion`.
+//!
+//! Lease names are `<scope>.election.<name>` and `<scope>.lock.<name>`, as in the Go package
+//! `tempcke/dsync` that this crate ports, so replicas of both (and client-go peers) can share a
+//! lease.
+//!
+//! # Example
+//!
+//! Two replicas sharing the in-process [`MemoryStore`]: exactly one leads; when it stops, the
+//! other takes over.
+//!
+//! ```
+//! use dsync::{Dsync, MemoryStore};
+//!
+//! # fn main() -> Result<(), dsync::Error> {
+//! actix::System::new().block_on(async {
+//!     let store = MemoryStore::new();
+//!     let a = Dsync::new(store.clone(), "pod-a")?;
+//!     let b = Dsync::new(store.clone(), "pod-b")?;
+//!
+//!     let ea = a.election("token-manager")?;
+//!     let term = ea.elected().await?; // the lease is free: pod-a wins at once
+//!     let eb = b.election("token-manager")?;
+//!     ea.when_elected(|term| async move {
+//!         // leader-only work: runs until the term is cancelled
+//!         term.cancelled().await;
+//!     })?;
+//!
+//!     ea.stop().await?; // cancels the term, waits for the work, releases the lease
+//!     assert!(!term.is_active());
+//!     let next = eb.elected().await?; // pod-b takes over as soon as it sees the release
+//!     assert!(next.fencing_token() > term.fencing_token());
+//!
+//!     let lock = a.lock("nightly-report")?;
+//!     let report = lock.with_lock(|term| async move {
+//!         format!("written under token {}", term.fencing_token())
+//!     }).await?;
+//!     assert_eq!(report, "written under token 0");
+//!
+//!     a.shutdown().await?;
+//!     b.shutdown().await
+//! })
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! * [`resource`]: `Resource { namespace, scope, name }`, lease names, validation, sanitising.
+//! * [`config`]: [`Config`] (from the environment) and lease [`Timing`].
+//! * [`lease`]: the pure core: `decide(now, observation, claim, intent) -> Decision`. No IO, no
+//!   clock reads; everything about *when* to acquire, renew, step down or release is here.
+//! * [`store`]: the [`LeaseStore`] trait (get / create / compare-and-swap replace / watch) and
+//!   [`MemoryStore`].
+//! * [`election`] and [`lock`]: actors that execute the core's decisions, and their handles.
+//! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s actors.
+//! * [`term`]: [`Term`], cancellable, with the fencing token.
+//!
+//! Shutdown is a main path, not an afterthought: [`Election::stop`], [`Lock::unlock`] and
+//! [`Dsync::shutdown`] cancel the term, wait for the work it guards, then release the lease so
+//! another replica takes over at once instead of after the lease duration.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod dsync;
+pub mod election;
+mod error;
+pub mod lease;
+pub mod lock;
+pub mod resource;
+pub mod store;
+pub mod supervisor;
+pub mod term;
+
+pub use config::{Config, Timing, TimingError};
+pub use dsync::Dsync;
+pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, LeaderChanged};
+pub use error::{Error, Result};
+pub use lock::{Lock, LockStatus};
+pub use resource::{NameError, Resource, sanitize_name};
+pub use store::{LeaseKey, LeaseRecord, LeaseStore, MemoryStore, StoreError, StoredLease};
+pub use supervisor::Supervisor;
+pub use term::{Term, TermId};

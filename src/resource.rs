@@ -1,0 +1,446 @@
+//! What an election or a lock is about: `Resource { namespace, scope, name }`, the Lease names
+//! derived from it, validation and sanitising.
+//!
+//! Lease names are `<scope>.election.<name>` and `<scope>.lock.<name>` in `namespace`, exactly as
+//! the Go seed names them, so Go dsync, client-go and dsync replicas can share one Lease object.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+use crate::store::LeaseKey;
+
+/// Scope used when a resource has none.
+pub const DEFAULT_SCOPE: &str = "unscoped";
+/// Namespace used when a configuration names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Name used when a resource has none (the seed's `MasterTask`).
+pub const MASTER: &str = "master";
+
+/// Maximum length of a Kubernetes object name (DNS-1123 subdomain).
+pub const MAX_NAME_LEN: usize = 253;
+/// Maximum length of a namespace (DNS-1123 label).
+pub const MAX_NAMESPACE_LEN: usize = 63;
+
+/// Which kind of lease a resource is used as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaseKind {
+    /// `<scope>.election.<name>`
+    Election,
+    /// `<scope>.lock.<name>`
+    Lock,
+}
+
+impl LeaseKind {
+    fn infix(self) -> &'static str {
+        match self {
+            LeaseKind::Election => "election",
+            LeaseKind::Lock => "lock",
+        }
+    }
+}
+
+impl fmt::Display for LeaseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.infix())
+    }
+}
+
+/// Why a namespace, scope or name was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The lease name would be longer than Kubernetes allows.
+    #[error("lease name {name:?} is {len} characters long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong {
+        /// The offending lease name.
+        name: String,
+        /// Its length.
+        len: usize,
+    },
+    /// The lease name is not a lowercase DNS-1123 subdomain.
+    #[error(
+        "lease name {name:?} is not a DNS-1123 subdomain (lowercase a-z, 0-9, '-' and '.', \
+         starting and ending with an alphanumeric character); try sanitize_name()"
+    )]
+    InvalidName {
+        /// The offending lease name.
+        name: String,
+    },
+    /// The namespace is not a DNS-1123 label.
+    #[error(
+        "namespace {namespace:?} is not a DNS-1123 label (1-{MAX_NAMESPACE_LEN} characters of \
+         lowercase a-z, 0-9 and '-', starting and ending with an alphanumeric character)"
+    )]
+    InvalidNamespace {
+        /// The offending namespace.
+        namespace: String,
+    },
+    /// The text has more than three `/`-separated parts.
+    #[error(
+        "{input:?} has more than three '/'-separated parts (expected [[namespace/]scope/]name)"
+    )]
+    TooManyParts {
+        /// The text that was parsed.
+        input: String,
+    },
+}
+
+/// A named election or lock: the Go seed's `Resource`.
+///
+/// An empty `scope` means [`DEFAULT_SCOPE`], an empty `name` means [`MASTER`]; an empty
+/// `namespace` means "the namespace of the [`Config`](crate::Config)" when handed to
+/// [`Dsync`](crate::Dsync), and [`DEFAULT_NAMESPACE`] when a lease key is built directly.
+///
+/// `Display` and `FromStr` round-trip `namespace/scope/name` (`scope/name` without namespace,
+/// `name` alone without either, `namespace//name` with a namespace but no scope):
+///
+/// ```
+/// use dsync::Resource;
+/// let r: Resource = "prod//reports".parse()?;
+/// assert_eq!(r, Resource::new("prod", "", "reports"));
+/// assert_eq!(r.to_string(), "prod//reports");
+/// assert_eq!(r.election_name(), "unscoped.election.reports");
+/// # Ok::<(), dsync::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Resource {
+    /// Kubernetes namespace of the lease (a DNS-1123 label); empty: the configured default.
+    pub namespace: String,
+    /// Prefix that keeps services sharing a namespace apart, usually the service's name.
+    pub scope: String,
+    /// The election or lock name.
+    pub name: String,
+}
+
+impl Resource {
+    /// A resource from its three parts.
+    pub fn new(
+        namespace: impl Into<String>,
+        scope: impl Into<String>,
+        name: impl Into<String>,
+    ) -> Self {
+        Resource {
+            namespace: namespace.into(),
+            scope: scope.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The scope, or [`DEFAULT_SCOPE`] when empty.
+    pub fn effective_scope(&self) -> &str {
+        non_empty_or(&self.scope, DEFAULT_SCOPE)
+    }
+
+    /// The name, or [`MASTER`] when empty.
+    pub fn effective_name(&self) -> &str {
+        non_empty_or(&self.name, MASTER)
+    }
+
+    /// The namespace, or [`DEFAULT_NAMESPACE`] when empty.
+    pub fn effective_namespace(&self) -> &str {
+        non_empty_or(&self.namespace, DEFAULT_NAMESPACE)
+    }
+
+    /// The Lease name used for `kind`: `<scope>.<kind>.<name>`.
+    pub fn lease_name(&self, kind: LeaseKind) -> String {
+        format!(
+            "{}.{}.{}",
+            self.effective_scope(),
+            kind.infix(),
+            self.effective_name()
+        )
+    }
+
+    /// `<scope>.election.<name>`.
+    pub fn election_name(&self) -> String {
+        self.lease_name(LeaseKind::Election)
+    }
+
+    /// `<scope>.lock.<name>`.
+    pub fn lock_name(&self) -> String {
+        self.lease_name(LeaseKind::Lock)
+    }
+
+    /// Namespace and Lease name used for `kind`.
+    pub fn lease_key(&self, kind: LeaseKind) -> LeaseKey {
+        LeaseKey::new(self.effective_namespace(), self.lease_name(kind))
+    }
+
+    /// Checks that the namespace is a DNS-1123 label and that both lease names are DNS-1123
+    /// subdomains of at most 253 characters.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.check().map_err(|source| Error::BadResourceName {
+            resource: self.to_string(),
+            source,
+        })
+    }
+
+    fn check(&self) -> Result<(), NameError> {
+        let ns = self.effective_namespace();
+        if !is_dns1123_label(ns) {
+            return Err(NameError::InvalidNamespace {
+                namespace: ns.to_owned(),
+            });
+        }
+        // "election" is longer than "lock", so this name bounds both.
+        let name = self.election_name();
+        if name.len() > MAX_NAME_LEN {
+            return Err(NameError::TooLong {
+                len: name.len(),
+                name,
+            });
+        }
+        if !is_dns1123_subdomain(&name) {
+            return Err(NameError::InvalidName { name });
+        }
+        Ok(())
+    }
+}
+
+fn non_empty_or<'a>(value: &'a str, default: &'a str) -> &'a str {
+    if value.is_empty() { default } else { value }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.namespace.is_empty(), self.scope.is_empty()) {
+            (true, true) => f.write_str(&self.name),
+            (true, false) => write!(f, "{}/{}", self.scope, self.name),
+            // The seed dropped the namespace here; we keep it with an empty scope.
+            (false, _) => write!(f, "{}/{}/{}", self.namespace, self.scope, self.name),
+        }
+    }
+}
+
+impl FromStr for Resource {
+    type Err = Error;
+
+    /// Parses `[[namespace/]scope/]name` and validates the result.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let resource = match parts.as_slice() {
+            [name] => Resource::new("", "", *name),
+            [scope, name] => Resource::new("", *scope, *name),
+            [ns, scope, name] => Resource::new(*ns, *scope, *name),
+            _ => {
+                return Err(Error::BadResourceName {
+                    resource: s.to_owned(),
+                    source: NameError::TooManyParts {
+                        input: s.to_owned(),
+                    },
+                });
+            }
+        };
+        resource.validate()?;
+        Ok(resource)
+    }
+}
+
+/// Makes a valid name out of arbitrary text as well as it can: ASCII letters are lowercased,
+/// everything outside `a-z0-9-` becomes `-`, and dashes are trimmed from both ends.
+///
+/// ```
+/// assert_eq!(dsync::sanitize_name("--Invalid@Name!!--"), "invalid-name");
+/// ```
+pub fn sanitize_name(input: &str) -> String {
+    let mapped: String = input
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-') => c,
+            _ => '-',
+        })
+        .collect();
+    mapped.trim_matches('-').to_owned()
+}
+
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+/// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63 characters.
+pub(crate) fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAMESPACE_LEN
+        && is_alnum(b[0])
+        && is_alnum(b[b.len() - 1])
+        && b.iter().all(|&c| is_alnum(c) || c == b'-')
+}
+
+/// Dot-separated DNS-1123 labels (the seed's `NamePattern`), at most 253 characters.
+pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= MAX_NAME_LEN
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && is_alnum(b[0])
+                && is_alnum(b[b.len() - 1])
+                && b.iter().all(|&c| is_alnum(c) || c == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_name_matches_the_seed_table() {
+        for (input, want) in [
+            ("Example-Name", "example-name"),
+            ("--Invalid@Name!!--", "invalid-name"),
+            ("valid-name", "valid-name"),
+            ("123--456", "123--456"),
+            ("UPPERCASE", "uppercase"),
+            ("--dash-at-start", "dash-at-start"),
+            ("dash-at-end--", "dash-at-end"),
+            ("Bad_Name", "bad-name"),
+            ("dots.become.dashes", "dots-become-dashes"),
+            ("ÄÖü", ""),
+            ("", ""),
+        ] {
+            assert_eq!(sanitize_name(input), want, "sanitize_name({input:?})");
+        }
+    }
+
+    #[test]
+    fn sanitized_non_empty_names_validate() {
+        for input in ["Example-Name", "--Invalid@Name!!--", "a_b", "X"] {
+            let r = Resource::new("ns", "scope", sanitize_name(input));
+            assert!(r.validate().is_ok(), "{input:?} -> {r}");
+        }
+    }
+
+    #[test]
+    fn lease_names_use_defaults_for_empty_parts() {
+        let r = Resource::default();
+        assert_eq!(r.election_name(), "unscoped.election.master");
+        assert_eq!(r.lock_name(), "unscoped.lock.master");
+        let r = Resource::new("ns", "svc", "job");
+        assert_eq!(r.election_name(), "svc.election.job");
+        assert_eq!(r.lock_name(), "svc.lock.job");
+        assert_eq!(
+            r.lease_key(LeaseKind::Lock),
+            LeaseKey::new("ns", "svc.lock.job")
+        );
+        assert_eq!(
+            Resource::new("", "", "x").lease_key(LeaseKind::Election),
+            LeaseKey::new("default", "unscoped.election.x")
+        );
+    }
+
+    #[test]
+    fn display_and_from_str_round_trip() {
+        for (text, want) in [
+            ("a", Resource::new("", "", "a")),
+            ("a/b", Resource::new("", "a", "b")),
+            ("a/b/c", Resource::new("a", "b", "c")),
+            ("a//c", Resource::new("a", "", "c")),
+        ] {
+            let parsed: Resource = text.parse().unwrap();
+            assert_eq!(parsed, want, "parse {text:?}");
+            assert_eq!(parsed.to_string(), text);
+            assert_eq!(parsed.to_string().parse::<Resource>().unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn namespace_without_scope_is_not_dropped() {
+        let r = Resource::new("prod", "", "job");
+        assert_eq!(r.to_string(), "prod//job");
+        assert_ne!(r, Resource::new("", "", "job"));
+    }
+
+    #[test]
+    fn four_parts_are_rejected() {
+        let err = "a/b/c/d".parse::<Resource>().unwrap_err();
+        match err {
+            Error::BadResourceName {
+                resource,
+                source: NameError::TooManyParts { .. },
+            } => assert_eq!(resource, "a/b/c/d"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn name_error(r: &Resource) -> NameError {
+        match r.validate() {
+            Err(Error::BadResourceName { source, .. }) => source,
+            other => panic!("{r:?}: expected BadResourceName, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_names_are_rejected_with_the_reason() {
+        for name in [
+            "Upper",
+            "under_score",
+            "-lead",
+            "trail-",
+            ".lead",
+            "trail.",
+            "two..dots",
+            "sp ace",
+            "ü",
+        ] {
+            let r = Resource::new("ns", "scope", name);
+            assert!(
+                matches!(name_error(&r), NameError::InvalidName { .. }),
+                "{name:?}"
+            );
+        }
+        for scope in ["Scope", "a_b", "-x"] {
+            let r = Resource::new("ns", scope, "name");
+            assert!(
+                matches!(name_error(&r), NameError::InvalidName { .. }),
+                "{scope:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dotted_names_are_valid_subdomains() {
+        assert!(Resource::new("ns", "svc.v2", "a.b-c").validate().is_ok());
+    }
+
+    #[test]
+    fn length_limit_is_253_for_the_longest_lease_name() {
+        // "s.election." is 11 characters.
+        let ok = Resource::new("ns", "s", "a".repeat(MAX_NAME_LEN - 11));
+        assert_eq!(ok.election_name().len(), MAX_NAME_LEN);
+        assert!(ok.validate().is_ok());
+        let long = Resource::new("ns", "s", "a".repeat(MAX_NAME_LEN - 10));
+        assert_eq!(
+            name_error(&long),
+            NameError::TooLong {
+                name: long.election_name(),
+                len: 254
+            }
+        );
+    }
+
+    #[test]
+    fn namespace_is_validated_as_a_label() {
+        for ns in ["Prod", "a.b", "-a", "a-", "a_b", &"n".repeat(64)] {
+            let r = Resource::new(ns, "s", "n");
+            assert_eq!(
+                name_error(&r),
+                NameError::InvalidNamespace {
+                    namespace: ns.to_owned()
+                },
+                "{ns:?}"
+            );
+        }
+        assert!(Resource::new("n".repeat(63), "s", "n").validate().is_ok());
+        // Empty namespace means the default one.
+        assert!(Resource::new("", "s", "n").validate().is_ok());
+    }
+
+    #[test]
+    fn parse_validates() {
+        assert!(matches!(
+            "ns/scope/Bad_Name".parse::<Resource>(),
+            Err(Error::BadResourceName { .. })
+        ));
+    }
+}

@@ -1,0 +1,391 @@
+//! `MemoryStore`: an in-process lease store with the API server's semantics.
+//!
+//! Meant for single-process use, examples and fast tests: any number of [`Dsync`](crate::Dsync)
+//! instances (replicas) can share one store by cloning it. It behaves like the API server where
+//! dsync can tell the difference: a global, increasing `resourceVersion`; `replace` with a stale
+//! version fails with `Conflict`; `create` of an existing lease fails with `AlreadyExists`;
+//! invalid names and specs are rejected with `Invalid`; watches see every write in order.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::future::{self, BoxFuture, FutureExt};
+use futures::stream::{self, BoxStream, StreamExt};
+use tokio::sync::broadcast;
+
+use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use crate::resource::{is_dns1123_label, is_dns1123_subdomain};
+
+/// Events buffered per watched lease before a slow watcher is told it lagged.
+const WATCH_BUFFER: usize = 64;
+
+/// Counts of the calls a [`MemoryStore`] has served, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// `get` calls.
+    pub gets: u64,
+    /// `create` calls (successful or not).
+    pub creates: u64,
+    /// `replace` calls (successful or not).
+    pub replaces: u64,
+    /// `replace` calls rejected for a stale version.
+    pub conflicts: u64,
+    /// `watch` calls.
+    pub watches: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    leases: HashMap<LeaseKey, StoredLease>,
+    watchers: HashMap<LeaseKey, broadcast::Sender<WatchEvent>>,
+    revision: u64,
+    stats: StoreStats,
+}
+
+impl Inner {
+    fn commit(&mut self, key: &LeaseKey, record: LeaseRecord) -> StoredLease {
+        self.revision += 1;
+        let stored = StoredLease {
+            name: key.name.clone(),
+            record,
+            resource_version: self.revision.to_string(),
+        };
+        self.leases.insert(key.clone(), stored.clone());
+        if let Some(tx) = self.watchers.get(key) {
+            // No receivers is fine: nobody watches right now.
+            let _ = tx.send(WatchEvent::Applied(stored.clone()));
+        }
+        stored
+    }
+}
+
+/// An in-process [`LeaseStore`], shareable between any number of `Dsync` replicas.
+///
+/// Cloning is cheap and every clone sees the same leases.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("MemoryStore")
+            .field("leases", &inner.leases.len())
+            .field("revision", &inner.revision)
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written map (every mutation is a
+        // single insert), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many calls of each kind the store has served.
+    pub fn stats(&self) -> StoreStats {
+        self.lock().stats
+    }
+
+    /// The current record of a lease, without counting as a `get`.
+    pub fn peek(&self, key: &LeaseKey) -> Option<StoredLease> {
+        self.lock().leases.get(key).cloned()
+    }
+
+    /// Writes `record` unconditionally, as an administrator's `kubectl replace` or `edit`
+    /// would: no version check, watchers are notified. Validation still applies.
+    pub fn put(&self, key: &LeaseKey, record: LeaseRecord) -> StoreResult<StoredLease> {
+        validate(key, &record)?;
+        Ok(self.lock().commit(key, record))
+    }
+
+    fn get_now(&self, key: &LeaseKey) -> StoreResult<StoredLease> {
+        let mut inner = self.lock();
+        inner.stats.gets += 1;
+        inner
+            .leases
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                lease: key.to_string(),
+            })
+    }
+
+    fn create_now(&self, key: &LeaseKey, record: LeaseRecord) -> StoreResult<StoredLease> {
+        let mut inner = self.lock();
+        inner.stats.creates += 1;
+        validate(key, &record)?;
+        if inner.leases.contains_key(key) {
+            return Err(StoreError::AlreadyExists {
+                lease: key.to_string(),
+            });
+        }
+        Ok(inner.commit(key, record))
+    }
+
+    fn replace_now(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+        resource_version: &str,
+    ) -> StoreResult<StoredLease> {
+        let mut inner = self.lock();
+        inner.stats.replaces += 1;
+        validate(key, &record)?;
+        let current = match inner.leases.get(key) {
+            Some(current) => current,
+            None => {
+                return Err(StoreError::NotFound {
+                    lease: key.to_string(),
+                });
+            }
+        };
+        if current.resource_version != resource_version {
+            inner.stats.conflicts += 1;
+            return Err(StoreError::Conflict {
+                lease: key.to_string(),
+            });
+        }
+        Ok(inner.commit(key, record))
+    }
+}
+
+/// The API server's validation of a Lease, as far as dsync's writes can violate it.
+fn validate(key: &LeaseKey, record: &LeaseRecord) -> StoreResult<()> {
+    let invalid = |message: String| {
+        Err(StoreError::Invalid {
+            lease: key.to_string(),
+            message,
+        })
+    };
+    if !is_dns1123_label(&key.namespace) {
+        return invalid(format!(
+            "metadata.namespace: Invalid value: {:?}: must be a DNS-1123 label",
+            key.namespace
+        ));
+    }
+    if !is_dns1123_subdomain(&key.name) {
+        return invalid(format!(
+            "metadata.name: Invalid value: {:?}: must be a DNS-1123 subdomain of at most 253 characters",
+            key.name
+        ));
+    }
+    if let Some(d) = record.lease_duration_seconds
+        && d <= 0
+    {
+        return invalid(format!(
+            "spec.leaseDurationSeconds: Invalid value: {d}: must be greater than 0"
+        ));
+    }
+    if let Some(t) = record.lease_transitions
+        && t < 0
+    {
+        return invalid(format!(
+            "spec.leaseTransitions: Invalid value: {t}: must be greater than or equal to 0"
+        ));
+    }
+    Ok(())
+}
+
+impl LeaseStore for MemoryStore {
+    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        future::ready(self.get_now(key)).boxed()
+    }
+
+    fn create(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        future::ready(self.create_now(key, record)).boxed()
+    }
+
+    fn replace(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        future::ready(self.replace_now(key, record, resource_version)).boxed()
+    }
+
+    fn watch(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        let rx = {
+            let mut inner = self.lock();
+            inner.stats.watches += 1;
+            inner
+                .watchers
+                .entry(key.clone())
+                .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
+                .subscribe()
+        };
+        let lease = key.to_string();
+        stream::unfold((rx, lease), |(mut rx, lease)| async move {
+            let item = match rx.recv().await {
+                Ok(event) => Ok(event),
+                Err(broadcast::error::RecvError::Lagged(missed)) => Err(StoreError::WatchLagged {
+                    lease: lease.clone(),
+                    missed,
+                }),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((item, (rx, lease)))
+        })
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn key() -> LeaseKey {
+        LeaseKey::new("default", "s.election.x")
+    }
+
+    fn held_by(id: &str) -> LeaseRecord {
+        LeaseRecord {
+            holder_identity: Some(id.into()),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(0),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn get_of_a_missing_lease_is_not_found() {
+        let s = MemoryStore::new();
+        assert!(matches!(
+            s.get(&key()).await,
+            Err(StoreError::NotFound { lease }) if lease == "default/s.election.x"
+        ));
+    }
+
+    #[tokio::test]
+    async fn create_then_create_again_is_already_exists() {
+        let s = MemoryStore::new();
+        let created = s.create(&key(), held_by("a")).await.unwrap();
+        assert_eq!(created.record.holder(), Some("a"));
+        assert_eq!(s.get(&key()).await.unwrap(), created);
+        assert!(matches!(
+            s.create(&key(), held_by("b")).await,
+            Err(StoreError::AlreadyExists { .. })
+        ));
+        assert_eq!(s.get(&key()).await.unwrap().record.holder(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn replace_is_compare_and_swap_on_the_version() {
+        let s = MemoryStore::new();
+        let v1 = s.create(&key(), held_by("a")).await.unwrap();
+        let v2 = s
+            .replace(&key(), held_by("b"), &v1.resource_version)
+            .await
+            .unwrap();
+        assert_ne!(v1.resource_version, v2.resource_version);
+        // A writer still holding v1 loses.
+        assert!(matches!(
+            s.replace(&key(), held_by("c"), &v1.resource_version).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.get(&key()).await.unwrap().record.holder(), Some("b"));
+        assert_eq!(s.stats().conflicts, 1);
+    }
+
+    #[tokio::test]
+    async fn replace_of_a_missing_lease_is_not_found() {
+        let s = MemoryStore::new();
+        assert!(matches!(
+            s.replace(&key(), held_by("a"), "1").await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn versions_increase_across_leases() {
+        let s = MemoryStore::new();
+        let a = s.create(&key(), held_by("a")).await.unwrap();
+        let b = s
+            .create(&LeaseKey::new("default", "other"), held_by("a"))
+            .await
+            .unwrap();
+        let n = |l: &StoredLease| l.resource_version.parse::<u64>().unwrap();
+        assert!(n(&b) > n(&a));
+    }
+
+    #[tokio::test]
+    async fn invalid_specs_and_names_are_rejected_like_the_api_server() {
+        let s = MemoryStore::new();
+        let mut bad = held_by("a");
+        bad.lease_duration_seconds = Some(0);
+        assert!(matches!(
+            s.create(&key(), bad).await,
+            Err(StoreError::Invalid { message, .. }) if message.contains("leaseDurationSeconds")
+        ));
+        let mut bad = held_by("a");
+        bad.lease_transitions = Some(-1);
+        assert!(matches!(
+            s.create(&key(), bad).await,
+            Err(StoreError::Invalid { message, .. }) if message.contains("leaseTransitions")
+        ));
+        assert!(matches!(
+            s.create(&LeaseKey::new("default", "Bad_Name"), held_by("a"))
+                .await,
+            Err(StoreError::Invalid { message, .. }) if message.contains("metadata.name")
+        ));
+        assert!(matches!(
+            s.create(&LeaseKey::new("No", "x"), held_by("a")).await,
+            Err(StoreError::Invalid { message, .. }) if message.contains("metadata.namespace")
+        ));
+        assert!(s.peek(&key()).is_none(), "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn watch_sees_every_write_in_order() {
+        let s = MemoryStore::new();
+        let mut w = s.watch(&key());
+        let v1 = s.create(&key(), held_by("a")).await.unwrap();
+        let v2 = s
+            .replace(&key(), held_by("b"), &v1.resource_version)
+            .await
+            .unwrap();
+        let _ = s
+            .create(&LeaseKey::new("default", "unrelated"), held_by("z"))
+            .await;
+        assert_eq!(w.next().await.unwrap().unwrap(), WatchEvent::Applied(v1));
+        assert_eq!(w.next().await.unwrap().unwrap(), WatchEvent::Applied(v2));
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_is_told_it_lagged() {
+        let s = MemoryStore::new();
+        let mut w = s.watch(&key());
+        let mut v = s.create(&key(), held_by("a")).await.unwrap();
+        for _ in 0..WATCH_BUFFER + 5 {
+            v = s
+                .replace(&key(), held_by("a"), &v.resource_version)
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            w.next().await.unwrap(),
+            Err(StoreError::WatchLagged { missed, .. }) if missed > 0
+        ));
+    }
+
+    #[tokio::test]
+    async fn clones_share_state() {
+        let s = MemoryStore::new();
+        let t = s.clone();
+        s.create(&key(), held_by("a")).await.unwrap();
+        assert_eq!(t.get(&key()).await.unwrap().record.holder(), Some("a"));
+    }
+}

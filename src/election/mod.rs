@@ -216,9 +216,12 @@ impl Election {
         self.status.borrow().clone()
     }
 
-    /// A receiver of every status change, for waiting on conditions without polling.
+    /// A receiver of status changes from now on (`changed()` waits for the next one), for
+    /// waiting on conditions without polling.
     pub fn watch_status(&self) -> watch::Receiver<ElectionStatus> {
-        self.status.clone()
+        let mut rx = self.status.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// Waits until this replica is leader and returns the term. [`Error::Stopped`] if the

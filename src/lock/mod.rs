@@ -142,9 +142,11 @@ impl Lock {
         self.status.borrow().clone()
     }
 
-    /// A receiver of every status change.
+    /// A receiver of status changes from now on (`changed()` waits for the next one).
     pub fn watch_status(&self) -> watch::Receiver<LockStatus> {
-        self.status.clone()
+        let mut rx = self.status.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// Takes the lock if it is free now; [`Error::AlreadyLocked`] if anyone holds it (this

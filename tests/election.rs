@@ -26,7 +26,10 @@ async fn leader_of(elections: &[Election]) -> usize {
             if let Some(i) = elections.iter().position(Election::is_leader) {
                 return i;
             }
-            futures::future::select_all(rxs.iter_mut().map(|rx| rx.changed().boxed_local())).await;
+            let (changed, _, _) =
+                futures::future::select_all(rxs.iter_mut().map(|rx| rx.changed().boxed_local()))
+                    .await;
+            changed.expect("an election actor went away");
         }
     })
     .await

@@ -157,6 +157,8 @@ pub(crate) trait LeaseActor: Actor<Context = Context<Self>> {
     fn on_invalid(&mut self, _reason: &str, _ctx: &mut Context<Self>) {}
     /// A store call failed with an error retrying will not fix (forbidden, invalid, ...).
     fn on_fatal(&mut self, op: Op, error: StoreError, ctx: &mut Context<Self>);
+    /// A read failed transiently (it will be retried after a backoff).
+    fn on_read_failed(&mut self, _error: &StoreError, _ctx: &mut Context<Self>) {}
     /// A write failed transiently (it will be retried after a backoff).
     fn on_write_failed(&mut self, _op: Op, _error: &StoreError, _ctx: &mut Context<Self>) {}
 }
@@ -335,9 +337,10 @@ fn complete<A: LeaseActor>(
             let retry = now + st.timing.retry_period();
             if op == Op::Read {
                 st.needs_read = true;
-                // The read is retried from the timer; a holder still steps down on time.
-                let wake = st.deadline().map_or(retry, |d| d.min(retry));
-                arm(act, ctx, wake, now);
+                st.retry_after = Some(retry);
+                act.on_read_failed(&error, ctx);
+                // The read is retried after the backoff; a holder still steps down on time.
+                step(act, ctx);
                 return;
             }
             st.retry_after = Some(retry);

@@ -241,6 +241,11 @@ impl Lock {
         Fut: Future<Output = T>,
     {
         let output = f(term.clone()).await;
+        if !term.is_active() {
+            // The lock was lost (or stopped) while `f` ran, and `f` was told through the
+            // term: there is nothing left to unlock.
+            return Ok(output);
+        }
         match self.unlock_as(owner.id).await {
             Ok(()) => Ok(output),
             // The lock was lost while `f` ran; `f` was told through the term.

@@ -169,11 +169,14 @@ pub struct TermSpan {
     pub reason: Option<DeposeReason>,
 }
 
+/// Replica and the leader it reported, in order.
+type LeaderLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// Collects terms from `Elected`/`Deposed` messages of any number of replicas.
 #[derive(Clone, Default)]
 pub struct TermLog {
     spans: Arc<Mutex<Vec<TermSpan>>>,
-    leaders: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    leaders: LeaderLog,
     /// Elections hold subscribers weakly: the log keeps its recorders alive.
     recorders: Arc<Mutex<Vec<Addr<Recorder>>>>,
 }

@@ -550,3 +550,66 @@ fn dsync_outside_an_actix_system_is_an_error_not_a_panic() {
     let err = Dsync::new(MemoryStore::new(), "pod-a").unwrap_err();
     assert!(matches!(err, Error::NoActixSystem), "{err:?}");
 }
+
+#[actix::test]
+async fn no_leader_until_someone_holds_the_lease() {
+    tokio::time::pause();
+    let store = MemoryStore::new();
+    let a = replica(store.clone(), "pod-a");
+    let e = a.election("x").unwrap();
+    let err = e.current_leader().unwrap_err();
+    assert!(
+        matches!(&err, Error::NoLeader { lease } if lease == "default/unscoped.election.x"),
+        "{err:?}"
+    );
+    within(LIMIT, "elected", e.elected()).await.unwrap();
+    assert_eq!(e.current_leader().unwrap(), "pod-a");
+    e.stop().await.unwrap();
+    assert!(
+        matches!(e.current_leader(), Err(Error::NoLeader { .. })),
+        "released"
+    );
+    a.shutdown().await.unwrap();
+}
+
+#[actix::test]
+async fn an_administrators_edit_of_the_lease_deposes_the_leader() {
+    // The seed's mock had ForceLeader; with a real lease, forcing a leader is an edit of the
+    // Lease object (kubectl edit). The leader must notice and step down, and when the forced
+    // holder never renews, the election resumes after the lease duration.
+    tokio::time::pause();
+    let store = MemoryStore::new();
+    let a = replica(store.clone(), "pod-a");
+    let ea = a.election("x").unwrap();
+    let log = TermLog::default();
+    log.record("pod-a", &ea);
+    let first = within(LIMIT, "a", ea.elected()).await.unwrap();
+    let key = ea.lease();
+    let mut record = store.peek(&key).unwrap().record;
+    record.holder_identity = Some("forced".into());
+    record.lease_transitions = Some(record.lease_transitions.unwrap() + 1);
+    store.put(&key, record).unwrap();
+    settle().await;
+    assert!(!first.is_active(), "deposed at once (watch)");
+    assert!(!ea.is_leader());
+    assert_eq!(ea.leader().as_deref(), Some("forced"));
+    let forced_at = Instant::now();
+    let second = within(LIMIT, "a again", ea.elected()).await.unwrap();
+    let waited = Instant::now() - forced_at;
+    // Exactly one lease duration after it saw the edit (timers have millisecond resolution).
+    assert!(
+        waited >= Duration::from_secs(15) && waited <= Duration::from_millis(15_005),
+        "{waited:?}"
+    );
+    assert!(second.fencing_token() > first.fencing_token() + 1);
+    settle().await;
+    let spans = log.spans();
+    assert_eq!(
+        spans[0].reason,
+        Some(DeposeReason::Superseded {
+            holder: Some("forced".into())
+        })
+    );
+    log.assert_safe();
+    a.shutdown().await.unwrap();
+}

@@ -201,6 +201,15 @@ impl Election {
         self.status.borrow().leader.clone()
     }
 
+    /// The current leader as last observed, or [`Error::NoLeader`] when the lease names nobody
+    /// (never held, released, or not read yet).
+    pub fn current_leader(&self) -> Result<String> {
+        let status = self.status.borrow();
+        status.leader.clone().ok_or_else(|| Error::NoLeader {
+            lease: status.lease.to_string(),
+        })
+    }
+
     /// Our current term, while leader.
     pub fn term(&self) -> Option<Term> {
         let status = self.status.borrow();

@@ -48,6 +48,16 @@ impl Dsync {
         Self::with_config(store, Config::default().with_identity(identity))
     }
 
+    /// A replica on Kubernetes configured from the environment ([`Config::from_env`]): leases in
+    /// `KUBE_NAMESPACE`, holder `KUBE_POD_NAME`, client from `KUBE_CONFIG_PATH`, in-cluster
+    /// config or the default kubeconfig.
+    #[cfg(feature = "kube")]
+    pub async fn from_env() -> Result<Self> {
+        let config = Config::from_env()?;
+        let store = crate::store::KubeStore::from_config(&config).await?;
+        Self::with_config(store, config)
+    }
+
     /// A replica configured by `config` (see [`Config::from_env`]).
     pub fn with_config(store: impl LeaseStore, config: Config) -> Result<Self> {
         Self::with_shared_store(Arc::new(store), config)

@@ -104,6 +104,17 @@ pub enum Error {
         message: String,
     },
 
+    /// No usable Kubernetes client configuration (kubeconfig unreadable, no in-cluster
+    /// service account, ...).
+    #[error("cannot configure a Kubernetes client{}", path.as_ref().map(|p| format!(" from {}", p.display())).unwrap_or_default())]
+    KubeConfig {
+        /// The kubeconfig that was read (`KUBE_CONFIG_PATH`), if any.
+        path: Option<std::path::PathBuf>,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// dsync's actors need a running actix System (`#[actix_web::main]`, `#[actix::main]`,
     /// `#[actix::test]`), and there is none on this thread.
     #[error(

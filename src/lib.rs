@@ -92,6 +92,8 @@ pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, Lea
 pub use error::{Error, Result};
 pub use lock::{Lock, LockStatus};
 pub use resource::{NameError, Resource, sanitize_name};
+#[cfg(feature = "kube")]
+pub use store::KubeStore;
 pub use store::{LeaseKey, LeaseRecord, LeaseStore, MemoryStore, StoreError, StoredLease};
 pub use supervisor::Supervisor;
 pub use term::{Term, TermId};

@@ -6,7 +6,7 @@
 //! dsync makes is such a compare-and-swap; there is no blind update and no delete.
 //!
 //! Two stores ship: [`MemoryStore`] (in-process, the embedded default) and, with the `kube`
-//! feature, a store on `kube::Api<Lease>`.
+//! feature (on by default), `KubeStore` on `kube::Api<Lease>`.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -14,8 +14,12 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod memory;
 
+#[cfg(feature = "kube")]
+pub use self::kube::KubeStore;
 pub use memory::MemoryStore;
 
 /// Namespace and name of one Lease object.

@@ -1,0 +1,347 @@
+//! `KubeStore`: leases as `coordination.k8s.io/v1` `Lease` objects through `kube::Api<Lease>`.
+//!
+//! * Writes are compare-and-swap: `replace` is a merge patch that carries
+//!   `metadata.resourceVersion`, which the API server treats as a precondition (409 if the
+//!   object changed). A merge patch, unlike a PUT, keeps labels, annotations and spec fields
+//!   dsync does not manage.
+//! * Status codes map to [`StoreError`]: 409 → `Conflict` (or `AlreadyExists` on create),
+//!   404 → `NotFound`, 403 → `Forbidden` naming the verb and resource, 422 → `Invalid` with the
+//!   server's message; anything else is `Unavailable` and retried.
+//! * Every call runs under a timeout (default 5 s, below the default renew deadline of 10 s).
+//! * All conversions between `SystemTime` and the API's `MicroTime` live in this file.
+//!
+//! RBAC: `get`, `create`, `patch`, `list` and `watch` on `leases` in `coordination.k8s.io`
+//! (`list` and `watch` for the watch; writes after the create are merge patches).
+
+use std::time::{Duration, SystemTime};
+
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{BoxStream, StreamExt};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use crate::config::Config;
+use crate::error::Error;
+
+/// Default limit for one API call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`LeaseStore`] on a Kubernetes API server.
+#[derive(Clone)]
+pub struct KubeStore {
+    client: kube::Client,
+    call_timeout: Duration,
+}
+
+impl std::fmt::Debug for KubeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeStore")
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeStore {
+    /// A store using `client`. A kube `Client` belongs to the runtime that created it: create
+    /// it inside the actix System that runs dsync.
+    pub fn new(client: kube::Client) -> Self {
+        KubeStore {
+            client,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+
+    /// Sets the per-call timeout. Keep it below the renew deadline.
+    #[must_use]
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Connects as `config` says: the kubeconfig at `kubeconfig_path` (`KUBE_CONFIG_PATH`)
+    /// if set, otherwise the in-cluster service account, otherwise the default kubeconfig.
+    pub async fn from_config(config: &Config) -> Result<Self, Error> {
+        let client_config = match &config.kubeconfig_path {
+            Some(path) => {
+                let kubeconfig =
+                    kube::config::Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig {
+                        path: Some(path.clone()),
+                        source: Box::new(e),
+                    })?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .map_err(|e| Error::KubeConfig {
+                        path: Some(path.clone()),
+                        source: Box::new(e),
+                    })?
+            }
+            None => kube::Config::infer().await.map_err(|e| Error::KubeConfig {
+                path: None,
+                source: Box::new(e),
+            })?,
+        };
+        let client = kube::Client::try_from(client_config).map_err(|e| Error::KubeConfig {
+            path: config.kubeconfig_path.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(Self::new(client))
+    }
+
+    fn api(&self, key: &LeaseKey) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), &key.namespace)
+    }
+
+    fn call<F>(
+        &self,
+        key: &LeaseKey,
+        verb: &'static str,
+        fut: F,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>>
+    where
+        F: Future<Output = Result<Lease, kube::Error>> + Send + 'static,
+    {
+        let key = key.clone();
+        let limit = self.call_timeout;
+        async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(Ok(lease)) => Ok(from_lease(&key, lease)),
+                Ok(Err(error)) => Err(map_error(&key, verb, error)),
+                Err(_) => Err(StoreError::Timeout {
+                    operation: format!("{verb} lease {key}"),
+                    after: limit,
+                }),
+            }
+        }
+        .boxed()
+    }
+}
+
+impl LeaseStore for KubeStore {
+    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        let api = self.api(key);
+        let name = key.name.clone();
+        self.call(key, "get", async move { api.get(&name).await })
+    }
+
+    fn create(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        let api = self.api(key);
+        let lease = to_lease(key, &record, None);
+        self.call(key, "create", async move {
+            api.create(&PostParams::default(), &lease).await
+        })
+    }
+
+    fn replace(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        let api = self.api(key);
+        let name = key.name.clone();
+        let patch = to_lease(key, &record, Some(resource_version.to_owned()));
+        self.call(key, "patch", async move {
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        })
+    }
+
+    fn watch(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        let api = self.api(key);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
+        let key = key.clone();
+        watcher(api, config)
+            .default_backoff()
+            .filter_map(move |event| {
+                let item = match event {
+                    Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                        Some(Ok(WatchEvent::Applied(from_lease(&key, lease))))
+                    }
+                    Ok(watcher::Event::Delete(_)) => Some(Ok(WatchEvent::Deleted {
+                        name: key.name.clone(),
+                    })),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                    Err(error) => Some(Err(StoreError::Unavailable {
+                        message: format!("watch on lease {key} failed"),
+                        source: Some(Box::new(error)),
+                    })),
+                };
+                futures::future::ready(item)
+            })
+            .boxed()
+    }
+}
+
+fn to_micro(t: Option<SystemTime>) -> Option<MicroTime> {
+    t.and_then(|t| Timestamp::try_from(t).ok()).map(MicroTime)
+}
+
+fn from_micro(t: Option<MicroTime>) -> Option<SystemTime> {
+    t.map(|MicroTime(ts)| SystemTime::from(ts))
+}
+
+/// The object to create, or the merge patch to apply (`resource_version` set). Every field
+/// dsync manages is written explicitly; a released lease names holder `""` as client-go does.
+fn to_lease(key: &LeaseKey, record: &LeaseRecord, resource_version: Option<String>) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            resource_version,
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(record.holder_identity.clone().unwrap_or_default()),
+            lease_duration_seconds: record.lease_duration_seconds,
+            acquire_time: to_micro(record.acquire_time),
+            renew_time: to_micro(record.renew_time),
+            lease_transitions: record.lease_transitions,
+            // Coordinated-leader-election fields are left to whoever set them.
+            strategy: None,
+            preferred_holder: None,
+        }),
+    }
+}
+
+fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
+    let spec = lease.spec.unwrap_or_default();
+    StoredLease {
+        name: lease.metadata.name.unwrap_or_else(|| key.name.clone()),
+        record: LeaseRecord {
+            holder_identity: spec.holder_identity,
+            lease_duration_seconds: spec.lease_duration_seconds,
+            acquire_time: from_micro(spec.acquire_time),
+            renew_time: from_micro(spec.renew_time),
+            lease_transitions: spec.lease_transitions,
+            strategy: spec.strategy,
+            preferred_holder: spec.preferred_holder,
+        },
+        resource_version: lease.metadata.resource_version.unwrap_or_default(),
+    }
+}
+
+fn map_error(key: &LeaseKey, verb: &str, error: kube::Error) -> StoreError {
+    let lease = key.to_string();
+    match error {
+        kube::Error::Api(status) => match status.code {
+            409 if verb == "create" => StoreError::AlreadyExists { lease },
+            409 => StoreError::Conflict { lease },
+            404 => StoreError::NotFound { lease },
+            403 => StoreError::Forbidden {
+                verb: verb.to_owned(),
+                resource: format!("leases.coordination.k8s.io {:?}", lease),
+                message: status.message.clone(),
+            },
+            422 => StoreError::Invalid {
+                lease,
+                message: status.message.clone(),
+            },
+            _ => StoreError::Unavailable {
+                message: format!("{verb} lease {lease}: HTTP {}", status.code),
+                source: Some(Box::new(kube::Error::Api(status))),
+            },
+        },
+        other => StoreError::Unavailable {
+            message: format!("{verb} lease {lease}"),
+            source: Some(Box::new(other)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_lease_objects() {
+        let key = LeaseKey::new("ns", "s.election.x");
+        let now = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        let record = LeaseRecord {
+            holder_identity: Some("pod-a".into()),
+            lease_duration_seconds: Some(15),
+            acquire_time: Some(now),
+            renew_time: Some(now + Duration::from_secs(2)),
+            lease_transitions: Some(3),
+            strategy: None,
+            preferred_holder: None,
+        };
+        let mut lease = to_lease(&key, &record, Some("42".into()));
+        assert_eq!(lease.metadata.resource_version.as_deref(), Some("42"));
+        lease.spec.as_mut().unwrap().strategy = Some("OldestEmulationVersion".into());
+        let back = from_lease(&key, lease);
+        assert_eq!(back.resource_version, "42");
+        assert_eq!(back.record.holder(), Some("pod-a"));
+        assert_eq!(back.record.acquire_time, Some(now), "microseconds survive");
+        assert_eq!(back.record.lease_transitions, Some(3));
+        assert_eq!(
+            back.record.strategy.as_deref(),
+            Some("OldestEmulationVersion")
+        );
+    }
+
+    #[test]
+    fn a_released_record_writes_an_empty_holder_like_client_go() {
+        let key = LeaseKey::new("ns", "l");
+        let lease = to_lease(&key, &LeaseRecord::default(), None);
+        assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn a_lease_without_spec_reads_as_free() {
+        let key = LeaseKey::new("ns", "l");
+        let stored = from_lease(&key, Lease::default());
+        assert_eq!(stored.record.holder(), None);
+        assert_eq!(stored.name, "l");
+    }
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn status_codes_map_to_store_errors() {
+        let key = LeaseKey::new("ns", "l");
+        assert!(matches!(
+            map_error(&key, "create", api_error(409, "exists")),
+            StoreError::AlreadyExists { .. }
+        ));
+        assert!(matches!(
+            map_error(&key, "update", api_error(409, "changed")),
+            StoreError::Conflict { .. }
+        ));
+        assert!(matches!(
+            map_error(&key, "get", api_error(404, "gone")),
+            StoreError::NotFound { .. }
+        ));
+        match map_error(&key, "patch", api_error(403, "no")) {
+            StoreError::Forbidden {
+                verb,
+                resource,
+                message,
+            } => {
+                assert_eq!(verb, "patch");
+                assert_eq!(resource, "leases.coordination.k8s.io \"ns/l\"");
+                assert_eq!(message, "no");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            map_error(&key, "create", api_error(422, "bad")),
+            StoreError::Invalid { message, .. } if message == "bad"
+        ));
+        let e = map_error(&key, "get", api_error(503, "busy"));
+        assert!(e.is_transient(), "{e:?}");
+    }
+}

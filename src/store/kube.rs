@@ -1,18 +1,20 @@
 //! `KubeStore`: leases as `coordination.k8s.io/v1` `Lease` objects through `kube::Api<Lease>`.
 //!
-//! * Writes are compare-and-swap: `replace` is a merge patch that carries
-//!   `metadata.resourceVersion`, which the API server treats as a precondition (409 if the
-//!   object changed). A merge patch, unlike a PUT, keeps labels, annotations and spec fields
-//!   dsync does not manage.
+//! * Writes are compare-and-swap: `replace` is a PUT that carries `metadata.resourceVersion`,
+//!   which the API server treats as a precondition (409 if the object changed). As client-go's
+//!   `LeaseLock` does, the PUT is built on the last object seen at that version, so labels,
+//!   annotations and owner references survive.
 //! * Status codes map to [`StoreError`]: 409 → `Conflict` (or `AlreadyExists` on create),
 //!   404 → `NotFound`, 403 → `Forbidden` naming the verb and resource, 422 → `Invalid` with the
 //!   server's message; anything else is `Unavailable` and retried.
 //! * Every call runs under a timeout (default 5 s, below the default renew deadline of 10 s).
 //! * All conversions between `SystemTime` and the API's `MicroTime` live in this file.
 //!
-//! RBAC: `get`, `create`, `patch`, `list` and `watch` on `leases` in `coordination.k8s.io`
-//! (`list` and `watch` for the watch; writes after the create are merge patches).
+//! RBAC: `get`, `create`, `update`, `list` and `watch` on `leases` in `coordination.k8s.io`
+//! (`list` and `watch` for the watch). No `delete` or `patch`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::future::{BoxFuture, FutureExt};
@@ -20,7 +22,7 @@ use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
@@ -35,6 +37,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct KubeStore {
     client: kube::Client,
     call_timeout: Duration,
+    /// The last object seen per lease, the base of the next PUT.
+    seen: Arc<Mutex<HashMap<LeaseKey, Lease>>>,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -52,6 +56,7 @@ impl KubeStore {
         KubeStore {
             client,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            seen: Arc::default(),
         }
     }
 
@@ -106,9 +111,10 @@ impl KubeStore {
     {
         let key = key.clone();
         let limit = self.call_timeout;
+        let seen = self.seen.clone();
         async move {
             match tokio::time::timeout(limit, fut).await {
-                Ok(Ok(lease)) => Ok(from_lease(&key, lease)),
+                Ok(Ok(lease)) => Ok(remember(&seen, &key, lease)),
                 Ok(Err(error)) => Err(map_error(&key, verb, error)),
                 Err(_) => Err(StoreError::Timeout {
                     operation: format!("{verb} lease {key}"),
@@ -147,10 +153,23 @@ impl LeaseStore for KubeStore {
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let api = self.api(key);
         let name = key.name.clone();
-        let patch = to_lease(key, &record, Some(resource_version.to_owned()));
-        self.call(key, "patch", async move {
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
+        let base = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|l| l.metadata.resource_version.as_deref() == Some(resource_version))
+            .cloned();
+        let mut lease = to_lease(key, &record, Some(resource_version.to_owned()));
+        if let Some(base) = base {
+            // Keep what others put on the object (labels, annotations, owners).
+            lease.metadata = ObjectMeta {
+                resource_version: Some(resource_version.to_owned()),
+                ..base.metadata
+            };
+        }
+        self.call(key, "update", async move {
+            api.replace(&name, &PostParams::default(), &lease).await
         })
     }
 
@@ -158,12 +177,13 @@ impl LeaseStore for KubeStore {
         let api = self.api(key);
         let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
         let key = key.clone();
+        let seen = self.seen.clone();
         watcher(api, config)
             .default_backoff()
             .filter_map(move |event| {
                 let item = match event {
                     Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
-                        Some(Ok(WatchEvent::Applied(from_lease(&key, lease))))
+                        Some(Ok(WatchEvent::Applied(remember(&seen, &key, lease))))
                     }
                     Ok(watcher::Event::Delete(_)) => Some(Ok(WatchEvent::Deleted {
                         name: key.name.clone(),
@@ -180,6 +200,22 @@ impl LeaseStore for KubeStore {
     }
 }
 
+/// Caches `lease` as the base of the next PUT and converts it.
+fn remember(seen: &Mutex<HashMap<LeaseKey, Lease>>, key: &LeaseKey, lease: Lease) -> StoredLease {
+    let stored = from_lease(key, lease.clone());
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let newer = seen.get(key).is_none_or(|old| {
+        crate::lease::is_newer(
+            &stored.resource_version,
+            old.metadata.resource_version.as_deref(),
+        )
+    });
+    if newer {
+        seen.insert(key.clone(), lease);
+    }
+    stored
+}
+
 fn to_micro(t: Option<SystemTime>) -> Option<MicroTime> {
     t.and_then(|t| Timestamp::try_from(t).ok()).map(MicroTime)
 }
@@ -188,8 +224,8 @@ fn from_micro(t: Option<MicroTime>) -> Option<SystemTime> {
     t.map(|MicroTime(ts)| SystemTime::from(ts))
 }
 
-/// The object to create, or the merge patch to apply (`resource_version` set). Every field
-/// dsync manages is written explicitly; a released lease names holder `""` as client-go does.
+/// The object to create or (with `resource_version`) to replace. A released lease names
+/// holder `""` as client-go does.
 fn to_lease(key: &LeaseKey, record: &LeaseRecord, resource_version: Option<String>) -> Lease {
     Lease {
         metadata: ObjectMeta {
@@ -204,9 +240,9 @@ fn to_lease(key: &LeaseKey, record: &LeaseRecord, resource_version: Option<Strin
             acquire_time: to_micro(record.acquire_time),
             renew_time: to_micro(record.renew_time),
             lease_transitions: record.lease_transitions,
-            // Coordinated-leader-election fields are left to whoever set them.
-            strategy: None,
-            preferred_holder: None,
+            // Coordinated-leader-election fields, kept as read.
+            strategy: record.strategy.clone(),
+            preferred_holder: record.preferred_holder.clone(),
         }),
     }
 }
@@ -325,13 +361,13 @@ mod tests {
             map_error(&key, "get", api_error(404, "gone")),
             StoreError::NotFound { .. }
         ));
-        match map_error(&key, "patch", api_error(403, "no")) {
+        match map_error(&key, "update", api_error(403, "no")) {
             StoreError::Forbidden {
                 verb,
                 resource,
                 message,
             } => {
-                assert_eq!(verb, "patch");
+                assert_eq!(verb, "update");
                 assert_eq!(resource, "leases.coordination.k8s.io \"ns/l\"");
                 assert_eq!(message, "no");
             }

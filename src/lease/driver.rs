@@ -327,7 +327,8 @@ fn complete<A: LeaseActor>(
             tracing::debug!(lease = %st.key, op = op.verb(), "conflict; re-reading");
             st.needs_read = true;
         }
-        Err(StoreError::NotFound { .. }) => {
+        // A 404 on create means the namespace is missing: a definite answer, handled below.
+        Err(StoreError::NotFound { .. }) if op != Op::Create => {
             st.observe(None, now);
             act.on_observed(ctx);
         }

@@ -153,6 +153,11 @@ impl MemoryStore {
                 lease: key.to_string(),
             });
         }
+        if current.record == record {
+            // Like the API server: an update that changes nothing is not a write (same
+            // version, no watch event).
+            return Ok(current.clone());
+        }
         Ok(inner.commit(key, record))
     }
 }
@@ -301,6 +306,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_replace_that_changes_nothing_keeps_the_version() {
+        let s = MemoryStore::new();
+        let mut w = s.watch(&key());
+        let v1 = s.create(&key(), held_by("a")).await.unwrap();
+        let same = s
+            .replace(&key(), held_by("a"), &v1.resource_version)
+            .await
+            .unwrap();
+        assert_eq!(same, v1);
+        let v2 = s
+            .replace(&key(), held_by("b"), &v1.resource_version)
+            .await
+            .unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap(), WatchEvent::Applied(v1));
+        assert_eq!(w.next().await.unwrap().unwrap(), WatchEvent::Applied(v2));
+    }
+
+    #[tokio::test]
     async fn replace_of_a_missing_lease_is_not_found() {
         let s = MemoryStore::new();
         assert!(matches!(
@@ -369,9 +392,9 @@ mod tests {
         let s = MemoryStore::new();
         let mut w = s.watch(&key());
         let mut v = s.create(&key(), held_by("a")).await.unwrap();
-        for _ in 0..WATCH_BUFFER + 5 {
+        for i in 0..WATCH_BUFFER + 5 {
             v = s
-                .replace(&key(), held_by("a"), &v.resource_version)
+                .replace(&key(), held_by(&format!("p{i}")), &v.resource_version)
                 .await
                 .unwrap();
         }

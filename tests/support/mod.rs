@@ -2,6 +2,8 @@
 //! checker, and helpers for paused-time tests.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod apiserver;
+
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease, WatchEvent};
-use dsync::{DeposeReason, Deposed, Elected, Election, LeaderChanged, MemoryStore, TermId};
+use dsync::{DeposeReason, Deposed, Elected, Election, LeaderChanged, TermId};
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, StreamExt};
 use tokio::time::Instant;
@@ -47,18 +49,18 @@ struct Faults {
     calls: HashMap<&'static str, u64>,
 }
 
-/// A store in front of a shared [`MemoryStore`] that can be cut off (a crashed or partitioned
+/// A store in front of another (usually a shared `MemoryStore`) that can be cut off (a crashed or partitioned
 /// replica: every call hangs, watches go quiet) or made to fail chosen calls.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FaultyStore {
-    inner: MemoryStore,
+    inner: Arc<dyn LeaseStore>,
     faults: Arc<Mutex<Faults>>,
 }
 
 impl FaultyStore {
-    pub fn new(inner: MemoryStore) -> Self {
+    pub fn new(inner: impl LeaseStore) -> Self {
         FaultyStore {
-            inner,
+            inner: Arc::new(inner),
             faults: Arc::default(),
         }
     }

@@ -1,0 +1,179 @@
+//! The real kube-apiserver for tests: built from source (tests/apiserver, cached) and started
+//! once per test binary. If it cannot be built or started, the test fails saying why; it never
+//! skips.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ObjectMeta, PostParams};
+
+/// What the harness prints when it is ready.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Ready {
+    pub server: String,
+    pub port: u16,
+    pub admin: PathBuf,
+    pub norights: PathBuf,
+    pub leaseuser: PathBuf,
+    #[serde(rename = "dataDir")]
+    pub data_dir: PathBuf,
+}
+
+struct Running {
+    child: Child,
+    // Held open: the harness exits when its stdin closes (when this process ends).
+    _stdin: ChildStdin,
+    ready: Ready,
+}
+
+pub struct Harness {
+    bin: PathBuf,
+    data_dir: PathBuf,
+    running: Mutex<Option<Running>>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn build() -> PathBuf {
+    let script = repo().join("tests/apiserver/build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "building the kube-apiserver harness failed ({}); see the output above. It needs Go >= 1.26 \
+         and the Go module proxy.",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bin = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    assert!(
+        Path::new(&bin).is_file(),
+        "build.sh printed no binary path: {stdout:?}"
+    );
+    PathBuf::from(bin)
+}
+
+fn start(bin: &Path, data_dir: &Path) -> Running {
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(180)) {
+        Ok(line) if !line.trim().is_empty() => line,
+        Ok(_) => {
+            let status = child.wait().ok();
+            panic!(
+                "the kube-apiserver harness exited before it was ready ({status:?}); its error is \
+                 above and its log in {}/apiserver.log",
+                data_dir.display()
+            )
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "the kube-apiserver harness was not ready within 180 s; log: {}/apiserver.log",
+                data_dir.display()
+            )
+        }
+    };
+    let ready: Ready = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("unexpected ready line from the harness: {line:?}: {e}"));
+    Running {
+        child,
+        _stdin: stdin,
+        ready,
+    }
+}
+
+impl Harness {
+    /// The harness of this test binary, built and started on first use.
+    pub fn get() -> &'static Harness {
+        static HARNESS: OnceLock<Harness> = OnceLock::new();
+        HARNESS.get_or_init(|| {
+            let bin = build();
+            let data_dir = repo().join("target/apiserver/runs").join(format!(
+                "{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::create_dir_all(&data_dir).unwrap();
+            let running = start(&bin, &data_dir);
+            Harness {
+                bin,
+                data_dir,
+                running: Mutex::new(Some(running)),
+            }
+        })
+    }
+
+    pub fn ready(&self) -> Ready {
+        self.running
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("harness is running")
+            .ready
+            .clone()
+    }
+
+    /// Kills the apiserver (SIGKILL) and starts it again on the same etcd data.
+    pub fn restart(&self) -> Ready {
+        let mut running = self.running.lock().unwrap();
+        if let Some(mut old) = running.take() {
+            old.child.kill().unwrap();
+            old.child.wait().unwrap();
+        }
+        let new = start(&self.bin, &self.data_dir);
+        let ready = new.ready.clone();
+        *running = Some(new);
+        ready
+    }
+}
+
+/// A client for one of the harness users; create it inside the test's own System.
+pub async fn client(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace() -> String {
+    let admin = client(&Harness::get().ready().admin).await;
+    let name = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(admin)
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create namespace {name}: {e}"));
+    name
+}

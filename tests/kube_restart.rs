@@ -1,0 +1,87 @@
+//! The API server is killed (SIGKILL) and restarted on the same etcd data while replicas
+//! campaign: leadership resumes and there are never two leaders. A separate test binary,
+//! because the restart would disturb any other test sharing the harness.
+
+mod support;
+
+use std::time::Duration;
+
+use dsync::{Config, Dsync, Election, KubeStore, Timing};
+use support::apiserver::{Harness, client, namespace};
+use support::{TermLog, monitor_single_leader, within};
+use tokio::time::Instant;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+async fn leader_of(elections: &[Election]) -> usize {
+    within(LIMIT, "someone is elected", async {
+        let mut rxs: Vec<_> = elections.iter().map(Election::watch_status).collect();
+        loop {
+            if let Some(i) = elections.iter().position(Election::is_leader) {
+                return i;
+            }
+            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+            let (changed, _, _) = futures::future::select_all(changes).await;
+            changed.expect("an election actor went away");
+        }
+    })
+    .await
+}
+
+#[actix::test]
+async fn an_apiserver_restart_is_survived_without_two_leaders() {
+    let ns = namespace().await;
+    let admin = Harness::get().ready().admin;
+    let timing = Timing::new(
+        Duration::from_secs(2),
+        Duration::from_millis(1500),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let mut replicas = Vec::new();
+    let mut elections = Vec::new();
+    let log = TermLog::default();
+    for name in ["pod-a", "pod-b", "pod-c"] {
+        let store = KubeStore::new(client(&admin).await).with_call_timeout(Duration::from_secs(1));
+        let d = Dsync::with_config(
+            store,
+            Config::default()
+                .with_namespace(&*ns)
+                .with_identity(name)
+                .with_timing(timing),
+        )
+        .unwrap();
+        let e = d.election("x").unwrap();
+        log.record(name, &e);
+        elections.push(e);
+        replicas.push(d);
+    }
+    let (violations, _monitor) = monitor_single_leader(elections.clone());
+    let first = leader_of(&elections).await;
+    let before = elections[first].term().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let down = Instant::now();
+    let ready = tokio::task::spawn_blocking(|| Harness::get().restart())
+        .await
+        .unwrap();
+    let restarted_after = down.elapsed();
+    assert_eq!(
+        ready.admin, admin,
+        "same data dir, same kubeconfigs (and port) after the restart"
+    );
+    // The outage (~2-3 s) is longer than the renew deadline: the leader must have stepped down.
+    if restarted_after > timing.renew_deadline() {
+        assert!(!before.is_active(), "leader stepped down during the outage");
+    }
+    let next = leader_of(&elections).await;
+    let term = elections[next].term().unwrap();
+    assert!(term.fencing_token() >= before.fencing_token());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(elections.iter().filter(|e| e.is_leader()).count(), 1);
+    assert!(violations.lock().unwrap().is_empty(), "{violations:?}");
+    log.assert_safe();
+    for d in &replicas {
+        d.shutdown().await.unwrap();
+    }
+}

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::{Command, DeposeReason, Deposed, Elected, ElectionStatus, LeaderChanged, TermCallback};
 use crate::lease::StepDownReason;
 use crate::lease::driver::{self, LeaseActor, LeaseState, Op};
-use crate::store::{StoreError, StoreResult, WatchEvent};
+use crate::store::StoreError;
 use crate::supervisor::Registry;
 use crate::term::{Term, TermId};
 
@@ -299,21 +299,7 @@ impl LeaseActor for ElectionActor {
     }
 }
 
-impl StreamHandler<StoreResult<WatchEvent>> for ElectionActor {
-    fn handle(&mut self, item: StoreResult<WatchEvent>, ctx: &mut Self::Context) {
-        if self.stopped {
-            return;
-        }
-        driver::on_watch_item(self, ctx, item);
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        if self.stopped {
-            return;
-        }
-        driver::on_watch_finished(self, ctx);
-    }
-}
+driver::impl_watch_handler!(ElectionActor);
 
 impl Handler<Command> for ElectionActor {
     type Result = ();

@@ -378,6 +378,9 @@ pub(crate) fn on_watch_item<A: LeaseActor>(
     ctx: &mut Context<A>,
     item: StoreResult<WatchEvent>,
 ) {
+    if act.halted() {
+        return;
+    }
     let now = now();
     let st = act.lease();
     match item {
@@ -402,6 +405,9 @@ pub(crate) fn on_watch_finished<A>(act: &mut A, ctx: &mut Context<A>)
 where
     A: LeaseActor + StreamHandler<StoreResult<WatchEvent>>,
 {
+    if act.halted() {
+        return;
+    }
     let st = act.lease();
     st.needs_read = true;
     ctx.run_later(st.timing.retry_period(), |act, ctx| {
@@ -409,3 +415,25 @@ where
         step(act, ctx);
     });
 }
+
+/// Implements the watch's `StreamHandler` for a [`LeaseActor`] by delegating to the shell.
+macro_rules! impl_watch_handler {
+    ($actor:ty) => {
+        impl ::actix::StreamHandler<$crate::store::StoreResult<$crate::store::WatchEvent>>
+            for $actor
+        {
+            fn handle(
+                &mut self,
+                item: $crate::store::StoreResult<$crate::store::WatchEvent>,
+                ctx: &mut Self::Context,
+            ) {
+                $crate::lease::driver::on_watch_item(self, ctx, item);
+            }
+
+            fn finished(&mut self, ctx: &mut Self::Context) {
+                $crate::lease::driver::on_watch_finished(self, ctx);
+            }
+        }
+    };
+}
+pub(crate) use impl_watch_handler;

@@ -11,7 +11,7 @@ use super::{LockCommand, LockStatus, Owner, Wait};
 use crate::error::{Error, Result};
 use crate::lease::driver::{self, LeaseActor, LeaseState, Op, now};
 use crate::lease::{Claim, StepDownReason, token_of};
-use crate::store::{StoreError, StoreResult, WatchEvent};
+use crate::store::StoreError;
 use crate::supervisor::Registry;
 use crate::term::Term;
 
@@ -458,21 +458,7 @@ impl LeaseActor for LockActor {
     }
 }
 
-impl StreamHandler<StoreResult<WatchEvent>> for LockActor {
-    fn handle(&mut self, item: StoreResult<WatchEvent>, ctx: &mut Self::Context) {
-        if self.stopped {
-            return;
-        }
-        driver::on_watch_item(self, ctx, item);
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        if self.stopped {
-            return;
-        }
-        driver::on_watch_finished(self, ctx);
-    }
-}
+driver::impl_watch_handler!(LockActor);
 
 impl Handler<LockCommand> for LockActor {
     type Result = ();

@@ -17,7 +17,7 @@ use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLe
 use crate::resource::{is_dns1123_label, is_dns1123_subdomain};
 
 /// Events buffered per watched lease before a slow watcher is told it lagged.
-const WATCH_BUFFER: usize = 64;
+const WATCH_BUFFER: usize = 16;
 
 /// Counts of the calls a [`MemoryStore`] has served, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,0 +1,103 @@
+//! Scale: many elections in one process on the memory store; reports RSS and steady CPU.
+//!
+//! `cargo bench --bench scale` (env: `DSYNC_SCALE_ELECTIONS`, default 10000;
+//! `DSYNC_SCALE_REPLICAS`, default 2, each campaigning for every election;
+//! `DSYNC_SCALE_SECONDS`, default 20, the steady-state window). Timing is the default
+//! 15 s / 10 s / 2 s, so every leader renews every 2 s.
+//!
+//! Linux only (reads /proc/self).
+
+use std::time::{Duration, Instant};
+
+use dsync::{Dsync, MemoryStore};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of this process.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn main() {
+    // `cargo bench` passes --bench; this is not a criterion bench.
+    let elections = env("DSYNC_SCALE_ELECTIONS", 10_000) as usize;
+    let replicas = env("DSYNC_SCALE_REPLICAS", 2) as usize;
+    let window = Duration::from_secs(env("DSYNC_SCALE_SECONDS", 20));
+    let rss_before = rss_kib();
+    actix::System::new().block_on(async move {
+        let store = MemoryStore::new();
+        let dsyncs: Vec<Dsync> = (0..replicas)
+            .map(|r| Dsync::new(store.clone(), format!("replica-{r}")).unwrap())
+            .collect();
+        let started = Instant::now();
+        let mut handles = Vec::with_capacity(elections * replicas);
+        for i in 0..elections {
+            for d in &dsyncs {
+                handles.push(d.election(&format!("e{i}")).unwrap());
+            }
+        }
+        // Wait until every election has a leader.
+        for chunk in handles.chunks(replicas) {
+            let mut rx = chunk[0].watch_status();
+            let _ = rx.wait_for(|s| s.leader.is_some()).await;
+        }
+        let setup = started.elapsed();
+        let stats0 = store.stats();
+        let (cpu0, t0) = (cpu(), Instant::now());
+        tokio::time::sleep(window).await;
+        let (cpu1, t1) = (cpu(), Instant::now());
+        let stats1 = store.stats();
+        let leaders = handles.iter().filter(|e| e.is_leader()).count();
+        let rss = rss_kib();
+        let busy = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64();
+        let writes = (stats1.replaces - stats0.replaces) as f64 / (t1 - t0).as_secs_f64();
+        println!(
+            "elections: {elections}, replicas: {replicas}, actors: {}",
+            handles.len()
+        );
+        println!("leaders: {leaders} (expected {elections})");
+        println!("setup until all elected: {:.2} s", setup.as_secs_f64());
+        println!(
+            "RSS: {:.1} MiB (process start: {:.1} MiB)",
+            rss as f64 / 1024.0,
+            rss_before as f64 / 1024.0
+        );
+        println!(
+            "steady CPU over {:.0} s: {:.2} % of one core",
+            window.as_secs_f64(),
+            busy * 100.0
+        );
+        println!(
+            "renewals: {writes:.0}/s; reads in window: {}",
+            stats1.gets - stats0.gets
+        );
+        assert_eq!(
+            leaders, elections,
+            "every election has exactly one leader here"
+        );
+        for d in &dsyncs {
+            d.shutdown().await.unwrap();
+        }
+    });
+}

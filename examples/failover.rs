@@ -62,10 +62,10 @@ impl LeaseStore for Crashable {
         }
         self.inner.replace(key, r, version)
     }
-    fn watch(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>> {
+    fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
         let crashed = self.crashed.clone();
         self.inner
-            .watch(key)
+            .watch(namespace)
             .take_while(move |_| futures::future::ready(!crashed.load(Ordering::SeqCst)))
             .boxed()
     }

@@ -14,10 +14,12 @@ use crate::lock::{Lock, LockActor, LockStatus};
 use crate::resource::{LeaseKind, Resource};
 use crate::store::{LeaseKey, LeaseStore};
 use crate::supervisor::{Registry, Shutdown, Supervisor};
+use crate::watch::WatchHub;
 
 struct Inner {
     config: Config,
     store: Arc<dyn LeaseStore>,
+    watches: Arc<WatchHub>,
     registry: Arc<Registry>,
     supervisor: Addr<Supervisor>,
     arbiter: ArbiterHandle,
@@ -71,11 +73,13 @@ impl Dsync {
             return Err(Error::NoActixSystem);
         }
         let registry = Arc::new(Registry::default());
-        let supervisor = Supervisor::new(registry.clone()).start();
+        let watches = WatchHub::new(store.clone());
+        let supervisor = Supervisor::new(registry.clone(), watches.clone()).start();
         Ok(Dsync {
             inner: Arc::new(Inner {
                 config,
                 store,
+                watches,
                 registry,
                 supervisor,
                 arbiter: Arbiter::current(),
@@ -211,7 +215,14 @@ impl Dsync {
             self.inner.config.identity.clone(),
             self.inner.config.timing,
             self.inner.store.clone(),
+            self.inner.watches.clone(),
         )
+    }
+
+    /// How many namespaces this replica watches (one watch each, shared by all its elections
+    /// and locks there).
+    pub fn watched_namespaces(&self) -> usize {
+        self.inner.watches.watched_namespaces()
     }
 
     fn stopped(&self) -> Error {

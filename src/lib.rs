@@ -67,6 +67,7 @@
 //! * [`election`] and [`lock`]: actors that execute the core's decisions, and their handles.
 //! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s actors.
 //! * [`term`]: [`Term`], cancellable, with the fencing token.
+//! * `watch`: one store watch per namespace, shared by a replica's actors.
 //!
 //! Shutdown is a main path, not an afterthought: [`Election::stop`], [`Lock::unlock`] and
 //! [`Dsync::shutdown`] cancel the term, wait for the work it guards, then release the lease so
@@ -85,6 +86,7 @@ pub mod resource;
 pub mod store;
 pub mod supervisor;
 pub mod term;
+mod watch;
 
 pub use config::{Config, Timing, TimingError};
 pub use dsync::Dsync;

@@ -6,7 +6,9 @@
 //! with the same address: handles keep working, the failed term is cancelled and reported as
 //! [`DeposeReason::Restarted`](crate::DeposeReason::Restarted), and the new incarnation
 //! campaigns again after a backoff. The registry maps each lease to its one actor, so every
-//! handle for the same election or lock shares it. [`Supervisor`] shuts everything down.
+//! handle for the same election or lock shares it. The supervisor also owns the replica's
+//! watch hub: one store watch per namespace, fanned out to the actors of each lease, so a
+//! thousand elections cost one watch. [`Supervisor`] shuts everything down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +20,7 @@ use tokio::sync::{oneshot, watch};
 use crate::election::{Election, ElectionActor};
 use crate::lock::{LockActor, LockStatus};
 use crate::store::LeaseKey;
+use crate::watch::WatchHub;
 
 pub(crate) type LockEntry = (Addr<LockActor>, watch::Receiver<LockStatus>);
 
@@ -107,11 +110,16 @@ impl Registry {
 /// Supervises one `Dsync`'s election and lock actors (see the module docs).
 pub struct Supervisor {
     registry: Arc<Registry>,
+    /// The replica's shared watches, one per namespace, fanned out to the actors.
+    _watches: Arc<WatchHub>,
 }
 
 impl Supervisor {
-    pub(crate) fn new(registry: Arc<Registry>) -> Self {
-        Supervisor { registry }
+    pub(crate) fn new(registry: Arc<Registry>, watches: Arc<WatchHub>) -> Self {
+        Supervisor {
+            registry,
+            _watches: watches,
+        }
     }
 }
 

@@ -196,7 +196,7 @@ impl Actor for ElectionActor {
         if self.stopped {
             return;
         }
-        self.watch_handle = Some(ctx.add_stream(self.st.store.watch(&self.st.key)));
+        self.watch_handle = Some(ctx.add_stream(self.st.watches.watch(&self.st.key)));
         let backoff = self.restart_backoff();
         if backoff.is_zero() {
             driver::step(self, ctx);

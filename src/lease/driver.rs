@@ -18,6 +18,7 @@ use crate::config::Timing;
 use crate::store::{
     LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent,
 };
+use crate::watch::WatchHub;
 
 /// Local monotonic "now", as tokio sees it (so paused-time tests control it).
 pub(crate) fn now() -> Instant {
@@ -49,6 +50,7 @@ impl Op {
 /// Lease state owned by an actor and driven by this shell.
 pub(crate) struct LeaseState {
     pub key: LeaseKey,
+    pub watches: Arc<WatchHub>,
     pub identity: String,
     pub timing: Timing,
     pub store: Arc<dyn LeaseStore>,
@@ -67,9 +69,11 @@ impl LeaseState {
         identity: String,
         timing: Timing,
         store: Arc<dyn LeaseStore>,
+        watches: Arc<WatchHub>,
     ) -> Self {
         LeaseState {
             key,
+            watches,
             identity,
             timing,
             store,
@@ -367,7 +371,7 @@ where
     A: LeaseActor + StreamHandler<StoreResult<WatchEvent>>,
 {
     let st = act.lease();
-    let stream = st.store.watch(&st.key);
+    let stream = st.watches.watch(&st.key);
     ctx.add_stream(stream);
 }
 

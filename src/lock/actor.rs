@@ -323,7 +323,7 @@ impl Actor for LockActor {
         if self.stopped {
             return;
         }
-        self.watch_handle = Some(ctx.add_stream(self.st.store.watch(&self.st.key)));
+        self.watch_handle = Some(ctx.add_stream(self.st.watches.watch(&self.st.key)));
         driver::step(self, ctx);
     }
 }

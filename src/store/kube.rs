@@ -173,24 +173,27 @@ impl LeaseStore for KubeStore {
         })
     }
 
-    fn watch(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>> {
-        let api = self.api(key);
-        let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
-        let key = key.clone();
+    fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
         let seen = self.seen.clone();
-        watcher(api, config)
+        let namespace = namespace.to_owned();
+        watcher(api, watcher::Config::default())
             .default_backoff()
             .filter_map(move |event| {
                 let item = match event {
                     Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                        let key = LeaseKey::new(
+                            &*namespace,
+                            lease.metadata.name.clone().unwrap_or_default(),
+                        );
                         Some(Ok(WatchEvent::Applied(remember(&seen, &key, lease))))
                     }
-                    Ok(watcher::Event::Delete(_)) => Some(Ok(WatchEvent::Deleted {
-                        name: key.name.clone(),
+                    Ok(watcher::Event::Delete(lease)) => Some(Ok(WatchEvent::Deleted {
+                        name: lease.metadata.name.unwrap_or_default(),
                     })),
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                     Err(error) => Some(Err(StoreError::Unavailable {
-                        message: format!("watch on lease {key} failed"),
+                        message: format!("watch on leases in namespace {namespace} failed"),
                         source: Some(Box::new(error)),
                     })),
                 };

@@ -9,15 +9,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures::channel::mpsc;
 use futures::future::{self, BoxFuture, FutureExt};
-use futures::stream::{self, BoxStream, StreamExt};
-use tokio::sync::broadcast;
+use futures::stream::{BoxStream, StreamExt};
 
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
 use crate::resource::{is_dns1123_label, is_dns1123_subdomain};
-
-/// Events buffered per watched lease before a slow watcher is told it lagged.
-const WATCH_BUFFER: usize = 16;
 
 /// Counts of the calls a [`MemoryStore`] has served, for tests and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,14 +27,16 @@ pub struct StoreStats {
     pub replaces: u64,
     /// `replace` calls rejected for a stale version.
     pub conflicts: u64,
-    /// `watch` calls.
+    /// `watch` calls (one per watched namespace per replica, normally).
     pub watches: u64,
 }
 
 #[derive(Default)]
 struct Inner {
     leases: HashMap<LeaseKey, StoredLease>,
-    watchers: HashMap<LeaseKey, broadcast::Sender<WatchEvent>>,
+    /// Watchers by namespace. Each has its own queue, as the API server keeps per watcher, so
+    /// a burst of writes is never lost; closed watchers are dropped on the next write.
+    watchers: HashMap<String, Vec<mpsc::UnboundedSender<WatchEvent>>>,
     revision: u64,
     stats: StoreStats,
 }
@@ -51,9 +50,11 @@ impl Inner {
             resource_version: self.revision.to_string(),
         };
         self.leases.insert(key.clone(), stored.clone());
-        if let Some(tx) = self.watchers.get(key) {
-            // No receivers is fine: nobody watches right now.
-            let _ = tx.send(WatchEvent::Applied(stored.clone()));
+        if let Some(watchers) = self.watchers.get_mut(&key.namespace) {
+            watchers.retain(|tx| {
+                tx.unbounded_send(WatchEvent::Applied(stored.clone()))
+                    .is_ok()
+            });
         }
         stored
     }
@@ -221,29 +222,16 @@ impl LeaseStore for MemoryStore {
         future::ready(self.replace_now(key, record, resource_version)).boxed()
     }
 
-    fn watch(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>> {
-        let rx = {
-            let mut inner = self.lock();
-            inner.stats.watches += 1;
-            inner
-                .watchers
-                .entry(key.clone())
-                .or_insert_with(|| broadcast::channel(WATCH_BUFFER).0)
-                .subscribe()
-        };
-        let lease = key.to_string();
-        stream::unfold((rx, lease), |(mut rx, lease)| async move {
-            let item = match rx.recv().await {
-                Ok(event) => Ok(event),
-                Err(broadcast::error::RecvError::Lagged(missed)) => Err(StoreError::WatchLagged {
-                    lease: lease.clone(),
-                    missed,
-                }),
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            Some((item, (rx, lease)))
-        })
-        .boxed()
+    fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        let (tx, rx) = mpsc::unbounded();
+        let mut inner = self.lock();
+        inner.stats.watches += 1;
+        inner
+            .watchers
+            .entry(namespace.to_owned())
+            .or_default()
+            .push(tx);
+        rx.map(Ok).boxed()
     }
 }
 
@@ -308,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn a_replace_that_changes_nothing_keeps_the_version() {
         let s = MemoryStore::new();
-        let mut w = s.watch(&key());
+        let mut w = s.watch("default");
         let v1 = s.create(&key(), held_by("a")).await.unwrap();
         let same = s
             .replace(&key(), held_by("a"), &v1.resource_version)
@@ -374,34 +362,53 @@ mod tests {
     #[tokio::test]
     async fn watch_sees_every_write_in_order() {
         let s = MemoryStore::new();
-        let mut w = s.watch(&key());
+        let mut w = s.watch("default");
         let v1 = s.create(&key(), held_by("a")).await.unwrap();
+        let _ = s
+            .create(&LeaseKey::new("elsewhere", "unrelated"), held_by("z"))
+            .await;
         let v2 = s
             .replace(&key(), held_by("b"), &v1.resource_version)
             .await
             .unwrap();
-        let _ = s
-            .create(&LeaseKey::new("default", "unrelated"), held_by("z"))
-            .await;
+        let other = s
+            .create(&LeaseKey::new("default", "other"), held_by("z"))
+            .await
+            .unwrap();
         assert_eq!(w.next().await.unwrap().unwrap(), WatchEvent::Applied(v1));
         assert_eq!(w.next().await.unwrap().unwrap(), WatchEvent::Applied(v2));
+        assert_eq!(
+            w.next().await.unwrap().unwrap(),
+            WatchEvent::Applied(other),
+            "every lease of the namespace, and only those"
+        );
     }
 
     #[tokio::test]
-    async fn a_slow_watcher_is_told_it_lagged() {
+    async fn a_burst_of_writes_reaches_a_watcher_in_full() {
         let s = MemoryStore::new();
-        let mut w = s.watch(&key());
+        let mut w = s.watch("default");
         let mut v = s.create(&key(), held_by("a")).await.unwrap();
-        for i in 0..WATCH_BUFFER + 5 {
+        for i in 0..5000 {
             v = s
                 .replace(&key(), held_by(&format!("p{i}")), &v.resource_version)
                 .await
                 .unwrap();
         }
-        assert!(matches!(
-            w.next().await.unwrap(),
-            Err(StoreError::WatchLagged { missed, .. }) if missed > 0
-        ));
+        let events: Vec<_> = w.by_ref().take(5001).collect().await;
+        assert_eq!(events.len(), 5001);
+        assert_eq!(
+            events.last().unwrap().as_ref().unwrap(),
+            &WatchEvent::Applied(v)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_watcher_is_forgotten() {
+        let s = MemoryStore::new();
+        drop(s.watch("default"));
+        s.create(&key(), held_by("a")).await.unwrap();
+        assert!(s.lock().watchers["default"].is_empty());
     }
 
     #[tokio::test]

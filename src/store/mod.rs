@@ -151,7 +151,7 @@ pub enum StoreError {
     /// A watch fell behind and lost events; the watcher must re-read.
     #[error("watch on {lease} fell behind by {missed} events")]
     WatchLagged {
-        /// `namespace/name`.
+        /// What was watched (a namespace, or `namespace/name`).
         lease: String,
         /// How many events were lost.
         missed: u64,
@@ -250,8 +250,10 @@ pub trait LeaseStore: Send + Sync + 'static {
         resource_version: &str,
     ) -> BoxFuture<'static, StoreResult<StoredLease>>;
 
-    /// Changes to one lease from now on. The stream may end or yield an error at any time
-    /// (for example [`StoreError::WatchLagged`]); watchers then re-read with [`get`](Self::get)
-    /// and watch again. Watches only make dsync faster: correctness never depends on them.
-    fn watch(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>>;
+    /// Changes to every lease of `namespace` from now on. A replica opens one such watch per
+    /// namespace and shares it among its elections and locks. The stream may end or yield an
+    /// error at any time (for example [`StoreError::WatchLagged`]); watchers then re-read with
+    /// [`get`](Self::get) and watch again. Watches only make dsync faster: correctness never
+    /// depends on them.
+    fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>>;
 }

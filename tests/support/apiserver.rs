@@ -132,18 +132,23 @@ impl Harness {
             .lock()
             .unwrap()
             .as_ref()
-            .expect("harness is running")
+            .expect("the harness is running")
             .ready
             .clone()
     }
 
-    /// Kills the apiserver (SIGKILL) and starts it again on the same etcd data.
-    pub fn restart(&self) -> Ready {
-        let mut running = self.running.lock().unwrap();
-        if let Some(mut old) = running.take() {
+    /// Kills the apiserver and its etcd (SIGKILL), as a crash would.
+    pub fn kill(&self) {
+        if let Some(mut old) = self.running.lock().unwrap().take() {
             old.child.kill().unwrap();
             old.child.wait().unwrap();
         }
+    }
+
+    /// Starts the apiserver again on the same etcd data (and port, if it is free).
+    pub fn start_again(&self) -> Ready {
+        let mut running = self.running.lock().unwrap();
+        assert!(running.is_none(), "the harness is still running");
         let new = start(&self.bin, &self.data_dir);
         let ready = new.ready.clone();
         *running = Some(new);

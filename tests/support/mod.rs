@@ -140,7 +140,7 @@ impl LeaseStore for FaultyStore {
             .unwrap_or_else(|| self.inner.replace(key, record, resource_version))
     }
 
-    fn watch(&self, key: &LeaseKey) -> BoxStream<'static, Result<WatchEvent, StoreError>> {
+    fn watch(&self, namespace: &str) -> BoxStream<'static, Result<WatchEvent, StoreError>> {
         let faults = self.faults.clone();
         {
             let mut f = faults.lock().unwrap();
@@ -151,7 +151,7 @@ impl LeaseStore for FaultyStore {
         }
         // A partition ends the watch at its next event: the replica hears nothing more.
         self.inner
-            .watch(key)
+            .watch(namespace)
             .take_while(move |_| {
                 let cut = faults.lock().unwrap().partitioned;
                 futures::future::ready(!cut)

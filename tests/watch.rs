@@ -1,0 +1,93 @@
+//! The shared watch: one store watch per replica and namespace, whatever the number of
+//! elections and locks, with handoffs still seen at once.
+
+mod support;
+
+use std::time::Duration;
+
+use dsync::{Config, Dsync, MemoryStore};
+use support::{settle, within};
+use tokio::time::Instant;
+
+#[actix::test]
+async fn a_thousand_elections_cost_one_watch_per_replica() {
+    tokio::time::pause();
+    let store = MemoryStore::new();
+    let a = Dsync::new(store.clone(), "pod-a").unwrap();
+    let b = Dsync::new(store.clone(), "pod-b").unwrap();
+    let mut elections = Vec::new();
+    for i in 0..1000 {
+        elections.push(a.election(&format!("e{i}")).unwrap());
+        elections.push(b.election(&format!("e{i}")).unwrap());
+    }
+    let locks: Vec<_> = (0..100)
+        .map(|i| a.lock(&format!("l{i}")).unwrap())
+        .collect();
+    for l in &locks {
+        l.try_lock().await.unwrap();
+    }
+    for e in elections.iter().step_by(2) {
+        let mut rx = e.watch_status();
+        within(
+            Duration::from_secs(60),
+            "leader",
+            rx.wait_for(|s| s.leader.is_some()),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(store.stats().watches, 2, "one watch per replica");
+    assert_eq!((a.watched_namespaces(), b.watched_namespaces()), (1, 1));
+    let gets = store.stats().gets;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(store.stats().gets, gets, "no polling at steady state");
+
+    // Every election still hands over at once through the shared watch.
+    let t0 = Instant::now();
+    let stopped: Vec<usize> = (0..elections.len())
+        .filter(|&i| elections[i].is_leader())
+        .take(50)
+        .collect();
+    for &i in &stopped {
+        elections[i].stop().await.unwrap();
+    }
+    settle().await;
+    for &i in &stopped {
+        let partner = i ^ 1; // pairs are (a, b) at (2k, 2k + 1)
+        assert!(
+            elections[partner].is_leader(),
+            "election {i} was taken over"
+        );
+    }
+    assert_eq!(Instant::now(), t0, "without waiting");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[actix::test]
+async fn each_namespace_gets_its_own_watch() {
+    tokio::time::pause();
+    let store = MemoryStore::new();
+    let d = Dsync::with_config(
+        store.clone(),
+        Config::default()
+            .with_identity("pod-a")
+            .with_namespace("one"),
+    )
+    .unwrap();
+    let e1 = d.election("x").unwrap();
+    let e2 = d
+        .election_for(dsync::Resource::new("two", "", "x"))
+        .unwrap();
+    within(Duration::from_secs(60), "e1", e1.elected())
+        .await
+        .unwrap();
+    within(Duration::from_secs(60), "e2", e2.elected())
+        .await
+        .unwrap();
+    assert_eq!(e2.lease().to_string(), "two/unscoped.election.x");
+    assert_eq!(d.watched_namespaces(), 2);
+    assert_eq!(store.stats().watches, 2);
+    d.shutdown().await.unwrap();
+}

@@ -257,3 +257,31 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// depends on them.
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>>;
 }
+
+/// A shared store is a store: `Arc<MemoryStore>`, `Arc<dyn LeaseStore>`, ...
+impl<S: LeaseStore + ?Sized> LeaseStore for std::sync::Arc<S> {
+    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        (**self).get(key)
+    }
+
+    fn create(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        (**self).create(key, record)
+    }
+
+    fn replace(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        (**self).replace(key, record, resource_version)
+    }
+
+    fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        (**self).watch(namespace)
+    }
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod apiserver;
+pub mod backend;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

@@ -1,19 +1,18 @@
-//! dsync on `KubeStore` against a real kube-apiserver (built from source, see tests/apiserver).
+//! Kubernetes-only behaviour of `KubeStore` against a real kube-apiserver (built from source,
+//! see tests/apiserver): real 409s, RBAC, names the server rejects. The election and lock
+//! suites run on this server too (tests/election.rs, tests/lock.rs, `kube::` tests).
 //!
-//! These run in real time (the network cannot be paused) with short timings: lease 2 s, renew
-//! deadline 1.5 s, retry 0.5 s. Each test has its own namespace and its own kube clients.
+//! Real time with short timings: lease 2 s, renew deadline 1.5 s, retry 0.5 s. Each test has
+//! its own namespace and its own kube clients.
 
 mod support;
 
 use std::time::Duration;
 
 use dsync::store::{LeaseKey, LeaseRecord};
-use dsync::{
-    Config, DeposeReason, Dsync, Election, Error, KubeStore, LeaseStore, StoreError, Timing,
-};
+use dsync::{Config, Dsync, Error, KubeStore, LeaseStore, StoreError, Timing};
 use support::apiserver::{Harness, client, namespace};
-use support::{FaultyStore, TermLog, monitor_single_leader, within};
-use tokio::time::Instant;
+use support::within;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -43,122 +42,6 @@ fn replica(store: impl LeaseStore, ns: &str, name: &str) -> Dsync {
             .with_timing(timing()),
     )
     .unwrap()
-}
-
-async fn leader_of(elections: &[Election]) -> usize {
-    within(LIMIT, "someone is elected", async {
-        let mut rxs: Vec<_> = elections.iter().map(Election::watch_status).collect();
-        loop {
-            if let Some(i) = elections.iter().position(Election::is_leader) {
-                return i;
-            }
-            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            let (changed, _, _) = futures::future::select_all(changes).await;
-            changed.expect("an election actor went away");
-        }
-    })
-    .await
-}
-
-#[actix::test]
-async fn two_clients_contend_one_leads_and_a_stop_hands_over_at_once() {
-    let ns = namespace().await;
-    // Separate kube clients, as separate pods would have.
-    let a = replica(admin_store().await, &ns, "pod-a");
-    let b = replica(admin_store().await, &ns, "pod-b");
-    let log = TermLog::default();
-    let ea = a.election("x").unwrap();
-    let eb = b.election("x").unwrap();
-    log.record("pod-a", &ea);
-    log.record("pod-b", &eb);
-    let elections = vec![ea.clone(), eb.clone()];
-    let (violations, _monitor) = monitor_single_leader(elections.clone());
-    let first = leader_of(&elections).await;
-    // Several renewal rounds against the real server.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(elections.iter().filter(|e| e.is_leader()).count(), 1);
-    let leader = ["pod-a", "pod-b"][first];
-    assert_eq!(ea.leader().as_deref(), Some(leader));
-    assert_eq!(eb.leader().as_deref(), Some(leader));
-
-    let t0 = Instant::now();
-    elections[first].stop().await.unwrap();
-    let next = within(LIMIT, "takeover", elections[1 - first].elected())
-        .await
-        .unwrap();
-    let handoff = t0.elapsed();
-    assert!(handoff < Duration::from_secs(1), "handoff took {handoff:?}");
-    assert!(next.fencing_token() > 0);
-    log.assert_safe();
-    assert!(violations.lock().unwrap().is_empty(), "{violations:?}");
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
-    let stored = admin_store().await.get(&ea.lease()).await.unwrap();
-    assert_eq!(stored.record.holder(), None, "released on shutdown");
-}
-
-#[actix::test]
-async fn a_crashed_leader_is_replaced_after_the_lease_duration() {
-    let ns = namespace().await;
-    let fa = FaultyStore::new(admin_store().await);
-    let a = replica(fa.clone(), &ns, "pod-a");
-    let b = replica(admin_store().await, &ns, "pod-b");
-    let ea = a.election("x").unwrap();
-    let ta = within(LIMIT, "a", ea.elected()).await.unwrap();
-    let eb = b.election("x").unwrap();
-    let log = TermLog::default();
-    log.record("pod-a", &ea);
-    log.record("pod-b", &eb);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let crash = Instant::now();
-    fa.partition();
-    let tb = within(LIMIT, "b", eb.elected()).await.unwrap();
-    let waited = crash.elapsed();
-    // At most lease duration after the last renewal B saw, plus API round trips.
-    assert!(
-        waited >= Duration::from_millis(1400) && waited <= Duration::from_millis(2600),
-        "takeover after {waited:?}"
-    );
-    assert!(!ta.is_active());
-    assert!(tb.fencing_token() > ta.fencing_token());
-    log.assert_safe();
-    assert_eq!(
-        log.spans()[0].reason,
-        Some(DeposeReason::RenewDeadlineExceeded)
-    );
-    b.shutdown().await.unwrap();
-}
-
-#[actix::test]
-async fn locks_on_the_real_server() {
-    let ns = namespace().await;
-    let a = replica(admin_store().await, &ns, "pod-a");
-    let b = replica(admin_store().await, &ns, "pod-b");
-    let (la, lb) = (a.lock("job").unwrap(), b.lock("job").unwrap());
-    assert!(matches!(la.unlock().await, Err(Error::NotLocked { .. })));
-    let ta = la.try_lock().await.unwrap();
-    assert!(matches!(
-        lb.try_lock().await,
-        Err(Error::AlreadyLocked { holder, .. }) if holder == "pod-a"
-    ));
-    assert!(matches!(
-        lb.unlock().await,
-        Err(Error::NotLockHolder { holder: Some(h), .. }) if h == "pod-a"
-    ));
-    let waiter = actix::spawn(async move { lb.lock().await.map(|t| (t, Instant::now())) });
-    tokio::time::sleep(Duration::from_secs(3)).await; // renewed meanwhile
-    assert!(!waiter.is_finished());
-    let unlocked = Instant::now();
-    la.unlock().await.unwrap();
-    let (tb, got) = within(LIMIT, "b", waiter).await.unwrap().unwrap();
-    assert!(
-        got - unlocked < Duration::from_secs(1),
-        "lock handoff took {:?}",
-        got - unlocked
-    );
-    assert!(tb.fencing_token() > ta.fencing_token());
-    a.shutdown().await.unwrap();
-    b.shutdown().await.unwrap();
 }
 
 fn held_by(id: &str) -> LeaseRecord {

@@ -1,20 +1,39 @@
-//! Locks on the in-process store, in paused tokio time. Timing: 15 s / 10 s / 2 s.
+//! Locks, each test run on both stores: `MemoryStore` in paused time (timing 15/10/2 s, exact
+//! instants) and `KubeStore` against the real kube-apiserver (timing scaled to 3/2/0.4 s, with
+//! slack for round trips). See `support::backend`.
 
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dsync::{Dsync, Error, LeaseStore, MemoryStore, StoreError};
-use support::{Call, FaultyStore, settle, within};
+use dsync::{Error, StoreError};
+use support::backend::Env;
+use support::{Call, settle, within};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const LIMIT: Duration = Duration::from_secs(600);
-
-fn replica(store: impl LeaseStore, name: &str) -> Dsync {
-    Dsync::new(store, name).unwrap()
-}
+crate::on_both_stores!(
+    unlock_of_a_fresh_lock_is_not_locked,
+    try_lock_then_again_then_unlock_then_unlock_again,
+    two_replicas_alternate,
+    a_blocking_lock_completes_as_soon_as_the_holder_unlocks,
+    lock_with_cancel_gives_up_when_cancelled,
+    cancelling_the_token_after_locking_does_not_release,
+    lock_timeout_times_out,
+    with_lock_excludes_others_while_f_runs_and_unlocks_after,
+    with_try_lock_fails_fast_when_held,
+    two_handles_in_one_replica_exclude_each_other,
+    local_waiters_are_served_first_come_first_served,
+    a_crashed_holders_lock_frees_after_the_lease_duration,
+    with_lock_is_told_through_the_term_when_the_lock_is_lost,
+    try_lock_and_unlock_fail_in_bounded_time_when_the_store_is_unreachable,
+    a_dropped_handle_releases_its_lock,
+    a_lock_left_by_an_earlier_incarnation_can_be_unlocked,
+    store_errors_reach_the_caller_typed,
+    a_held_lock_is_renewed_and_never_expires,
+    shutdown_releases_held_locks_and_fails_waiters,
+);
 
 fn holder_of(err: &Error) -> &str {
     match err {
@@ -23,41 +42,48 @@ fn holder_of(err: &Error) -> &str {
     }
 }
 
-#[actix::test]
-async fn unlock_of_a_fresh_lock_is_not_locked() {
-    tokio::time::pause();
-    let d = replica(MemoryStore::new(), "pod-a");
+/// Asserts `lo - slack <= got <= hi + slack` (durations in default-timing seconds).
+fn assert_between(env: &Env, got: Duration, lo: f64, hi: f64, what: &str) {
+    let (lo, hi) = (
+        env.d(lo).saturating_sub(env.slack()),
+        env.d(hi) + env.slack(),
+    );
+    assert!(
+        got >= lo && got <= hi,
+        "{what}: {got:?} not in [{lo:?}, {hi:?}]"
+    );
+}
+
+async fn holder_in_store(env: &Env, lock: &dsync::Lock) -> Option<String> {
+    env.peek(&lock.lease())
+        .await
+        .and_then(|l| l.record.holder().map(str::to_owned))
+}
+
+async fn unlock_of_a_fresh_lock_is_not_locked(env: Env) {
+    let d = env.replica("pod-a").await;
     let l = d.lock("x").unwrap();
-    assert_eq!(l.lease().to_string(), "default/unscoped.lock.x");
+    let expected = format!("{}/unscoped.lock.x", env.namespace);
+    assert_eq!(l.lease().to_string(), expected);
     let err = l.unlock().await.unwrap_err();
     assert!(
-        matches!(&err, Error::NotLocked { lock } if lock == "default/unscoped.lock.x"),
+        matches!(&err, Error::NotLocked { lock } if *lock == expected),
         "{err:?}"
     );
     d.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn try_lock_then_again_then_unlock_then_unlock_again() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let d = replica(store.clone(), "pod-a");
+async fn try_lock_then_again_then_unlock_then_unlock_again(env: Env) {
+    let d = env.replica("pod-a").await;
     let l = d.lock("x").unwrap();
     let term = l.try_lock().await.unwrap();
     assert!(term.is_active());
-    assert_eq!(
-        store.peek(&l.lease()).unwrap().record.holder(),
-        Some("pod-a")
-    );
+    assert_eq!(holder_in_store(&env, &l).await.as_deref(), Some("pod-a"));
     // Not reentrant, even for the same handle.
     assert_eq!(holder_of(&l.try_lock().await.unwrap_err()), "pod-a");
     l.unlock().await.unwrap();
     assert!(!term.is_active(), "unlock ends the term");
-    assert_eq!(
-        store.peek(&l.lease()).unwrap().record.holder(),
-        None,
-        "released"
-    );
+    assert_eq!(holder_in_store(&env, &l).await, None, "released");
     assert!(matches!(l.unlock().await, Err(Error::NotLocked { .. })));
     // Lock / TryLock / Unlock / Unlock (the seed's sequence).
     l.lock().await.unwrap();
@@ -70,14 +96,8 @@ async fn try_lock_then_again_then_unlock_then_unlock_again() {
     d.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn two_replicas_alternate() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn two_replicas_alternate(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     let mut tokens = Vec::new();
     for round in 0..4 {
@@ -100,141 +120,102 @@ async fn two_replicas_alternate() {
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn a_blocking_lock_completes_as_soon_as_the_holder_unlocks() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn a_blocking_lock_completes_as_soon_as_the_holder_unlocks(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     let ta = la.lock().await.unwrap();
     let waiter = actix::spawn(async move { (lb.lock().await, Instant::now()) });
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    tokio::time::sleep(env.d(60.0)).await;
     assert!(!waiter.is_finished(), "A renews: B must keep waiting");
     assert!(ta.is_active());
     let unlocked = Instant::now();
     la.unlock().await.unwrap();
-    let (tb, got) = within(LIMIT, "b locks", waiter).await.unwrap();
+    let (tb, got) = within(env.limit(), "b locks", waiter).await.unwrap();
     let tb = tb.unwrap();
-    assert_eq!(got, unlocked, "handoff through the watch, no waiting");
+    assert_between(&env, got - unlocked, 0.0, 0.0, "handoff through the watch");
     assert!(tb.fencing_token() > ta.fencing_token());
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn lock_with_cancel_gives_up_when_cancelled() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn lock_with_cancel_gives_up_when_cancelled(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     la.lock().await.unwrap();
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     let waiter = actix::spawn(async move { lb.lock_with_cancel(c).await });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(env.d(3.0)).await;
     cancel.cancel();
-    let err = within(LIMIT, "cancelled", waiter)
+    let err = within(env.limit(), "cancelled", waiter)
         .await
         .unwrap()
         .unwrap_err();
     assert!(matches!(err, Error::Cancelled { .. }), "{err:?}");
     // The cancelled waiter is gone: after A unlocks, nobody takes the lock.
     la.unlock().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(store.peek(&la.lease()).unwrap().record.holder(), None);
+    tokio::time::sleep(env.d(30.0)).await;
+    assert_eq!(holder_in_store(&env, &la).await, None);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn cancelling_the_token_after_locking_does_not_release() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn cancelling_the_token_after_locking_does_not_release(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     let cancel = CancellationToken::new();
     let term = la.lock_with_cancel(cancel.clone()).await.unwrap();
     cancel.cancel();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(env.d(30.0)).await;
     assert!(term.is_active());
     assert_eq!(holder_of(&lb.try_lock().await.unwrap_err()), "pod-a");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn lock_timeout_times_out_in_virtual_time() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn lock_timeout_times_out(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     la.lock().await.unwrap();
     let start = Instant::now();
-    let err = lb.lock_timeout(Duration::from_secs(5)).await.unwrap_err();
+    let limit = env.d(5.0);
+    let err = lb.lock_timeout(limit).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Timeout { after, .. } if *after == Duration::from_secs(5)),
+        matches!(&err, Error::Timeout { after, .. } if *after == limit),
         "{err:?}"
     );
-    let waited = Instant::now() - start;
-    // Timers have millisecond resolution.
-    assert!(
-        waited >= Duration::from_secs(5) && waited <= Duration::from_millis(5_002),
-        "{waited:?}"
-    );
+    assert_between(&env, start.elapsed(), 5.0, 5.0, "timed out");
     la.unlock().await.unwrap();
     // Free now: a timeout on a free lock succeeds at once.
-    lb.lock_timeout(Duration::from_secs(5)).await.unwrap();
+    lb.lock_timeout(limit).await.unwrap();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn with_lock_excludes_others_while_f_runs_and_unlocks_after() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn with_lock_excludes_others_while_f_runs_and_unlocks_after(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     let lb2 = lb.clone();
+    let hold = env.d(40.0);
     let out = la
         .with_lock(|term| async move {
             assert!(term.is_active());
-            tokio::time::sleep(Duration::from_secs(40)).await; // renewed meanwhile
+            tokio::time::sleep(hold).await; // renewed meanwhile
             let err = lb2.try_lock().await.unwrap_err();
             (term.fencing_token(), err.to_string())
         })
         .await
         .unwrap();
     assert!(out.1.contains("already locked"), "{}", out.1);
-    assert_eq!(store.peek(&la.lease()).unwrap().record.holder(), None);
+    assert_eq!(holder_in_store(&env, &la).await, None);
     let t = lb.try_lock().await.unwrap();
     assert!(t.fencing_token() > out.0);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn with_try_lock_fails_fast_when_held() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn with_try_lock_fails_fast_when_held(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     la.lock().await.unwrap();
     let err = lb
@@ -248,10 +229,8 @@ async fn with_try_lock_fails_fast_when_held() {
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn two_handles_in_one_replica_exclude_each_other() {
-    tokio::time::pause();
-    let d = replica(MemoryStore::new(), "pod-a");
+async fn two_handles_in_one_replica_exclude_each_other(env: Env) {
+    let d = env.replica("pod-a").await;
     let (h1, h2) = (d.lock("x").unwrap(), d.lock("x").unwrap());
     h1.lock().await.unwrap();
     assert_eq!(holder_of(&h2.try_lock().await.unwrap_err()), "pod-a");
@@ -263,55 +242,64 @@ async fn two_handles_in_one_replica_exclude_each_other() {
     d.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn local_waiters_are_served_first_come_first_served() {
-    tokio::time::pause();
-    let d = replica(MemoryStore::new(), "pod-a");
+async fn local_waiters_are_served_first_come_first_served(env: Env) {
+    let d = env.replica("pod-a").await;
     let first = d.lock("x").unwrap();
     first.lock().await.unwrap();
     let order = Arc::new(Mutex::new(Vec::new()));
     let mut waiters = Vec::new();
+    let hold = env.d(1.0);
     for i in 0..4 {
         let l = d.lock("x").unwrap();
         let order = order.clone();
         waiters.push(actix::spawn(async move {
             l.lock().await.unwrap();
             order.lock().unwrap().push(i);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(hold).await;
             l.unlock().await.unwrap();
         }));
-        settle().await; // queue them in a known order
+        // Queue them in a known order.
+        settle().await;
+        let mut status = first.watch_status();
+        within(
+            env.limit(),
+            "queued",
+            status.wait_for(|s| s.waiters == i + 1),
+        )
+        .await
+        .unwrap();
     }
     first.unlock().await.unwrap();
     for w in waiters {
-        within(LIMIT, "waiter", w).await.unwrap();
+        within(env.limit(), "waiter", w).await.unwrap();
     }
     assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
     d.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn a_crashed_holders_lock_frees_after_the_lease_duration() {
-    tokio::time::pause();
-    let memory = MemoryStore::new();
-    let fa = FaultyStore::new(memory.clone());
-    let (a, b) = (
-        replica(fa.clone(), "pod-a"),
-        replica(memory.clone(), "pod-b"),
-    );
+async fn a_crashed_holders_lock_frees_after_the_lease_duration(env: Env) {
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let b = env.replica("pod-b").await;
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     let ta = la.lock().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(env.d(5.0)).await;
+    let mut status = lb.watch_status();
     let waiter = actix::spawn(async move { lb.lock().await.map(|t| (t, Instant::now())) });
-    settle().await;
+    // B is waiting (it has read the lease) before A crashes.
+    within(
+        env.limit(),
+        "b waits",
+        status.wait_for(|s| s.waiters == 1 && s.holder.is_some()),
+    )
+    .await
+    .unwrap();
     let crash = Instant::now();
     fa.partition();
-    let (tb, got) = within(LIMIT, "b locks", waiter).await.unwrap().unwrap();
-    let waited = got - crash;
-    assert!(
-        waited >= Duration::from_secs(13) && waited <= Duration::from_secs(15),
-        "takeover after {waited:?}"
-    );
+    let (tb, got) = within(env.limit(), "b locks", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_between(&env, got - crash, 13.0, 15.0, "takeover");
     assert!(!ta.is_active(), "A's term ended at its renew deadline");
     assert!(tb.fencing_token() > ta.fencing_token());
     // A comes back and finds the lock taken.
@@ -325,12 +313,8 @@ async fn a_crashed_holders_lock_frees_after_the_lease_duration() {
     a.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn with_lock_is_told_through_the_term_when_the_lock_is_lost() {
-    tokio::time::pause();
-    let memory = MemoryStore::new();
-    let fa = FaultyStore::new(memory.clone());
-    let a = replica(fa.clone(), "pod-a");
+async fn with_lock_is_told_through_the_term_when_the_lock_is_lost(env: Env) {
+    let (a, fa) = env.faulty_replica("pod-a").await;
     let la = a.lock("x").unwrap();
     let fa2 = fa.clone();
     let (lost_after, output) = la
@@ -338,45 +322,40 @@ async fn with_lock_is_told_through_the_term_when_the_lock_is_lost() {
             let start = Instant::now();
             fa2.partition();
             term.cancelled().await;
-            (Instant::now() - start, "stopped cleanly")
+            (start.elapsed(), "stopped cleanly")
         })
         .await
         .unwrap();
-    assert!(
-        lost_after <= Duration::from_millis(10_005),
-        "cancelled by the renew deadline, not after {lost_after:?}"
+    assert_between(
+        &env,
+        lost_after,
+        0.0,
+        10.0,
+        "cancelled by the renew deadline",
     );
     assert_eq!(output, "stopped cleanly");
     a.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn try_lock_and_unlock_fail_in_bounded_time_when_the_store_is_unreachable() {
-    tokio::time::pause();
-    let memory = MemoryStore::new();
-    let fa = FaultyStore::new(memory.clone());
-    let a = replica(fa.clone(), "pod-a");
+async fn try_lock_and_unlock_fail_in_bounded_time_when_the_store_is_unreachable(env: Env) {
+    let (a, fa) = env.faulty_replica("pod-a").await;
     let l = a.lock("x").unwrap();
     fa.partition();
     let start = Instant::now();
-    let err = within(LIMIT, "try_lock", l.try_lock()).await.unwrap_err();
+    let err = within(env.limit(), "try_lock", l.try_lock())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    let err = within(LIMIT, "unlock", l.unlock()).await.unwrap_err();
+    let err = within(env.limit(), "unlock", l.unlock()).await.unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
-    assert!(Instant::now() - start <= Duration::from_secs(30));
+    assert!(start.elapsed() <= env.d(30.0));
     fa.heal();
     l.try_lock().await.unwrap();
     a.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn a_dropped_handle_releases_its_lock() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn a_dropped_handle_releases_its_lock(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let la = a.lock("x").unwrap();
     let term = la.lock().await.unwrap();
     drop(la);
@@ -384,42 +363,36 @@ async fn a_dropped_handle_releases_its_lock() {
     let start = Instant::now();
     lb.lock().await.unwrap();
     assert!(!term.is_active());
-    let waited = Instant::now() - start;
-    assert!(
-        waited <= Duration::from_millis(2_005),
-        "released at the next renewal, not after {waited:?}"
+    assert_between(
+        &env,
+        start.elapsed(),
+        0.0,
+        2.0,
+        "released at the next renewal",
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn a_lock_left_by_an_earlier_incarnation_can_be_unlocked() {
+async fn a_lock_left_by_an_earlier_incarnation_can_be_unlocked(env: Env) {
     // The seed's Unlock cleared any lease held under this pod's name; so does ours when this
     // replica holds nothing locally (e.g. after a restart with the same identity).
-    tokio::time::pause();
-    let memory = MemoryStore::new();
-    let fa = FaultyStore::new(memory.clone());
-    let old = replica(fa.clone(), "pod-a");
+    let (old, fa) = env.faulty_replica("pod-a").await;
     old.lock("x").unwrap().lock().await.unwrap();
     fa.partition(); // the old process dies holding it
-    let new = replica(memory.clone(), "pod-a");
+    let new = env.replica("pod-a").await;
     let l = new.lock("x").unwrap();
     l.unlock().await.unwrap();
-    assert_eq!(memory.peek(&l.lease()).unwrap().record.holder(), None);
+    assert_eq!(holder_in_store(&env, &l).await, None);
     new.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn store_errors_reach_the_caller_typed() {
-    tokio::time::pause();
-    let memory = MemoryStore::new();
-    let fa = FaultyStore::new(memory.clone());
-    let a = replica(fa.clone(), "pod-a");
+async fn store_errors_reach_the_caller_typed(env: Env) {
+    let (a, fa) = env.faulty_replica("pod-a").await;
     let l = a.lock("x").unwrap();
     fa.fail_next(Call::Get, || StoreError::Forbidden {
         verb: "get".into(),
-        resource: "leases.coordination.k8s.io \"default/unscoped.lock.x\"".into(),
+        resource: "leases.coordination.k8s.io \"ns/unscoped.lock.x\"".into(),
         message: "denied".into(),
     });
     let err = l.try_lock().await.unwrap_err();
@@ -437,22 +410,19 @@ async fn store_errors_reach_the_caller_typed() {
     let other = a.lock("y").unwrap();
     let err = other.try_lock().await.unwrap_err();
     assert!(matches!(err, Error::Store { .. }), "{err:?}");
-    assert!(memory.peek(&other.lease()).is_none(), "nothing was written");
+    assert!(
+        env.peek(&other.lease()).await.is_none(),
+        "nothing was written"
+    );
     a.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn a_held_lock_is_renewed_and_never_expires() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let (a, b) = (
-        replica(store.clone(), "pod-a"),
-        replica(store.clone(), "pod-b"),
-    );
+async fn a_held_lock_is_renewed_and_never_expires(env: Env) {
+    let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     let term = la.lock().await.unwrap();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_secs(60)).await;
+    for _ in 0..5 {
+        tokio::time::sleep(env.d(30.0)).await;
         assert!(term.is_active());
         assert_eq!(holder_of(&lb.try_lock().await.unwrap_err()), "pod-a");
     }
@@ -460,20 +430,20 @@ async fn a_held_lock_is_renewed_and_never_expires() {
     b.shutdown().await.unwrap();
 }
 
-#[actix::test]
-async fn shutdown_releases_held_locks_and_fails_waiters() {
-    tokio::time::pause();
-    let store = MemoryStore::new();
-    let a = replica(store.clone(), "pod-a");
+async fn shutdown_releases_held_locks_and_fails_waiters(env: Env) {
+    let a = env.replica("pod-a").await;
     let held = a.lock("x").unwrap();
     let term = held.lock().await.unwrap();
     let waiter_handle = a.lock("x").unwrap();
+    let mut status = held.watch_status();
     let waiter = actix::spawn(async move { waiter_handle.lock().await });
-    settle().await;
+    within(env.limit(), "queued", status.wait_for(|s| s.waiters == 1))
+        .await
+        .unwrap();
     a.shutdown().await.unwrap();
     assert!(!term.is_active());
-    assert_eq!(store.peek(&held.lease()).unwrap().record.holder(), None);
-    let err = within(LIMIT, "waiter answered", waiter)
+    assert_eq!(holder_in_store(&env, &held).await, None);
+    let err = within(env.limit(), "waiter answered", waiter)
         .await
         .unwrap()
         .unwrap_err();

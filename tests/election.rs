@@ -33,6 +33,7 @@ crate::on_both_stores!(
     a_leader_renews_on_its_cached_version_without_reading,
     no_leader_until_someone_holds_the_lease,
     an_administrators_edit_of_the_lease_deposes_the_leader,
+    stop_finishes_while_a_store_call_hangs,
 );
 
 async fn leader_of(env: &Env, elections: &[Election]) -> usize {
@@ -637,6 +638,20 @@ async fn an_administrators_edit_of_the_lease_deposes_the_leader(env: Env) {
     );
     log.assert_safe();
     a.shutdown().await.unwrap();
+}
+
+async fn stop_finishes_while_a_store_call_hangs(env: Env) {
+    // Stopping must not wait forever for a call that fails (here: times out) instead of
+    // succeeding.
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    fa.partition();
+    let e = a.election("x").unwrap();
+    settle().await;
+    let start = Instant::now();
+    within(env.limit(), "stop", e.stop()).await.unwrap();
+    // Bounded by the call timeout (the renew deadline).
+    assert_between(&env, start.elapsed(), 0.0, 10.0, "stopped");
+    within(env.limit(), "shutdown", a.shutdown()).await.unwrap();
 }
 
 #[actix::test]

@@ -183,3 +183,36 @@ async fn names_and_namespaces_the_server_rejects_give_clear_errors() {
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     a.shutdown().await.unwrap();
 }
+
+#[actix::test]
+async fn the_store_is_configured_from_kube_config_path() {
+    let ns = namespace().await;
+    let ready = Harness::get().ready();
+    // What Dsync::from_env() does, with the environment given as a map.
+    let env = |key: &str| match key {
+        "KUBE_NAMESPACE" => Some(ns.clone()),
+        "KUBE_POD_NAME" => Some("pod-env".to_owned()),
+        "KUBE_CONFIG_PATH" => Some(ready.leaseuser.display().to_string()),
+        _ => None,
+    };
+    let config = Config::from_lookup(env).unwrap().with_timing(timing());
+    assert_eq!(
+        config.kubeconfig_path.as_deref(),
+        Some(ready.leaseuser.as_path())
+    );
+    let store = KubeStore::from_config(&config).await.unwrap();
+    let d = Dsync::with_config(store, config).unwrap();
+    let e = d.election("x").unwrap();
+    let term = within(LIMIT, "elected", e.elected()).await.unwrap();
+    assert_eq!(term.holder(), "pod-env");
+    assert_eq!(term.lease().namespace, ns);
+    d.shutdown().await.unwrap();
+
+    let missing = Config::default().with_kubeconfig_path("/nonexistent/kubeconfig");
+    match KubeStore::from_config(&missing).await {
+        Err(Error::KubeConfig { path: Some(p), .. }) => {
+            assert_eq!(p, std::path::Path::new("/nonexistent/kubeconfig"))
+        }
+        other => panic!("expected KubeConfig error, got {other:?}"),
+    }
+}

@@ -33,6 +33,7 @@ crate::on_both_stores!(
     store_errors_reach_the_caller_typed,
     a_held_lock_is_renewed_and_never_expires,
     shutdown_releases_held_locks_and_fails_waiters,
+    shutdown_finishes_while_a_store_call_hangs,
 );
 
 fn holder_of(err: &Error) -> &str {
@@ -451,4 +452,20 @@ async fn shutdown_releases_held_locks_and_fails_waiters(env: Env) {
     assert!(matches!(held.try_lock().await, Err(Error::Stopped { .. })));
     assert!(matches!(a.lock("z"), Err(Error::Stopped { .. })));
     assert!(matches!(a.election("z"), Err(Error::Stopped { .. })));
+}
+
+async fn shutdown_finishes_while_a_store_call_hangs(env: Env) {
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let l = a.lock("x").unwrap();
+    fa.partition();
+    let waiter = actix::spawn(async move { l.lock().await });
+    settle().await;
+    let start = Instant::now();
+    within(env.limit(), "shutdown", a.shutdown()).await.unwrap();
+    assert_between(&env, start.elapsed(), 0.0, 10.0, "shut down");
+    let err = within(env.limit(), "waiter", waiter)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Stopped { .. }), "{err:?}");
 }

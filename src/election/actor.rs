@@ -294,8 +294,15 @@ impl LeaseActor for ElectionActor {
         ctx.stop();
     }
 
-    fn on_write_failed(&mut self, _op: Op, _error: &StoreError, _ctx: &mut Context<Self>) {
+    fn on_write_failed(&mut self, _op: Op, _error: &StoreError, ctx: &mut Context<Self>) {
         self.publish_status();
+        // A stop that waited for this call can finish now.
+        self.maybe_finish_stop(ctx);
+    }
+
+    fn on_read_failed(&mut self, _error: &StoreError, ctx: &mut Context<Self>) {
+        self.publish_status();
+        self.maybe_finish_stop(ctx);
     }
 }
 

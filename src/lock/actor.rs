@@ -439,7 +439,7 @@ impl LeaseActor for LockActor {
         driver::step(self, ctx);
     }
 
-    fn on_read_failed(&mut self, error: &StoreError, _ctx: &mut Context<Self>) {
+    fn on_read_failed(&mut self, error: &StoreError, ctx: &mut Context<Self>) {
         // Callers that need this read get the error instead of waiting indefinitely.
         let operation = format!("read lock {}", self.lock_name());
         self.fail_tries(|_| Error::from_store(operation.clone(), error.duplicate()));
@@ -447,14 +447,17 @@ impl LeaseActor for LockActor {
             let _ = reply.send(Err(Error::from_store(operation.clone(), error.duplicate())));
         }
         self.publish_status();
+        // A stop that waited for this call can finish now.
+        self.maybe_finish_stop(ctx);
     }
 
-    fn on_write_failed(&mut self, op: Op, error: &StoreError, _ctx: &mut Context<Self>) {
+    fn on_write_failed(&mut self, op: Op, error: &StoreError, ctx: &mut Context<Self>) {
         if matches!(op, Op::Create | Op::Acquire) {
             let operation = format!("{} lock {}", op.verb(), self.lock_name());
             self.fail_tries(|_| Error::from_store(operation.clone(), error.duplicate()));
         }
         self.publish_status();
+        self.maybe_finish_stop(ctx);
     }
 }
 

@@ -22,7 +22,9 @@ macro_rules! on_both_stores {
             $(
                 #[actix::test]
                 async fn $name() {
-                    super::$name($crate::support::backend::Env::memory().await).await
+                    let env = $crate::support::backend::Env::memory().await;
+                    let watchdog = env.watchdog();
+                    $crate::support::within(watchdog, stringify!($name), super::$name(env)).await
                 }
             )*
         }
@@ -30,7 +32,9 @@ macro_rules! on_both_stores {
             $(
                 #[actix::test]
                 async fn $name() {
-                    super::$name($crate::support::backend::Env::kube().await).await
+                    let env = $crate::support::backend::Env::kube().await;
+                    let watchdog = env.watchdog();
+                    $crate::support::within(watchdog, stringify!($name), super::$name(env)).await
                 }
             )*
         }
@@ -59,6 +63,11 @@ impl Env {
 
     /// `KubeStore` on the real harness, a fresh namespace, real time.
     pub async fn kube() -> Env {
+        // RUST_LOG=dsync=debug shows what the actors do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let admin = Harness::get().ready().admin;
         let namespace = namespace().await;
         let store = kube_store(&admin).await;
@@ -87,6 +96,15 @@ impl Env {
             Duration::from_millis(5)
         } else {
             Duration::from_millis(700)
+        }
+    }
+
+    /// Limit for a whole test: a hang fails the test, naming it.
+    pub fn watchdog(&self) -> Duration {
+        if self.is_memory() {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_secs(180)
         }
     }
 

@@ -5,14 +5,12 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use dsync::{
     Config, DeposeReason, Dsync, Election, Error, MemoryStore, NameError, StoreError, sanitize_name,
 };
-use futures::FutureExt;
 use support::backend::Env;
-use support::{Call, TermLog, monitor_single_leader, settle, within};
+use support::{Call, TermLog, leader_of, monitor_single_leader, settle, within};
 use tokio::time::Instant;
 
 crate::on_both_stores!(
@@ -35,34 +33,6 @@ crate::on_both_stores!(
     an_administrators_edit_of_the_lease_deposes_the_leader,
     stop_finishes_while_a_store_call_hangs,
 );
-
-async fn leader_of(env: &Env, elections: &[Election]) -> usize {
-    within(env.limit(), "someone is elected", async {
-        let mut rxs: Vec<_> = elections.iter().map(Election::watch_status).collect();
-        loop {
-            if let Some(i) = elections.iter().position(Election::is_leader) {
-                return i;
-            }
-            let (changed, _, _) =
-                futures::future::select_all(rxs.iter_mut().map(|rx| rx.changed().boxed_local()))
-                    .await;
-            changed.expect("an election actor went away");
-        }
-    })
-    .await
-}
-
-/// Asserts `lo - slack <= got <= hi + slack` (durations in default-timing seconds).
-fn assert_between(env: &Env, got: Duration, lo: f64, hi: f64, what: &str) {
-    let (lo, hi) = (
-        env.d(lo).saturating_sub(env.slack()),
-        env.d(hi) + env.slack(),
-    );
-    assert!(
-        got >= lo && got <= hi,
-        "{what}: {got:?} not in [{lo:?}, {hi:?}]"
-    );
-}
 
 async fn defaults_namespace_and_scope(env: Env) {
     let d = Dsync::with_config(
@@ -136,7 +106,7 @@ async fn two_replicas_exactly_one_leader_and_both_agree_who(env: Env) {
     let eb = b.election("x").unwrap();
     let elections = vec![ea.clone(), eb.clone()];
     let (violations, _monitor) = monitor_single_leader(elections.clone());
-    let i = leader_of(&env, &elections).await;
+    let i = leader_of(env.limit(), &elections).await;
     let leader = ["pod-a", "pod-b"][i];
     // Four lease durations of renewals: still exactly one, both agree.
     tokio::time::sleep(env.d(60.0)).await;
@@ -264,7 +234,7 @@ async fn graceful_stop_hands_over_at_once(env: Env) {
             e
         })
         .collect();
-    let first = leader_of(&env, &elections).await;
+    let first = leader_of(env.limit(), &elections).await;
     tokio::time::sleep(env.d(30.0)).await;
     let t0 = Instant::now();
     elections[first].stop().await.unwrap();
@@ -274,9 +244,9 @@ async fn graceful_stop_hands_over_at_once(env: Env) {
         .filter(|(i, _)| *i != first)
         .map(|(_, e)| e.clone())
         .collect();
-    leader_of(&env, &rest).await;
+    leader_of(env.limit(), &rest).await;
     // No waiting: the release is seen through the watch (exactly 0 in paused time).
-    assert_between(&env, t0.elapsed(), 0.0, 0.0, "handoff");
+    env.assert_between(t0.elapsed(), 0.0, 0.0, "handoff");
     settle().await;
     log.assert_safe();
     let spans = log.spans();
@@ -307,7 +277,7 @@ async fn a_crashed_leader_is_replaced_only_after_the_lease_duration(env: Env) {
         .unwrap();
     // B saw A's last renewal at most one retry period (2) before the crash, and takes over
     // exactly one lease duration (15) after seeing it.
-    assert_between(&env, crash.elapsed(), 13.0, 15.0, "takeover");
+    env.assert_between(crash.elapsed(), 13.0, 15.0, "takeover");
     // A stepped down by itself at its renew deadline, before B could take over.
     assert!(!term_a.is_active());
     assert!(!ea.is_leader());
@@ -351,7 +321,7 @@ async fn all_replicas_lose_the_api_server_and_an_election_still_resumes(env: Env
         stores.push(s);
     }
     let elections: Vec<Election> = replicas.iter().map(|d| d.election("x").unwrap()).collect();
-    leader_of(&env, &elections).await;
+    leader_of(env.limit(), &elections).await;
     for s in &stores {
         s.partition();
     }
@@ -360,7 +330,7 @@ async fn all_replicas_lose_the_api_server_and_an_election_still_resumes(env: Env
     for s in &stores {
         s.heal();
     }
-    leader_of(&env, &elections).await;
+    leader_of(env.limit(), &elections).await;
     for d in &replicas {
         d.shutdown().await.unwrap();
     }
@@ -389,7 +359,7 @@ async fn churn(env: Env, n: usize) {
     let mut round = 0;
     while alive.len() > 1 {
         let current: Vec<Election> = alive.iter().map(|&i| elections[i].clone()).collect();
-        let l = alive[leader_of(&env, &current).await];
+        let l = alive[leader_of(env.limit(), &current).await];
         tokio::time::sleep(env.d(5.0)).await;
         // Alternate graceful stops and crashes.
         if round % 2 == 0 {
@@ -401,7 +371,7 @@ async fn churn(env: Env, n: usize) {
         round += 1;
     }
     let last: Vec<Election> = alive.iter().map(|&i| elections[i].clone()).collect();
-    leader_of(&env, &last).await;
+    leader_of(env.limit(), &last).await;
     settle().await;
     assert!(violations.lock().unwrap().is_empty(), "{violations:?}");
     log.assert_safe();
@@ -615,18 +585,12 @@ async fn an_administrators_edit_of_the_lease_deposes_the_leader(env: Env) {
     env.put(&key, record).await;
     let forced_at = Instant::now();
     within(env.limit(), "deposed", first.cancelled()).await;
-    assert_between(
-        &env,
-        forced_at.elapsed(),
-        0.0,
-        0.0,
-        "deposed at once (watch)",
-    );
+    env.assert_between(forced_at.elapsed(), 0.0, 0.0, "deposed at once (watch)");
     assert!(!ea.is_leader());
     assert_eq!(ea.leader().as_deref(), Some("forced"));
     let second = within(env.limit(), "a again", ea.elected()).await.unwrap();
     // Exactly one lease duration after it saw the edit.
-    assert_between(&env, forced_at.elapsed(), 15.0, 15.0, "re-elected");
+    env.assert_between(forced_at.elapsed(), 15.0, 15.0, "re-elected");
     assert!(second.fencing_token() > first.fencing_token() + 1);
     settle().await;
     let spans = log.spans();
@@ -650,7 +614,7 @@ async fn stop_finishes_while_a_store_call_hangs(env: Env) {
     let start = Instant::now();
     within(env.limit(), "stop", e.stop()).await.unwrap();
     // Bounded by the call timeout (the renew deadline).
-    assert_between(&env, start.elapsed(), 0.0, 10.0, "stopped");
+    env.assert_between(start.elapsed(), 0.0, 10.0, "stopped");
     within(env.limit(), "shutdown", a.shutdown()).await.unwrap();
 }
 

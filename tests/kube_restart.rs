@@ -6,27 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use dsync::{Config, Dsync, Election, KubeStore, Timing};
+use dsync::{Config, Dsync, KubeStore, Timing};
 use support::apiserver::{Harness, client, namespace};
-use support::{TermLog, monitor_single_leader, within};
+use support::{TermLog, leader_of, monitor_single_leader};
 use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-async fn leader_of(elections: &[Election]) -> usize {
-    within(LIMIT, "someone is elected", async {
-        let mut rxs: Vec<_> = elections.iter().map(Election::watch_status).collect();
-        loop {
-            if let Some(i) = elections.iter().position(Election::is_leader) {
-                return i;
-            }
-            let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            let (changed, _, _) = futures::future::select_all(changes).await;
-            changed.expect("an election actor went away");
-        }
-    })
-    .await
-}
 
 #[actix::test]
 async fn an_apiserver_restart_is_survived_without_two_leaders() {
@@ -57,7 +42,7 @@ async fn an_apiserver_restart_is_survived_without_two_leaders() {
         replicas.push(d);
     }
     let (violations, _monitor) = monitor_single_leader(elections.clone());
-    let first = leader_of(&elections).await;
+    let first = leader_of(LIMIT, &elections).await;
     let before = elections[first].term().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -77,7 +62,7 @@ async fn an_apiserver_restart_is_survived_without_two_leaders() {
         ready.admin, admin,
         "same data dir, same kubeconfigs (and port) after the restart"
     );
-    let next = leader_of(&elections).await;
+    let next = leader_of(LIMIT, &elections).await;
     let term = elections[next].term().unwrap();
     assert!(
         term.fencing_token() > before.fencing_token(),

@@ -5,7 +5,6 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use dsync::{Error, StoreError};
 use support::backend::Env;
@@ -41,18 +40,6 @@ fn holder_of(err: &Error) -> &str {
         Error::AlreadyLocked { holder, .. } => holder,
         other => panic!("expected AlreadyLocked, got {other:?}"),
     }
-}
-
-/// Asserts `lo - slack <= got <= hi + slack` (durations in default-timing seconds).
-fn assert_between(env: &Env, got: Duration, lo: f64, hi: f64, what: &str) {
-    let (lo, hi) = (
-        env.d(lo).saturating_sub(env.slack()),
-        env.d(hi) + env.slack(),
-    );
-    assert!(
-        got >= lo && got <= hi,
-        "{what}: {got:?} not in [{lo:?}, {hi:?}]"
-    );
 }
 
 async fn holder_in_store(env: &Env, lock: &dsync::Lock) -> Option<String> {
@@ -133,7 +120,7 @@ async fn a_blocking_lock_completes_as_soon_as_the_holder_unlocks(env: Env) {
     la.unlock().await.unwrap();
     let (tb, got) = within(env.limit(), "b locks", waiter).await.unwrap();
     let tb = tb.unwrap();
-    assert_between(&env, got - unlocked, 0.0, 0.0, "handoff through the watch");
+    env.assert_between(got - unlocked, 0.0, 0.0, "handoff through the watch");
     assert!(tb.fencing_token() > ta.fencing_token());
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
@@ -185,7 +172,7 @@ async fn lock_timeout_times_out(env: Env) {
         matches!(&err, Error::Timeout { after, .. } if *after == limit),
         "{err:?}"
     );
-    assert_between(&env, start.elapsed(), 5.0, 5.0, "timed out");
+    env.assert_between(start.elapsed(), 5.0, 5.0, "timed out");
     la.unlock().await.unwrap();
     // Free now: a timeout on a free lock succeeds at once.
     lb.lock_timeout(limit).await.unwrap();
@@ -300,7 +287,7 @@ async fn a_crashed_holders_lock_frees_after_the_lease_duration(env: Env) {
         .await
         .unwrap()
         .unwrap();
-    assert_between(&env, got - crash, 13.0, 15.0, "takeover");
+    env.assert_between(got - crash, 13.0, 15.0, "takeover");
     assert!(!ta.is_active(), "A's term ended at its renew deadline");
     assert!(tb.fencing_token() > ta.fencing_token());
     // A comes back and finds the lock taken.
@@ -327,13 +314,7 @@ async fn with_lock_is_told_through_the_term_when_the_lock_is_lost(env: Env) {
         })
         .await
         .unwrap();
-    assert_between(
-        &env,
-        lost_after,
-        0.0,
-        10.0,
-        "cancelled by the renew deadline",
-    );
+    env.assert_between(lost_after, 0.0, 10.0, "cancelled by the renew deadline");
     assert_eq!(output, "stopped cleanly");
     a.shutdown().await.unwrap();
 }
@@ -364,13 +345,7 @@ async fn a_dropped_handle_releases_its_lock(env: Env) {
     let start = Instant::now();
     lb.lock().await.unwrap();
     assert!(!term.is_active());
-    assert_between(
-        &env,
-        start.elapsed(),
-        0.0,
-        2.0,
-        "released at the next renewal",
-    );
+    env.assert_between(start.elapsed(), 0.0, 2.0, "released at the next renewal");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -462,7 +437,7 @@ async fn shutdown_finishes_while_a_store_call_hangs(env: Env) {
     settle().await;
     let start = Instant::now();
     within(env.limit(), "shutdown", a.shutdown()).await.unwrap();
-    assert_between(&env, start.elapsed(), 0.0, 10.0, "shut down");
+    env.assert_between(start.elapsed(), 0.0, 10.0, "shut down");
     let err = within(env.limit(), "waiter", waiter)
         .await
         .unwrap()

@@ -99,6 +99,16 @@ impl Env {
         }
     }
 
+    /// Asserts `lo - slack <= got <= hi + slack`, bounds in default-timing seconds.
+    pub fn assert_between(&self, got: Duration, lo: f64, hi: f64, what: &str) {
+        let lo = self.d(lo).saturating_sub(self.slack());
+        let hi = self.d(hi) + self.slack();
+        assert!(
+            got >= lo && got <= hi,
+            "{what}: {got:?} not in [{lo:?}, {hi:?}]"
+        );
+    }
+
     /// Limit for a whole test: a hang fails the test, naming it.
     pub fn watchdog(&self) -> Duration {
         if self.is_memory() {

@@ -25,6 +25,22 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
     }
 }
 
+/// Waits until one of `elections` leads and returns its index (fails after `limit`).
+pub async fn leader_of(limit: Duration, elections: &[Election]) -> usize {
+    within(limit, "someone is elected", async {
+        let mut rxs: Vec<_> = elections.iter().map(Election::watch_status).collect();
+        loop {
+            if let Some(i) = elections.iter().position(Election::is_leader) {
+                return i;
+            }
+            let changes = rxs.iter_mut().map(|rx| rx.changed().boxed());
+            let (changed, _, _) = futures::future::select_all(changes).await;
+            changed.expect("an election actor went away");
+        }
+    })
+    .await
+}
+
 /// Lets every ready task run without advancing (paused) time.
 pub async fn settle() {
     for _ in 0..50 {

@@ -399,6 +399,14 @@ async fn subscribers_get_elected_deposed_and_leader_changed(env: Env) {
     log.record("pod-a", &ea);
     let eb = b.election("x").unwrap();
     log.record("pod-b", &eb);
+    let mut status = eb.watch_status();
+    within(
+        env.limit(),
+        "b sees a",
+        status.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
+    )
+    .await
+    .unwrap();
     settle().await;
     let spans = log.spans();
     assert_eq!(spans.len(), 1);

@@ -11,22 +11,15 @@ use std::time::Duration;
 
 use dsync::store::{LeaseKey, LeaseRecord};
 use dsync::{Config, Dsync, Error, KubeStore, LeaseStore, StoreError, Timing};
-use support::apiserver::{Harness, client, namespace};
+use support::apiserver::{Harness, namespace};
+use support::backend::{kube_store as store, kube_timing};
 use support::within;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The same timing as the `kube::` variants of the election and lock suites.
 fn timing() -> Timing {
-    Timing::new(
-        Duration::from_secs(2),
-        Duration::from_millis(1500),
-        Duration::from_millis(500),
-    )
-    .unwrap()
-}
-
-async fn store(kubeconfig: &std::path::Path) -> KubeStore {
-    KubeStore::new(client(kubeconfig).await).with_call_timeout(Duration::from_secs(1))
+    kube_timing()
 }
 
 async fn admin_store() -> KubeStore {

@@ -1,8 +1,14 @@
-//! One test body, two stores: `Env` hides whether a test runs on the in-process `MemoryStore`
-//! in paused time (timing 15 s / 10 s / 2 s, exact instants) or on `KubeStore` against the real
-//! kube-apiserver in real time (the same timing scaled by 1/5: 3 s / 2 s / 0.4 s, with slack for
-//! API round trips). Durations in tests are written in default-timing seconds and scaled with
-//! [`Env::d`].
+//! One test body, two stores. `Env` hides whether a test runs on
+//!
+//! * the in-process `MemoryStore` in paused tokio time with client-go's default timing
+//!   (15 s / 10 s / 2 s), where instants are exact: `slack()` is zero; or on
+//! * `KubeStore` against the real kube-apiserver (tests/apiserver) in real time with the short
+//!   timing 2 s / 1.5 s / 0.5 s, one fresh namespace per test and one client per replica, where
+//!   `slack()` allows for API round trips and scheduling.
+//!
+//! Test bodies express every duration in units of the timing (`lease()`, `renew()`, `retry()`,
+//! `leases(n)`) and every bound through `assert_between` / `assert_timer`, so the same bound is
+//! exact on memory and tolerant on kube.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +20,8 @@ use dsync::{Config, Dsync, KubeStore, MemoryStore, Timing};
 use super::FaultyStore;
 use super::apiserver::{Harness, client, namespace};
 
-/// Generates a memory and a kube `#[actix::test]` for each listed `async fn name(env: Env)`.
+/// Generates a memory and a kube `#[actix::test]` for each listed `async fn name(env: Env)`,
+/// in modules `memory` and `kube`.
 #[macro_export]
 macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
@@ -41,8 +48,30 @@ macro_rules! on_both_stores {
     };
 }
 
+/// The timing of the kube variant (and of tests/kube.rs): lease 2 s, renew deadline 1.5 s,
+/// retry 0.5 s.
+pub fn kube_timing() -> Timing {
+    Timing::new(
+        Duration::from_secs(2),
+        Duration::from_millis(1500),
+        Duration::from_millis(500),
+    )
+    .unwrap()
+}
+
+/// Per-call timeout of the kube variant's stores (below the renew deadline).
+pub const KUBE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A `KubeStore` with its own client for the harness user `kubeconfig`.
+pub async fn kube_store(kubeconfig: &std::path::Path) -> KubeStore {
+    KubeStore::new(client(kubeconfig).await).with_call_timeout(KUBE_CALL_TIMEOUT)
+}
+
 pub enum Backend {
+    /// One store shared by every replica.
     Memory(MemoryStore),
+    /// The admin kubeconfig (each replica gets its own client from it) and the test's own
+    /// store for reading and editing leases.
     Kube { admin: PathBuf, store: KubeStore },
 }
 
@@ -77,36 +106,83 @@ impl Env {
         }
     }
 
+    /// Whether time is paused and instants are exact.
     pub fn is_memory(&self) -> bool {
         matches!(self.backend, Backend::Memory(_))
     }
 
-    fn scale(&self) -> f64 {
-        if self.is_memory() { 1.0 } else { 0.2 }
-    }
-
-    /// `secs` of default timing, scaled to this backend.
-    pub fn d(&self, secs: f64) -> Duration {
-        Duration::from_secs_f64(secs * self.scale())
-    }
-
-    /// Tolerance for instants: timer resolution in paused time, API round trips on kube.
-    pub fn slack(&self) -> Duration {
+    pub fn timing(&self) -> Timing {
         if self.is_memory() {
-            Duration::from_millis(5)
+            Timing::default()
         } else {
-            Duration::from_millis(700)
+            kube_timing()
         }
     }
 
-    /// Asserts `lo - slack <= got <= hi + slack`, bounds in default-timing seconds.
-    pub fn assert_between(&self, got: Duration, lo: f64, hi: f64, what: &str) {
-        let lo = self.d(lo).saturating_sub(self.slack());
-        let hi = self.d(hi) + self.slack();
+    /// How long others wait before taking over a silent holder's lease (15 s / 2 s).
+    pub fn lease(&self) -> Duration {
+        self.timing().lease_duration()
+    }
+
+    /// How long a holder keeps trying to renew before it steps down (10 s / 1.5 s).
+    pub fn renew(&self) -> Duration {
+        self.timing().renew_deadline()
+    }
+
+    /// How often a holder renews (2 s / 0.5 s).
+    pub fn retry(&self) -> Duration {
+        self.timing().retry_period()
+    }
+
+    /// `n` lease durations: the unit of "a long time" (60 s = 4 leases on memory, 8 s on kube).
+    pub fn leases(&self, n: u32) -> Duration {
+        self.lease() * n
+    }
+
+    /// Tolerance for instants: none in paused time; on kube, API round trips (each call is a
+    /// few ms, a watch event a few more) and real timers on 2 shared cores.
+    pub fn slack(&self) -> Duration {
+        if self.is_memory() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(600)
+        }
+    }
+
+    /// Extra allowance for an instant that a timer reaches: paused-time timers fire on whole
+    /// milliseconds, rounded up (the seed-era tests allowed 2 to 5 ms; 1 ms is enough).
+    /// Covered by `slack()` on kube.
+    pub fn tick(&self) -> Duration {
+        if self.is_memory() {
+            Duration::from_millis(1)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Asserts `lo - slack <= got <= hi + slack` (exactly `lo <= got <= hi` on memory).
+    pub fn assert_between(&self, got: Duration, lo: Duration, hi: Duration, what: &str) {
+        self.check(got, lo, hi + self.slack(), what);
+    }
+
+    /// Like `assert_between` for an instant that a timer reaches: `hi` gets `tick()` more.
+    pub fn assert_timer(&self, got: Duration, lo: Duration, hi: Duration, what: &str) {
+        self.check(got, lo, hi + self.tick() + self.slack(), what);
+    }
+
+    fn check(&self, got: Duration, lo: Duration, hi: Duration, what: &str) {
+        let lo = lo.saturating_sub(self.slack());
         assert!(
             got >= lo && got <= hi,
             "{what}: {got:?} not in [{lo:?}, {hi:?}]"
         );
+    }
+
+    /// How many rounds a soak test runs: `n` in paused time, where waiting costs nothing; at
+    /// most 3 in real time, so the kube variant takes seconds, not minutes. Each round is the
+    /// same length (in lease durations) on both.
+    pub fn rounds(&self, n: usize) -> usize {
+        if self.is_memory() { n } else { n.min(3) }
     }
 
     /// Limit for a whole test: a hang fails the test, naming it.
@@ -124,19 +200,6 @@ impl Env {
             Duration::from_secs(600)
         } else {
             Duration::from_secs(60)
-        }
-    }
-
-    pub fn timing(&self) -> Timing {
-        if self.is_memory() {
-            Timing::default()
-        } else {
-            Timing::new(
-                Duration::from_secs(3),
-                Duration::from_secs(2),
-                Duration::from_millis(400),
-            )
-            .unwrap()
         }
     }
 
@@ -159,14 +222,15 @@ impl Env {
         Dsync::with_shared_store(self.store().await, self.config(identity)).unwrap()
     }
 
-    /// A replica whose store can be cut off or made to fail.
+    /// A replica whose store can be cut off (crash, partition) or made to fail chosen calls,
+    /// and which counts its calls.
     pub async fn faulty_replica(&self, identity: &str) -> (Dsync, FaultyStore) {
         let faulty = FaultyStore::new(self.store().await);
         let dsync = Dsync::with_config(faulty.clone(), self.config(identity)).unwrap();
         (dsync, faulty)
     }
 
-    /// The lease as stored now.
+    /// The lease as stored now (`MemoryStore::peek`, or a GET on kube).
     pub async fn peek(&self, key: &LeaseKey) -> Option<StoredLease> {
         match &self.backend {
             Backend::Memory(m) => m.peek(key),
@@ -178,23 +242,32 @@ impl Env {
         }
     }
 
+    /// The holder recorded in the lease now.
+    pub async fn holder(&self, key: &LeaseKey) -> Option<String> {
+        self.peek(key)
+            .await
+            .and_then(|l| l.record.holder().map(str::to_owned))
+    }
+
     /// An administrator's edit (kubectl edit): writes `record` over whatever is there.
+    /// `MemoryStore::put`; on kube a PUT on the current resourceVersion, again on a 409 (the
+    /// holder may renew between our read and our write).
     pub async fn put(&self, key: &LeaseKey, record: LeaseRecord) {
         match &self.backend {
             Backend::Memory(m) => {
                 m.put(key, record).unwrap();
             }
-            Backend::Kube { store, .. } => {
+            Backend::Kube { store, .. } => loop {
                 let current = store.get(key).await.unwrap();
-                store
-                    .replace(key, record, &current.resource_version)
+                match store
+                    .replace(key, record.clone(), &current.resource_version)
                     .await
-                    .unwrap();
-            }
+                {
+                    Ok(_) => return,
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => panic!("editing {key}: {e}"),
+                }
+            },
         }
     }
-}
-
-async fn kube_store(kubeconfig: &std::path::Path) -> KubeStore {
-    KubeStore::new(client(kubeconfig).await).with_call_timeout(Duration::from_secs(1))
 }

@@ -35,6 +35,14 @@ pub enum TimingError {
         /// `lease_duration`, `renew_deadline` or `retry_period`.
         field: &'static str,
     },
+    /// A duration given in seconds is negative, not a number, or out of range.
+    #[error("{field} must be a finite, non-negative number of seconds, got {value}")]
+    BadSeconds {
+        /// `lease_duration`, `renew_deadline` or `retry_period`.
+        field: &'static str,
+        /// The rejected value, as given.
+        value: String,
+    },
     /// Leases are stored in whole seconds (`leaseDurationSeconds`).
     #[error("lease_duration must be a whole number of seconds (up to {max}), got {got:?}", max = i32::MAX)]
     LeaseNotWholeSeconds {
@@ -125,6 +133,42 @@ impl Timing {
             renew_deadline,
             retry_period,
         })
+    }
+
+    /// Validated timing from seconds, as configuration files and flags give it: negative,
+    /// NaN and infinite values are [`TimingError::BadSeconds`], then as [`Timing::new`].
+    ///
+    /// ```
+    /// use dsync::{Timing, TimingError};
+    /// let t = Timing::from_secs_f64(15.0, 10.0, 2.0).unwrap();
+    /// assert_eq!(t, Timing::default());
+    /// assert!(matches!(
+    ///     Timing::from_secs_f64(15.0, -1.0, 2.0),
+    ///     Err(TimingError::BadSeconds { field: "renew_deadline", .. })
+    /// ));
+    /// ```
+    pub fn from_secs_f64(
+        lease_duration: f64,
+        renew_deadline: f64,
+        retry_period: f64,
+    ) -> Result<Self, TimingError> {
+        let seconds = |field: &'static str, v: f64| {
+            if v < 0.0 {
+                return Err(TimingError::BadSeconds {
+                    field,
+                    value: v.to_string(),
+                });
+            }
+            Duration::try_from_secs_f64(v).map_err(|_| TimingError::BadSeconds {
+                field,
+                value: v.to_string(),
+            })
+        };
+        Timing::new(
+            seconds("lease_duration", lease_duration)?,
+            seconds("renew_deadline", renew_deadline)?,
+            seconds("retry_period", retry_period)?,
+        )
     }
 
     /// How long others wait after the last observed change before taking over.

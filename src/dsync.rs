@@ -11,7 +11,7 @@ use crate::election::{Election, ElectionActor, ElectionStatus};
 use crate::error::{Error, Result};
 use crate::lease::driver::LeaseState;
 use crate::lock::{Lock, LockActor, LockStatus};
-use crate::resource::{LeaseKind, Resource};
+use crate::resource::{LeaseKind, NameError, Resource};
 use crate::store::{LeaseKey, LeaseStore};
 use crate::supervisor::{Registry, Shutdown, Supervisor};
 use crate::watch::WatchHub;
@@ -115,6 +115,7 @@ impl Dsync {
     /// [`Error::BadResourceName`] (before anything is started) if the name is not valid; see
     /// [`sanitize_name`](crate::sanitize_name). Asking twice gives handles on one election.
     pub fn election(&self, name: &str) -> Result<Election> {
+        self.check_name(name, "election")?;
         self.election_for(self.resource(name))
     }
 
@@ -122,7 +123,7 @@ impl Dsync {
     pub fn election_for(&self, resource: Resource) -> Result<Election> {
         let (resource, key) = self.prepare(resource, LeaseKind::Election)?;
         let inner = &self.inner;
-        let start = || {
+        let start = |predecessor| {
             let (tx, rx) = watch::channel(ElectionStatus {
                 lease: key.clone(),
                 identity: inner.config.identity.clone(),
@@ -131,12 +132,13 @@ impl Dsync {
                 valid_until: None,
                 restarts: 0,
                 last_error: None,
+                invalid: None,
                 stopped: false,
             });
             let st = self.lease_state(&key);
             let registry = inner.registry.clone();
             let addr = actix::Supervisor::start_in_arbiter(&inner.arbiter, move |_| {
-                ElectionActor::new(st, registry, tx)
+                ElectionActor::new(st, registry, tx, predecessor)
             });
             Election::new(resource.clone(), addr, rx)
         };
@@ -150,6 +152,7 @@ impl Dsync {
     /// [`Error::BadResourceName`] if the name is not valid. Handles exclude each other, within
     /// this replica as across replicas.
     pub fn lock(&self, name: &str) -> Result<Lock> {
+        self.check_name(name, "lock")?;
         self.lock_for(self.resource(name))
     }
 
@@ -195,6 +198,17 @@ impl Dsync {
     /// Number of running elections and locks.
     pub fn running(&self) -> (usize, usize) {
         self.inner.registry.len()
+    }
+
+    /// An empty name is a mistake here, not the seed's default (see [`NameError::EmptyName`]).
+    fn check_name(&self, name: &str, kind: &'static str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::BadResourceName {
+                resource: self.resource(name).to_string(),
+                source: NameError::EmptyName { kind },
+            });
+        }
+        Ok(())
     }
 
     fn prepare(&self, mut resource: Resource, kind: LeaseKind) -> Result<(Resource, LeaseKey)> {

@@ -76,6 +76,15 @@ pub enum NameError {
         /// The offending namespace.
         namespace: String,
     },
+    /// An empty name given to [`Dsync::election`](crate::Dsync::election) or
+    /// [`Dsync::lock`](crate::Dsync::lock): almost always an unset variable. (The seed's
+    /// default name is [`MASTER`]: ask for it by name, or through a [`Resource`] with an empty
+    /// name.)
+    #[error("the {kind} name is empty; pass dsync::MASTER for the default name")]
+    EmptyName {
+        /// `election` or `lock`.
+        kind: &'static str,
+    },
     /// The text has more than three `/`-separated parts.
     #[error(
         "{input:?} has more than three '/'-separated parts (expected [[namespace/]scope/]name)"

@@ -27,6 +27,9 @@ pub(crate) type LockEntry = (Addr<LockActor>, watch::Receiver<LockStatus>);
 #[derive(Default)]
 struct Inner {
     elections: HashMap<LeaseKey, Election>,
+    /// Elections told to stop that are still releasing: no longer handed out (asking for the
+    /// election again starts a new one), but still waited for by a shutdown.
+    retiring: Vec<Election>,
     locks: HashMap<LeaseKey, LockEntry>,
     closed: bool,
 }
@@ -48,19 +51,30 @@ impl Registry {
         self.lock().closed
     }
 
-    /// The election for `key`, started by `start` if there is none. `None` once closed.
-    pub fn election(&self, key: &LeaseKey, start: impl FnOnce() -> Election) -> Option<Election> {
+    /// The election for `key`, started by `start` if there is none. `start` is given the
+    /// election for the same lease that is still stopping, if any, to wait for. `None` once
+    /// closed.
+    pub fn election(
+        &self,
+        key: &LeaseKey,
+        start: impl FnOnce(Option<Election>) -> Election,
+    ) -> Option<Election> {
         let mut inner = self.lock();
         if inner.closed {
             return None;
         }
-        Some(
-            inner
-                .elections
-                .entry(key.clone())
-                .or_insert_with(start)
-                .clone(),
-        )
+        if let Some(election) = inner.elections.get(key) {
+            return Some(election.clone());
+        }
+        let predecessor = inner
+            .retiring
+            .iter()
+            .rev()
+            .find(|e| e.lease() == *key)
+            .cloned();
+        let election = start(predecessor);
+        inner.elections.insert(key.clone(), election.clone());
+        Some(election)
     }
 
     /// The lock actor for `key`, started by `start` if there is none. `None` once closed.
@@ -76,11 +90,24 @@ impl Registry {
         Some(inner.locks.entry(key.clone()).or_insert_with(start).clone())
     }
 
+    /// A stop has begun: later requests for `key` start a new election rather than get this
+    /// one, which is on its way out.
+    pub fn retire_election(&self, key: &LeaseKey, addr: &Addr<ElectionActor>) {
+        let mut inner = self.lock();
+        if inner.elections.get(key).is_some_and(|e| e.addr() == addr)
+            && let Some(election) = inner.elections.remove(key)
+        {
+            inner.retiring.push(election);
+        }
+    }
+
+    /// The election is stopped: forget it.
     pub fn remove_election(&self, key: &LeaseKey, addr: &Addr<ElectionActor>) {
         let mut inner = self.lock();
         if inner.elections.get(key).is_some_and(|e| e.addr() == addr) {
             inner.elections.remove(key);
         }
+        inner.retiring.retain(|e| e.addr() != addr);
     }
 
     pub fn remove_lock(&self, key: &LeaseKey, addr: &Addr<LockActor>) {
@@ -95,7 +122,12 @@ impl Registry {
         let mut inner = self.lock();
         inner.closed = true;
         (
-            inner.elections.values().cloned().collect(),
+            inner
+                .elections
+                .values()
+                .chain(&inner.retiring)
+                .cloned()
+                .collect(),
             inner.locks.values().map(|(addr, _)| addr.clone()).collect(),
         )
     }

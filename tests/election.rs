@@ -39,6 +39,7 @@ crate::on_both_stores!(
     no_leader_until_someone_holds_the_lease,
     an_administrators_edit_of_the_lease_deposes_the_leader,
     stop_finishes_while_a_store_call_hangs,
+    asking_again_while_a_stop_is_finishing_gets_a_new_election_that_waits_for_it,
 );
 
 async fn defaults_namespace_and_scope(env: Env) {
@@ -690,4 +691,68 @@ async fn dsync_needs_a_valid_identity() {
 fn dsync_outside_an_actix_system_is_an_error_not_a_panic() {
     let err = Dsync::new(MemoryStore::new(), "pod-a").unwrap_err();
     assert!(matches!(err, Error::NoActixSystem), "{err:?}");
+}
+
+/// Regression (found by `tests/safety.rs`, seed 109): `election(name)` while the election of
+/// that name was still stopping handed out the dying election, which never led again. Now it
+/// is a new election, which campaigns once the old one has drained its work and released.
+async fn asking_again_while_a_stop_is_finishing_gets_a_new_election_that_waits_for_it(env: Env) {
+    let a = env.replica("pod-a").await;
+    let old = a.election("x").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
+    let linger = env.retry();
+    let work = move |tx: mpsc::UnboundedSender<(String, Instant)>| {
+        move |term: dsync::Term| {
+            let tx = tx.clone();
+            async move {
+                let t = term.fencing_token();
+                tx.send((format!("start {t}"), Instant::now())).unwrap();
+                term.cancelled().await;
+                tokio::time::sleep(linger).await; // still finishing after the stop
+                tx.send((format!("end {t}"), Instant::now())).unwrap();
+            }
+        }
+    };
+    old.when_elected(work(tx.clone())).unwrap();
+    let first = within(env.limit(), "first term", old.elected())
+        .await
+        .unwrap();
+    within(env.limit(), "work started", rx.recv())
+        .await
+        .unwrap();
+    let stopping = {
+        let old = old.clone();
+        actix::spawn(async move { old.stop().await })
+    };
+    settle().await;
+    assert!(!first.is_active(), "the stop ended the term at once");
+
+    let new = a.election("x").unwrap();
+    assert!(
+        !new.watch_status().borrow().stopped,
+        "a new election, not the stopping one"
+    );
+    new.when_elected(work(tx)).unwrap();
+    let second = within(env.limit(), "second term", new.elected())
+        .await
+        .unwrap();
+    within(env.limit(), "old stop", stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.fencing_token() > first.fencing_token());
+    let mut events = Vec::new();
+    for _ in 0..2 {
+        events.push(within(env.limit(), "work events", rx.recv()).await.unwrap());
+    }
+    let (t1, t2) = (first.fencing_token(), second.fencing_token());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, [format!("end {t1}"), format!("start {t2}")]);
+    assert!(
+        events[0].1 <= events[1].1,
+        "the new term waited for the old work"
+    );
+    assert!(matches!(old.elected().await, Err(Error::Stopped { .. })));
+    assert_eq!(a.running(), (1, 0), "only the new election is registered");
+    a.shutdown().await.unwrap();
 }

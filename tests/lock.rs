@@ -35,6 +35,7 @@ crate::on_both_stores!(
     a_held_lock_is_renewed_and_never_expires,
     shutdown_releases_held_locks_and_fails_waiters,
     shutdown_finishes_while_a_store_call_hangs,
+    shutdown_finishes_when_the_last_write_loses_its_compare_and_swap,
 );
 
 fn holder_of(err: &Error) -> &str {
@@ -473,6 +474,27 @@ async fn shutdown_finishes_while_a_store_call_hangs(env: Env) {
     let start = Instant::now();
     within(env.limit(), "shutdown", a.shutdown()).await.unwrap();
     env.assert_timer(start.elapsed(), Duration::ZERO, env.renew(), "shut down");
+    let err = within(env.limit(), "waiter", waiter)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, Error::Stopped { .. }), "{err:?}");
+}
+
+/// Regression (found by `tests/safety.rs`, seed 4): a stopping lock whose last call in flight
+/// was an acquire that lost its compare-and-swap never answered the shutdown.
+async fn shutdown_finishes_when_the_last_write_loses_its_compare_and_swap(env: Env) {
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let l = a.lock("x").unwrap();
+    let lease = l.lease();
+    // Each leg of a call takes a retry period: the stop arrives while the create is in flight.
+    fa.set_latency(env.retry());
+    fa.fail_next(Call::Create, move || StoreError::AlreadyExists {
+        lease: lease.to_string(),
+    });
+    let waiter = actix::spawn(async move { l.lock().await });
+    within(env.limit(), "create sent", fa.called("create", 1)).await;
+    within(env.limit(), "shutdown", a.shutdown()).await.unwrap();
     let err = within(env.limit(), "waiter", waiter)
         .await
         .unwrap()

@@ -59,6 +59,10 @@ pub struct ElectionActor {
     stopped: bool,
     stop_waiters: Vec<oneshot::Sender<()>>,
     restarts: u32,
+    /// An election for the same lease in this replica that was told to stop and is still
+    /// finishing (draining its term, releasing): we campaign only once it is done, so the two
+    /// never run terms at once.
+    predecessor: Option<super::Election>,
     /// Failures since the last successful store call, for the restart backoff.
     failures: u32,
     watch_handle: Option<SpawnHandle>,
@@ -69,8 +73,10 @@ impl ElectionActor {
         st: LeaseState,
         registry: Arc<Registry>,
         status: watch::Sender<ElectionStatus>,
+        predecessor: Option<super::Election>,
     ) -> Self {
         ElectionActor {
+            predecessor,
             st,
             registry,
             status,
@@ -150,7 +156,9 @@ impl ElectionActor {
         let leader = self.st.holder().map(str::to_owned);
         let last_error = self.st.last_error.clone();
         let (restarts, stopped) = (self.restarts, self.stopped);
+        let invalid = self.st.invalid.clone();
         self.status.send_modify(|s| {
+            s.invalid = invalid;
             s.term = term;
             s.valid_until = valid_until;
             s.leader = leader;
@@ -196,6 +204,18 @@ impl Actor for ElectionActor {
         if self.stopped {
             return;
         }
+        if let Some(predecessor) = self.predecessor.clone() {
+            tracing::debug!(lease = %self.st.key, "waiting for the stopping election before campaigning");
+            let finished = async move {
+                // Idempotent: resolves once the predecessor has stopped (or is gone).
+                let _ = predecessor.stop().await;
+            };
+            ctx.spawn(finished.into_actor(self).map(|(), act, ctx| {
+                act.predecessor = None;
+                Actor::started(act, ctx);
+            }));
+            return;
+        }
         self.watch_handle = Some(ctx.add_stream(self.st.watches.watch(&self.st.key)));
         let backoff = self.restart_backoff();
         if backoff.is_zero() {
@@ -226,7 +246,7 @@ impl LeaseActor for ElectionActor {
     }
 
     fn halted(&self) -> bool {
-        self.stopped
+        self.stopped || self.predecessor.is_some()
     }
 
     fn want(&self) -> bool {
@@ -275,6 +295,10 @@ impl LeaseActor for ElectionActor {
     }
 
     fn on_invalid(&mut self, _reason: &str, _ctx: &mut Context<Self>) {
+        self.publish_status();
+    }
+
+    fn on_repaired(&mut self, _ctx: &mut Context<Self>) {
         self.publish_status();
     }
 
@@ -335,6 +359,9 @@ impl Handler<Command> for ElectionActor {
                 self.stop_waiters.push(reply);
                 if !self.stopping {
                     self.stopping = true;
+                    // From now on `Dsync::election` starts a new election for this lease
+                    // instead of handing out this one, which is going away.
+                    self.registry.retire_election(&self.st.key, &ctx.address());
                     self.end_term(DeposeReason::Stopped, ctx);
                     driver::step(self, ctx);
                 }

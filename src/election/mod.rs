@@ -117,6 +117,10 @@ pub struct ElectionStatus {
     pub restarts: u32,
     /// The latest store error, cleared by the next success.
     pub last_error: Option<String>,
+    /// Why the lease record cannot be interpreted (edited into something no peer writes, like
+    /// a negative `leaseDurationSeconds`): the election does not touch it and has no leader
+    /// until it is repaired or deleted. `None` while the record is valid.
+    pub invalid: Option<String>,
     /// The election has been stopped.
     pub stopped: bool,
 }
@@ -203,8 +207,16 @@ impl Election {
 
     /// The current leader as last observed, or [`Error::NoLeader`] when the lease names nobody
     /// (never held, released, or not read yet).
+    /// [`Error::InvalidState`] when the lease record cannot be interpreted (see
+    /// [`ElectionStatus::invalid`]).
     pub fn current_leader(&self) -> Result<String> {
         let status = self.status.borrow();
+        if let Some(reason) = &status.invalid {
+            return Err(Error::InvalidState {
+                lease: status.lease.to_string(),
+                reason: reason.clone(),
+            });
+        }
         status.leader.clone().ok_or_else(|| Error::NoLeader {
             lease: status.lease.to_string(),
         })

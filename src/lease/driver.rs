@@ -60,6 +60,8 @@ pub(crate) struct LeaseState {
     pub needs_read: bool,
     pub in_flight: Option<Op>,
     pub last_error: Option<String>,
+    /// Why the observed record cannot be interpreted, while it cannot (set by `step`).
+    pub invalid: Option<String>,
     timer: Option<SpawnHandle>,
 }
 
@@ -83,6 +85,7 @@ impl LeaseState {
             needs_read: true,
             in_flight: None,
             last_error: None,
+            invalid: None,
             timer: None,
         }
     }
@@ -159,10 +162,15 @@ pub(crate) trait LeaseActor: Actor<Context = Context<Self>> {
     fn on_follow(&mut self, _holder: &str, _ctx: &mut Context<Self>) {}
     /// The lease record cannot be interpreted.
     fn on_invalid(&mut self, _reason: &str, _ctx: &mut Context<Self>) {}
+    /// The lease record can be interpreted again (repaired or deleted).
+    fn on_repaired(&mut self, _ctx: &mut Context<Self>) {}
     /// A store call failed with an error retrying will not fix (forbidden, invalid, ...).
     fn on_fatal(&mut self, op: Op, error: StoreError, ctx: &mut Context<Self>);
     /// A read failed transiently (it will be retried after a backoff).
     fn on_read_failed(&mut self, _error: &StoreError, _ctx: &mut Context<Self>) {}
+    /// A write lost a compare-and-swap (someone else wrote first): the lease is re-read if
+    /// [`wants_reads`](Self::wants_reads) says a fresh observation still matters.
+    fn on_conflict(&mut self, _op: Op, _ctx: &mut Context<Self>) {}
     /// A write failed transiently (it will be retried after a backoff).
     fn on_write_failed(&mut self, _op: Op, _error: &StoreError, _ctx: &mut Context<Self>) {}
 }
@@ -188,6 +196,16 @@ pub(crate) fn step<A: LeaseActor>(act: &mut A, ctx: &mut Context<A>) {
         want,
         retry_after: st.retry_after,
     });
+    let invalid = match &decision {
+        Decision::Invalid { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    if st.invalid.is_some() && invalid.is_none() {
+        st.invalid = None;
+        act.on_repaired(ctx);
+    }
+    let st = act.lease();
+    st.invalid = invalid;
     // Stepping down is safe on any observation, however stale; everything else needs a
     // current one.
     if let Decision::StepDown(reason) = decision {
@@ -264,6 +282,7 @@ fn start<A: LeaseActor>(
     }
     let timeout = st.call_timeout(now);
     let key = st.key.clone();
+    tracing::trace!(lease = %key, identity = %st.identity, op = op.verb(), ?write, "calling the store");
     let call: BoxFuture<'static, StoreResult<StoredLease>> = match write {
         None => st.store.get(&key),
         Some((record, None)) => st.store.create(&key, record),
@@ -297,6 +316,7 @@ fn complete<A: LeaseActor>(
     st.in_flight = None;
     match result {
         Ok(stored) => {
+            tracing::trace!(lease = %st.key, identity = %st.identity, op = op.verb(), ?stored, "store answered");
             let token = token_of(&stored.record);
             st.observe(Some(stored), now);
             st.last_error = None;
@@ -328,8 +348,9 @@ fn complete<A: LeaseActor>(
             act.on_observed(ctx);
         }
         Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
-            tracing::debug!(lease = %st.key, op = op.verb(), "conflict; re-reading");
+            tracing::debug!(lease = %st.key, identity = %st.identity, op = op.verb(), "conflict; re-reading");
             st.needs_read = true;
+            act.on_conflict(op, ctx);
         }
         // A 404 on create means the namespace is missing: a definite answer, handled below.
         Err(StoreError::NotFound { .. }) if op != Op::Create => {

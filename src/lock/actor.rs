@@ -451,6 +451,12 @@ impl LeaseActor for LockActor {
         self.maybe_finish_stop(ctx);
     }
 
+    fn on_conflict(&mut self, _op: Op, ctx: &mut Context<Self>) {
+        // A stopping lock with nobody waiting reads no more: if this write was the last call
+        // in flight, the stop is complete now (nothing else would wake it).
+        self.maybe_finish_stop(ctx);
+    }
+
     fn on_write_failed(&mut self, op: Op, error: &StoreError, ctx: &mut Context<Self>) {
         if matches!(op, Op::Create | Op::Acquire) {
             let operation = format!("{} lock {}", op.verb(), self.lock_name());

@@ -33,6 +33,7 @@ struct Running {
 pub struct Harness {
     bin: PathBuf,
     data_dir: PathBuf,
+    extra_args: Vec<String>,
     running: Mutex<Option<Running>>,
 }
 
@@ -62,10 +63,13 @@ fn build() -> PathBuf {
     PathBuf::from(bin)
 }
 
-fn start(bin: &Path, data_dir: &Path) -> Running {
-    let mut child = Command::new(bin)
-        .arg("--data-dir")
-        .arg(data_dir)
+fn start(bin: &Path, data_dir: &Path, extra_args: &[String]) -> Running {
+    let mut command = Command::new(bin);
+    command.arg("--data-dir").arg(data_dir);
+    if !extra_args.is_empty() {
+        command.arg("--").args(extra_args);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -110,21 +114,31 @@ impl Harness {
     /// The harness of this test binary, built and started on first use.
     pub fn get() -> &'static Harness {
         static HARNESS: OnceLock<Harness> = OnceLock::new();
-        HARNESS.get_or_init(|| {
-            let bin = build();
-            let data_dir = repo().join("target/apiserver/runs").join(format!(
-                "{}-{}",
-                std::process::id(),
-                uuid::Uuid::new_v4().simple()
-            ));
-            std::fs::create_dir_all(&data_dir).unwrap();
-            let running = start(&bin, &data_dir);
-            Harness {
-                bin,
-                data_dir,
-                running: Mutex::new(Some(running)),
-            }
-        })
+        HARNESS.get_or_init(|| Harness::launch(Vec::new()))
+    }
+
+    /// A harness of its own (built if needed) in a fresh data directory, with extra
+    /// kube-apiserver flags (for example audit logging).
+    pub fn launch(extra_args: Vec<String>) -> Harness {
+        let bin = build();
+        let data_dir = repo().join("target/apiserver/runs").join(format!(
+            "{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let running = start(&bin, &data_dir, &extra_args);
+        Harness {
+            bin,
+            data_dir,
+            extra_args,
+            running: Mutex::new(Some(running)),
+        }
+    }
+
+    /// Where this harness keeps etcd data, certificates, kubeconfigs and logs.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     pub fn ready(&self) -> Ready {
@@ -135,6 +149,11 @@ impl Harness {
             .expect("the harness is running")
             .ready
             .clone()
+    }
+
+    /// Process id of the running harness (kube-apiserver and etcd run in this one process).
+    pub fn pid(&self) -> Option<u32> {
+        self.running.lock().unwrap().as_ref().map(|r| r.child.id())
     }
 
     /// Kills the apiserver and its etcd (SIGKILL), as a crash would.
@@ -149,7 +168,7 @@ impl Harness {
     pub fn start_again(&self) -> Ready {
         let mut running = self.running.lock().unwrap();
         assert!(running.is_none(), "the harness is still running");
-        let new = start(&self.bin, &self.data_dir);
+        let new = start(&self.bin, &self.data_dir, &self.extra_args);
         let ready = new.ready.clone();
         *running = Some(new);
         ready
@@ -167,7 +186,12 @@ pub async fn client(kubeconfig: &Path) -> kube::Client {
 
 /// A fresh namespace for one test.
 pub async fn namespace() -> String {
-    let admin = client(&Harness::get().ready().admin).await;
+    namespace_on(&Harness::get().ready()).await
+}
+
+/// A fresh namespace on a given harness.
+pub async fn namespace_on(ready: &Ready) -> String {
+    let admin = client(&ready.admin).await;
     let name = format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let ns = Namespace {
         metadata: ObjectMeta {

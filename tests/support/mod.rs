@@ -4,6 +4,8 @@
 
 pub mod apiserver;
 pub mod backend;
+pub mod gopeer;
+pub mod kubefault;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -59,10 +61,22 @@ pub enum Call {
 
 type MakeError = Box<dyn Fn() -> StoreError + Send>;
 
+/// Whether an injected failure happens before the call reaches the store, or after it took
+/// effect (the response is lost: the caller cannot know whether its write landed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Before,
+    After,
+}
+
 #[derive(Default)]
 struct Faults {
     partitioned: bool,
-    queued: VecDeque<(Call, MakeError)>,
+    /// Added to each leg of every call (request and response) and to every watch event.
+    latency: Duration,
+    /// Bumped to cut the watches open now (a dropped connection).
+    watch_generation: u64,
+    queued: VecDeque<(Call, When, MakeError)>,
     calls: HashMap<&'static str, u64>,
 }
 
@@ -72,6 +86,8 @@ struct Faults {
 pub struct FaultyStore {
     inner: Arc<dyn LeaseStore>,
     faults: Arc<Mutex<Faults>>,
+    /// Bumped on every call that reaches the wrapper (see [`called`](Self::called)).
+    calls_made: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl FaultyStore {
@@ -79,6 +95,7 @@ impl FaultyStore {
         FaultyStore {
             inner: Arc::new(inner),
             faults: Arc::default(),
+            calls_made: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 
@@ -94,11 +111,31 @@ impl FaultyStore {
 
     /// The next `call` fails with `make()`.
     pub fn fail_next(&self, call: Call, make: impl Fn() -> StoreError + Send + 'static) {
+        self.fail_next_when(call, When::Before, make);
+    }
+
+    /// The next `call` fails with `make()`, before or after it reaches the store.
+    pub fn fail_next_when(
+        &self,
+        call: Call,
+        when: When,
+        make: impl Fn() -> StoreError + Send + 'static,
+    ) {
         self.faults
             .lock()
             .unwrap()
             .queued
-            .push_back((call, Box::new(make)));
+            .push_back((call, when, Box::new(make)));
+    }
+
+    /// Delays each leg of every call and every watch event by `latency` from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.faults.lock().unwrap().latency = latency;
+    }
+
+    /// Ends the watches open now, as a dropped connection would (they end at their next event).
+    pub fn drop_watches(&self) {
+        self.faults.lock().unwrap().watch_generation += 1;
     }
 
     /// How many calls of a kind reached this wrapper ("get", "create", "replace", "watch").
@@ -112,30 +149,79 @@ impl FaultyStore {
             .unwrap_or(0)
     }
 
+    /// Resolves once `n` calls of a kind ("get", "create", "replace", "watch") have reached
+    /// this wrapper: the moment a request is on the wire.
+    pub async fn called(&self, kind: &str, n: u64) {
+        let mut rx = self.calls_made.subscribe();
+        while self.calls(kind) < n {
+            rx.changed()
+                .await
+                .expect("the store is alive while borrowed");
+        }
+    }
+
+    fn count(&self, faults: &mut Faults, name: &'static str) {
+        *faults.calls.entry(name).or_default() += 1;
+        self.calls_made.send_modify(|n| *n += 1);
+    }
+
     fn intercept(
         &self,
         call: Call,
         name: &'static str,
-    ) -> Option<BoxFuture<'static, Result<StoredLease, StoreError>>> {
+        forward: impl FnOnce() -> BoxFuture<'static, Result<StoredLease, StoreError>> + Send + 'static,
+    ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
         let mut faults = self.faults.lock().unwrap();
-        *faults.calls.entry(name).or_default() += 1;
+        self.count(&mut faults, name);
         if faults.partitioned {
-            return Some(futures::future::pending().boxed());
+            return futures::future::pending().boxed();
         }
-        let pos = faults
+        let latency = faults.latency;
+        let injected = faults
             .queued
             .iter()
-            .position(|(c, _)| *c == call || *c == Call::Any)?;
-        let (_, make) = faults.queued.remove(pos).unwrap();
-        let err = make();
-        Some(futures::future::ready(Err(err)).boxed())
+            .position(|(c, _, _)| *c == call || *c == Call::Any)
+            .map(|pos| faults.queued.remove(pos).unwrap());
+        drop(faults);
+        if latency.is_zero() {
+            // No extra await points: the call behaves exactly like the inner store's.
+            return match injected {
+                Some((_, When::Before, make)) => futures::future::ready(Err(make())).boxed(),
+                Some((_, When::After, make)) => {
+                    let call = forward();
+                    async move {
+                        let _ = call.await;
+                        Err(make())
+                    }
+                    .boxed()
+                }
+                None => forward(),
+            };
+        }
+        // The request leg, then the store, then the response leg. The store call starts only
+        // after the request leg, so a write lands `latency` after it was sent.
+        async move {
+            tokio::time::sleep(latency).await;
+            let result = match injected {
+                Some((_, When::Before, make)) => Err(make()),
+                Some((_, When::After, make)) => {
+                    let _ = forward().await;
+                    Err(make())
+                }
+                None => forward().await,
+            };
+            tokio::time::sleep(latency).await;
+            result
+        }
+        .boxed()
     }
 }
 
 impl LeaseStore for FaultyStore {
     fn get(&self, key: &LeaseKey) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        self.intercept(Call::Get, "get")
-            .unwrap_or_else(|| self.inner.get(key))
+        let inner = self.inner.clone();
+        let key = key.clone();
+        self.intercept(Call::Get, "get", move || inner.get(&key))
     }
 
     fn create(
@@ -143,8 +229,9 @@ impl LeaseStore for FaultyStore {
         key: &LeaseKey,
         record: LeaseRecord,
     ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        self.intercept(Call::Create, "create")
-            .unwrap_or_else(|| self.inner.create(key, record))
+        let inner = self.inner.clone();
+        let key = key.clone();
+        self.intercept(Call::Create, "create", move || inner.create(&key, record))
     }
 
     fn replace(
@@ -153,27 +240,49 @@ impl LeaseStore for FaultyStore {
         record: LeaseRecord,
         resource_version: &str,
     ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        self.intercept(Call::Replace, "replace")
-            .unwrap_or_else(|| self.inner.replace(key, record, resource_version))
+        let inner = self.inner.clone();
+        let key = key.clone();
+        let version = resource_version.to_owned();
+        self.intercept(Call::Replace, "replace", move || {
+            inner.replace(&key, record, &version)
+        })
     }
 
     fn watch(&self, namespace: &str) -> BoxStream<'static, Result<WatchEvent, StoreError>> {
         let faults = self.faults.clone();
-        {
+        let generation = {
             let mut f = faults.lock().unwrap();
-            *f.calls.entry("watch").or_default() += 1;
+            self.count(&mut f, "watch");
             if f.partitioned {
                 return futures::stream::pending().boxed();
             }
-        }
-        // A partition ends the watch at its next event: the replica hears nothing more.
-        self.inner
-            .watch(namespace)
-            .take_while(move |_| {
-                let cut = faults.lock().unwrap().partitioned;
-                futures::future::ready(!cut)
-            })
-            .boxed()
+            f.watch_generation
+        };
+        // Events are stamped when the store emits them and delivered `latency` later, in order.
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let mut inner = self.inner.watch(namespace);
+        let stamp = faults.clone();
+        tokio::spawn(async move {
+            while let Some(event) = inner.next().await {
+                let due = Instant::now() + stamp.lock().unwrap().latency;
+                if tx.unbounded_send((due, event)).is_err() {
+                    return;
+                }
+            }
+        });
+        // A partition or a dropped connection ends the watch at its next event: the replica
+        // hears nothing more on it.
+        rx.then(|(due, event)| async move {
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+            event
+        })
+        .take_while(move |_| {
+            let f = faults.lock().unwrap();
+            futures::future::ready(!f.partitioned && f.watch_generation == generation)
+        })
+        .boxed()
     }
 }
 

@@ -1,0 +1,463 @@
+//! Randomized fault schedules on the memory store, in paused time: never two leaders, never two
+//! lock holders, fencing tokens strictly increasing, and a leader again once the faults heal.
+//!
+//! Each seed builds 2–4 replicas (each behind its own [`FaultyStore`], each with its own wall
+//! clock skewed by up to ±10 minutes) that run two elections and compete for one lock, then
+//! plays a random schedule of faults: partitions and heals, latency up to 3 s per leg, 409
+//! storms, failures before and after a write lands (the response is lost), dropped watches, and
+//! graceful stops. Every term is recorded against tokio's (shared, paused) clock and checked
+//! with zero allowed overlap: dsync's documented bound between replicas whose clocks run at the
+//! same rate.
+//!
+//! `DSYNC_SAFETY_SEEDS=N` runs N seeds per test (default 250 per test, 1,000 in all);
+//! `DSYNC_SAFETY_SEED=S` replays one seed. A failure prints its seed.
+
+mod support;
+
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease, WatchEvent};
+use dsync::{Config, Dsync, Election, Error, MemoryStore, Timing};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use support::{Call, FaultyStore, TermLog, When};
+use tokio::time::Instant;
+
+/// splitmix64: small, fast, and the same sequence everywhere for a seed.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn millis(&mut self, max: u64) -> Duration {
+        Duration::from_millis(self.below(max + 1))
+    }
+}
+
+/// A replica whose wall clock is off by `skew`: every time it writes into a lease
+/// (`acquireTime`, `renewTime`) is shifted, as a skewed node's would be. dsync reads the wall
+/// clock only to fill these fields, so this is all a skew can change.
+#[derive(Clone)]
+struct Skewed {
+    inner: FaultyStore,
+    skew: Duration,
+    ahead: bool,
+}
+
+impl Skewed {
+    fn shift(&self, t: Option<SystemTime>) -> Option<SystemTime> {
+        t.map(|t| {
+            if self.ahead {
+                t + self.skew
+            } else {
+                t - self.skew
+            }
+        })
+    }
+
+    /// Shifts the times the writer stamped from its clock. `renewTime` always is; `acquireTime`
+    /// only when stamped in the same write (then it equals `renewTime`): a renewal copies it
+    /// from the stored record, which is already skewed.
+    fn skew_record(&self, mut r: LeaseRecord) -> LeaseRecord {
+        if r.acquire_time == r.renew_time {
+            r.acquire_time = self.shift(r.acquire_time);
+        }
+        r.renew_time = self.shift(r.renew_time);
+        r
+    }
+}
+
+impl LeaseStore for Skewed {
+    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
+        self.inner.get(key)
+    }
+    fn create(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+    ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
+        self.inner.create(key, self.skew_record(record))
+    }
+    fn replace(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
+        self.inner
+            .replace(key, self.skew_record(record), resource_version)
+    }
+    fn watch(&self, namespace: &str) -> BoxStream<'static, Result<WatchEvent, StoreError>> {
+        self.inner.watch(namespace)
+    }
+}
+
+struct Replica {
+    faults: FaultyStore,
+    dsync: Dsync,
+    elections: Vec<Option<Election>>,
+}
+
+const ELECTIONS: usize = 2;
+
+fn timing() -> Timing {
+    Timing::default() // 15 s / 10 s / 2 s
+}
+
+thread_local! {
+    static SEED: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Prints the seed of a failing run (from any panic on this thread) so it can be replayed.
+fn install_seed_reporter() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_seed_hook);
+}
+
+fn install_seed_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(seed) = SEED.with(Cell::get) {
+            eprintln!(
+                "\n*** safety: seed {seed} failed; replay with \
+                 DSYNC_SAFETY_SEED={seed} cargo test --test safety ***\n"
+            );
+        }
+        default(info);
+    }));
+}
+
+/// One lock term as the holder saw it.
+#[derive(Debug, Clone)]
+struct LockSpan {
+    #[allow(dead_code)] // shown in failure messages
+    replica: usize,
+    token: i32,
+    start: Instant,
+    end: Instant,
+}
+
+/// A replica's lock loop: lock (with a timeout), hold for a while or until the term is lost,
+/// unlock, pause. Records every term.
+async fn lock_worker(replica: usize, dsync: Dsync, mut rng: Rng, spans: Arc<Mutex<Vec<LockSpan>>>) {
+    let lock = dsync.lock("shared").expect("valid lock name");
+    loop {
+        match lock.lock_timeout(rng.millis(20_000)).await {
+            Ok(term) => {
+                let start = Instant::now();
+                let hold = rng.millis(8_000);
+                tokio::select! {
+                    _ = tokio::time::sleep(hold) => {}
+                    _ = term.cancelled() => {}
+                }
+                let end = Instant::now();
+                spans.lock().unwrap().push(LockSpan {
+                    replica,
+                    token: term.fencing_token(),
+                    start,
+                    end,
+                });
+                let _ = lock.unlock().await;
+            }
+            Err(Error::Stopped { .. }) => return,
+            Err(_) => {}
+        }
+        tokio::time::sleep(rng.millis(3_000)).await;
+    }
+}
+
+fn check_locks(spans: &[LockSpan]) {
+    let mut spans = spans.to_vec();
+    spans.sort_by_key(|s| s.start);
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].end <= pair[1].start,
+            "two lock holders at once: {pair:#?}"
+        );
+        assert!(
+            pair[0].token < pair[1].token,
+            "lock fencing tokens must strictly increase: {pair:#?}"
+        );
+    }
+}
+
+async fn run_seed(seed: u64) {
+    let mut rng = Rng(seed);
+    let store = MemoryStore::new();
+    let n = 2 + rng.below(3) as usize;
+    let logs: Vec<TermLog> = (0..ELECTIONS).map(|_| TermLog::default()).collect();
+    let lock_spans = Arc::new(Mutex::new(Vec::new()));
+    let mut replicas = Vec::new();
+    let mut workers = Vec::new();
+    for r in 0..n {
+        let faults = FaultyStore::new(store.clone());
+        let skewed = Skewed {
+            inner: faults.clone(),
+            skew: rng.millis(600_000),
+            ahead: rng.below(2) == 0,
+        };
+        let dsync = Dsync::with_config(
+            skewed,
+            Config::default()
+                .with_identity(format!("r{r}"))
+                .with_timing(timing()),
+        )
+        .unwrap();
+        let elections = (0..ELECTIONS)
+            .map(|e| {
+                let election = dsync.election(&format!("e{e}")).unwrap();
+                logs[e].record(&format!("r{r}"), &election);
+                Some(election)
+            })
+            .collect();
+        workers.push(actix::spawn(lock_worker(
+            r,
+            dsync.clone(),
+            Rng(rng.next()),
+            lock_spans.clone(),
+        )));
+        replicas.push(Replica {
+            faults,
+            dsync,
+            elections,
+        });
+    }
+
+    let steps = 10 + rng.below(15);
+    for _ in 0..steps {
+        tokio::time::sleep(rng.millis(12_000)).await;
+        let r = rng.below(n as u64) as usize;
+        let replica = &mut replicas[r];
+        let action = rng.below(10);
+        trace(format_args!("step: replica {r} action {action}"));
+        match action {
+            0 | 1 => replica.faults.partition(),
+            2 | 3 => replica.faults.heal(),
+            4 => replica.faults.set_latency(rng.millis(3_000)),
+            5 => {
+                // A 409 storm: the next several writes conflict.
+                for _ in 0..1 + rng.below(8) {
+                    replica
+                        .faults
+                        .fail_next(Call::Replace, || StoreError::Conflict {
+                            lease: "storm".into(),
+                        });
+                }
+            }
+            6 => {
+                // The write lands but its response is lost.
+                let call = [Call::Replace, Call::Create, Call::Any][rng.below(3) as usize];
+                replica
+                    .faults
+                    .fail_next_when(call, When::After, || StoreError::Unavailable {
+                        message: "connection reset after the request was sent".into(),
+                        source: None,
+                    });
+            }
+            7 => replica
+                .faults
+                .fail_next(Call::Any, || StoreError::Unavailable {
+                    message: "503".into(),
+                    source: None,
+                }),
+            8 => replica.faults.drop_watches(),
+            _ => {
+                // Stop one election gracefully, or start it again if stopped.
+                let e = rng.below(ELECTIONS as u64) as usize;
+                match replica.elections[e].take() {
+                    Some(election) => {
+                        trace(format_args!("stopping r{r}'s e{e}"));
+                        // A stop can wait on a hung call (partition); don't block the schedule.
+                        actix::spawn(async move {
+                            let _ = election.stop().await;
+                        });
+                    }
+                    None => {
+                        trace(format_args!("starting r{r}'s e{e} again"));
+                        if let Ok(election) = replica.dsync.election(&format!("e{e}")) {
+                            logs[e].record(&format!("r{r}"), &election);
+                            replica.elections[e] = Some(election);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    trace(format_args!("healing"));
+    // Heal everything; within a lease duration plus a few retries every election has a leader.
+    for replica in &replicas {
+        replica.faults.heal();
+        replica.faults.set_latency(Duration::ZERO);
+    }
+    let t = timing();
+    for (e, log) in logs.iter().enumerate() {
+        let running: Vec<Election> = replicas
+            .iter()
+            .filter_map(|r| r.elections[e].clone())
+            .collect();
+        trace(format_args!("e{e}: {} replicas running", running.len()));
+        if running.is_empty() {
+            continue;
+        }
+        support::leader_of(t.lease_duration() * 2 + t.retry_period() * 4, &running).await;
+        log.assert_safe();
+    }
+    trace(format_args!("leaders found"));
+    for w in &workers {
+        w.abort();
+    }
+    for (r, replica) in replicas.iter().enumerate() {
+        trace(format_args!("shutting down replica {r}"));
+        let _ = replica.dsync.shutdown().await;
+    }
+    trace(format_args!("shut down"));
+    for log in &logs {
+        log.assert_safe();
+    }
+    let lock_spans = lock_spans.lock().unwrap();
+    check_locks(&lock_spans);
+    let terms: usize = logs.iter().map(|l| l.spans().len()).sum();
+    trace(format_args!(
+        "{n} replicas, {steps} faults: {terms} election terms and {} lock terms checked",
+        lock_spans.len()
+    ));
+    // The checker saw work: every election led at least once (it has a leader at the end).
+    assert!(terms >= ELECTIONS, "only {terms} terms recorded");
+}
+
+/// `DSYNC_SAFETY_TRACE=1` prints the schedule as it plays (to debug a replayed seed).
+fn trace(what: std::fmt::Arguments<'_>) {
+    if std::env::var_os("DSYNC_SAFETY_TRACE").is_some() {
+        eprintln!("[{:?}] {what}", Instant::now());
+    }
+}
+
+fn seeds(part: u64, parts: u64) -> Vec<u64> {
+    if let Ok(seed) = std::env::var("DSYNC_SAFETY_SEED") {
+        let seed: u64 = seed.parse().expect("DSYNC_SAFETY_SEED is a number");
+        return if part == 0 { vec![seed] } else { vec![] };
+    }
+    let per_part: u64 = std::env::var("DSYNC_SAFETY_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    (0..per_part).map(|i| i * parts + part).collect()
+}
+
+async fn run_seeds(part: u64) {
+    install_seed_reporter();
+    if std::env::var_os("DSYNC_SAFETY_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+    tokio::time::pause();
+    for seed in seeds(part, 4) {
+        SEED.with(|s| s.set(Some(seed)));
+        run_seed(seed).await;
+    }
+    SEED.with(|s| s.set(None));
+}
+
+// Four tests so that the test harness spreads the seeds over the cores.
+#[actix::test]
+async fn randomized_faults_part_0() {
+    run_seeds(0).await;
+}
+
+#[actix::test]
+async fn randomized_faults_part_1() {
+    run_seeds(1).await;
+}
+
+#[actix::test]
+async fn randomized_faults_part_2() {
+    run_seeds(2).await;
+}
+
+#[actix::test]
+async fn randomized_faults_part_3() {
+    run_seeds(3).await;
+}
+
+/// Clock skew, on its own: two replicas whose wall clocks are ten minutes apart (each way).
+/// The records the leader writes look ten minutes stale, or ten minutes into the future, to
+/// the follower; it judges expiry only from when it saw the record change, so it neither
+/// takes over from a live leader nor waits ten minutes after a dead one.
+#[actix::test]
+async fn replicas_minutes_apart_never_overlap_and_take_over_after_one_lease_duration() {
+    tokio::time::pause();
+    let t = timing();
+    for leader_ahead in [true, false] {
+        let store = MemoryStore::new();
+        let replica = |name: &str, ahead: bool| {
+            let faults = FaultyStore::new(store.clone());
+            let skewed = Skewed {
+                inner: faults.clone(),
+                skew: Duration::from_secs(600),
+                ahead,
+            };
+            let dsync =
+                Dsync::with_config(skewed, Config::default().with_identity(name).with_timing(t))
+                    .unwrap();
+            (dsync, faults)
+        };
+        let (a, fa) = replica("a", leader_ahead);
+        let (b, _fb) = replica("b", !leader_ahead);
+        let log = TermLog::default();
+        let ea = a.election("x").unwrap();
+        log.record("a", &ea);
+        support::within(t.lease_duration(), "a elected", ea.elected())
+            .await
+            .unwrap();
+        let eb = b.election("x").unwrap();
+        log.record("b", &eb);
+        // The leader's records are ten minutes off for b, for many lease durations.
+        tokio::time::sleep(t.lease_duration() * 5).await;
+        assert!(ea.is_leader(), "a keeps leading (ahead: {leader_ahead})");
+        assert!(!eb.is_leader(), "b never takes over from a live leader");
+        let stored = store.get(&ea.lease()).await.unwrap();
+        let renewed = stored.record.renew_time.unwrap();
+        let off = match renewed.duration_since(SystemTime::now()) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        assert!(
+            off >= Duration::from_secs(590),
+            "the stored renewTime is minutes off: {off:?}"
+        );
+
+        // a dies: b takes over one lease duration after it last saw a renew, not ten minutes
+        // later and not at once.
+        fa.partition();
+        let crashed = Instant::now();
+        support::within(t.lease_duration() * 2, "b elected", eb.elected())
+            .await
+            .unwrap();
+        let waited = crashed.elapsed();
+        assert!(
+            waited >= t.lease_duration() - t.retry_period() && waited <= t.lease_duration(),
+            "b took over {waited:?} after the crash (ahead: {leader_ahead})"
+        );
+        log.assert_safe();
+        fa.heal();
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+        log.assert_safe();
+    }
+}

@@ -9,10 +9,12 @@ mod support;
 
 use std::time::Duration;
 
-use dsync::store::{LeaseKey, LeaseRecord};
+use dsync::store::{LeaseKey, LeaseRecord, WatchEvent};
 use dsync::{Config, Dsync, Error, KubeStore, LeaseStore, StoreError, Timing};
+use futures::StreamExt;
 use support::apiserver::{Harness, namespace};
-use support::backend::{kube_store as store, kube_timing};
+use support::backend::{KUBE_CALL_TIMEOUT, kube_store as store, kube_timing};
+use support::kubefault::{Fault, KubeFaults};
 use support::within;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -208,4 +210,78 @@ async fn the_store_is_configured_from_kube_config_path() {
         }
         other => panic!("expected KubeConfig error, got {other:?}"),
     }
+}
+
+/// The kube fault layer (tests/support/kubefault.rs) does what the fault schedules of
+/// tests/safety.rs rely on.
+#[actix::test]
+async fn the_fault_layer_injects_what_it_says() {
+    let ns = namespace().await;
+    let admin = admin_store().await;
+    let faults = KubeFaults::default();
+    let s = KubeStore::new(faults.client(&Harness::get().ready().admin).await)
+        .with_call_timeout(KUBE_CALL_TIMEOUT);
+    let key = LeaseKey::new(&ns, "s.lock.faults");
+    let v1 = s.create(&key, held_by("a")).await.unwrap();
+
+    // A 409 on the next update, which never reaches the server.
+    faults.inject(Fault::Conflict);
+    let err = s
+        .replace(&key, held_by("b"), &v1.resource_version)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let stored = admin.get(&key).await.unwrap();
+    assert_eq!(stored.resource_version, v1.resource_version, "not written");
+
+    // A 503.
+    faults.inject(Fault::Unavailable);
+    let err = s.get(&key).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+
+    // A write that lands but whose response is lost.
+    faults.inject(Fault::ResetAfterWrite);
+    let err = s
+        .replace(&key, held_by("c"), &v1.resource_version)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    let stored = admin.get(&key).await.unwrap();
+    assert_eq!(stored.record.holder(), Some("c"), "the write took effect");
+
+    // A partition: calls hang until the call timeout.
+    faults.partition();
+    let err = s.get(&key).await.unwrap_err();
+    assert!(matches!(err, StoreError::Timeout { .. }), "{err:?}");
+    faults.heal();
+    s.get(&key).await.unwrap();
+
+    // Latency on each leg.
+    faults.set_latency(Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    s.get(&key).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    faults.set_latency(Duration::ZERO);
+
+    // A dropped connection cuts an open watch.
+    let mut watch = s.watch(&ns);
+    let first = within(LIMIT, "the first watch event", watch.next()).await;
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    // An event written after the initial list proves the watch request is open.
+    let current = admin.get(&key).await.unwrap();
+    admin
+        .replace(&key, held_by("d"), &current.resource_version)
+        .await
+        .unwrap();
+    loop {
+        let event = within(LIMIT, "the change on the watch", watch.next()).await;
+        match event {
+            Some(Ok(WatchEvent::Applied(l))) if l.record.holder() == Some("d") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    faults.drop_watches();
+    let next = within(LIMIT, "the watch is cut", watch.next()).await;
+    assert!(matches!(next, Some(Err(_))), "{next:?}");
 }

@@ -19,9 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease, WatchEvent};
-use dsync::{Config, Dsync, Election, Error, MemoryStore, Timing};
+use dsync::{Config, Dsync, Election, Error, KubeStore, MemoryStore, Timing};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use support::apiserver::{Harness, namespace};
+use support::backend::{KUBE_CALL_TIMEOUT, kube_timing};
+use support::kubefault::{Fault, KubeFaults};
 use support::{Call, FaultyStore, TermLog, When};
 use tokio::time::Instant;
 
@@ -52,7 +55,7 @@ impl Rng {
 /// clock only to fill these fields, so this is all a skew can change.
 #[derive(Clone)]
 struct Skewed {
-    inner: FaultyStore,
+    inner: Arc<dyn LeaseStore>,
     skew: Duration,
     ahead: bool,
 }
@@ -105,8 +108,102 @@ impl LeaseStore for Skewed {
     }
 }
 
+/// What a schedule does to one replica's link to the store: `FaultyStore` on the memory
+/// store, the kube fault layer (`KubeFaults`) on the real apiserver.
+trait Chaos {
+    fn partition(&self);
+    fn heal(&self);
+    fn set_latency(&self, latency: Duration);
+    /// The next `n` updates fail with 409 Conflict.
+    fn conflict_storm(&self, n: u64);
+    /// The next write (`call`) takes effect, but its response is lost.
+    fn lose_next_response(&self, call: Call);
+    /// The next call fails with 503.
+    fn fail_next_503(&self);
+    fn drop_watches(&self);
+}
+
+impl Chaos for FaultyStore {
+    fn partition(&self) {
+        FaultyStore::partition(self);
+    }
+    fn heal(&self) {
+        FaultyStore::heal(self);
+    }
+    fn set_latency(&self, latency: Duration) {
+        FaultyStore::set_latency(self, latency);
+    }
+    fn conflict_storm(&self, n: u64) {
+        for _ in 0..n {
+            self.fail_next(Call::Replace, || StoreError::Conflict {
+                lease: "storm".into(),
+            });
+        }
+    }
+    fn lose_next_response(&self, call: Call) {
+        self.fail_next_when(call, When::After, || StoreError::Unavailable {
+            message: "connection reset after the request was sent".into(),
+            source: None,
+        });
+    }
+    fn fail_next_503(&self) {
+        self.fail_next(Call::Any, || StoreError::Unavailable {
+            message: "503".into(),
+            source: None,
+        });
+    }
+    fn drop_watches(&self) {
+        FaultyStore::drop_watches(self);
+    }
+}
+
+impl Chaos for KubeFaults {
+    fn partition(&self) {
+        KubeFaults::partition(self);
+    }
+    fn heal(&self) {
+        KubeFaults::heal(self);
+    }
+    fn set_latency(&self, latency: Duration) {
+        KubeFaults::set_latency(self, latency);
+    }
+    fn conflict_storm(&self, n: u64) {
+        for _ in 0..n {
+            self.inject(Fault::Conflict);
+        }
+    }
+    fn lose_next_response(&self, _call: Call) {
+        // Any write: the layer sees HTTP methods, not store calls.
+        self.inject(Fault::ResetAfterWrite);
+    }
+    fn fail_next_503(&self) {
+        self.inject(Fault::Unavailable);
+    }
+    fn drop_watches(&self) {
+        KubeFaults::drop_watches(self);
+    }
+}
+
+/// Where a seed runs.
+#[derive(Clone)]
+enum Backend {
+    /// A fresh `MemoryStore`, paused time, timing 15/10/2 s.
+    Memory,
+    /// The real apiserver harness (a fresh namespace), real time, timing 2/1.5/0.5 s.
+    Kube,
+}
+
+impl Backend {
+    fn timing(&self) -> Timing {
+        match self {
+            Backend::Memory => timing(),
+            Backend::Kube => kube_timing(),
+        }
+    }
+}
+
 struct Replica {
-    faults: FaultyStore,
+    faults: Box<dyn Chaos>,
     dsync: Dsync,
     elections: Vec<Option<Election>>,
 }
@@ -133,7 +230,8 @@ fn install_seed_hook() {
         if let Some(seed) = SEED.with(Cell::get) {
             eprintln!(
                 "\n*** safety: seed {seed} failed; replay with \
-                 DSYNC_SAFETY_SEED={seed} cargo test --test safety ***\n"
+                 DSYNC_SAFETY_SEED={seed} (memory) or DSYNC_SAFETY_KUBE_SEED={seed} (kube) \
+                 cargo test --test safety ***\n"
             );
         }
         default(info);
@@ -152,13 +250,19 @@ struct LockSpan {
 
 /// A replica's lock loop: lock (with a timeout), hold for a while or until the term is lost,
 /// unlock, pause. Records every term.
-async fn lock_worker(replica: usize, dsync: Dsync, mut rng: Rng, spans: Arc<Mutex<Vec<LockSpan>>>) {
+async fn lock_worker(
+    replica: usize,
+    dsync: Dsync,
+    mut rng: Rng,
+    scale: f64,
+    spans: Arc<Mutex<Vec<LockSpan>>>,
+) {
     let lock = dsync.lock("shared").expect("valid lock name");
     loop {
-        match lock.lock_timeout(rng.millis(20_000)).await {
+        match lock.lock_timeout(rng.millis(20_000).mul_f64(scale)).await {
             Ok(term) => {
                 let start = Instant::now();
-                let hold = rng.millis(8_000);
+                let hold = rng.millis(8_000).mul_f64(scale);
                 tokio::select! {
                     _ = tokio::time::sleep(hold) => {}
                     _ = term.cancelled() => {}
@@ -175,7 +279,7 @@ async fn lock_worker(replica: usize, dsync: Dsync, mut rng: Rng, spans: Arc<Mute
             Err(Error::Stopped { .. }) => return,
             Err(_) => {}
         }
-        tokio::time::sleep(rng.millis(3_000)).await;
+        tokio::time::sleep(rng.millis(3_000).mul_f64(scale)).await;
     }
 }
 
@@ -194,26 +298,45 @@ fn check_locks(spans: &[LockSpan]) {
     }
 }
 
-async fn run_seed(seed: u64) {
+async fn run_seed(seed: u64, backend: &Backend) {
     let mut rng = Rng(seed);
+    let t = backend.timing();
+    // The schedule is written for a 15 s lease; other timings scale it.
+    let scale = t.lease_duration().as_secs_f64() / 15.0;
     let store = MemoryStore::new();
+    let namespace = match backend {
+        Backend::Memory => "default".to_owned(),
+        Backend::Kube => namespace().await,
+    };
     let n = 2 + rng.below(3) as usize;
     let logs: Vec<TermLog> = (0..ELECTIONS).map(|_| TermLog::default()).collect();
     let lock_spans = Arc::new(Mutex::new(Vec::new()));
     let mut replicas = Vec::new();
     let mut workers = Vec::new();
     for r in 0..n {
-        let faults = FaultyStore::new(store.clone());
+        let (faults, inner): (Box<dyn Chaos>, Arc<dyn LeaseStore>) = match backend {
+            Backend::Memory => {
+                let faults = FaultyStore::new(store.clone());
+                (Box::new(faults.clone()), Arc::new(faults))
+            }
+            Backend::Kube => {
+                let faults = KubeFaults::default();
+                let client = faults.client(&Harness::get().ready().admin).await;
+                let store = KubeStore::new(client).with_call_timeout(KUBE_CALL_TIMEOUT);
+                (Box::new(faults), Arc::new(store))
+            }
+        };
         let skewed = Skewed {
-            inner: faults.clone(),
+            inner,
             skew: rng.millis(600_000),
             ahead: rng.below(2) == 0,
         };
         let dsync = Dsync::with_config(
             skewed,
             Config::default()
+                .with_namespace(&*namespace)
                 .with_identity(format!("r{r}"))
-                .with_timing(timing()),
+                .with_timing(t),
         )
         .unwrap();
         let elections = (0..ELECTIONS)
@@ -227,6 +350,7 @@ async fn run_seed(seed: u64) {
             r,
             dsync.clone(),
             Rng(rng.next()),
+            scale,
             lock_spans.clone(),
         )));
         replicas.push(Replica {
@@ -238,7 +362,7 @@ async fn run_seed(seed: u64) {
 
     let steps = 10 + rng.below(15);
     for _ in 0..steps {
-        tokio::time::sleep(rng.millis(12_000)).await;
+        tokio::time::sleep(rng.millis(12_000).mul_f64(scale)).await;
         let r = rng.below(n as u64) as usize;
         let replica = &mut replicas[r];
         let action = rng.below(10);
@@ -246,33 +370,15 @@ async fn run_seed(seed: u64) {
         match action {
             0 | 1 => replica.faults.partition(),
             2 | 3 => replica.faults.heal(),
-            4 => replica.faults.set_latency(rng.millis(3_000)),
-            5 => {
-                // A 409 storm: the next several writes conflict.
-                for _ in 0..1 + rng.below(8) {
-                    replica
-                        .faults
-                        .fail_next(Call::Replace, || StoreError::Conflict {
-                            lease: "storm".into(),
-                        });
-                }
-            }
+            4 => replica.faults.set_latency(rng.millis(3_000).mul_f64(scale)),
+            // A 409 storm: the next several writes conflict.
+            5 => replica.faults.conflict_storm(1 + rng.below(8)),
             6 => {
                 // The write lands but its response is lost.
                 let call = [Call::Replace, Call::Create, Call::Any][rng.below(3) as usize];
-                replica
-                    .faults
-                    .fail_next_when(call, When::After, || StoreError::Unavailable {
-                        message: "connection reset after the request was sent".into(),
-                        source: None,
-                    });
+                replica.faults.lose_next_response(call);
             }
-            7 => replica
-                .faults
-                .fail_next(Call::Any, || StoreError::Unavailable {
-                    message: "503".into(),
-                    source: None,
-                }),
+            7 => replica.faults.fail_next_503(),
             8 => replica.faults.drop_watches(),
             _ => {
                 // Stop one election gracefully, or start it again if stopped.
@@ -303,7 +409,12 @@ async fn run_seed(seed: u64) {
         replica.faults.heal();
         replica.faults.set_latency(Duration::ZERO);
     }
-    let t = timing();
+    // Memory: exact. Kube: plus a lease duration for calls hung by the partition to time out
+    // and watches to come back.
+    let slack = match backend {
+        Backend::Memory => Duration::ZERO,
+        Backend::Kube => t.lease_duration(),
+    };
     for (e, log) in logs.iter().enumerate() {
         let running: Vec<Election> = replicas
             .iter()
@@ -313,7 +424,11 @@ async fn run_seed(seed: u64) {
         if running.is_empty() {
             continue;
         }
-        support::leader_of(t.lease_duration() * 2 + t.retry_period() * 4, &running).await;
+        support::leader_of(
+            t.lease_duration() * 2 + t.retry_period() * 4 + slack,
+            &running,
+        )
+        .await;
         log.assert_safe();
     }
     trace(format_args!("leaders found"));
@@ -359,6 +474,10 @@ fn seeds(part: u64, parts: u64) -> Vec<u64> {
 }
 
 async fn run_seeds(part: u64) {
+    run_seeds_on(seeds(part, 4), Backend::Memory).await;
+}
+
+async fn run_seeds_on(seeds: Vec<u64>, backend: Backend) {
     install_seed_reporter();
     if std::env::var_os("DSYNC_SAFETY_TRACE").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -366,10 +485,12 @@ async fn run_seeds(part: u64) {
             .with_test_writer()
             .try_init();
     }
-    tokio::time::pause();
-    for seed in seeds(part, 4) {
+    if let Backend::Memory = backend {
+        tokio::time::pause();
+    }
+    for seed in seeds {
         SEED.with(|s| s.set(Some(seed)));
-        run_seed(seed).await;
+        run_seed(seed, &backend).await;
     }
     SEED.with(|s| s.set(None));
 }
@@ -395,6 +516,28 @@ async fn randomized_faults_part_3() {
     run_seeds(3).await;
 }
 
+/// The same schedules through the kube fault layer against the real apiserver, in real time
+/// at 2/1.5/0.5 s: a bounded number of seeds (`DSYNC_SAFETY_KUBE_SEEDS`, default 3, about 30 s
+/// each; `DSYNC_SAFETY_KUBE_SEED=S` replays one). A failure prints its seed.
+#[actix::test]
+async fn randomized_faults_on_the_real_apiserver() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let seeds = match std::env::var("DSYNC_SAFETY_KUBE_SEED") {
+        Ok(seed) => vec![seed.parse().expect("DSYNC_SAFETY_KUBE_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("DSYNC_SAFETY_KUBE_SEEDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3);
+            (0..n).collect()
+        }
+    };
+    run_seeds_on(seeds, Backend::Kube).await;
+}
+
 /// Clock skew, on its own: two replicas whose wall clocks are ten minutes apart (each way).
 /// The records the leader writes look ten minutes stale, or ten minutes into the future, to
 /// the follower; it judges expiry only from when it saw the record change, so it neither
@@ -408,7 +551,7 @@ async fn replicas_minutes_apart_never_overlap_and_take_over_after_one_lease_dura
         let replica = |name: &str, ahead: bool| {
             let faults = FaultyStore::new(store.clone());
             let skewed = Skewed {
-                inner: faults.clone(),
+                inner: Arc::new(faults.clone()),
                 skew: Duration::from_secs(600),
                 ahead,
             };

@@ -23,6 +23,8 @@ struct Inner {
     registry: Arc<Registry>,
     supervisor: Addr<Supervisor>,
     arbiter: ArbiterHandle,
+    #[cfg(feature = "metrics")]
+    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 /// One replica's access to elections and locks on a [`LeaseStore`].
@@ -83,6 +85,8 @@ impl Dsync {
                 registry,
                 supervisor,
                 arbiter: Arbiter::current(),
+                #[cfg(feature = "metrics")]
+                metrics: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -130,6 +134,8 @@ impl Dsync {
                 leader: None,
                 term: None,
                 valid_until: None,
+                renewed_at: None,
+                lease_duration: inner.config.timing.lease_duration(),
                 restarts: 0,
                 last_error: None,
                 invalid: None,
@@ -224,13 +230,33 @@ impl Dsync {
     }
 
     fn lease_state(&self, key: &LeaseKey) -> LeaseState {
-        LeaseState::new(
+        #[allow(unused_mut)] // set only with the metrics feature
+        let mut st = LeaseState::new(
             key.clone(),
             self.inner.config.identity.clone(),
             self.inner.config.timing,
             self.inner.store.clone(),
             self.inner.watches.clone(),
-        )
+        );
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = self.inner.metrics.get() {
+            st.metrics = metrics.lease(key);
+        }
+        st
+    }
+
+    /// Records this replica's [`metrics`](crate::metrics) from now on (elections and locks
+    /// created later). [`Error::InvalidConfig`] if metrics were set already.
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(self, metrics: crate::metrics::Metrics) -> Result<Self> {
+        self.inner
+            .metrics
+            .set(metrics)
+            .map_err(|_| Error::InvalidConfig {
+                key: "metrics",
+                reason: "metrics were already set for this replica".into(),
+            })?;
+        Ok(self)
     }
 
     /// How many namespaces this replica watches (one watch each, shared by all its elections

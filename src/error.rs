@@ -58,6 +58,18 @@ pub enum Error {
         lease: String,
     },
 
+    /// A leader whose lease has not been renewed for longer than the lease duration plus a
+    /// tolerance ([`Election::check_health`](crate::Election::check_health)).
+    #[error("election {lease} holds a term but last renewed {since:?} ago (limit {limit:?})")]
+    LeaderNotRenewing {
+        /// `namespace/name` of the lease.
+        lease: String,
+        /// Time since the last renewal.
+        since: std::time::Duration,
+        /// Lease duration plus tolerance.
+        limit: std::time::Duration,
+    },
+
     /// Nobody holds the election right now.
     #[error("election {lease} has no leader right now")]
     NoLeader {

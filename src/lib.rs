@@ -65,6 +65,8 @@
 //! * [`store`]: the [`LeaseStore`] trait (get / create / compare-and-swap replace / watch) and
 //!   [`MemoryStore`].
 //! * [`election`] and [`lock`]: actors that execute the core's decisions, and their handles.
+//! * [`leader_only`]: [`LeaderOnly`], an actor that runs only while this replica leads.
+//! * [`metrics`]: Prometheus metrics (feature `metrics`).
 //! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s actors.
 //! * [`term`]: [`Term`], cancellable, with the fencing token.
 //! * `watch`: one store watch per namespace, shared by a replica's actors.
@@ -80,8 +82,10 @@ pub mod config;
 mod dsync;
 pub mod election;
 mod error;
+pub mod leader_only;
 pub mod lease;
 pub mod lock;
+pub mod metrics;
 pub mod resource;
 pub mod store;
 pub mod supervisor;
@@ -92,6 +96,7 @@ pub use config::{Config, Timing, TimingError};
 pub use dsync::Dsync;
 pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, LeaderChanged};
 pub use error::{Error, Result};
+pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
 pub use lock::{Lock, LockStatus};
 pub use resource::{NameError, Resource, sanitize_name};
 #[cfg(feature = "kube")]

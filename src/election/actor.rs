@@ -63,6 +63,8 @@ pub struct ElectionActor {
     /// finishing (draining its term, releasing): we campaign only once it is done, so the two
     /// never run terms at once.
     predecessor: Option<super::Election>,
+    /// Since when the lease has been observed without a holder (for the metric).
+    leaderless_since: Option<std::time::Instant>,
     /// Failures since the last successful store call, for the restart backoff.
     failures: u32,
     watch_handle: Option<SpawnHandle>,
@@ -77,6 +79,7 @@ impl ElectionActor {
     ) -> Self {
         ElectionActor {
             predecessor,
+            leaderless_since: None,
             st,
             registry,
             status,
@@ -113,6 +116,7 @@ impl ElectionActor {
             run_callback(&tracker, callback, &term);
         }
         self.term = Some((term.clone(), tracker));
+        self.st.metrics.leading(true);
         self.publish_status();
         self.elected.publish(&Elected { term });
     }
@@ -123,6 +127,7 @@ impl ElectionActor {
             return;
         };
         term.cancel();
+        self.st.metrics.leading(false);
         tracing::info!(lease = %self.st.key, identity = %self.st.identity, term = %term.id(), %reason, "term ended");
         self.deposed.publish(&Deposed {
             lease: self.st.key.clone(),
@@ -157,7 +162,12 @@ impl ElectionActor {
         let last_error = self.st.last_error.clone();
         let (restarts, stopped) = (self.restarts, self.stopped);
         let invalid = self.st.invalid.clone();
+        let renewed_at = term
+            .as_ref()
+            .and(self.st.claim.as_ref())
+            .map(|c| c.renewed_at);
         self.status.send_modify(|s| {
+            s.renewed_at = renewed_at;
             s.invalid = invalid;
             s.term = term;
             s.valid_until = valid_until;
@@ -282,6 +292,17 @@ impl LeaseActor for ElectionActor {
 
     fn on_observed(&mut self, ctx: &mut Context<Self>) {
         self.failures = 0;
+        let now = driver::now();
+        match (self.st.holder(), self.leaderless_since) {
+            (None, None) => self.leaderless_since = Some(now),
+            (Some(_), Some(since)) => {
+                self.st
+                    .metrics
+                    .leaderless(now.saturating_duration_since(since));
+                self.leaderless_since = None;
+            }
+            _ => {}
+        }
         self.maybe_finish_stop(ctx);
         let leader = self.st.holder().map(str::to_owned);
         if leader != self.last_leader {

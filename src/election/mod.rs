@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::WeakRecipient;
 use actix::dev::ToEnvelope;
@@ -113,6 +113,10 @@ pub struct ElectionStatus {
     pub term: Option<Term>,
     /// Until when our term is certainly valid (the renew deadline of the last renewal).
     pub valid_until: Option<Instant>,
+    /// When our lease was last renewed (or acquired), while leader.
+    pub renewed_at: Option<Instant>,
+    /// The election's lease duration.
+    pub lease_duration: Duration,
     /// How often the supervisor has restarted the election actor.
     pub restarts: u32,
     /// The latest store error, cleared by the next success.
@@ -126,6 +130,26 @@ pub struct ElectionStatus {
 }
 
 impl ElectionStatus {
+    /// The health check of a leader, like client-go's `HealthzAdaptor`: an error if this
+    /// replica holds a term but has not renewed its lease for longer than the lease duration
+    /// plus `tolerance` (its election actor is stuck: others may already have taken over). A
+    /// follower, or a replica without a term, is healthy.
+    pub fn check_health(&self, now: Instant, tolerance: Duration) -> Result<()> {
+        let Some(renewed_at) = self.renewed_at.filter(|_| self.term.is_some()) else {
+            return Ok(());
+        };
+        let since = now.saturating_duration_since(renewed_at);
+        let limit = self.lease_duration + tolerance;
+        if since > limit {
+            return Err(Error::LeaderNotRenewing {
+                lease: self.lease.to_string(),
+                since,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether we lead right now: a live term whose renew deadline has not passed (so this is
     /// false at the deadline even if the actor is busy).
     pub fn is_leader(&self) -> bool {
@@ -220,6 +244,13 @@ impl Election {
         status.leader.clone().ok_or_else(|| Error::NoLeader {
             lease: status.lease.to_string(),
         })
+    }
+
+    /// [`ElectionStatus::check_health`] now: for a `/healthz` endpoint.
+    pub fn check_health(&self, tolerance: Duration) -> Result<()> {
+        self.status
+            .borrow()
+            .check_health(crate::lease::driver::now(), tolerance)
     }
 
     /// Our current term, while leader.
@@ -332,5 +363,63 @@ impl Election {
         Error::Stopped {
             what: format!("election {}", self.status.borrow().lease),
         }
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    fn status(term: bool, renewed_at: Option<Instant>) -> ElectionStatus {
+        let lease = LeaseKey::new("ns", "s.election.x");
+        ElectionStatus {
+            term: term.then(|| Term::new(lease.clone(), "pod-a".into(), 1)),
+            lease,
+            identity: "pod-a".into(),
+            leader: Some("pod-a".into()),
+            valid_until: None,
+            renewed_at,
+            lease_duration: Duration::from_secs(15),
+            restarts: 0,
+            last_error: None,
+            invalid: None,
+            stopped: false,
+        }
+    }
+
+    #[test]
+    fn a_leader_is_healthy_until_lease_plus_tolerance_after_its_last_renewal() {
+        let t0 = Instant::now();
+        let tolerance = Duration::from_secs(5);
+        let s = status(true, Some(t0));
+        assert!(s.check_health(t0, tolerance).is_ok());
+        assert!(
+            s.check_health(t0 + Duration::from_secs(20), tolerance)
+                .is_ok()
+        );
+        let err = s
+            .check_health(t0 + Duration::from_secs(21), tolerance)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::LeaderNotRenewing { since, limit, .. }
+                if since == Duration::from_secs(21) && limit == Duration::from_secs(20)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn followers_are_healthy() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3600);
+        assert!(
+            status(false, None)
+                .check_health(later, Duration::ZERO)
+                .is_ok()
+        );
+        assert!(
+            status(false, Some(t0))
+                .check_health(later, Duration::ZERO)
+                .is_ok()
+        );
     }
 }

@@ -62,6 +62,10 @@ pub(crate) struct LeaseState {
     pub last_error: Option<String>,
     /// Why the observed record cannot be interpreted, while it cannot (set by `step`).
     pub invalid: Option<String>,
+    /// This lease's metrics (records nothing without the `metrics` feature or registry).
+    pub metrics: crate::metrics::LeaseMetrics,
+    /// Carries lease, identity and the current term's fencing token into every log line.
+    pub span: tracing::Span,
     timer: Option<SpawnHandle>,
 }
 
@@ -73,6 +77,12 @@ impl LeaseState {
         store: Arc<dyn LeaseStore>,
         watches: Arc<WatchHub>,
     ) -> Self {
+        let span = tracing::info_span!(
+            "lease",
+            lease = %key,
+            identity = %identity,
+            token = tracing::field::Empty
+        );
         LeaseState {
             key,
             watches,
@@ -86,6 +96,8 @@ impl LeaseState {
             in_flight: None,
             last_error: None,
             invalid: None,
+            metrics: Default::default(),
+            span,
             timer: None,
         }
     }
@@ -180,6 +192,7 @@ pub(crate) fn step<A: LeaseActor>(act: &mut A, ctx: &mut Context<A>) {
     if act.halted() || act.lease().in_flight.is_some() {
         return;
     }
+    let _span = act.lease().span.clone().entered();
     if let Some(timer) = act.lease().timer.take() {
         ctx.cancel_future(timer);
     }
@@ -311,6 +324,7 @@ fn complete<A: LeaseActor>(
     started: Instant,
     result: StoreResult<StoredLease>,
 ) {
+    let _span = act.lease().span.clone().entered();
     let now = now();
     let st = act.lease();
     st.in_flight = None;
@@ -331,6 +345,7 @@ fn complete<A: LeaseActor>(
                         acquired_at: started,
                         renewed_at: started,
                     });
+                    st.span.record("token", token);
                     tracing::info!(lease = %st.key, identity = %st.identity, token, "acquired");
                     act.on_acquired(token, ctx);
                 }
@@ -338,6 +353,7 @@ fn complete<A: LeaseActor>(
                     if let Some(claim) = st.claim.as_mut() {
                         claim.renewed_at = started;
                     }
+                    st.metrics.renewed(now.saturating_duration_since(started));
                 }
                 Op::Release => {
                     st.claim = None;
@@ -350,6 +366,7 @@ fn complete<A: LeaseActor>(
         Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
             tracing::debug!(lease = %st.key, identity = %st.identity, op = op.verb(), "conflict; re-reading");
             st.needs_read = true;
+            st.metrics.conflict();
             act.on_conflict(op, ctx);
         }
         // A 404 on create means the namespace is missing: a definite answer, handled below.

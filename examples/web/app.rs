@@ -1,0 +1,146 @@
+//! The service of the `web` example, as a module the tests can include too
+//! (`tests/web.rs` uses `#[path]`): a leader-only background actor, and the HTTP endpoints
+//! `/leader`, `/healthz` and `/readyz`.
+#![allow(dead_code)] // the example and the tests use different parts
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{HttpResponse, HttpServer, web};
+use dsync::{Dsync, Election, LeaderOnly, Term};
+use serde::Serialize;
+
+/// The election whose leader runs the background work.
+pub const ELECTION: &str = "background-jobs";
+
+/// Leader-only background work: here it ticks once per second under its term's fencing
+/// token, where a real service would, say, drain a queue or rotate keys.
+pub struct Ticker {
+    term: Term,
+    ticks: Arc<AtomicU64>,
+}
+
+impl Actor for Ticker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        tracing::info!(token = self.term.fencing_token(), "background work started");
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.ticks.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+
+    fn stopping(&mut self, _: &mut Context<Self>) -> Running {
+        // Deposed, or shutting down: the term is over before we are stopped.
+        tracing::info!(
+            token = self.term.fencing_token(),
+            term_active = self.term.is_active(),
+            "background work stopping"
+        );
+        Running::Stop
+    }
+}
+
+/// One replica of the service: its dsync handle, the election and the leader-only worker.
+#[derive(Clone)]
+pub struct Service {
+    pub dsync: Dsync,
+    pub election: Election,
+    pub worker: LeaderOnly<Ticker>,
+    pub ticks: Arc<AtomicU64>,
+    /// `/healthz` fails when this leader has not renewed within lease duration + this.
+    pub tolerance: Duration,
+}
+
+impl Service {
+    /// Starts the election and the leader-only worker. Call once per process (in `main`),
+    /// never in the `HttpServer::new` factory, which runs once per worker thread.
+    pub fn start(dsync: Dsync, tolerance: Duration) -> Result<Self, dsync::Error> {
+        let election = dsync.election(ELECTION)?;
+        let ticks = Arc::new(AtomicU64::new(0));
+        let t = ticks.clone();
+        let worker = LeaderOnly::start(&election, move |term| Ticker {
+            term,
+            ticks: t.clone(),
+        })?;
+        Ok(Service {
+            dsync,
+            election,
+            worker,
+            ticks,
+            tolerance,
+        })
+    }
+
+    /// The HTTP server on `listener`. Stops (gracefully) on SIGINT/SIGTERM or through its
+    /// handle; then call [`Service::shutdown`].
+    pub fn serve(&self, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
+        let data = web::Data::new(self.clone());
+        Ok(HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(data.clone())
+                .route("/leader", web::get().to(leader))
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+        })
+        .workers(2)
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run())
+    }
+
+    /// Cancels the term, waits for the leader-only worker to stop, releases the lease.
+    pub async fn shutdown(&self) -> Result<(), dsync::Error> {
+        self.dsync.shutdown().await
+    }
+}
+
+/// The body of `GET /leader`.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
+pub struct LeaderInfo {
+    /// The leader as this replica last observed it.
+    pub leader: Option<String>,
+    /// This replica.
+    pub identity: String,
+    /// Whether this replica leads now.
+    pub is_leader: bool,
+    /// This replica's term, while it leads.
+    pub term: Option<String>,
+    pub fencing_token: Option<i32>,
+    /// Whether the leader-only worker runs here now.
+    pub worker_running: bool,
+}
+
+async fn leader(service: web::Data<Service>) -> HttpResponse {
+    let status = service.election.status();
+    let term = status.term.clone().filter(Term::is_active);
+    HttpResponse::Ok().json(LeaderInfo {
+        leader: status.leader.clone(),
+        identity: status.identity.clone(),
+        is_leader: status.is_leader(),
+        term: term.as_ref().map(|t| t.id().to_string()),
+        fencing_token: term.as_ref().map(Term::fencing_token),
+        worker_running: service.worker.status().running,
+    })
+}
+
+/// 500 when this replica holds a term but has not renewed it for longer than the lease
+/// duration plus the tolerance (its election is stuck), like client-go's healthz adaptor.
+async fn healthz(service: web::Data<Service>) -> HttpResponse {
+    match service.election.check_health(service.tolerance) {
+        Ok(()) => HttpResponse::Ok().body("ok"),
+        Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
+    }
+}
+
+/// Ready while the election runs, leader or follower: any replica can serve traffic.
+async fn readyz(service: web::Data<Service>) -> HttpResponse {
+    if service.election.status().stopped {
+        HttpResponse::ServiceUnavailable().body("election stopped")
+    } else {
+        HttpResponse::Ok().body("ready")
+    }
+}

@@ -5,10 +5,10 @@
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
-//! | `dsync_is_leader` | gauge | 1 while this replica holds a term of the election (or lock) |
-//! | `dsync_transitions_total` | counter | terms this replica started (acquisitions) |
-//! | `dsync_renew_duration_seconds` | histogram | latency of each successful renewal write |
-//! | `dsync_conflicts_total` | counter | writes that lost a compare-and-swap (409) |
+//! | `dsync_is_leader` | gauge | 1 while this replica holds a term of the election |
+//! | `dsync_transitions_total` | counter | election terms this replica started |
+//! | `dsync_renew_duration_seconds` | histogram | latency of each successful renewal write (elections and locks) |
+//! | `dsync_conflicts_total` | counter | writes that lost a compare-and-swap (409; elections and locks) |
 //! | `dsync_leaderless_seconds_total` | counter | time an election was observed without a leader |
 //!
 //! Hand the metrics to a replica with [`Dsync::with_metrics`](crate::Dsync::with_metrics).

@@ -32,6 +32,8 @@
 #[path = "../tests/support/apiserver.rs"]
 #[allow(dead_code)]
 mod apiserver;
+#[path = "../tests/support/gopeer.rs"]
+mod gopeer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -709,26 +711,6 @@ fn latency_round(
     result.crash.extend(crash);
 }
 
-fn build_peers() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "building the Go peers failed; see above"
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
 fn machine() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -776,7 +758,7 @@ fn main() {
     )
     .unwrap();
     let audit = out_dir.join(format!("audit-{}.log", std::process::id()));
-    let peer_dir = build_peers();
+    let peer_dir = gopeer::peer_dir();
     let harness = apiserver::Harness::launch(vec![
         format!("--audit-policy-file={}", policy.display()),
         format!("--audit-log-path={}", audit.display()),

@@ -22,6 +22,7 @@ use app::LeaderInfo;
 use dsync::{Config, Dsync, MemoryStore};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, PostParams};
+use serde::Deserialize;
 use support::FaultyStore;
 use support::apiserver::{Harness, client, namespace};
 use support::backend::kube_timing;
@@ -158,8 +159,6 @@ fn deploy_role() -> Role {
     }
     panic!("no Role in {}", path.display());
 }
-
-use serde::Deserialize;
 
 #[actix::test]
 async fn three_processes_on_the_deploy_role_one_leader_and_its_worker_through_kill_and_sigterm() {

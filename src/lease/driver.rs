@@ -213,12 +213,12 @@ pub(crate) fn step<A: LeaseActor>(act: &mut A, ctx: &mut Context<A>) {
         Decision::Invalid { reason } => Some(reason.clone()),
         _ => None,
     };
-    if st.invalid.is_some() && invalid.is_none() {
-        st.invalid = None;
+    let repaired = st.invalid.is_some() && invalid.is_none();
+    st.invalid = invalid;
+    if repaired {
         act.on_repaired(ctx);
     }
     let st = act.lease();
-    st.invalid = invalid;
     // Stepping down is safe on any observation, however stale; everything else needs a
     // current one.
     if let Decision::StepDown(reason) = decision {

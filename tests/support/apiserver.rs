@@ -41,26 +41,35 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn build() -> PathBuf {
-    let script = repo().join("tests/apiserver/build.sh");
+/// Runs a build script of this repository (`bash <script>`, its stderr shown) and returns the
+/// last line it prints on stdout: the path it built. Fails, naming `needs`, if it cannot.
+pub fn run_build_script(script: &Path, needs: &str) -> PathBuf {
     let out = Command::new("bash")
-        .arg(&script)
+        .arg(script)
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(
         out.status.success(),
-        "building the kube-apiserver harness failed ({}); see the output above. It needs Go >= 1.26 \
-         and the Go module proxy.",
+        "{} failed ({}); see the output above. It needs {needs}.",
+        script.display(),
         out.status
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let bin = stdout.lines().last().unwrap_or_default().trim().to_owned();
+    let path = stdout.lines().last().unwrap_or_default().trim().to_owned();
     assert!(
-        Path::new(&bin).is_file(),
-        "build.sh printed no binary path: {stdout:?}"
+        Path::new(&path).exists(),
+        "{} printed no path: {stdout:?}",
+        script.display()
     );
-    PathBuf::from(bin)
+    PathBuf::from(path)
+}
+
+fn build() -> PathBuf {
+    run_build_script(
+        &repo().join("tests/apiserver/build.sh"),
+        "Go >= 1.26 and the Go module proxy",
+    )
 }
 
 fn start(bin: &Path, data_dir: &Path, extra_args: &[String]) -> Running {

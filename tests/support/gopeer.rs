@@ -18,25 +18,9 @@ use tokio::sync::mpsc;
 pub fn peer_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/build.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "building the Go peers with {} failed (Go >= 1.26 and the Go module proxy are \
-             needed); see its output above",
-            script.display()
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(
-            stdout
-                .lines()
-                .last()
-                .expect("build.sh prints its dir")
-                .trim(),
+        super::apiserver::run_build_script(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/build.sh"),
+            "Go >= 1.26 and the Go module proxy",
         )
     })
     .clone()

@@ -7,7 +7,7 @@
 //! | `KUBE_NAMESPACE` | `default` |
 //! | `KUBE_LEASE_SCOPE` | `unscoped` |
 //! | `KUBE_POD_NAME` | 12 hex characters of a per-process UUID |
-//! | `KUBE_CONFIG_PATH` | none: in-cluster config, then the default kubeconfig |
+//! | `KUBE_CONFIG_PATH` | none: the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`), then the in-cluster service account |
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -193,6 +193,26 @@ impl Timing {
     }
 }
 
+/// Where a [`Dsync`](crate::Dsync) runs its lease actors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseThread {
+    /// On an actix arbiter (a thread) of dsync's own, started with the `Dsync` and stopped by
+    /// its shutdown. Renewals and step-downs then never wait for application code: work that
+    /// blocks the application's threads cannot keep a term alive past its lease. The default.
+    #[default]
+    Dedicated,
+    /// On the arbiter that creates the `Dsync`. For tests in paused tokio time
+    /// (`tokio::time::pause`), whose clock belongs to one runtime; work that blocks that
+    /// thread then delays renewals too (each [`Term`](crate::Term)'s own deadline still ends
+    /// it on time).
+    Current,
+}
+
+/// The default [`Config::drain_timeout`]: half of Kubernetes' default termination grace
+/// period, so a pod that shuts down on SIGTERM finishes before it is killed.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Where leases live, who this replica is, how to reach Kubernetes, and lease timing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -207,6 +227,14 @@ pub struct Config {
     pub kubeconfig_path: Option<PathBuf>,
     /// Lease timing.
     pub timing: Timing,
+    /// How long a stop (`stop`, `unlock`, shutdown, a dropped handle) waits for the work a
+    /// term guards to return after the term is cancelled. The lease is renewed meanwhile.
+    /// When it runs out, renewals stop and nothing is written: the lease expires as after a
+    /// crash (never released while the work may still run), and the stop returns
+    /// [`Error::DrainTimeout`]. Default [`DEFAULT_DRAIN_TIMEOUT`].
+    pub drain_timeout: Duration,
+    /// Where the lease actors run.
+    pub lease_thread: LeaseThread,
 }
 
 impl Default for Config {
@@ -217,6 +245,8 @@ impl Default for Config {
             identity: process_identity().to_owned(),
             kubeconfig_path: None,
             timing: Timing::default(),
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            lease_thread: LeaseThread::default(),
         }
     }
 }
@@ -276,8 +306,28 @@ impl Config {
         self
     }
 
-    /// Checks the namespace, scope and identity.
+    /// Sets the drain timeout (see [`Config::drain_timeout`]).
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Sets where the lease actors run (see [`LeaseThread`]).
+    pub fn with_lease_thread(mut self, thread: LeaseThread) -> Self {
+        self.lease_thread = thread;
+        self
+    }
+
+    /// Checks the namespace, scope, identity and drain timeout.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.drain_timeout.is_zero() {
+            return Err(Error::InvalidConfig {
+                key: "drain_timeout",
+                reason: "the drain timeout must be greater than zero (a stop must let the \
+                         term's work see the cancellation)"
+                    .into(),
+            });
+        }
         if !is_dns1123_label(&self.namespace) {
             return Err(Error::InvalidConfig {
                 key: ENV_NAMESPACE,

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
-use crate::config::{Config, validate_identity};
-use crate::election::{Election, ElectionActor, ElectionStatus};
+use crate::config::{Config, LeaseThread, validate_identity};
+use crate::election::{Election, ElectionFace, ElectionStatus};
 use crate::error::{Error, Result};
-use crate::lease::driver::LeaseState;
-use crate::lock::{Lock, LockActor, LockStatus};
+use crate::lease::actor::{self, LeaseParams, Stop};
+use crate::lock::{Lock, LockFace, LockShared, LockStatus};
 use crate::resource::{LeaseKind, NameError, Resource};
 use crate::store::{LeaseKey, LeaseStore};
-use crate::supervisor::{Registry, Shutdown, Supervisor};
+use crate::supervisor::{Entry, Handle, Registry, Shutdown, Supervisor};
 use crate::watch::WatchHub;
+use crate::work;
 
 struct Inner {
     config: Config,
@@ -22,6 +23,7 @@ struct Inner {
     watches: Arc<WatchHub>,
     registry: Arc<Registry>,
     supervisor: Addr<Supervisor>,
+    /// Where the lease actors run (see [`LeaseThread`]).
     arbiter: ArbiterHandle,
     #[cfg(feature = "metrics")]
     metrics: std::sync::OnceLock<crate::metrics::Metrics>,
@@ -30,7 +32,8 @@ struct Inner {
 /// One replica's access to elections and locks on a [`LeaseStore`].
 ///
 /// Create it once (in `main`, not in an `HttpServer::new` factory, which runs per worker) and
-/// clone it freely. All its actors run on the actix arbiter it was created on.
+/// clone it freely. Its lease actors run on an actix arbiter (thread) of its own by default
+/// ([`LeaseThread`]), so application code that blocks a thread cannot delay renewals.
 /// Call [`shutdown`](Self::shutdown) before exiting so leases are released, not left to expire.
 #[derive(Clone)]
 pub struct Dsync {
@@ -45,6 +48,72 @@ impl fmt::Debug for Dsync {
     }
 }
 
+/// The arbiter dsync runs its lease actors on, and the private actix System around it when
+/// dsync started it (`LeaseThread::Dedicated`).
+struct LeaseArbiter {
+    handle: ArbiterHandle,
+    owned: Option<System>,
+}
+
+impl LeaseArbiter {
+    fn new(config: &Config) -> Result<Self> {
+        validate_identity(&config.identity)?;
+        config.validate()?;
+        if System::try_current().is_none() {
+            return Err(Error::NoActixSystem);
+        }
+        let current = Arbiter::try_current().ok_or(Error::NoActixSystem)?;
+        Ok(match config.lease_thread {
+            LeaseThread::Dedicated => {
+                let (handle, system) = start_lease_thread()?;
+                LeaseArbiter {
+                    handle,
+                    owned: Some(system),
+                }
+            }
+            LeaseThread::Current => LeaseArbiter {
+                handle: current,
+                owned: None,
+            },
+        })
+    }
+}
+
+/// Starts dsync's lease thread: an actix System of its own, so that the application's System
+/// stopping (actix-web stops it on SIGTERM) does not take the lease actors down before
+/// `Dsync::shutdown` has released their leases. It ends when the supervisor has shut down.
+fn start_lease_thread() -> Result<(ArbiterHandle, System)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("dsync-leases".into())
+        .spawn(move || {
+            let runner = System::new();
+            let _ = tx.send((Arbiter::current(), System::current()));
+            if let Err(error) = runner.run() {
+                tracing::error!(%error, "dsync's lease thread failed");
+            }
+        })
+        .map_err(|source| Error::LeaseThread { source })?;
+    rx.recv().map_err(|_| Error::LeaseThread {
+        source: std::io::Error::other("the lease thread exited while starting"),
+    })
+}
+
+/// Lives on the arbiter that created the `Dsync`. When that arbiter's runtime ends (the
+/// application's System is gone, a test is over), it shuts dsync down: every term is
+/// cancelled and what can be released is, and dsync's own thread ends.
+struct ShutdownWhenGone(Addr<Supervisor>);
+
+impl Drop for ShutdownWhenGone {
+    fn drop(&mut self) {
+        let (reply, _) = oneshot::channel();
+        self.0.do_send(Shutdown {
+            reply,
+            inside: Vec::new(),
+        });
+    }
+}
+
 impl Dsync {
     /// A replica named `identity` on `store`, with default namespace, scope and timing.
     /// Needs a running actix System (`#[actix_web::main]`, `#[actix::main]`, `#[actix::test]`).
@@ -53,13 +122,34 @@ impl Dsync {
     }
 
     /// A replica on Kubernetes configured from the environment ([`Config::from_env`]): leases in
-    /// `KUBE_NAMESPACE`, holder `KUBE_POD_NAME`, client from `KUBE_CONFIG_PATH`, in-cluster
-    /// config or the default kubeconfig.
+    /// `KUBE_NAMESPACE`, holder `KUBE_POD_NAME`, client from `KUBE_CONFIG_PATH`, else the
+    /// default kubeconfig, else the in-cluster service account.
     #[cfg(feature = "kube")]
     pub async fn from_env() -> Result<Self> {
-        let config = Config::from_env()?;
-        let store = crate::store::KubeStore::from_config(&config).await?;
-        Self::with_config(store, config)
+        Self::connect(Config::from_env()?).await
+    }
+
+    /// A replica on Kubernetes configured by `config` (see
+    /// [`KubeStore::from_config`](crate::KubeStore::from_config)). With the default
+    /// [`LeaseThread::Dedicated`], the Kubernetes client is created on dsync's own thread, so
+    /// its connections are served there too.
+    #[cfg(feature = "kube")]
+    pub async fn connect(config: Config) -> Result<Self> {
+        let arbiter = LeaseArbiter::new(&config)?;
+        let store = match &arbiter.owned {
+            None => crate::store::KubeStore::from_config(&config).await?,
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                let c = config.clone();
+                arbiter.handle.spawn(async move {
+                    let _ = tx.send(crate::store::KubeStore::from_config(&c).await);
+                });
+                rx.await.map_err(|_| Error::Stopped {
+                    what: "dsync's lease thread".into(),
+                })??
+            }
+        };
+        Ok(Self::build(Arc::new(store), config, arbiter))
     }
 
     /// A replica configured by `config` (see [`Config::from_env`]).
@@ -69,26 +159,35 @@ impl Dsync {
 
     /// Like [`with_config`](Self::with_config) for a store already behind an `Arc`.
     pub fn with_shared_store(store: Arc<dyn LeaseStore>, config: Config) -> Result<Self> {
-        validate_identity(&config.identity)?;
-        config.validate()?;
-        if System::try_current().is_none() {
-            return Err(Error::NoActixSystem);
-        }
+        let arbiter = LeaseArbiter::new(&config)?;
+        Ok(Self::build(store, config, arbiter))
+    }
+
+    fn build(store: Arc<dyn LeaseStore>, config: Config, arbiter: LeaseArbiter) -> Self {
         let registry = Arc::new(Registry::default());
         let watches = WatchHub::new(store.clone());
-        let supervisor = Supervisor::new(registry.clone(), watches.clone()).start();
-        Ok(Dsync {
+        let supervisor = Supervisor::new(registry.clone(), watches.clone(), arbiter.owned);
+        let owned = supervisor.owns_thread();
+        let supervisor = Supervisor::start_in_arbiter(&arbiter.handle, move |_| supervisor);
+        if owned && let Some(current) = Arbiter::try_current() {
+            let guard = ShutdownWhenGone(supervisor.clone());
+            current.spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await
+            });
+        }
+        Dsync {
             inner: Arc::new(Inner {
                 config,
                 store,
                 watches,
                 registry,
                 supervisor,
-                arbiter: Arbiter::current(),
+                arbiter: arbiter.handle,
                 #[cfg(feature = "metrics")]
                 metrics: std::sync::OnceLock::new(),
             }),
-        })
+        }
     }
 
     /// This replica's holder identity.
@@ -127,7 +226,7 @@ impl Dsync {
     pub fn election_for(&self, resource: Resource) -> Result<Election> {
         let (resource, key) = self.prepare(resource, LeaseKind::Election)?;
         let inner = &self.inner;
-        let start = |predecessor| {
+        let entry = self.entry(&key, |predecessor| {
             let (tx, rx) = watch::channel(ElectionStatus {
                 lease: key.clone(),
                 identity: inner.config.identity.clone(),
@@ -141,17 +240,21 @@ impl Dsync {
                 invalid: None,
                 stopped: false,
             });
-            let st = self.lease_state(&key);
-            let registry = inner.registry.clone();
-            let addr = actix::Supervisor::start_in_arbiter(&inner.arbiter, move |_| {
-                ElectionActor::new(st, registry, tx, predecessor)
-            });
-            Election::new(resource.clone(), addr, rx)
-        };
-        inner
-            .registry
-            .election(&key, start)
-            .ok_or_else(|| self.stopped())
+            let params = self.params(&key, predecessor);
+            let (addr, id) = actor::start(&inner.arbiter, params, ElectionFace::new(tx));
+            let election = Election::new(resource.clone(), id, addr.clone(), rx);
+            Entry {
+                id,
+                key: key.clone(),
+                kind: "election",
+                stop: addr.recipient(),
+                handle: Handle::Election(election),
+            }
+        })?;
+        match entry.handle {
+            Handle::Election(election) => Ok(election),
+            Handle::Lock(_) => Err(self.taken(&key, "a lock")),
+        }
     }
 
     /// A new handle on the lock `name` in the configured namespace and scope.
@@ -166,7 +269,7 @@ impl Dsync {
     pub fn lock_for(&self, resource: Resource) -> Result<Lock> {
         let (resource, key) = self.prepare(resource, LeaseKind::Lock)?;
         let inner = &self.inner;
-        let start = || {
+        let entry = self.entry(&key, |predecessor| {
             let (tx, rx) = watch::channel(LockStatus {
                 lease: key.clone(),
                 identity: inner.config.identity.clone(),
@@ -176,29 +279,43 @@ impl Dsync {
                 last_error: None,
                 stopped: false,
             });
-            let st = self.lease_state(&key);
-            let registry = inner.registry.clone();
-            let addr = actix::Supervisor::start_in_arbiter(&inner.arbiter, move |_| {
-                LockActor::new(st, registry, tx)
-            });
-            (addr, rx)
-        };
-        let (addr, rx) = inner
-            .registry
-            .lock_actor(&key, start)
-            .ok_or_else(|| self.stopped())?;
-        Ok(Lock::new(resource, addr, rx))
+            let params = self.params(&key, predecessor);
+            let (addr, id) = actor::start(&inner.arbiter, params, LockFace::new(tx));
+            Entry {
+                id,
+                key: key.clone(),
+                kind: "lock",
+                stop: addr.clone().recipient(),
+                handle: Handle::Lock(LockShared {
+                    id,
+                    addr,
+                    status: rx,
+                }),
+            }
+        })?;
+        match entry.handle {
+            Handle::Lock(shared) => Ok(Lock::new(resource, shared)),
+            Handle::Election(_) => Err(self.taken(&key, "an election")),
+        }
     }
 
     /// Stops every election and lock of this replica: terms are cancelled, guarded work is
-    /// awaited, leases are released. Later calls to `election`/`lock` fail with
-    /// [`Error::Stopped`]. Idempotent.
+    /// awaited (up to the drain timeout each), leases are released; then dsync's own lease
+    /// thread ends. Later calls to `election`/`lock` fail with [`Error::Stopped`]. Idempotent.
+    ///
+    /// Returns the first error of the stops (see [`Election::stop`]). Called from inside the
+    /// guarded work of one of them, it does not wait for that one (it could not finish before
+    /// this call returns) and says so with [`Error::StopFromWork`]; it still takes effect.
     pub async fn shutdown(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        if self.inner.supervisor.send(Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+        let (reply, rx) = oneshot::channel();
+        let shutdown = Shutdown {
+            reply,
+            inside: work::current(),
+        };
+        if self.inner.supervisor.send(shutdown).await.is_err() {
+            return Ok(()); // already shut down
         }
-        Ok(())
+        rx.await.unwrap_or(Ok(()))
     }
 
     /// Number of running elections and locks.
@@ -229,20 +346,35 @@ impl Dsync {
         Ok((resource, key))
     }
 
-    fn lease_state(&self, key: &LeaseKey) -> LeaseState {
+    fn entry(
+        &self,
+        key: &LeaseKey,
+        start: impl FnOnce(Option<Recipient<Stop>>) -> Entry,
+    ) -> Result<Entry> {
+        self.inner
+            .registry
+            .entry(key, start)
+            .ok_or_else(|| self.stopped())
+    }
+
+    fn params(&self, key: &LeaseKey, predecessor: Option<Recipient<Stop>>) -> LeaseParams {
         #[allow(unused_mut)] // set only with the metrics feature
-        let mut st = LeaseState::new(
-            key.clone(),
-            self.inner.config.identity.clone(),
-            self.inner.config.timing,
-            self.inner.store.clone(),
-            self.inner.watches.clone(),
-        );
+        let mut metrics = crate::metrics::LeaseMetrics::default();
         #[cfg(feature = "metrics")]
-        if let Some(metrics) = self.inner.metrics.get() {
-            st.metrics = metrics.lease(key);
+        if let Some(m) = self.inner.metrics.get() {
+            metrics = m.lease(key);
         }
-        st
+        LeaseParams {
+            key: key.clone(),
+            identity: self.inner.config.identity.clone(),
+            timing: self.inner.config.timing,
+            drain_timeout: self.inner.config.drain_timeout,
+            store: self.inner.store.clone(),
+            watches: self.inner.watches.clone(),
+            registry: self.inner.registry.clone(),
+            metrics,
+            predecessor,
+        }
     }
 
     /// Records this replica's [`metrics`](crate::metrics) from now on (elections and locks
@@ -268,6 +400,15 @@ impl Dsync {
     fn stopped(&self) -> Error {
         Error::Stopped {
             what: format!("dsync {}", self.inner.config.identity),
+        }
+    }
+
+    /// Two resources named the same Lease object (a scope or name containing `.lock.` or
+    /// `.election.`): one object cannot be both.
+    fn taken(&self, key: &LeaseKey, by: &str) -> Error {
+        Error::InvalidState {
+            lease: key.to_string(),
+            reason: format!("this Lease is already used by {by} of this replica"),
         }
     }
 }

@@ -134,11 +134,46 @@ pub enum Error {
     )]
     NoActixSystem,
 
+    /// dsync's own lease thread ([`LeaseThread::Dedicated`](crate::LeaseThread::Dedicated))
+    /// could not be started.
+    #[error("cannot start dsync's lease thread")]
+    LeaseThread {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The election, lock or supervisor has been stopped; the handle can no longer be used.
     #[error("{what} has been stopped")]
     Stopped {
         /// What was stopped, e.g. `election default/unscoped.election.master`.
         what: String,
+    },
+
+    /// A stop cancelled a term, but the work it guards (a `when_elected` future, a `with_lock`
+    /// body, a [`LeaderOnly`](crate::LeaderOnly) actor) did not return within the drain
+    /// timeout ([`Config::drain_timeout`](crate::Config::drain_timeout)). The lease was *not*
+    /// released while that work may still run: renewals stopped, and other replicas take over
+    /// after the lease duration, as after a crash.
+    #[error(
+        "the work of {lease}'s term did not return within {after:?} of its cancellation; the lease was not released and expires on its own"
+    )]
+    DrainTimeout {
+        /// `namespace/name` of the lease.
+        lease: String,
+        /// The drain timeout.
+        after: Duration,
+    },
+
+    /// A stop (or shutdown) was called from inside the work of the term it stops. Waiting for
+    /// that work would wait for itself, so the call returned at once; the stop has taken
+    /// effect and the lease is released as soon as the work returns.
+    #[error(
+        "stop of {lease} was called from its own term's work: not waited for; the lease is released once that work returns"
+    )]
+    StopFromWork {
+        /// `namespace/name` of the lease.
+        lease: String,
     },
 
     /// An operation did not complete in time (`lock_timeout`, a store call).

@@ -14,7 +14,10 @@
 //!   (5 s with the default timing) for two replicas never to run it at once: keep `stopping`
 //!   and `stopped` short.
 //!
-//! The actor runs on the election's arbiter (a thread of the [`Dsync`](crate::Dsync)'s own).
+//! The actor runs on the arbiter that called [`LeaderOnly::start`], not on dsync's lease
+//! thread. A stop or shutdown it calls is recognised as coming from its own term's work: it
+//! returns at once ([`Error::StopFromWork`](crate::Error::StopFromWork)) and takes effect when
+//! the actor has stopped.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +28,7 @@ use tokio::sync::{oneshot, watch};
 use crate::election::Election;
 use crate::error::Result;
 use crate::term::Term;
+use crate::work::{self, ActorId};
 
 /// Restart backoff of a [`LeaderOnly`] actor that stops by itself while its term is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +139,7 @@ where
         let factory = Arc::new(factory);
         let (slot, tx) = (addr.clone(), Arc::new(tx));
         let lease = election.lease().to_string();
+        let actor_id = election.actor_id();
         election.when_elected(move |term| {
             run_term(
                 term,
@@ -143,6 +148,7 @@ where
                 slot.clone(),
                 tx.clone(),
                 lease.clone(),
+                actor_id,
             )
         })?;
         Ok(LeaderOnly { addr, status: rx })
@@ -178,6 +184,7 @@ async fn run_term<A, F>(
     slot: Arc<Mutex<Option<Addr<A>>>>,
     status: Arc<watch::Sender<LeaderOnlyStatus>>,
     lease: String,
+    election: ActorId,
 ) where
     A: Actor<Context = Context<A>>,
     F: Fn(Term) -> A + Send + Sync + 'static,
@@ -187,20 +194,24 @@ async fn run_term<A, F>(
         let (alive_tx, alive_rx) = oneshot::channel::<()>();
         let actor_term = term.clone();
         let factory = factory.clone();
-        let addr = A::create(move |ctx: &mut Context<A>| {
-            // Held by the actor's context: dropped (and so reported) when the actor is gone.
-            ctx.spawn(actix::fut::wrap_future(async move {
-                let _alive = alive_tx;
-                std::future::pending::<()>().await
-            }));
-            // The end of the term stops the actor.
-            let t = actor_term.clone();
-            ctx.spawn(
-                actix::fut::wrap_future::<_, A>(async move { t.cancelled().await })
-                    .map(|(), _, ctx: &mut Context<A>| ctx.stop()),
-            );
-            factory(actor_term)
-        });
+        // The actor is built by hand (as `Actor::create` would) so that its whole context runs
+        // inside the election's work scope: a stop or shutdown it calls is recognised as
+        // coming from the term's own work.
+        let mut ctx = Context::<A>::new();
+        // Held by the actor's context: dropped (and so reported) when the actor is gone.
+        ctx.spawn(actix::fut::wrap_future(async move {
+            let _alive = alive_tx;
+            std::future::pending::<()>().await
+        }));
+        // The end of the term stops the actor.
+        ctx.spawn(
+            actix::fut::wrap_future::<_, A>(actor_term.cancelled_owned())
+                .map(|(), _, ctx: &mut Context<A>| ctx.stop()),
+        );
+        let actor = factory(actor_term);
+        let fut = ctx.into_future(actor);
+        let addr = fut.address();
+        actix::spawn(work::scope(election, fut));
         *lock(&slot) = Some(addr);
         status.send_modify(|s| {
             s.running = true;

@@ -91,8 +91,9 @@ pub mod store;
 pub mod supervisor;
 pub mod term;
 mod watch;
+mod work;
 
-pub use config::{Config, Timing, TimingError};
+pub use config::{Config, LeaseThread, Timing, TimingError};
 pub use dsync::Dsync;
 pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, LeaderChanged};
 pub use error::{Error, Result};

@@ -1,41 +1,75 @@
-//! The `Supervisor` actor: one per [`Dsync`](crate::Dsync), owning the registry of election and
-//! lock actors.
+//! The `Supervisor` actor: one per [`Dsync`](crate::Dsync), owning the registry of lease
+//! actors.
 //!
-//! Election and lock actors run under actix's supervision (`actix::Supervisor`), so an actor
-//! that fails (for example after a store error that retrying in place cannot fix) is restarted
-//! with the same address: handles keep working, the failed term is cancelled and reported as
+//! Every election and lock is a lease actor running under actix's supervision
+//! (`actix::Supervisor`), so an actor that fails (for example after a store error that retrying
+//! in place cannot fix) is restarted with the same address: handles keep working, the failed
+//! term is cancelled and reported as
 //! [`DeposeReason::Restarted`](crate::DeposeReason::Restarted), and the new incarnation
-//! campaigns again after a backoff. The registry maps each lease to its one actor, so every
-//! handle for the same election or lock shares it. The supervisor also owns the replica's
-//! watch hub: one store watch per namespace, fanned out to the actors of each lease, so a
-//! thousand elections cost one watch. [`Supervisor`] shuts everything down.
+//! campaigns again after a backoff that grows with every consecutive failure. The registry
+//! maps each lease to its one actor, so every handle for the same election or lock shares it;
+//! an actor that is stopping is *retired*: asking for its lease again starts a new actor,
+//! which waits until the old one has finished. The supervisor also owns the replica's watch
+//! hub: one store watch per namespace, fanned out to the actors of each lease, so a thousand
+//! elections cost one watch. [`Supervisor`] shuts everything down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix::prelude::*;
 use futures::future::join_all;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use crate::election::{Election, ElectionActor};
-use crate::lock::{LockActor, LockStatus};
+use crate::election::Election;
+use crate::error::Result;
+use crate::lease::actor::{Stop, StopOutcome};
+use crate::lock::LockShared;
 use crate::store::LeaseKey;
 use crate::watch::WatchHub;
+use crate::work::ActorId;
 
-pub(crate) type LockEntry = (Addr<LockActor>, watch::Receiver<LockStatus>);
+/// What the registry keeps of each face's actor, to hand out handles.
+#[derive(Clone)]
+pub(crate) enum Handle {
+    Election(Election),
+    Lock(LockShared),
+}
+
+/// One lease actor in the registry, whatever its face.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub id: ActorId,
+    pub key: LeaseKey,
+    pub kind: &'static str,
+    pub stop: Recipient<Stop>,
+    pub handle: Handle,
+}
+
+impl Entry {
+    /// Stops the actor and waits for it (unless `from_work`), as a `Result`.
+    pub async fn stop(&self, from_work: bool) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.stop.send(Stop { reply, from_work }).await.is_err() {
+            return Ok(()); // gone: nothing left to stop
+        }
+        // A dropped sender means the actor ended without answering: stopped either way.
+        rx.await
+            .unwrap_or(StopOutcome::Done)
+            .into_result(self.kind, &self.key)
+    }
+}
 
 #[derive(Default)]
 struct Inner {
-    elections: HashMap<LeaseKey, Election>,
-    /// Elections told to stop that are still releasing: no longer handed out (asking for the
-    /// election again starts a new one), but still waited for by a shutdown.
-    retiring: Vec<Election>,
-    locks: HashMap<LeaseKey, LockEntry>,
+    entries: HashMap<LeaseKey, Entry>,
+    /// Actors told to stop that are still finishing: no longer handed out (asking for the
+    /// lease again starts a new actor), but still waited for by a shutdown and by the new one.
+    retiring: Vec<Entry>,
     closed: bool,
 }
 
-/// Election and lock actors by lease. Shared by the `Dsync` handle (which registers) and the
-/// actors (which deregister when stopped).
+/// Lease actors by lease. Shared by the `Dsync` handle (which registers) and the actors (which
+/// retire and deregister themselves).
 #[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
@@ -51,107 +85,100 @@ impl Registry {
         self.lock().closed
     }
 
-    /// The election for `key`, started by `start` if there is none. `start` is given the
-    /// election for the same lease that is still stopping, if any, to wait for. `None` once
-    /// closed.
-    pub fn election(
+    /// The actor for `key`, started by `start` if there is none. `start` is given the actor
+    /// for the same lease that is still stopping, if any, to wait for. `None` once closed.
+    pub fn entry(
         &self,
         key: &LeaseKey,
-        start: impl FnOnce(Option<Election>) -> Election,
-    ) -> Option<Election> {
+        start: impl FnOnce(Option<Recipient<Stop>>) -> Entry,
+    ) -> Option<Entry> {
         let mut inner = self.lock();
         if inner.closed {
             return None;
         }
-        if let Some(election) = inner.elections.get(key) {
-            return Some(election.clone());
+        if let Some(entry) = inner.entries.get(key) {
+            return Some(entry.clone());
         }
         let predecessor = inner
             .retiring
             .iter()
             .rev()
-            .find(|e| e.lease() == *key)
-            .cloned();
-        let election = start(predecessor);
-        inner.elections.insert(key.clone(), election.clone());
-        Some(election)
+            .find(|e| e.key == *key)
+            .map(|e| e.stop.clone());
+        let entry = start(predecessor);
+        inner.entries.insert(key.clone(), entry.clone());
+        Some(entry)
     }
 
-    /// The lock actor for `key`, started by `start` if there is none. `None` once closed.
-    pub fn lock_actor(
-        &self,
-        key: &LeaseKey,
-        start: impl FnOnce() -> LockEntry,
-    ) -> Option<LockEntry> {
+    /// A stop has begun: later requests for `key` start a new actor rather than get this one.
+    pub fn retire(&self, key: &LeaseKey, id: ActorId) {
         let mut inner = self.lock();
-        if inner.closed {
-            return None;
-        }
-        Some(inner.locks.entry(key.clone()).or_insert_with(start).clone())
-    }
-
-    /// A stop has begun: later requests for `key` start a new election rather than get this
-    /// one, which is on its way out.
-    pub fn retire_election(&self, key: &LeaseKey, addr: &Addr<ElectionActor>) {
-        let mut inner = self.lock();
-        if inner.elections.get(key).is_some_and(|e| e.addr() == addr)
-            && let Some(election) = inner.elections.remove(key)
+        if inner.entries.get(key).is_some_and(|e| e.id == id)
+            && let Some(entry) = inner.entries.remove(key)
         {
-            inner.retiring.push(election);
+            inner.retiring.push(entry);
         }
     }
 
-    /// The election is stopped: forget it.
-    pub fn remove_election(&self, key: &LeaseKey, addr: &Addr<ElectionActor>) {
+    /// The actor has stopped: forget it.
+    pub fn remove(&self, key: &LeaseKey, id: ActorId) {
         let mut inner = self.lock();
-        if inner.elections.get(key).is_some_and(|e| e.addr() == addr) {
-            inner.elections.remove(key);
+        if inner.entries.get(key).is_some_and(|e| e.id == id) {
+            inner.entries.remove(key);
         }
-        inner.retiring.retain(|e| e.addr() != addr);
-    }
-
-    pub fn remove_lock(&self, key: &LeaseKey, addr: &Addr<LockActor>) {
-        let mut inner = self.lock();
-        if inner.locks.get(key).is_some_and(|(a, _)| a == addr) {
-            inner.locks.remove(key);
-        }
+        inner.retiring.retain(|e| e.id != id);
     }
 
     /// Closes the registry and returns everything in it.
-    fn close(&self) -> (Vec<Election>, Vec<Addr<LockActor>>) {
+    fn close(&self) -> Vec<Entry> {
         let mut inner = self.lock();
         inner.closed = true;
-        (
-            inner
-                .elections
-                .values()
-                .chain(&inner.retiring)
-                .cloned()
-                .collect(),
-            inner.locks.values().map(|(addr, _)| addr.clone()).collect(),
-        )
+        inner
+            .entries
+            .values()
+            .chain(&inner.retiring)
+            .cloned()
+            .collect()
     }
 
-    /// Number of live elections and locks.
+    /// Number of live elections and locks (retiring ones not counted).
     pub fn len(&self) -> (usize, usize) {
         let inner = self.lock();
-        (inner.elections.len(), inner.locks.len())
+        let elections = inner
+            .entries
+            .values()
+            .filter(|e| matches!(e.handle, Handle::Election(_)))
+            .count();
+        (elections, inner.entries.len() - elections)
     }
 }
 
-/// Supervises one `Dsync`'s election and lock actors (see the module docs).
+/// Supervises one `Dsync`'s lease actors (see the module docs).
 pub struct Supervisor {
     registry: Arc<Registry>,
     /// The replica's shared watches, one per namespace, fanned out to the actors.
     _watches: Arc<WatchHub>,
+    /// dsync's own lease thread (its private System), if it has one: ended once everything
+    /// has stopped.
+    system: Option<System>,
 }
 
 impl Supervisor {
-    pub(crate) fn new(registry: Arc<Registry>, watches: Arc<WatchHub>) -> Self {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        watches: Arc<WatchHub>,
+        system: Option<System>,
+    ) -> Self {
         Supervisor {
             registry,
             _watches: watches,
+            system,
         }
+    }
+
+    /// Whether it ends a lease thread of dsync's own when done.
+    pub(crate) fn owns_thread(&self) -> bool {
+        self.system.is_some()
     }
 }
 
@@ -159,35 +186,50 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 }
 
-/// Stops every election and lock (each cancels its term, waits for guarded work and releases
-/// its lease), then the supervisor itself. Answered when all are done.
+/// Stops every lease actor (each cancels its term, waits for guarded work and releases its
+/// lease), then the supervisor itself. Answered when all are done, with the first error.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct Shutdown(pub oneshot::Sender<()>);
+pub(crate) struct Shutdown {
+    pub reply: oneshot::Sender<Result<()>>,
+    /// The actors whose guarded work the caller runs inside: their stops are not waited for.
+    pub inside: Vec<ActorId>,
+}
 
 impl Handler<Shutdown> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, Shutdown(reply): Shutdown, ctx: &mut Self::Context) {
-        let (elections, locks) = self.registry.close();
-        tracing::info!(
-            elections = elections.len(),
-            locks = locks.len(),
-            "shutting down"
-        );
+    fn handle(&mut self, Shutdown { reply, inside }: Shutdown, ctx: &mut Self::Context) {
+        let entries = self.registry.close();
+        tracing::info!(leases = entries.len(), "shutting down");
         let stops = async move {
-            let elections = join_all(elections.iter().map(|e| e.stop()));
-            let locks = join_all(locks.into_iter().map(|addr| async move {
-                let (tx, rx) = oneshot::channel();
-                if addr.send(crate::lock::LockCommand::Stop(tx)).await.is_ok() {
-                    let _ = rx.await;
-                }
-            }));
-            futures::join!(elections, locks);
+            let results =
+                join_all(entries.iter().map(|e| e.stop(inside.contains(&e.id)))).await;
+            let first_error = results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
+            let deferred: Vec<Entry> = entries
+                .into_iter()
+                .filter(|e| inside.contains(&e.id))
+                .collect();
+            (first_error, deferred)
         };
-        ctx.spawn(stops.into_actor(self).map(move |_, _, ctx| {
-            let _ = reply.send(());
-            ctx.stop();
-        }));
+        ctx.spawn(
+            stops
+                .into_actor(self)
+                .map(move |(result, deferred), act, ctx| {
+                    let _ = reply.send(result);
+                    // Stops called from inside guarded work finish when that work returns:
+                    // only then may the lease thread end.
+                    let system = act.system.take();
+                    let rest = async move {
+                        join_all(deferred.iter().map(|e| e.stop(false))).await;
+                    };
+                    ctx.spawn(rest.into_actor(act).map(move |(), _, ctx| {
+                        ctx.stop();
+                        if let Some(system) = system {
+                            system.stop();
+                        }
+                    }));
+                }),
+        );
     }
 }

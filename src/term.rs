@@ -1,19 +1,35 @@
 //! `Term`: one continuous period of leadership or lock ownership.
 //!
-//! A term carries the lease's fencing token and a cancellation token. It is cancelled the moment
-//! this replica can no longer be sure it holds the lease (renewal failed until the renew deadline,
-//! someone else took over, `stop`/`unlock`/shutdown), so work guarded by a term should stop when
-//! [`Term::cancelled`] completes, and writes to external systems should carry
-//! [`Term::fencing_token`] so that a stale holder's late writes can be rejected there.
+//! A term carries the lease's fencing token, a cancellation token and a **validity deadline** of
+//! its own. It ends the moment this replica can no longer be sure it holds the lease (renewal
+//! failed until the renew deadline, someone else took over, `stop`/`unlock`/shutdown), so work
+//! guarded by a term should stop when [`Term::cancelled`] completes, and writes to external
+//! systems should carry [`Term::fencing_token`] so that a stale holder's late writes can be
+//! rejected there.
+//!
+//! The deadline is why a term cannot outlive its lease even when nothing runs to cancel it: it
+//! is the renew deadline of the last successful renewal (`renewed_at + renew_deadline`), moved
+//! forward by each renewal, and [`Term::is_active`] and [`Term::cancelled`] honour it on their
+//! own. A thread that was blocked for longer than the lease therefore reads `false` when it
+//! wakes up, even if the lease actor never got to run.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::store::LeaseKey;
+
+/// Local monotonic "now", as tokio sees it (so paused-time tests control it; outside a runtime
+/// it is the system's monotonic clock).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Process-unique id of a term, to match [`Deposed`](crate::Deposed) with
 /// [`Elected`](crate::Elected).
@@ -40,9 +56,16 @@ struct Inner {
     fencing_token: i32,
     started: SystemTime,
     cancel: CancellationToken,
+    /// `valid_until` is stored as nanoseconds after this instant, so it fits an atomic.
+    base: Instant,
+    valid_until: AtomicU64,
+    /// The work the term guards (`when_elected` futures, `with_lock` bodies): the lease is
+    /// released only once all of it has returned.
+    work: TaskTracker,
 }
 
-/// A leadership or lock term. Cheap to clone; all clones share one cancellation.
+/// A leadership or lock term. Cheap to clone; all clones share one cancellation and one
+/// deadline.
 #[derive(Clone)]
 pub struct Term {
     inner: Arc<Inner>,
@@ -61,8 +84,15 @@ impl fmt::Debug for Term {
 }
 
 impl Term {
-    pub(crate) fn new(lease: LeaseKey, holder: String, fencing_token: i32) -> Self {
-        Term {
+    /// A new, active term valid until `valid_until`.
+    pub(crate) fn new(
+        lease: LeaseKey,
+        holder: String,
+        fencing_token: i32,
+        valid_until: Instant,
+    ) -> Self {
+        let base = now();
+        let term = Term {
             inner: Arc::new(Inner {
                 id: TermId::next(),
                 lease,
@@ -70,8 +100,21 @@ impl Term {
                 fencing_token,
                 started: SystemTime::now(),
                 cancel: CancellationToken::new(),
+                base,
+                valid_until: AtomicU64::new(0),
+                work: TaskTracker::new(),
             }),
-        }
+        };
+        term.store_deadline(valid_until);
+        term
+    }
+
+    fn store_deadline(&self, until: Instant) {
+        let nanos = until
+            .saturating_duration_since(self.inner.base)
+            .as_nanos()
+            .min(u64::MAX as u128) as u64;
+        self.inner.valid_until.store(nanos, Ordering::Release);
     }
 
     /// Process-unique id of this term.
@@ -100,18 +143,53 @@ impl Term {
         self.inner.started
     }
 
-    /// Whether the term is still running.
+    /// The instant (local monotonic time) after which the term is over even if nobody cancels
+    /// it: the renew deadline of its last successful renewal. Each renewal moves it forward.
+    pub fn valid_until(&self) -> Instant {
+        self.inner.base + Duration::from_nanos(self.inner.valid_until.load(Ordering::Acquire))
+    }
+
+    /// Whether the term is still running: not cancelled, and its
+    /// [deadline](Self::valid_until) has not passed. Once false, it stays false.
     pub fn is_active(&self) -> bool {
-        !self.inner.cancel.is_cancelled()
+        if self.inner.cancel.is_cancelled() {
+            return false;
+        }
+        if now() >= self.valid_until() {
+            // Latch: a term past its deadline is over for good, even if a renewal that was
+            // still in flight succeeds afterwards.
+            self.inner.cancel.cancel();
+            return false;
+        }
+        true
     }
 
-    /// Completes when the term ends.
-    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.inner.cancel.cancelled()
+    /// Completes when the term ends: when it is cancelled, or at its
+    /// [deadline](Self::valid_until) unless a renewal moved the deadline first. Needs a tokio
+    /// runtime (any actix System has one) for the deadline's timer.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
+        async move {
+            while self.is_active() {
+                let until = tokio::time::Instant::from_std(self.valid_until());
+                tokio::select! {
+                    _ = self.inner.cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
+        }
     }
 
-    /// A token that is cancelled when the term ends (and can be cancelled on its own without
-    /// ending the term), for APIs that take a [`CancellationToken`].
+    /// Like [`cancelled`](Self::cancelled), owning a clone of the term (for `'static` futures).
+    pub fn cancelled_owned(&self) -> impl Future<Output = ()> + Send + 'static {
+        let term = self.clone();
+        async move { term.cancelled().await }
+    }
+
+    /// A token that is cancelled when dsync ends the term (and can be cancelled on its own
+    /// without ending the term), for APIs that take a [`CancellationToken`]. dsync cancels
+    /// terms from the lease actor's own thread, at the deadline at the latest; prefer
+    /// [`is_active`](Self::is_active) and [`cancelled`](Self::cancelled), which also honour
+    /// the deadline by themselves.
     pub fn child_token(&self) -> CancellationToken {
         self.inner.cancel.child_token()
     }
@@ -121,15 +199,46 @@ impl Term {
     pub(crate) fn cancel(&self) {
         self.inner.cancel.cancel();
     }
+
+    /// Moves the deadline to `until` after a successful renewal. `false` if the term has
+    /// already ended (cancelled, or its old deadline passed): a term never comes back.
+    pub(crate) fn extend(&self, until: Instant) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        self.store_deadline(until);
+        true
+    }
+
+    /// Registers guarded work: the lease is not released while the token lives.
+    pub(crate) fn work_token(&self) -> TaskTrackerToken {
+        self.inner.work.token()
+    }
+
+    /// Completes once every piece of guarded work has returned (call after cancelling).
+    pub(crate) fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let work = self.inner.work.clone();
+        work.close();
+        async move { work.wait().await }
+    }
+
+    /// Whether guarded work is still running.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.inner.work.is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn term(valid_for: Duration) -> Term {
+        Term::new(LeaseKey::new("ns", "l"), "me".into(), 4, now() + valid_for)
+    }
+
     #[tokio::test]
     async fn cancel_is_seen_by_clones_and_children_and_is_idempotent() {
-        let t = Term::new(LeaseKey::new("ns", "l"), "me".into(), 4);
+        let t = term(Duration::from_secs(60));
         let clone = t.clone();
         let child = t.child_token();
         assert!(t.is_active() && clone.is_active() && !child.is_cancelled());
@@ -144,15 +253,54 @@ mod tests {
 
     #[test]
     fn cancelling_a_child_does_not_end_the_term() {
-        let t = Term::new(LeaseKey::new("ns", "l"), "me".into(), 0);
+        let t = term(Duration::from_secs(60));
         t.child_token().cancel();
         assert!(t.is_active());
     }
 
     #[test]
     fn ids_are_unique() {
-        let a = Term::new(LeaseKey::new("ns", "l"), "me".into(), 0);
-        let b = Term::new(LeaseKey::new("ns", "l"), "me".into(), 0);
+        let a = term(Duration::from_secs(60));
+        let b = term(Duration::from_secs(60));
         assert_ne!(a.id(), b.id());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_term_ends_at_its_deadline_without_anyone_cancelling_it() {
+        let t = term(Duration::from_secs(10));
+        let child = t.child_token();
+        tokio::time::sleep(Duration::from_millis(9_999)).await;
+        assert!(t.is_active());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!t.is_active(), "over at the deadline");
+        assert!(child.is_cancelled(), "and latched: children see it too");
+        assert!(!t.extend(now() + Duration::from_secs(10)), "it never comes back");
+        assert!(!t.is_active());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_completes_at_the_deadline_and_follows_extensions() {
+        let t = term(Duration::from_secs(10));
+        let start = tokio::time::Instant::now();
+        let waiter = tokio::spawn(t.cancelled_owned());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(t.extend(now() + Duration::from_secs(10)), "renewed at 5 s");
+        waiter.await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(15));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_waits_for_every_work_token() {
+        let t = term(Duration::from_secs(10));
+        let a = t.work_token();
+        let b = t.work_token();
+        assert!(t.has_work());
+        let drained = tokio::spawn(t.drained());
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!drained.is_finished());
+        drop(b);
+        drained.await.unwrap();
+        assert!(!t.has_work());
     }
 }

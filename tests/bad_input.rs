@@ -291,7 +291,7 @@ async fn garbage_that_reaches_dsync_is_reported_typed_and_left_alone() {
         which: which.clone(),
     };
     let t = Timing::default();
-    let d = Dsync::new(store, "pod-a").unwrap();
+    let d = Dsync::with_config(store, support::paused_config("pod-a")).unwrap();
     let limit = t.lease_duration() * 4;
     for (i, _) in garbage().iter().enumerate() {
         which.store(i, Ordering::SeqCst);

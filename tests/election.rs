@@ -48,7 +48,8 @@ async fn defaults_namespace_and_scope(env: Env) {
         Config::default()
             .with_identity("pod-a")
             .with_namespace(&*env.namespace)
-            .with_timing(env.timing()),
+            .with_timing(env.timing())
+            .with_lease_thread(env.lease_thread()),
     )
     .unwrap();
     let e = d.election("token-manager").unwrap();
@@ -70,7 +71,7 @@ async fn defaults_namespace_and_scope(env: Env) {
         // Without a configuration, the namespace is "default". Memory only: on the shared
         // apiserver this replica would campaign in the real "default" namespace, outside the
         // test's own.
-        let d = Dsync::new(MemoryStore::new(), "pod-a").unwrap();
+        let d = Dsync::with_config(MemoryStore::new(), support::paused_config("pod-a")).unwrap();
         assert_eq!(d.election("x").unwrap().resource().namespace, "default");
         d.shutdown().await.unwrap();
     }
@@ -511,7 +512,14 @@ async fn terms_of_one_replica_never_run_their_work_concurrently(env: Env) {
         ]
     );
     assert!(events[1].1 <= events[2].1);
-    a.shutdown().await.unwrap();
+    // The second term's work ignores its cancellation for `linger` too: a shutdown waits for
+    // it up to the drain timeout, and says so when it runs out (45 s > 15 s on memory).
+    let result = a.shutdown().await;
+    if linger > dsync::config::DEFAULT_DRAIN_TIMEOUT {
+        assert!(matches!(result, Err(Error::DrainTimeout { .. })), "{result:?}");
+    } else {
+        result.unwrap();
+    }
 }
 
 async fn a_failed_election_actor_is_restarted_by_the_supervisor(env: Env) {
@@ -663,6 +671,7 @@ async fn stop_finishes_while_a_store_call_hangs(env: Env) {
     let (a, fa) = env.faulty_replica("pod-a").await;
     fa.partition();
     let e = a.election("x").unwrap();
+    within(env.limit(), "read sent", fa.called("get", 1)).await;
     settle().await;
     assert_eq!(fa.calls("get"), 1, "the first read is in flight, hanging");
     let start = Instant::now();
@@ -720,12 +729,18 @@ async fn asking_again_while_a_stop_is_finishing_gets_a_new_election_that_waits_f
     within(env.limit(), "work started", rx.recv())
         .await
         .unwrap();
+    let stop_sent = Instant::now();
     let stopping = {
         let old = old.clone();
         actix::spawn(async move { old.stop().await })
     };
-    settle().await;
-    assert!(!first.is_active(), "the stop ended the term at once");
+    within(env.limit(), "term ended", first.cancelled()).await;
+    env.assert_between(
+        stop_sent.elapsed(),
+        Duration::ZERO,
+        Duration::ZERO,
+        "the stop ended the term at once",
+    );
 
     let new = a.election("x").unwrap();
     assert!(

@@ -280,7 +280,11 @@ async fn a_crashed_holders_lock_frees_after_the_lease_duration(env: Env) {
     // Mid-way between two renewals (5 s on memory).
     tokio::time::sleep(env.retry() * 5 / 2).await;
     let mut status = lb.watch_status();
-    let waiter = actix::spawn(async move { lb.lock().await.map(|t| (t, Instant::now())) });
+    // The task hands the handle back: a dropped handle would give the lock up at once.
+    let waiter = actix::spawn(async move {
+        let got = lb.lock().await.map(|t| (t, Instant::now()));
+        (lb, got)
+    });
     // B is waiting (it has read the lease) before A crashes.
     within(
         env.limit(),
@@ -291,10 +295,8 @@ async fn a_crashed_holders_lock_frees_after_the_lease_duration(env: Env) {
     .unwrap();
     let crash = Instant::now();
     fa.partition();
-    let (tb, got) = within(env.limit(), "b locks", waiter)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_lb, got) = within(env.limit(), "b locks", waiter).await.unwrap();
+    let (tb, got) = got.unwrap();
     // B saw A's last renewal at most one retry period before the crash, and takes over one
     // lease duration after seeing it: 13..=15 s on memory.
     env.assert_between(
@@ -465,6 +467,7 @@ async fn shutdown_finishes_while_a_store_call_hangs(env: Env) {
     let l = a.lock("x").unwrap();
     fa.partition();
     let waiter = actix::spawn(async move { l.lock().await });
+    within(env.limit(), "read sent", fa.called("get", 1)).await;
     settle().await;
     assert_eq!(
         fa.calls("get"),

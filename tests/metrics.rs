@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use dsync::metrics::Metrics;
-use dsync::{Config, Dsync, MemoryStore, StoreError, Timing};
+use dsync::{Dsync, MemoryStore, StoreError, Timing};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use support::{Call, FaultyStore, within};
@@ -35,7 +35,10 @@ async fn leader_transitions_renewals_conflicts_and_leaderless_time_are_recorded(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let faults = FaultyStore::new(MemoryStore::new());
-    let d = Dsync::with_config(faults.clone(), Config::default().with_identity("pod-a"))
+    let d = Dsync::with_config(
+        faults.clone(),
+        support::paused_config("pod-a"),
+    )
         .unwrap()
         .with_metrics(metrics.clone())
         .unwrap();

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease, WatchEvent};
-use dsync::{Config, Dsync, Election, Error, KubeStore, MemoryStore, Timing};
+use dsync::{Config, Dsync, Election, Error, KubeStore, LeaseThread, MemoryStore, Timing};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use support::apiserver::{Harness, namespace};
@@ -121,6 +121,8 @@ trait Chaos {
     /// The next call fails with 503.
     fn fail_next_503(&self);
     fn drop_watches(&self);
+    /// Drops the injected failures that have not happened yet.
+    fn clear(&self);
 }
 
 impl Chaos for FaultyStore {
@@ -155,6 +157,9 @@ impl Chaos for FaultyStore {
     fn drop_watches(&self) {
         FaultyStore::drop_watches(self);
     }
+    fn clear(&self) {
+        FaultyStore::clear(self);
+    }
 }
 
 impl Chaos for KubeFaults {
@@ -181,6 +186,9 @@ impl Chaos for KubeFaults {
     }
     fn drop_watches(&self) {
         KubeFaults::drop_watches(self);
+    }
+    fn clear(&self) {
+        KubeFaults::clear(self);
     }
 }
 
@@ -336,7 +344,11 @@ async fn run_seed(seed: u64, backend: &Backend) {
             Config::default()
                 .with_namespace(&*namespace)
                 .with_identity(format!("r{r}"))
-                .with_timing(t),
+                .with_timing(t)
+                .with_lease_thread(match backend {
+                    Backend::Memory => LeaseThread::Current,
+                    Backend::Kube => LeaseThread::Dedicated,
+                }),
         )
         .unwrap();
         let elections = (0..ELECTIONS)
@@ -405,8 +417,11 @@ async fn run_seed(seed: u64, backend: &Backend) {
 
     trace(format_args!("healing"));
     // Heal everything; within a lease duration plus a few retries every election has a leader.
+    // (A 409 storm queued behind a partition would otherwise still be pending, and each
+    // conflict after the first is backed off by a retry period.)
     for replica in &replicas {
         replica.faults.heal();
+        replica.faults.clear();
         replica.faults.set_latency(Duration::ZERO);
     }
     // Memory: exact. Kube: plus a lease duration for calls hung by the partition to time out
@@ -556,8 +571,7 @@ async fn replicas_minutes_apart_never_overlap_and_take_over_after_one_lease_dura
                 ahead,
             };
             let dsync =
-                Dsync::with_config(skewed, Config::default().with_identity(name).with_timing(t))
-                    .unwrap();
+                Dsync::with_config(skewed, support::paused_config(name).with_timing(t)).unwrap();
             (dsync, faults)
         };
         let (a, fa) = replica("a", leader_ahead);

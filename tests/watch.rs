@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use dsync::{Config, Dsync, MemoryStore};
+use dsync::{Dsync, MemoryStore};
 use support::{settle, within};
 use tokio::time::Instant;
 
@@ -13,8 +13,8 @@ use tokio::time::Instant;
 async fn a_thousand_elections_cost_one_watch_per_replica() {
     tokio::time::pause();
     let store = MemoryStore::new();
-    let a = Dsync::new(store.clone(), "pod-a").unwrap();
-    let b = Dsync::new(store.clone(), "pod-b").unwrap();
+    let a = Dsync::with_config(store.clone(), support::paused_config("pod-a")).unwrap();
+    let b = Dsync::with_config(store.clone(), support::paused_config("pod-b")).unwrap();
     let mut elections = Vec::new();
     for i in 0..1000 {
         elections.push(a.election(&format!("e{i}")).unwrap());
@@ -71,9 +71,7 @@ async fn each_namespace_gets_its_own_watch() {
     let store = MemoryStore::new();
     let d = Dsync::with_config(
         store.clone(),
-        Config::default()
-            .with_identity("pod-a")
-            .with_namespace("one"),
+        support::paused_config("pod-a").with_namespace("one"),
     )
     .unwrap();
     let e1 = d.election("x").unwrap();

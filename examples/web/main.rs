@@ -45,6 +45,7 @@ fn timing() -> Result<Timing, Box<dyn std::error::Error>> {
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr) // stdout carries the "listening on" line
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::WeakRecipient;
@@ -18,13 +19,15 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::lease::StepDownReason;
+use crate::lease::actor::{FaceCommand, LeaseActor, Stop, StopOutcome};
 use crate::resource::Resource;
 use crate::store::LeaseKey;
-use crate::term::{Term, TermId};
+use crate::term::{Term, TermId, now};
+use crate::work::{self, ActorId};
 
-mod actor;
+mod face;
 
-pub use actor::ElectionActor;
+pub(crate) use face::ElectionFace;
 
 /// Sent to subscribers when this replica becomes leader.
 #[derive(Debug, Clone, Message)]
@@ -75,6 +78,8 @@ pub enum DeposeReason {
     Stopped,
     /// The election actor failed and was restarted by its supervisor.
     Restarted,
+    /// A `when_elected` future (or a [`LeaderOnly`](crate::LeaderOnly) actor's term) panicked.
+    WorkPanicked,
 }
 
 impl From<StepDownReason> for DeposeReason {
@@ -96,6 +101,7 @@ impl fmt::Display for DeposeReason {
             DeposeReason::LeaseDeleted => f.write_str("lease deleted"),
             DeposeReason::Stopped => f.write_str("stopped"),
             DeposeReason::Restarted => f.write_str("election actor restarted"),
+            DeposeReason::WorkPanicked => f.write_str("the term's work panicked"),
         }
     }
 }
@@ -156,21 +162,24 @@ impl ElectionStatus {
         let live = self.term.as_ref().is_some_and(Term::is_active);
         live && self
             .valid_until
-            .is_some_and(|until| crate::lease::driver::now() < until)
+            .is_some_and(|until| now() < until)
     }
 }
 
-/// A function run at the start of every term.
-pub(crate) type TermCallback = Box<dyn Fn(Term) -> LocalBoxFuture<'static, ()> + Send>;
+/// A `when_elected` function, and where its futures run: on the arbiter (thread) that
+/// registered it, never on dsync's own lease thread, so that work blocking its thread cannot
+/// delay renewals.
+pub(crate) struct Callback {
+    f: Mutex<Box<dyn Fn(Term) -> LocalBoxFuture<'static, ()> + Send>>,
+    arbiter: ArbiterHandle,
+    thread: std::thread::ThreadId,
+}
 
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) enum Command {
+pub(crate) enum ElectionCommand {
     SubscribeElected(WeakRecipient<Elected>),
     SubscribeDeposed(WeakRecipient<Deposed>),
     SubscribeLeaderChanged(WeakRecipient<LeaderChanged>),
-    WhenElected(TermCallback),
-    Stop(oneshot::Sender<()>),
+    WhenElected(Arc<Callback>),
 }
 
 /// A handle on one election. Cheap to clone; clones and other handles for the same election
@@ -178,7 +187,8 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct Election {
     resource: Resource,
-    addr: Addr<ElectionActor>,
+    id: ActorId,
+    addr: Addr<LeaseActor<ElectionFace>>,
     status: watch::Receiver<ElectionStatus>,
 }
 
@@ -194,18 +204,21 @@ impl fmt::Debug for Election {
 impl Election {
     pub(crate) fn new(
         resource: Resource,
-        addr: Addr<ElectionActor>,
+        id: ActorId,
+        addr: Addr<LeaseActor<ElectionFace>>,
         status: watch::Receiver<ElectionStatus>,
     ) -> Self {
         Election {
             resource,
+            id,
             addr,
             status,
         }
     }
 
-    pub(crate) fn addr(&self) -> &Addr<ElectionActor> {
-        &self.addr
+    /// The id of the election's actor (work scopes name it).
+    pub(crate) fn actor_id(&self) -> ActorId {
+        self.id
     }
 
     /// The resource this election is for.
@@ -248,9 +261,7 @@ impl Election {
 
     /// [`ElectionStatus::check_health`] now: for a `/healthz` endpoint.
     pub fn check_health(&self, tolerance: Duration) -> Result<()> {
-        self.status
-            .borrow()
-            .check_health(crate::lease::driver::now(), tolerance)
+        self.status.borrow().check_health(now(), tolerance)
     }
 
     /// Our current term, while leader.
@@ -305,57 +316,77 @@ impl Election {
 
     /// Subscribes a recipient to [`Elected`] only.
     pub fn subscribe_elected(&self, recipient: Recipient<Elected>) -> Result<()> {
-        self.command(Command::SubscribeElected(recipient.downgrade()))
+        self.command(ElectionCommand::SubscribeElected(recipient.downgrade()))
     }
 
     /// Subscribes a recipient to [`Deposed`] only.
     pub fn subscribe_deposed(&self, recipient: Recipient<Deposed>) -> Result<()> {
-        self.command(Command::SubscribeDeposed(recipient.downgrade()))
+        self.command(ElectionCommand::SubscribeDeposed(recipient.downgrade()))
     }
 
     /// Subscribes a recipient to [`LeaderChanged`] only.
     pub fn subscribe_leader_changed(&self, recipient: Recipient<LeaderChanged>) -> Result<()> {
-        self.command(Command::SubscribeLeaderChanged(recipient.downgrade()))
+        self.command(ElectionCommand::SubscribeLeaderChanged(
+            recipient.downgrade(),
+        ))
     }
 
     /// Runs `f(term)` at the start of every term of this replica (at once if it leads now).
     ///
-    /// The future runs on the election's actix arbiter and should return soon after
-    /// [`Term::cancelled`] completes. A new term's futures start only after every future of the
-    /// previous term has returned, and [`stop`](Self::stop) waits for them.
+    /// The futures run on the actix arbiter (thread) that calls `when_elected`, not on dsync's
+    /// own lease thread, and should return soon after [`Term::cancelled`] completes. They are
+    /// the term's *guarded work*: a new term's futures start only after every future of the
+    /// previous term has returned, and [`stop`](Self::stop) releases the lease only after they
+    /// have (bounded by [`Config::drain_timeout`](crate::Config::drain_timeout)). A future that
+    /// panics ends its term (reported as [`DeposeReason::WorkPanicked`]); the election then
+    /// campaigns again. [`Error::NoActixSystem`] when called outside an actix arbiter.
     pub fn when_elected<F, Fut>(&self, f: F) -> Result<()>
     where
         F: Fn(Term) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        self.command(Command::WhenElected(Box::new(move |term| {
-            f(term).boxed_local()
-        })))
+        let arbiter = Arbiter::try_current().ok_or(Error::NoActixSystem)?;
+        let callback = Callback {
+            f: Mutex::new(Box::new(move |term| f(term).boxed_local())),
+            arbiter,
+            thread: std::thread::current().id(),
+        };
+        self.command(ElectionCommand::WhenElected(Arc::new(callback)))
     }
 
     /// Stops the election: cancels the current term, waits for its `when_elected` futures,
     /// releases the lease (so another replica takes over at once) and ends the actor.
-    /// Idempotent; later calls on this handle return [`Error::Stopped`].
+    /// Idempotent: later calls return the same result, and other calls on this handle
+    /// [`Error::Stopped`].
+    ///
+    /// Errors, each after the stop has taken effect:
+    /// * [`Error::DrainTimeout`]: the term's work did not return within the drain timeout; the
+    ///   lease was not released while it may still run, and expires after the lease duration.
+    /// * [`Error::StopFromWork`]: called from the term's own work (a `when_elected` future, a
+    ///   [`LeaderOnly`](crate::LeaderOnly) actor): waiting would wait for itself, so this
+    ///   returns at once; the lease is released as soon as that work returns.
+    /// * The store's error if the release could not be written (the lease then expires).
     pub async fn stop(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        if self.addr.send(Command::Stop(tx)).await.is_err() {
-            // The actor is gone: nothing left to stop.
-            return Ok(());
+        let (reply, rx) = oneshot::channel();
+        let stop = Stop {
+            reply,
+            from_work: work::inside(self.id),
+        };
+        if self.addr.send(stop).await.is_err() {
+            return Ok(()); // the actor is gone: nothing left to stop
         }
-        // A dropped sender means the actor ended without answering; stopped either way.
-        let _ = rx.await;
-        Ok(())
+        // A dropped sender means the actor ended without answering: stopped either way.
+        rx.await
+            .unwrap_or(StopOutcome::Done)
+            .into_result("election", &self.lease())
     }
 
-    fn command(&self, command: Command) -> Result<()> {
-        if self.status.borrow().stopped {
-            return Err(self.stopped_error());
-        }
-        if !self.addr.connected() {
+    fn command(&self, command: ElectionCommand) -> Result<()> {
+        if self.status.borrow().stopped || !self.addr.connected() {
             return Err(self.stopped_error());
         }
         // `do_send` ignores the mailbox capacity: commands are few and must not be lost.
-        self.addr.do_send(command);
+        self.addr.do_send(FaceCommand(command));
         Ok(())
     }
 
@@ -373,7 +404,7 @@ mod health_tests {
     fn status(term: bool, renewed_at: Option<Instant>) -> ElectionStatus {
         let lease = LeaseKey::new("ns", "s.election.x");
         ElectionStatus {
-            term: term.then(|| Term::new(lease.clone(), "pod-a".into(), 1)),
+            term: term.then(|| Term::new(lease.clone(), "pod-a".into(), 1, now() + Duration::from_secs(10))),
             lease,
             identity: "pod-a".into(),
             leader: Some("pod-a".into()),

@@ -6,67 +6,128 @@
 //! new [`Term`] with a higher fencing token; the term is cancelled if the lock is lost.
 //!
 //! Ownership is per handle: the handle (or a clone of it) that locked is the one that may unlock.
-//! A lock whose handle is dropped is released at the next renewal.
+//! When a handle holding the lock is dropped, its term is cancelled and the lease released.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::{Error, Result};
+use crate::lease::actor::{FaceCommand, Internal, LeaseActor, Stop, StopOutcome};
 use crate::resource::Resource;
 use crate::store::LeaseKey;
 use crate::term::Term;
+use crate::work::{self, ActorId};
 
-mod actor;
+mod face;
 
-pub use actor::LockActor;
+pub(crate) use face::LockFace;
 
-/// Who may unlock: one per handle (shared by its clones) and one per `with_lock` call.
-#[derive(Debug)]
+type LockAddr = Addr<LeaseActor<LockFace>>;
+
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Who may unlock: one per handle (shared by its clones) and one per `with_lock` call. When the
+/// last reference goes, the lock actor is told at once: a lock whose owner is gone can never be
+/// unlocked, so its term is ended and the lease given back.
 pub(crate) struct Owner {
     id: u64,
+    addr: LockAddr,
 }
 
 impl Owner {
-    fn new() -> Arc<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
+    fn new(addr: &LockAddr) -> Arc<Self> {
         Arc::new(Owner {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
+            addr: addr.clone(),
         })
     }
 }
 
-/// How long an acquisition may wait.
-pub(crate) enum Wait {
-    /// Fail at once with [`Error::AlreadyLocked`] if held.
-    No,
-    /// Wait in line, up to an optional timeout, until an optional token is cancelled.
-    Yes {
-        timeout: Option<Duration>,
-        cancel: Option<CancellationToken>,
-    },
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.addr
+            .do_send(FaceCommand(LockCommand::OwnerGone { owner_id: self.id }));
+    }
 }
 
-#[derive(Message)]
-#[rtype(result = "()")]
+/// A granted lock on its way to the caller. If it is dropped before the caller takes it (the
+/// caller's future was dropped: a `select!` took another branch, a timeout fired, a client
+/// disconnected), the actor is told, and the lease is given back: a grant nobody received is
+/// never kept.
+pub(crate) struct Grant {
+    term: Term,
+    work: Option<TaskTrackerToken>,
+    notify: Option<Recipient<Internal>>,
+}
+
+impl Grant {
+    /// The caller has it.
+    fn accept(mut self) -> (Term, Option<TaskTrackerToken>) {
+        self.notify = None;
+        (self.term.clone(), self.work.take())
+    }
+
+    /// It was never sent: nobody is to be told.
+    fn disarm(mut self) {
+        self.notify = None;
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if let Some(notify) = self.notify.take() {
+            notify.do_send(Internal::GrantDropped(self.term.id()));
+        }
+    }
+}
+
 pub(crate) enum LockCommand {
     Acquire {
+        request: u64,
         owner_id: u64,
-        owner: std::sync::Weak<Owner>,
-        wait: Wait,
-        reply: oneshot::Sender<Result<Term>>,
+        owner: Weak<Owner>,
+        /// `try_lock`: answered after the next fresh decision instead of waiting.
+        try_only: bool,
+        /// `with_lock`: the grant carries a work token, so the lease is released only after
+        /// the body has returned.
+        guarded: bool,
+        reply: oneshot::Sender<Result<Grant>>,
     },
+    /// The caller of `request` stopped waiting (its future was dropped).
+    Abandon { request: u64 },
     Unlock {
         owner_id: u64,
         reply: oneshot::Sender<Result<()>>,
     },
-    Stop(oneshot::Sender<()>),
+    OwnerGone { owner_id: u64 },
+}
+
+/// Tells the actor when an acquisition's future is dropped before it was answered.
+struct Pending<'a> {
+    addr: &'a LockAddr,
+    request: u64,
+    answered: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.addr.do_send(FaceCommand(LockCommand::Abandon {
+                request: self.request,
+            }));
+        }
+    }
 }
 
 /// A snapshot of a lock, published by its actor.
@@ -88,37 +149,44 @@ pub struct LockStatus {
     pub stopped: bool,
 }
 
+/// What the registry keeps of a lock actor; every [`Lock`] handle is made from it.
+#[derive(Clone)]
+pub(crate) struct LockShared {
+    pub id: ActorId,
+    pub addr: LockAddr,
+    pub status: watch::Receiver<LockStatus>,
+}
+
 /// A handle on one distributed lock. Cheap to clone; a clone is the same handle (it may unlock
 /// what the original locked). Separate handles from [`Dsync::lock`](crate::Dsync::lock) exclude
 /// each other like handles in different replicas.
+///
+/// A handle owns what it locks: when its last clone is dropped while it holds the lock, the
+/// lock's term is cancelled and then the lease is released (keep the handle for as long as
+/// you use the term).
 #[derive(Clone)]
 pub struct Lock {
     resource: Resource,
-    addr: Addr<LockActor>,
+    shared: LockShared,
     owner: Arc<Owner>,
-    status: watch::Receiver<LockStatus>,
 }
 
 impl fmt::Debug for Lock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lock")
             .field("resource", &self.resource)
-            .field("status", &*self.status.borrow())
+            .field("status", &*self.shared.status.borrow())
             .finish()
     }
 }
 
 impl Lock {
-    pub(crate) fn new(
-        resource: Resource,
-        addr: Addr<LockActor>,
-        status: watch::Receiver<LockStatus>,
-    ) -> Self {
+    pub(crate) fn new(resource: Resource, shared: LockShared) -> Self {
+        let owner = Owner::new(&shared.addr);
         Lock {
             resource,
-            addr,
-            owner: Owner::new(),
-            status,
+            shared,
+            owner,
         }
     }
 
@@ -129,22 +197,22 @@ impl Lock {
 
     /// The lock's lease.
     pub fn lease(&self) -> LeaseKey {
-        self.status.borrow().lease.clone()
+        self.shared.status.borrow().lease.clone()
     }
 
     /// The holder recorded in the lease when last observed.
     pub fn holder(&self) -> Option<String> {
-        self.status.borrow().holder.clone()
+        self.shared.status.borrow().holder.clone()
     }
 
     /// A snapshot of the lock's state.
     pub fn status(&self) -> LockStatus {
-        self.status.borrow().clone()
+        self.shared.status.borrow().clone()
     }
 
     /// A receiver of status changes from now on (`changed()` waits for the next one).
     pub fn watch_status(&self) -> watch::Receiver<LockStatus> {
-        let mut rx = self.status.clone();
+        let mut rx = self.shared.status.clone();
         rx.mark_unchanged();
         rx
     }
@@ -153,118 +221,126 @@ impl Lock {
     /// handle included: locks are not reentrant) or local callers are already waiting for it.
     /// Reads the lease fresh from the store before deciding.
     pub async fn try_lock(&self) -> Result<Term> {
-        self.acquire(&self.owner, Wait::No).await
+        let grant = self.acquire(&self.owner, true, false).await?;
+        Ok(grant.accept().0)
     }
 
     /// Waits in line for the lock. Other replicas' holds are waited out: released at once,
-    /// crashed holders after the lease duration.
+    /// crashed holders after the lease duration. [`Error::AlreadyLocked`] if this handle holds
+    /// it already (waiting for itself would never end).
+    ///
+    /// Dropping the returned future gives up the place in line; a lock granted to a future
+    /// that is dropped before it returns (a `select!` that took another branch) is released.
     pub async fn lock(&self) -> Result<Term> {
-        self.acquire(
-            &self.owner,
-            Wait::Yes {
-                timeout: None,
-                cancel: None,
-            },
-        )
-        .await
+        let grant = self.acquire(&self.owner, false, false).await?;
+        Ok(grant.accept().0)
     }
 
     /// Like [`lock`](Self::lock), giving up with [`Error::Timeout`] after `timeout`.
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<Term> {
-        self.acquire(
-            &self.owner,
-            Wait::Yes {
-                timeout: Some(timeout),
-                cancel: None,
-            },
-        )
-        .await
+        match tokio::time::timeout(timeout, self.lock()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                operation: format!("lock {}", self.lease()),
+                after: timeout,
+            }),
+        }
     }
 
     /// Like [`lock`](Self::lock), giving up with [`Error::Cancelled`] when `cancel` is
     /// cancelled. Cancelling after the lock was granted does not release it.
     pub async fn lock_with_cancel(&self, cancel: CancellationToken) -> Result<Term> {
-        self.acquire(
-            &self.owner,
-            Wait::Yes {
-                timeout: None,
-                cancel: Some(cancel),
-            },
-        )
-        .await
+        tokio::select! {
+            biased;
+            result = self.lock() => result,
+            () = cancel.cancelled() => Err(Error::Cancelled {
+                operation: format!("lock {}", self.lease()),
+            }),
+        }
     }
 
-    /// Releases the lock held by this handle. [`Error::NotLocked`] if nobody holds it,
-    /// [`Error::NotLockHolder`] if someone else (another replica or handle) does. Returns once
-    /// the release is written, so another replica can take the lock at once.
+    /// Releases the lock held by this handle: cancels its term, then writes the release, so
+    /// another replica can take the lock at once. Returns once the release is written.
+    /// [`Error::NotLocked`] if nobody holds it, [`Error::NotLockHolder`] if someone else
+    /// (another replica or handle) does.
     pub async fn unlock(&self) -> Result<()> {
         self.unlock_as(self.owner.id).await
     }
 
     /// Waits for the lock, runs `f` with the term, then unlocks. The term is cancelled if the
     /// lock is lost while `f` runs (`f` should then stop what it is doing); `f`'s output is
-    /// returned either way. If this future is dropped while `f` runs, the lock is released at
-    /// the next renewal.
+    /// returned either way.
+    ///
+    /// `f` is the term's guarded work: [`Lock::stop`] and [`Dsync::shutdown`](crate::Dsync::shutdown)
+    /// cancel the term and wait for `f` to return (up to the drain timeout) before releasing
+    /// the lease, and the lease is renewed meanwhile. If this future is dropped while `f` runs,
+    /// `f` is dropped with it, and then the lease is released.
     pub async fn with_lock<F, Fut, T>(&self, f: F) -> Result<T>
     where
         F: FnOnce(Term) -> Fut,
         Fut: Future<Output = T>,
     {
-        let owner = Owner::new();
-        let term = self
-            .acquire(
-                &owner,
-                Wait::Yes {
-                    timeout: None,
-                    cancel: None,
-                },
-            )
-            .await?;
-        self.run_then_unlock(&owner, term, f).await
+        let owner = Owner::new(&self.shared.addr);
+        let grant = self.acquire(&owner, false, true).await?;
+        self.run_then_unlock(&owner, grant, f).await
     }
 
     /// Like [`with_lock`](Self::with_lock) but fails with [`Error::AlreadyLocked`] instead of
-    /// waiting (the seed's `DoWithTryLock`).
+    /// waiting (the Go package's `DoWithTryLock`).
     pub async fn with_try_lock<F, Fut, T>(&self, f: F) -> Result<T>
     where
         F: FnOnce(Term) -> Fut,
         Fut: Future<Output = T>,
     {
-        let owner = Owner::new();
-        let term = self.acquire(&owner, Wait::No).await?;
-        self.run_then_unlock(&owner, term, f).await
+        let owner = Owner::new(&self.shared.addr);
+        let grant = self.acquire(&owner, true, true).await?;
+        self.run_then_unlock(&owner, grant, f).await
     }
 
-    async fn run_then_unlock<F, Fut, T>(&self, owner: &Arc<Owner>, term: Term, f: F) -> Result<T>
+    async fn run_then_unlock<F, Fut, T>(&self, owner: &Arc<Owner>, grant: Grant, f: F) -> Result<T>
     where
         F: FnOnce(Term) -> Fut,
         Fut: Future<Output = T>,
     {
-        let output = f(term.clone()).await;
+        let (term, work) = grant.accept();
+        let output = work::scope(self.shared.id, f(term.clone())).await;
+        drop(work); // the guarded work has returned
         if !term.is_active() {
-            // The lock was lost (or stopped) while `f` ran, and `f` was told through the
-            // term: there is nothing left to unlock.
+            // The lock was lost or stopped while `f` ran, and `f` was told through the term;
+            // the lease is given back without us.
             return Ok(output);
         }
         match self.unlock_as(owner.id).await {
             Ok(()) => Ok(output),
-            // The lock was lost while `f` ran; `f` was told through the term.
-            Err(Error::NotLocked { .. } | Error::NotLockHolder { .. }) if !term.is_active() => {
+            // The lock was lost (or stopped) just after `f` returned.
+            Err(Error::NotLocked { .. } | Error::NotLockHolder { .. } | Error::Stopped { .. })
+                if !term.is_active() =>
+            {
                 Ok(output)
             }
             Err(err) => Err(err),
         }
     }
 
-    async fn acquire(&self, owner: &Arc<Owner>, wait: Wait) -> Result<Term> {
+    async fn acquire(&self, owner: &Arc<Owner>, try_only: bool, guarded: bool) -> Result<Grant> {
         let (reply, rx) = oneshot::channel();
+        let request = next_id();
         self.send(LockCommand::Acquire {
+            request,
             owner_id: owner.id,
             owner: Arc::downgrade(owner),
-            wait,
+            try_only,
+            guarded,
             reply,
         })?;
-        rx.await.map_err(|_| self.stopped_error())?
+        let mut pending = Pending {
+            addr: &self.shared.addr,
+            request,
+            answered: false,
+        };
+        let result = rx.await;
+        pending.answered = true;
+        result.map_err(|_| self.stopped_error())?
     }
 
     async fn unlock_as(&self, owner_id: u64) -> Result<()> {
@@ -273,28 +349,35 @@ impl Lock {
         rx.await.map_err(|_| self.stopped_error())?
     }
 
-    /// Stops the lock actor for every handle: cancels the holder's term, fails waiters with
-    /// [`Error::Stopped`], releases the lease. Idempotent.
+    /// Stops the lock actor for every handle: fails waiters with [`Error::Stopped`], cancels
+    /// the holder's term, waits for its `with_lock` body (up to the drain timeout; the lease is
+    /// renewed meanwhile), then releases the lease. Idempotent. Errors as
+    /// [`Election::stop`](crate::Election::stop).
     pub async fn stop(&self) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        if self.addr.send(LockCommand::Stop(tx)).await.is_err() {
+        let (reply, rx) = oneshot::channel();
+        let stop = Stop {
+            reply,
+            from_work: work::inside(self.shared.id),
+        };
+        if self.shared.addr.send(stop).await.is_err() {
             return Ok(());
         }
-        let _ = rx.await;
-        Ok(())
+        rx.await
+            .unwrap_or(StopOutcome::Done)
+            .into_result("lock", &self.lease())
     }
 
     fn send(&self, command: LockCommand) -> Result<()> {
-        if self.status.borrow().stopped || !self.addr.connected() {
+        if self.shared.status.borrow().stopped || !self.shared.addr.connected() {
             return Err(self.stopped_error());
         }
-        self.addr.do_send(command);
+        self.shared.addr.do_send(FaceCommand(command));
         Ok(())
     }
 
     fn stopped_error(&self) -> Error {
         Error::Stopped {
-            what: format!("lock {}", self.status.borrow().lease),
+            what: format!("lock {}", self.shared.status.borrow().lease),
         }
     }
 }

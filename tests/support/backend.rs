@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease};
-use dsync::{Config, Dsync, KubeStore, MemoryStore, Timing};
+use dsync::{Config, Dsync, KubeStore, LeaseThread, MemoryStore, Timing};
 
 use super::FaultyStore;
 use super::apiserver::{Harness, client, namespace};
@@ -83,6 +83,11 @@ pub struct Env {
 impl Env {
     /// `MemoryStore`, paused time.
     pub async fn memory() -> Env {
+        // RUST_LOG=dsync=debug shows what the actors do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         tokio::time::pause();
         Env {
             backend: Backend::Memory(MemoryStore::new()),
@@ -203,11 +208,23 @@ impl Env {
         }
     }
 
+    /// A replica's configuration.
     pub fn config(&self, identity: &str) -> Config {
         Config::default()
             .with_namespace(&*self.namespace)
             .with_identity(identity)
             .with_timing(self.timing())
+            .with_lease_thread(self.lease_thread())
+    }
+
+    /// Where replicas run their lease actors: on the test's own arbiter on memory (paused time
+    /// belongs to one runtime), on dsync's own thread on kube, as in production.
+    pub fn lease_thread(&self) -> LeaseThread {
+        if self.is_memory() {
+            LeaseThread::Current
+        } else {
+            LeaseThread::Dedicated
+        }
     }
 
     /// A store for one replica: the shared memory store, or a KubeStore with its own client.

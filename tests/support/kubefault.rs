@@ -88,6 +88,11 @@ impl KubeFaults {
     }
 
     /// Queues a fault for the next request it applies to.
+    /// Drops the injected faults that have not happened yet.
+    pub fn clear(&self) {
+        self.state.lock().unwrap().queued.clear();
+    }
+
     pub fn inject(&self, fault: Fault) {
         self.state.lock().unwrap().queued.push_back(fault);
     }

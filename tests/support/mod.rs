@@ -19,6 +19,14 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{BoxStream, StreamExt};
 use tokio::time::Instant;
 
+/// A replica's configuration for tests in paused tokio time: the lease actors run on the
+/// test's own arbiter, because a paused clock belongs to one runtime.
+pub fn paused_config(identity: &str) -> dsync::Config {
+    dsync::Config::default()
+        .with_identity(identity)
+        .with_lease_thread(dsync::LeaseThread::Current)
+}
+
 /// Fails the test (instead of hanging) if `fut` does not finish within `limit` of virtual time.
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {
@@ -107,6 +115,11 @@ impl FaultyStore {
 
     pub fn heal(&self) {
         self.faults.lock().unwrap().partitioned = false;
+    }
+
+    /// Drops the injected failures that have not happened yet.
+    pub fn clear(&self) {
+        self.faults.lock().unwrap().queued.clear();
     }
 
     /// The next `call` fails with `make()`.

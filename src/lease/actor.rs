@@ -1,0 +1,790 @@
+//! The one lease actor: IO for the [`Machine`] and the term lifecycle, for every face.
+//!
+//! The actor executes what the machine decides (reads and compare-and-swap writes, each under
+//! a timeout; one timer, re-armed from the machine's next deadline; the shared watch) and owns
+//! the life of a term, written once for elections, locks and any later face:
+//!
+//! 1. **granted**: an acquisition succeeded and the face handed the [`Term`] to exactly one
+//!    receiver. If nobody takes it, it is released at once (never kept).
+//! 2. **serving**: every successful renewal moves the term's own deadline forward.
+//! 3. **ending** (stop, unlock, dropped handle, dropped grant, panicked work, step-down): the
+//!    term is cancelled *first*; its guarded work drains while renewals go on; then, if we
+//!    still hold the lease, one release write, backed off like any write. A stop whose drain
+//!    outlasts the drain timeout stops renewing and writes nothing: the lease expires as after
+//!    a crash, and the stop says which lease's work did not end.
+//! 4. **ended**: stop waiters are answered on every outcome of every call.
+//!
+//! A release is only ever written in the [`Phase::Vacant`] phase, that is with no live term:
+//! no write gives the lease up while a term of ours may still be running.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::face::{EndReason, Face, Recovery};
+use super::{Call, Machine, Op, Outcome, Request, Step, StepDownReason, Waiting, Want};
+use crate::error::{Error, Result};
+use crate::metrics::LeaseMetrics;
+use crate::store::{LeaseKey, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use crate::supervisor::Registry;
+use crate::term::{Term, TermId, now};
+use crate::watch::WatchHub;
+use crate::work::ActorId;
+
+/// Where the term lifecycle stands.
+enum Phase {
+    /// No term. If the machine holds a claim anyway (a grant nobody received, a term that has
+    /// drained), it is released.
+    Vacant,
+    /// A term is live.
+    Serving(Term),
+    /// The term is cancelled; its guarded work has not returned yet. Renewals go on.
+    Draining(Term),
+}
+
+/// How a stop ended, as told to whoever waited for it.
+#[derive(Debug)]
+pub(crate) enum StopOutcome {
+    /// Stopped; the lease was released (or was not ours).
+    Done,
+    /// The stop was called from the lease's own guarded work: it has begun and completes when
+    /// that work returns; not waited for.
+    Deferred,
+    /// The term's work did not return within the drain timeout: the lease was not released
+    /// and expires on its own.
+    DrainTimeout {
+        /// The drain timeout.
+        after: Duration,
+    },
+    /// The release could not be written; the lease expires on its own.
+    NotReleased(StoreError),
+}
+
+impl Clone for StopOutcome {
+    fn clone(&self) -> Self {
+        match self {
+            StopOutcome::Done => StopOutcome::Done,
+            StopOutcome::Deferred => StopOutcome::Deferred,
+            StopOutcome::DrainTimeout { after } => StopOutcome::DrainTimeout { after: *after },
+            StopOutcome::NotReleased(e) => StopOutcome::NotReleased(e.duplicate()),
+        }
+    }
+}
+
+impl StopOutcome {
+    /// The result a `stop` of `kind` `key` returns.
+    pub fn into_result(self, kind: &str, key: &LeaseKey) -> Result<()> {
+        match self {
+            StopOutcome::Done => Ok(()),
+            StopOutcome::Deferred => Err(Error::StopFromWork {
+                lease: key.to_string(),
+            }),
+            StopOutcome::DrainTimeout { after } => Err(Error::DrainTimeout {
+                lease: key.to_string(),
+                after,
+            }),
+            StopOutcome::NotReleased(error) => {
+                Err(Error::from_store(format!("release {kind} {key}"), error))
+            }
+        }
+    }
+}
+
+enum StopState {
+    Running,
+    Stopping {
+        waiters: Vec<oneshot::Sender<StopOutcome>>,
+        since: Instant,
+    },
+    Stopped(StopOutcome),
+}
+
+/// Stops a lease actor: cancel the term, drain its work, release, finish. Answered when done
+/// (or at once with [`StopOutcome::Deferred`] when `from_work`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Stop {
+    pub reply: oneshot::Sender<StopOutcome>,
+    /// The caller runs inside this lease's guarded work (waiting would deadlock).
+    pub from_work: bool,
+}
+
+/// Reports from the term's surroundings to the actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) enum Internal {
+    /// Every piece of the term's guarded work has returned.
+    Drained(TermId),
+    /// A piece of the term's guarded work panicked.
+    WorkPanicked(TermId),
+    /// A lock grant was dropped before its caller received it.
+    GrantDropped(TermId),
+}
+
+/// A face's command, delivered to the face.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct FaceCommand<C>(pub C);
+
+/// Everything a lease actor is made from.
+pub(crate) struct LeaseParams {
+    pub key: LeaseKey,
+    pub identity: String,
+    pub timing: crate::config::Timing,
+    pub drain_timeout: Duration,
+    pub store: Arc<dyn LeaseStore>,
+    pub watches: Arc<WatchHub>,
+    pub registry: Arc<Registry>,
+    pub metrics: LeaseMetrics,
+    /// A stopping actor of the same lease in this replica: we start once it has finished.
+    pub predecessor: Option<Recipient<Stop>>,
+}
+
+/// The face-independent state of a lease actor, lent to its face.
+pub(crate) struct Core {
+    pub id: ActorId,
+    pub key: LeaseKey,
+    pub machine: Machine,
+    pub metrics: LeaseMetrics,
+    pub restarts: u32,
+    /// The latest store error, cleared by the next success.
+    pub last_error: Option<String>,
+    store: Arc<dyn LeaseStore>,
+    watches: Arc<WatchHub>,
+    registry: Arc<Registry>,
+    drain_timeout: Duration,
+    span: tracing::Span,
+    phase: Phase,
+    stop: StopState,
+    /// Terms that ended since the face was last told.
+    ended: VecDeque<(Term, EndReason)>,
+    /// Why the last attempt to release failed; reported to stop and unlock callers.
+    release_error: Option<StoreError>,
+    /// A term that was abandoned when its drain timed out (its work may still run).
+    abandoned: Option<Term>,
+    notify: Option<Recipient<Internal>>,
+    timer: Option<(SpawnHandle, Instant)>,
+    watch_handle: Option<SpawnHandle>,
+    predecessor: Option<Recipient<Stop>>,
+    /// Waiting for the predecessor to finish: no store calls yet.
+    blocked: bool,
+}
+
+impl Core {
+    fn new(p: LeaseParams) -> Self {
+        let span = tracing::info_span!(
+            "lease",
+            lease = %p.key,
+            identity = %p.identity,
+            token = tracing::field::Empty
+        );
+        Core {
+            id: ActorId::next(),
+            machine: Machine::new(p.identity, p.timing),
+            key: p.key,
+            metrics: p.metrics,
+            restarts: 0,
+            last_error: None,
+            store: p.store,
+            watches: p.watches,
+            registry: p.registry,
+            drain_timeout: p.drain_timeout,
+            span,
+            phase: Phase::Vacant,
+            stop: StopState::Running,
+            ended: VecDeque::new(),
+            release_error: None,
+            abandoned: None,
+            notify: None,
+            timer: None,
+            watch_handle: None,
+            blocked: p.predecessor.is_some(),
+            predecessor: p.predecessor,
+        }
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> &str {
+        self.machine.identity()
+    }
+
+    /// The live term, if any.
+    pub fn term(&self) -> Option<&Term> {
+        match &self.phase {
+            Phase::Serving(term) => Some(term),
+            _ => None,
+        }
+    }
+
+    /// Whether a term is draining (cancelled, its work still running).
+    pub fn draining(&self) -> bool {
+        matches!(self.phase, Phase::Draining(_))
+    }
+
+    /// No term, and nothing held: whatever was ending has ended.
+    pub fn settled(&self) -> bool {
+        matches!(self.phase, Phase::Vacant) && !self.machine.holding()
+    }
+
+    /// A stop has begun (or finished).
+    pub fn is_stopping(&self) -> bool {
+        !matches!(self.stop, StopState::Running)
+    }
+
+    /// The actor has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.stop, StopState::Stopped(_))
+    }
+
+    /// Why the last release could not be written, if it could not.
+    pub fn release_error(&self) -> Option<&StoreError> {
+        self.release_error.as_ref()
+    }
+
+    /// Where to report drained, panicked or dropped work.
+    pub fn notify(&self) -> Option<Recipient<Internal>> {
+        self.notify.clone()
+    }
+
+    /// Ends the live term: cancels it *first*, then lets its work drain; the lease is released
+    /// once the work has returned (if we still hold it then). No-op without a live term.
+    pub fn end_term(&mut self, reason: EndReason) {
+        let Phase::Serving(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
+            return;
+        };
+        term.cancel();
+        tracing::info!(lease = %self.key, identity = %self.identity(), term = %term.id(), ?reason, "term ended");
+        self.ended.push_back((term.clone(), reason));
+        if !term.has_work() {
+            return;
+        }
+        self.phase = Phase::Draining(term.clone());
+        // Spawned on the arbiter, not the context, so an actor restart cannot lose it.
+        let notify = self.notify.clone();
+        let drained = term.drained();
+        let id = term.id();
+        actix::spawn(async move {
+            drained.await;
+            if let Some(notify) = notify {
+                notify.do_send(Internal::Drained(id));
+            }
+        });
+    }
+
+    fn want<F: Face>(&self, face: &F) -> Want {
+        match &self.phase {
+            Phase::Serving(_) | Phase::Draining(_) => Want::Keep,
+            Phase::Vacant if self.machine.holding() || self.is_stopping() => Want::Release,
+            Phase::Vacant if face.wants(self) => Want::Acquire,
+            Phase::Vacant => Want::Keep,
+        }
+    }
+
+    fn drain_deadline(&self) -> Option<Instant> {
+        match (&self.stop, &self.phase) {
+            (StopState::Stopping { since, .. }, Phase::Draining(_)) => {
+                Some(*since + self.drain_timeout)
+            }
+            _ => None,
+        }
+    }
+
+    /// A stop whose drain took too long: stop renewing, write nothing, report the lease.
+    fn check_drain_timeout(&mut self, now: Instant) {
+        if !self.drain_deadline().is_some_and(|d| now >= d) {
+            return;
+        }
+        let Phase::Draining(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
+            return;
+        };
+        tracing::error!(
+            lease = %self.key,
+            term = %term.id(),
+            after = ?self.drain_timeout,
+            "the term's work did not return within the drain timeout: not releasing the lease \
+             while it may still run; it expires after the lease duration"
+        );
+        self.machine.abandon();
+        self.abandoned = Some(term);
+    }
+}
+
+/// The actor behind every election and lock: one lease, one [`Face`].
+pub(crate) struct LeaseActor<F: Face> {
+    core: Core,
+    face: F,
+}
+
+impl<F: Face> LeaseActor<F> {
+    pub fn new(params: LeaseParams, face: F) -> Self {
+        LeaseActor {
+            core: Core::new(params),
+            face,
+        }
+    }
+
+    /// The actor's id (for work scopes).
+    pub fn id(&self) -> ActorId {
+        self.core.id
+    }
+
+    /// Takes the next steps: whatever the machine decides, then whatever the face can answer.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        if self.core.is_stopped() {
+            return;
+        }
+        let _span = self.core.span.clone().entered();
+        for _ in 0..4 {
+            let now = now();
+            self.core.check_drain_timeout(now);
+            self.tell_face();
+            let waiting = if self.core.blocked {
+                Waiting::Idle
+            } else {
+                self.step(now, ctx)
+            };
+            self.arm(ctx, waiting.until(), now);
+            let finished = self.maybe_finish_stop(ctx);
+            self.tell_face();
+            let again = self.face.settle(&mut self.core, &waiting);
+            if let Some((waiters, outcome)) = finished {
+                // Answered after the face has published its final status, so a caller that
+                // returns from `stop` sees it.
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+            if !again || self.core.is_stopped() {
+                break;
+            }
+        }
+    }
+
+    fn step(&mut self, now: Instant, ctx: &mut Context<Self>) -> Waiting {
+        loop {
+            let want = self.core.want(&self.face);
+            match self.core.machine.next(now, SystemTime::now(), want) {
+                Step::StepDown(reason) => self.step_down(reason),
+                Step::Call(call) => {
+                    self.start(call, ctx);
+                    return Waiting::InFlight {
+                        until: self.core.machine.deadline(),
+                    };
+                }
+                Step::Wait(waiting) => return waiting,
+            }
+        }
+    }
+
+    fn tell_face(&mut self) {
+        while let Some((term, reason)) = self.core.ended.pop_front() {
+            self.face.term_ended(&term, &reason, &self.core);
+        }
+    }
+
+    fn step_down(&mut self, reason: StepDownReason) {
+        let core = &mut self.core;
+        match &reason {
+            StepDownReason::Superseded { holder: Some(h) } if h == core.identity() => {
+                tracing::error!(
+                    lease = %core.key,
+                    identity = %h,
+                    "another process holds this lease under our identity; identities must be \
+                     unique per replica. Waiting for its lease to expire instead of taking it back"
+                );
+            }
+            _ => tracing::info!(lease = %core.key, ?reason, "stepping down"),
+        }
+        core.end_term(EndReason::Lost(reason));
+    }
+
+    /// Arms the one timer for the machine's next instant (or the drain timeout).
+    fn arm(&mut self, ctx: &mut Context<Self>, until: Option<Instant>, now: Instant) {
+        let until = match (until, self.core.drain_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some((handle, at)) = self.core.timer {
+            if Some(at) == until {
+                return;
+            }
+            ctx.cancel_future(handle);
+            self.core.timer = None;
+        }
+        if let Some(at) = until {
+            let handle = ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
+                act.core.timer = None;
+                act.drive(ctx);
+            });
+            self.core.timer = Some((handle, at));
+        }
+    }
+
+    fn start(&mut self, call: Call, ctx: &mut Context<Self>) {
+        let Call {
+            seq,
+            op,
+            request,
+            timeout,
+        } = call;
+        let key = self.core.key.clone();
+        tracing::trace!(lease = %key, op = op.verb(), ?request, "calling the store");
+        let store = &self.core.store;
+        let fut: BoxFuture<'static, StoreResult<StoredLease>> = match request {
+            Request::Get => store.get(&key),
+            Request::Create(record) => store.create(&key, record),
+            Request::Replace { record, version } => store.replace(&key, record, &version),
+        };
+        let operation = format!("{} lease {key}", op.verb());
+        let started = now();
+        let fut = async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout {
+                    operation,
+                    after: timeout,
+                }),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.complete(seq, op, started, result, ctx);
+        }));
+    }
+
+    fn complete(
+        &mut self,
+        seq: u64,
+        op: Op,
+        started: Instant,
+        result: StoreResult<StoredLease>,
+        ctx: &mut Context<Self>,
+    ) {
+        let _span = self.core.span.clone().entered();
+        let now = now();
+        let observed = self.core.machine.lease().map(|l| l.resource_version.clone());
+        tracing::trace!(
+            lease = %self.core.key,
+            op = op.verb(),
+            version = ?result.as_ref().map(|l| &l.resource_version).ok(),
+            ?observed,
+            "store result"
+        );
+        let Some(outcome) = self.core.machine.on_result(now, seq, result) else {
+            return; // a call of an earlier incarnation
+        };
+        tracing::trace!(lease = %self.core.key, op = op.verb(), ?outcome, "store answered");
+        match outcome {
+            Outcome::Read => self.core.last_error = None,
+            Outcome::Conflict => {
+                tracing::debug!(lease = %self.core.key, op = op.verb(), "conflict; re-reading");
+                self.core.metrics.conflict();
+            }
+            Outcome::Acquired { token } => {
+                self.core.last_error = None;
+                self.core.release_error = None;
+                self.grant(token);
+            }
+            Outcome::Renewed => {
+                self.core.last_error = None;
+                self.core.metrics.renewed(now.saturating_duration_since(started));
+                let deadline = self.core.machine.deadline().expect("renewed a claim");
+                if let Some(term) = self.core.term()
+                    && !term.extend(deadline)
+                {
+                    // The term's own deadline passed before this renewal came back: it is
+                    // over, and terms never come back. We still hold the lease: release it.
+                    self.core.end_term(EndReason::Expired);
+                }
+            }
+            Outcome::Unchanged => {
+                tracing::warn!(lease = %self.core.key, "a renewal was answered without a new version; not counting it");
+            }
+            Outcome::Released => {
+                self.core.last_error = None;
+                self.core.release_error = None;
+                tracing::info!(lease = %self.core.key, identity = %self.core.identity(), "released");
+            }
+            Outcome::Retry { op, error } | Outcome::Failed { op, error } => {
+                let transient = error.is_transient();
+                if transient {
+                    tracing::warn!(lease = %self.core.key, op = op.verb(), %error, "store call failed; will retry");
+                } else {
+                    tracing::error!(lease = %self.core.key, op = op.verb(), %error, "store call failed");
+                }
+                self.core.last_error = Some(error.to_string());
+                if op == Op::Release {
+                    if !transient {
+                        // Retrying will not change the answer: leave the lease to expire.
+                        self.core.machine.abandon();
+                    }
+                    self.core.release_error = Some(error.duplicate());
+                }
+                let recovery = self.face.call_failed(op, &error, transient, &self.core);
+                if recovery == Recovery::Restart && !self.core.is_stopping() {
+                    // Retrying in place would repeat the same answer: fail, and let the
+                    // supervisor restart us after the machine's backoff.
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+        self.drive(ctx);
+    }
+
+    /// We just acquired the lease: hand a term to the face, or give the lease back.
+    fn grant(&mut self, token: i32) {
+        let core = &mut self.core;
+        core.span.record("token", token);
+        tracing::info!(lease = %core.key, identity = %core.identity(), token, "acquired");
+        if core.is_stopping() || !matches!(core.phase, Phase::Vacant) {
+            return; // a campaign write that raced with a stop: released (nobody has a term)
+        }
+        let deadline = core.machine.deadline().expect("just acquired");
+        let term = Term::new(core.key.clone(), core.identity().to_owned(), token, deadline);
+        if self.face.grant(&term, core) {
+            core.phase = Phase::Serving(term);
+        } else {
+            // Nobody took it: the term never started, and the lease goes back at once.
+            term.cancel();
+        }
+    }
+
+    /// Finishes a stop whose term has ended and whose lease is no longer held; returns the
+    /// waiters to answer.
+    fn maybe_finish_stop(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> Option<(Vec<oneshot::Sender<StopOutcome>>, StopOutcome)> {
+        let core = &mut self.core;
+        if !matches!(core.stop, StopState::Stopping { .. })
+            || !core.settled()
+            || core.machine.in_flight()
+        {
+            return None;
+        }
+        let outcome = match (&core.abandoned, core.release_error.take()) {
+            (Some(_), _) => StopOutcome::DrainTimeout {
+                after: core.drain_timeout,
+            },
+            (None, Some(error)) => StopOutcome::NotReleased(error),
+            (None, None) => StopOutcome::Done,
+        };
+        let StopState::Stopping { waiters, .. } =
+            std::mem::replace(&mut core.stop, StopState::Stopped(outcome.clone()))
+        else {
+            unreachable!("checked above");
+        };
+        if let Some((handle, _)) = core.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(handle) = core.watch_handle.take() {
+            ctx.cancel_future(handle);
+        }
+        core.registry.remove(&core.key, core.id);
+        // The actor stays as a tombstone answering `Stopped` until its last handle is dropped
+        // (stopping it here would make the actix supervisor restart it).
+        tracing::info!(lease = %core.key, identity = %core.identity(), ?outcome, "{} stopped", F::KIND);
+        Some((waiters, outcome))
+    }
+
+    fn begin_stop(&mut self, reply: oneshot::Sender<StopOutcome>, from_work: bool) {
+        let core = &mut self.core;
+        match &mut core.stop {
+            StopState::Stopped(outcome) => {
+                let _ = reply.send(outcome.clone());
+            }
+            StopState::Stopping { waiters, .. } => {
+                if from_work {
+                    let _ = reply.send(StopOutcome::Deferred);
+                } else {
+                    waiters.push(reply);
+                }
+            }
+            StopState::Running => {
+                let waiters = if from_work {
+                    // Waiting here would wait for ourselves: the stop goes ahead, unwatched.
+                    let _ = reply.send(StopOutcome::Deferred);
+                    Vec::new()
+                } else {
+                    vec![reply]
+                };
+                core.stop = StopState::Stopping {
+                    waiters,
+                    since: now(),
+                };
+                // From now on asking for this lease starts a new actor (which waits for us).
+                core.registry.retire(&core.key, core.id);
+                self.face.stopping(core);
+                core.end_term(EndReason::Stopped);
+            }
+        }
+    }
+}
+
+impl<F: Face> Drop for LeaseActor<F> {
+    fn drop(&mut self) {
+        // The actor is gone (stopped, its arbiter or System stopped, or it panicked): no term
+        // of it may look alive.
+        if let Phase::Serving(term) | Phase::Draining(term) = &self.core.phase {
+            term.cancel();
+        }
+    }
+}
+
+impl<F: Face> Actor for LeaseActor<F> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.core.is_stopped() {
+            return;
+        }
+        self.core.notify = Some(ctx.address().recipient());
+        if let Some(predecessor) = self.core.predecessor.take() {
+            tracing::debug!(lease = %self.core.key, "waiting for the stopping {} of this lease", F::KIND);
+            let finished = async move {
+                let (tx, rx) = oneshot::channel();
+                let sent = predecessor.send(Stop {
+                    reply: tx,
+                    from_work: false,
+                });
+                if sent.await.is_err() {
+                    return None; // gone: nothing to wait for
+                }
+                rx.await.ok()
+            };
+            ctx.spawn(finished.into_actor(self).map(|outcome, act, ctx| {
+                if let Some(StopOutcome::DrainTimeout { .. }) = outcome {
+                    // Its work may still run under our identity: don't take its record back.
+                    act.core.machine.forbid_reclaim();
+                }
+                act.core.blocked = false;
+                act.drive(ctx);
+            }));
+        }
+        self.core.watch_handle = Some(ctx.add_stream(self.core.watches.watch(&self.core.key)));
+        self.drive(ctx);
+    }
+}
+
+impl<F: Face> Supervised for LeaseActor<F> {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        // Our calls and timers are gone; so is any certainty about the lease. End the term
+        // (its work is told through cancellation and still drains before anything new starts)
+        // and start over with a fresh read, after the machine's backoff.
+        let core = &mut self.core;
+        core.restarts += 1;
+        core.end_term(EndReason::Restarted);
+        core.machine.reset();
+        core.timer = None;
+        core.watch_handle = None;
+        self.face.restarting(core);
+        tracing::warn!(lease = %core.key, restarts = core.restarts, "{} actor restarted", F::KIND);
+    }
+}
+
+impl<F: Face> StreamHandler<StoreResult<WatchEvent>> for LeaseActor<F> {
+    fn handle(&mut self, item: StoreResult<WatchEvent>, ctx: &mut Self::Context) {
+        if self.core.is_stopped() {
+            return;
+        }
+        if let Err(error) = &item {
+            tracing::debug!(lease = %self.core.key, %error, "watch error; re-reading");
+        }
+        if self.core.machine.on_watch(now(), item) {
+            self.drive(ctx);
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        if self.core.is_stopped() {
+            return;
+        }
+        // The watch ended: doubt what we know, and watch again after a retry period.
+        let ended = StoreError::Unavailable {
+            message: "watch ended".into(),
+            source: None,
+        };
+        self.core.machine.on_watch(now(), Err(ended));
+        let retry = self.core.machine.timing().retry_period();
+        ctx.run_later(retry, |act, ctx| {
+            if act.core.is_stopped() {
+                return;
+            }
+            act.core.watch_handle = Some(ctx.add_stream(act.core.watches.watch(&act.core.key)));
+            act.drive(ctx);
+        });
+        self.drive(ctx);
+    }
+}
+
+impl<F: Face> Handler<Stop> for LeaseActor<F> {
+    type Result = ();
+
+    fn handle(&mut self, Stop { reply, from_work }: Stop, ctx: &mut Self::Context) {
+        self.begin_stop(reply, from_work);
+        self.drive(ctx);
+    }
+}
+
+impl<F: Face> Handler<Internal> for LeaseActor<F> {
+    type Result = ();
+
+    fn handle(&mut self, message: Internal, ctx: &mut Self::Context) {
+        let core = &mut self.core;
+        match message {
+            Internal::Drained(id) => {
+                if matches!(&core.phase, Phase::Draining(t) if t.id() == id) {
+                    core.phase = Phase::Vacant;
+                }
+            }
+            Internal::WorkPanicked(id) => {
+                if core.term().is_some_and(|t| t.id() == id) {
+                    tracing::error!(lease = %core.key, term = %id, "guarded work panicked; ending the term");
+                    core.end_term(EndReason::WorkPanicked);
+                }
+            }
+            Internal::GrantDropped(id) => {
+                if core.term().is_some_and(|t| t.id() == id) {
+                    tracing::info!(lease = %core.key, term = %id, "nobody received the grant; giving the lease back");
+                    core.end_term(EndReason::GivenUp);
+                }
+            }
+        }
+        self.drive(ctx);
+    }
+}
+
+impl<F: Face> Handler<FaceCommand<F::Command>> for LeaseActor<F> {
+    type Result = ();
+
+    fn handle(&mut self, FaceCommand(command): FaceCommand<F::Command>, ctx: &mut Self::Context) {
+        if !self.core.is_stopped() {
+            self.face.command(command, &mut self.core);
+            self.drive(ctx);
+        } else {
+            // A tombstone: the face answers with `Stopped`.
+            self.face.command(command, &mut self.core);
+            let waiting = Waiting::Idle;
+            self.face.settle(&mut self.core, &waiting);
+        }
+    }
+}
+
+/// Starts a lease actor for `face` under actix supervision on `arbiter`.
+pub(crate) fn start<F: Face>(
+    arbiter: &actix::ArbiterHandle,
+    params: LeaseParams,
+    face: F,
+) -> (Addr<LeaseActor<F>>, ActorId)
+where
+
+{
+    let actor = LeaseActor::new(params, face);
+    let id = actor.id();
+    let addr = actix::Supervisor::start_in_arbiter(arbiter, move |_| actor);
+    (addr, id)
+}

@@ -1,0 +1,873 @@
+//! [`Machine`]: every decision about one lease, as a pure state machine.
+//!
+//! The machine is fed what happened ([`on_result`](Machine::on_result) for a store call,
+//! [`on_watch`](Machine::on_watch) for a watch event) and asked what to do next
+//! ([`next`](Machine::next)) with the current instant and what the lease's owner wants. It
+//! answers with a [`Step`]: a store call to make, a time to wait until, or "step down". It does
+//! no IO, reads no clock and spawns nothing, so every rule is tested with plain `#[test]`s.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::Timing;
+use crate::store::{LeaseRecord, StoreError, StoredLease, WatchEvent};
+
+/// What we last saw of the lease, and since when (local time) it has looked like this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The lease as read or watched; `None`: it does not exist.
+    pub lease: Option<StoredLease>,
+    /// When this process first saw the current version (local monotonic time).
+    pub changed_at: Instant,
+}
+
+impl Observed {
+    /// Folds a fresh read into the previous observation: `changed_at` moves only when the
+    /// version (or existence) differs from what was seen before.
+    pub fn update(previous: Option<&Observed>, lease: Option<StoredLease>, now: Instant) -> Self {
+        let version = |l: &Option<StoredLease>| l.as_ref().map(|l| l.resource_version.clone());
+        match previous {
+            Some(prev) if version(&prev.lease) == version(&lease) => Observed {
+                lease,
+                changed_at: prev.changed_at,
+            },
+            _ => Observed {
+                lease,
+                changed_at: now,
+            },
+        }
+    }
+
+    fn version(&self) -> Option<&str> {
+        self.lease.as_ref().map(|l| l.resource_version.as_str())
+    }
+}
+
+/// Our own claim on the lease while we hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Fencing token of this term (`leaseTransitions` written when acquiring).
+    pub token: i32,
+    /// When the write that acquired the lease was started.
+    pub acquired_at: Instant,
+    /// When the last *successful* write (acquire or renew) was started. Measured from the
+    /// start, not the end, so a slow response can only make us step down earlier.
+    pub renewed_at: Instant,
+}
+
+/// Why a claim ended without a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StepDownReason {
+    /// No renewal succeeded within `renew_deadline`.
+    RenewDeadlineExceeded,
+    /// Someone else wrote the lease: it names another holder or another term (possibly under
+    /// our own identity: another process configured with the same name).
+    Superseded {
+        /// The new holder, if any.
+        holder: Option<String>,
+    },
+    /// The lease object disappeared.
+    LeaseDeleted,
+}
+
+/// What the owner of the machine wants of the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Hold it: acquire it when it is free or expired, renew it while held.
+    Acquire,
+    /// Keep renewing what we hold, but acquire nothing (a term's work is draining).
+    Keep,
+    /// Give up what we hold (one compare-and-swap write, after any backoff); acquire nothing.
+    Release,
+}
+
+/// A store call the machine asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `get`.
+    Read,
+    /// `create` of a lease that does not exist, held by us.
+    Create,
+    /// `replace` of a free or expired lease, taking it.
+    Acquire,
+    /// `replace` of our lease, renewing it.
+    Renew,
+    /// `replace` of our lease, clearing the holder.
+    Release,
+}
+
+impl Op {
+    /// The verb for messages: `read`, `create`, `acquire`, `renew`, `release`.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Op::Read => "read",
+            Op::Create => "create",
+            Op::Acquire => "acquire",
+            Op::Renew => "renew",
+            Op::Release => "release",
+        }
+    }
+
+    /// Whether the call writes.
+    pub fn is_write(self) -> bool {
+        self != Op::Read
+    }
+}
+
+/// The request of a [`Call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Read the lease.
+    Get,
+    /// Create the lease with this record.
+    Create(LeaseRecord),
+    /// Replace the lease with this record if it is still at `version`.
+    Replace {
+        /// The record to write.
+        record: LeaseRecord,
+        /// The version the write is based on.
+        version: String,
+    },
+}
+
+/// A store call to make now. Its result goes back to [`Machine::on_result`] with `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// Identifies the call; a result for any other call is ignored.
+    pub seq: u64,
+    /// What the call is for.
+    pub op: Op,
+    /// What to send.
+    pub request: Request,
+    /// Give up after this long: never past the renew deadline of a claim, so a hanging call
+    /// cannot keep a holder from stepping down in time.
+    pub timeout: Duration,
+}
+
+/// Why the machine has nothing to do now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waiting {
+    /// A call is in flight. `until`: the claim's renew deadline, if we hold one (we step down
+    /// then even if the call has not returned).
+    InFlight {
+        /// When to decide again regardless.
+        until: Option<Instant>,
+    },
+    /// We hold the lease; the next renewal (or the deadline) is at `until`.
+    Holding {
+        /// When to decide again.
+        until: Instant,
+    },
+    /// Someone else holds the lease; it cannot be taken before `until` unless it changes.
+    Following {
+        /// The holder.
+        holder: String,
+        /// When it expires by our observation (or a backoff ends, whichever is later).
+        until: Instant,
+    },
+    /// A failed call is backed off: nothing is sent before `until`.
+    Backoff {
+        /// When the backoff ends (or a holder's deadline comes).
+        until: Instant,
+    },
+    /// The record cannot be interpreted, so nothing is written. It is read again at `until`
+    /// (a watch event showing a repair is acted on at once).
+    Invalid {
+        /// What is wrong.
+        reason: String,
+        /// When to read it again.
+        until: Instant,
+    },
+    /// Nothing is wanted of the lease.
+    Idle,
+}
+
+impl Waiting {
+    /// When the machine should be asked again (besides on any event).
+    pub fn until(&self) -> Option<Instant> {
+        match self {
+            Waiting::InFlight { until } => *until,
+            Waiting::Holding { until }
+            | Waiting::Following { until, .. }
+            | Waiting::Backoff { until }
+            | Waiting::Invalid { until, .. } => Some(*until),
+            Waiting::Idle => None,
+        }
+    }
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Make this store call, then report its result.
+    Call(Call),
+    /// Nothing to do now.
+    Wait(Waiting),
+    /// Our claim is over (it is already dropped): end the term before anything else, then ask
+    /// again.
+    StepDown(StepDownReason),
+}
+
+/// What a store call's result meant.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Read (or found missing); the observation is current.
+    Read,
+    /// A create or acquire succeeded: we hold the lease with this fencing token.
+    Acquired {
+        /// The new term's fencing token.
+        token: i32,
+    },
+    /// A renewal was written: the claim's deadline moved.
+    Renewed,
+    /// A renewal was answered without a new version: nothing was written, so the claim is
+    /// *not* extended (others did not see a change either); retried after a retry period.
+    Unchanged,
+    /// The release was written: we hold nothing.
+    Released,
+    /// A write lost its compare-and-swap: the lease is re-read before deciding again.
+    Conflict,
+    /// A failure that retrying may fix (timeout, unavailable); retried after a backoff.
+    Retry {
+        /// The failed call.
+        op: Op,
+        /// What it failed with.
+        error: StoreError,
+    },
+    /// A definite answer (forbidden, invalid, missing namespace); backed off all the same.
+    Failed {
+        /// The failed call.
+        op: Op,
+        /// What it failed with.
+        error: StoreError,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    seq: u64,
+    op: Op,
+    started: Instant,
+    /// The version a replace is based on.
+    base: Option<String>,
+}
+
+/// Every decision about one lease (see the [module docs](self) and [`crate::lease`]).
+#[derive(Debug, Clone)]
+pub struct Machine {
+    identity: String,
+    timing: Timing,
+    observed: Option<Observed>,
+    claim: Option<Claim>,
+    in_flight: Option<InFlight>,
+    seq: u64,
+    /// The observation may be out of date (after a conflict, a watch error, a failed read):
+    /// read before deciding anything but stepping down.
+    stale: bool,
+    /// Someone asked for one fresh read ([`refresh`](Machine::refresh)).
+    refresh: bool,
+    /// An invalid record is read again at this instant.
+    recheck: Option<Instant>,
+    /// Why the observed record cannot be interpreted, as of the last decision.
+    invalid: Option<String>,
+    /// Consecutive failed calls.
+    failures: u32,
+    /// Consecutive definite failures (forbidden, invalid): they back off exponentially.
+    refusals: u32,
+    /// The failures so far were all reads (a successful read then ends the streak; a
+    /// successful read does not end a streak of failed writes).
+    failed_reads_only: bool,
+    /// Consecutive conflicts: the first is re-read and retried at once, later ones back off.
+    conflicts: u32,
+    /// No call before this instant.
+    retry_after: Option<Instant>,
+    /// Whether a record naming us while we hold no claim may be taken at once, as left by an
+    /// earlier process of ours (true for a fresh machine). False once another process with our
+    /// identity has superseded us, or after we abandoned a claim whose work may still run:
+    /// then such a record is judged by expiry like anyone else's.
+    reclaim: bool,
+}
+
+impl Machine {
+    /// A machine that knows nothing yet.
+    pub fn new(identity: impl Into<String>, timing: Timing) -> Self {
+        Machine {
+            identity: identity.into(),
+            timing,
+            observed: None,
+            claim: None,
+            in_flight: None,
+            seq: 0,
+            stale: true,
+            refresh: false,
+            recheck: None,
+            invalid: None,
+            failures: 0,
+            refusals: 0,
+            failed_reads_only: false,
+            conflicts: 0,
+            retry_after: None,
+            reclaim: true,
+        }
+    }
+
+    /// Our holder identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Our timing.
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The latest observation.
+    pub fn observed(&self) -> Option<&Observed> {
+        self.observed.as_ref()
+    }
+
+    /// The lease as last observed.
+    pub fn lease(&self) -> Option<&StoredLease> {
+        self.observed.as_ref().and_then(|o| o.lease.as_ref())
+    }
+
+    /// The holder recorded in the latest observation.
+    pub fn holder(&self) -> Option<&str> {
+        self.lease().and_then(|l| l.record.holder())
+    }
+
+    /// Our claim, while we hold the lease.
+    pub fn claim(&self) -> Option<&Claim> {
+        self.claim.as_ref()
+    }
+
+    /// Whether we hold the lease.
+    pub fn holding(&self) -> bool {
+        self.claim.is_some()
+    }
+
+    /// The renew deadline of our claim: we step down then unless a renewal succeeds first.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.claim
+            .as_ref()
+            .map(|c| c.renewed_at + self.timing.renew_deadline())
+    }
+
+    /// Whether a call is in flight.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether the observation is current: read and not doubted since, nothing in flight.
+    pub fn is_fresh(&self) -> bool {
+        self.observed.is_some() && !self.stale && !self.refresh && self.in_flight.is_none()
+    }
+
+    /// Why the observed record cannot be interpreted, as of the last decision.
+    pub fn invalid(&self) -> Option<&str> {
+        self.invalid.as_deref()
+    }
+
+    /// Consecutive failed calls.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Asks for one fresh read before the next decision (`try_lock` decides on one).
+    pub fn refresh(&mut self) {
+        self.refresh = true;
+    }
+
+    /// Drops our claim without writing anything: the lease expires for others as after a
+    /// crash. For a term whose work did not return in time, so must not be released while
+    /// that work may still run; for the same reason, a record naming us is no longer taken
+    /// back at once.
+    pub fn abandon(&mut self) {
+        self.claim = None;
+        self.reclaim = false;
+    }
+
+    /// A record naming us while we hold no claim is judged by expiry, like anyone else's.
+    pub fn forbid_reclaim(&mut self) {
+        self.reclaim = false;
+    }
+
+    /// Takes over a record that names us while we hold no claim, as left by an earlier
+    /// process of ours, so that it can be released (a lock's `unlock` does this, as the Go
+    /// package's did). The claim counts from when we first saw that record, the most others
+    /// can have waited. `false` (nothing changes) unless the observation is fresh, names us,
+    /// may be reclaimed and is young enough to be within a renew deadline.
+    pub fn adopt(&mut self, now: Instant) -> bool {
+        if self.claim.is_some() || !self.reclaim || !self.is_fresh() {
+            return false;
+        }
+        let Some(observed) = &self.observed else {
+            return false;
+        };
+        let Some(lease) = &observed.lease else {
+            return false;
+        };
+        if lease.record.holder() != Some(self.identity.as_str()) {
+            return false;
+        }
+        if now >= observed.changed_at + self.timing.renew_deadline() {
+            return false;
+        }
+        self.claim = Some(Claim {
+            token: token_of(&lease.record),
+            acquired_at: observed.changed_at,
+            renewed_at: observed.changed_at,
+        });
+        true
+    }
+
+    /// Forgets the lease (an actor restart: its calls and timers are gone). Keeps the failure
+    /// streak and its backoff, and whether records naming us may be reclaimed.
+    pub fn reset(&mut self) {
+        self.observed = None;
+        self.claim = None;
+        self.in_flight = None;
+        self.stale = true;
+        self.refresh = false;
+        self.recheck = None;
+        self.invalid = None;
+    }
+
+    /// Decides the next step.
+    pub fn next(&mut self, now: Instant, wall_now: SystemTime, want: Want) -> Step {
+        // Stepping down needs no IO and is right on any observation, however stale.
+        if let Some(reason) = self.claim_ended(now) {
+            self.claim = None;
+            if let StepDownReason::Superseded { holder: Some(h) } = &reason
+                && *h == self.identity
+            {
+                // Another live process carries our identity. Taking the lease back at once
+                // would flip it between us in a hot loop: wait for it to expire instead.
+                self.reclaim = false;
+            }
+            return Step::StepDown(reason);
+        }
+        if self.in_flight.is_some() {
+            return Step::Wait(Waiting::InFlight {
+                until: self.deadline(),
+            });
+        }
+        let holding = self.claim.is_some();
+        if !(holding || want == Want::Acquire || self.refresh) {
+            return Step::Wait(Waiting::Idle);
+        }
+        let recheck_due = self.recheck.is_some_and(|t| now >= t);
+        if self.observed.is_none() || self.stale || self.refresh || recheck_due {
+            if let Some(until) = self.backed_off(now) {
+                // Reads wait for the backoff too; a holder still wakes for its deadline.
+                let until = self.deadline().map_or(until, |d| d.min(until));
+                return Step::Wait(Waiting::Backoff { until });
+            }
+            return Step::Call(self.call(now, Op::Read, Request::Get));
+        }
+        if holding {
+            return self.next_holding(now, wall_now, want);
+        }
+        self.next_not_holding(now, wall_now, want)
+    }
+
+    /// Whether our claim is over, and why.
+    fn claim_ended(&self, now: Instant) -> Option<StepDownReason> {
+        let claim = self.claim.as_ref()?;
+        if now >= claim.renewed_at + self.timing.renew_deadline() {
+            return Some(StepDownReason::RenewDeadlineExceeded);
+        }
+        let observed = self.observed.as_ref()?;
+        let Some(lease) = &observed.lease else {
+            return Some(StepDownReason::LeaseDeleted);
+        };
+        if !is_our_term(&lease.record, &self.identity, claim.token) {
+            return Some(StepDownReason::Superseded {
+                holder: lease.record.holder().map(str::to_owned),
+            });
+        }
+        None
+    }
+
+    fn next_holding(&mut self, now: Instant, wall_now: SystemTime, want: Want) -> Step {
+        self.invalid = None;
+        let claim = self.claim.as_ref().expect("holding");
+        let deadline = claim.renewed_at + self.timing.renew_deadline();
+        let lease = self
+            .lease()
+            .expect("a claim whose lease is gone has stepped down");
+        let (record, version) = (lease.record.clone(), lease.resource_version.clone());
+        if want == Want::Release {
+            if let Some(until) = self.backed_off(now) {
+                return Step::Wait(Waiting::Backoff {
+                    until: until.min(deadline),
+                });
+            }
+            let request = Request::Replace {
+                record: released(&record, wall_now),
+                version,
+            };
+            return Step::Call(self.call(now, Op::Release, request));
+        }
+        let mut next = claim.renewed_at + self.timing.retry_period();
+        if let Some(retry_after) = self.retry_after {
+            next = next.max(retry_after);
+        }
+        if now < next {
+            // Wake for the renewal, or at the deadline if retries pushed it past.
+            return Step::Wait(Waiting::Holding {
+                until: next.min(deadline),
+            });
+        }
+        let request = Request::Replace {
+            record: renewed(&record, &self.identity, &self.timing, wall_now),
+            version,
+        };
+        Step::Call(self.call(now, Op::Renew, request))
+    }
+
+    fn next_not_holding(&mut self, now: Instant, wall_now: SystemTime, want: Want) -> Step {
+        let observed = self.observed.as_ref().expect("read first");
+        let expiry = match &observed.lease {
+            Some(lease) => match self.expiry(observed, &lease.record) {
+                Ok(expiry) => expiry,
+                Err(reason) => {
+                    let until = *self
+                        .recheck
+                        .get_or_insert(now + self.timing.retry_period());
+                    self.invalid = Some(reason.clone());
+                    return Step::Wait(Waiting::Invalid { reason, until });
+                }
+            },
+            None => None,
+        };
+        self.invalid = None;
+        self.recheck = None;
+        if want != Want::Acquire {
+            return Step::Wait(Waiting::Idle);
+        }
+        let holder = self.holder().map(str::to_owned);
+        if let (Some(holder), Some(until)) = (&holder, expiry)
+            && now < until
+        {
+            let until = self.retry_after.map_or(until, |r| r.max(until));
+            return Step::Wait(Waiting::Following {
+                holder: holder.clone(),
+                until,
+            });
+        }
+        if let Some(until) = self.backed_off(now) {
+            return Step::Wait(match holder {
+                Some(holder) => Waiting::Following { holder, until },
+                None => Waiting::Backoff { until },
+            });
+        }
+        // Missing: create it. Free, expired, or naming us and ours to reclaim: take it, as a
+        // new term with a new fencing token.
+        match self.lease().cloned() {
+            None => {
+                let record = acquired(None, &self.identity, &self.timing, wall_now);
+                Step::Call(self.call(now, Op::Create, Request::Create(record)))
+            }
+            Some(lease) => {
+                let record = acquired(Some(&lease.record), &self.identity, &self.timing, wall_now);
+                let request = Request::Replace {
+                    record,
+                    version: lease.resource_version,
+                };
+                Step::Call(self.call(now, Op::Acquire, request))
+            }
+        }
+    }
+
+    /// When a lease held by someone expires by local observation; `None` when it is free (or
+    /// names us and may be reclaimed). Errors on records no API server would accept.
+    fn expiry(&self, observed: &Observed, record: &LeaseRecord) -> Result<Option<Instant>, String> {
+        if let Some(t) = record.lease_transitions
+            && t < 0
+        {
+            return Err(format!("spec.leaseTransitions is negative ({t})"));
+        }
+        let Some(holder) = record.holder() else {
+            return Ok(None);
+        };
+        if holder == self.identity && self.reclaim {
+            return Ok(None);
+        }
+        let duration = match record.lease_duration_seconds {
+            // A holder that declares no duration gets ours, like a peer with our timing.
+            None => self.timing.lease_duration(),
+            Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+            Some(secs) => {
+                return Err(format!(
+                    "spec.leaseDurationSeconds is {secs}; it must be greater than 0"
+                ));
+            }
+        };
+        Ok(Some(observed.changed_at + duration))
+    }
+
+    /// The end of a backoff still running at `now`.
+    fn backed_off(&self, now: Instant) -> Option<Instant> {
+        self.retry_after.filter(|&t| now < t)
+    }
+
+    /// How long to back off after a failure: a retry period, as client-go retries. A holder
+    /// keeps to that (its deadline bounds the attempts); anyone else doubles the wait per
+    /// consecutive definite refusal (forbidden, invalid), up to the lease duration, since
+    /// asking again soon would get the same answer.
+    fn backoff(&self, transient: bool) -> Duration {
+        let retry = self.timing.retry_period();
+        if self.claim.is_some() || transient {
+            return retry;
+        }
+        let factor = 1u32 << self.refusals.saturating_sub(1).min(16);
+        (retry * factor).min(self.timing.lease_duration().max(retry))
+    }
+
+    fn call(&mut self, now: Instant, op: Op, request: Request) -> Call {
+        self.seq += 1;
+        let base = match &request {
+            Request::Replace { version, .. } => Some(version.clone()),
+            _ => None,
+        };
+        self.in_flight = Some(InFlight {
+            seq: self.seq,
+            op,
+            started: now,
+            base,
+        });
+        let limit = self.timing.renew_deadline();
+        let timeout = match self.deadline() {
+            Some(deadline) => deadline.saturating_duration_since(now).min(limit),
+            None => limit,
+        };
+        Call {
+            seq: self.seq,
+            op,
+            request,
+            timeout,
+        }
+    }
+
+    fn observe(&mut self, lease: Option<StoredLease>, now: Instant) {
+        self.observed = Some(Observed::update(self.observed.as_ref(), lease, now));
+    }
+
+    /// Whether `version` is older than what we have observed (a read or write answer that a
+    /// watch event has already overtaken): it must not move the observation backwards.
+    fn is_older(&self, version: &str) -> bool {
+        match self.observed.as_ref().and_then(Observed::version) {
+            Some(current) => version != current && !is_newer(version, Some(current)),
+            None => false,
+        }
+    }
+
+    /// Takes the result of call `seq`. `None` if that is not the call in flight (a result
+    /// from before a [`reset`](Self::reset)): it is ignored.
+    pub fn on_result(
+        &mut self,
+        now: Instant,
+        seq: u64,
+        result: Result<StoredLease, StoreError>,
+    ) -> Option<Outcome> {
+        if self.in_flight.as_ref().map(|c| c.seq) != Some(seq) {
+            return None;
+        }
+        let InFlight {
+            op, started, base, ..
+        } = self.in_flight.take().expect("checked");
+        Some(match result {
+            Ok(stored) => self.on_success(now, op, started, base, stored),
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
+                // Someone wrote first: re-read and decide again. A second conflict in a row
+                // (a storm, or a peer writing constantly) backs off like any failed write.
+                self.stale = true;
+                self.conflicts += 1;
+                if self.conflicts > 1 {
+                    self.retry_after = Some(now + self.timing.retry_period());
+                }
+                Outcome::Conflict
+            }
+            // A 404 on create means the namespace is missing: a definite failure (below).
+            Err(StoreError::NotFound { .. }) if op != Op::Create => {
+                if op == Op::Read {
+                    self.read_done();
+                }
+                self.observe(None, now);
+                Outcome::Read
+            }
+            Err(error) => {
+                if self.failures == 0 {
+                    self.failed_reads_only = true;
+                }
+                self.failures += 1;
+                if op.is_write() {
+                    self.failed_reads_only = false;
+                }
+                let transient = error.is_transient();
+                if !transient {
+                    self.refusals += 1;
+                }
+                self.retry_after = Some(now + self.backoff(transient));
+                if op == Op::Read {
+                    // Read again (after the backoff) only if someone still needs it.
+                    self.stale = true;
+                    self.refresh = false;
+                }
+                if transient {
+                    Outcome::Retry { op, error }
+                } else {
+                    Outcome::Failed { op, error }
+                }
+            }
+        })
+    }
+
+    fn read_done(&mut self) {
+        self.stale = false;
+        self.refresh = false;
+        self.recheck = None;
+    }
+
+    fn on_success(
+        &mut self,
+        now: Instant,
+        op: Op,
+        started: Instant,
+        base: Option<String>,
+        stored: StoredLease,
+    ) -> Outcome {
+        if op.is_write() || self.failed_reads_only {
+            self.failures = 0;
+            self.refusals = 0;
+            self.retry_after = None;
+        }
+        let unchanged = base.as_deref() == Some(stored.resource_version.as_str());
+        if op.is_write() && !unchanged {
+            self.conflicts = 0;
+        }
+        let token = token_of(&stored.record);
+        if !self.is_older(&stored.resource_version) {
+            self.observe(Some(stored), now);
+        }
+        match op {
+            Op::Read => {
+                self.read_done();
+                Outcome::Read
+            }
+            Op::Create | Op::Acquire => {
+                self.claim = Some(Claim {
+                    token,
+                    acquired_at: started,
+                    renewed_at: started,
+                });
+                Outcome::Acquired { token }
+            }
+            Op::Renew if unchanged => {
+                // Nothing was written, so nobody saw a renewal: the claim keeps its deadline.
+                self.retry_after = Some(now + self.timing.retry_period());
+                Outcome::Unchanged
+            }
+            Op::Renew => {
+                if let Some(claim) = self.claim.as_mut() {
+                    claim.renewed_at = started;
+                    Outcome::Renewed
+                } else {
+                    // We stepped down while it was in flight: only the observation counts.
+                    Outcome::Read
+                }
+            }
+            Op::Release => {
+                self.claim = None;
+                Outcome::Released
+            }
+        }
+    }
+
+    /// Takes a watch event. `true` if it changed what we know (the owner should decide
+    /// again).
+    pub fn on_watch(&mut self, now: Instant, event: Result<WatchEvent, StoreError>) -> bool {
+        match event {
+            Ok(WatchEvent::Applied(stored)) => {
+                let current = self.observed.as_ref().and_then(Observed::version);
+                if !is_newer(&stored.resource_version, current) {
+                    return false;
+                }
+                self.observe(Some(stored), now);
+                true
+            }
+            // Doubt: read before deciding again.
+            Ok(WatchEvent::Deleted { .. }) | Err(_) => {
+                self.stale = true;
+                true
+            }
+        }
+    }
+}
+
+/// Whether `record` still describes the term we hold: our identity and our fencing token.
+/// (A write of ours whose response was lost shows up as a new version of the same term.)
+fn is_our_term(record: &LeaseRecord, identity: &str, token: i32) -> bool {
+    record.holder() == Some(identity) && record.lease_transitions.unwrap_or(0) == token
+}
+
+/// Whether a watched version is newer than the one we hold. Kubernetes resource versions are
+/// etcd revisions: integers that grow with every write. Versions that are not integers are only
+/// compared for equality (then anything different counts as newer).
+pub fn is_newer(candidate: &str, current: Option<&str>) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    match (candidate.parse::<u64>(), current.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => candidate != current,
+    }
+}
+
+/// The fencing token a record carries.
+pub fn token_of(record: &LeaseRecord) -> i32 {
+    record.lease_transitions.unwrap_or(0)
+}
+
+fn acquired(
+    previous: Option<&LeaseRecord>,
+    identity: &str,
+    timing: &Timing,
+    now: SystemTime,
+) -> LeaseRecord {
+    let transitions = match previous {
+        None => 0,
+        Some(prev) => prev.lease_transitions.unwrap_or(0).saturating_add(1),
+    };
+    LeaseRecord {
+        holder_identity: Some(identity.to_owned()),
+        lease_duration_seconds: Some(timing.lease_duration_seconds()),
+        acquire_time: Some(now),
+        renew_time: Some(now),
+        lease_transitions: Some(transitions),
+        strategy: previous.and_then(|p| p.strategy.clone()),
+        preferred_holder: previous.and_then(|p| p.preferred_holder.clone()),
+    }
+}
+
+fn renewed(current: &LeaseRecord, identity: &str, timing: &Timing, now: SystemTime) -> LeaseRecord {
+    LeaseRecord {
+        holder_identity: Some(identity.to_owned()),
+        lease_duration_seconds: Some(timing.lease_duration_seconds()),
+        renew_time: Some(now),
+        ..current.clone()
+    }
+}
+
+/// The record written on release: no holder, transitions kept (so the next token is higher), and
+/// a one-second duration as client-go writes, so peers that ignore an empty holder still move on.
+fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
+    LeaseRecord {
+        holder_identity: None,
+        lease_duration_seconds: Some(1),
+        acquire_time: Some(now),
+        renew_time: Some(now),
+        ..current.clone()
+    }
+}

@@ -5,9 +5,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use dsync::lease::{Claim, Input, Observed, decide};
-use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoredLease};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use dsync::lease::{Machine, Observed, Request, Step, Want};
+use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoredLease, WatchEvent};
 use dsync::{MemoryStore, Timing};
 
 fn lease(holder: &str, version: &str) -> StoredLease {
@@ -23,71 +23,60 @@ fn lease(holder: &str, version: &str) -> StoredLease {
     }
 }
 
+/// A machine that has seen `other` hold the lease since `t0`.
+fn following(t0: Instant) -> Machine {
+    let mut m = Machine::new("me", Timing::default());
+    m.on_watch(t0, Ok(WatchEvent::Applied(lease("other", "7"))));
+    m
+}
+
+/// A machine that acquired the lease at `t0`.
+fn holding(t0: Instant, wall: SystemTime) -> Machine {
+    let mut m = Machine::new("me", Timing::default());
+    m.on_watch(t0, Ok(WatchEvent::Applied(lease("", "7"))));
+    let Step::Call(call) = m.next(t0, wall, Want::Acquire) else {
+        unreachable!("a free lease is acquired")
+    };
+    let Request::Replace { record, .. } = call.request else {
+        unreachable!("by a replace")
+    };
+    let stored = StoredLease {
+        name: "svc.election.bench".into(),
+        record,
+        resource_version: "8".into(),
+    };
+    m.on_result(t0, call.seq, Ok(stored));
+    assert!(m.holding());
+    m
+}
+
 fn core(c: &mut Criterion) {
-    let timing = Timing::default();
     let t0 = Instant::now();
     let wall = SystemTime::now();
+    let s = Duration::from_secs;
+    let (follower, holder) = (following(t0), holding(t0, wall));
+    let mut g = c.benchmark_group("machine_next");
+    // Each iteration decides on a fresh copy (the decisions that start a call change the
+    // machine); the copy is made outside the timed part.
+    let mut bench = |name: &str, m: &Machine, at: Instant, want: Want| {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || m.clone(),
+                |mut m| black_box(m.next(black_box(at), wall, want)),
+                BatchSize::SmallInput,
+            )
+        });
+    };
+    bench("follow", &follower, t0 + s(1), Want::Acquire);
+    bench("acquire_expired", &follower, t0 + s(16), Want::Acquire);
+    bench("renew", &holder, t0 + s(2), Want::Keep);
+    bench("hold", &holder, t0 + s(1), Want::Keep);
+    bench("release", &holder, t0 + s(1), Want::Release);
+    g.finish();
     let theirs = Observed {
         lease: Some(lease("other", "7")),
         changed_at: t0,
     };
-    let ours = Observed {
-        lease: Some(lease("me", "7")),
-        changed_at: t0,
-    };
-    let claim = Claim {
-        token: 3,
-        acquired_at: t0,
-        renewed_at: t0,
-    };
-    let input = |observed, claim, now| Input {
-        now,
-        wall_now: wall,
-        identity: "me",
-        timing: &timing,
-        observed,
-        claim,
-        want: true,
-        retry_after: None,
-    };
-    let mut g = c.benchmark_group("decide");
-    g.bench_function("follow", |b| {
-        b.iter(|| {
-            decide(black_box(&input(
-                Some(&theirs),
-                None,
-                t0 + Duration::from_secs(1),
-            )))
-        })
-    });
-    g.bench_function("acquire_expired", |b| {
-        b.iter(|| {
-            decide(black_box(&input(
-                Some(&theirs),
-                None,
-                t0 + Duration::from_secs(16),
-            )))
-        })
-    });
-    g.bench_function("renew", |b| {
-        b.iter(|| {
-            decide(black_box(&input(
-                Some(&ours),
-                Some(&claim),
-                t0 + Duration::from_secs(2),
-            )))
-        })
-    });
-    g.bench_function("hold", |b| {
-        b.iter(|| {
-            decide(black_box(&input(
-                Some(&ours),
-                Some(&claim),
-                t0 + Duration::from_secs(1),
-            )))
-        })
-    });
-    g.finish();
     c.bench_function("observed_update_same_version", |b| {
         b.iter(|| Observed::update(black_box(Some(&theirs)), Some(lease("other", "7")), t0))
     });

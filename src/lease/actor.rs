@@ -220,11 +220,6 @@ impl Core {
         }
     }
 
-    /// Whether a term is draining (cancelled, its work still running).
-    pub fn draining(&self) -> bool {
-        matches!(self.phase, Phase::Draining(_))
-    }
-
     /// No term, and nothing held: whatever was ending has ended.
     pub fn settled(&self) -> bool {
         matches!(self.phase, Phase::Vacant) && !self.machine.holding()

@@ -87,12 +87,12 @@ impl KubeFaults {
         self.state.lock().unwrap().latency = latency;
     }
 
-    /// Queues a fault for the next request it applies to.
     /// Drops the injected faults that have not happened yet.
     pub fn clear(&self) {
         self.state.lock().unwrap().queued.clear();
     }
 
+    /// Queues a fault for the next request it applies to.
     pub fn inject(&self, fault: Fault) {
         self.state.lock().unwrap().queued.push_back(fault);
     }

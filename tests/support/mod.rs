@@ -80,6 +80,10 @@ pub enum When {
 #[derive(Default)]
 struct Faults {
     partitioned: bool,
+    /// Calls of these kinds hang (never answer) until `heal` or `clear`.
+    stalled: Vec<Call>,
+    /// Calls of these kinds fail, every time, until `clear`: faults that last.
+    persistent: Vec<(Call, MakeError)>,
     /// Added to each leg of every call (request and response) and to every watch event.
     latency: Duration,
     /// Bumped to cut the watches open now (a dropped connection).
@@ -113,13 +117,38 @@ impl FaultyStore {
         self.faults.lock().unwrap().partitioned = true;
     }
 
+    /// Ends a partition and stalled calls (calls that hang now stay hung: their caller's
+    /// timeout decides).
     pub fn heal(&self) {
-        self.faults.lock().unwrap().partitioned = false;
+        let mut faults = self.faults.lock().unwrap();
+        faults.partitioned = false;
+        faults.stalled.clear();
     }
 
-    /// Drops the injected failures that have not happened yet.
+    /// Drops every injected failure: the queued ones that have not happened yet, the
+    /// persistent ones and the stalls.
     pub fn clear(&self) {
-        self.faults.lock().unwrap().queued.clear();
+        let mut faults = self.faults.lock().unwrap();
+        faults.queued.clear();
+        faults.persistent.clear();
+        faults.stalled.clear();
+    }
+
+    /// Every `call` from now on fails with `make()` before it reaches the store, until
+    /// [`clear`](Self::clear): a fault that lasts (RBAC revoked, an API server answering 503).
+    pub fn fail_always(&self, call: Call, make: impl Fn() -> StoreError + Send + 'static) {
+        self.faults
+            .lock()
+            .unwrap()
+            .persistent
+            .push((call, Box::new(make)));
+    }
+
+    /// Every `call` from now on hangs without an answer (a stalled API server, a black-holed
+    /// connection), until [`heal`](Self::heal) or [`clear`](Self::clear). Other calls and the
+    /// watch go on.
+    pub fn stall(&self, call: Call) {
+        self.faults.lock().unwrap().stalled.push(call);
     }
 
     /// The next `call` fails with `make()`.
@@ -186,8 +215,13 @@ impl FaultyStore {
     ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
         let mut faults = self.faults.lock().unwrap();
         self.count(&mut faults, name);
-        if faults.partitioned {
+        let applies = |c: &Call| *c == call || *c == Call::Any;
+        if faults.partitioned || faults.stalled.iter().any(applies) {
             return futures::future::pending().boxed();
+        }
+        if let Some((_, make)) = faults.persistent.iter().find(|(c, _)| applies(c)) {
+            let error = make();
+            return futures::future::ready(Err(error)).boxed();
         }
         let latency = faults.latency;
         let injected = faults

@@ -358,12 +358,15 @@ impl Dsync {
     }
 
     fn params(&self, key: &LeaseKey, predecessor: Option<Recipient<Stop>>) -> LeaseParams {
-        #[allow(unused_mut)] // set only with the metrics feature
-        let mut metrics = crate::metrics::LeaseMetrics::default();
         #[cfg(feature = "metrics")]
-        if let Some(m) = self.inner.metrics.get() {
-            metrics = m.lease(key);
-        }
+        let metrics = self
+            .inner
+            .metrics
+            .get()
+            .map(|m| m.lease(key))
+            .unwrap_or_default();
+        #[cfg(not(feature = "metrics"))]
+        let metrics = crate::metrics::LeaseMetrics;
         LeaseParams {
             key: key.clone(),
             identity: self.inner.config.identity.clone(),

@@ -59,21 +59,45 @@
 //! # Layout
 //!
 //! * [`resource`]: `Resource { namespace, scope, name }`, lease names, validation, sanitising.
-//! * [`config`]: [`Config`] (from the environment) and lease [`Timing`].
-//! * [`lease`]: the pure core: `decide(now, observation, claim, intent) -> Decision`. No IO, no
-//!   clock reads; everything about *when* to acquire, renew, step down or release is here.
+//! * [`config`]: [`Config`] (from the environment), lease [`Timing`], the drain timeout and
+//!   where the lease actors run ([`LeaseThread`]).
+//! * [`lease`]: the pure [`Machine`](lease::Machine), which makes every decision about a lease
+//!   (when to read, create, acquire, renew, release or step down, how long to back off, which
+//!   answers to believe) with no IO and no clock of its own; and the one lease actor that
+//!   executes those decisions and runs the term lifecycle for every face.
 //! * [`store`]: the [`LeaseStore`] trait (get / create / compare-and-swap replace / watch) and
 //!   [`MemoryStore`].
-//! * [`election`] and [`lock`]: actors that execute the core's decisions, and their handles.
+//! * [`election`] and [`lock`]: the two faces of the lease actor and their handles. An
+//!   election adds subscribers and `when_elected` work; a lock adds a queue of local callers
+//!   and per-handle ownership.
 //! * [`leader_only`]: [`LeaderOnly`], an actor that runs only while this replica leads.
 //! * [`metrics`]: Prometheus metrics (feature `metrics`).
-//! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s actors.
-//! * [`term`]: [`Term`], cancellable, with the fencing token.
+//! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s lease actors,
+//!   one entry type for every face.
+//! * [`term`]: [`Term`], cancellable, with the fencing token and a deadline of its own.
 //! * `watch`: one store watch per namespace, shared by a replica's actors.
+//! * `work`: which lease's guarded work a task is running, so that a stop called from inside
+//!   it is not waited for.
 //!
-//! Shutdown is a main path, not an afterthought: [`Election::stop`], [`Lock::unlock`] and
-//! [`Dsync::shutdown`] cancel the term, wait for the work it guards, then release the lease so
-//! another replica takes over at once instead of after the lease duration.
+//! # One term lifecycle
+//!
+//! Shutdown is a main path, not an afterthought. Whatever ends a term ([`Election::stop`],
+//! [`Lock::unlock`], [`Dsync::shutdown`], a dropped [`Lock`] handle, a lock grant whose caller
+//! went away, panicking work), the lease actor does the same steps, written once for every
+//! face: it cancels the term *first*; it waits for the work the term guards (`when_elected`
+//! futures, `with_lock` bodies) while it keeps renewing; then it releases the lease, so another
+//! replica takes over at once instead of after the lease duration. A drain is bounded
+//! ([`Config::drain_timeout`]): work that does not return in time is reported
+//! ([`Error::DrainTimeout`]) and its lease is left to expire, never released under it. A stop
+//! called from inside the work it would wait for returns at once ([`Error::StopFromWork`])
+//! and still takes effect.
+//!
+//! # Threads
+//!
+//! By default a [`Dsync`] runs its lease actors on a thread of its own ([`LeaseThread`]), so
+//! application code that blocks a thread cannot delay renewals; `when_elected` work and
+//! [`LeaderOnly`] actors run on the arbiter that registered them. Every [`Term`] also ends at its
+//! own deadline (the renew deadline of its last renewal) even if nothing runs to cancel it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

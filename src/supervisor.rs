@@ -203,8 +203,7 @@ impl Handler<Shutdown> for Supervisor {
         let entries = self.registry.close();
         tracing::info!(leases = entries.len(), "shutting down");
         let stops = async move {
-            let results =
-                join_all(entries.iter().map(|e| e.stop(inside.contains(&e.id)))).await;
+            let results = join_all(entries.iter().map(|e| e.stop(inside.contains(&e.id)))).await;
             let first_error = results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
             let deferred: Vec<Entry> = entries
                 .into_iter()

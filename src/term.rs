@@ -167,14 +167,12 @@ impl Term {
     /// Completes when the term ends: when it is cancelled, or at its
     /// [deadline](Self::valid_until) unless a renewal moved the deadline first. Needs a tokio
     /// runtime (any actix System has one) for the deadline's timer.
-    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + '_ {
-        async move {
-            while self.is_active() {
-                let until = tokio::time::Instant::from_std(self.valid_until());
-                tokio::select! {
-                    _ = self.inner.cancel.cancelled() => return,
-                    _ = tokio::time::sleep_until(until) => {}
-                }
+    pub async fn cancelled(&self) {
+        while self.is_active() {
+            let until = tokio::time::Instant::from_std(self.valid_until());
+            tokio::select! {
+                _ = self.inner.cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => {}
             }
         }
     }
@@ -274,7 +272,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(!t.is_active(), "over at the deadline");
         assert!(child.is_cancelled(), "and latched: children see it too");
-        assert!(!t.extend(now() + Duration::from_secs(10)), "it never comes back");
+        assert!(
+            !t.extend(now() + Duration::from_secs(10)),
+            "it never comes back"
+        );
         assert!(!t.is_active());
     }
 

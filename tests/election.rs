@@ -516,7 +516,10 @@ async fn terms_of_one_replica_never_run_their_work_concurrently(env: Env) {
     // it up to the drain timeout, and says so when it runs out (45 s > 15 s on memory).
     let result = a.shutdown().await;
     if linger > dsync::config::DEFAULT_DRAIN_TIMEOUT {
-        assert!(matches!(result, Err(Error::DrainTimeout { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(Error::DrainTimeout { .. })),
+            "{result:?}"
+        );
     } else {
         result.unwrap();
     }

@@ -195,12 +195,19 @@ async fn the_store_is_configured_from_kube_config_path() {
         config.kubeconfig_path.as_deref(),
         Some(ready.leaseuser.as_path())
     );
+    // As `Dsync::from_env` does: the client is created on dsync's own lease thread.
+    let d = Dsync::connect(config.clone()).await.unwrap();
+    let e = d.election("x").unwrap();
+    let term = within(LIMIT, "elected", e.elected()).await.unwrap();
+    assert_eq!(term.holder(), "pod-env");
+    assert_eq!(term.lease().namespace, ns);
+    d.shutdown().await.unwrap();
+    // And a store made by hand, on the caller's runtime.
     let store = KubeStore::from_config(&config).await.unwrap();
     let d = Dsync::with_config(store, config).unwrap();
     let e = d.election("x").unwrap();
     let term = within(LIMIT, "elected", e.elected()).await.unwrap();
     assert_eq!(term.holder(), "pod-env");
-    assert_eq!(term.lease().namespace, ns);
     d.shutdown().await.unwrap();
 
     let missing = Config::default().with_kubeconfig_path("/nonexistent/kubeconfig");

@@ -35,10 +35,7 @@ async fn leader_transitions_renewals_conflicts_and_leaderless_time_are_recorded(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let faults = FaultyStore::new(MemoryStore::new());
-    let d = Dsync::with_config(
-        faults.clone(),
-        support::paused_config("pod-a"),
-    )
+    let d = Dsync::with_config(faults.clone(), support::paused_config("pod-a"))
         .unwrap()
         .with_metrics(metrics.clone())
         .unwrap();

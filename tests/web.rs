@@ -121,8 +121,20 @@ impl Drop for Replica {
 }
 
 fn spawn_replica(bin: &PathBuf, kubeconfig: &std::path::Path, ns: &str, name: &str) -> Replica {
+    spawn_replica_with(bin, ("KUBE_CONFIG_PATH", kubeconfig), ns, name)
+}
+
+/// A replica of the example that finds its kubeconfig through `variable`.
+fn spawn_replica_with(
+    bin: &PathBuf,
+    (variable, kubeconfig): (&str, &std::path::Path),
+    ns: &str,
+    name: &str,
+) -> Replica {
     let mut child = Command::new(bin)
-        .env("KUBE_CONFIG_PATH", kubeconfig)
+        .env_remove("KUBE_CONFIG_PATH")
+        .env_remove("KUBECONFIG")
+        .env(variable, kubeconfig)
         .env("KUBE_NAMESPACE", ns)
         .env("KUBE_POD_NAME", name)
         .env("DSYNC_STORE", "kube")
@@ -240,6 +252,19 @@ async fn three_processes_on_the_deploy_role_one_leader_and_its_worker_through_ki
         took < t.lease_duration(),
         "handoff after SIGTERM took {took:?}: the lease was not released"
     );
+}
+
+/// Without `KUBE_CONFIG_PATH`, `Dsync::from_env` takes the default kubeconfig (`$KUBECONFIG`),
+/// as kube's `Config::infer` does before it tries the in-cluster service account.
+#[actix::test]
+async fn without_kube_config_path_the_default_kubeconfig_is_used() {
+    let ready = Harness::get().ready();
+    let ns = namespace().await;
+    let bin = example_binary();
+    let replica = spawn_replica_with(&bin, ("KUBECONFIG", &ready.admin), &ns, "web-env");
+    let leader = one_leader(&[replica.addr]).await;
+    assert_eq!(leader, 0);
+    assert_eq!(leader_info(replica.addr).await.identity, "web-env");
 }
 
 #[actix::test]

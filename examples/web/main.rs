@@ -57,10 +57,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Started once, here: not in the HttpServer factory, which runs per worker.
     let dsync = match store.as_str() {
         "memory" => Dsync::with_config(MemoryStore::new(), config)?,
-        "kube" => {
-            let kube = dsync::KubeStore::from_config(&config).await?;
-            Dsync::with_config(kube, config)?
-        }
+        // The Kubernetes client is created on dsync's own lease thread.
+        "kube" => Dsync::connect(config).await?,
         other => return Err(format!("DSYNC_STORE={other:?}: expected memory or kube").into()),
     };
     let tolerance =

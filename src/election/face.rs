@@ -13,7 +13,9 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tokio::sync::watch;
 
-use super::{Callback, DeposeReason, Deposed, Elected, ElectionCommand, ElectionStatus, LeaderChanged};
+use super::{
+    Callback, DeposeReason, Deposed, Elected, ElectionCommand, ElectionStatus, LeaderChanged,
+};
 use crate::lease::actor::{Core, Internal};
 use crate::lease::face::{EndReason, Face, Recovery};
 use crate::lease::{Op, Waiting};
@@ -175,7 +177,13 @@ impl Face for ElectionFace {
         });
     }
 
-    fn call_failed(&mut self, _op: Op, _error: &StoreError, transient: bool, _core: &Core) -> Recovery {
+    fn call_failed(
+        &mut self,
+        _op: Op,
+        _error: &StoreError,
+        transient: bool,
+        _core: &Core,
+    ) -> Recovery {
         if transient {
             Recovery::Continue
         } else {
@@ -194,7 +202,8 @@ impl Face for ElectionFace {
                 self.leaderless_since = Some(now);
             }
             (Some(_), Some(since)) => {
-                core.metrics.leaderless(now.saturating_duration_since(since));
+                core.metrics
+                    .leaderless(now.saturating_duration_since(since));
                 self.leaderless_since = None;
             }
             _ => {}

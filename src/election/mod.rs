@@ -1,9 +1,11 @@
-//! Leader election: [`Election`] handles on an [`ElectionActor`].
+//! Leader election: [`Election`] handles on a lease actor with the election face.
 //!
 //! The actor campaigns for `<scope>.election.<name>`, renews while leader, steps down at the
 //! renew deadline and campaigns again after any loss: an election never gives up until it is
 //! stopped. Subscribers receive [`Elected`], [`Deposed`] and [`LeaderChanged`] messages;
-//! [`Election::when_elected`] runs a future per term.
+//! [`Election::when_elected`] runs a future per term, as the term's guarded work. The term
+//! lifecycle (cancel, drain, release, stop) is the one every face shares; see
+//! [`crate::lease`].
 
 use std::fmt;
 use std::future::Future;
@@ -160,9 +162,7 @@ impl ElectionStatus {
     /// false at the deadline even if the actor is busy).
     pub fn is_leader(&self) -> bool {
         let live = self.term.as_ref().is_some_and(Term::is_active);
-        live && self
-            .valid_until
-            .is_some_and(|until| now() < until)
+        live && self.valid_until.is_some_and(|until| now() < until)
     }
 }
 
@@ -404,7 +404,14 @@ mod health_tests {
     fn status(term: bool, renewed_at: Option<Instant>) -> ElectionStatus {
         let lease = LeaseKey::new("ns", "s.election.x");
         ElectionStatus {
-            term: term.then(|| Term::new(lease.clone(), "pod-a".into(), 1, now() + Duration::from_secs(10))),
+            term: term.then(|| {
+                Term::new(
+                    lease.clone(),
+                    "pod-a".into(),
+                    1,
+                    now() + Duration::from_secs(10),
+                )
+            }),
             lease,
             identity: "pod-a".into(),
             leader: Some("pod-a".into()),

@@ -252,6 +252,8 @@ impl Core {
             return;
         };
         term.cancel();
+        // A new ending: what an earlier release failed with is no longer news.
+        self.release_error = None;
         tracing::info!(lease = %self.key, identity = %self.identity(), term = %term.id(), ?reason, "term ended");
         self.ended.push_back((term.clone(), reason));
         if !term.has_work() {
@@ -290,7 +292,7 @@ impl Core {
 
     /// A stop whose drain took too long: stop renewing, write nothing, report the lease.
     fn check_drain_timeout(&mut self, now: Instant) {
-        if !self.drain_deadline().is_some_and(|d| now >= d) {
+        if self.drain_deadline().is_none_or(|d| now < d) {
             return;
         }
         let Phase::Draining(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
@@ -460,7 +462,11 @@ impl<F: Face> LeaseActor<F> {
     ) {
         let _span = self.core.span.clone().entered();
         let now = now();
-        let observed = self.core.machine.lease().map(|l| l.resource_version.clone());
+        let observed = self
+            .core
+            .machine
+            .lease()
+            .map(|l| l.resource_version.clone());
         tracing::trace!(
             lease = %self.core.key,
             op = op.verb(),
@@ -485,7 +491,9 @@ impl<F: Face> LeaseActor<F> {
             }
             Outcome::Renewed => {
                 self.core.last_error = None;
-                self.core.metrics.renewed(now.saturating_duration_since(started));
+                self.core
+                    .metrics
+                    .renewed(now.saturating_duration_since(started));
                 let deadline = self.core.machine.deadline().expect("renewed a claim");
                 if let Some(term) = self.core.term()
                     && !term.extend(deadline)
@@ -539,7 +547,12 @@ impl<F: Face> LeaseActor<F> {
             return; // a campaign write that raced with a stop: released (nobody has a term)
         }
         let deadline = core.machine.deadline().expect("just acquired");
-        let term = Term::new(core.key.clone(), core.identity().to_owned(), token, deadline);
+        let term = Term::new(
+            core.key.clone(),
+            core.identity().to_owned(),
+            token,
+            deadline,
+        );
         if self.face.grant(&term, core) {
             core.phase = Phase::Serving(term);
         } else {
@@ -600,6 +613,7 @@ impl<F: Face> LeaseActor<F> {
                 }
             }
             StopState::Running => {
+                core.release_error = None;
                 let waiters = if from_work {
                     // Waiting here would wait for ourselves: the stop goes ahead, unwatched.
                     let _ = reply.send(StopOutcome::Deferred);
@@ -776,7 +790,6 @@ pub(crate) fn start<F: Face>(
     face: F,
 ) -> (Addr<LeaseActor<F>>, ActorId)
 where
-
 {
     let actor = LeaseActor::new(params, face);
     let id = actor.id();

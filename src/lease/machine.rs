@@ -252,7 +252,13 @@ struct InFlight {
     base: Option<String>,
 }
 
-/// Every decision about one lease (see the [module docs](self) and [`crate::lease`]).
+/// Every decision about one lease: see [`crate::lease`] for the rules it keeps.
+///
+/// Fed what happened ([`on_result`](Machine::on_result) for a store call,
+/// [`on_watch`](Machine::on_watch) for a watch event) and asked what to do next
+/// ([`next`](Machine::next)) with the current instant and what its owner wants, it answers with
+/// a [`Step`]: a store call to make, a time to wait until, or "step down". It does no IO, reads
+/// no clock and spawns nothing.
 #[derive(Debug, Clone)]
 pub struct Machine {
     identity: String,
@@ -532,9 +538,7 @@ impl Machine {
             Some(lease) => match self.expiry(observed, &lease.record) {
                 Ok(expiry) => expiry,
                 Err(reason) => {
-                    let until = *self
-                        .recheck
-                        .get_or_insert(now + self.timing.retry_period());
+                    let until = *self.recheck.get_or_insert(now + self.timing.retry_period());
                     self.invalid = Some(reason.clone());
                     return Step::Wait(Waiting::Invalid { reason, until });
                 }

@@ -216,7 +216,11 @@ fn remote_renew_time_is_ignored() {
 #[test]
 fn watch_events_older_than_what_we_know_are_ignored() {
     let mut w = Sim::new();
-    w.read(0.0, Want::Acquire, Some(versioned(Some(OTHER), None, Some(0), "9")));
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), None, Some(0), "9")),
+    );
     let old = versioned(Some("older"), None, Some(0), "8");
     assert!(!w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(old))));
     assert_eq!(w.m.holder(), Some(OTHER));
@@ -231,7 +235,11 @@ fn read_results_never_move_the_observation_backwards() {
     // A read answered with version 8 after the watch has shown version 9: the read raced with
     // a write and lost. The observation keeps version 9 and its time.
     let mut w = Sim::new();
-    w.read(0.0, Want::Acquire, Some(versioned(Some(OTHER), None, Some(0), "7")));
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), None, Some(0), "7")),
+    );
     w.m.refresh();
     let call = w.call(1.0, Want::Acquire);
     assert_eq!(call.op, Op::Read);
@@ -241,7 +249,10 @@ fn read_results_never_move_the_observation_backwards() {
     assert!(matches!(w.answer(3.0, Ok(late)), Outcome::Read));
     assert_eq!(w.m.holder(), Some("newer"));
     assert_eq!(w.m.observed().unwrap().changed_at, w.at(2.0));
-    assert!(w.m.is_fresh(), "what we know is newer than the read: current");
+    assert!(
+        w.m.is_fresh(),
+        "what we know is newer than the read: current"
+    );
     assert_eq!(
         w.wait(3.0, Want::Acquire),
         Waiting::Following {
@@ -272,7 +283,11 @@ fn watch_errors_and_deletions_make_the_next_decision_read_first() {
 #[test]
 fn nothing_observed_means_read_first_but_only_when_something_is_wanted() {
     let mut w = Sim::new();
-    assert_eq!(w.wait(0.0, Want::Keep), Waiting::Idle, "an idle lock reads nothing");
+    assert_eq!(
+        w.wait(0.0, Want::Keep),
+        Waiting::Idle,
+        "an idle lock reads nothing"
+    );
     assert_eq!(w.wait(0.0, Want::Release), Waiting::Idle);
     assert_eq!(w.call(0.0, Want::Acquire).op, Op::Read);
 }
@@ -330,14 +345,21 @@ fn a_free_lease_is_acquired_at_once_with_transitions_plus_one() {
 fn missing_transitions_count_as_zero() {
     let mut w = Sim::new();
     w.read(0.0, Want::Acquire, Some(lease(None, None, None)));
-    assert_eq!(record_of(&w.call(0.0, Want::Acquire)).lease_transitions, Some(1));
+    assert_eq!(
+        record_of(&w.call(0.0, Want::Acquire)).lease_transitions,
+        Some(1)
+    );
     assert_eq!(token_of(&lease(None, None, None).record), 0);
 }
 
 #[test]
 fn a_held_lease_is_followed_until_its_duration_after_our_observation() {
     let mut w = Sim::new();
-    w.read(3.0, Want::Acquire, Some(lease(Some(OTHER), Some(15), Some(2))));
+    w.read(
+        3.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(2))),
+    );
     let following = Waiting::Following {
         holder: OTHER.into(),
         until: w.at(18.0),
@@ -353,7 +375,11 @@ fn a_held_lease_is_followed_until_its_duration_after_our_observation() {
 fn the_holders_declared_duration_is_used_not_ours() {
     for (declared, expires) in [(Some(60), 60.0), (Some(5), 5.0), (None, 15.0)] {
         let mut w = Sim::new();
-        w.read(0.0, Want::Acquire, Some(lease(Some(OTHER), declared, Some(0))));
+        w.read(
+            0.0,
+            Want::Acquire,
+            Some(lease(Some(OTHER), declared, Some(0))),
+        );
         assert_eq!(
             w.wait(0.0, Want::Acquire),
             Waiting::Following {
@@ -403,7 +429,11 @@ fn superseded_under_our_own_identity_we_wait_for_expiry_instead_of_taking_it_bac
 #[test]
 fn not_wanting_the_lease_is_idle() {
     let mut w = Sim::new();
-    w.read(0.0, Want::Acquire, Some(lease(Some(OTHER), Some(15), Some(2))));
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(2))),
+    );
     assert_eq!(w.wait(1.0, Want::Keep), Waiting::Idle);
     assert_eq!(w.wait(99.0, Want::Release), Waiting::Idle, "nothing held");
     assert_eq!(w.m.holder(), Some(OTHER));
@@ -413,7 +443,10 @@ fn not_wanting_the_lease_is_idle() {
 fn garbage_records_are_invalid_never_written_and_read_again_later() {
     for (garbage, what) in [
         (lease(Some(OTHER), Some(0), Some(1)), "leaseDurationSeconds"),
-        (lease(Some(OTHER), Some(-5), Some(1)), "leaseDurationSeconds"),
+        (
+            lease(Some(OTHER), Some(-5), Some(1)),
+            "leaseDurationSeconds",
+        ),
         (lease(None, Some(15), Some(-1)), "leaseTransitions"),
     ] {
         let mut w = Sim::new();
@@ -426,7 +459,10 @@ fn garbage_records_are_invalid_never_written_and_read_again_later() {
             other => panic!("expected Invalid, got {other:?}"),
         }
         assert!(w.m.invalid().is_some());
-        assert!(matches!(w.next(1.9, Want::Acquire), Step::Wait(Waiting::Invalid { .. })));
+        assert!(matches!(
+            w.next(1.9, Want::Acquire),
+            Step::Wait(Waiting::Invalid { .. })
+        ));
         // A retry period later it is read again (someone may have repaired it).
         w.read(2.0, Want::Acquire, Some(lease(None, Some(15), Some(1))));
         assert_eq!(w.call(2.0, Want::Acquire).op, Op::Acquire, "repaired");
@@ -452,8 +488,15 @@ fn a_holder_waits_a_retry_period_then_renews_on_the_cached_version() {
     let record = record_of(&call);
     assert_eq!(record.holder(), Some(ME));
     assert_eq!(record.lease_transitions, Some(1), "the same term");
-    assert!(matches!(w.answer(2.5, Ok(written(&call, "9"))), Outcome::Renewed));
-    assert_eq!(w.m.deadline(), Some(w.at(12.0)), "from the start of the write");
+    assert!(matches!(
+        w.answer(2.5, Ok(written(&call, "9"))),
+        Outcome::Renewed
+    ));
+    assert_eq!(
+        w.m.deadline(),
+        Some(w.at(12.0)),
+        "from the start of the write"
+    );
 }
 
 #[test]
@@ -478,7 +521,10 @@ fn failed_renewals_are_retried_each_retry_period_until_the_deadline() {
             Step::Call(call) => {
                 assert_eq!(call.op, Op::Renew);
                 renewals.push(t);
-                assert!(matches!(w.answer(t, Err(unavailable())), Outcome::Retry { .. }));
+                assert!(matches!(
+                    w.answer(t, Err(unavailable())),
+                    Outcome::Retry { .. }
+                ));
             }
             Step::Wait(waiting) => t = waiting.until().unwrap().duration_since(w.t0).as_secs_f64(),
             Step::StepDown(reason) => {
@@ -508,7 +554,10 @@ fn a_holder_steps_down_at_the_deadline_even_with_a_call_in_flight() {
         Step::StepDown(StepDownReason::RenewDeadlineExceeded)
     );
     // The late answer only updates the observation: no claim comes back.
-    assert!(matches!(w.answer(10.5, Ok(written(&call, "9"))), Outcome::Read));
+    assert!(matches!(
+        w.answer(10.5, Ok(written(&call, "9"))),
+        Outcome::Read
+    ));
     assert!(!w.m.holding());
 }
 
@@ -531,7 +580,12 @@ fn the_deadline_is_always_before_anyone_else_may_take_over() {
 fn a_holder_that_sees_another_holder_or_term_or_a_deletion_steps_down() {
     for (event, reason) in [
         (
-            Ok(WatchEvent::Applied(versioned(Some(OTHER), Some(15), Some(2), "9"))),
+            Ok(WatchEvent::Applied(versioned(
+                Some(OTHER),
+                Some(15),
+                Some(2),
+                "9",
+            ))),
             StepDownReason::Superseded {
                 holder: Some(OTHER.into()),
             },
@@ -601,9 +655,20 @@ fn a_holder_that_wants_to_release_writes_the_release() {
     assert_eq!(call.op, Op::Release);
     let record = record_of(&call);
     assert_eq!(record.holder(), None);
-    assert_eq!(record.lease_duration_seconds, Some(1), "as client-go writes");
-    assert_eq!(record.lease_transitions, Some(4), "kept: the next token is higher");
-    assert!(matches!(w.answer(1.0, Ok(written(&call, "9"))), Outcome::Released));
+    assert_eq!(
+        record.lease_duration_seconds,
+        Some(1),
+        "as client-go writes"
+    );
+    assert_eq!(
+        record.lease_transitions,
+        Some(4),
+        "kept: the next token is higher"
+    );
+    assert!(matches!(
+        w.answer(1.0, Ok(written(&call, "9"))),
+        Outcome::Released
+    ));
     assert!(!w.m.holding());
 }
 
@@ -641,7 +706,10 @@ fn transient_failures_retry_every_retry_period() {
     for i in 0..5 {
         let t = f64::from(i) * 2.0;
         assert_eq!(w.call(t, Want::Acquire).op, Op::Read);
-        assert!(matches!(w.answer(t, Err(unavailable())), Outcome::Retry { .. }));
+        assert!(matches!(
+            w.answer(t, Err(unavailable())),
+            Outcome::Retry { .. }
+        ));
         assert_eq!(
             w.wait(t, Want::Acquire),
             Waiting::Backoff {
@@ -663,7 +731,10 @@ fn refusals_back_off_exponentially_and_successful_reads_do_not_reset_them() {
         w.read(t, Want::Acquire, Some(lease(None, None, Some(0))));
         let call = w.call(t, Want::Acquire);
         assert_eq!(call.op, Op::Acquire);
-        assert!(matches!(w.answer(t, Err(forbidden())), Outcome::Failed { .. }));
+        assert!(matches!(
+            w.answer(t, Err(forbidden())),
+            Outcome::Failed { .. }
+        ));
         // An actor restart forgets the lease but keeps the streak.
         w.m.reset();
         let until = match w.wait(t, Want::Acquire) {
@@ -687,7 +758,10 @@ fn a_failed_read_ends_its_refresh() {
     let mut w = Sim::new();
     w.m.refresh();
     assert_eq!(w.call(0.0, Want::Keep).op, Op::Read);
-    assert!(matches!(w.answer(0.0, Err(unavailable())), Outcome::Retry { .. }));
+    assert!(matches!(
+        w.answer(0.0, Err(unavailable())),
+        Outcome::Retry { .. }
+    ));
     assert_eq!(w.wait(5.0, Want::Keep), Waiting::Idle);
 }
 
@@ -782,7 +856,10 @@ fn adopt_claims_a_record_left_by_an_earlier_process_so_it_can_be_released() {
     let mut stale = Sim::new();
     stale.m.refresh();
     stale.read(0.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
-    assert!(!stale.m.adopt(stale.at(10.0)), "too old to be within a deadline");
+    assert!(
+        !stale.m.adopt(stale.at(10.0)),
+        "too old to be within a deadline"
+    );
 }
 
 // ---- fencing and versions ---------------------------------------------------------------

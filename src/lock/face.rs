@@ -286,7 +286,13 @@ impl Face for LockFace {
         }
     }
 
-    fn call_failed(&mut self, op: Op, error: &StoreError, transient: bool, core: &Core) -> Recovery {
+    fn call_failed(
+        &mut self,
+        op: Op,
+        error: &StoreError,
+        transient: bool,
+        core: &Core,
+    ) -> Recovery {
         let operation = format!("{} lock {}", op.verb(), core.key);
         let typed = || Error::from_store(operation.clone(), error.duplicate());
         match op {

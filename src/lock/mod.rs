@@ -1,9 +1,10 @@
-//! Distributed locks: [`Lock`] handles on a [`LockActor`].
+//! Distributed locks: [`Lock`] handles on a lease actor with the lock face.
 //!
 //! One replica holds `<scope>.lock.<name>` at a time; inside a process, the lock actor queues its
 //! local waiters first come, first served. A held lock is renewed, so it never expires under a
 //! live holder; a crashed holder's lock frees after the lease duration. Every acquisition gets a
-//! new [`Term`] with a higher fencing token; the term is cancelled if the lock is lost.
+//! new [`Term`] with a higher fencing token; the term is cancelled if the lock is lost. The term
+//! lifecycle (cancel, drain, release, stop) is the one every face shares; see [`crate::lease`].
 //!
 //! Ownership is per handle: the handle (or a clone of it) that locked is the one that may unlock.
 //! When a handle holding the lock is dropped, its term is cancelled and the lease released.
@@ -105,12 +106,16 @@ pub(crate) enum LockCommand {
         reply: oneshot::Sender<Result<Grant>>,
     },
     /// The caller of `request` stopped waiting (its future was dropped).
-    Abandon { request: u64 },
+    Abandon {
+        request: u64,
+    },
     Unlock {
         owner_id: u64,
         reply: oneshot::Sender<Result<()>>,
     },
-    OwnerGone { owner_id: u64 },
+    OwnerGone {
+        owner_id: u64,
+    },
 }
 
 /// Tells the actor when an acquisition's future is dropped before it was answered.

@@ -242,8 +242,18 @@ impl Env {
     /// A replica whose store can be cut off (crash, partition) or made to fail chosen calls,
     /// and which counts its calls.
     pub async fn faulty_replica(&self, identity: &str) -> (Dsync, FaultyStore) {
+        self.faulty_replica_with(identity, |c| c).await
+    }
+
+    /// Like [`faulty_replica`](Self::faulty_replica), its configuration adjusted by `adjust`
+    /// (a drain timeout, a lease thread).
+    pub async fn faulty_replica_with(
+        &self,
+        identity: &str,
+        adjust: impl FnOnce(Config) -> Config,
+    ) -> (Dsync, FaultyStore) {
         let faulty = FaultyStore::new(self.store().await);
-        let dsync = Dsync::with_config(faulty.clone(), self.config(identity)).unwrap();
+        let dsync = Dsync::with_config(faulty.clone(), adjust(self.config(identity))).unwrap();
         (dsync, faulty)
     }
 

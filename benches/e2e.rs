@@ -513,6 +513,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 struct LoadResult {
+    /// Leases the leader held when the window began and no longer held at its end.
+    leases_lost: usize,
     leases: usize,
     window: f64,
     leader_cpu: f64,
@@ -569,12 +571,15 @@ fn load_phase(
     let (leader_cpu, follower_cpu, apiserver_cpu) =
         (cpu(a, cpu_a), cpu(b, cpu_b), cpu(harness_pid, cpu_s));
     let (leader_rss, follower_rss) = (proc_rss_mib(a), proc_rss_mib(b));
-    assert_eq!(
-        run.state.leads.get(&0).map_or(0, HashSet::len),
-        leases,
-        "{}: A lost leases during the steady window",
-        imp.name()
-    );
+    // A leader that loses leases in the steady window is a result, reported below.
+    let still_led = run.state.leads.get(&0).map_or(0, HashSet::len);
+    let leases_lost = leases.saturating_sub(still_led);
+    if leases_lost > 0 {
+        eprintln!(
+            "e2e: {}: the leader lost {leases_lost} of {leases} leases during the steady window",
+            imp.name()
+        );
+    }
     let counts = audit_counts(audit, offset, offset_end, &ns);
     let per = |agent: &str| -> f64 {
         counts
@@ -592,6 +597,7 @@ fn load_phase(
         .join(", ");
     let result = LoadResult {
         leases,
+        leases_lost,
         window: elapsed,
         leader_cpu,
         follower_cpu,
@@ -841,6 +847,9 @@ fn main() {
             percentile(&r.crash, 0.99),
             r.crash.len()
         )
+    }));
+    line(row("leases the leader lost in the steady window", &|r| {
+        format!("{} of {}", r.leases_lost, r.leases)
     }));
     line(row("leader API requests / min / election", &|r| {
         format!("{:.1}", r.leader_rpm)

@@ -46,7 +46,7 @@ crate::on_both_stores!(
     restart_backoff_grows_under_a_persistent_refusal,
     lock_on_a_handle_that_holds_the_lock_is_an_error_not_a_wait,
     try_lock_is_not_refused_because_of_abandoned_waiters,
-    cancelled_and_timed_out_waiters_leave_nothing_behind,
+    cancelled_and_timed_out_waiters_leave_the_queue_at_once,
 );
 
 /// Resolves, with the instant, when `term` stops being active as its holder sees it.
@@ -417,29 +417,56 @@ async fn a_stop_from_inside_the_work_takes_effect_without_waiting_for_itself(env
     for how in ["Lock::stop", "Dsync::shutdown"] {
         let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
         let (la, lb) = (a.lock("y").unwrap(), b.lock("y").unwrap());
-        let (la2, a2) = (la.clone(), a.clone());
-        let (result, waited, active) = la
-            .with_lock(|term| async move {
-                let called = Instant::now();
-                let result = match how {
-                    "Lock::stop" => la2.stop().await,
-                    _ => a2.shutdown().await,
-                };
-                let waited = called.elapsed();
-                tokio::time::sleep(linger).await;
-                (result, waited, term.is_active())
+        let (started_tx, started) = oneshot::channel();
+        let (go, go_rx) = oneshot::channel::<()>();
+        let body = {
+            let (la, la2, a2) = (la.clone(), la.clone(), a.clone());
+            actix::spawn(async move {
+                la.with_lock(|term| async move {
+                    started_tx.send(()).unwrap();
+                    go_rx.await.unwrap();
+                    let called = Instant::now();
+                    let result = match how {
+                        "Lock::stop" => la2.stop().await,
+                        _ => a2.shutdown().await,
+                    };
+                    let waited = called.elapsed();
+                    tokio::time::sleep(linger).await; // wrapping up after asking
+                    (result, waited, term.is_active(), Instant::now())
+                })
+                .await
             })
-            .await
-            .unwrap();
-        let returned = Instant::now();
+        };
+        within(env.limit(), "body started", started).await.unwrap();
+        // B waits in line while the body runs (its handle comes back with the result).
+        let mut status = lb.watch_status();
+        let waiter = actix::spawn(async move {
+            let term = lb.lock().await;
+            (term, Instant::now(), lb)
+        });
+        within(
+            env.limit(),
+            "b waits",
+            status.wait_for(|s| s.waiters == 1 && s.holder.as_deref() == Some("pod-a")),
+        )
+        .await
+        .unwrap();
+        go.send(()).unwrap();
+        let (result, waited, active, body_end) =
+            within(env.limit(), how, body).await.unwrap().unwrap();
         assert!(
             matches!(&result, Err(Error::StopFromWork { lease }) if *lease == la.lease().to_string()),
             "{how} from inside with_lock: {result:?}"
         );
         env.assert_between(waited, ZERO, ZERO, "returned at once");
         assert!(!active, "{how} took effect: the term is over");
-        within(env.limit(), "b locks", lb.lock()).await.unwrap();
-        env.assert_between(returned.elapsed(), ZERO, ZERO, "released once it returned");
+        let (tb, b_began, _lb) = within(env.limit(), "b locks", waiter).await.unwrap();
+        tb.unwrap();
+        assert!(
+            b_began >= body_end,
+            "{how}: B began at {b_began:?}, before the body returned at {body_end:?}"
+        );
+        env.assert_between(b_began - body_end, ZERO, ZERO, "released once it returned");
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
     }
@@ -768,9 +795,10 @@ async fn try_lock_is_not_refused_because_of_abandoned_waiters(env: Env) {
     b.shutdown().await.unwrap();
 }
 
-async fn cancelled_and_timed_out_waiters_leave_nothing_behind(env: Env) {
-    // lock_with_cancel used to park a future in the lock actor per call until its token fired.
-    // Waiting is now the caller's own future: when it returns or is dropped, nothing stays.
+async fn cancelled_and_timed_out_waiters_leave_the_queue_at_once(env: Env) {
+    // Waiting is the caller's own future: when it gives up (cancelled, timed out) its place in
+    // line goes at once, and no stale waiter takes the lock later. (That granted calls leave
+    // nothing behind in the lock actor is measured on the heap in tests/leaks.rs.)
     let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (la, lb) = (a.lock("x").unwrap(), b.lock("x").unwrap());
     lb.lock().await.unwrap();

@@ -2,26 +2,16 @@
 //! on top of the one lease lifecycle.
 
 use std::collections::VecDeque;
-use std::sync::Weak;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Grant, LockCommand, LockStatus, Owner};
+use super::{Grant, LockCommand, LockStatus, Waiter};
 use crate::error::{Error, Result};
 use crate::lease::actor::Core;
 use crate::lease::face::{EndReason, Face, Recovery, stopped};
 use crate::lease::{Op, Waiting};
 use crate::store::StoreError;
 use crate::term::{Term, now};
-
-struct Waiter {
-    request: u64,
-    owner_id: u64,
-    owner: Weak<Owner>,
-    try_only: bool,
-    guarded: bool,
-    reply: oneshot::Sender<Result<Grant>>,
-}
 
 impl Waiter {
     /// Whether anyone still waits for the answer.
@@ -183,46 +173,32 @@ impl Face for LockFace {
 
     fn command(&mut self, command: LockCommand, core: &mut Core) {
         match command {
-            LockCommand::Acquire {
-                request,
-                owner_id,
-                owner,
-                try_only,
-                guarded,
-                reply,
-            } => {
+            LockCommand::Acquire(waiter) => {
                 if core.is_stopping() {
-                    let _ = reply.send(Err(stopped(Self::KIND, core)));
+                    let _ = waiter.reply.send(Err(stopped(Self::KIND, core)));
                     return;
                 }
                 self.prune();
                 if let Some(holder) = &self.holder
-                    && holder.owner_id == owner_id
+                    && holder.owner_id == waiter.owner_id
                     && !holder.ending
                 {
                     // This handle holds it: waiting would be waiting for itself.
-                    let _ = reply.send(Err(Error::AlreadyLocked {
+                    let _ = waiter.reply.send(Err(Error::AlreadyLocked {
                         lock: core.key.to_string(),
                         holder: core.identity().to_owned(),
                     }));
                     return;
                 }
-                if try_only && (self.holder.is_some() || !self.queue.is_empty()) {
-                    let _ = reply.send(Err(Self::already_locked(core)));
+                if waiter.try_only && (self.holder.is_some() || !self.queue.is_empty()) {
+                    let _ = waiter.reply.send(Err(Self::already_locked(core)));
                     return;
                 }
-                self.queue.push_back(Waiter {
-                    request,
-                    owner_id,
-                    owner,
-                    try_only,
-                    guarded,
-                    reply,
-                });
-                if try_only {
+                if waiter.try_only {
                     // try_lock decides on a fresh read.
                     core.machine.refresh();
                 }
+                self.queue.push_back(waiter);
             }
             LockCommand::Abandon { request } => self.queue.retain(|w| w.request != request),
             LockCommand::Unlock { owner_id, reply } => {

@@ -93,18 +93,21 @@ impl Drop for Grant {
     }
 }
 
+/// A caller asking for the lock; queued by the lock face until it is answered.
+pub(crate) struct Waiter {
+    request: u64,
+    owner_id: u64,
+    owner: Weak<Owner>,
+    /// `try_lock`: answered after the next fresh decision instead of waiting.
+    try_only: bool,
+    /// `with_lock`: the grant carries a work token, so the lease is released only after the
+    /// body has returned.
+    guarded: bool,
+    reply: oneshot::Sender<Result<Grant>>,
+}
+
 pub(crate) enum LockCommand {
-    Acquire {
-        request: u64,
-        owner_id: u64,
-        owner: Weak<Owner>,
-        /// `try_lock`: answered after the next fresh decision instead of waiting.
-        try_only: bool,
-        /// `with_lock`: the grant carries a work token, so the lease is released only after
-        /// the body has returned.
-        guarded: bool,
-        reply: oneshot::Sender<Result<Grant>>,
-    },
+    Acquire(Waiter),
     /// The caller of `request` stopped waiting (its future was dropped).
     Abandon {
         request: u64,
@@ -330,14 +333,14 @@ impl Lock {
     async fn acquire(&self, owner: &Arc<Owner>, try_only: bool, guarded: bool) -> Result<Grant> {
         let (reply, rx) = oneshot::channel();
         let request = next_id();
-        self.send(LockCommand::Acquire {
+        self.send(LockCommand::Acquire(Waiter {
             request,
             owner_id: owner.id,
             owner: Arc::downgrade(owner),
             try_only,
             guarded,
             reply,
-        })?;
+        }))?;
         let mut pending = Pending {
             addr: &self.shared.addr,
             request,

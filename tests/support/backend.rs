@@ -29,6 +29,10 @@ macro_rules! on_both_stores {
             $(
                 #[actix::test]
                 async fn $name() {
+                    let _wall = $crate::support::WallWatchdog::start(
+                        concat!("memory::", stringify!($name)),
+                        ::std::time::Duration::from_secs(300),
+                    );
                     let env = $crate::support::backend::Env::memory().await;
                     let watchdog = env.watchdog();
                     $crate::support::within(watchdog, stringify!($name), super::$name(env)).await

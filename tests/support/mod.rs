@@ -27,6 +27,35 @@ pub fn paused_config(identity: &str) -> dsync::Config {
         .with_lease_thread(dsync::LeaseThread::Current)
 }
 
+/// Aborts the test process if the test holding it runs for longer than `limit` of wall-clock
+/// time. In paused time a test that loops hot never lets the clock advance, so its virtual
+/// watchdog never fires; this one does (and says which test), instead of hanging CI.
+pub struct WallWatchdog(Option<std::sync::mpsc::Sender<()>>);
+
+impl WallWatchdog {
+    pub fn start(name: &'static str, limit: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!(
+                    "{name}: still running after {limit:?} of wall-clock time (a hot loop that \
+                     never lets paused time advance?): aborting the test process"
+                );
+                std::process::abort();
+            }
+        });
+        WallWatchdog(Some(tx))
+    }
+}
+
+impl Drop for WallWatchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Fails the test (instead of hanging) if `fut` does not finish within `limit` of virtual time.
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(limit, fut).await {

@@ -27,10 +27,10 @@ async fn granted_lock_calls_leave_nothing_behind_in_the_lock_actor() {
     // The tokens live, uncancelled, for the whole test (made before measuring; each call
     // gets a clone).
     let tokens: Vec<CancellationToken> = (0..CALLS).map(|_| CancellationToken::new()).collect();
-    let mut cycle = async |n: usize| {
-        for i in 0..n {
+    let cycle = async |n: usize| {
+        for (i, token) in tokens.iter().take(n).enumerate() {
             let term = if i % 2 == 0 {
-                lock.lock_with_cancel(tokens[i].clone()).await.unwrap()
+                lock.lock_with_cancel(token.clone()).await.unwrap()
             } else {
                 lock.lock_timeout(Duration::from_secs(3600)).await.unwrap()
             };

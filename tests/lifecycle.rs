@@ -35,6 +35,7 @@ crate::on_both_stores!(
     a_term_is_cancelled_before_the_write_that_gives_its_lease_up,
     a_lock_is_released_only_after_its_with_lock_body_returned,
     an_election_is_released_only_after_its_work_returned,
+    a_stop_while_a_lost_term_drains_still_waits_for_its_work,
     a_grant_nobody_received_is_given_back,
     every_outcome_of_a_store_call_lets_a_pending_stop_finish,
     a_stop_from_inside_the_work_takes_effect_without_waiting_for_itself,
@@ -258,6 +259,65 @@ async fn an_election_is_released_only_after_its_work_returned(env: Env) {
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
     }
+}
+
+async fn a_stop_while_a_lost_term_drains_still_waits_for_its_work(env: Env) {
+    // The term was lost at its renew deadline (the API server unreachable) and its work is
+    // still finishing when the stop comes. The stop must wait for that work too: it used to
+    // forget the draining term and answer at once (found by tests/safety.rs, seed 109), and
+    // a new election of the same lease then started its work beside the old one.
+    let linger = env.leases(1);
+    let (a, fa) = env
+        .faulty_replica_with("pod-a", |c| c.with_drain_timeout(linger * 2))
+        .await;
+    let ea = a.election("x").unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    ea.when_elected(move |term| {
+        let tx = tx.clone();
+        async move {
+            tx.send(("start", Instant::now())).unwrap();
+            term.cancelled().await;
+            tokio::time::sleep(linger).await; // finishing, past its cancellation
+            tx.send(("end", Instant::now())).unwrap();
+        }
+    })
+    .unwrap();
+    let term = within(env.limit(), "elected", ea.elected()).await.unwrap();
+    within(env.limit(), "work started", rx.recv())
+        .await
+        .unwrap();
+    fa.partition();
+    within(env.limit(), "lost at the deadline", term.cancelled()).await;
+    fa.heal();
+    let stopped = {
+        let ea = ea.clone();
+        actix::spawn(async move {
+            let result = ea.stop().await;
+            (result, Instant::now())
+        })
+    };
+    let (what, work_end) = within(env.limit(), "work ends", rx.recv()).await.unwrap();
+    assert_eq!(what, "end");
+    let (result, stop_end) = within(env.limit(), "stop", stopped).await.unwrap();
+    result.unwrap();
+    assert!(
+        stop_end >= work_end,
+        "the stop returned at {stop_end:?}, before the lost term's work at {work_end:?}"
+    );
+    // A new election of the lease starts its work only after the old work has returned.
+    let again = a.election("x").unwrap();
+    let (tx2, mut rx2) = mpsc::unbounded_channel();
+    again
+        .when_elected(move |_term| {
+            let tx2 = tx2.clone();
+            async move {
+                tx2.send(Instant::now()).unwrap();
+            }
+        })
+        .unwrap();
+    let started = within(env.limit(), "new work", rx2.recv()).await.unwrap();
+    assert!(started >= work_end);
+    a.shutdown().await.unwrap();
 }
 
 // ---- a grant nobody received is given back ----------------------------------------------

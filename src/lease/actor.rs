@@ -248,8 +248,11 @@ impl Core {
     /// Ends the live term: cancels it *first*, then lets its work drain; the lease is released
     /// once the work has returned (if we still hold it then). No-op without a live term.
     pub fn end_term(&mut self, reason: EndReason) {
+        if !matches!(self.phase, Phase::Serving(_)) {
+            return; // no live term (one that is draining keeps draining)
+        }
         let Phase::Serving(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
-            return;
+            unreachable!("checked above");
         };
         term.cancel();
         // A new ending: what an earlier release failed with is no longer news.
@@ -295,8 +298,11 @@ impl Core {
         if self.drain_deadline().is_none_or(|d| now < d) {
             return;
         }
-        let Phase::Draining(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
+        if !matches!(self.phase, Phase::Draining(_)) {
             return;
+        }
+        let Phase::Draining(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
+            unreachable!("checked above");
         };
         tracing::error!(
             lease = %self.key,

@@ -33,7 +33,10 @@ fn following(t0: Instant) -> Machine {
 /// A machine that acquired the lease at `t0`.
 fn holding(t0: Instant, wall: SystemTime) -> Machine {
     let mut m = Machine::new("me", Timing::default());
-    m.on_watch(t0, Ok(WatchEvent::Applied(lease("", "7"))));
+    let Step::Call(read) = m.next(t0, wall, Want::Acquire) else {
+        unreachable!("a new machine reads first")
+    };
+    m.on_result(t0, read.seq, Ok(lease("", "7")));
     let Step::Call(call) = m.next(t0, wall, Want::Acquire) else {
         unreachable!("a free lease is acquired")
     };

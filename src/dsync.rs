@@ -9,19 +9,18 @@ use tokio::sync::{oneshot, watch};
 use crate::config::{Config, LeaseThread, validate_identity};
 use crate::election::{Election, ElectionFace, ElectionStatus};
 use crate::error::{Error, Result};
-use crate::lease::actor::{self, LeaseParams, Stop};
+use crate::lease::actor::{self, LeaseParams, Shared, Stop};
 use crate::lock::{Lock, LockFace, LockShared, LockStatus};
 use crate::resource::{LeaseKind, NameError, Resource};
 use crate::store::{LeaseKey, LeaseStore};
-use crate::supervisor::{Entry, Handle, Registry, Shutdown, Supervisor};
+use crate::supervisor::{Entry, Registry, Shutdown, Supervisor};
 use crate::watch::WatchHub;
 use crate::work;
 
 struct Inner {
     config: Config,
-    store: Arc<dyn LeaseStore>,
-    watches: Arc<WatchHub>,
-    registry: Arc<Registry>,
+    /// What every lease actor of this replica shares (store, watches, registry, settings).
+    shared: Arc<Shared>,
     supervisor: Addr<Supervisor>,
     /// Where the lease actors run (see [`LeaseThread`]).
     arbiter: ArbiterHandle,
@@ -176,12 +175,18 @@ impl Dsync {
                 std::future::pending::<()>().await
             });
         }
+        let shared = Arc::new(Shared {
+            identity: config.identity.as_str().into(),
+            timing: config.timing,
+            drain_timeout: config.drain_timeout,
+            store,
+            watches,
+            registry,
+        });
         Dsync {
             inner: Arc::new(Inner {
                 config,
-                store,
-                watches,
-                registry,
+                shared,
                 supervisor,
                 arbiter: arbiter.handle,
                 #[cfg(feature = "metrics")]
@@ -242,18 +247,11 @@ impl Dsync {
             });
             let params = self.params(&key, predecessor);
             let (addr, id) = actor::start(&inner.arbiter, params, ElectionFace::new(tx));
-            let election = Election::new(resource.clone(), id, addr.clone(), rx);
-            Entry {
-                id,
-                key: key.clone(),
-                kind: "election",
-                stop: addr.recipient(),
-                handle: Handle::Election(election),
-            }
+            Entry::Election(Election::new(resource.clone(), id, addr, rx))
         })?;
-        match entry.handle {
-            Handle::Election(election) => Ok(election),
-            Handle::Lock(_) => Err(self.taken(&key, "a lock")),
+        match entry {
+            Entry::Election(election) => Ok(election),
+            Entry::Lock(_) => Err(self.taken(&key, "a lock")),
         }
     }
 
@@ -281,21 +279,15 @@ impl Dsync {
             });
             let params = self.params(&key, predecessor);
             let (addr, id) = actor::start(&inner.arbiter, params, LockFace::new(tx));
-            Entry {
+            Entry::Lock(LockShared {
                 id,
-                key: key.clone(),
-                kind: "lock",
-                stop: addr.clone().recipient(),
-                handle: Handle::Lock(LockShared {
-                    id,
-                    addr,
-                    status: rx,
-                }),
-            }
+                addr,
+                status: rx,
+            })
         })?;
-        match entry.handle {
-            Handle::Lock(shared) => Ok(Lock::new(resource, shared)),
-            Handle::Election(_) => Err(self.taken(&key, "an election")),
+        match entry {
+            Entry::Lock(shared) => Ok(Lock::new(resource, shared)),
+            Entry::Election(_) => Err(self.taken(&key, "an election")),
         }
     }
 
@@ -320,7 +312,7 @@ impl Dsync {
 
     /// Number of running elections and locks.
     pub fn running(&self) -> (usize, usize) {
-        self.inner.registry.len()
+        self.inner.shared.registry.len()
     }
 
     /// An empty name is a mistake here, not the seed's default (see [`NameError::EmptyName`]).
@@ -339,7 +331,7 @@ impl Dsync {
             resource.namespace = self.inner.config.namespace.clone();
         }
         resource.validate()?;
-        if self.inner.registry.is_closed() {
+        if self.inner.shared.registry.is_closed() {
             return Err(self.stopped());
         }
         let key = resource.lease_key(kind);
@@ -352,6 +344,7 @@ impl Dsync {
         start: impl FnOnce(Option<Recipient<Stop>>) -> Entry,
     ) -> Result<Entry> {
         self.inner
+            .shared
             .registry
             .entry(key, start)
             .ok_or_else(|| self.stopped())
@@ -369,12 +362,7 @@ impl Dsync {
         let metrics = crate::metrics::LeaseMetrics;
         LeaseParams {
             key: key.clone(),
-            identity: self.inner.config.identity.clone(),
-            timing: self.inner.config.timing,
-            drain_timeout: self.inner.config.drain_timeout,
-            store: self.inner.store.clone(),
-            watches: self.inner.watches.clone(),
-            registry: self.inner.registry.clone(),
+            shared: self.inner.shared.clone(),
             metrics,
             predecessor,
         }
@@ -397,7 +385,7 @@ impl Dsync {
     /// How many namespaces this replica watches (one watch each, shared by all its elections
     /// and locks there).
     pub fn watched_namespaces(&self) -> usize {
-        self.inner.watches.watched_namespaces()
+        self.inner.shared.watches.watched_namespaces()
     }
 
     fn stopped(&self) -> Error {

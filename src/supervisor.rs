@@ -28,34 +28,58 @@ use crate::store::LeaseKey;
 use crate::watch::WatchHub;
 use crate::work::ActorId;
 
-/// What the registry keeps of each face's actor, to hand out handles.
+/// One lease actor in the registry: what handles are made from, whatever the face.
 #[derive(Clone)]
-pub(crate) enum Handle {
+pub(crate) enum Entry {
     Election(Election),
     Lock(LockShared),
 }
 
-/// One lease actor in the registry, whatever its face.
-#[derive(Clone)]
-pub(crate) struct Entry {
-    pub id: ActorId,
-    pub key: LeaseKey,
-    pub kind: &'static str,
-    pub stop: Recipient<Stop>,
-    pub handle: Handle,
-}
-
 impl Entry {
+    pub fn id(&self) -> ActorId {
+        match self {
+            Entry::Election(e) => e.actor_id(),
+            Entry::Lock(l) => l.id,
+        }
+    }
+
+    pub fn key(&self) -> LeaseKey {
+        match self {
+            Entry::Election(e) => e.lease(),
+            Entry::Lock(l) => l.status.borrow().lease.clone(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Entry::Election(_) => "election",
+            Entry::Lock(_) => "lock",
+        }
+    }
+
+    /// The actor, as a recipient of [`Stop`].
+    pub fn stopper(&self) -> Recipient<Stop> {
+        match self {
+            Entry::Election(e) => e.addr().clone().recipient(),
+            Entry::Lock(l) => l.addr.clone().recipient(),
+        }
+    }
+
     /// Stops the actor and waits for it (unless `from_work`), as a `Result`.
     pub async fn stop(&self, from_work: bool) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        if self.stop.send(Stop { reply, from_work }).await.is_err() {
+        if self
+            .stopper()
+            .send(Stop { reply, from_work })
+            .await
+            .is_err()
+        {
             return Ok(()); // gone: nothing left to stop
         }
         // A dropped sender means the actor ended without answering: stopped either way.
         rx.await
             .unwrap_or(StopOutcome::Done)
-            .into_result(self.kind, &self.key)
+            .into_result(self.kind(), &self.key())
     }
 }
 
@@ -103,8 +127,8 @@ impl Registry {
             .retiring
             .iter()
             .rev()
-            .find(|e| e.key == *key)
-            .map(|e| e.stop.clone());
+            .find(|e| e.key() == *key)
+            .map(Entry::stopper);
         let entry = start(predecessor);
         inner.entries.insert(key.clone(), entry.clone());
         Some(entry)
@@ -113,7 +137,7 @@ impl Registry {
     /// A stop has begun: later requests for `key` start a new actor rather than get this one.
     pub fn retire(&self, key: &LeaseKey, id: ActorId) {
         let mut inner = self.lock();
-        if inner.entries.get(key).is_some_and(|e| e.id == id)
+        if inner.entries.get(key).is_some_and(|e| e.id() == id)
             && let Some(entry) = inner.entries.remove(key)
         {
             inner.retiring.push(entry);
@@ -123,10 +147,10 @@ impl Registry {
     /// The actor has stopped: forget it.
     pub fn remove(&self, key: &LeaseKey, id: ActorId) {
         let mut inner = self.lock();
-        if inner.entries.get(key).is_some_and(|e| e.id == id) {
+        if inner.entries.get(key).is_some_and(|e| e.id() == id) {
             inner.entries.remove(key);
         }
-        inner.retiring.retain(|e| e.id != id);
+        inner.retiring.retain(|e| e.id() != id);
     }
 
     /// Closes the registry and returns everything in it.
@@ -147,7 +171,7 @@ impl Registry {
         let elections = inner
             .entries
             .values()
-            .filter(|e| matches!(e.handle, Handle::Election(_)))
+            .filter(|e| matches!(e, Entry::Election(_)))
             .count();
         (elections, inner.entries.len() - elections)
     }
@@ -203,11 +227,11 @@ impl Handler<Shutdown> for Supervisor {
         let entries = self.registry.close();
         tracing::info!(leases = entries.len(), "shutting down");
         let stops = async move {
-            let results = join_all(entries.iter().map(|e| e.stop(inside.contains(&e.id)))).await;
+            let results = join_all(entries.iter().map(|e| e.stop(inside.contains(&e.id())))).await;
             let first_error = results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
             let deferred: Vec<Entry> = entries
                 .into_iter()
-                .filter(|e| inside.contains(&e.id))
+                .filter(|e| inside.contains(&e.id()))
                 .collect();
             (first_error, deferred)
         };

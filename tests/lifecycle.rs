@@ -454,8 +454,10 @@ async fn a_stop_from_inside_the_work_takes_effect_without_waiting_for_itself(env
             }
         })
         .unwrap();
-        let eb = b.election("x").unwrap();
         let (result, waited, active, _) = within(env.limit(), how, rx.recv()).await.unwrap();
+        // B campaigns only now, so A surely led first (on kube the two race otherwise); A's
+        // work is still wrapping up, so the lease is A's until it returns.
+        let eb = b.election("x").unwrap();
         assert!(
             matches!(&result, Err(Error::StopFromWork { lease }) if *lease == ea.lease().to_string()),
             "{how} from inside the work: {result:?}"
@@ -566,6 +568,15 @@ async fn a_leader_only_actor_can_stop_its_own_election(env: Env) {
         election: election.clone(),
         answer: ans.clone(),
     })
+    .unwrap();
+    // B campaigns only once A's actor has started (on kube the two race otherwise).
+    let mut status = worker.watch_status();
+    within(
+        env.limit(),
+        "a's actor started",
+        status.wait_for(|s| s.starts == 1),
+    )
+    .await
     .unwrap();
     let eb = b.election("x").unwrap();
     within(env.limit(), "b elected", eb.elected())

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::{
     Callback, DeposeReason, Deposed, Elected, ElectionCommand, ElectionStatus, LeaderChanged,
 };
-use crate::lease::actor::{Core, Internal};
+use crate::lease::actor::{Core, Internal, LeaseActor};
 use crate::lease::face::{EndReason, Face, Recovery};
 use crate::lease::{Op, Waiting};
 use crate::store::StoreError;
@@ -73,24 +73,37 @@ impl ElectionFace {
         }
     }
 
+    /// Publishes the status if anything in it changed (a follower's status stays put while
+    /// the leader renews; its watchers are not woken for nothing).
     fn publish_status(&self, core: &Core) {
-        let term = core.term().cloned();
-        let claim = term.as_ref().and(core.machine.claim());
+        let term = core.term();
+        let claim = term.and(core.machine.claim());
         let valid_until = claim.and(core.machine.deadline());
         let renewed_at = claim.map(|c| c.renewed_at);
-        let leader = core.machine.holder().map(str::to_owned);
-        let last_error = core.last_error.clone();
-        let invalid = core.machine.invalid().map(str::to_owned);
-        let (restarts, stopped) = (core.restarts, core.is_stopped());
-        self.status.send_modify(|s| {
-            s.renewed_at = renewed_at;
-            s.invalid = invalid;
-            s.term = term;
+        let leader = core.machine.holder();
+        let invalid = core.machine.invalid();
+        let stopped = core.is_stopped();
+        self.status.send_if_modified(|s| {
+            let same = s.term.as_ref().map(Term::id) == term.map(Term::id)
+                && s.valid_until == valid_until
+                && s.renewed_at == renewed_at
+                && s.leader.as_deref() == leader
+                && s.invalid.as_deref() == invalid
+                && s.last_error == core.last_error
+                && s.restarts == core.restarts
+                && s.stopped == stopped;
+            if same {
+                return false;
+            }
+            s.term = term.cloned();
             s.valid_until = valid_until;
-            s.leader = leader;
-            s.last_error = last_error;
-            s.restarts = restarts;
+            s.renewed_at = renewed_at;
+            s.leader = leader.map(str::to_owned);
+            s.invalid = invalid.map(str::to_owned);
+            s.last_error.clone_from(&core.last_error);
+            s.restarts = core.restarts;
             s.stopped = stopped;
+            true
         });
     }
 }
@@ -98,9 +111,15 @@ impl ElectionFace {
 /// Runs one `when_elected` callback for `term` as the term's guarded work, on the callback's
 /// own arbiter: the work is registered with the term before anything can end it, runs in the
 /// lease's work scope (so a stop from inside it is recognised), and a panic ends the term.
-fn spawn_work(callback: &Arc<Callback>, term: &Term, core: &Core) {
+fn spawn_work(
+    callback: &Arc<Callback>,
+    term: &Term,
+    core: &Core,
+    ctx: &mut Context<LeaseActor<ElectionFace>>,
+) {
     let token = term.work_token();
-    let (term, notify, actor, cb) = (term.clone(), core.notify(), core.id, callback.clone());
+    let notify = ctx.address();
+    let (term, actor, cb) = (term.clone(), core.id, callback.clone());
     let run = move || {
         let id = term.id();
         let fut = {
@@ -116,7 +135,7 @@ fn spawn_work(callback: &Arc<Callback>, term: &Term, core: &Core) {
                     .is_err(),
                 Err(_) => true,
             };
-            if panicked && let Some(notify) = notify {
+            if panicked {
                 notify.do_send(Internal::WorkPanicked(id));
             }
         });
@@ -132,7 +151,12 @@ impl Face for ElectionFace {
     type Command = ElectionCommand;
     const KIND: &'static str = "election";
 
-    fn command(&mut self, command: ElectionCommand, core: &mut Core) {
+    fn command(
+        &mut self,
+        command: ElectionCommand,
+        core: &mut Core,
+        ctx: &mut Context<LeaseActor<Self>>,
+    ) {
         match command {
             ElectionCommand::SubscribeElected(weak) => {
                 if let (Some(term), Some(recipient)) = (core.term(), weak.upgrade()) {
@@ -147,7 +171,7 @@ impl Face for ElectionFace {
                     return;
                 }
                 if let Some(term) = core.term() {
-                    spawn_work(&callback, term, core);
+                    spawn_work(&callback, term, core, ctx);
                 }
                 self.callbacks.push(callback);
             }
@@ -158,9 +182,9 @@ impl Face for ElectionFace {
         true
     }
 
-    fn grant(&mut self, term: &Term, core: &Core) -> bool {
+    fn grant(&mut self, term: &Term, core: &Core, ctx: &mut Context<LeaseActor<Self>>) -> bool {
         for callback in &self.callbacks {
-            spawn_work(callback, term, core);
+            spawn_work(callback, term, core, ctx);
         }
         core.metrics.leading(true);
         self.elected.publish(&Elected { term: term.clone() });
@@ -208,9 +232,9 @@ impl Face for ElectionFace {
             }
             _ => {}
         }
-        let leader = core.machine.holder().map(str::to_owned);
-        if leader != self.last_leader {
-            self.last_leader = leader.clone();
+        if core.machine.holder() != self.last_leader.as_deref() {
+            let leader = core.machine.holder().map(str::to_owned);
+            self.last_leader.clone_from(&leader);
             self.leader_changed.publish(&LeaderChanged {
                 lease: core.key.clone(),
                 leader,

@@ -221,6 +221,10 @@ impl Election {
         self.id
     }
 
+    pub(crate) fn addr(&self) -> &Addr<LeaseActor<ElectionFace>> {
+        &self.addr
+    }
+
     /// The resource this election is for.
     pub fn resource(&self) -> &Resource {
         &self.resource

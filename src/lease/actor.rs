@@ -17,7 +17,6 @@
 //! A release is only ever written in the [`Phase::Vacant`] phase, that is with no live term:
 //! no write gives the lease up while a term of ours may still be running.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -130,15 +129,20 @@ pub(crate) enum Internal {
 #[rtype(result = "()")]
 pub(crate) struct FaceCommand<C>(pub C);
 
-/// Everything a lease actor is made from.
-pub(crate) struct LeaseParams {
-    pub key: LeaseKey,
-    pub identity: String,
+/// What every lease actor of one `Dsync` shares.
+pub(crate) struct Shared {
+    pub identity: Arc<str>,
     pub timing: crate::config::Timing,
     pub drain_timeout: Duration,
     pub store: Arc<dyn LeaseStore>,
     pub watches: Arc<WatchHub>,
     pub registry: Arc<Registry>,
+}
+
+/// Everything a lease actor is made from.
+pub(crate) struct LeaseParams {
+    pub key: LeaseKey,
+    pub shared: Arc<Shared>,
     pub metrics: LeaseMetrics,
     /// A stopping actor of the same lease in this replica: we start once it has finished.
     pub predecessor: Option<Recipient<Stop>>,
@@ -153,20 +157,18 @@ pub(crate) struct Core {
     pub restarts: u32,
     /// The latest store error, cleared by the next success.
     pub last_error: Option<String>,
-    store: Arc<dyn LeaseStore>,
-    watches: Arc<WatchHub>,
-    registry: Arc<Registry>,
-    drain_timeout: Duration,
+    shared: Arc<Shared>,
     span: tracing::Span,
     phase: Phase,
     stop: StopState,
     /// Terms that ended since the face was last told.
-    ended: VecDeque<(Term, EndReason)>,
+    ended: Vec<(Term, EndReason)>,
     /// Why the last attempt to release failed; reported to stop and unlock callers.
-    release_error: Option<StoreError>,
+    release_error: Option<Box<StoreError>>,
     /// A term that was abandoned when its drain timed out (its work may still run).
     abandoned: Option<Term>,
-    notify: Option<Recipient<Internal>>,
+    /// The draining term whose drain is being watched.
+    watched: Option<TermId>,
     timer: Option<(SpawnHandle, Instant)>,
     watch_handle: Option<SpawnHandle>,
     predecessor: Option<Recipient<Stop>>,
@@ -179,27 +181,24 @@ impl Core {
         let span = tracing::info_span!(
             "lease",
             lease = %p.key,
-            identity = %p.identity,
+            identity = %p.shared.identity,
             token = tracing::field::Empty
         );
         Core {
             id: ActorId::next(),
-            machine: Machine::new(p.identity, p.timing),
+            machine: Machine::new(p.shared.identity.clone(), p.shared.timing),
             key: p.key,
             metrics: p.metrics,
             restarts: 0,
             last_error: None,
-            store: p.store,
-            watches: p.watches,
-            registry: p.registry,
-            drain_timeout: p.drain_timeout,
+            shared: p.shared,
             span,
             phase: Phase::Vacant,
             stop: StopState::Running,
-            ended: VecDeque::new(),
+            ended: Vec::new(),
             release_error: None,
             abandoned: None,
-            notify: None,
+            watched: None,
             timer: None,
             watch_handle: None,
             blocked: p.predecessor.is_some(),
@@ -237,12 +236,7 @@ impl Core {
 
     /// Why the last release could not be written, if it could not.
     pub fn release_error(&self) -> Option<&StoreError> {
-        self.release_error.as_ref()
-    }
-
-    /// Where to report drained, panicked or dropped work.
-    pub fn notify(&self) -> Option<Recipient<Internal>> {
-        self.notify.clone()
+        self.release_error.as_deref()
     }
 
     /// Ends the live term: cancels it *first*, then lets its work drain; the lease is released
@@ -258,21 +252,11 @@ impl Core {
         // A new ending: what an earlier release failed with is no longer news.
         self.release_error = None;
         tracing::info!(lease = %self.key, identity = %self.identity(), term = %term.id(), ?reason, "term ended");
-        self.ended.push_back((term.clone(), reason));
-        if !term.has_work() {
-            return;
+        if term.has_work() {
+            // The actor watches the drain from its next step.
+            self.phase = Phase::Draining(term.clone());
         }
-        self.phase = Phase::Draining(term.clone());
-        // Spawned on the arbiter, not the context, so an actor restart cannot lose it.
-        let notify = self.notify.clone();
-        let drained = term.drained();
-        let id = term.id();
-        actix::spawn(async move {
-            drained.await;
-            if let Some(notify) = notify {
-                notify.do_send(Internal::Drained(id));
-            }
-        });
+        self.ended.push((term, reason));
     }
 
     fn want<F: Face>(&self, face: &F) -> Want {
@@ -287,7 +271,7 @@ impl Core {
     fn drain_deadline(&self) -> Option<Instant> {
         match (&self.stop, &self.phase) {
             (StopState::Stopping { since, .. }, Phase::Draining(_)) => {
-                Some(*since + self.drain_timeout)
+                Some(*since + self.shared.drain_timeout)
             }
             _ => None,
         }
@@ -307,7 +291,7 @@ impl Core {
         tracing::error!(
             lease = %self.key,
             term = %term.id(),
-            after = ?self.drain_timeout,
+            after = ?self.shared.drain_timeout,
             "the term's work did not return within the drain timeout: not releasing the lease \
              while it may still run; it expires after the lease duration"
         );
@@ -344,7 +328,7 @@ impl<F: Face> LeaseActor<F> {
         for _ in 0..4 {
             let now = now();
             self.core.check_drain_timeout(now);
-            self.tell_face();
+            self.tell_face(ctx);
             let waiting = if self.core.blocked {
                 Waiting::Idle
             } else {
@@ -352,7 +336,7 @@ impl<F: Face> LeaseActor<F> {
             };
             self.arm(ctx, waiting.until(), now);
             let finished = self.maybe_finish_stop(ctx);
-            self.tell_face();
+            self.tell_face(ctx);
             let again = self.face.settle(&mut self.core, &waiting);
             if let Some((waiters, outcome)) = finished {
                 // Answered after the face has published its final status, so a caller that
@@ -383,9 +367,21 @@ impl<F: Face> LeaseActor<F> {
         }
     }
 
-    fn tell_face(&mut self) {
-        while let Some((term, reason)) = self.core.ended.pop_front() {
+    /// Tells the face which terms ended, and watches the drain of a term that is draining.
+    fn tell_face(&mut self, ctx: &mut Context<Self>) {
+        for (term, reason) in std::mem::take(&mut self.core.ended) {
             self.face.term_ended(&term, &reason, &self.core);
+        }
+        if let Phase::Draining(term) = &self.core.phase
+            && self.core.watched != Some(term.id())
+        {
+            self.core.watched = Some(term.id());
+            // Spawned on the arbiter, not the context, so an actor restart cannot lose it.
+            let (notify, drained, id) = (ctx.address(), term.drained(), term.id());
+            actix::spawn(async move {
+                drained.await;
+                notify.do_send(Internal::Drained(id));
+            });
         }
     }
 
@@ -436,7 +432,7 @@ impl<F: Face> LeaseActor<F> {
         } = call;
         let key = self.core.key.clone();
         tracing::trace!(lease = %key, op = op.verb(), ?request, "calling the store");
-        let store = &self.core.store;
+        let store = &self.core.shared.store;
         let fut: BoxFuture<'static, StoreResult<StoredLease>> = match request {
             Request::Get => store.get(&key),
             Request::Create(record) => store.create(&key, record),
@@ -468,18 +464,6 @@ impl<F: Face> LeaseActor<F> {
     ) {
         let _span = self.core.span.clone().entered();
         let now = now();
-        let observed = self
-            .core
-            .machine
-            .lease()
-            .map(|l| l.resource_version.clone());
-        tracing::trace!(
-            lease = %self.core.key,
-            op = op.verb(),
-            version = ?result.as_ref().map(|l| &l.resource_version).ok(),
-            ?observed,
-            "store result"
-        );
         let Some(outcome) = self.core.machine.on_result(now, seq, result) else {
             return; // a call of an earlier incarnation
         };
@@ -493,7 +477,7 @@ impl<F: Face> LeaseActor<F> {
             Outcome::Acquired { token } => {
                 self.core.last_error = None;
                 self.core.release_error = None;
-                self.grant(token);
+                self.grant(token, ctx);
             }
             Outcome::Renewed => {
                 self.core.last_error = None;
@@ -530,7 +514,7 @@ impl<F: Face> LeaseActor<F> {
                         // Retrying will not change the answer: leave the lease to expire.
                         self.core.machine.abandon();
                     }
-                    self.core.release_error = Some(error.duplicate());
+                    self.core.release_error = Some(Box::new(error.duplicate()));
                 }
                 let recovery = self.face.call_failed(op, &error, transient, &self.core);
                 if recovery == Recovery::Restart && !self.core.is_stopping() {
@@ -545,7 +529,7 @@ impl<F: Face> LeaseActor<F> {
     }
 
     /// We just acquired the lease: hand a term to the face, or give the lease back.
-    fn grant(&mut self, token: i32) {
+    fn grant(&mut self, token: i32, ctx: &mut Context<Self>) {
         let core = &mut self.core;
         core.span.record("token", token);
         tracing::info!(lease = %core.key, identity = %core.identity(), token, "acquired");
@@ -559,7 +543,7 @@ impl<F: Face> LeaseActor<F> {
             token,
             deadline,
         );
-        if self.face.grant(&term, core) {
+        if self.face.grant(&term, core, ctx) {
             core.phase = Phase::Serving(term);
         } else {
             // Nobody took it: the term never started, and the lease goes back at once.
@@ -582,9 +566,9 @@ impl<F: Face> LeaseActor<F> {
         }
         let outcome = match (&core.abandoned, core.release_error.take()) {
             (Some(_), _) => StopOutcome::DrainTimeout {
-                after: core.drain_timeout,
+                after: core.shared.drain_timeout,
             },
-            (None, Some(error)) => StopOutcome::NotReleased(error),
+            (None, Some(error)) => StopOutcome::NotReleased(*error),
             (None, None) => StopOutcome::Done,
         };
         let StopState::Stopping { waiters, .. } =
@@ -598,7 +582,7 @@ impl<F: Face> LeaseActor<F> {
         if let Some(handle) = core.watch_handle.take() {
             ctx.cancel_future(handle);
         }
-        core.registry.remove(&core.key, core.id);
+        core.shared.registry.remove(&core.key, core.id);
         // The actor stays as a tombstone answering `Stopped` until its last handle is dropped
         // (stopping it here would make the actix supervisor restart it).
         tracing::info!(lease = %core.key, identity = %core.identity(), ?outcome, "{} stopped", F::KIND);
@@ -632,7 +616,7 @@ impl<F: Face> LeaseActor<F> {
                     since: now(),
                 };
                 // From now on asking for this lease starts a new actor (which waits for us).
-                core.registry.retire(&core.key, core.id);
+                core.shared.registry.retire(&core.key, core.id);
                 self.face.stopping(core);
                 core.end_term(EndReason::Stopped);
             }
@@ -657,7 +641,6 @@ impl<F: Face> Actor for LeaseActor<F> {
         if self.core.is_stopped() {
             return;
         }
-        self.core.notify = Some(ctx.address().recipient());
         if let Some(predecessor) = self.core.predecessor.take() {
             tracing::debug!(lease = %self.core.key, "waiting for the stopping {} of this lease", F::KIND);
             let finished = async move {
@@ -680,7 +663,8 @@ impl<F: Face> Actor for LeaseActor<F> {
                 act.drive(ctx);
             }));
         }
-        self.core.watch_handle = Some(ctx.add_stream(self.core.watches.watch(&self.core.key)));
+        self.core.watch_handle =
+            Some(ctx.add_stream(self.core.shared.watches.watch(&self.core.key)));
         self.drive(ctx);
     }
 }
@@ -729,7 +713,8 @@ impl<F: Face> StreamHandler<StoreResult<WatchEvent>> for LeaseActor<F> {
             if act.core.is_stopped() {
                 return;
             }
-            act.core.watch_handle = Some(ctx.add_stream(act.core.watches.watch(&act.core.key)));
+            act.core.watch_handle =
+                Some(ctx.add_stream(act.core.shared.watches.watch(&act.core.key)));
             act.drive(ctx);
         });
         self.drive(ctx);
@@ -778,11 +763,11 @@ impl<F: Face> Handler<FaceCommand<F::Command>> for LeaseActor<F> {
 
     fn handle(&mut self, FaceCommand(command): FaceCommand<F::Command>, ctx: &mut Self::Context) {
         if !self.core.is_stopped() {
-            self.face.command(command, &mut self.core);
+            self.face.command(command, &mut self.core, ctx);
             self.drive(ctx);
         } else {
             // A tombstone: the face answers with `Stopped`.
-            self.face.command(command, &mut self.core);
+            self.face.command(command, &mut self.core, ctx);
             let waiting = Waiting::Idle;
             self.face.settle(&mut self.core, &waiting);
         }

@@ -13,7 +13,7 @@ use crate::lease::{Op, StepDownReason, Waiting};
 use crate::store::StoreError;
 use crate::term::Term;
 
-use super::actor::Core;
+use super::actor::{Core, LeaseActor};
 
 /// Why a term ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,14 +50,25 @@ pub(crate) trait Face: Sized + Unpin + Send + 'static {
     const KIND: &'static str;
 
     /// Handles a command. State changes take effect in the step that follows.
-    fn command(&mut self, command: Self::Command, core: &mut Core);
+    fn command(
+        &mut self,
+        command: Self::Command,
+        core: &mut Core,
+        ctx: &mut actix::Context<LeaseActor<Self>>,
+    );
 
     /// Whether the face wants to hold the lease now (campaigning; a caller waiting).
     fn wants(&self, core: &Core) -> bool;
 
     /// The lease was acquired: hand `term` to its receiver. `false` if nobody takes it; then
-    /// the lease is released at once.
-    fn grant(&mut self, term: &Term, core: &Core) -> bool;
+    /// the lease is released at once. (`ctx` gives the actor's address, for work and grants
+    /// that report back: panicked, dropped.)
+    fn grant(
+        &mut self,
+        term: &Term,
+        core: &Core,
+        ctx: &mut actix::Context<LeaseActor<Self>>,
+    ) -> bool;
 
     /// The term ended (it is already cancelled); its work may still be draining.
     fn term_ended(&mut self, term: &Term, reason: &EndReason, core: &Core);

@@ -6,6 +6,7 @@
 //! answers with a [`Step`]: a store call to make, a time to wait until, or "step down". It does
 //! no IO, reads no clock and spawns nothing, so every rule is tested with plain `#[test]`s.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Timing;
@@ -261,7 +262,7 @@ struct InFlight {
 /// no clock and spawns nothing.
 #[derive(Debug, Clone)]
 pub struct Machine {
-    identity: String,
+    identity: Arc<str>,
     timing: Timing,
     observed: Option<Observed>,
     claim: Option<Claim>,
@@ -295,8 +296,9 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// A machine that knows nothing yet.
-    pub fn new(identity: impl Into<String>, timing: Timing) -> Self {
+    /// A machine that knows nothing yet. (The identity is shared: a replica's machines all
+    /// carry the same one.)
+    pub fn new(identity: impl Into<Arc<str>>, timing: Timing) -> Self {
         Machine {
             identity: identity.into(),
             timing,
@@ -413,7 +415,7 @@ impl Machine {
         let Some(lease) = &observed.lease else {
             return false;
         };
-        if lease.record.holder() != Some(self.identity.as_str()) {
+        if lease.record.holder() != Some(&*self.identity) {
             return false;
         }
         if now >= observed.changed_at + self.timing.renew_deadline() {
@@ -445,7 +447,7 @@ impl Machine {
         if let Some(reason) = self.claim_ended(now) {
             self.claim = None;
             if let StepDownReason::Superseded { holder: Some(h) } = &reason
-                && *h == self.identity
+                && **h == *self.identity
             {
                 // Another live process carries our identity. Taking the lease back at once
                 // would flip it between us in a hot loop: wait for it to expire instead.
@@ -499,16 +501,20 @@ impl Machine {
         self.invalid = None;
         let claim = self.claim.as_ref().expect("holding");
         let deadline = claim.renewed_at + self.timing.renew_deadline();
-        let lease = self
-            .lease()
-            .expect("a claim whose lease is gone has stepped down");
-        let (record, version) = (lease.record.clone(), lease.resource_version.clone());
+        // Built only when a write is decided: a holder is asked far more often than it writes.
+        let current = |m: &Machine| {
+            let lease = m
+                .lease()
+                .expect("a claim whose lease is gone has stepped down");
+            (lease.record.clone(), lease.resource_version.clone())
+        };
         if want == Want::Release {
             if let Some(until) = self.backed_off(now) {
                 return Step::Wait(Waiting::Backoff {
                     until: until.min(deadline),
                 });
             }
+            let (record, version) = current(self);
             let request = Request::Replace {
                 record: released(&record, wall_now),
                 version,
@@ -525,6 +531,7 @@ impl Machine {
                 until: next.min(deadline),
             });
         }
+        let (record, version) = current(self);
         let request = Request::Replace {
             record: renewed(&record, &self.identity, &self.timing, wall_now),
             version,
@@ -595,7 +602,7 @@ impl Machine {
         let Some(holder) = record.holder() else {
             return Ok(None);
         };
-        if holder == self.identity && self.reclaim {
+        if holder == &*self.identity && self.reclaim {
             return Ok(None);
         }
         let duration = match record.lease_duration_seconds {

@@ -3,11 +3,12 @@
 
 use std::collections::VecDeque;
 
+use actix::AsyncContext;
 use tokio::sync::{oneshot, watch};
 
 use super::{Grant, LockCommand, LockStatus, Waiter};
 use crate::error::{Error, Result};
-use crate::lease::actor::Core;
+use crate::lease::actor::{Core, LeaseActor};
 use crate::lease::face::{EndReason, Face, Recovery, stopped};
 use crate::lease::{Op, Waiting};
 use crate::store::StoreError;
@@ -147,22 +148,27 @@ impl LockFace {
         adopted
     }
 
+    /// Publishes the status if anything in it changed.
     fn publish_status(&self, core: &Core) {
-        let holder = core.machine.holder().map(str::to_owned);
-        let term = self
-            .holder
-            .as_ref()
-            .filter(|h| !h.ending)
-            .map(|h| h.term.clone());
+        let holder = core.machine.holder();
+        let term = self.holder.as_ref().filter(|h| !h.ending).map(|h| &h.term);
         let waiters = self.queue.len();
-        let last_error = core.last_error.clone();
         let stopped = core.is_stopped();
-        self.status.send_modify(|s| {
-            s.holder = holder;
-            s.term = term;
+        self.status.send_if_modified(|s| {
+            let same = s.holder.as_deref() == holder
+                && s.term.as_ref().map(Term::id) == term.map(Term::id)
+                && s.waiters == waiters
+                && s.last_error == core.last_error
+                && s.stopped == stopped;
+            if same {
+                return false;
+            }
+            s.holder = holder.map(str::to_owned);
+            s.term = term.cloned();
             s.waiters = waiters;
-            s.last_error = last_error;
+            s.last_error.clone_from(&core.last_error);
             s.stopped = stopped;
+            true
         });
     }
 }
@@ -171,7 +177,12 @@ impl Face for LockFace {
     type Command = LockCommand;
     const KIND: &'static str = "lock";
 
-    fn command(&mut self, command: LockCommand, core: &mut Core) {
+    fn command(
+        &mut self,
+        command: LockCommand,
+        core: &mut Core,
+        _ctx: &mut actix::Context<LeaseActor<Self>>,
+    ) {
         match command {
             LockCommand::Acquire(waiter) => {
                 if core.is_stopping() {
@@ -226,7 +237,12 @@ impl Face for LockFace {
         self.queue.iter().any(Waiter::alive)
     }
 
-    fn grant(&mut self, term: &Term, core: &Core) -> bool {
+    fn grant(
+        &mut self,
+        term: &Term,
+        _core: &Core,
+        ctx: &mut actix::Context<LeaseActor<Self>>,
+    ) -> bool {
         while let Some(waiter) = self.queue.pop_front() {
             if !waiter.alive() {
                 continue;
@@ -234,7 +250,7 @@ impl Face for LockFace {
             let grant = Grant {
                 term: term.clone(),
                 work: waiter.guarded.then(|| term.work_token()),
-                notify: core.notify(),
+                notify: Some(ctx.address().recipient()),
             };
             match waiter.reply.send(Ok(grant)) {
                 Ok(()) => {

@@ -557,35 +557,35 @@ impl Machine {
         if want != Want::Acquire {
             return Step::Wait(Waiting::Idle);
         }
-        let holder = self.holder().map(str::to_owned);
-        if let (Some(holder), Some(until)) = (&holder, expiry)
+        let following = |m: &Machine, until| match m.holder() {
+            Some(holder) => Waiting::Following {
+                holder: holder.to_owned(),
+                until,
+            },
+            None => Waiting::Backoff { until },
+        };
+        if let Some(until) = expiry
             && now < until
         {
             let until = self.retry_after.map_or(until, |r| r.max(until));
-            return Step::Wait(Waiting::Following {
-                holder: holder.clone(),
-                until,
-            });
+            return Step::Wait(following(self, until));
         }
         if let Some(until) = self.backed_off(now) {
-            return Step::Wait(match holder {
-                Some(holder) => Waiting::Following { holder, until },
-                None => Waiting::Backoff { until },
-            });
+            return Step::Wait(following(self, until));
         }
         // Missing: create it. Free, expired, or naming us and ours to reclaim: take it, as a
         // new term with a new fencing token.
-        match self.lease().cloned() {
-            None => {
-                let record = acquired(None, &self.identity, &self.timing, wall_now);
-                Step::Call(self.call(now, Op::Create, Request::Create(record)))
-            }
-            Some(lease) => {
-                let record = acquired(Some(&lease.record), &self.identity, &self.timing, wall_now);
-                let request = Request::Replace {
-                    record,
-                    version: lease.resource_version,
-                };
+        let (record, request_of) = match self.lease() {
+            None => (acquired(None, &self.identity, &self.timing, wall_now), None),
+            Some(lease) => (
+                acquired(Some(&lease.record), &self.identity, &self.timing, wall_now),
+                Some(lease.resource_version.clone()),
+            ),
+        };
+        match request_of {
+            None => Step::Call(self.call(now, Op::Create, Request::Create(record))),
+            Some(version) => {
+                let request = Request::Replace { record, version };
                 Step::Call(self.call(now, Op::Acquire, request))
             }
         }

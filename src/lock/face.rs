@@ -38,7 +38,7 @@ pub(crate) struct LockFace {
     /// lease lost).
     unlocking: Vec<oneshot::Sender<Result<()>>>,
     /// Unlocks by handles that hold nothing locally, answered from a fresh observation.
-    unlock_checks: Vec<(u64, oneshot::Sender<Result<()>>)>,
+    unlock_checks: Vec<oneshot::Sender<Result<()>>>,
 }
 
 impl LockFace {
@@ -78,7 +78,7 @@ impl LockFace {
         for waiter in self.queue.drain(..) {
             let _ = waiter.reply.send(Err(error()));
         }
-        for (_, reply) in self.unlock_checks.drain(..) {
+        for reply in self.unlock_checks.drain(..) {
             let _ = reply.send(Err(error()));
         }
     }
@@ -101,7 +101,7 @@ impl LockFace {
                 }));
             }
             None => {
-                self.unlock_checks.push((owner_id, reply));
+                self.unlock_checks.push(reply);
                 core.machine.refresh();
             }
         }
@@ -117,7 +117,7 @@ impl LockFace {
         let identity = core.identity().to_owned();
         let holder = core.machine.holder().map(str::to_owned);
         let mut adopted = false;
-        for (_, reply) in std::mem::take(&mut self.unlock_checks) {
+        for reply in std::mem::take(&mut self.unlock_checks) {
             match &holder {
                 None => {
                     let _ = reply.send(Err(Error::NotLocked { lock: lock.clone() }));
@@ -291,7 +291,7 @@ impl Face for LockFace {
             // Callers that needed this read get the error instead of waiting indefinitely.
             Op::Read => {
                 self.fail_tries(typed);
-                for (_, reply) in self.unlock_checks.drain(..) {
+                for reply in self.unlock_checks.drain(..) {
                     let _ = reply.send(Err(typed()));
                 }
             }

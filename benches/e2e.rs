@@ -100,7 +100,7 @@ mod peer {
     use std::time::Duration;
 
     use actix::prelude::*;
-    use dsync::{Config, Deposed, Dsync, Elected, KubeStore, LeaderChanged, Timing};
+    use dsync::{Config, Deposed, Dsync, Elected, LeaderChanged, Timing};
 
     fn line(s: String) {
         let mut out = std::io::stdout().lock();
@@ -174,7 +174,6 @@ mod peer {
                 http::header::USER_AGENT,
                 http::HeaderValue::from_str(agent).expect("user agent"),
             ));
-            let client = kube::Client::try_from(cfg).expect("client");
             let timing = Timing::new(
                 millis(flag(&args, "lease-duration")),
                 millis(flag(&args, "renew-deadline")),
@@ -186,7 +185,8 @@ mod peer {
                 .with_identity(flag(&args, "identity"))
                 .with_scope("bench")
                 .with_timing(timing);
-            let dsync = Dsync::with_config(KubeStore::new(client), config).expect("dsync");
+            // As `Dsync::from_env` does: the client is made on dsync's own lease thread.
+            let dsync = Dsync::connect_with(config, cfg).await.expect("dsync");
             let printer = Printer.start();
             let prefix = flag(&args, "lease-prefix");
             let count: usize = flag(&args, "count").parse().expect("count");

@@ -2,14 +2,20 @@
 //!
 //! `cargo bench --bench scale` (env: `DSYNC_SCALE_ELECTIONS`, default 10000;
 //! `DSYNC_SCALE_REPLICAS`, default 2, each campaigning for every election;
-//! `DSYNC_SCALE_SECONDS`, default 20, the steady-state window). Timing is the default
-//! 15 s / 10 s / 2 s, so every leader renews every 2 s.
+//! `DSYNC_SCALE_SECONDS`, default 20, the steady-state window; `DSYNC_SCALE_THREAD`,
+//! `dedicated` (default: each replica's lease actors on a thread of its own, as in production)
+//! or `current` (every replica's actors on the main thread, as before dsync had a lease thread
+//! of its own)). Timing is the default 15 s / 10 s / 2 s, so every leader renews every 2 s.
+//!
+//! With `dedicated`, the replicas in this one process are on different threads but share one
+//! `MemoryStore`: each write wakes the other replica's thread for its watch event, a cost that
+//! replicas in processes of their own (production) do not pay to each other.
 //!
 //! Linux only (reads /proc/self).
 
 use std::time::{Duration, Instant};
 
-use dsync::{Dsync, MemoryStore};
+use dsync::{Config, Dsync, LeaseThread, MemoryStore};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -44,11 +50,24 @@ fn main() {
     let elections = env("DSYNC_SCALE_ELECTIONS", 10_000) as usize;
     let replicas = env("DSYNC_SCALE_REPLICAS", 2) as usize;
     let window = Duration::from_secs(env("DSYNC_SCALE_SECONDS", 20));
+    let thread = match std::env::var("DSYNC_SCALE_THREAD").as_deref() {
+        Ok("current") => LeaseThread::Current,
+        Ok("dedicated") | Err(_) => LeaseThread::Dedicated,
+        Ok(other) => {
+            eprintln!("DSYNC_SCALE_THREAD={other:?}: expected dedicated or current");
+            std::process::exit(2);
+        }
+    };
     let rss_before = rss_kib();
     actix::System::new().block_on(async move {
         let store = MemoryStore::new();
         let dsyncs: Vec<Dsync> = (0..replicas)
-            .map(|r| Dsync::new(store.clone(), format!("replica-{r}")).unwrap())
+            .map(|r| {
+                let config = Config::default()
+                    .with_identity(format!("replica-{r}"))
+                    .with_lease_thread(thread);
+                Dsync::with_config(store.clone(), config).unwrap()
+            })
             .collect();
         let started = Instant::now();
         let mut handles = Vec::with_capacity(elections * replicas);
@@ -73,7 +92,7 @@ fn main() {
         let busy = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64();
         let writes = (stats1.replaces - stats0.replaces) as f64 / (t1 - t0).as_secs_f64();
         println!(
-            "elections: {elections}, replicas: {replicas}, actors: {}",
+            "elections: {elections}, replicas: {replicas}, actors: {}, lease threads: {thread:?}",
             handles.len()
         );
         println!("leaders: {leaders} (expected {elections})");

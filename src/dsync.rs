@@ -134,14 +134,24 @@ impl Dsync {
     /// its connections are served there too.
     #[cfg(feature = "kube")]
     pub async fn connect(config: Config) -> Result<Self> {
+        let client_config = crate::store::KubeStore::client_config(&config).await?;
+        Self::connect_with(config, client_config).await
+    }
+
+    /// Like [`connect`](Self::connect), with a kube client configuration of your own (custom
+    /// headers, proxies, TLS settings); `config.kubeconfig_path` is not read. The client is
+    /// created on dsync's own lease thread (with [`LeaseThread::Dedicated`]).
+    #[cfg(feature = "kube")]
+    pub async fn connect_with(config: Config, client_config: kube::Config) -> Result<Self> {
+        use crate::store::KubeStore;
         let arbiter = LeaseArbiter::new(&config)?;
+        let path = config.kubeconfig_path.clone();
         let store = match &arbiter.owned {
-            None => crate::store::KubeStore::from_config(&config).await?,
+            None => KubeStore::from_kube_config(client_config, path)?,
             Some(_) => {
                 let (tx, rx) = oneshot::channel();
-                let c = config.clone();
                 arbiter.handle.spawn(async move {
-                    let _ = tx.send(crate::store::KubeStore::from_config(&c).await);
+                    let _ = tx.send(KubeStore::from_kube_config(client_config, path));
                 });
                 rx.await.map_err(|_| Error::Stopped {
                     what: "dsync's lease thread".into(),

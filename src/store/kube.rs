@@ -94,8 +94,29 @@ impl KubeStore {
     }
 
     /// Connects as `config` says: the kubeconfig at `kubeconfig_path` (`KUBE_CONFIG_PATH`)
-    /// if set, otherwise the in-cluster service account, otherwise the default kubeconfig.
+    /// if set, otherwise the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`), otherwise
+    /// the in-cluster service account (kube's `Config::infer`).
     pub async fn from_config(config: &Config) -> Result<Self, Error> {
+        let client_config = Self::client_config(config).await?;
+        Self::from_kube_config(client_config, config.kubeconfig_path.clone())
+    }
+
+    /// A store on a client made from `client_config` (custom headers, proxies, TLS). Needs a
+    /// tokio runtime, which the client then belongs to. `kubeconfig` only names the file in
+    /// errors.
+    pub fn from_kube_config(
+        client_config: kube::Config,
+        kubeconfig: Option<std::path::PathBuf>,
+    ) -> Result<Self, Error> {
+        let client = kube::Client::try_from(client_config).map_err(|e| Error::KubeConfig {
+            path: kubeconfig,
+            source: Box::new(e),
+        })?;
+        Ok(Self::new(client))
+    }
+
+    /// The kube client configuration `config` asks for (see [`from_config`](Self::from_config)).
+    pub async fn client_config(config: &Config) -> Result<kube::Config, Error> {
         let client_config = match &config.kubeconfig_path {
             Some(path) => {
                 let kubeconfig =
@@ -115,11 +136,7 @@ impl KubeStore {
                 source: Box::new(e),
             })?,
         };
-        let client = kube::Client::try_from(client_config).map_err(|e| Error::KubeConfig {
-            path: config.kubeconfig_path.clone(),
-            source: Box::new(e),
-        })?;
-        Ok(Self::new(client))
+        Ok(client_config)
     }
 
     fn api(&self, key: &LeaseKey) -> Api<Lease> {

@@ -11,14 +11,16 @@ use crate::election::{Election, ElectionFace, ElectionStatus};
 use crate::error::{Error, Result};
 use crate::lease::actor::{self, LeaseParams, Shared, Stop};
 use crate::lock::{Lock, LockFace, LockShared, LockStatus};
-use crate::resource::{LeaseKind, NameError, Resource};
+use crate::resource::{LeaseKind, Resource};
 use crate::store::{LeaseKey, LeaseStore};
-use crate::supervisor::{Entry, Registry, Shutdown, Supervisor};
+use crate::supervisor::{Entry, LeaseEntry, ListLeases, Registry, Shutdown, Supervisor};
 use crate::watch::WatchHub;
 use crate::work;
 
 struct Inner {
     config: Config,
+    /// The lease actors of this replica, by lease (the supervisor's registry).
+    registry: Arc<Registry>,
     /// What every lease actor of this replica shares (store, watches, registry, settings).
     shared: Arc<Shared>,
     supervisor: Addr<Supervisor>,
@@ -191,11 +193,12 @@ impl Dsync {
             drain_timeout: config.drain_timeout,
             store,
             watches,
-            registry,
+            directory: registry.clone(),
         });
         Dsync {
             inner: Arc::new(Inner {
                 config,
+                registry,
                 shared,
                 supervisor,
                 arbiter: arbiter.handle,
@@ -233,7 +236,6 @@ impl Dsync {
     /// [`Error::BadResourceName`] (before anything is started) if the name is not valid; see
     /// [`sanitize_name`](crate::sanitize_name). Asking twice gives handles on one election.
     pub fn election(&self, name: &str) -> Result<Election> {
-        self.check_name(name, "election")?;
         self.election_for(self.resource(name))
     }
 
@@ -269,7 +271,6 @@ impl Dsync {
     /// [`Error::BadResourceName`] if the name is not valid. Handles exclude each other, within
     /// this replica as across replicas.
     pub fn lock(&self, name: &str) -> Result<Lock> {
-        self.check_name(name, "lock")?;
         self.lock_for(self.resource(name))
     }
 
@@ -320,28 +321,34 @@ impl Dsync {
         rx.await.unwrap_or(Ok(()))
     }
 
-    /// Number of running elections and locks.
-    pub fn running(&self) -> (usize, usize) {
-        self.inner.shared.registry.len()
+    /// Every election and lock of this replica, live or still stopping, ordered by lease: the
+    /// [`Supervisor`]'s registry ([`ListLeases`]). Empty once shut down.
+    pub async fn leases(&self) -> Vec<LeaseEntry> {
+        self.inner
+            .supervisor
+            .send(ListLeases)
+            .await
+            .unwrap_or_default()
     }
 
-    /// An empty name is a mistake here, not the seed's default (see [`NameError::EmptyName`]).
-    fn check_name(&self, name: &str, kind: &'static str) -> Result<()> {
-        if name.is_empty() {
-            return Err(Error::BadResourceName {
-                resource: self.resource(name).to_string(),
-                source: NameError::EmptyName { kind },
-            });
-        }
-        Ok(())
+    /// Number of running elections and locks.
+    pub fn running(&self) -> (usize, usize) {
+        self.inner.registry.len()
     }
 
     fn prepare(&self, mut resource: Resource, kind: LeaseKind) -> Result<(Resource, LeaseKey)> {
         if resource.namespace.is_empty() {
             resource.namespace = self.inner.config.namespace.clone();
         }
-        resource.validate()?;
-        if self.inner.shared.registry.is_closed() {
+        // Checked as the kind it is used as: the error quotes that kind's lease name, and a
+        // lock name is not held to the (longer) election name's limit.
+        resource
+            .validate_for(kind)
+            .map_err(|source| Error::BadResourceName {
+                resource: resource.to_string(),
+                source,
+            })?;
+        if self.inner.registry.is_closed() {
             return Err(self.stopped());
         }
         let key = resource.lease_key(kind);
@@ -354,7 +361,6 @@ impl Dsync {
         start: impl FnOnce(Option<Recipient<Stop>>) -> Entry,
     ) -> Result<Entry> {
         self.inner
-            .shared
             .registry
             .entry(key, start)
             .ok_or_else(|| self.stopped())

@@ -1,14 +1,14 @@
 //! The crate's error type.
 //!
-//! Variant names follow the Go seed (`ErrBadResourceName`, `ErrAlreadyLocked`, ...) so a port
+//! Variant names follow the Go package `tempcke/dsync` (`ErrBadResourceName`, `ErrAlreadyLocked`, ...) so a port
 //! reads naturally, and every variant says *which* lease or lock it is about. Failures of the
 //! backing store keep their cause as a `#[source]` ([`StoreError`]).
 
 use std::time::Duration;
 
-use crate::config::TimingError;
 use crate::resource::NameError;
 use crate::store::StoreError;
+use crate::timing::TimingError;
 
 /// Result alias for dsync operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -141,6 +141,17 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+
+    /// A lock was lost while the work it guarded ran
+    /// ([`WithLockError::Lost`](crate::lock::WithLockError::Lost) converted into an `Error`:
+    /// the work's output is dropped).
+    #[error("lock {lock} was lost while the guarded work ran (fencing token {fencing_token})")]
+    LockLost {
+        /// `namespace/name` of the lock's lease.
+        lock: String,
+        /// The fencing token of the term that was lost.
+        fencing_token: i32,
     },
 
     /// The election, lock or supervisor has been stopped; the handle can no longer be used.

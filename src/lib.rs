@@ -56,17 +56,30 @@
 //! # }
 //! ```
 //!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `kube` | yes | [`KubeStore`]: leases as `coordination.k8s.io/v1` objects through `kube`. The crate enables no Kubernetes version of `k8s-openapi`: your binary picks one (e.g. `k8s-openapi = { features = ["latest"] }`). |
+//! | `metrics` | no | [`metrics`]: Prometheus metrics with `prometheus-client`. |
+//! | `testing` | no | `testing`: a fault-injecting store, a term log with overlap and fencing-token checks, paused-time helpers and a conformance suite for `LeaseStore` implementations. |
+//!
 //! # Layout
 //!
-//! * [`resource`]: `Resource { namespace, scope, name }`, lease names, validation, sanitising.
-//! * [`config`]: [`Config`] (from the environment), lease [`Timing`], the drain timeout and
-//!   where the lease actors run ([`LeaseThread`]).
+//! Modules form layers; none imports from a layer above it.
+//!
+//! * Leaves: [`record`] (the lease records a store keeps: [`LeaseKey`], [`LeaseRecord`],
+//!   [`StoredLease`], version order), [`timing`] ([`Timing`] and its validation), and `names`
+//!   (DNS-1123 checks, [`sanitize_name`]).
+//! * [`resource`]: `Resource { namespace, scope, name }` and the lease names of each kind.
+//! * [`store`]: the [`LeaseStore`] trait and its errors, [`MemoryStore`] and `KubeStore`.
+//! * [`Error`]: the crate's error type (it does not depend on the configuration).
+//! * [`config`]: [`Config`] (from the environment), the drain timeout and where the lease
+//!   actors run ([`LeaseThread`]). (`connect` builds a `KubeStore` from it.)
 //! * [`lease`]: the pure [`Machine`](lease::Machine), which makes every decision about a lease
 //!   (when to read, create, acquire, renew, release or step down, how long to back off, which
 //!   answers to believe) with no IO and no clock of its own; and the one lease actor that
 //!   executes those decisions and runs the term lifecycle for every face.
-//! * [`store`]: the [`LeaseStore`] trait (get / create / compare-and-swap replace / watch) and
-//!   [`MemoryStore`].
 //! * [`election`] and [`lock`]: the two faces of the lease actor and their handles. An
 //!   election adds subscribers and `when_elected` work; a lock adds a queue of local callers
 //!   and per-handle ownership.
@@ -103,6 +116,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+#[cfg(feature = "kube")]
+mod connect;
 mod dsync;
 pub mod election;
 mod error;
@@ -110,22 +125,26 @@ pub mod leader_only;
 pub mod lease;
 pub mod lock;
 pub mod metrics;
+mod names;
+pub mod record;
 pub mod resource;
 pub mod store;
 pub mod supervisor;
 pub mod term;
+pub mod timing;
 mod watch;
 mod work;
 
-pub use config::{Config, LeaseThread, Timing, TimingError};
+pub use config::{Config, LeaseThread};
 pub use dsync::Dsync;
 pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, LeaderChanged};
 pub use error::{Error, Result};
 pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
-pub use lock::{Lock, LockStatus};
-pub use resource::{NameError, Resource, sanitize_name};
+pub use lock::{Lock, LockStatus, WithLockError};
+pub use resource::{LeaseKind, MASTER, NameError, Resource, sanitize_name};
 #[cfg(feature = "kube")]
 pub use store::KubeStore;
 pub use store::{LeaseKey, LeaseRecord, LeaseStore, MemoryStore, StoreError, StoredLease};
-pub use supervisor::Supervisor;
+pub use supervisor::{LeaseEntry, ListLeases, Supervisor};
 pub use term::{Term, TermId};
+pub use timing::{Timing, TimingError};

@@ -2,25 +2,23 @@
 //! derived from it, validation and sanitising.
 //!
 //! Lease names are `<scope>.election.<name>` and `<scope>.lock.<name>` in `namespace`, exactly as
-//! the Go seed names them, so Go dsync, client-go and dsync replicas can share one Lease object.
+//! the Go package `tempcke/dsync` names them, so Go dsync, client-go and dsync replicas can share one Lease object.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::Error;
-use crate::store::LeaseKey;
+pub use crate::names::{MAX_NAME_LEN, MAX_NAMESPACE_LEN, sanitize_name};
+use crate::names::{is_dns1123_label, is_dns1123_subdomain};
+use crate::record::LeaseKey;
 
 /// Scope used when a resource has none.
 pub const DEFAULT_SCOPE: &str = "unscoped";
 /// Namespace used when a configuration names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
-/// Name used when a resource has none (the seed's `MasterTask`).
+/// The conventional name of a service's one election (the Go package `tempcke/dsync`'s
+/// `MasterTask`): `dsync.election(dsync::MASTER)`. Names are never defaulted to it: an empty
+/// name is an error ([`NameError::EmptyName`]).
 pub const MASTER: &str = "master";
-
-/// Maximum length of a Kubernetes object name (DNS-1123 subdomain).
-pub const MAX_NAME_LEN: usize = 253;
-/// Maximum length of a namespace (DNS-1123 label).
-pub const MAX_NAMESPACE_LEN: usize = 63;
 
 /// Which kind of lease a resource is used as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +30,11 @@ pub enum LeaseKind {
 }
 
 impl LeaseKind {
+    /// `"election"` or `"lock"`: the infix of its lease names.
+    pub fn as_str(self) -> &'static str {
+        self.infix()
+    }
+
     fn infix(self) -> &'static str {
         match self {
             LeaseKind::Election => "election",
@@ -76,13 +79,13 @@ pub enum NameError {
         /// The offending namespace.
         namespace: String,
     },
-    /// An empty name given to [`Dsync::election`](crate::Dsync::election) or
-    /// [`Dsync::lock`](crate::Dsync::lock): almost always an unset variable. (The seed's
-    /// default name is [`MASTER`]: ask for it by name, or through a [`Resource`] with an empty
-    /// name.)
-    #[error("the {kind} name is empty; pass dsync::MASTER for the default name")]
+    /// An empty name, given to [`Dsync::election`](crate::Dsync::election),
+    /// [`Dsync::lock`](crate::Dsync::lock), in a [`Resource`] or in the text parsed into
+    /// one (`"scope/"`): almost always an unset variable. The Go package `tempcke/dsync`
+    /// defaulted it to [`MASTER`]; here, ask for that name explicitly.
+    #[error("the {kind} name is empty; pass dsync::MASTER for the conventional default name")]
     EmptyName {
-        /// `election` or `lock`.
+        /// `election`, `lock`, or `resource` (validated without a kind).
         kind: &'static str,
     },
     /// The text has more than three `/`-separated parts.
@@ -95,11 +98,13 @@ pub enum NameError {
     },
 }
 
-/// A named election or lock: the Go seed's `Resource`.
+/// A named election or lock: the `Resource` of the Go package `tempcke/dsync`.
 ///
-/// An empty `scope` means [`DEFAULT_SCOPE`], an empty `name` means [`MASTER`]; an empty
-/// `namespace` means "the namespace of the [`Config`](crate::Config)" when handed to
-/// [`Dsync`](crate::Dsync), and [`DEFAULT_NAMESPACE`] when a lease key is built directly.
+/// An empty `scope` means [`DEFAULT_SCOPE`]; an empty `namespace` means "the namespace of the
+/// [`Config`](crate::Config)" when handed to [`Dsync`](crate::Dsync), and
+/// [`DEFAULT_NAMESPACE`] when a lease key is built directly. An empty `name` is an error
+/// ([`NameError::EmptyName`]) wherever a resource is validated: by
+/// [`validate`](Self::validate), by parsing, and by [`Dsync`](crate::Dsync).
 ///
 /// `Display` and `FromStr` round-trip `namespace/scope/name` (`scope/name` without namespace,
 /// `name` alone without either, `namespace//name` with a namespace but no scope):
@@ -110,7 +115,8 @@ pub enum NameError {
 /// assert_eq!(r, Resource::new("prod", "", "reports"));
 /// assert_eq!(r.to_string(), "prod//reports");
 /// assert_eq!(r.election_name(), "unscoped.election.reports");
-/// # Ok::<(), dsync::Error>(())
+/// assert!("prod/reports/".parse::<Resource>().is_err()); // empty name
+/// # Ok::<(), dsync::NameError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Resource {
@@ -141,11 +147,6 @@ impl Resource {
         non_empty_or(&self.scope, DEFAULT_SCOPE)
     }
 
-    /// The name, or [`MASTER`] when empty.
-    pub fn effective_name(&self) -> &str {
-        non_empty_or(&self.name, MASTER)
-    }
-
     /// The namespace, or [`DEFAULT_NAMESPACE`] when empty.
     pub fn effective_namespace(&self) -> &str {
         non_empty_or(&self.namespace, DEFAULT_NAMESPACE)
@@ -153,12 +154,7 @@ impl Resource {
 
     /// The Lease name used for `kind`: `<scope>.<kind>.<name>`.
     pub fn lease_name(&self, kind: LeaseKind) -> String {
-        format!(
-            "{}.{}.{}",
-            self.effective_scope(),
-            kind.infix(),
-            self.effective_name()
-        )
+        format!("{}.{}.{}", self.effective_scope(), kind.infix(), self.name)
     }
 
     /// `<scope>.election.<name>`.
@@ -176,24 +172,37 @@ impl Resource {
         LeaseKey::new(self.effective_namespace(), self.lease_name(kind))
     }
 
-    /// Checks that the namespace is a DNS-1123 label and that both lease names are DNS-1123
-    /// subdomains of at most 253 characters.
-    pub fn validate(&self) -> Result<(), Error> {
-        self.check().map_err(|source| Error::BadResourceName {
-            resource: self.to_string(),
-            source,
-        })
+    /// Checks that the name is not empty, that the namespace is a DNS-1123 label, and that the
+    /// lease names of *both* kinds are DNS-1123 subdomains of at most 253 characters (the
+    /// election's is the longer). Use [`validate_for`](Self::validate_for) when the resource
+    /// is used as one kind only.
+    pub fn validate(&self) -> Result<(), NameError> {
+        self.check(LeaseKind::Election, "resource")
     }
 
-    fn check(&self) -> Result<(), NameError> {
+    /// Checks that the resource can be used as `kind`: the name is not empty, the namespace is
+    /// a DNS-1123 label, and that kind's lease name is a DNS-1123 subdomain of at most 253
+    /// characters. A lock's lease name is four characters shorter than an election's, so a
+    /// name can be valid for a lock and too long for an election.
+    pub fn validate_for(&self, kind: LeaseKind) -> Result<(), NameError> {
+        let what = match kind {
+            LeaseKind::Election => "election",
+            LeaseKind::Lock => "lock",
+        };
+        self.check(kind, what)
+    }
+
+    fn check(&self, kind: LeaseKind, what: &'static str) -> Result<(), NameError> {
+        if self.name.is_empty() {
+            return Err(NameError::EmptyName { kind: what });
+        }
         let ns = self.effective_namespace();
         if !is_dns1123_label(ns) {
             return Err(NameError::InvalidNamespace {
                 namespace: ns.to_owned(),
             });
         }
-        // "election" is longer than "lock", so this name bounds both.
-        let name = self.election_name();
+        let name = self.lease_name(kind);
         if name.len() > MAX_NAME_LEN {
             return Err(NameError::TooLong {
                 len: name.len(),
@@ -216,16 +225,17 @@ impl fmt::Display for Resource {
         match (self.namespace.is_empty(), self.scope.is_empty()) {
             (true, true) => f.write_str(&self.name),
             (true, false) => write!(f, "{}/{}", self.scope, self.name),
-            // The seed dropped the namespace here; we keep it with an empty scope.
+            // The Go package dropped the namespace here; we keep it with an empty scope.
             (false, _) => write!(f, "{}/{}/{}", self.namespace, self.scope, self.name),
         }
     }
 }
 
 impl FromStr for Resource {
-    type Err = Error;
+    type Err = NameError;
 
-    /// Parses `[[namespace/]scope/]name` and validates the result.
+    /// Parses `[[namespace/]scope/]name` and validates the result
+    /// ([`validate`](Resource::validate)): an empty name is an error, as everywhere.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
         let resource = match parts.as_slice() {
@@ -233,11 +243,8 @@ impl FromStr for Resource {
             [scope, name] => Resource::new("", *scope, *name),
             [ns, scope, name] => Resource::new(*ns, *scope, *name),
             _ => {
-                return Err(Error::BadResourceName {
-                    resource: s.to_owned(),
-                    source: NameError::TooManyParts {
-                        input: s.to_owned(),
-                    },
+                return Err(NameError::TooManyParts {
+                    input: s.to_owned(),
                 });
             }
         };
@@ -246,55 +253,12 @@ impl FromStr for Resource {
     }
 }
 
-/// Makes a valid name out of arbitrary text as well as it can: ASCII letters are lowercased,
-/// everything outside `a-z0-9-` becomes `-`, and dashes are trimmed from both ends.
-///
-/// ```
-/// assert_eq!(dsync::sanitize_name("--Invalid@Name!!--"), "invalid-name");
-/// ```
-pub fn sanitize_name(input: &str) -> String {
-    let mapped: String = input
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '-') => c,
-            _ => '-',
-        })
-        .collect();
-    mapped.trim_matches('-').to_owned()
-}
-
-fn is_alnum(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
-}
-
-/// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`, at most 63 characters.
-pub(crate) fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_NAMESPACE_LEN
-        && is_alnum(b[0])
-        && is_alnum(b[b.len() - 1])
-        && b.iter().all(|&c| is_alnum(c) || c == b'-')
-}
-
-/// Dot-separated DNS-1123 labels (the seed's `NamePattern`), at most 253 characters.
-pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= MAX_NAME_LEN
-        && s.split('.').all(|label| {
-            let b = label.as_bytes();
-            !b.is_empty()
-                && is_alnum(b[0])
-                && is_alnum(b[b.len() - 1])
-                && b.iter().all(|&c| is_alnum(c) || c == b'-')
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn sanitize_name_matches_the_seed_table() {
+    fn sanitize_name_matches_the_go_packages_table() {
         for (input, want) in [
             ("Example-Name", "example-name"),
             ("--Invalid@Name!!--", "invalid-name"),
@@ -321,8 +285,8 @@ mod tests {
     }
 
     #[test]
-    fn lease_names_use_defaults_for_empty_parts() {
-        let r = Resource::default();
+    fn lease_names_use_defaults_for_empty_scope_and_namespace() {
+        let r = Resource::new("", "", MASTER);
         assert_eq!(r.election_name(), "unscoped.election.master");
         assert_eq!(r.lock_name(), "unscoped.lock.master");
         let r = Resource::new("ns", "svc", "job");
@@ -363,19 +327,59 @@ mod tests {
     #[test]
     fn four_parts_are_rejected() {
         let err = "a/b/c/d".parse::<Resource>().unwrap_err();
-        match err {
-            Error::BadResourceName {
-                resource,
-                source: NameError::TooManyParts { .. },
-            } => assert_eq!(resource, "a/b/c/d"),
-            other => panic!("unexpected {other:?}"),
+        assert_eq!(
+            err,
+            NameError::TooManyParts {
+                input: "a/b/c/d".into()
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_name_is_an_error_everywhere() {
+        // Parsing agrees with Dsync::election("") and Dsync::lock(""): no silent default.
+        for text in ["", "scope/", "ns/scope/", "ns//"] {
+            assert_eq!(
+                text.parse::<Resource>(),
+                Err(NameError::EmptyName { kind: "resource" }),
+                "{text:?}"
+            );
         }
+        let r = Resource::new("ns", "s", "");
+        assert_eq!(r.validate(), Err(NameError::EmptyName { kind: "resource" }));
+        assert_eq!(
+            r.validate_for(LeaseKind::Lock),
+            Err(NameError::EmptyName { kind: "lock" })
+        );
+    }
+
+    #[test]
+    fn a_lock_name_is_checked_as_a_lock_name() {
+        // "s.lock." is 7 characters, "s.election." 11: a name of 244 characters fits a lock
+        // but not an election, and the error quotes the lease name of the kind checked.
+        let r = Resource::new("ns", "s", "a".repeat(MAX_NAME_LEN - 9));
+        assert_eq!(r.lock_name().len(), MAX_NAME_LEN - 2);
+        assert_eq!(r.validate_for(LeaseKind::Lock), Ok(()));
+        assert_eq!(
+            r.validate_for(LeaseKind::Election),
+            Err(NameError::TooLong {
+                name: r.election_name(),
+                len: MAX_NAME_LEN + 2
+            })
+        );
+        let bad = Resource::new("ns", "s", "Bad");
+        assert_eq!(
+            bad.validate_for(LeaseKind::Lock),
+            Err(NameError::InvalidName {
+                name: "s.lock.Bad".into()
+            })
+        );
     }
 
     fn name_error(r: &Resource) -> NameError {
         match r.validate() {
-            Err(Error::BadResourceName { source, .. }) => source,
-            other => panic!("{r:?}: expected BadResourceName, got {other:?}"),
+            Err(source) => source,
+            Ok(()) => panic!("{r:?}: expected a NameError"),
         }
     }
 
@@ -449,7 +453,7 @@ mod tests {
     fn parse_validates() {
         assert!(matches!(
             "ns/scope/Bad_Name".parse::<Resource>(),
-            Err(Error::BadResourceName { .. })
+            Err(NameError::InvalidName { .. })
         ));
     }
 }

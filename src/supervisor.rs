@@ -22,8 +22,9 @@ use tokio::sync::oneshot;
 
 use crate::election::Election;
 use crate::error::Result;
-use crate::lease::actor::{Stop, StopOutcome};
+use crate::lease::actor::{Directory, Stop, StopOutcome};
 use crate::lock::LockShared;
+use crate::resource::LeaseKind;
 use crate::store::LeaseKey;
 use crate::watch::WatchHub;
 use crate::work::ActorId;
@@ -51,9 +52,13 @@ impl Entry {
     }
 
     fn kind(&self) -> &'static str {
+        self.lease_kind().as_str()
+    }
+
+    fn lease_kind(&self) -> LeaseKind {
         match self {
-            Entry::Election(_) => "election",
-            Entry::Lock(_) => "lock",
+            Entry::Election(_) => LeaseKind::Election,
+            Entry::Lock(_) => LeaseKind::Lock,
         }
     }
 
@@ -134,25 +139,6 @@ impl Registry {
         Some(entry)
     }
 
-    /// A stop has begun: later requests for `key` start a new actor rather than get this one.
-    pub fn retire(&self, key: &LeaseKey, id: ActorId) {
-        let mut inner = self.lock();
-        if inner.entries.get(key).is_some_and(|e| e.id() == id)
-            && let Some(entry) = inner.entries.remove(key)
-        {
-            inner.retiring.push(entry);
-        }
-    }
-
-    /// The actor has stopped: forget it.
-    pub fn remove(&self, key: &LeaseKey, id: ActorId) {
-        let mut inner = self.lock();
-        if inner.entries.get(key).is_some_and(|e| e.id() == id) {
-            inner.entries.remove(key);
-        }
-        inner.retiring.retain(|e| e.id() != id);
-    }
-
     /// Closes the registry and returns everything in it.
     fn close(&self) -> Vec<Entry> {
         let mut inner = self.lock();
@@ -165,6 +151,23 @@ impl Registry {
             .collect()
     }
 
+    /// What is registered now, live and stopping, ordered by lease.
+    fn list(&self) -> Vec<LeaseEntry> {
+        let inner = self.lock();
+        let live = inner.entries.values().map(|e| (e, false));
+        let stopping = inner.retiring.iter().map(|e| (e, true));
+        let mut list: Vec<LeaseEntry> = live
+            .chain(stopping)
+            .map(|(e, stopping)| LeaseEntry {
+                lease: e.key(),
+                kind: e.lease_kind(),
+                stopping,
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.lease, a.stopping).cmp(&(&b.lease, b.stopping)));
+        list
+    }
+
     /// Number of live elections and locks (retiring ones not counted).
     pub fn len(&self) -> (usize, usize) {
         let inner = self.lock();
@@ -174,6 +177,25 @@ impl Registry {
             .filter(|e| matches!(e, Entry::Election(_)))
             .count();
         (elections, inner.entries.len() - elections)
+    }
+}
+
+impl Directory for Registry {
+    fn retire(&self, key: &LeaseKey, id: ActorId) {
+        let mut inner = self.lock();
+        if inner.entries.get(key).is_some_and(|e| e.id() == id)
+            && let Some(entry) = inner.entries.remove(key)
+        {
+            inner.retiring.push(entry);
+        }
+    }
+
+    fn remove(&self, key: &LeaseKey, id: ActorId) {
+        let mut inner = self.lock();
+        if inner.entries.get(key).is_some_and(|e| e.id() == id) {
+            inner.entries.remove(key);
+        }
+        inner.retiring.retain(|e| e.id() != id);
     }
 }
 
@@ -208,6 +230,32 @@ impl Supervisor {
 
 impl Actor for Supervisor {
     type Context = Context<Self>;
+}
+
+/// One lease actor of the registry, as [`ListLeases`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseEntry {
+    /// The lease the actor campaigns for or holds.
+    pub lease: LeaseKey,
+    /// Election or lock.
+    pub kind: LeaseKind,
+    /// Told to stop and still finishing (draining its work or writing its release); asking
+    /// for the lease again starts a new actor, which waits for this one.
+    pub stopping: bool,
+}
+
+/// Asks the [`Supervisor`] which lease actors it runs: every election and lock of the replica,
+/// live or still stopping, ordered by lease. [`Dsync::leases`](crate::Dsync::leases) sends it.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Vec<LeaseEntry>")]
+pub struct ListLeases;
+
+impl Handler<ListLeases> for Supervisor {
+    type Result = MessageResult<ListLeases>;
+
+    fn handle(&mut self, _: ListLeases, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.registry.list())
+    }
 }
 
 /// Stops every lease actor (each cancels its term, waits for guarded work and releases its

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -59,6 +59,8 @@ struct Inner {
     /// `valid_until` is stored as nanoseconds after this instant, so it fits an atomic.
     base: Instant,
     valid_until: AtomicU64,
+    /// Set when the lease may have been lost during the term (see [`Term::lost`]).
+    lost: AtomicBool,
     /// The work the term guards (`when_elected` futures, `with_lock` bodies): the lease is
     /// released only once all of it has returned.
     work: TaskTracker,
@@ -102,6 +104,7 @@ impl Term {
                 cancel: CancellationToken::new(),
                 base,
                 valid_until: AtomicU64::new(0),
+                lost: AtomicBool::new(false),
                 work: TaskTracker::new(),
             }),
         };
@@ -157,7 +160,8 @@ impl Term {
         }
         if now() >= self.valid_until() {
             // Latch: a term past its deadline is over for good, even if a renewal that was
-            // still in flight succeeds afterwards.
+            // still in flight succeeds afterwards. Its claim ran out: the lease may be gone.
+            self.inner.lost.store(true, Ordering::Release);
             self.inner.cancel.cancel();
             return false;
         }
@@ -190,6 +194,28 @@ impl Term {
     /// the deadline by themselves.
     pub fn child_token(&self) -> CancellationToken {
         self.inner.cancel.child_token()
+    }
+
+    /// Whether this replica may have lost the lease before the term's guarded work returned:
+    /// its claim ran out (renew deadline) or was superseded, the term's own deadline passed,
+    /// its actor failed and restarted, or a drain ran past its timeout (the lease was then
+    /// left to expire under the work). `false` while the term runs, and for a term ended by a
+    /// stop, an unlock or a dropped handle: then the lease stays held and renewed until the
+    /// guarded work has returned, and only then is it released. Always `false` while the term
+    /// is active.
+    ///
+    /// Work whose result is only safe to publish under the lock checks this after it is done
+    /// ([`Lock::with_lock`](crate::Lock::with_lock) does, and reports
+    /// [`WithLockError::Lost`](crate::lock::WithLockError::Lost)).
+    pub fn lost(&self) -> bool {
+        // `is_active` latches a deadline that passed (with nobody to say so, perhaps: a
+        // starved lease thread) as lost, unless the term had been ended on purpose first.
+        !self.is_active() && self.inner.lost.load(Ordering::Acquire)
+    }
+
+    /// Records that the lease may have been lost during this term (see [`lost`](Self::lost)).
+    pub(crate) fn mark_lost(&self) {
+        self.inner.lost.store(true, Ordering::Release);
     }
 
     /// Ends the term. Idempotent. Only dsync ends terms; users end theirs by stopping the
@@ -277,6 +303,22 @@ mod tests {
             "it never comes back"
         );
         assert!(!t.is_active());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_term_that_reached_its_deadline_counts_as_lost_one_ended_first_does_not() {
+        let expired = term(Duration::from_secs(10));
+        let stopped = term(Duration::from_secs(10));
+        assert!(
+            !expired.lost() && !stopped.lost(),
+            "never lost while active"
+        );
+        stopped.cancel(); // a stop: the lease stays held until the work returns
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(expired.lost(), "its claim ran out");
+        assert!(!stopped.lost(), "ended on purpose before its deadline");
+        stopped.mark_lost(); // e.g. its drain timed out, or it stepped down while draining
+        assert!(stopped.lost());
     }
 
     #[tokio::test(start_paused = true)]

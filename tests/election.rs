@@ -650,6 +650,17 @@ async fn an_administrators_edit_of_the_lease_deposes_the_leader(env: Env) {
         Duration::ZERO,
         "deposed at once (watch)",
     );
+    // The term is cancelled first; the status follows from the same step on dsync's lease
+    // thread, so wait for it rather than race it.
+    let mut status = ea.watch_status();
+    within(
+        env.limit(),
+        "status names the forced holder",
+        status.wait_for(|s| s.leader.as_deref() == Some("forced")),
+    )
+    .await
+    .unwrap();
+    drop(status);
     assert!(!ea.is_leader());
     assert_eq!(ea.leader().as_deref(), Some("forced"));
     let second = within(env.limit(), "a again", ea.elected()).await.unwrap();

@@ -48,6 +48,7 @@ crate::on_both_stores!(
     lock_on_a_handle_that_holds_the_lock_is_an_error_not_a_wait,
     try_lock_is_not_refused_because_of_abandoned_waiters,
     cancelled_and_timed_out_waiters_leave_the_queue_at_once,
+    the_supervisor_lists_every_lease_actor_live_and_stopping,
 );
 
 /// Resolves, with the instant, when `term` stops being active as its holder sees it.
@@ -1057,4 +1058,68 @@ fn every_live_term_is_cancelled_when_its_system_ends() {
         });
         assert!(!term.is_active(), "{thread:?}");
     }
+}
+
+// ---- the supervisor's registry ----------------------------------------------------------
+
+async fn the_supervisor_lists_every_lease_actor_live_and_stopping(env: Env) {
+    // One registry entry type for every face; an actor told to stop stays listed (as
+    // stopping) until its work has returned and its lease is released.
+    let a = env.replica("pod-a").await;
+    assert_eq!(a.leases().await, vec![]);
+    let election = a.election("e").unwrap();
+    let lock = a.lock("l").unwrap();
+    let listed = a.leases().await;
+    let kinds: Vec<_> = listed
+        .iter()
+        .map(|l| (l.lease.clone(), l.kind, l.stopping))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (election.lease(), dsync::LeaseKind::Election, false),
+            (lock.lease(), dsync::LeaseKind::Lock, false),
+        ]
+    );
+    let (started_tx, started) = oneshot::channel();
+    let (cancelled_tx, cancelled) = oneshot::channel();
+    let (finish, finish_rx) = oneshot::channel::<()>();
+    let body = {
+        let lock = lock.clone();
+        actix::spawn(async move {
+            lock.with_lock(|term| async move {
+                started_tx.send(()).unwrap();
+                term.cancelled().await;
+                cancelled_tx.send(()).unwrap();
+                finish_rx.await.unwrap(); // finishing up after its cancellation
+            })
+            .await
+        })
+    };
+    within(env.limit(), "body started", started).await.unwrap();
+    let stopping = {
+        let lock = lock.clone();
+        actix::spawn(async move { lock.stop().await })
+    };
+    within(env.limit(), "body cancelled", cancelled)
+        .await
+        .unwrap();
+    let listed = a.leases().await;
+    assert!(
+        listed
+            .iter()
+            .any(|l| l.lease == lock.lease() && l.kind == dsync::LeaseKind::Lock && l.stopping),
+        "{listed:?}"
+    );
+    finish.send(()).unwrap();
+    within(env.limit(), "body", body).await.unwrap().unwrap();
+    within(env.limit(), "stop", stopping)
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = a.leases().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].lease, election.lease());
+    a.shutdown().await.unwrap();
+    assert_eq!(a.leases().await, vec![]);
 }

@@ -27,7 +27,8 @@ crate::on_both_stores!(
     two_handles_in_one_replica_exclude_each_other,
     local_waiters_are_served_first_come_first_served,
     a_crashed_holders_lock_frees_after_the_lease_duration,
-    with_lock_is_told_through_the_term_when_the_lock_is_lost,
+    with_lock_is_told_through_the_term_and_reports_the_loss_with_the_output,
+    with_lock_stopped_while_its_body_runs_is_not_a_loss,
     try_lock_and_unlock_fail_in_bounded_time_when_the_store_is_unreachable,
     a_dropped_handle_releases_its_lock,
     a_lock_left_by_an_earlier_incarnation_can_be_unlocked,
@@ -216,6 +217,7 @@ async fn with_try_lock_fails_fast_when_held(env: Env) {
     let err = lb
         .with_try_lock(|_| async { unreachable!() })
         .await
+        .map_err(dsync::Error::from)
         .unwrap_err();
     assert_eq!(holder_of(&err), "pod-a");
     la.unlock().await.unwrap();
@@ -318,26 +320,84 @@ async fn a_crashed_holders_lock_frees_after_the_lease_duration(env: Env) {
     a.shutdown().await.unwrap();
 }
 
-async fn with_lock_is_told_through_the_term_when_the_lock_is_lost(env: Env) {
+async fn with_lock_is_told_through_the_term_and_reports_the_loss_with_the_output(env: Env) {
+    // The body is told through its term, and its output, computed partly without the lock,
+    // is not handed back as a success: it comes back in `WithLockError::Lost`.
     let (a, fa) = env.faulty_replica("pod-a").await;
     let la = a.lock("x").unwrap();
     let fa2 = fa.clone();
-    let (lost_after, output) = la
+    let err = la
         .with_lock(|term| async move {
             let start = Instant::now();
             fa2.partition();
             term.cancelled().await;
-            (start.elapsed(), "stopped cleanly")
+            assert!(
+                term.lost(),
+                "the renew deadline passed: the lease may be gone"
+            );
+            (start.elapsed(), "stopped cleanly", term.fencing_token())
         })
         .await
-        .unwrap();
+        .unwrap_err();
+    let dsync::WithLockError::Lost {
+        lock,
+        fencing_token,
+        output: (lost_after, text, token),
+    } = err
+    else {
+        panic!("expected WithLockError::Lost, got {err:?}");
+    };
+    assert_eq!(lock, la.lease().to_string());
+    assert_eq!((text, fencing_token), ("stopped cleanly", token));
     env.assert_timer(
         lost_after,
         Duration::ZERO,
         env.renew(),
         "cancelled by the renew deadline",
     );
-    assert_eq!(output, "stopped cleanly");
+    fa.heal();
+    // Through `?`, a loss is a typed error naming the lock.
+    let lost: dsync::Result<()> = async {
+        la.with_lock(|_| async {
+            fa.partition();
+            tokio::time::sleep(env.lease()).await;
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    assert!(
+        matches!(lost, Err(dsync::Error::LockLost { .. })),
+        "{lost:?}"
+    );
+    a.shutdown().await.unwrap();
+}
+
+async fn with_lock_stopped_while_its_body_runs_is_not_a_loss(env: Env) {
+    // A stop cancels the term but keeps renewing until the body returns: the output was
+    // computed under the lock, so it is Ok, and the term does not count as lost.
+    let a = env.replica("pod-a").await;
+    let la = a.lock("x").unwrap();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let body = {
+        let la = la.clone();
+        actix::spawn(async move {
+            la.with_lock(|term| async move {
+                started_tx.send(()).unwrap();
+                term.cancelled().await;
+                (term.lost(), 42)
+            })
+            .await
+        })
+    };
+    within(env.limit(), "body started", started).await.unwrap();
+    la.stop().await.unwrap();
+    let (lost, output) = within(env.limit(), "with_lock", body)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!lost);
+    assert_eq!(output, 42);
     a.shutdown().await.unwrap();
 }
 

@@ -1141,16 +1141,27 @@ async fn with_lock(env: &WorkerEnv, lock: &Lock, rng: &mut Rng) -> dsync::Result
     let term = got.borrow_mut().take();
     match result {
         Ok(result) => {
-            if let Some(term) = term
-                && term.is_active()
-            {
-                ctx.fail(format!(
-                    "{}: with_lock returned {result:?} but its term {} is active",
-                    env.id,
-                    term.id()
-                ));
+            if let Some(term) = term {
+                if term.is_active() {
+                    ctx.fail(format!(
+                        "{}: with_lock returned {result:?} but its term {} is active",
+                        env.id,
+                        term.id()
+                    ));
+                }
+                // An output handed back as a success must have been computed under the lock.
+                if result.is_ok() && term.lost() {
+                    ctx.fail(format!(
+                        "{}: with_lock returned Ok but its term {} was lost",
+                        env.id,
+                        term.id()
+                    ));
+                }
             }
-            result
+            if matches!(result, Err(dsync::WithLockError::Lost { .. })) {
+                ctx.bump("lock: with_lock reported its lock lost");
+            }
+            result.map_err(Error::from)
         }
         Err(_) => {
             if let Some(term) = term {

@@ -305,9 +305,43 @@ impl Election {
         }
     }
 
-    /// Subscribes an actor to [`Elected`], [`Deposed`] and [`LeaderChanged`]. The election
-    /// keeps only weak references: a stopped subscriber is dropped from the list. A subscriber
-    /// joining during our term receives `Elected` for it at once.
+    /// Subscribes an actor to [`Elected`], [`Deposed`] and [`LeaderChanged`]: the actor must
+    /// implement `Handler` for all three. To receive only some of them, subscribe a
+    /// [`Recipient`] per message instead ([`subscribe_elected`](Self::subscribe_elected),
+    /// [`subscribe_deposed`](Self::subscribe_deposed),
+    /// [`subscribe_leader_changed`](Self::subscribe_leader_changed)).
+    ///
+    /// The election keeps only weak references: a stopped subscriber is dropped from the list.
+    /// A subscriber joining during our term receives `Elected` for it at once.
+    ///
+    /// ```
+    /// use actix::prelude::*;
+    /// use dsync::{Dsync, Elected, MemoryStore};
+    ///
+    /// /// Only wants to know when this replica becomes leader.
+    /// struct OnElected(tokio::sync::mpsc::UnboundedSender<i32>);
+    /// impl Actor for OnElected {
+    ///     type Context = Context<Self>;
+    /// }
+    /// impl Handler<Elected> for OnElected {
+    ///     type Result = ();
+    ///     fn handle(&mut self, msg: Elected, _: &mut Context<Self>) {
+    ///         let _ = self.0.send(msg.term.fencing_token());
+    ///     }
+    /// }
+    ///
+    /// # fn main() -> dsync::Result<()> {
+    /// actix::System::new().block_on(async {
+    ///     let dsync = Dsync::new(MemoryStore::new(), "pod-a")?;
+    ///     let election = dsync.election(dsync::MASTER)?;
+    ///     let (tx, mut tokens) = tokio::sync::mpsc::unbounded_channel();
+    ///     let addr = OnElected(tx).start();
+    ///     election.subscribe_elected(addr.recipient())?;
+    ///     assert_eq!(tokens.recv().await, Some(0));
+    ///     dsync.shutdown().await
+    /// })
+    /// # }
+    /// ```
     pub fn subscribe<A>(&self, addr: &Addr<A>) -> Result<()>
     where
         A: Actor + Handler<Elected> + Handler<Deposed> + Handler<LeaderChanged>,

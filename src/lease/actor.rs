@@ -29,7 +29,6 @@ use super::{Call, Machine, Op, Outcome, Request, Step, StepDownReason, Waiting, 
 use crate::error::{Error, Result};
 use crate::metrics::LeaseMetrics;
 use crate::store::{LeaseKey, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
-use crate::supervisor::Registry;
 use crate::term::{Term, TermId, now};
 use crate::watch::WatchHub;
 use crate::work::ActorId;
@@ -129,14 +128,24 @@ pub(crate) enum Internal {
 #[rtype(result = "()")]
 pub(crate) struct FaceCommand<C>(pub C);
 
+/// Where a lease actor says that it is stopping and that it has stopped: the registry of the
+/// replica's [`Supervisor`](crate::Supervisor). A trait, so that this layer does not depend
+/// on the supervisor above it.
+pub(crate) trait Directory: Send + Sync {
+    /// A stop has begun: later requests for `key` must start a new actor, not get this one.
+    fn retire(&self, key: &LeaseKey, id: ActorId);
+    /// The actor has stopped: forget it.
+    fn remove(&self, key: &LeaseKey, id: ActorId);
+}
+
 /// What every lease actor of one `Dsync` shares.
 pub(crate) struct Shared {
     pub identity: Arc<str>,
-    pub timing: crate::config::Timing,
+    pub timing: crate::timing::Timing,
     pub drain_timeout: Duration,
     pub store: Arc<dyn LeaseStore>,
     pub watches: Arc<WatchHub>,
-    pub registry: Arc<Registry>,
+    pub directory: Arc<dyn Directory>,
 }
 
 /// Everything a lease actor is made from.
@@ -249,6 +258,12 @@ impl Core {
             unreachable!("checked above");
         };
         term.cancel();
+        if matches!(
+            reason,
+            EndReason::Lost(_) | EndReason::Expired | EndReason::Restarted
+        ) {
+            term.mark_lost();
+        }
         // A new ending: what an earlier release failed with is no longer news.
         self.release_error = None;
         tracing::info!(lease = %self.key, identity = %self.identity(), term = %term.id(), ?reason, "term ended");
@@ -295,6 +310,7 @@ impl Core {
             "the term's work did not return within the drain timeout: not releasing the lease \
              while it may still run; it expires after the lease duration"
         );
+        term.mark_lost();
         self.machine.abandon();
         self.abandoned = Some(term);
     }
@@ -397,6 +413,10 @@ impl<F: Face> LeaseActor<F> {
                 );
             }
             _ => tracing::info!(lease = %core.key, ?reason, "stepping down"),
+        }
+        if let Phase::Draining(term) = &core.phase {
+            // The claim is gone while the work still drains: that work ran without the lease.
+            term.mark_lost();
         }
         core.end_term(EndReason::Lost(reason));
     }
@@ -582,7 +602,7 @@ impl<F: Face> LeaseActor<F> {
         if let Some(handle) = core.watch_handle.take() {
             ctx.cancel_future(handle);
         }
-        core.shared.registry.remove(&core.key, core.id);
+        core.shared.directory.remove(&core.key, core.id);
         // The actor stays as a tombstone answering `Stopped` until its last handle is dropped
         // (stopping it here would make the actix supervisor restart it).
         tracing::info!(lease = %core.key, identity = %core.identity(), ?outcome, "{} stopped", F::KIND);
@@ -616,7 +636,7 @@ impl<F: Face> LeaseActor<F> {
                     since: now(),
                 };
                 // From now on asking for this lease starts a new actor (which waits for us).
-                core.shared.registry.retire(&core.key, core.id);
+                core.shared.directory.retire(&core.key, core.id);
                 self.face.stopping(core);
                 core.end_term(EndReason::Stopped);
             }

@@ -9,8 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::Timing;
-use crate::store::{LeaseRecord, StoreError, StoredLease, WatchEvent};
+use crate::record::{LeaseRecord, StoredLease, WatchEvent, is_newer};
+use crate::store::StoreError;
+use crate::timing::Timing;
 
 /// What we last saw of the lease, and since when (local time) it has looked like this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -821,19 +822,6 @@ impl Machine {
 /// (A write of ours whose response was lost shows up as a new version of the same term.)
 fn is_our_term(record: &LeaseRecord, identity: &str, token: i32) -> bool {
     record.holder() == Some(identity) && record.lease_transitions.unwrap_or(0) == token
-}
-
-/// Whether a watched version is newer than the one we hold. Kubernetes resource versions are
-/// etcd revisions: integers that grow with every write. Versions that are not integers are only
-/// compared for equality (then anything different counts as newer).
-pub fn is_newer(candidate: &str, current: Option<&str>) -> bool {
-    let Some(current) = current else {
-        return true;
-    };
-    match (candidate.parse::<u64>(), current.parse::<u64>()) {
-        (Ok(a), Ok(b)) => a > b,
-        _ => candidate != current,
-    }
 }
 
 /// The fencing token a record carries.

@@ -37,7 +37,7 @@ mod machine;
 
 pub use machine::{
     Call, Claim, Machine, Observed, Op, Outcome, Request, Step, StepDownReason, Waiting, Want,
-    is_newer, token_of,
+    token_of,
 };
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
-use crate::config::Timing;
+use crate::record::is_newer;
 use crate::store::{LeaseRecord, StoreError, StoredLease, WatchEvent};
+use crate::timing::Timing;
 
 const ME: &str = "me";
 const OTHER: &str = "other";

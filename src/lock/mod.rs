@@ -165,6 +165,55 @@ pub(crate) struct LockShared {
     pub status: watch::Receiver<LockStatus>,
 }
 
+/// What [`Lock::with_lock`] and [`Lock::with_try_lock`] fail with.
+///
+/// `?` turns it into a [`dsync::Error`](crate::Error) (a loss becomes [`Error::LockLost`],
+/// dropping the output); match on it to keep the output of work that ran without the lock.
+#[derive(Debug, thiserror::Error)]
+pub enum WithLockError<T> {
+    /// The lock could not be taken or given back (`f` may not have run).
+    #[error(transparent)]
+    Lock(#[from] Error),
+    /// `f` ran to the end, but the lock may have been lost while it ran ([`Term::lost`]):
+    /// another replica may have held it meanwhile, so `output` was computed without it.
+    #[error("lock {lock} was lost while the guarded work ran (fencing token {fencing_token})")]
+    Lost {
+        /// `namespace/name` of the lock's lease.
+        lock: String,
+        /// The fencing token of the lost term: a store that checks tokens rejects `output`
+        /// if a newer holder has written since.
+        fencing_token: i32,
+        /// What `f` returned.
+        output: T,
+    },
+}
+
+impl<T> WithLockError<T> {
+    /// The output of work that ran to the end without the lock, if that is what happened.
+    pub fn into_lost_output(self) -> Option<T> {
+        match self {
+            WithLockError::Lost { output, .. } => Some(output),
+            WithLockError::Lock(_) => None,
+        }
+    }
+}
+
+impl<T> From<WithLockError<T>> for Error {
+    fn from(err: WithLockError<T>) -> Self {
+        match err {
+            WithLockError::Lock(err) => err,
+            WithLockError::Lost {
+                lock,
+                fencing_token,
+                ..
+            } => Error::LockLost {
+                lock,
+                fencing_token,
+            },
+        }
+    }
+}
+
 /// A handle on one distributed lock. Cheap to clone; a clone is the same handle (it may unlock
 /// what the original locked). Separate handles from [`Dsync::lock`](crate::Dsync::lock) exclude
 /// each other like handles in different replicas.
@@ -276,14 +325,21 @@ impl Lock {
     }
 
     /// Waits for the lock, runs `f` with the term, then unlocks. The term is cancelled if the
-    /// lock is lost while `f` runs (`f` should then stop what it is doing); `f`'s output is
-    /// returned either way.
+    /// lock is lost while `f` runs (`f` should then stop what it is doing).
+    ///
+    /// `f`'s output is `Ok` only if the lock was held, without a gap, until `f` returned. If
+    /// the lock may have been lost meanwhile ([`Term::lost`]), the output was computed without
+    /// it and may be unsafe to publish: it comes back in [`WithLockError::Lost`], for the
+    /// caller to discard, or to publish to a store that checks the fencing token. With `?`
+    /// into a [`dsync::Error`](crate::Error) a loss becomes [`Error::LockLost`] and the output
+    /// is dropped. A stop, unlock or shutdown while `f` runs is not a loss: the lease is
+    /// renewed until `f` returns.
     ///
     /// `f` is the term's guarded work: [`Lock::stop`] and [`Dsync::shutdown`](crate::Dsync::shutdown)
     /// cancel the term and wait for `f` to return (up to the drain timeout) before releasing
     /// the lease, and the lease is renewed meanwhile. If this future is dropped while `f` runs,
     /// `f` is dropped with it, and then the lease is released.
-    pub async fn with_lock<F, Fut, T>(&self, f: F) -> Result<T>
+    pub async fn with_lock<F, Fut, T>(&self, f: F) -> Result<T, WithLockError<T>>
     where
         F: FnOnce(Term) -> Fut,
         Fut: Future<Output = T>,
@@ -295,7 +351,7 @@ impl Lock {
 
     /// Like [`with_lock`](Self::with_lock) but fails with [`Error::AlreadyLocked`] instead of
     /// waiting (the Go package's `DoWithTryLock`).
-    pub async fn with_try_lock<F, Fut, T>(&self, f: F) -> Result<T>
+    pub async fn with_try_lock<F, Fut, T>(&self, f: F) -> Result<T, WithLockError<T>>
     where
         F: FnOnce(Term) -> Fut,
         Fut: Future<Output = T>,
@@ -305,29 +361,41 @@ impl Lock {
         self.run_then_unlock(&owner, grant, f).await
     }
 
-    async fn run_then_unlock<F, Fut, T>(&self, owner: &Arc<Owner>, grant: Grant, f: F) -> Result<T>
+    async fn run_then_unlock<F, Fut, T>(
+        &self,
+        owner: &Arc<Owner>,
+        grant: Grant,
+        f: F,
+    ) -> Result<T, WithLockError<T>>
     where
         F: FnOnce(Term) -> Fut,
         Fut: Future<Output = T>,
     {
         let (term, work) = grant.accept();
         let output = work::scope(self.shared.id, f(term.clone())).await;
+        let lost = term.lost();
         drop(work); // the guarded work has returned
-        if !term.is_active() {
+        let result = if !term.is_active() {
             // The lock was lost or stopped while `f` ran, and `f` was told through the term;
             // the lease is given back without us.
-            return Ok(output);
-        }
-        match self.unlock_as(owner.id).await {
-            Ok(()) => Ok(output),
-            // The lock was lost (or stopped) just after `f` returned.
-            Err(Error::NotLocked { .. } | Error::NotLockHolder { .. } | Error::Stopped { .. })
-                if !term.is_active() =>
-            {
-                Ok(output)
+            Ok(())
+        } else {
+            match self.unlock_as(owner.id).await {
+                // The lock was lost (or stopped) just after `f` returned.
+                Err(
+                    Error::NotLocked { .. } | Error::NotLockHolder { .. } | Error::Stopped { .. },
+                ) if !term.is_active() => Ok(()),
+                other => other,
             }
-            Err(err) => Err(err),
+        };
+        if lost {
+            return Err(WithLockError::Lost {
+                lock: self.lease().to_string(),
+                fencing_token: term.fencing_token(),
+                output,
+            });
         }
+        result.map(|()| output).map_err(WithLockError::Lock)
     }
 
     async fn acquire(&self, owner: &Arc<Owner>, try_only: bool, guarded: bool) -> Result<Grant> {

@@ -28,8 +28,6 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
-use crate::config::Config;
-use crate::error::Error;
 
 /// Default limit for one API call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,52 +89,6 @@ impl KubeStore {
     pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
-    }
-
-    /// Connects as `config` says: the kubeconfig at `kubeconfig_path` (`KUBE_CONFIG_PATH`)
-    /// if set, otherwise the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`), otherwise
-    /// the in-cluster service account (kube's `Config::infer`).
-    pub async fn from_config(config: &Config) -> Result<Self, Error> {
-        let client_config = Self::client_config(config).await?;
-        Self::from_kube_config(client_config, config.kubeconfig_path.clone())
-    }
-
-    /// A store on a client made from `client_config` (custom headers, proxies, TLS). Needs a
-    /// tokio runtime, which the client then belongs to. `kubeconfig` only names the file in
-    /// errors.
-    pub fn from_kube_config(
-        client_config: kube::Config,
-        kubeconfig: Option<std::path::PathBuf>,
-    ) -> Result<Self, Error> {
-        let client = kube::Client::try_from(client_config).map_err(|e| Error::KubeConfig {
-            path: kubeconfig,
-            source: Box::new(e),
-        })?;
-        Ok(Self::new(client))
-    }
-
-    /// The kube client configuration `config` asks for (see [`from_config`](Self::from_config)).
-    pub async fn client_config(config: &Config) -> Result<kube::Config, Error> {
-        let client_config = match &config.kubeconfig_path {
-            Some(path) => {
-                let kubeconfig =
-                    kube::config::Kubeconfig::read_from(path).map_err(|e| Error::KubeConfig {
-                        path: Some(path.clone()),
-                        source: Box::new(e),
-                    })?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                    .await
-                    .map_err(|e| Error::KubeConfig {
-                        path: Some(path.clone()),
-                        source: Box::new(e),
-                    })?
-            }
-            None => kube::Config::infer().await.map_err(|e| Error::KubeConfig {
-                path: None,
-                source: Box::new(e),
-            })?,
-        };
-        Ok(client_config)
     }
 
     fn api(&self, key: &LeaseKey) -> Api<Lease> {
@@ -257,7 +209,7 @@ fn remember(seen: &Mutex<HashMap<LeaseKey, Lease>>, key: &LeaseKey, lease: Lease
     let stored = from_lease(key, lease.clone());
     let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
     let newer = seen.get(key).is_none_or(|old| {
-        crate::lease::is_newer(
+        crate::record::is_newer(
             &stored.resource_version,
             old.metadata.resource_version.as_deref(),
         )

@@ -7,12 +7,80 @@
 //!
 //! Two stores ship: [`MemoryStore`] (in-process, the embedded default) and, with the `kube`
 //! feature (on by default), `KubeStore` on `kube::Api<Lease>`.
+//!
+//! # Implementing a store
+//!
+//! Everything an implementation names is here: the trait, the records, the errors, and the
+//! boxed future and stream types (with [`FutureExt`] and [`StreamExt`] for `.boxed()`), so it
+//! needs no direct dependency on `futures`. The `testing` feature's conformance suite checks
+//! an implementation against the rules `MemoryStore` and `KubeStore` obey. A store that counts
+//! the writes going through it:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! use dsync::store::{
+//!     BoxFuture, BoxStream, FutureExt, LeaseKey, LeaseRecord, LeaseStore, StoreResult,
+//!     StoredLease, WatchEvent,
+//! };
+//!
+//! struct Counting<S> {
+//!     inner: S,
+//!     writes: Arc<AtomicU64>,
+//! }
+//!
+//! impl<S: LeaseStore> LeaseStore for Counting<S> {
+//!     fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
+//!         self.inner.get(key)
+//!     }
+//!     fn create(
+//!         &self,
+//!         key: &LeaseKey,
+//!         record: LeaseRecord,
+//!     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+//!         self.writes.fetch_add(1, Ordering::Relaxed);
+//!         self.inner.create(key, record)
+//!     }
+//!     fn replace(
+//!         &self,
+//!         key: &LeaseKey,
+//!         record: LeaseRecord,
+//!         resource_version: &str,
+//!     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+//!         let writes = self.writes.clone();
+//!         let call = self.inner.replace(key, record, resource_version);
+//!         async move {
+//!             writes.fetch_add(1, Ordering::Relaxed);
+//!             call.await
+//!         }
+//!         .boxed()
+//!     }
+//!     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
+//!         self.inner.watch(namespace)
+//!     }
+//! }
+//!
+//! # fn main() -> dsync::Result<()> {
+//! actix::System::new().block_on(async {
+//!     let writes = Arc::new(AtomicU64::new(0));
+//!     let store = Counting { inner: dsync::MemoryStore::new(), writes: writes.clone() };
+//!     let dsync = dsync::Dsync::new(store, "pod-a")?;
+//!     let lock = dsync.lock("job")?;
+//!     lock.lock().await?;
+//!     lock.unlock().await?;
+//!     assert_eq!(writes.load(Ordering::Relaxed), 2); // create, then the release
+//!     dsync.shutdown().await
+//! })
+//! # }
+//! ```
 
-use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
+pub use futures::future::{BoxFuture, FutureExt};
+pub use futures::stream::{BoxStream, StreamExt};
+
+pub use crate::record::{LeaseKey, LeaseRecord, StoredLease, WatchEvent};
 
 #[cfg(feature = "kube")]
 pub mod kube;
@@ -21,84 +89,6 @@ pub mod memory;
 #[cfg(feature = "kube")]
 pub use self::kube::KubeStore;
 pub use memory::MemoryStore;
-
-/// Namespace and name of one Lease object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct LeaseKey {
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// Lease object name.
-    pub name: String,
-}
-
-impl LeaseKey {
-    /// A key from namespace and name.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        LeaseKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for LeaseKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// The fields of a `coordination.k8s.io/v1` `LeaseSpec` that leader election uses.
-///
-/// Times are wall-clock times as written by the holder. dsync writes them for people and peers
-/// to read but never judges expiry from them: expiry is judged from when *this* process saw the
-/// record change (see [`crate::lease`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LeaseRecord {
-    /// Who holds the lease; `None` or empty: nobody.
-    pub holder_identity: Option<String>,
-    /// How long others must wait after the last change before taking over.
-    pub lease_duration_seconds: Option<i32>,
-    /// When the current holder acquired it.
-    pub acquire_time: Option<SystemTime>,
-    /// When the current holder last renewed it.
-    pub renew_time: Option<SystemTime>,
-    /// How many times the holder changed; dsync's fencing token.
-    pub lease_transitions: Option<i32>,
-    /// `spec.strategy` (coordinated leader election); kept as found.
-    pub strategy: Option<String>,
-    /// `spec.preferredHolder` (coordinated leader election); kept as found.
-    pub preferred_holder: Option<String>,
-}
-
-impl LeaseRecord {
-    /// The holder, treating an empty string as nobody (client-go writes `""` on release).
-    pub fn holder(&self) -> Option<&str> {
-        self.holder_identity.as_deref().filter(|h| !h.is_empty())
-    }
-}
-
-/// A lease record as stored, with the version that guards the next write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredLease {
-    /// Lease object name.
-    pub name: String,
-    /// The record.
-    pub record: LeaseRecord,
-    /// Opaque version (`metadata.resourceVersion`); changes on every write.
-    pub resource_version: String,
-}
-
-/// A change seen by [`LeaseStore::watch`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
-    /// The lease was created or replaced.
-    Applied(StoredLease),
-    /// The lease was deleted.
-    Deleted {
-        /// Lease object name.
-        name: String,
-    },
-}
 
 /// What a store operation failed with.
 #[derive(Debug, thiserror::Error)]

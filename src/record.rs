@@ -1,0 +1,97 @@
+//! The records dsync keeps in a store: [`LeaseKey`], [`LeaseRecord`], [`StoredLease`] and
+//! [`WatchEvent`]. The bottom layer of the crate: plain data, no IO, no other module of the
+//! crate.
+
+use std::fmt;
+use std::time::SystemTime;
+
+/// Namespace and name of one Lease object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseKey {
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// Lease object name.
+    pub name: String,
+}
+
+impl LeaseKey {
+    /// A key from namespace and name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        LeaseKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for LeaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The fields of a `coordination.k8s.io/v1` `LeaseSpec` that leader election uses.
+///
+/// Times are wall-clock times as written by the holder. dsync writes them for people and peers
+/// to read but never judges expiry from them: expiry is judged from when *this* process saw the
+/// record change (see [`crate::lease`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// Who holds the lease; `None` or empty: nobody.
+    pub holder_identity: Option<String>,
+    /// How long others must wait after the last change before taking over.
+    pub lease_duration_seconds: Option<i32>,
+    /// When the current holder acquired it.
+    pub acquire_time: Option<SystemTime>,
+    /// When the current holder last renewed it.
+    pub renew_time: Option<SystemTime>,
+    /// How many times the holder changed; dsync's fencing token.
+    pub lease_transitions: Option<i32>,
+    /// `spec.strategy` (coordinated leader election); kept as found.
+    pub strategy: Option<String>,
+    /// `spec.preferredHolder` (coordinated leader election); kept as found.
+    pub preferred_holder: Option<String>,
+}
+
+impl LeaseRecord {
+    /// The holder, treating an empty string as nobody (client-go writes `""` on release).
+    pub fn holder(&self) -> Option<&str> {
+        self.holder_identity.as_deref().filter(|h| !h.is_empty())
+    }
+}
+
+/// A lease record as stored, with the version that guards the next write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLease {
+    /// Lease object name.
+    pub name: String,
+    /// The record.
+    pub record: LeaseRecord,
+    /// Opaque version (`metadata.resourceVersion`); changes on every write.
+    pub resource_version: String,
+}
+
+/// A change seen by [`LeaseStore::watch`](crate::store::LeaseStore::watch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The lease was created or replaced.
+    Applied(StoredLease),
+    /// The lease was deleted.
+    Deleted {
+        /// Lease object name.
+        name: String,
+    },
+}
+
+/// Whether a watched version is newer than the one we hold. Kubernetes resource versions are
+/// etcd revisions: integers that grow with every write. Versions that are not integers are only
+/// compared for equality (then anything different counts as newer).
+pub fn is_newer(candidate: &str, current: Option<&str>) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    match (candidate.parse::<u64>(), current.parse::<u64>()) {
+        (Ok(a), Ok(b)) => a > b,
+        _ => candidate != current,
+    }
+}

@@ -15,8 +15,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,8 @@ struct Inner {
     valid_until: AtomicU64,
     /// Set when the lease may have been lost during the term (see [`Term::lost`]).
     lost: AtomicBool,
+    /// When the term stopped being active (see [`Term::ended_at`]); set before `cancel` fires.
+    ended_at: OnceLock<Instant>,
     /// The work the term guards (`when_elected` futures, `with_lock` bodies): the lease is
     /// released only once all of it has returned.
     work: TaskTracker,
@@ -105,6 +107,7 @@ impl Term {
                 base,
                 valid_until: AtomicU64::new(0),
                 lost: AtomicBool::new(false),
+                ended_at: OnceLock::new(),
                 work: TaskTracker::new(),
             }),
         };
@@ -162,6 +165,7 @@ impl Term {
             // Latch: a term past its deadline is over for good, even if a renewal that was
             // still in flight succeeds afterwards. Its claim ran out: the lease may be gone.
             self.inner.lost.store(true, Ordering::Release);
+            self.inner.ended_at.get_or_init(|| self.valid_until());
             self.inner.cancel.cancel();
             return false;
         }
@@ -221,7 +225,29 @@ impl Term {
     /// Ends the term. Idempotent. Only dsync ends terms; users end theirs by stopping the
     /// election or unlocking the lock.
     pub(crate) fn cancel(&self) {
+        let now = now();
+        // Cancelled after its deadline passed unseen: it ended at the deadline.
+        self.inner
+            .ended_at
+            .get_or_init(|| now.min(self.valid_until()));
         self.inner.cancel.cancel();
+    }
+
+    /// When the term stopped being active (local monotonic time): the instant dsync cancelled
+    /// it, or its [deadline](Self::valid_until) if that came first. `None` while it is active.
+    /// Exact, whichever thread asks and however late: for logs and for checking, after the
+    /// fact, that terms of one lease never overlapped.
+    pub fn ended_at(&self) -> Option<Instant> {
+        if self.is_active() {
+            return None;
+        }
+        Some(
+            self.inner
+                .ended_at
+                .get()
+                .copied()
+                .unwrap_or_else(|| self.valid_until()),
+        )
     }
 
     /// Moves the deadline to `until` after a successful renewal. `false` if the term has
@@ -319,6 +345,22 @@ mod tests {
         assert!(!stopped.lost(), "ended on purpose before its deadline");
         stopped.mark_lost(); // e.g. its drain timed out, or it stepped down while draining
         assert!(stopped.lost());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ended_at_is_the_cancellation_or_the_deadline_whichever_came_first() {
+        let start = now();
+        let cancelled = term(Duration::from_secs(10));
+        let expired = term(Duration::from_secs(10));
+        let late = term(Duration::from_secs(10));
+        assert_eq!(cancelled.ended_at(), None, "active");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cancelled.cancel();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        late.cancel(); // cancelled after its deadline passed unseen
+        assert_eq!(cancelled.ended_at(), Some(start + Duration::from_secs(3)));
+        assert_eq!(expired.ended_at(), Some(start + Duration::from_secs(10)));
+        assert_eq!(late.ended_at(), Some(start + Duration::from_secs(10)));
     }
 
     #[tokio::test(start_paused = true)]

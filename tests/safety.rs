@@ -394,7 +394,10 @@ struct Oracle {
 /// For a term found inactive at `now`: the latest instant it can have stopped being active
 /// (its deadline, if that has passed).
 fn inactive_by(term: &Term, now: Instant) -> Instant {
-    now.min(Instant::from_std(term.valid_until()))
+    term.ended_at()
+        .map_or(now, Instant::from_std)
+        .min(now)
+        .min(Instant::from_std(term.valid_until()))
 }
 
 impl Oracle {
@@ -437,7 +440,9 @@ impl Oracle {
         // being active (at its cancellation, or at its deadline without anybody's help).
         let watch = async move {
             term.cancelled().await;
-            let end = Instant::now();
+            // dsync's own record of the instant, not when this watcher got to run (on a
+            // loaded machine that can be milliseconds later).
+            let end = term.ended_at().map_or_else(Instant::now, Instant::from_std);
             if let Some(r) = oracle
                 .terms
                 .lock()

@@ -46,8 +46,10 @@ pub enum Rule {
     /// returns a new version; on a stale one it fails with [`StoreError::Conflict`] and changes
     /// nothing.
     ReplaceIsCompareAndSwap,
-    /// `replace` of a missing lease fails with [`StoreError::NotFound`].
-    ReplaceMissingIsNotFound,
+    /// `replace` of a missing lease fails with [`StoreError::NotFound`] and writes nothing,
+    /// or creates the lease with the record given, as the Kubernetes API server does (Leases
+    /// allow create-on-update, even with a `resourceVersion` precondition). Nothing else.
+    ReplaceMissingIsNotFoundOrCreates,
     /// Every write gives a new version; versions that are decimal integers (as the API
     /// server's are) increase with every write, across leases.
     VersionsIncrease,
@@ -72,7 +74,7 @@ impl Rule {
         Rule::CreateRoundTrips,
         Rule::CreateExistingIsAlreadyExists,
         Rule::ReplaceIsCompareAndSwap,
-        Rule::ReplaceMissingIsNotFound,
+        Rule::ReplaceMissingIsNotFoundOrCreates,
         Rule::VersionsIncrease,
         Rule::NoOpReplaceKeepsTheVersion,
         Rule::WatchSeesWritesInOrder,
@@ -87,7 +89,7 @@ impl Rule {
             Rule::CreateRoundTrips => "create-round-trips",
             Rule::CreateExistingIsAlreadyExists => "create-existing",
             Rule::ReplaceIsCompareAndSwap => "replace-cas",
-            Rule::ReplaceMissingIsNotFound => "replace-missing",
+            Rule::ReplaceMissingIsNotFoundOrCreates => "replace-missing",
             Rule::VersionsIncrease => "versions-increase",
             Rule::NoOpReplaceKeepsTheVersion => "no-op-replace",
             Rule::WatchSeesWritesInOrder => "watch-order",
@@ -239,7 +241,7 @@ impl<S: LeaseStore> Suite<S> {
             Rule::CreateRoundTrips => self.create_round_trips(rule).await,
             Rule::CreateExistingIsAlreadyExists => self.create_existing(rule).await,
             Rule::ReplaceIsCompareAndSwap => self.replace_cas(rule).await,
-            Rule::ReplaceMissingIsNotFound => self.replace_missing(rule).await,
+            Rule::ReplaceMissingIsNotFoundOrCreates => self.replace_missing(rule).await,
             Rule::VersionsIncrease => self.versions_increase(rule).await,
             Rule::NoOpReplaceKeepsTheVersion => self.no_op_replace(rule).await,
             Rule::WatchSeesWritesInOrder => self.watch_order(rule).await,
@@ -409,21 +411,33 @@ impl<S: LeaseStore> Suite<S> {
             .create(rule, &self.key(rule), held_by("holder-a", 0))
             .await?;
         let key = self.key(rule);
+        let record = held_by("holder-b", 0);
         match self
             .store
-            .replace(&key, held_by("holder-a", 0), &other.resource_version)
+            .replace(&key, record.clone(), &other.resource_version)
             .await
         {
-            Err(StoreError::NotFound { lease }) if lease == key.to_string() => {}
-            other => {
-                return Err(violation(
-                    rule,
-                    format!("replace of missing {key} gave {other:?}, expected NotFound"),
-                ));
+            Err(StoreError::NotFound { lease }) if lease == key.to_string() => {
+                self.expect_missing(rule, &key, "after a replace of a missing lease")
+                    .await
             }
+            Ok(created) => {
+                let got = self.get(rule, &key).await?;
+                if created.name != key.name || created.record != record || got != created {
+                    return Err(violation(
+                        rule,
+                        format!(
+                            "replace of missing {key} returned {created:?} and then get returned {got:?}: a create-on-update must create the record given"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            other => Err(violation(
+                rule,
+                format!("replace of missing {key} gave {other:?}, expected NotFound (or a create)"),
+            )),
         }
-        self.expect_missing(rule, &key, "after a replace of a missing lease")
-            .await
     }
 
     async fn versions_increase(&self, rule: Rule) -> Check<()> {
@@ -476,9 +490,11 @@ impl<S: LeaseStore> Suite<S> {
         Ok(())
     }
 
-    /// Opens a watch of the suite's namespace and waits until it delivers: writes a sentinel
-    /// lease and skips events until the sentinel's (a store may replay the leases that exist
-    /// when the watch starts, as kube's watcher does with its initial list).
+    /// Opens a watch of the suite's namespace and waits until it delivers live events. A store
+    /// may replay the leases that exist when the watch starts, in any order (kube's watcher
+    /// does, with its initial list): so a sentinel lease is written, its event awaited, then
+    /// written again once the watch is delivering, and events are skipped up to that second
+    /// write's.
     async fn open_watch(
         &self,
         rule: Rule,
@@ -489,17 +505,33 @@ impl<S: LeaseStore> Suite<S> {
     )> {
         let mut watch = self.store.watch(&self.namespace);
         let sentinel = self.key(rule);
-        let created = self.create(rule, &sentinel, held_by("sentinel", 0)).await?;
+        let first = self.create(rule, &sentinel, held_by("sentinel", 0)).await?;
+        self.skip_to(rule, &mut watch, &first).await?;
+        let second = self
+            .replace(
+                rule,
+                &sentinel,
+                held_by("sentinel-1", 0),
+                &first.resource_version,
+            )
+            .await?;
+        self.skip_to(rule, &mut watch, &second).await?;
+        Ok((watch, sentinel, second))
+    }
+
+    /// Skips events up to `lease`'s.
+    async fn skip_to(
+        &self,
+        rule: Rule,
+        watch: &mut BoxStream<'static, Result<WatchEvent, StoreError>>,
+        lease: &StoredLease,
+    ) -> Check<()> {
         loop {
-            match self
-                .next_event(rule, &mut watch, "the sentinel's event")
-                .await?
-            {
-                WatchEvent::Applied(lease) if lease == created => break,
+            match self.next_event(rule, watch, "the sentinel's event").await? {
+                WatchEvent::Applied(seen) if seen == *lease => return Ok(()),
                 _ => continue,
             }
         }
-        Ok((watch, sentinel, created))
     }
 
     async fn next_event(

@@ -519,7 +519,7 @@ impl LeaseStore for FaultyStore {
     }
 
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
-        let (control, tamper) = {
+        let control = {
             let mut f = self.lock();
             self.count(&mut f, Call::Watch);
             if f.partitioned {
@@ -532,7 +532,7 @@ impl LeaseStore for FaultyStore {
             if let Some(error) = failure {
                 return futures::stream::once(futures::future::ready(Err(error))).boxed();
             }
-            (f.control(), f.tamper.clone())
+            f.control()
         };
         let generation = control.generation;
         let cut = move |c: &WatchControl| c.partitioned || c.generation != generation;
@@ -555,10 +555,16 @@ impl LeaseStore for FaultyStore {
                         if now.silent {
                             continue;
                         }
-                        let latency = faults
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .response_latency;
+                        let (latency, tamper) = {
+                            let f = faults.lock().unwrap_or_else(|p| p.into_inner());
+                            (f.response_latency, f.tamper.clone())
+                        };
+                        let event = match (tamper, event) {
+                            (Some(tamper), Ok(WatchEvent::Applied(lease))) => {
+                                Ok(WatchEvent::Applied(tamper(lease)))
+                            }
+                            (_, other) => other,
+                        };
                         if tx.send((Instant::now() + latency, event)).is_err() {
                             return;
                         }
@@ -581,12 +587,6 @@ impl LeaseStore for FaultyStore {
                 event
             })
             .take_while(move |_| futures::future::ready(!cut(&ctl.borrow_and_update())))
-            .map(move |event| match (&tamper, event) {
-                (Some(tamper), Ok(WatchEvent::Applied(lease))) => {
-                    Ok(WatchEvent::Applied(tamper(lease)))
-                }
-                (_, other) => other,
-            })
             .boxed()
     }
 }

@@ -319,7 +319,9 @@ impl TermLog {
                 .into_iter()
                 .filter(|s| s.end.is_none_or(|end| end >= s.start))
                 .collect();
-            live.sort_by_key(|s| (s.start, s.token));
+            // Terms that began at one instant: the one that ended first began first (a
+            // handoff in paused time can end one term and start the next at one instant).
+            live.sort_by_key(|s| (s.start, s.end.is_none(), s.end, s.token));
             // The term with the latest end so far (`None` end: still running).
             let mut latest: Option<&TermSpan> = None;
             for s in &live {

@@ -3,17 +3,18 @@
 //! "crashes" (its store goes silent, as a dead pod's would) and the last replica takes over
 //! after the lease duration. Finally two replicas contend for a lock.
 //!
-//! Run: `cargo run --example failover`
+//! Each replica reaches the shared store through a `FaultyStore` from dsync's test kit
+//! (feature `testing`), which plays the crash: from then on every call hangs and its watch
+//! ends, which is all the other replicas can see of a dead process. A `TermLog` checks, at the
+//! end, that no two terms overlapped and that fencing tokens strictly increased.
+//!
+//! Run: `cargo run --example failover --features testing`
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreResult, StoredLease, WatchEvent};
-use dsync::{Config, Deposed, Dsync, Elected, Election, LeaderChanged, MemoryStore, Timing};
-use futures::future::{BoxFuture, FutureExt};
-use futures::stream::{BoxStream, StreamExt};
+use dsync::testing::{FaultyStore, TermLog, leader_of};
+use dsync::{Config, Deposed, Dsync, Elected, LeaderChanged, MemoryStore, Timing};
 use tokio::time::Instant;
 
 /// Short timings so the demo runs in seconds: lease 2 s, renew deadline 1.5 s, retry 0.5 s.
@@ -26,51 +27,6 @@ fn timing() -> Timing {
     .expect("valid timing")
 }
 
-/// A store that can "crash": from then on every call hangs and watches go quiet, which is all
-/// the other replicas can see of a dead process.
-#[derive(Clone)]
-struct Crashable {
-    inner: MemoryStore,
-    crashed: Arc<AtomicBool>,
-}
-
-impl LeaseStore for Crashable {
-    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
-        if self.crashed.load(Ordering::SeqCst) {
-            return futures::future::pending().boxed();
-        }
-        self.inner.get(key)
-    }
-    fn create(
-        &self,
-        key: &LeaseKey,
-        r: LeaseRecord,
-    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
-        if self.crashed.load(Ordering::SeqCst) {
-            return futures::future::pending().boxed();
-        }
-        self.inner.create(key, r)
-    }
-    fn replace(
-        &self,
-        key: &LeaseKey,
-        r: LeaseRecord,
-        version: &str,
-    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
-        if self.crashed.load(Ordering::SeqCst) {
-            return futures::future::pending().boxed();
-        }
-        self.inner.replace(key, r, version)
-    }
-    fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
-        let crashed = self.crashed.clone();
-        self.inner
-            .watch(namespace)
-            .take_while(move |_| futures::future::ready(!crashed.load(Ordering::SeqCst)))
-            .boxed()
-    }
-}
-
 fn stamp(start: Instant) -> String {
     format!("[{:6.2}s]", start.elapsed().as_secs_f64())
 }
@@ -79,7 +35,6 @@ fn stamp(start: Instant) -> String {
 struct Printer {
     replica: String,
     start: Instant,
-    terms: Arc<Mutex<Vec<(String, i32)>>>,
 }
 
 impl Actor for Printer {
@@ -96,10 +51,6 @@ impl Handler<Elected> for Printer {
             self.replica,
             msg.term.id()
         );
-        self.terms
-            .lock()
-            .unwrap()
-            .push((self.replica.clone(), token));
     }
 }
 
@@ -130,46 +81,32 @@ impl Handler<LeaderChanged> for Printer {
     }
 }
 
-async fn wait_for_leader(elections: &[Election]) -> usize {
-    let mut rxs: Vec<_> = elections.iter().map(Election::watch_status).collect();
-    loop {
-        if let Some(i) = elections.iter().position(Election::is_leader) {
-            return i;
-        }
-        let changes = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-        let (changed, _, _) = futures::future::select_all(changes).await;
-        changed.expect("election actor alive");
-    }
-}
-
 #[actix::main]
 async fn main() -> Result<(), dsync::Error> {
     let start = Instant::now();
     let memory = MemoryStore::new();
-    let terms = Arc::new(Mutex::new(Vec::new()));
+    // Every term, for the checks at the end.
+    let log = TermLog::new();
     let names = ["replica-1", "replica-2", "replica-3"];
     let mut replicas = Vec::new();
-    let mut crash_switches = Vec::new();
+    let mut links = Vec::new();
     let mut elections = Vec::new();
     let mut printers = Vec::new();
     for name in names {
-        let crashed = Arc::new(AtomicBool::new(false));
-        let store = Crashable {
-            inner: memory.clone(),
-            crashed: crashed.clone(),
-        };
+        // The replica's link to the store: a crash is a partition that never heals.
+        let link = FaultyStore::new(memory.clone());
         let dsync = Dsync::with_config(
-            store,
+            link.clone(),
             Config::default().with_identity(name).with_timing(timing()),
         )?;
         let election = dsync.election("demo")?;
         let printer = Printer {
             replica: name.to_owned(),
             start,
-            terms: terms.clone(),
         }
         .start();
         election.subscribe(&printer)?;
+        log.record(name, &election)?;
         // Leader-only work: runs while this replica leads, stops when its term is cancelled.
         election.when_elected(move |term| async move {
             let mut tick = tokio::time::interval(Duration::from_millis(700));
@@ -185,19 +122,20 @@ async fn main() -> Result<(), dsync::Error> {
             }
         })?;
         replicas.push(dsync);
-        crash_switches.push(crashed);
+        links.push(link);
         elections.push(election);
         printers.push(printer); // subscriptions are weak: keep the printers alive
     }
 
-    let first = wait_for_leader(&elections).await;
+    let limit = Duration::from_secs(30);
+    let first = leader_of(limit, &elections).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!("{} --- stopping {} gracefully", stamp(start), names[first]);
     elections[first].stop().await?;
     let rest: Vec<usize> = (0..3).filter(|&i| i != first).collect();
-    let live: Vec<Election> = rest.iter().map(|&i| elections[i].clone()).collect();
-    let second = rest[wait_for_leader(&live).await];
+    let live: Vec<_> = rest.iter().map(|&i| elections[i].clone()).collect();
+    let second = rest[leader_of(limit, &live).await];
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     println!(
@@ -205,7 +143,7 @@ async fn main() -> Result<(), dsync::Error> {
         stamp(start),
         names[second]
     );
-    crash_switches[second].store(true, Ordering::SeqCst);
+    links[second].partition();
     let third = rest
         .iter()
         .copied()
@@ -222,8 +160,10 @@ async fn main() -> Result<(), dsync::Error> {
     println!("{} --- two replicas contend for a lock", stamp(start));
     let lock_a = replicas[third].lock("nightly-report")?;
     let lock_b = replicas[first].lock("nightly-report")?;
+    let (log_a, log_b) = (log.clone(), log.clone());
     let (a, b) = futures::join!(
         lock_a.with_lock(|term| async move {
+            log_a.got(names[third], &term);
             println!(
                 "{} {} holds the lock (token {})",
                 stamp(start),
@@ -233,6 +173,7 @@ async fn main() -> Result<(), dsync::Error> {
             tokio::time::sleep(Duration::from_millis(800)).await;
         }),
         lock_b.with_lock(|term| async move {
+            log_b.got(names[first], &term);
             println!(
                 "{} {} holds the lock (token {})",
                 stamp(start),
@@ -245,16 +186,23 @@ async fn main() -> Result<(), dsync::Error> {
     a?;
     b?;
 
-    let terms = terms.lock().unwrap().clone();
-    println!("\nterms: {terms:?}");
-    let increasing = terms.windows(2).all(|w| w[0].1 < w[1].1);
-    println!("fencing tokens strictly increase: {increasing}");
     for (i, dsync) in replicas.iter().enumerate() {
         if i != second {
             dsync.shutdown().await?;
         }
     }
-    assert!(increasing, "fencing tokens must strictly increase");
+    println!();
+    for span in log.spans() {
+        println!(
+            "term of {} on {}: fencing token {}",
+            span.lease.name, span.replica, span.token
+        );
+    }
+    // Per lease: no two terms active at once, fencing tokens strictly increasing.
+    match log.check() {
+        Ok(n) => println!("{n} terms: never two at once, fencing tokens strictly increase"),
+        Err(violation) => panic!("{violation}"),
+    }
     println!("{} done", stamp(start));
     Ok(())
 }

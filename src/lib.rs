@@ -88,6 +88,9 @@
 //! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s lease actors,
 //!   one entry type for every face.
 //! * [`term`]: [`Term`], cancellable, with the fencing token and a deadline of its own.
+//! * `testing` (feature `testing`): the test kit for code that uses dsync: a fault-injecting
+//!   store, a term log with the overlap and fencing-token checks, paused-time helpers and a
+//!   conformance suite for any [`LeaseStore`].
 //! * `watch`: one store watch per namespace, shared by a replica's actors.
 //! * `work`: which lease's guarded work a task is running, so that a stop called from inside
 //!   it is not waited for.
@@ -131,6 +134,8 @@ pub mod resource;
 pub mod store;
 pub mod supervisor;
 pub mod term;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod timing;
 mod watch;
 mod work;

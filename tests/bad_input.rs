@@ -5,6 +5,7 @@
 //! Covered elsewhere against the real apiserver: RBAC denied (`tests/kube.rs`,
 //! `a_user_without_rights_gets_forbidden`), a missing namespace and names the server rejects
 //! (`names_and_namespaces_the_server_rejects_give_clear_errors`).
+#![cfg(feature = "testing")]
 
 mod support;
 
@@ -12,14 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoredLease, WatchEvent};
+use dsync::store::{LeaseRecord, LeaseStore};
+use dsync::testing::{Call, FaultyStore, settle, within};
 use dsync::{
     Config, Dsync, Error, MemoryStore, NameError, Resource, StoreError, Timing, TimingError,
 };
-use futures::future::{BoxFuture, FutureExt};
-use futures::stream::{BoxStream, StreamExt};
 use support::backend::Env;
-use support::{settle, within};
 
 crate::on_both_stores!(
     invalid_names_get_a_typed_error_and_touch_nothing,
@@ -62,8 +61,12 @@ async fn invalid_names_get_a_typed_error_and_touch_nothing(env: Env) {
     assert!(matches!(e, NameError::InvalidName { .. }), "{e:?}");
     assert_eq!(d.running(), (0, 0), "no actor was started");
     settle().await;
-    for call in ["get", "create", "replace"] {
-        assert_eq!(store.calls(call), 0, "nothing was read or written ({call})");
+    for call in [Call::Get, Call::Create, Call::Replace] {
+        assert_eq!(
+            store.calls(call),
+            0,
+            "nothing was read or written ({call:?})"
+        );
     }
     d.shutdown().await.unwrap();
 }
@@ -95,7 +98,7 @@ async fn an_invalid_namespace_gets_a_typed_error_and_touches_nothing(env: Env) {
     }
     assert_eq!(d.running(), (0, 0));
     settle().await;
-    assert_eq!(store.calls("get") + store.calls("create"), 0);
+    assert_eq!(store.calls(Call::Get) + store.calls(Call::Create), 0);
     d.shutdown().await.unwrap();
 }
 
@@ -222,62 +225,6 @@ fn garbage() -> [LeaseRecord; 2] {
     ]
 }
 
-/// A store that does not validate what it serves (a third-party `LeaseStore`, or an edit
-/// made behind the API server's back): records naming the holder "garbage" are served with
-/// the spec of `garbage()[which]`.
-#[derive(Clone)]
-struct Unvalidated {
-    inner: MemoryStore,
-    which: Arc<AtomicUsize>,
-}
-
-impl Unvalidated {
-    fn doctor(&self, mut lease: StoredLease) -> StoredLease {
-        if lease.record.holder() == Some("garbage") {
-            let mut record = garbage()[self.which.load(Ordering::SeqCst)].clone();
-            record.holder_identity = Some("garbage".into());
-            lease.record = record;
-        }
-        lease
-    }
-}
-
-impl LeaseStore for Unvalidated {
-    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        let (this, call) = (self.clone(), self.inner.get(key));
-        async move { call.await.map(|l| this.doctor(l)) }.boxed()
-    }
-    fn create(
-        &self,
-        key: &LeaseKey,
-        record: LeaseRecord,
-    ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        let (this, call) = (self.clone(), self.inner.create(key, record));
-        async move { call.await.map(|l| this.doctor(l)) }.boxed()
-    }
-    fn replace(
-        &self,
-        key: &LeaseKey,
-        record: LeaseRecord,
-        version: &str,
-    ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        let (this, call) = (self.clone(), self.inner.replace(key, record, version));
-        async move { call.await.map(|l| this.doctor(l)) }.boxed()
-    }
-    fn watch(&self, namespace: &str) -> BoxStream<'static, Result<WatchEvent, StoreError>> {
-        let this = self.clone();
-        self.inner
-            .watch(namespace)
-            .map(move |event| {
-                event.map(|e| match e {
-                    WatchEvent::Applied(l) => WatchEvent::Applied(this.doctor(l)),
-                    other => other,
-                })
-            })
-            .boxed()
-    }
-}
-
 /// If garbage does reach dsync anyway: elections report it typed (`current_leader` is
 /// `InvalidState`, the status says why) and keep their hands off until it is repaired; lock
 /// calls fail typed. Memory store in paused time.
@@ -286,12 +233,21 @@ async fn garbage_that_reaches_dsync_is_reported_typed_and_left_alone() {
     tokio::time::pause();
     let memory = MemoryStore::new();
     let which = Arc::new(AtomicUsize::new(0));
-    let store = Unvalidated {
-        inner: memory.clone(),
-        which: which.clone(),
-    };
+    // A store that does not validate what it serves (a third-party `LeaseStore`, or an edit
+    // made behind the API server's back): records naming the holder "garbage" are served
+    // with the spec of `garbage()[which]`.
+    let store = FaultyStore::new(memory.clone());
+    let w = which.clone();
+    store.tamper_reads(move |mut lease| {
+        if lease.record.holder() == Some("garbage") {
+            let mut record = garbage()[w.load(Ordering::SeqCst)].clone();
+            record.holder_identity = Some("garbage".into());
+            lease.record = record;
+        }
+        lease
+    });
     let t = Timing::default();
-    let d = Dsync::with_config(store, support::paused_config("pod-a")).unwrap();
+    let d = Dsync::with_config(store, dsync::testing::paused_config("pod-a")).unwrap();
     let limit = t.lease_duration() * 4;
     for (i, _) in garbage().iter().enumerate() {
         which.store(i, Ordering::SeqCst);

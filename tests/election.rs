@@ -6,17 +6,18 @@
 //! Memory-only: the two tests at the end (configuration errors need no store), and the
 //! `Dsync::new` default-namespace check in `defaults_namespace_and_scope` (on a shared server it
 //! would campaign in the real `default` namespace).
+#![cfg(feature = "testing")]
 
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dsync::testing::{Call, SingleLeaderMonitor, TermLog, leader_of, settle, within};
 use dsync::{
     Config, DeposeReason, Dsync, Election, Error, MemoryStore, NameError, StoreError, sanitize_name,
 };
 use support::backend::Env;
-use support::{Call, TermLog, leader_of, monitor_single_leader, settle, within};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -71,7 +72,8 @@ async fn defaults_namespace_and_scope(env: Env) {
         // Without a configuration, the namespace is "default". Memory only: on the shared
         // apiserver this replica would campaign in the real "default" namespace, outside the
         // test's own.
-        let d = Dsync::with_config(MemoryStore::new(), support::paused_config("pod-a")).unwrap();
+        let d =
+            Dsync::with_config(MemoryStore::new(), dsync::testing::paused_config("pod-a")).unwrap();
         assert_eq!(d.election("x").unwrap().resource().namespace, "default");
         d.shutdown().await.unwrap();
     }
@@ -92,7 +94,7 @@ async fn invalid_names_are_rejected_before_any_side_effect(env: Env) {
     assert_eq!(d.running(), (0, 0), "no actor was started");
     settle().await;
     assert_eq!(
-        store.calls("create") + store.calls("get"),
+        store.calls(Call::Create) + store.calls(Call::Get),
         0,
         "nothing was read or written"
     );
@@ -116,7 +118,7 @@ async fn two_replicas_exactly_one_leader_and_both_agree_who(env: Env) {
     let ea = a.election("x").unwrap();
     let eb = b.election("x").unwrap();
     let elections = vec![ea.clone(), eb.clone()];
-    let (violations, _monitor) = monitor_single_leader(elections.clone());
+    let monitor = SingleLeaderMonitor::start(elections.clone());
     let i = leader_of(env.limit(), &elections).await;
     let leader = ["pod-a", "pod-b"][i];
     // Four lease durations of renewals: still exactly one, both agree.
@@ -129,7 +131,7 @@ async fn two_replicas_exactly_one_leader_and_both_agree_who(env: Env) {
     assert!(elections[i].is_leader(), "and still the same one");
     assert_eq!(ea.leader().as_deref(), Some(leader));
     assert_eq!(eb.leader().as_deref(), Some(leader));
-    assert!(violations.lock().unwrap().is_empty(), "{violations:?}");
+    monitor.assert_single_leader();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -256,7 +258,7 @@ async fn graceful_stop_hands_over_at_once(env: Env) {
         .zip(names)
         .map(|(d, n)| {
             let e = d.election("x").unwrap();
-            log.record(n, &e);
+            log.record(n, &e).unwrap();
             e
         })
         .collect();
@@ -292,8 +294,8 @@ async fn a_crashed_leader_is_replaced_only_after_the_lease_duration(env: Env) {
     let b = env.replica("pod-b").await;
     let eb = b.election("x").unwrap();
     let log = TermLog::default();
-    log.record("pod-a", &ea);
-    log.record("pod-b", &eb);
+    log.record("pod-a", &ea).unwrap();
+    log.record("pod-b", &eb).unwrap();
     // Mid-way between two renewals (7 s on memory).
     tokio::time::sleep(env.retry() * 7 / 2).await;
 
@@ -385,11 +387,11 @@ async fn churn(env: Env, n: usize) {
         .enumerate()
         .map(|(i, d)| {
             let e = d.election("x").unwrap();
-            log.record(&format!("pod-{i}"), &e);
+            log.record(&format!("pod-{i}"), &e).unwrap();
             e
         })
         .collect();
-    let (violations, _monitor) = monitor_single_leader(elections.clone());
+    let monitor = SingleLeaderMonitor::start(elections.clone());
     let mut alive: Vec<usize> = (0..n).collect();
     let mut round = 0;
     while alive.len() > 1 {
@@ -409,7 +411,7 @@ async fn churn(env: Env, n: usize) {
     let last: Vec<Election> = alive.iter().map(|&i| elections[i].clone()).collect();
     leader_of(env.limit(), &last).await;
     settle().await;
-    assert!(violations.lock().unwrap().is_empty(), "{violations:?}");
+    monitor.assert_single_leader();
     log.assert_safe();
     assert_eq!(log.spans().len(), n, "one term per replica");
     for &i in &alive {
@@ -432,9 +434,9 @@ async fn subscribers_get_elected_deposed_and_leader_changed(env: Env) {
     let term = within(env.limit(), "a", ea.elected()).await.unwrap();
     // A subscriber joining mid-term hears about the current term at once.
     let log = TermLog::default();
-    log.record("pod-a", &ea);
+    log.record("pod-a", &ea).unwrap();
     let eb = b.election("x").unwrap();
-    log.record("pod-b", &eb);
+    log.record("pod-b", &eb).unwrap();
     // B has read the lease (at once on memory, after a round trip on kube).
     let mut status = eb.watch_status();
     within(
@@ -529,7 +531,7 @@ async fn a_failed_election_actor_is_restarted_by_the_supervisor(env: Env) {
     let (a, fa) = env.faulty_replica("pod-a").await;
     let ea = a.election("x").unwrap();
     let log = TermLog::default();
-    log.record("pod-a", &ea);
+    log.record("pod-a", &ea).unwrap();
     let first = within(env.limit(), "first term", ea.elected())
         .await
         .unwrap();
@@ -577,17 +579,17 @@ async fn a_leader_renews_on_its_cached_version_without_reading(env: Env) {
     .await
     .unwrap();
     settle().await;
-    let (a_gets, b_gets) = (fa.calls("get"), fb.calls("get"));
-    let (a_replaces, b_replaces) = (fa.calls("replace"), fb.calls("replace"));
+    let (a_gets, b_gets) = (fa.calls(Call::Get), fb.calls(Call::Get));
+    let (a_replaces, b_replaces) = (fa.calls(Call::Replace), fb.calls(Call::Replace));
     // 61 s on memory: renewals at 2, 4, ..., 60 s after the acquisition.
     let span = env.leases(4) + env.retry() / 2;
     tokio::time::sleep(span).await;
     assert_eq!(
-        fa.calls("get"),
+        fa.calls(Call::Get),
         a_gets,
         "the leader does not GET before renewing"
     );
-    let renewals = fa.calls("replace") - a_replaces;
+    let renewals = fa.calls(Call::Replace) - a_replaces;
     // One renewal per retry period: exactly 30 on memory; on kube the phase of the window is
     // not known and timers drift a little.
     let per_retry = |d: Duration| (d.as_nanos() / env.retry().as_nanos()) as u64;
@@ -600,11 +602,15 @@ async fn a_leader_renews_on_its_cached_version_without_reading(env: Env) {
         "one renewal per retry period: {renewals} not in {lo}..={hi}"
     );
     assert_eq!(
-        fb.calls("get"),
+        fb.calls(Call::Get),
         b_gets,
         "a follower learns from the watch, no polling"
     );
-    assert_eq!(fb.calls("replace"), b_replaces, "a follower does not write");
+    assert_eq!(
+        fb.calls(Call::Replace),
+        b_replaces,
+        "a follower does not write"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -635,7 +641,7 @@ async fn an_administrators_edit_of_the_lease_deposes_the_leader(env: Env) {
     let a = env.replica("pod-a").await;
     let ea = a.election("x").unwrap();
     let log = TermLog::default();
-    log.record("pod-a", &ea);
+    log.record("pod-a", &ea).unwrap();
     let first = within(env.limit(), "a", ea.elected()).await.unwrap();
     let key = ea.lease();
     let mut record = env.peek(&key).await.unwrap().record;
@@ -685,9 +691,13 @@ async fn stop_finishes_while_a_store_call_hangs(env: Env) {
     let (a, fa) = env.faulty_replica("pod-a").await;
     fa.partition();
     let e = a.election("x").unwrap();
-    within(env.limit(), "read sent", fa.called("get", 1)).await;
+    within(env.limit(), "read sent", fa.called(Call::Get, 1)).await;
     settle().await;
-    assert_eq!(fa.calls("get"), 1, "the first read is in flight, hanging");
+    assert_eq!(
+        fa.calls(Call::Get),
+        1,
+        "the first read is in flight, hanging"
+    );
     let start = Instant::now();
     within(env.limit(), "stop", e.stop()).await.unwrap();
     // Bounded by the call timeout (the renew deadline).

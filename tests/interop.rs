@@ -14,17 +14,18 @@
 //! so there is no peer for it.
 //!
 //! Timing 2/1.5/0.5 s on both sides (lease, renew deadline, retry).
+#![cfg(feature = "testing")]
 
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use dsync::testing::{FaultyStore, leader_of, within};
 use dsync::{Config, Dsync, Election, Term};
 use support::apiserver::{Harness, namespace};
 use support::backend::{kube_store, kube_timing};
 use support::gopeer::{GoPeer, Line};
-use support::{FaultyStore, leader_of, within};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const SCOPE: &str = "interop";

@@ -4,18 +4,19 @@
 //!
 //! Real time with short timings: lease 2 s, renew deadline 1.5 s, retry 0.5 s. Each test has
 //! its own namespace and its own kube clients.
+#![cfg(feature = "testing")]
 
 mod support;
 
 use std::time::Duration;
 
 use dsync::store::{LeaseKey, LeaseRecord, WatchEvent};
+use dsync::testing::within;
 use dsync::{Config, Dsync, Error, KubeStore, LeaseStore, StoreError, Timing};
 use futures::StreamExt;
 use support::apiserver::{Harness, namespace};
 use support::backend::{KUBE_CALL_TIMEOUT, kube_store as store, kube_timing};
 use support::kubefault::{Fault, KubeFaults};
-use support::within;
 
 const LIMIT: Duration = Duration::from_secs(60);
 

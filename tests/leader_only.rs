@@ -1,4 +1,5 @@
 //! `LeaderOnly`: an actor that runs only while its replica leads, on both stores.
+#![cfg(feature = "testing")]
 
 mod support;
 
@@ -6,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use dsync::testing::{leader_of, within};
 use dsync::{Backoff, LeaderOnly, Term};
 use support::backend::Env;
-use support::{leader_of, within};
 use tokio::time::Instant;
 
 crate::on_both_stores!(

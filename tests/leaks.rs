@@ -6,6 +6,7 @@
 //! `lock_timeout` call) inside itself until the token fired (or the timeout ran out), even
 //! when the lock was granted at once: a service taking a lock per request with a shutdown
 //! token grew without bound. Waiting is now the caller's own future.
+#![cfg(feature = "testing")]
 
 mod support;
 
@@ -21,7 +22,7 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 async fn granted_lock_calls_leave_nothing_behind_in_the_lock_actor() {
     let _profiler = dhat::Profiler::builder().testing().build();
     tokio::time::pause();
-    let d = Dsync::with_config(MemoryStore::new(), support::paused_config("pod-a")).unwrap();
+    let d = Dsync::with_config(MemoryStore::new(), dsync::testing::paused_config("pod-a")).unwrap();
     let lock = d.lock("x").unwrap();
     const CALLS: usize = 2_000;
     // The tokens live, uncancelled, for the whole test (made before measuring; each call

@@ -10,6 +10,7 @@
 //! The tests in `on_both_stores!` run on `MemoryStore` in paused time (exact instants) and on
 //! the real kube-apiserver; the ones about threads and Systems run in real time on memory,
 //! because blocking a thread is wall-clock by nature.
+#![cfg(feature = "testing")]
 
 mod support;
 
@@ -19,12 +20,12 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, WatchEvent};
+use dsync::testing::{Call, TermLog, settle, within};
 use dsync::{
     Config, DeposeReason, Dsync, Election, Error, LeaderOnly, LeaseThread, MemoryStore, Term,
 };
 use futures::StreamExt;
 use support::backend::{Env, kube_timing};
-use support::{Call, TermLog, settle, within};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -417,7 +418,7 @@ async fn every_outcome_of_a_store_call_lets_a_pending_stop_finish(env: Env) {
                     )
                 }
             };
-            within(env.limit(), "call sent", fa.called(kind, 1)).await;
+            within(env.limit(), "call sent", fa.called(call, 1)).await;
             let start = Instant::now();
             within(env.limit(), &what, a.shutdown())
                 .await
@@ -624,7 +625,7 @@ async fn work_that_never_returns_is_abandoned_after_the_drain_timeout_and_its_le
     );
     env.assert_timer(start.elapsed(), drain, drain, "after the drain timeout");
     let abandoned = Instant::now();
-    let writes = fa.calls("replace");
+    let writes = fa.calls(Call::Replace);
     assert_eq!(
         env.holder(&lease).await.as_deref(),
         Some("pod-a"),
@@ -634,7 +635,7 @@ async fn work_that_never_returns_is_abandoned_after_the_drain_timeout_and_its_le
         .await
         .unwrap();
     assert_eq!(
-        fa.calls("replace"),
+        fa.calls(Call::Replace),
         writes,
         "nothing written after the drain ran out"
     );
@@ -672,7 +673,7 @@ async fn every_write_waits_its_backoff_releases_included(env: Env) {
                 (None, Some(election))
             }
         };
-        let before = fa.calls("replace");
+        let before = fa.calls(Call::Replace);
         fa.fail_always(Call::Replace, unavailable);
         let start = Instant::now();
         let result = match (&lock, &election) {
@@ -681,7 +682,7 @@ async fn every_write_waits_its_backoff_releases_included(env: Env) {
             _ => unreachable!(),
         };
         let took = start.elapsed();
-        let writes = fa.calls("replace") - before;
+        let writes = fa.calls(Call::Replace) - before;
         assert!(
             matches!(
                 &result,
@@ -710,7 +711,7 @@ async fn a_panicking_when_elected_future_ends_its_term(env: Env) {
     let a = env.replica("pod-a").await;
     let ea = a.election("x").unwrap();
     let log = TermLog::default();
-    log.record("pod-a", &ea);
+    log.record("pod-a", &ea).unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let r = runs.clone();
@@ -753,13 +754,13 @@ async fn a_replica_superseded_under_its_own_identity_waits_for_expiry(env: Env) 
     let one = env.replica("twin").await;
     let e1 = one.election("x").unwrap();
     let log = TermLog::default();
-    log.record("one", &e1);
+    log.record("one", &e1).unwrap();
     within(env.limit(), "one elected", e1.elected())
         .await
         .unwrap();
     let two = env.replica("twin").await;
     let e2 = two.election("x").unwrap();
-    log.record("two", &e2);
+    log.record("two", &e2).unwrap();
     tokio::time::sleep(env.leases(4)).await;
     settle().await;
     let spans = log.spans();

@@ -2,15 +2,16 @@
 //! `MemoryStore` in paused time (timing 15/10/2 s, exact instants) and `KubeStore` against the
 //! real kube-apiserver (timing 2/1.5/0.5 s, with slack for round trips). Durations are in units
 //! of the timing; see `support::backend`. Every test here runs on both stores.
+#![cfg(feature = "testing")]
 
 mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dsync::testing::{Call, settle, within};
 use dsync::{Error, StoreError};
 use support::backend::Env;
-use support::{Call, settle, within};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -527,10 +528,10 @@ async fn shutdown_finishes_while_a_store_call_hangs(env: Env) {
     let l = a.lock("x").unwrap();
     fa.partition();
     let waiter = actix::spawn(async move { l.lock().await });
-    within(env.limit(), "read sent", fa.called("get", 1)).await;
+    within(env.limit(), "read sent", fa.called(Call::Get, 1)).await;
     settle().await;
     assert_eq!(
-        fa.calls("get"),
+        fa.calls(Call::Get),
         1,
         "the read for the lock is in flight, hanging"
     );
@@ -556,7 +557,7 @@ async fn shutdown_finishes_when_the_last_write_loses_its_compare_and_swap(env: E
         lease: lease.to_string(),
     });
     let waiter = actix::spawn(async move { l.lock().await });
-    within(env.limit(), "create sent", fa.called("create", 1)).await;
+    within(env.limit(), "create sent", fa.called(Call::Create, 1)).await;
     within(env.limit(), "shutdown", a.shutdown()).await.unwrap();
     let err = within(env.limit(), "waiter", waiter)
         .await

@@ -1,15 +1,15 @@
 //! Prometheus metrics (feature `metrics`), on the memory store in paused time.
-#![cfg(feature = "metrics")]
+#![cfg(all(feature = "metrics", feature = "testing"))]
 
 mod support;
 
 use std::time::Duration;
 
 use dsync::metrics::Metrics;
+use dsync::testing::{Call, FaultyStore, within};
 use dsync::{Dsync, MemoryStore, StoreError, Timing};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
-use support::{Call, FaultyStore, within};
 
 fn scrape(registry: &Registry) -> String {
     let mut out = String::new();
@@ -35,7 +35,7 @@ async fn leader_transitions_renewals_conflicts_and_leaderless_time_are_recorded(
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let faults = FaultyStore::new(MemoryStore::new());
-    let d = Dsync::with_config(faults.clone(), support::paused_config("pod-a"))
+    let d = Dsync::with_config(faults.clone(), dsync::testing::paused_config("pod-a"))
         .unwrap()
         .with_metrics(metrics.clone())
         .unwrap();

@@ -46,6 +46,7 @@
 //! `RUST_LOG=dsync=debug`, dsync's own log too). A failure prints its seed. Each test ends with
 //! one summary line (shown with `-- --nocapture`, or on failure): seeds run, terms checked, and
 //! how often each path was taken.
+#![cfg(feature = "testing")]
 
 mod support;
 
@@ -61,17 +62,15 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use dsync::config::DEFAULT_DRAIN_TIMEOUT;
-use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease, WatchEvent};
+use dsync::store::{LeaseStore, StoreError};
+use dsync::testing::{Call, ClockSkew, FaultyStore, TermLog, within};
 use dsync::{
     Config, Dsync, Elected, Election, Error, KubeStore, LeaseThread, Lock, MemoryStore, Term,
     TermId, Timing,
 };
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 use support::apiserver::{Harness, namespace};
 use support::backend::{KUBE_CALL_TIMEOUT, kube_timing};
 use support::kubefault::{Fault, KubeFaults};
-use support::{Call, FaultyStore, TermLog, When, within};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -96,64 +95,6 @@ impl Rng {
 
     fn millis(&mut self, max: u64) -> Duration {
         Duration::from_millis(self.below(max + 1))
-    }
-}
-
-/// A replica whose wall clock is off by `skew`: every time it writes into a lease
-/// (`acquireTime`, `renewTime`) is shifted, as a skewed node's would be. dsync reads the wall
-/// clock only to fill these fields, so this is all a skew can change.
-#[derive(Clone)]
-struct Skewed {
-    inner: Arc<dyn LeaseStore>,
-    skew: Duration,
-    ahead: bool,
-}
-
-impl Skewed {
-    fn shift(&self, t: Option<SystemTime>) -> Option<SystemTime> {
-        t.map(|t| {
-            if self.ahead {
-                t + self.skew
-            } else {
-                t - self.skew
-            }
-        })
-    }
-
-    /// Shifts the times the writer stamped from its clock. `renewTime` always is; `acquireTime`
-    /// only when stamped in the same write (then it equals `renewTime`): a renewal copies it
-    /// from the stored record, which is already skewed.
-    fn skew_record(&self, mut r: LeaseRecord) -> LeaseRecord {
-        if r.acquire_time == r.renew_time {
-            r.acquire_time = self.shift(r.acquire_time);
-        }
-        r.renew_time = self.shift(r.renew_time);
-        r
-    }
-}
-
-impl LeaseStore for Skewed {
-    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        self.inner.get(key)
-    }
-    fn create(
-        &self,
-        key: &LeaseKey,
-        record: LeaseRecord,
-    ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        self.inner.create(key, self.skew_record(record))
-    }
-    fn replace(
-        &self,
-        key: &LeaseKey,
-        record: LeaseRecord,
-        resource_version: &str,
-    ) -> BoxFuture<'static, Result<StoredLease, StoreError>> {
-        self.inner
-            .replace(key, self.skew_record(record), resource_version)
-    }
-    fn watch(&self, namespace: &str) -> BoxStream<'static, Result<WatchEvent, StoreError>> {
-        self.inner.watch(namespace)
     }
 }
 
@@ -209,17 +150,10 @@ impl Chaos for FaultyStore {
         FaultyStore::set_latency(self, latency);
     }
     fn conflict_storm(&self, n: u64) {
-        for _ in 0..n {
-            self.fail_next(Call::Replace, || StoreError::Conflict {
-                lease: "storm".into(),
-            });
-        }
+        FaultyStore::conflict_storm(self, n as usize);
     }
     fn lose_next_response(&self, call: Call) {
-        self.fail_next_when(call, When::After, || StoreError::Unavailable {
-            message: "connection reset after the request was sent".into(),
-            source: None,
-        });
+        self.lose_next_reply(call);
     }
     fn fail_next_503(&self) {
         self.fail_next(Call::Any, || StoreError::Unavailable {
@@ -1295,10 +1229,10 @@ struct Totals {
 async fn link(
     backend: &Backend,
     memory: &MemoryStore,
-) -> (Arc<dyn Chaos>, Arc<dyn LeaseStore>, Option<Arbiter>) {
+) -> (Arc<dyn Chaos>, FaultyStore, Option<Arbiter>) {
     let Backend::Kube { admin, .. } = backend else {
         let faults = FaultyStore::new(memory.clone());
-        return (Arc::new(faults.clone()), Arc::new(faults), None);
+        return (Arc::new(faults.clone()), faults, None);
     };
     // The client (and its connection tasks) lives on a thread of its own, so blocking the
     // test's thread blocks only what runs there.
@@ -1315,7 +1249,7 @@ async fn link(
         http,
         store: store.clone(),
     };
-    (Arc::new(chaos), Arc::new(store), Some(thread))
+    (Arc::new(chaos), store, Some(thread))
 }
 
 struct Seed {
@@ -1344,11 +1278,13 @@ impl Seed {
         let id = format!("r{index}g{generation}");
         let (chaos, store, client_thread) = link(&self.backend, &self.store).await;
         self.chaos.push(chaos.clone());
-        let skewed = Skewed {
-            inner: store,
-            skew: self.rng.millis(600_000),
-            ahead: self.rng.below(2) == 0,
-        };
+        // Each process's wall clock is off by up to ten minutes, either way.
+        let skew = self.rng.millis(600_000);
+        store.set_clock_skew(Some(if self.rng.below(2) == 0 {
+            ClockSkew::Ahead(skew)
+        } else {
+            ClockSkew::Behind(skew)
+        }));
         let drain = if self.rng.below(2) == 0 {
             DEFAULT_DRAIN_TIMEOUT
         } else {
@@ -1362,7 +1298,7 @@ impl Seed {
             _ => LeaseThread::Current,
         };
         let dsync = Dsync::with_config(
-            skewed,
+            store,
             Config::default()
                 .with_namespace(&*self.namespace)
                 .with_identity(&*id)
@@ -1667,7 +1603,7 @@ impl Seed {
                 .filter_map(|p| p.elections[e].as_ref().map(|run| run.election.clone()))
                 .collect();
             trace(format_args!("e{e}: {} replicas running", running.len()));
-            support::leader_of(bound, &running).await;
+            dsync::testing::leader_of(bound, &running).await;
         }
         // The lock: nothing keeps it (a grant nobody received, a dropped handle's term).
         let r = self.rng.below(self.processes.len() as u64) as usize;
@@ -1835,7 +1771,8 @@ async fn run_seeds(part: u64) {
     let seeds = seeds(part, 4);
     // A hot loop never lets paused time advance, so no virtual timeout would fire.
     let limit = Duration::from_secs(60) + Duration::from_millis(500) * seeds.len() as u32;
-    let _watchdog = support::WallWatchdog::start("tests/safety.rs randomized_faults_part", limit);
+    let _watchdog =
+        dsync::testing::WallWatchdog::start("tests/safety.rs randomized_faults_part", limit);
     run_seeds_on(&format!("memory part {part}"), seeds, Backend::Memory).await;
 }
 
@@ -1939,26 +1876,29 @@ async fn replicas_minutes_apart_never_overlap_and_take_over_after_one_lease_dura
     for leader_ahead in [true, false] {
         let store = MemoryStore::new();
         let replica = |name: &str, ahead: bool| {
-            let faults = FaultyStore::new(store.clone());
-            let skewed = Skewed {
-                inner: Arc::new(faults.clone()),
-                skew: Duration::from_secs(600),
-                ahead,
-            };
-            let dsync =
-                Dsync::with_config(skewed, support::paused_config(name).with_timing(t)).unwrap();
+            let skew = Duration::from_secs(600);
+            let faults = FaultyStore::new(store.clone()).with_clock_skew(if ahead {
+                ClockSkew::Ahead(skew)
+            } else {
+                ClockSkew::Behind(skew)
+            });
+            let dsync = Dsync::with_config(
+                faults.clone(),
+                dsync::testing::paused_config(name).with_timing(t),
+            )
+            .unwrap();
             (dsync, faults)
         };
         let (a, fa) = replica("a", leader_ahead);
         let (b, _fb) = replica("b", !leader_ahead);
         let log = TermLog::default();
         let ea = a.election("x").unwrap();
-        log.record("a", &ea);
-        support::within(t.lease_duration(), "a elected", ea.elected())
+        log.record("a", &ea).unwrap();
+        dsync::testing::within(t.lease_duration(), "a elected", ea.elected())
             .await
             .unwrap();
         let eb = b.election("x").unwrap();
-        log.record("b", &eb);
+        log.record("b", &eb).unwrap();
         // The leader's records are ten minutes off for b, for many lease durations.
         tokio::time::sleep(t.lease_duration() * 5).await;
         assert!(ea.is_leader(), "a keeps leading (ahead: {leader_ahead})");
@@ -1978,7 +1918,7 @@ async fn replicas_minutes_apart_never_overlap_and_take_over_after_one_lease_dura
         // later and not at once.
         fa.partition();
         let crashed = Instant::now();
-        support::within(t.lease_duration() * 2, "b elected", eb.elected())
+        dsync::testing::within(t.lease_duration() * 2, "b elected", eb.elected())
             .await
             .unwrap();
         let waited = crashed.elapsed();

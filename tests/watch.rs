@@ -1,20 +1,21 @@
 //! The shared watch: one store watch per replica and namespace, whatever the number of
 //! elections and locks, with handoffs still seen at once.
+#![cfg(feature = "testing")]
 
 mod support;
 
 use std::time::Duration;
 
+use dsync::testing::{settle, within};
 use dsync::{Dsync, MemoryStore};
-use support::{settle, within};
 use tokio::time::Instant;
 
 #[actix::test]
 async fn a_thousand_elections_cost_one_watch_per_replica() {
     tokio::time::pause();
     let store = MemoryStore::new();
-    let a = Dsync::with_config(store.clone(), support::paused_config("pod-a")).unwrap();
-    let b = Dsync::with_config(store.clone(), support::paused_config("pod-b")).unwrap();
+    let a = Dsync::with_config(store.clone(), dsync::testing::paused_config("pod-a")).unwrap();
+    let b = Dsync::with_config(store.clone(), dsync::testing::paused_config("pod-b")).unwrap();
     let mut elections = Vec::new();
     for i in 0..1000 {
         elections.push(a.election(&format!("e{i}")).unwrap());
@@ -71,7 +72,7 @@ async fn each_namespace_gets_its_own_watch() {
     let store = MemoryStore::new();
     let d = Dsync::with_config(
         store.clone(),
-        support::paused_config("pod-a").with_namespace("one"),
+        dsync::testing::paused_config("pod-a").with_namespace("one"),
     )
     .unwrap();
     let e1 = d.election("x").unwrap();

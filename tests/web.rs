@@ -6,6 +6,7 @@
 //!   leader-only worker runs only there, health and readiness.
 //! * In one process on one `MemoryStore`: three instances of the same service code; the
 //!   leader is cut off from the store (a crash, as far as the others can tell).
+#![cfg(feature = "testing")]
 
 mod support;
 
@@ -19,11 +20,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use app::LeaderInfo;
+use dsync::testing::FaultyStore;
 use dsync::{Config, Dsync, MemoryStore};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde::Deserialize;
-use support::FaultyStore;
 use support::apiserver::{Harness, client, namespace};
 use support::backend::kube_timing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -232,7 +232,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, StoreResult<StoredLease>>;
 
     /// Replaces a lease if its version is still `resource_version`; [`StoreError::Conflict`]
-    /// otherwise, [`StoreError::NotFound`] when it no longer exists.
+    /// otherwise. When the lease does not exist, a store either answers
+    /// [`StoreError::NotFound`] and writes nothing (`MemoryStore`) or creates it with exactly
+    /// `record` (the Kubernetes API server allows a PUT to create a Lease, even with a
+    /// `resourceVersion` precondition, so `KubeStore` does). dsync copes with both: it only
+    /// replaces leases it has read, and a lease deleted meanwhile is read again either way.
     fn replace(
         &self,
         key: &LeaseKey,

@@ -17,8 +17,8 @@ use std::time::Duration;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease};
 use dsync::{Config, Dsync, KubeStore, LeaseThread, MemoryStore, Timing};
 
-use super::FaultyStore;
 use super::apiserver::{Harness, client, namespace};
+use dsync::testing::FaultyStore;
 
 /// Generates a memory and a kube `#[actix::test]` for each listed `async fn name(env: Env)`,
 /// in modules `memory` and `kube`.
@@ -29,13 +29,13 @@ macro_rules! on_both_stores {
             $(
                 #[actix::test]
                 async fn $name() {
-                    let _wall = $crate::support::WallWatchdog::start(
+                    let _wall = ::dsync::testing::WallWatchdog::start(
                         concat!("memory::", stringify!($name)),
                         ::std::time::Duration::from_secs(300),
                     );
                     let env = $crate::support::backend::Env::memory().await;
                     let watchdog = env.watchdog();
-                    $crate::support::within(watchdog, stringify!($name), super::$name(env)).await
+                    ::dsync::testing::within(watchdog, stringify!($name), super::$name(env)).await
                 }
             )*
         }
@@ -45,7 +45,7 @@ macro_rules! on_both_stores {
                 async fn $name() {
                     let env = $crate::support::backend::Env::kube().await;
                     let watchdog = env.watchdog();
-                    $crate::support::within(watchdog, stringify!($name), super::$name(env)).await
+                    ::dsync::testing::within(watchdog, stringify!($name), super::$name(env)).await
                 }
             )*
         }

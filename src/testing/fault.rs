@@ -1,0 +1,603 @@
+//! [`FaultyStore`]: a [`LeaseStore`] in front of another that misbehaves on command.
+//!
+//! Put one in front of each replica's store (usually one shared [`MemoryStore`](crate::MemoryStore))
+//! and play what a bad network, a struggling API server or a crashed process looks like to
+//! dsync: partitions, stalled calls, failed calls, lost replies, latency, 409 storms, cut or
+//! silent watches, a skewed wall clock, records nobody validated.
+//!
+//! Faults on calls (`get`, `create`, `replace`) are chosen with [`Call`]; [`Call::Any`] means
+//! any of those three, never the watch, which has faults of its own
+//! ([`drop_watches`](FaultyStore::drop_watches), [`silence_watches`](FaultyStore::silence_watches),
+//! and [`Call::Watch`] for the `fail_*` methods).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{BoxStream, StreamExt};
+use tokio::time::Instant;
+
+use crate::store::{
+    LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent,
+};
+
+/// Which store call a fault applies to, and which calls [`FaultyStore::calls`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// [`LeaseStore::get`].
+    Get,
+    /// [`LeaseStore::create`].
+    Create,
+    /// [`LeaseStore::replace`].
+    Replace,
+    /// [`LeaseStore::watch`]: a watch being opened.
+    Watch,
+    /// Any of `get`, `create` and `replace` (not `watch`).
+    Any,
+}
+
+impl Call {
+    /// Whether a fault chosen with `self` applies to a concrete call `call`.
+    fn covers(self, call: Call) -> bool {
+        self == call || (self == Call::Any && call != Call::Watch)
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Call::Get => 0,
+            Call::Create => 1,
+            Call::Replace => 2,
+            Call::Watch | Call::Any => 3,
+        }
+    }
+}
+
+/// Whether an injected failure happens before the call reaches the store, or after it took
+/// effect (the reply is lost: the caller cannot know whether its write landed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The call fails without reaching the inner store.
+    Before,
+    /// The call reaches the inner store and takes effect; its reply is replaced by the error.
+    After,
+}
+
+/// How far a replica's wall clock is off (see [`FaultyStore::set_clock_skew`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockSkew {
+    /// The replica's clock runs ahead: the times it stamps are in the future.
+    Ahead(Duration),
+    /// The replica's clock runs behind: the times it stamps are in the past.
+    Behind(Duration),
+}
+
+impl ClockSkew {
+    /// `t` as the skewed clock would have read it (saturating at the ends of `SystemTime`).
+    pub fn shift(self, t: SystemTime) -> SystemTime {
+        match self {
+            ClockSkew::Ahead(d) => t.checked_add(d).unwrap_or(t),
+            ClockSkew::Behind(d) => t.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+}
+
+/// `r` as a replica whose clock is off by `skew` stamps it. `renewTime` is always stamped from
+/// the writer's clock; `acquireTime` only when stamped in the same write (then it equals
+/// `renewTime`): a renewal copies it from the stored record, which is already skewed.
+fn skew_record(skew: Option<ClockSkew>, mut r: LeaseRecord) -> LeaseRecord {
+    let Some(skew) = skew else {
+        return r;
+    };
+    if r.acquire_time == r.renew_time {
+        r.acquire_time = r.acquire_time.map(|t| skew.shift(t));
+    }
+    r.renew_time = r.renew_time.map(|t| skew.shift(t));
+    r
+}
+
+type MakeError = Box<dyn Fn(&str) -> StoreError + Send + Sync>;
+type Tamper = Arc<dyn Fn(StoredLease) -> StoredLease + Send + Sync>;
+
+/// What open watch streams must obey; published to them on every change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct WatchControl {
+    partitioned: bool,
+    silent: bool,
+    /// Bumped to cut the streams open now.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Faults {
+    partitioned: bool,
+    /// Calls of these kinds hang; `Call::Watch` here makes watches silent.
+    stalled: Vec<Call>,
+    /// Calls of these kinds fail, every time, until `clear`.
+    persistent: Vec<(Call, MakeError)>,
+    /// One-shot failures, in the order they were queued.
+    queued: VecDeque<(Call, When, MakeError)>,
+    request_latency: Duration,
+    response_latency: Duration,
+    skew: Option<ClockSkew>,
+    tamper: Option<Tamper>,
+    /// get, create, replace, watch.
+    calls: [u64; 4],
+    watch_generation: u64,
+}
+
+impl Faults {
+    fn control(&self) -> WatchControl {
+        WatchControl {
+            partitioned: self.partitioned,
+            silent: self.stalled.contains(&Call::Watch),
+            generation: self.watch_generation,
+        }
+    }
+
+    /// Takes the first queued fault for `call`.
+    fn take_queued(&mut self, call: Call) -> Option<(When, MakeError)> {
+        let pos = self.queued.iter().position(|(c, _, _)| c.covers(call))?;
+        self.queued.remove(pos).map(|(_, when, make)| (when, make))
+    }
+}
+
+/// A [`LeaseStore`] in front of another that injects faults on command and counts calls.
+///
+/// Cheap to clone; clones share the faults and counters. Every method takes effect for calls
+/// made from then on (a call already hanging stays hung; its caller's timeout decides).
+/// Without faults it adds no await point: calls behave exactly as the inner store's.
+///
+/// ```
+/// use dsync::MemoryStore;
+/// use dsync::testing::{Call, FaultyStore};
+/// use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError};
+///
+/// # futures::executor::block_on(async {
+/// let store = FaultyStore::new(MemoryStore::new());
+/// let key = LeaseKey::new("default", "x");
+/// store.fail_next(Call::Create, || StoreError::Unavailable { message: "503".into(), source: None });
+/// assert!(store.create(&key, LeaseRecord::default()).await.is_err());
+/// assert!(store.create(&key, LeaseRecord::default()).await.is_ok());
+/// assert_eq!(store.calls(Call::Create), 2);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct FaultyStore {
+    inner: Arc<dyn LeaseStore>,
+    faults: Arc<Mutex<Faults>>,
+    /// Bumped on every call that reaches the wrapper (see [`called`](Self::called)).
+    calls_made: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What open watch streams obey.
+    control: Arc<tokio::sync::watch::Sender<WatchControl>>,
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let faults = self.lock();
+        f.debug_struct("FaultyStore")
+            .field("partitioned", &faults.partitioned)
+            .field("stalled", &faults.stalled)
+            .field("persistent", &faults.persistent.len())
+            .field("queued", &faults.queued.len())
+            .field("request_latency", &faults.request_latency)
+            .field("response_latency", &faults.response_latency)
+            .field("skew", &faults.skew)
+            .field("tampered", &faults.tamper.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultyStore {
+    /// A wrapper around `inner` with no faults.
+    pub fn new(inner: impl LeaseStore) -> Self {
+        FaultyStore {
+            inner: Arc::new(inner),
+            faults: Arc::default(),
+            calls_made: Arc::new(tokio::sync::watch::channel(0).0),
+            control: Arc::new(tokio::sync::watch::channel(WatchControl::default()).0),
+        }
+    }
+
+    /// A wrapper whose replica's wall clock is off by `skew` (see
+    /// [`set_clock_skew`](Self::set_clock_skew)).
+    #[must_use]
+    pub fn with_clock_skew(self, skew: ClockSkew) -> Self {
+        self.set_clock_skew(Some(skew));
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Faults> {
+        // Every mutation is a single step: a poisoned lock is still consistent.
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `change` and tells the open watches.
+    fn change(&self, change: impl FnOnce(&mut Faults)) {
+        let mut faults = self.lock();
+        change(&mut faults);
+        let control = faults.control();
+        self.control.send_if_modified(|c| {
+            let modified = *c != control;
+            *c = control;
+            modified
+        });
+    }
+
+    /// Cuts this replica off, as a crash or a network partition would look to the others:
+    /// from now on every call hangs, the open watches end and new ones never deliver, until
+    /// [`heal`](Self::heal).
+    pub fn partition(&self) {
+        self.change(|f| f.partitioned = true);
+    }
+
+    /// Ends a partition, the stalls and silent watches. Calls that hang now stay hung (their
+    /// caller's timeout decides); later calls go through.
+    pub fn heal(&self) {
+        self.change(|f| {
+            f.partitioned = false;
+            f.stalled.clear();
+        });
+    }
+
+    /// Drops every injected fault: the queued ones that have not happened yet, the persistent
+    /// ones, the stalls, silent watches and the read-side tamper hook. A partition, latency and
+    /// clock skew stay (see [`heal`](Self::heal), [`set_latency`](Self::set_latency),
+    /// [`set_clock_skew`](Self::set_clock_skew)).
+    pub fn clear(&self) {
+        self.change(|f| {
+            f.queued.clear();
+            f.persistent.clear();
+            f.stalled.clear();
+            f.tamper = None;
+        });
+    }
+
+    /// Every `call` from now on hangs without an answer (a stalled API server, a black-holed
+    /// connection), until [`heal`](Self::heal) or [`clear`](Self::clear). Other calls go on.
+    /// `stall(Call::Watch)` is [`silence_watches`](Self::silence_watches).
+    pub fn stall(&self, call: Call) {
+        self.change(|f| f.stalled.push(call));
+    }
+
+    /// The next `call` fails with `make()` before it reaches the store. With [`Call::Watch`],
+    /// the next watch opened yields the error and ends.
+    pub fn fail_next(&self, call: Call, make: impl Fn() -> StoreError + Send + Sync + 'static) {
+        self.fail_next_when(call, When::Before, make);
+    }
+
+    /// The next `call` fails with `make()`, before it reaches the store or after it took
+    /// effect ([`When::After`]: the reply is lost). A watch always fails before.
+    pub fn fail_next_when(
+        &self,
+        call: Call,
+        when: When,
+        make: impl Fn() -> StoreError + Send + Sync + 'static,
+    ) {
+        self.change(|f| {
+            f.queued
+                .push_back((call, when, Box::new(move |_: &str| make())))
+        });
+    }
+
+    /// The next write of kind `call` (`Create`, `Replace` or `Any`) takes effect, but its reply
+    /// is lost: the caller gets [`StoreError::Unavailable`] ("connection reset") and cannot know
+    /// whether the write landed.
+    pub fn lose_next_reply(&self, call: Call) {
+        self.change(|f| {
+            f.queued.push_back((
+                call,
+                When::After,
+                Box::new(|lease: &str| StoreError::Unavailable {
+                    message: format!(
+                        "injected: the connection to {lease} dropped after the request was sent"
+                    ),
+                    source: None,
+                }),
+            ))
+        });
+    }
+
+    /// A 409 storm: the next `n` replaces fail with [`StoreError::Conflict`] without reaching
+    /// the store, as if somebody else wrote the lease each time.
+    pub fn conflict_storm(&self, n: usize) {
+        self.change(|f| {
+            for _ in 0..n {
+                f.queued.push_back((
+                    Call::Replace,
+                    When::Before,
+                    Box::new(|lease: &str| StoreError::Conflict {
+                        lease: lease.to_owned(),
+                    }),
+                ));
+            }
+        });
+    }
+
+    /// Every `call` from now on fails with `make()` before it reaches the store, until
+    /// [`clear`](Self::clear): a fault that lasts (RBAC revoked, an API server answering 503).
+    /// With [`Call::Watch`], every watch opened yields the error and ends.
+    pub fn fail_always(&self, call: Call, make: impl Fn() -> StoreError + Send + Sync + 'static) {
+        self.change(|f| f.persistent.push((call, Box::new(move |_: &str| make()))));
+    }
+
+    /// Delays each leg of every call (the request and the reply) and every watch event by
+    /// `latency` from now on. A write lands one leg after it was sent.
+    pub fn set_latency(&self, latency: Duration) {
+        self.set_leg_latency(latency, latency);
+    }
+
+    /// Delays the request leg of every call by `request`, and the reply leg and every watch
+    /// event by `response`, from now on.
+    pub fn set_leg_latency(&self, request: Duration, response: Duration) {
+        self.change(|f| {
+            f.request_latency = request;
+            f.response_latency = response;
+        });
+    }
+
+    /// Cuts the watches open now, as a dropped connection would: they end at once. Watches
+    /// opened later work.
+    pub fn drop_watches(&self) {
+        self.change(|f| f.watch_generation += 1);
+    }
+
+    /// Makes every watch, open or opened later, silent: the stream stays open but delivers
+    /// nothing (the events are lost) until [`heal`](Self::heal) or [`clear`](Self::clear);
+    /// then events flow again. The calls go on.
+    pub fn silence_watches(&self) {
+        self.stall(Call::Watch);
+    }
+
+    /// Sets (or with `None` removes) how far this replica's wall clock is off: the times it
+    /// stamps into the records it writes (`renewTime`, and `acquireTime` when stamped in the
+    /// same write) are shifted, as a skewed node's would be. dsync reads the wall clock only
+    /// to fill these fields, so this is all a skew can change.
+    pub fn set_clock_skew(&self, skew: Option<ClockSkew>) {
+        self.change(|f| f.skew = skew);
+    }
+
+    /// Passes every lease this store returns (from `get`, `create`, `replace` and watch
+    /// events) through `tamper` from now on, until [`clear`](Self::clear): a store that
+    /// serves records nobody validated (a third-party store, an edit behind the API server's
+    /// back). The inner store keeps what was written.
+    pub fn tamper_reads(
+        &self,
+        tamper: impl Fn(StoredLease) -> StoredLease + Send + Sync + 'static,
+    ) {
+        let tamper: Tamper = Arc::new(tamper);
+        self.change(|f| f.tamper = Some(tamper));
+    }
+
+    /// How many calls of a kind reached this wrapper (including failed and hanging ones).
+    /// [`Call::Any`] counts `get`, `create` and `replace` together.
+    pub fn calls(&self, call: Call) -> u64 {
+        let faults = self.lock();
+        match call {
+            Call::Any => faults.calls[..3].iter().sum(),
+            other => faults.calls[other.index()],
+        }
+    }
+
+    /// Resolves once `n` calls of a kind have reached this wrapper (see
+    /// [`calls`](Self::calls)): the moment a request is on the wire.
+    pub fn called(&self, call: Call, n: u64) -> impl Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        let mut rx = self.calls_made.subscribe();
+        async move {
+            while this.calls(call) < n {
+                // The sender lives in `this`: it cannot be dropped while we wait.
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn count(&self, faults: &mut Faults, call: Call) {
+        faults.calls[call.index()] += 1;
+        self.calls_made.send_modify(|n| *n += 1);
+    }
+
+    fn intercept<F>(
+        &self,
+        call: Call,
+        key: &LeaseKey,
+        forward: F,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>>
+    where
+        F: FnOnce(Option<ClockSkew>) -> BoxFuture<'static, StoreResult<StoredLease>>
+            + Send
+            + 'static,
+    {
+        let lease = key.to_string();
+        let mut faults = self.lock();
+        self.count(&mut faults, call);
+        if faults.partitioned || faults.stalled.iter().any(|c| c.covers(call)) {
+            return futures::future::pending().boxed();
+        }
+        if let Some((_, make)) = faults.persistent.iter().find(|(c, _)| c.covers(call)) {
+            return futures::future::ready(Err(make(&lease))).boxed();
+        }
+        let injected = faults.take_queued(call);
+        let (request, response) = (faults.request_latency, faults.response_latency);
+        let (skew, tamper) = (faults.skew, faults.tamper.clone());
+        drop(faults);
+        let (error, before) = match injected {
+            Some((when, make)) => (Some(make(&lease)), when == When::Before),
+            None => (None, false),
+        };
+        // The inner call is made now, unless the request leg delays it (then a write lands
+        // `request` after it was sent) or the call fails before reaching the store.
+        let (now, later) = if before {
+            (None, None)
+        } else if request.is_zero() {
+            (Some(forward(skew)), None)
+        } else {
+            (None, Some(forward))
+        };
+        if response.is_zero() && tamper.is_none() && later.is_none() {
+            // No extra await points: the call behaves exactly like the inner store's.
+            return match (error, now) {
+                (Some(error), None) => futures::future::ready(Err(error)).boxed(),
+                (Some(error), Some(call)) => async move {
+                    let _ = call.await;
+                    Err(error)
+                }
+                .boxed(),
+                (None, Some(call)) => call,
+                (None, None) => futures::future::ready(Err(no_call(&lease))).boxed(),
+            };
+        }
+        async move {
+            if !request.is_zero() {
+                tokio::time::sleep(request).await;
+            }
+            let call = now.or_else(|| later.map(|forward| forward(skew)));
+            let result = match (error, call) {
+                (Some(error), Some(call)) => {
+                    let _ = call.await;
+                    Err(error)
+                }
+                (Some(error), None) => Err(error),
+                (None, Some(call)) => call.await,
+                (None, None) => Err(no_call(&lease)),
+            };
+            if !response.is_zero() {
+                tokio::time::sleep(response).await;
+            }
+            match tamper {
+                Some(tamper) => result.map(|l| tamper(l)),
+                None => result,
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Unreachable: a call neither forwarded nor failed.
+fn no_call(lease: &str) -> StoreError {
+    StoreError::Unavailable {
+        message: format!("FaultyStore: no call was made for {lease}"),
+        source: None,
+    }
+}
+
+impl LeaseStore for FaultyStore {
+    fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        let inner = self.inner.clone();
+        let owned = key.clone();
+        self.intercept(Call::Get, key, move |_| inner.get(&owned))
+    }
+
+    fn create(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        let inner = self.inner.clone();
+        let owned = key.clone();
+        self.intercept(Call::Create, key, move |skew| {
+            inner.create(&owned, skew_record(skew, record))
+        })
+    }
+
+    fn replace(
+        &self,
+        key: &LeaseKey,
+        record: LeaseRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredLease>> {
+        let inner = self.inner.clone();
+        let owned = key.clone();
+        let version = resource_version.to_owned();
+        self.intercept(Call::Replace, key, move |skew| {
+            inner.replace(&owned, skew_record(skew, record), &version)
+        })
+    }
+
+    fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        let control = {
+            let mut f = self.lock();
+            self.count(&mut f, Call::Watch);
+            if f.partitioned {
+                return futures::stream::pending().boxed();
+            }
+            let failure = match f.persistent.iter().find(|(c, _)| c.covers(Call::Watch)) {
+                Some((_, make)) => Some(make(namespace)),
+                None => f.take_queued(Call::Watch).map(|(_, make)| make(namespace)),
+            };
+            if let Some(error) = failure {
+                return futures::stream::once(futures::future::ready(Err(error))).boxed();
+            }
+            f.control()
+        };
+        let generation = control.generation;
+        let cut = move |c: &WatchControl| c.partitioned || c.generation != generation;
+        // A forwarder stamps each event with when it is due (`response` latency after the
+        // store emitted it), drops it while the watches are silent, and ends when the watches
+        // are cut; the stream delivers events in order at their due time.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut inner = self.inner.watch(namespace);
+        let mut ctl = self.control.subscribe();
+        let faults = self.faults.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = inner.next() => {
+                        let Some(event) = event else { return };
+                        let now = *ctl.borrow_and_update();
+                        if cut(&now) {
+                            return;
+                        }
+                        if now.silent {
+                            continue;
+                        }
+                        let (latency, tamper) = {
+                            let f = faults.lock().unwrap_or_else(|p| p.into_inner());
+                            (f.response_latency, f.tamper.clone())
+                        };
+                        let event = match (tamper, event) {
+                            (Some(tamper), Ok(WatchEvent::Applied(lease))) => {
+                                Ok(WatchEvent::Applied(tamper(lease)))
+                            }
+                            (_, other) => other,
+                        };
+                        if tx.send((Instant::now() + latency, event)).is_err() {
+                            return;
+                        }
+                    }
+                    changed = ctl.changed() => {
+                        if changed.is_err() || cut(&ctl.borrow_and_update()) {
+                            return;
+                        }
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        let mut ctl = self.control.subscribe();
+        tokio_stream_from(rx)
+            .then(|(due, event)| async move {
+                if due > Instant::now() {
+                    tokio::time::sleep_until(due).await;
+                }
+                event
+            })
+            .take_while(move |_| futures::future::ready(!cut(&ctl.borrow_and_update())))
+            .boxed()
+    }
+}
+
+/// A stream of what an unbounded tokio receiver yields.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> BoxStream<'static, T> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        Some((item, rx))
+    })
+    .boxed()
+}

@@ -2,10 +2,10 @@
 //! checker, and helpers for paused-time tests.
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod apiserver;
 pub mod backend;
-pub mod gopeer;
 pub mod kubefault;
+#[allow(unused_imports)] // as above: not every test binary uses both
+pub use dsync_harness::{apiserver, gopeer};
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

@@ -25,7 +25,7 @@ use dsync::testing::{FaultyStore, leader_of, within};
 use dsync::{Config, Dsync, Election, Term};
 use support::apiserver::{Harness, namespace};
 use support::backend::{kube_store, kube_timing};
-use support::gopeer::{GoPeer, Line};
+use support::gopeer::{GoPeer, Line, PeerTiming};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const SCOPE: &str = "interop";
@@ -120,11 +120,12 @@ async fn dsync_and_client_go_share_a_lease_never_two_leaders_and_hand_over_both_
     let ready = Harness::get().ready();
     let ns = namespace().await;
     let t = kube_timing();
+    let go_t = PeerTiming::new(t.lease_duration(), t.renew_deadline(), t.retry_period());
     let lease = format!("{SCOPE}.election.{NAME}");
     let spans = Spans::default();
 
     // client-go leads first.
-    let mut g1 = GoPeer::client_go(&ready.leaseuser, &ns, "go-1", &[&lease], t).await;
+    let mut g1 = GoPeer::client_go(&ready.leaseuser, &ns, "go-1", &[&lease], go_t).await;
     g1.expect(LIMIT, "go-1 elected", |l| matches!(l, Line::Elected { .. }))
         .await;
 
@@ -186,7 +187,7 @@ async fn dsync_and_client_go_share_a_lease_never_two_leaders_and_hand_over_both_
 
     // dsync → Go, graceful: a Go follower sees dsync lead; both dsync elections stop (the
     // follower first, so the Go peer is the only candidate left) and the Go peer takes over.
-    let mut g2 = GoPeer::client_go(&ready.leaseuser, &ns, "go-2", &[&lease], t).await;
+    let mut g2 = GoPeer::client_go(&ready.leaseuser, &ns, "go-2", &[&lease], go_t).await;
     let leader_id = ["dsync-1", "dsync-2"][i];
     g2.expect(
         LIMIT,
@@ -246,7 +247,7 @@ async fn dsync_and_client_go_share_a_lease_never_two_leaders_and_hand_over_both_
 
     // dsync is cut off → it stops leading at its renew deadline, and a Go follower takes
     // over only after the lease duration it observed: never while dsync still leads.
-    let mut g3 = GoPeer::client_go(&ready.leaseuser, &ns, "go-3", &[&lease], t).await;
+    let mut g3 = GoPeer::client_go(&ready.leaseuser, &ns, "go-3", &[&lease], go_t).await;
     g3.expect(
         LIMIT,
         "go-3 sees dsync-3 lead",

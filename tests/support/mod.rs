@@ -2,13 +2,14 @@
 //! term log and its checks, paused-time helpers) is the public test kit, `dsync::testing`
 //! (feature `testing`); what is here is dsync-internal, one job per module:
 //!
-//! * `apiserver`: the real kube-apiserver harness (tests/apiserver), one per test binary;
 //! * `backend`: one test body, two stores (`Env`, `on_both_stores!`);
-//! * `gopeer`: Go client-go / dsync peers for the interop tests;
-//! * `kubefault`: fault injection in a kube client's HTTP stack.
+//! * `kubefault`: fault injection in a kube client's HTTP stack;
+//! * `apiserver` (the real kube-apiserver harness, one per test binary) and `gopeer` (Go
+//!   client-go peers for the interop tests, on the line protocol the e2e bench also speaks)
+//!   come from the dev-only crate `dsync-harness` in `tests/harness`, which the benches share.
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod apiserver;
 pub mod backend;
-pub mod gopeer;
 pub mod kubefault;
+#[allow(unused_imports)] // not every test binary uses both
+pub use dsync_harness::{apiserver, gopeer};

@@ -1,7 +1,8 @@
 // Command clientgo-peer runs client-go leader elections (leaderelection + LeaseLock) for a set of
 // Leases and reports what happens on stdout, one line per event. dsync's end-to-end benchmark
-// (benches/e2e.rs) and its interop tests drive it over stdin/stdout, side by side with dsync
-// replicas, against the same kube-apiserver.
+// (benches/e2e/) and its interop tests drive it over stdin/stdout, side by side with dsync
+// replicas, against the same kube-apiserver. The Rust side of this protocol (parsing, commands,
+// flags) is tests/harness/src/protocol.rs.
 //
 // Usage:
 //

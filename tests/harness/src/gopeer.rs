@@ -1,102 +1,40 @@
-//! A Go peer from `benches/peers/` as a child process, driven over its line protocol: the
-//! client-go `leaderelection` + `LeaseLock` peer (`clientgo`). See `benches/peers/clientgo/main.go`
-//! for the protocol; times on its lines are Unix nanoseconds of the wall clock every process on
-//! this machine shares.
-#![allow(dead_code)] // each test binary uses part of the support code
+//! A Go peer from `benches/peers/` as a child process, driven over its line protocol (see
+//! [`crate::protocol`] and `benches/peers/clientgo/main.go`): the client-go `leaderelection` +
+//! `LeaseLock` peer (`clientgo`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use dsync::Timing;
 use tokio::sync::mpsc;
+
+use crate::apiserver::{repo, run_build_script};
+use crate::protocol::{Leases, PeerArgs, read_lines};
+pub use crate::protocol::{Line, PeerTiming};
 
 /// Builds the Go peers once per test process (the script skips the build when its stamp
 /// matches) and returns their directory. Fails, never skips, if they cannot be built.
 pub fn peer_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        super::apiserver::run_build_script(
-            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/build.sh"),
+        run_build_script(
+            &repo().join("benches/peers/build.sh"),
             "Go >= 1.26 and the Go module proxy",
         )
     })
     .clone()
 }
 
-/// One line of a peer's output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
-    Ready,
-    Elected {
-        lease: String,
-        at: SystemTime,
-    },
-    Leader {
-        lease: String,
-        id: String,
-        at: SystemTime,
-    },
-    Stopping {
-        lease: String,
-        at: SystemTime,
-    },
-    Lost {
-        lease: String,
-        at: SystemTime,
-    },
-    Released {
-        lease: String,
-        at: SystemTime,
-    },
-    Error(String),
-    /// The process closed its stdout (exited).
-    Exited,
-}
-
-fn unix_nanos(s: &str) -> SystemTime {
-    let n: u64 = s.parse().unwrap_or_else(|_| panic!("bad time {s:?}"));
-    UNIX_EPOCH + Duration::from_nanos(n)
-}
-
-fn parse(line: &str) -> Option<Line> {
-    let f: Vec<&str> = line.split_whitespace().collect();
-    Some(match f.as_slice() {
-        ["ready"] => Line::Ready,
-        ["elected", l, t] => Line::Elected {
-            lease: l.to_string(),
-            at: unix_nanos(t),
-        },
-        ["leader", l, id, t] => Line::Leader {
-            lease: l.to_string(),
-            id: id.to_string(),
-            at: unix_nanos(t),
-        },
-        ["stopping", l, t] => Line::Stopping {
-            lease: l.to_string(),
-            at: unix_nanos(t),
-        },
-        ["lost", l, t] => Line::Lost {
-            lease: l.to_string(),
-            at: unix_nanos(t),
-        },
-        ["released", l, t] => Line::Released {
-            lease: l.to_string(),
-            at: unix_nanos(t),
-        },
-        ["error", ..] => Line::Error(line.to_owned()),
-        _ => return None,
-    })
-}
-
-fn go_duration(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
+/// The client-go peer's executable (built by [`peer_dir`] if needed).
+pub fn clientgo_bin() -> PathBuf {
+    peer_dir().join("clientgo-peer")
 }
 
 /// A running Go peer. Killed (SIGKILL) when dropped.
 pub struct GoPeer {
+    /// Its holder identity (and User-Agent).
     pub identity: String,
     child: Child,
     stdin: Option<ChildStdin>,
@@ -109,20 +47,23 @@ impl GoPeer {
     /// Starts the client-go peer campaigning for `leases` in `namespace`, as `identity`, with
     /// `timing`, and waits for it to be ready.
     pub async fn client_go(
-        kubeconfig: &std::path::Path,
+        kubeconfig: &Path,
         namespace: &str,
         identity: &str,
         leases: &[&str],
-        timing: Timing,
+        timing: PeerTiming,
     ) -> GoPeer {
-        let bin = peer_dir().join("clientgo-peer");
+        let bin = clientgo_bin();
+        let args = PeerArgs {
+            kubeconfig: kubeconfig.to_owned(),
+            namespace: namespace.to_owned(),
+            identity: identity.to_owned(),
+            user_agent: identity.to_owned(),
+            leases: Leases::Names(leases.iter().map(|l| l.to_string()).collect()),
+            timing,
+        };
         let mut child = Command::new(&bin)
-            .args(["--kubeconfig", &kubeconfig.display().to_string()])
-            .args(["--namespace", namespace, "--identity", identity])
-            .args(["--user-agent", identity, "--leases", &leases.join(",")])
-            .args(["--lease-duration", &go_duration(timing.lease_duration())])
-            .args(["--renew-deadline", &go_duration(timing.renew_deadline())])
-            .args(["--retry-period", &go_duration(timing.retry_period())])
+            .args(args.to_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // client-go's klog chatter; failures come as `error` lines on stdout.
@@ -131,17 +72,7 @@ impl GoPeer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let stdout = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(parsed) = parse(&line)
-                    && tx.send(parsed).is_err()
-                {
-                    return;
-                }
-            }
-            let _ = tx.send(Line::Exited);
-        });
+        read_lines(stdout, move |line| tx.send(line).is_ok());
         let mut peer = GoPeer {
             identity: identity.to_owned(),
             stdin: child.stdin.take(),
@@ -178,7 +109,7 @@ impl GoPeer {
                 return line;
             }
             match line {
-                Line::Error(e) => panic!("Go peer {}: {e}", self.identity),
+                Line::Error(_) => panic!("Go peer {}: {line}", self.identity),
                 Line::Exited => panic!("Go peer {} exited waiting for {what}", self.identity),
                 _ => {}
             }
@@ -188,14 +119,15 @@ impl GoPeer {
     /// Records whatever lines have arrived, without waiting.
     pub fn drain(&mut self) {
         while let Ok(line) = self.rx.try_recv() {
-            if let Line::Error(e) = &line {
-                panic!("Go peer {}: {e}", self.identity);
+            if let Line::Error(_) = &line {
+                panic!("Go peer {}: {line}", self.identity);
             }
             self.history.push(line);
         }
     }
 
-    /// Sends one command line (`stop <lease>`, `stopall`).
+    /// Sends one command line (`stop <lease>`, `stopall`: a [`crate::protocol::Command`] as
+    /// text).
     pub fn send(&mut self, command: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         writeln!(stdin, "{command}").expect("write to the Go peer");

@@ -1,6 +1,6 @@
-//! The real kube-apiserver for tests: built from source (tests/apiserver, cached) and started
-//! once per test binary. If it cannot be built or started, the test fails saying why; it never
-//! skips.
+//! The real kube-apiserver for tests and benches: built from source (`tests/apiserver`, cached)
+//! and started once per test binary, or on its own with extra flags. If it cannot be built or
+//! started, the caller fails saying why; it never skips.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,14 +11,21 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-/// What the harness prints when it is ready.
+/// What the harness prints when it is ready: where it serves and its users' kubeconfigs.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Ready {
+    /// The API server's URL.
     pub server: String,
+    /// Its port on localhost.
     pub port: u16,
+    /// Kubeconfig of `admin` (`system:masters`): everything, e.g. creating namespaces.
     pub admin: PathBuf,
+    /// Kubeconfig of `dsync-norights`: discovery and health only, 403 on Leases.
     pub norights: PathBuf,
+    /// Kubeconfig of `dsync-leaseuser`: ClusterRole `dsync-lease` (what dsync needs on Leases)
+    /// in every namespace.
     pub leaseuser: PathBuf,
+    /// Where the harness keeps etcd data, certificates, kubeconfigs and logs.
     #[serde(rename = "dataDir")]
     pub data_dir: PathBuf,
 }
@@ -30,6 +37,8 @@ struct Running {
     ready: Ready,
 }
 
+/// A kube-apiserver harness process (kube-apiserver and etcd in one process), which exits when
+/// this process ends.
 pub struct Harness {
     bin: PathBuf,
     data_dir: PathBuf,
@@ -37,8 +46,14 @@ pub struct Harness {
     running: Mutex<Option<Running>>,
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// The root of the dsync repository (this crate lives in its `tests/harness`).
+pub fn repo() -> PathBuf {
+    static REPO: OnceLock<PathBuf> = OnceLock::new();
+    REPO.get_or_init(|| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        std::fs::canonicalize(dir).unwrap_or_else(|e| panic!("the dsync repository at {dir}: {e}"))
+    })
+    .clone()
 }
 
 /// Runs a build script of this repository (`bash <script>`, its stderr shown) and returns the
@@ -150,6 +165,8 @@ impl Harness {
         &self.data_dir
     }
 
+    /// What the running harness printed when it was ready. Panics if it is not running
+    /// (after [`Harness::kill`], before [`Harness::start_again`]).
     pub fn ready(&self) -> Ready {
         self.running
             .lock()

@@ -1,0 +1,147 @@
+//! End-to-end benchmark: dsync against client-go's `leaderelection` (`LeaseLock`, ReleaseOnCancel)
+//! on one real kube-apiserver (the test harness, with an audit log), at the same timing.
+//!
+//! ```text
+//! cargo bench --bench e2e                     # full run, about 5 minutes
+//! DSYNC_E2E_QUICK=1 cargo bench --bench e2e   # smoke run: few leases, short windows, 4/3/0.5 s
+//! ```
+//!
+//! Environment: `DSYNC_E2E_TIMING` (`lease/renew/retry` seconds, default `15/10/2`),
+//! `DSYNC_E2E_LOAD_LEASES` (default 1000), `DSYNC_E2E_LATENCY_LEASES` (default 100),
+//! `DSYNC_E2E_WINDOW` (seconds, default 30), `DSYNC_E2E_CRASHES` (latency rounds, each ending in a
+//! kill; default 3), `DSYNC_E2E_VERBOSE` (print every sample). The report is printed and written to
+//! `target/e2e/report.md`.
+//!
+//! Every replica is a process of its own: the Go peer (`benches/peers/clientgo`) or this binary in
+//! peer mode (`DSYNC_E2E_PEER=1`, `peer.rs`). Both speak the same line protocol
+//! (`dsync_harness::protocol`), so the driver (`procs.rs`) treats them alike. Per implementation it runs two phases, each in a fresh namespace:
+//!
+//! 1. **Load**: replica A leads N leases, replica B follows all of them. Over a steady window it
+//!    reads each process's CPU time and RSS from `/proc`, the apiserver process's CPU time, and
+//!    counts the API requests of each replica from the audit log (by User-Agent and verb).
+//! 2. **Latency**: A leads M leases, B and C follow. A stops half of them one by one (graceful
+//!    handoff: from A receiving the stop to B or C reporting `elected`), then A is killed with
+//!    SIGKILL (crash failover: from the kill to B or C reporting `elected`, per remaining lease).
+//!    Repeated for several rounds, each killing at another point of the renewal period. As the
+//!    kill's phase moves that figure by up to a retry period, the failover is also measured
+//!    from the holder's last renewal to the next holder's acquisition, both as the API server's
+//!    audit log records them: the part that only the implementation decides.
+//!
+//! Event times are Unix-nanosecond wall-clock stamps taken by each process when the event
+//! happens; all processes run on one machine and share that clock.
+//!
+//! Linux only (reads `/proc`, `sample.rs`). The audit log is read in `audit.rs`, the phases run
+//! in `phases.rs`, the report is made in `report.rs`.
+
+mod audit;
+mod peer;
+mod phases;
+mod procs;
+mod report;
+mod sample;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dsync_harness::protocol::PeerTiming;
+use dsync_harness::{apiserver, gopeer};
+
+use crate::phases::{latency_phase, load_phase};
+use crate::procs::{Impl, Run};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+        _ => default,
+    }
+}
+
+/// Lease duration, renew deadline and retry period from `lease/renew/retry` seconds.
+fn parse_timing(s: &str) -> PeerTiming {
+    let parts: Vec<Duration> = s
+        .split('/')
+        .map(|p| {
+            p.parse()
+                .ok()
+                .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                .unwrap_or_else(|| panic!("bad timing {s:?}"))
+        })
+        .collect();
+    assert!(
+        parts.len() == 3,
+        "timing must be lease/renew/retry seconds, got {s:?}"
+    );
+    PeerTiming::new(parts[0], parts[1], parts[2])
+}
+
+fn main() {
+    if std::env::var_os("DSYNC_E2E_PEER").is_some() {
+        return peer::main(std::env::args().skip(1).collect());
+    }
+    let quick = env_or("DSYNC_E2E_QUICK", 0u8) == 1;
+    let timing = parse_timing(&env_or(
+        "DSYNC_E2E_TIMING",
+        if quick { "4/3/0.5" } else { "15/10/2" }.to_owned(),
+    ));
+    let load_leases = env_or("DSYNC_E2E_LOAD_LEASES", if quick { 20 } else { 1000usize });
+    let latency_leases = env_or(
+        "DSYNC_E2E_LATENCY_LEASES",
+        if quick { 10 } else { 100usize },
+    );
+    let rounds = env_or("DSYNC_E2E_CRASHES", if quick { 1 } else { 3usize });
+    let window = Duration::from_secs(env_or("DSYNC_E2E_WINDOW", if quick { 5 } else { 30u64 }));
+
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let policy = out_dir.join("audit-policy.yaml");
+    std::fs::write(&policy, audit::POLICY).unwrap();
+    let audit = out_dir.join(format!("audit-{}.log", std::process::id()));
+    let clientgo = gopeer::clientgo_bin();
+    let harness = apiserver::Harness::launch(vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", audit.display()),
+        "--audit-log-format=json".into(),
+        "--audit-log-maxsize=0".into(),
+    ]);
+    let ready = harness.ready();
+    let harness_pid = harness.pid().unwrap();
+    let mut run = Run::new(clientgo, ready.leaseuser.clone(), timing);
+
+    let mut loads = Vec::new();
+    let mut latencies = Vec::new();
+    for imp in [Impl::Dsync, Impl::ClientGo] {
+        loads.push((
+            imp,
+            load_phase(
+                &mut run,
+                imp,
+                &ready,
+                harness_pid,
+                &audit,
+                load_leases,
+                window,
+            ),
+        ));
+        latencies.push((
+            imp,
+            latency_phase(
+                &mut run,
+                imp,
+                &ready,
+                &audit,
+                latency_leases,
+                rounds,
+                timing,
+            ),
+        ));
+    }
+
+    let report = report::render(timing, &loads, &latencies, rounds, latency_leases);
+    std::fs::write(out_dir.join("report.md"), &report).unwrap();
+    eprintln!(
+        "e2e: report written to {}",
+        out_dir.join("report.md").display()
+    );
+}

@@ -1,0 +1,246 @@
+//! The two phases run per implementation, each in fresh namespaces: load (a leader and a
+//! follower over a steady window: CPU, RSS, API requests) and latency (graceful handoff and
+//! crash failover).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use dsync_harness::apiserver;
+use dsync_harness::protocol::{Command, PeerTiming, unix_nanos};
+
+use crate::audit::{audit_counts, file_len, takeovers};
+use crate::procs::{Impl, Run};
+use crate::sample::{proc_cpu, proc_rss_mib};
+
+/// What the load phase measured.
+pub struct LoadResult {
+    /// Leases the leader held when the window began and no longer held at its end.
+    pub leases_lost: usize,
+    /// Elections, the same Leases for leader and follower.
+    pub leases: usize,
+    /// The window's length, s.
+    pub window: f64,
+    /// CPU of the leader, the follower (cores, over the window).
+    pub leader_cpu: f64,
+    pub follower_cpu: f64,
+    /// Resident memory of the leader, the follower (MiB, at the window's end).
+    pub leader_rss: f64,
+    pub follower_rss: f64,
+    /// CPU of the apiserver+etcd process (cores).
+    pub apiserver_cpu: f64,
+    /// API requests per minute per election of the leader, the follower.
+    pub leader_rpm: f64,
+    pub follower_rpm: f64,
+    /// Requests by (user agent, verb, response code), as text.
+    pub verbs: String,
+}
+
+/// What the latency phase measured (ms, sorted).
+pub struct LatencyResult {
+    /// From the leader receiving `stop` to another peer's `elected`.
+    pub handoff: Vec<f64>,
+    /// From the SIGKILL to another peer's `elected`.
+    pub crash: Vec<f64>,
+    /// Crash failover measured from the holder's last renewal (as the API server saw it)
+    /// instead of from the kill: what the library controls, whatever the kill's phase.
+    pub takeover: Vec<f64>,
+}
+
+/// A fresh namespace on the harness.
+fn new_namespace(ready: &apiserver::Ready) -> String {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(apiserver::namespace_on(ready))
+}
+
+/// Load: A leads `leases`, B follows them all; measured over a steady `window`.
+pub fn load_phase(
+    run: &mut Run,
+    imp: Impl,
+    ready: &apiserver::Ready,
+    harness_pid: u32,
+    audit: &Path,
+    leases: usize,
+    window: Duration,
+) -> LoadResult {
+    let ns = new_namespace(ready);
+    eprintln!("e2e: {} load: {leases} leases in {ns}", imp.name());
+    run.spawn(imp, &ns, "a", "load", leases);
+    run.until("A to lead every lease", Duration::from_secs(300), |s| {
+        s.leads.get(&0).map_or(0, HashSet::len) == leases
+    });
+    run.spawn(imp, &ns, "b", "load", leases);
+    run.until(
+        "B to see A lead every lease",
+        Duration::from_secs(300),
+        |s| s.sees_leader.get(&1).map_or(0, HashSet::len) == leases,
+    );
+    run.pass(Duration::from_secs(3));
+    let (a, b) = (run.peers[0].pid(), run.peers[1].pid());
+    let (cpu_a, cpu_b, cpu_s) = (proc_cpu(a), proc_cpu(b), proc_cpu(harness_pid));
+    let offset = file_len(audit);
+    let started = Instant::now();
+    run.pass(window);
+    let elapsed = started.elapsed().as_secs_f64();
+    let offset_end = file_len(audit);
+    let cpu = |pid: u32, before: Duration| (proc_cpu(pid) - before).as_secs_f64() / elapsed;
+    let (leader_cpu, follower_cpu, apiserver_cpu) =
+        (cpu(a, cpu_a), cpu(b, cpu_b), cpu(harness_pid, cpu_s));
+    let (leader_rss, follower_rss) = (proc_rss_mib(a), proc_rss_mib(b));
+    // A leader that loses leases in the steady window is a result, reported below.
+    let still_led = run.state.leads.get(&0).map_or(0, HashSet::len);
+    let leases_lost = leases.saturating_sub(still_led);
+    if leases_lost > 0 {
+        eprintln!(
+            "e2e: {}: the leader lost {leases_lost} of {leases} leases during the steady window",
+            imp.name()
+        );
+    }
+    let counts = audit_counts(audit, offset, offset_end, &ns);
+    let per = |agent: &str| -> f64 {
+        counts
+            .iter()
+            .filter(|((a, _, _), _)| a == agent)
+            .map(|(_, n)| *n as f64)
+            .fold(0.0, |a, b| a + b)
+            / leases as f64
+            / (elapsed / 60.0)
+    };
+    let verbs = counts
+        .iter()
+        .map(|((agent, verb, code), n)| format!("{agent} {verb} → {code}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let result = LoadResult {
+        leases,
+        leases_lost,
+        window: elapsed,
+        leader_cpu,
+        follower_cpu,
+        leader_rss,
+        follower_rss,
+        apiserver_cpu,
+        leader_rpm: per(&run.peers[0].name.clone()),
+        follower_rpm: per(&run.peers[1].name.clone()),
+        verbs,
+    };
+    run.finish();
+    result
+}
+
+/// Latency: `rounds` rounds of [`latency_round`], their samples together.
+pub fn latency_phase(
+    run: &mut Run,
+    imp: Impl,
+    ready: &apiserver::Ready,
+    audit: &Path,
+    leases: usize,
+    rounds: usize,
+    timing: PeerTiming,
+) -> LatencyResult {
+    let mut result = LatencyResult {
+        handoff: Vec::new(),
+        crash: Vec::new(),
+        takeover: Vec::new(),
+    };
+    for round in 0..rounds {
+        latency_round(run, imp, ready, audit, leases, timing, round, &mut result);
+    }
+    result.handoff.sort_by(f64::total_cmp);
+    result.crash.sort_by(f64::total_cmp);
+    result.takeover.sort_by(f64::total_cmp);
+    result
+}
+
+/// One round: A leads `leases`, B and C follow; A hands half over gracefully, then is killed.
+#[allow(clippy::too_many_arguments)] // one round of one phase: each is a knob of it
+fn latency_round(
+    run: &mut Run,
+    imp: Impl,
+    ready: &apiserver::Ready,
+    audit: &Path,
+    leases: usize,
+    timing: PeerTiming,
+    round: usize,
+    result: &mut LatencyResult,
+) {
+    let ns = new_namespace(ready);
+    eprintln!(
+        "e2e: {} latency round {round}: {leases} leases in {ns}",
+        imp.name()
+    );
+    let audit_from = file_len(audit);
+    run.spawn(imp, &ns, "a", "lat", leases);
+    run.until("A to lead every lease", Duration::from_secs(120), |s| {
+        s.leads.get(&0).map_or(0, HashSet::len) == leases
+    });
+    run.spawn(imp, &ns, "b", "lat", leases);
+    run.spawn(imp, &ns, "c", "lat", leases);
+    run.until(
+        "B and C to see A lead every lease",
+        Duration::from_secs(120),
+        |s| {
+            [1, 2]
+                .iter()
+                .all(|p| s.sees_leader.get(p).map_or(0, HashSet::len) == leases)
+        },
+    );
+    // Let B and C settle into their steady state (client-go: polling phase spread out).
+    run.pass(timing.retry_period * 2);
+    let mut names: Vec<String> = run.state.leads[&0].iter().cloned().collect();
+    names.sort();
+    let (graceful, crashed) = names.split_at(leases / 2);
+    run.state.elected_at.clear();
+
+    // Graceful handoff, one lease every 100 ms.
+    for lease in graceful {
+        run.peers[0].send(&Command::Stop(lease.clone()));
+        run.pass(Duration::from_millis(100));
+    }
+    run.until(
+        "B or C to take every stopped lease",
+        timing.lease_duration * 3,
+        |s| {
+            graceful
+                .iter()
+                .all(|l| s.elected_at.get(l).is_some_and(|(p, _)| *p != 0))
+        },
+    );
+    let handoff: Vec<f64> = graceful
+        .iter()
+        .map(|l| (run.state.elected_at[l].1 - run.state.stopping_at[l]) as f64 / 1e6)
+        .collect();
+
+    // Crash: SIGKILL A while it leads the other half. The leases of one process renew in
+    // phase, so the kill comes at a pseudo-random point of the retry period: each round
+    // samples another phase.
+    let jitter = (unix_nanos(SystemTime::now()) % 1_000_000_007) as f64 / 1_000_000_007.0;
+    run.pass(timing.retry_period.mul_f64(jitter));
+    let holder = run.peers[0].name.clone();
+    let killed_at = unix_nanos(SystemTime::now());
+    run.peers[0].child.kill().unwrap();
+    run.until(
+        "B or C to take every lease of the crashed A",
+        timing.lease_duration * 3,
+        |s| {
+            crashed
+                .iter()
+                .all(|l| s.elected_at.get(l).is_some_and(|(p, _)| *p != 0))
+        },
+    );
+    let crash: Vec<f64> = crashed
+        .iter()
+        .map(|l| (run.state.elected_at[l].1 - killed_at) as f64 / 1e6)
+        .collect();
+    run.finish();
+    // The audit log is written before each response (blocking mode): complete by now.
+    let takeover = takeovers(audit, audit_from, &ns, &holder, crashed);
+    if std::env::var_os("DSYNC_E2E_VERBOSE").is_some() {
+        eprintln!("e2e: {} handoff ms {handoff:?}", imp.name());
+        eprintln!("e2e: {} crash ms {crash:?}", imp.name());
+    }
+    result.handoff.extend(handoff);
+    result.crash.extend(crash);
+    result.takeover.extend(takeover);
+}

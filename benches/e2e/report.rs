@@ -1,0 +1,163 @@
+//! The report: the table of both implementations side by side, the targets, the machine.
+
+use dsync_harness::protocol::PeerTiming;
+
+use crate::phases::{LatencyResult, LoadResult};
+use crate::procs::Impl;
+
+/// The value at rank `p` (0..=1) of `sorted`; NaN if it is empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// This machine: cores, CPU model, memory (from `/proc`).
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |k| k / 1024.0 / 1024.0);
+    format!("{cpus} cores ({model}), {mem_gib:.0} GiB")
+}
+
+/// Prints the markdown report of both implementations (dsync first, then client-go, in `loads`
+/// and `latencies`) and returns it.
+pub fn render(
+    timing: PeerTiming,
+    loads: &[(Impl, LoadResult)],
+    latencies: &[(Impl, LatencyResult)],
+    rounds: usize,
+    latency_leases: usize,
+) -> String {
+    let mut report = String::new();
+    let mut line = |s: String| {
+        println!("{s}");
+        report.push_str(&s);
+        report.push('\n');
+    };
+    line(format!(
+        "## End-to-end: dsync vs client-go leaderelection (LeaseLock, ReleaseOnCancel)\n\n\
+         Machine: {}. Timing {}/{}/{} s (lease/renew/retry). kube-apiserver v1.36.3 with embedded \
+         etcd (tests/apiserver), audit log on; every replica a process of its own, on the \
+         `dsync-leaseuser` account.\n",
+        machine(),
+        timing.lease_duration.as_secs_f64(),
+        timing.renew_deadline.as_secs_f64(),
+        timing.retry_period.as_secs_f64()
+    ));
+    line("| | dsync | client-go |\n|---|---|---|".into());
+    let row = |label: &str, f: &dyn Fn(&LoadResult) -> String| {
+        format!("| {label} | {} | {} |", f(&loads[0].1), f(&loads[1].1))
+    };
+    let lat = |label: &str, f: &dyn Fn(&LatencyResult) -> String| {
+        format!(
+            "| {label} | {} | {} |",
+            f(&latencies[0].1),
+            f(&latencies[1].1)
+        )
+    };
+    line(lat("graceful handoff p50 / p99 (ms)", &|r| {
+        format!(
+            "{:.0} / {:.0} (n={})",
+            percentile(&r.handoff, 0.5),
+            percentile(&r.handoff, 0.99),
+            r.handoff.len()
+        )
+    }));
+    line(lat("crash failover p50 / p99 (ms)", &|r| {
+        format!(
+            "{:.0} / {:.0} (n={})",
+            percentile(&r.crash, 0.5),
+            percentile(&r.crash, 0.99),
+            r.crash.len()
+        )
+    }));
+    line(lat(
+        "crash failover after the holder's last renewal p50 / p99 (ms)",
+        &|r| {
+            format!(
+                "{:.0} / {:.0} (n={})",
+                percentile(&r.takeover, 0.5),
+                percentile(&r.takeover, 0.99),
+                r.takeover.len()
+            )
+        },
+    ));
+    line(row("leases the leader lost in the steady window", &|r| {
+        format!("{} of {}", r.leases_lost, r.leases)
+    }));
+    line(row("leader API requests / min / election", &|r| {
+        format!("{:.1}", r.leader_rpm)
+    }));
+    line(row("follower API requests / min / election", &|r| {
+        format!("{:.2}", r.follower_rpm)
+    }));
+    line(row("leader CPU per 1000 elections (% of a core)", &|r| {
+        format!("{:.1}", r.leader_cpu * 100.0 * 1000.0 / r.leases as f64)
+    }));
+    line(row("follower CPU per 1000 elections (% of a core)", &|r| {
+        format!("{:.1}", r.follower_cpu * 100.0 * 1000.0 / r.leases as f64)
+    }));
+    line(row("leader RSS (MiB, whole process)", &|r| {
+        format!("{:.0}", r.leader_rss)
+    }));
+    line(row("follower RSS (MiB, whole process)", &|r| {
+        format!("{:.0}", r.follower_rss)
+    }));
+    line(row("apiserver+etcd CPU (% of a core)", &|r| {
+        format!("{:.1}", r.apiserver_cpu * 100.0)
+    }));
+    line(format!(
+        "\nLoad phase: {} elections, one leader and one follower process, {:.0} s window. \
+         Latency phase: {} rounds of {} elections, one leader and two followers; half handed \
+         over gracefully (100 ms apart), then the leader killed (SIGKILL) at a random point of \
+         its renewal period. A process renews all its leases in phase, so the crash samples of \
+         one round are correlated.\n",
+        loads[0].1.leases, loads[0].1.window, rounds, latency_leases
+    ));
+    for (imp, l) in loads {
+        line(format!(
+            "- {} requests in the window: {}",
+            imp.name(),
+            l.verbs
+        ));
+    }
+    let lease_ms = timing.lease_duration.as_secs_f64() * 1000.0;
+    let d_lat = &latencies[0].1;
+    let d_load = &loads[0].1;
+    line(format!(
+        "\nTargets (dsync): handoff p50 <= 50 ms: {}; crash p99 <= lease + 100 ms ({:.0} ms): {}; \
+         0 follower requests/min: {}.",
+        if percentile(&d_lat.handoff, 0.5) <= 50.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        lease_ms + 100.0,
+        if percentile(&d_lat.crash, 0.99) <= lease_ms + 100.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if d_load.follower_rpm == 0.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+    ));
+    report
+}

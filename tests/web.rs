@@ -264,7 +264,6 @@ async fn three_processes_on_the_deploy_role_one_leader_and_its_worker_through_ki
         assert_eq!(get(r.addr, "/healthz").await.0, 200);
         assert_eq!(get(r.addr, "/readyz").await.0, 200);
     }
-    check_metrics(&addrs(&replicas), first, &election_lease(&ns)).await;
     let t = kube_timing();
 
     // SIGKILL the leader: another takes over after the lease duration, its worker starts.

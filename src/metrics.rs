@@ -1,18 +1,56 @@
 //! Prometheus metrics (feature `metrics`, with `prometheus-client`).
 //!
-//! [`Metrics::register`] adds these to a registry, all labelled with `lease`
-//! (`namespace/name`):
+//! [`Metrics::register`] adds dsync's own metrics to a registry, labelled with `lease`
+//! (`namespace/name` of the Lease object), and the metric that client-go's leader election
+//! exports, under client-go's name and label, so that dashboards and alerts written for
+//! Kubernetes controllers (`sum(leader_election_master_status) by (name) == 0`) work unchanged.
 //!
-//! | metric | type | meaning |
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `dsync_is_leader` | gauge | `lease` | elections: 1 while this replica holds a term, 0 otherwise |
+//! | `dsync_transitions_total` | counter | `lease` | elections: times this replica acquired the lease (terms started) |
+//! | `dsync_lock_held` | gauge | `lease` | locks: 1 while this replica holds the lock, 0 otherwise |
+//! | `dsync_lock_transitions_total` | counter | `lease` | locks: times this replica acquired the lock |
+//! | `dsync_renew_duration_seconds` | histogram | `lease` | latency of each successful renewal write (elections and locks) |
+//! | `dsync_conflicts_total` | counter | `lease` | writes that lost a compare-and-swap (409; elections and locks) |
+//! | `dsync_leaderless_seconds_total` | counter | `lease` | time an election was observed without a leader |
+//! | `leader_election_master_status` | gauge | `name` | client-go's name for `dsync_is_leader`: 1 while this replica leads, 0 otherwise; `name` is the Lease object's name |
+//!
+//! Side by side with client-go (`k8s.io/component-base/metrics/prometheus/clientgo/leaderelection`):
+//!
+//! | client-go | dsync | notes |
 //! |---|---|---|
-//! | `dsync_is_leader` | gauge | 1 while this replica holds a term of the election |
-//! | `dsync_transitions_total` | counter | election terms this replica started |
-//! | `dsync_renew_duration_seconds` | histogram | latency of each successful renewal write (elections and locks) |
-//! | `dsync_conflicts_total` | counter | writes that lost a compare-and-swap (409; elections and locks) |
-//! | `dsync_leaderless_seconds_total` | counter | time an election was observed without a leader |
+//! | `leader_election_master_status{name}` | `dsync_is_leader{lease}` | both exported; same values; `name` is the Lease name without its namespace |
+//! | `leader_election_slowpath_total{name}` | `dsync_conflicts_total{lease}` | not exported under client-go's name: dsync never takes client-go's slow path (a renewal is one compare-and-swap; a conflict is counted here instead) |
+//!
+//! A lease's series are created (at 0) when its election or lock starts, so a follower
+//! reports 0 rather than nothing, and `sum(...) == 0` alerts see a missing leader. They keep
+//! their last value after the election or lock stops (0: a stop ends the term first).
 //!
 //! Hand the metrics to a replica with [`Dsync::with_metrics`](crate::Dsync::with_metrics).
 //! Without the feature the same calls exist and record nothing.
+//!
+//! ```
+//! # #[cfg(feature = "metrics")]
+//! # fn main() -> Result<(), dsync::Error> {
+//! use dsync::{Dsync, MemoryStore, metrics::Metrics};
+//! use prometheus_client::{encoding::text::encode, registry::Registry};
+//!
+//! actix::System::new().block_on(async {
+//!     let mut registry = Registry::default();
+//!     let d = Dsync::new(MemoryStore::new(), "pod-a")?
+//!         .with_metrics(Metrics::register(&mut registry))?;
+//!     let election = d.election("reports")?;
+//!     election.elected().await?;
+//!     let mut text = String::new();
+//!     encode(&mut text, &registry).unwrap();
+//!     assert!(text.contains("leader_election_master_status{name=\"unscoped.election.reports\"} 1"));
+//!     d.shutdown().await
+//! })
+//! # }
+//! # #[cfg(not(feature = "metrics"))]
+//! # fn main() {}
+//! ```
 
 #[cfg(feature = "metrics")]
 mod enabled {
@@ -33,6 +71,12 @@ mod enabled {
         lease: String,
     }
 
+    /// client-go's label set: the Lease name.
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct ClientGoLabels {
+        name: String,
+    }
+
     fn new_histogram() -> Histogram {
         // 1 ms to ~16 s.
         Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -41,9 +85,12 @@ mod enabled {
     struct Inner {
         is_leader: Family<Labels, Gauge>,
         transitions: Family<Labels, Counter>,
+        lock_held: Family<Labels, Gauge>,
+        lock_transitions: Family<Labels, Counter>,
         renew: Family<Labels, Histogram, fn() -> Histogram>,
         conflicts: Family<Labels, Counter>,
         leaderless: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+        master_status: Family<ClientGoLabels, Gauge>,
     }
 
     /// dsync's metrics; see the [module docs](crate::metrics). Cheap to clone.
@@ -59,25 +106,46 @@ mod enabled {
     }
 
     impl Metrics {
-        /// Creates the metrics and registers them (prefix `dsync`) in `registry`.
+        /// Creates the metrics and registers them in `registry`: dsync's own with the prefix
+        /// `dsync`, and client-go's `leader_election_master_status` at the top level.
         pub fn register(registry: &mut Registry) -> Self {
             let inner = Inner {
                 is_leader: Family::default(),
                 transitions: Family::default(),
+                lock_held: Family::default(),
+                lock_transitions: Family::default(),
                 renew: Family::new_with_constructor(new_histogram),
                 conflicts: Family::default(),
                 leaderless: Family::default(),
+                master_status: Family::default(),
             };
+            registry.register(
+                "leader_election_master_status",
+                "Gauge of if the reporting system is master of the relevant lease, 0 indicates \
+                 backup, 1 indicates master. 'name' is the string used to identify the lease \
+                 (client-go compatible; same as dsync_is_leader)",
+                inner.master_status.clone(),
+            );
             let r = registry.sub_registry_with_prefix("dsync");
             r.register(
                 "is_leader",
-                "1 while this replica holds a term of the lease",
+                "1 while this replica holds a term of the election",
                 inner.is_leader.clone(),
             );
             r.register(
                 "transitions",
-                "Terms this replica started (acquisitions)",
+                "Terms of the election this replica started (acquisitions)",
                 inner.transitions.clone(),
+            );
+            r.register(
+                "lock_held",
+                "1 while this replica holds the lock",
+                inner.lock_held.clone(),
+            );
+            r.register(
+                "lock_transitions",
+                "Times this replica acquired the lock",
+                inner.lock_transitions.clone(),
             );
             r.register(
                 "renew_duration_seconds",
@@ -101,49 +169,114 @@ mod enabled {
 
         pub(crate) fn lease(&self, key: &LeaseKey) -> LeaseMetrics {
             LeaseMetrics {
-                metrics: Some((
-                    self.clone(),
-                    Labels {
+                metrics: Some(Resolved {
+                    metrics: self.clone(),
+                    labels: Labels {
                         lease: key.to_string(),
                     },
-                )),
+                    client_go: ClientGoLabels {
+                        name: key.name.clone(),
+                    },
+                    face: HolderFace::None,
+                }),
             }
         }
+    }
+
+    /// Which holder metrics a lease records.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum HolderFace {
+        /// Not known yet, or a face without holder metrics.
+        None,
+        Election,
+        Lock,
+    }
+
+    #[derive(Clone)]
+    struct Resolved {
+        metrics: Metrics,
+        labels: Labels,
+        client_go: ClientGoLabels,
+        face: HolderFace,
     }
 
     /// The metrics of one lease (labels resolved once).
     #[derive(Clone, Default)]
     pub(crate) struct LeaseMetrics {
-        metrics: Option<(Metrics, Labels)>,
+        metrics: Option<Resolved>,
     }
 
     impl LeaseMetrics {
-        pub fn leading(&self, leading: bool) {
-            if let Some((m, l)) = &self.metrics {
-                m.inner.is_leader.get_or_create(l).set(i64::from(leading));
-                if leading {
-                    m.inner.transitions.get_or_create(l).inc();
+        /// The lease is an election's or a lock's (`kind` is the face's `KIND`): from now on
+        /// holding it is recorded in that face's metrics, whose series start at 0.
+        pub fn face(&mut self, kind: &str) {
+            let Some(r) = &mut self.metrics else { return };
+            r.face = match kind {
+                "election" => HolderFace::Election,
+                "lock" => HolderFace::Lock,
+                _ => HolderFace::None,
+            };
+            let (m, l) = (&r.metrics.inner, &r.labels);
+            match r.face {
+                HolderFace::Election => {
+                    m.is_leader.get_or_create(l).set(0);
+                    let _ = m.transitions.get_or_create(l);
+                    m.master_status.get_or_create(&r.client_go).set(0);
                 }
+                HolderFace::Lock => {
+                    m.lock_held.get_or_create(l).set(0);
+                    let _ = m.lock_transitions.get_or_create(l);
+                }
+                HolderFace::None => {}
+            }
+        }
+
+        /// This replica holds the lease (a new term: counted) or no longer does.
+        pub fn holding(&self, holding: bool) {
+            let Some(r) = &self.metrics else { return };
+            let (m, l) = (&r.metrics.inner, &r.labels);
+            match r.face {
+                HolderFace::Election => {
+                    m.is_leader.get_or_create(l).set(i64::from(holding));
+                    m.master_status
+                        .get_or_create(&r.client_go)
+                        .set(i64::from(holding));
+                    if holding {
+                        m.transitions.get_or_create(l).inc();
+                    }
+                }
+                HolderFace::Lock => {
+                    m.lock_held.get_or_create(l).set(i64::from(holding));
+                    if holding {
+                        m.lock_transitions.get_or_create(l).inc();
+                    }
+                }
+                HolderFace::None => {}
             }
         }
 
         pub fn renewed(&self, took: Duration) {
-            if let Some((m, l)) = &self.metrics {
-                m.inner.renew.get_or_create(l).observe(took.as_secs_f64());
+            if let Some(r) = &self.metrics {
+                r.metrics
+                    .inner
+                    .renew
+                    .get_or_create(&r.labels)
+                    .observe(took.as_secs_f64());
             }
         }
 
         pub fn conflict(&self) {
-            if let Some((m, l)) = &self.metrics {
-                m.inner.conflicts.get_or_create(l).inc();
+            if let Some(r) = &self.metrics {
+                r.metrics.inner.conflicts.get_or_create(&r.labels).inc();
             }
         }
 
         pub fn leaderless(&self, for_: Duration) {
-            if let Some((m, l)) = &self.metrics {
-                m.inner
+            if let Some(r) = &self.metrics {
+                r.metrics
+                    .inner
                     .leaderless
-                    .get_or_create(l)
+                    .get_or_create(&r.labels)
                     .inc_by(for_.as_secs_f64());
             }
         }
@@ -162,7 +295,8 @@ pub(crate) struct LeaseMetrics;
 
 #[cfg(not(feature = "metrics"))]
 impl LeaseMetrics {
-    pub fn leading(&self, _leading: bool) {}
+    pub fn face(&mut self, _kind: &str) {}
+    pub fn holding(&self, _holding: bool) {}
     pub fn renewed(&self, _took: std::time::Duration) {}
     pub fn conflict(&self) {}
     pub fn leaderless(&self, _for: std::time::Duration) {}

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use dsync::metrics::Metrics;
-use dsync::testing::{Call, FaultyStore, within};
+use dsync::testing::{Call, FaultyStore, paused_config, settle, within};
 use dsync::{Dsync, MemoryStore, StoreError, Timing};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
@@ -83,4 +83,175 @@ async fn leader_transitions_renewals_conflicts_and_leaderless_time_are_recorded(
     let text = scrape(&registry);
     assert_eq!(sample(&text, "dsync_is_leader", &lease), 0.0);
     d.shutdown().await.unwrap();
+}
+
+/// The lines of the metric family `name` in `text` (`# HELP`, `# TYPE` and every sample,
+/// counters with their `_total` suffix), joined as they appear.
+fn family(text: &str, name: &str) -> String {
+    let help = format!("# HELP {name} ");
+    let kind = format!("# TYPE {name} ");
+    let sample = format!("{name}{{");
+    let total = format!("{name}_total{{");
+    text.lines()
+        .filter(|l| {
+            l.starts_with(&help)
+                || l.starts_with(&kind)
+                || l.starts_with(&sample)
+                || l.starts_with(&total)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+const MASTER_STATUS_HELP: &str = "# HELP leader_election_master_status Gauge of if the \
+    reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. \
+    'name' is the string used to identify the lease (client-go compatible; same as \
+    dsync_is_leader).\n# TYPE leader_election_master_status gauge\n";
+
+/// The exposition of an election's holder metrics: dsync's and client-go's.
+fn election_text(lease: &dsync::LeaseKey, leading: u8, transitions: u32) -> String {
+    format!(
+        "{MASTER_STATUS_HELP}leader_election_master_status{{name=\"{name}\"}} {leading}\n\
+         # HELP dsync_is_leader 1 while this replica holds a term of the election.\n\
+         # TYPE dsync_is_leader gauge\n\
+         dsync_is_leader{{lease=\"{lease}\"}} {leading}\n\
+         # HELP dsync_transitions Terms of the election this replica started (acquisitions).\n\
+         # TYPE dsync_transitions counter\n\
+         dsync_transitions_total{{lease=\"{lease}\"}} {transitions}\n",
+        name = lease.name,
+    )
+}
+
+/// The exposition of a lock's holder metrics.
+fn lock_text(lease: &dsync::LeaseKey, held: u8, transitions: u32) -> String {
+    format!(
+        "# HELP dsync_lock_held 1 while this replica holds the lock.\n\
+         # TYPE dsync_lock_held gauge\n\
+         dsync_lock_held{{lease=\"{lease}\"}} {held}\n\
+         # HELP dsync_lock_transitions Times this replica acquired the lock.\n\
+         # TYPE dsync_lock_transitions counter\n\
+         dsync_lock_transitions_total{{lease=\"{lease}\"}} {transitions}\n"
+    )
+}
+
+/// The holder families in `registry`'s exposition (empty families print nothing).
+fn holder_families(registry: &Registry) -> String {
+    let text = scrape(registry);
+    [
+        "leader_election_master_status",
+        "dsync_is_leader",
+        "dsync_transitions",
+        "dsync_lock_held",
+        "dsync_lock_transitions",
+    ]
+    .iter()
+    .map(|name| family(&text, name))
+    .collect()
+}
+
+/// One replica (one process: its own registry) on a shared store.
+fn replica(store: &MemoryStore, identity: &str) -> (Dsync, FaultyStore, Registry) {
+    let mut registry = Registry::default();
+    let faults = FaultyStore::new(store.clone());
+    let d = Dsync::with_config(faults.clone(), paused_config(identity))
+        .unwrap()
+        .with_metrics(Metrics::register(&mut registry))
+        .unwrap();
+    (d, faults, registry)
+}
+
+#[actix::test]
+async fn an_election_exposes_leadership_under_dsync_and_client_go_names() {
+    tokio::time::pause();
+    let t = Timing::default();
+    let store = MemoryStore::new();
+    let (a, _, reg_a) = replica(&store, "pod-a");
+    let (b, faults_b, reg_b) = replica(&store, "pod-b");
+
+    let ea = a.election("x").unwrap();
+    let lease = ea.lease();
+    within(t.lease_duration(), "a elected", ea.elected())
+        .await
+        .unwrap();
+    let eb = b.election("x").unwrap();
+    settle().await;
+    // The leader reports 1, the follower 0 (a series, not nothing: `== 0` alerts see it).
+    let expected = election_text(&lease, 1, 1);
+    assert_eq!(holder_families(&reg_a), expected);
+    assert_eq!(holder_families(&reg_b), election_text(&lease, 0, 0));
+
+    // Stopped: 0 at once; the other replica takes over.
+    ea.stop().await.unwrap();
+    assert_eq!(holder_families(&reg_a), election_text(&lease, 0, 1));
+    within(t.lease_duration(), "b elected", eb.elected())
+        .await
+        .unwrap();
+    assert_eq!(holder_families(&reg_b), election_text(&lease, 1, 1));
+
+    // Lost: b is cut off from the store; its term ends at the renew deadline.
+    faults_b.partition();
+    let mut status = eb.watch_status();
+    within(
+        t.lease_duration(),
+        "b deposed",
+        status.wait_for(|s| !s.is_leader()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(holder_families(&reg_b), election_text(&lease, 0, 1));
+
+    // Healed: nobody else campaigns, so b leads again: a second transition.
+    faults_b.heal();
+    within(t.lease_duration() * 2, "b elected again", eb.elected())
+        .await
+        .unwrap();
+    assert_eq!(holder_families(&reg_b), election_text(&lease, 1, 2));
+
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    assert_eq!(holder_families(&reg_b), election_text(&lease, 0, 2));
+}
+
+#[actix::test]
+async fn a_lock_exposes_its_holder_status_and_transitions() {
+    tokio::time::pause();
+    let t = Timing::default();
+    let store = MemoryStore::new();
+    let (a, faults_a, reg_a) = replica(&store, "pod-a");
+    let (b, _, reg_b) = replica(&store, "pod-b");
+    let la = a.lock("nightly").unwrap();
+    let lb = b.lock("nightly").unwrap();
+    let lease = la.lease();
+    settle().await;
+    assert_eq!(holder_families(&reg_a), lock_text(&lease, 0, 0));
+
+    // Held: 1 as soon as the caller has the term.
+    let term = la.try_lock().await.unwrap();
+    assert_eq!(holder_families(&reg_a), lock_text(&lease, 1, 1));
+    assert!(matches!(
+        lb.try_lock().await,
+        Err(dsync::Error::AlreadyLocked { .. })
+    ));
+    assert_eq!(holder_families(&reg_b), lock_text(&lease, 0, 0));
+
+    // Unlocked: 0; the other replica's holds count there.
+    la.unlock().await.unwrap();
+    assert!(!term.is_active());
+    assert_eq!(holder_families(&reg_a), lock_text(&lease, 0, 1));
+    lb.with_lock(|_| async {}).await.unwrap();
+    assert_eq!(holder_families(&reg_b), lock_text(&lease, 0, 1));
+
+    // Lost: a holds it again, then is cut off; its term ends at the renew deadline.
+    let term = within(t.lease_duration(), "a locks", la.lock())
+        .await
+        .unwrap();
+    assert_eq!(holder_families(&reg_a), lock_text(&lease, 1, 2));
+    faults_a.partition();
+    within(t.lease_duration(), "a's term ends", term.cancelled()).await;
+    settle().await;
+    assert_eq!(holder_families(&reg_a), lock_text(&lease, 0, 2));
+
+    faults_a.heal();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

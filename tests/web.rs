@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use app::LeaderInfo;
 use dsync::testing::FaultyStore;
-use dsync::{Config, Dsync, MemoryStore};
+use dsync::{Config, Dsync, LeaseKey, MemoryStore};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, PostParams};
 use serde::Deserialize;
@@ -33,6 +33,12 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// `GET path` over plain HTTP/1.1: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = get_with_head(addr, path).await;
+    (code, body)
+}
+
+/// `GET path` over plain HTTP/1.1: (status, status line and headers, body).
+async fn get_with_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
@@ -47,7 +53,44 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad response from {addr}{path}: {text:?}"));
-    (code, body.to_owned())
+    (code, head.to_owned(), body.to_owned())
+}
+
+/// The election's lease in namespace `ns` (the default scope).
+fn election_lease(ns: &str) -> LeaseKey {
+    LeaseKey::new(ns, format!("unscoped.election.{}", app::ELECTION))
+}
+
+/// `GET /metrics` (feature `metrics`): Prometheus text; the leader at `addrs[leader]` reports
+/// 1, the others 0, under dsync's name and under client-go's `leader_election_master_status`.
+#[cfg(feature = "metrics")]
+async fn check_metrics(addrs: &[SocketAddr], leader: usize, lease: &LeaseKey) {
+    for (i, addr) in addrs.iter().enumerate() {
+        let (code, head, body) = get_with_head(*addr, "/metrics").await;
+        assert_eq!(code, 200, "{body}");
+        let content_type = format!("content-type: {}", app::METRICS_CONTENT_TYPE);
+        assert!(head.to_ascii_lowercase().contains(&content_type), "{head}");
+        let v = u8::from(i == leader);
+        for sample in [
+            format!(
+                "leader_election_master_status{{name=\"{}\"}} {v}\n",
+                lease.name
+            ),
+            format!("dsync_is_leader{{lease=\"{lease}\"}} {v}\n"),
+            "# TYPE leader_election_master_status gauge\n".to_owned(),
+        ] {
+            assert!(body.contains(&sample), "{addr}: no {sample:?} in\n{body}");
+        }
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+}
+
+/// Without the `metrics` feature the service has no `/metrics`.
+#[cfg(not(feature = "metrics"))]
+async fn check_metrics(addrs: &[SocketAddr], _leader: usize, _lease: &LeaseKey) {
+    for addr in addrs {
+        assert_eq!(get(*addr, "/metrics").await.0, 404);
+    }
 }
 
 async fn leader_info(addr: SocketAddr) -> LeaderInfo {
@@ -291,6 +334,9 @@ async fn three_instances_on_one_memory_store_the_worker_runs_only_on_the_leader(
     }
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.3).collect();
     let first = one_leader(&addrs).await;
+    let lease = election_lease("default");
+    assert_eq!(instances[first].0.election.lease(), lease);
+    check_metrics(&addrs, first, &lease).await;
 
     // Kill the leader's instance: cut off from the store, HTTP gone.
     let (service, faults, handle, _) = instances.remove(first);
@@ -303,6 +349,7 @@ async fn three_instances_on_one_memory_store_the_worker_runs_only_on_the_leader(
         .unwrap();
     let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.3).collect();
     let next = one_leader(&addrs).await;
+    check_metrics(&addrs, next, &lease).await;
     assert!(
         instances[next]
             .0

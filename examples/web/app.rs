@@ -1,6 +1,6 @@
 //! The service of the `web` example, as a module the tests can include too
 //! (`tests/web.rs` uses `#[path]`): a leader-only background actor, and the HTTP endpoints
-//! `/leader`, `/healthz` and `/readyz`.
+//! `/leader`, `/healthz`, `/readyz` and, with the `metrics` feature, `/metrics`.
 #![allow(dead_code)] // the example and the tests use different parts
 
 use std::net::TcpListener;
@@ -53,12 +53,22 @@ pub struct Service {
     pub ticks: Arc<AtomicU64>,
     /// `/healthz` fails when this leader has not renewed within lease duration + this.
     pub tolerance: Duration,
+    /// What `/metrics` serves: dsync's metrics (and the application's own, if it adds any).
+    #[cfg(feature = "metrics")]
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 impl Service {
     /// Starts the election and the leader-only worker. Call once per process (in `main`),
     /// never in the `HttpServer::new` factory, which runs once per worker thread.
     pub fn start(dsync: Dsync, tolerance: Duration) -> Result<Self, dsync::Error> {
+        // Metrics first: they are recorded for the elections and locks created after this.
+        #[cfg(feature = "metrics")]
+        let (dsync, registry) = {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let dsync = dsync.with_metrics(dsync::metrics::Metrics::register(&mut registry))?;
+            (dsync, Arc::new(registry))
+        };
         let election = dsync.election(ELECTION)?;
         let ticks = Arc::new(AtomicU64::new(0));
         let t = ticks.clone();
@@ -72,6 +82,8 @@ impl Service {
             worker,
             ticks,
             tolerance,
+            #[cfg(feature = "metrics")]
+            registry,
         })
     }
 
@@ -80,11 +92,15 @@ impl Service {
     pub fn serve(&self, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
         let data = web::Data::new(self.clone());
         Ok(HttpServer::new(move || {
-            actix_web::App::new()
+            let app = actix_web::App::new()
                 .app_data(data.clone())
                 .route("/leader", web::get().to(leader))
                 .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
+                .route("/readyz", web::get().to(readyz));
+            // Without the feature there is no such route: 404.
+            #[cfg(feature = "metrics")]
+            let app = app.route("/metrics", web::get().to(metrics));
+            app
         })
         .workers(2)
         .shutdown_timeout(5)
@@ -142,5 +158,22 @@ async fn readyz(service: web::Data<Service>) -> HttpResponse {
         HttpResponse::ServiceUnavailable().body("election stopped")
     } else {
         HttpResponse::Ok().body("ready")
+    }
+}
+
+/// The content type of `/metrics`: prometheus-client writes the OpenMetrics text format
+/// (which Prometheus scrapes natively).
+#[cfg(feature = "metrics")]
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`: the registry in the OpenMetrics text format.
+#[cfg(feature = "metrics")]
+async fn metrics(service: web::Data<Service>) -> HttpResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &service.registry) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type(METRICS_CONTENT_TYPE)
+            .body(body),
+        Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
     }
 }

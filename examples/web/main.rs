@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --example web                      # in-process MemoryStore, one replica
+//! cargo run --example web --features metrics   # the same, with GET /metrics
 //! KUBE_NAMESPACE=default KUBE_POD_NAME=web-0 cargo run --example web   # on Kubernetes (or with KUBE_CONFIG_PATH)
 //! ```
 //!
@@ -11,7 +12,10 @@
 //! 15,10,2); `LISTEN` (default `0.0.0.0:8080`); `HEALTH_TOLERANCE` seconds (default 20).
 //!
 //! Endpoints: `GET /leader` (who leads, this replica's term and fencing token, whether the
-//! leader-only worker runs here), `GET /healthz`, `GET /readyz`. See `deploy/` for manifests.
+//! leader-only worker runs here), `GET /healthz`, `GET /readyz`, and with the `metrics`
+//! feature `GET /metrics` (Prometheus: dsync's metrics and client-go's
+//! `leader_election_master_status{name=...}`; see `dsync::metrics`). See `deploy/` for
+//! manifests.
 //!
 //! Shutdown (SIGINT/SIGTERM): stop taking HTTP requests, then cancel the term, wait for the
 //! worker to stop and release the lease (so another replica takes over at once), then exit.

@@ -186,13 +186,11 @@ impl Face for ElectionFace {
         for callback in &self.callbacks {
             spawn_work(callback, term, core, ctx);
         }
-        core.metrics.leading(true);
         self.elected.publish(&Elected { term: term.clone() });
         true
     }
 
     fn term_ended(&mut self, term: &Term, reason: &EndReason, core: &Core) {
-        core.metrics.leading(false);
         self.deposed.publish(&Deposed {
             lease: core.key.clone(),
             term_id: term.id(),

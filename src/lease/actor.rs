@@ -264,6 +264,7 @@ impl Core {
         ) {
             term.mark_lost();
         }
+        self.metrics.holding(false);
         // A new ending: what an earlier release failed with is no longer news.
         self.release_error = None;
         tracing::info!(lease = %self.key, identity = %self.identity(), term = %term.id(), ?reason, "term ended");
@@ -324,10 +325,9 @@ pub(crate) struct LeaseActor<F: Face> {
 
 impl<F: Face> LeaseActor<F> {
     pub fn new(params: LeaseParams, face: F) -> Self {
-        LeaseActor {
-            core: Core::new(params),
-            face,
-        }
+        let mut core = Core::new(params);
+        core.metrics.face(F::KIND);
+        LeaseActor { core, face }
     }
 
     /// The actor's id (for work scopes).
@@ -563,11 +563,14 @@ impl<F: Face> LeaseActor<F> {
             token,
             deadline,
         );
+        // Recorded before the face hands the term out, so whoever receives it sees it counted.
+        core.metrics.holding(true);
         if self.face.grant(&term, core, ctx) {
             core.phase = Phase::Serving(term);
         } else {
             // Nobody took it: the term never started, and the lease goes back at once.
             term.cancel();
+            core.metrics.holding(false);
         }
     }
 
@@ -650,6 +653,9 @@ impl<F: Face> Drop for LeaseActor<F> {
         // of it may look alive.
         if let Phase::Serving(term) | Phase::Draining(term) = &self.core.phase {
             term.cancel();
+        }
+        if let Phase::Serving(_) = &self.core.phase {
+            self.core.metrics.holding(false);
         }
     }
 }

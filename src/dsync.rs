@@ -321,6 +321,19 @@ impl Dsync {
         rx.await.unwrap_or(Ok(()))
     }
 
+    /// Hands the election `name` (in the configured namespace and scope) to the replica whose
+    /// identity is `to`: [`Election::handoff_to`] on this replica's election. Starts nothing:
+    /// [`Error::NotLeader`] if this replica does not run that election (or does not lead it).
+    pub async fn handoff(&self, name: &str, to: &str) -> Result<()> {
+        let (_, key) = self.prepare(self.resource(name), LeaseKind::Election)?;
+        match self.inner.registry.get(&key) {
+            Some(Entry::Election(election)) => election.handoff_to(to).await,
+            _ => Err(Error::NotLeader {
+                lease: key.to_string(),
+            }),
+        }
+    }
+
     /// Every election and lock of this replica, live or still stopping, ordered by lease: the
     /// [`Supervisor`]'s registry ([`ListLeases`]). Empty once shut down.
     pub async fn leases(&self) -> Vec<LeaseEntry> {

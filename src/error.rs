@@ -154,6 +154,33 @@ pub enum Error {
         fencing_token: i32,
     },
 
+    /// A handoff was asked of a replica that holds no live term of the election.
+    #[error("election {lease} is not led by this replica: nothing to hand off")]
+    NotLeader {
+        /// `namespace/name` of the lease.
+        lease: String,
+    },
+
+    /// A handoff to another successor is already under way.
+    #[error("election {lease} is already being handed off to {to:?}")]
+    HandoffInProgress {
+        /// `namespace/name` of the lease.
+        lease: String,
+        /// The successor of the handoff under way.
+        to: String,
+    },
+
+    /// A handoff began (the term ended) but could not be completed.
+    #[error("handing election {lease} off to {to:?} failed: {reason}")]
+    HandoffFailed {
+        /// `namespace/name` of the lease.
+        lease: String,
+        /// The successor it was meant for.
+        to: String,
+        /// What happened.
+        reason: String,
+    },
+
     /// The election, lock or supervisor has been stopped; the handle can no longer be used.
     #[error("{what} has been stopped")]
     Stopped {
@@ -185,6 +212,19 @@ pub enum Error {
     StopFromWork {
         /// `namespace/name` of the lease.
         lease: String,
+    },
+
+    /// A handoff was asked for from inside the work of the term it hands off. Waiting for that
+    /// work would wait for itself, so the call returned at once; the handoff has begun, and
+    /// the lease is handed off as soon as the work returns.
+    #[error(
+        "handoff of {lease} to {to:?} was called from its own term's work: not waited for; the lease is handed off once that work returns"
+    )]
+    HandoffFromWork {
+        /// `namespace/name` of the lease.
+        lease: String,
+        /// The successor.
+        to: String,
     },
 
     /// An operation did not complete in time (`lock_timeout`, a store call).

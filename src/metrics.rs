@@ -13,6 +13,7 @@
 //! | `dsync_lock_transitions_total` | counter | `lease` | locks: times this replica acquired the lock |
 //! | `dsync_renew_duration_seconds` | histogram | `lease` | latency of each successful renewal write (elections and locks) |
 //! | `dsync_conflicts_total` | counter | `lease` | writes that lost a compare-and-swap (409; elections and locks) |
+//! | `dsync_handoffs_total` | counter | `lease` | handoffs this replica completed (its release naming the successor was written) |
 //! | `dsync_leaderless_seconds_total` | counter | `lease` | time an election was observed without a leader |
 //! | `leader_election_master_status` | gauge | `name` | client-go's name for `dsync_is_leader`: 1 while this replica leads, 0 otherwise; `name` is the Lease object's name |
 //!
@@ -89,6 +90,7 @@ mod enabled {
         lock_transitions: Family<Labels, Counter>,
         renew: Family<Labels, Histogram, fn() -> Histogram>,
         conflicts: Family<Labels, Counter>,
+        handoffs: Family<Labels, Counter>,
         leaderless: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
         master_status: Family<ClientGoLabels, Gauge>,
     }
@@ -116,6 +118,7 @@ mod enabled {
                 lock_transitions: Family::default(),
                 renew: Family::new_with_constructor(new_histogram),
                 conflicts: Family::default(),
+                handoffs: Family::default(),
                 leaderless: Family::default(),
                 master_status: Family::default(),
             };
@@ -156,6 +159,11 @@ mod enabled {
                 "conflicts",
                 "Writes that lost a compare-and-swap (HTTP 409)",
                 inner.conflicts.clone(),
+            );
+            r.register(
+                "handoffs",
+                "Handoffs this replica completed (its release naming the successor was written)",
+                inner.handoffs.clone(),
             );
             r.register(
                 "leaderless_seconds",
@@ -271,6 +279,12 @@ mod enabled {
             }
         }
 
+        pub fn handed_off(&self) {
+            if let Some(r) = &self.metrics {
+                r.metrics.inner.handoffs.get_or_create(&r.labels).inc();
+            }
+        }
+
         pub fn leaderless(&self, for_: Duration) {
             if let Some(r) = &self.metrics {
                 r.metrics
@@ -299,5 +313,6 @@ impl LeaseMetrics {
     pub fn holding(&self, _holding: bool) {}
     pub fn renewed(&self, _took: std::time::Duration) {}
     pub fn conflict(&self) {}
+    pub fn handed_off(&self) {}
     pub fn leaderless(&self, _for: std::time::Duration) {}
 }

@@ -51,12 +51,42 @@ pub struct LeaseRecord {
     pub strategy: Option<String>,
     /// `spec.preferredHolder` (coordinated leader election); kept as found.
     pub preferred_holder: Option<String>,
+    /// The successor a leader handed the lease to ([`SUCCESSOR_ANNOTATION`]): written with the
+    /// release of a handoff; other dsync candidates leave the free lease to it for one lease
+    /// duration. Cleared by the next acquisition.
+    pub successor: Option<String>,
+    /// A handoff asked for from outside the leader ([`HANDOFF_REQUEST_ANNOTATION`], e.g. with
+    /// `kubectl annotate`): the dsync leader hands the lease to this identity, then clears it.
+    pub handoff_request: Option<String>,
 }
+
+/// The annotation a handoff's release writes on the Lease: the identity the lease was handed
+/// to. Other dsync candidates do not contend for the free lease for one lease duration (the
+/// grace in which the successor takes it); client-go peers do not know it and simply contend.
+pub const SUCCESSOR_ANNOTATION: &str = "dsync.io/preferred-holder";
+
+/// The annotation that asks the current dsync leader to hand its lease to the identity it
+/// names: `kubectl annotate lease <name> dsync.io/handoff-to=<pod>`. The leader carries it
+/// out (ends its term, drains, then releases to that identity) and clears it.
+pub const HANDOFF_REQUEST_ANNOTATION: &str = "dsync.io/handoff-to";
 
 impl LeaseRecord {
     /// The holder, treating an empty string as nobody (client-go writes `""` on release).
     pub fn holder(&self) -> Option<&str> {
         self.holder_identity.as_deref().filter(|h| !h.is_empty())
+    }
+
+    /// The successor of a handoff, if the lease is free and was handed to someone.
+    pub fn handed_to(&self) -> Option<&str> {
+        if self.holder().is_some() {
+            return None;
+        }
+        self.successor.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// A pending request to hand the lease to someone (see [`HANDOFF_REQUEST_ANNOTATION`]).
+    pub fn requested_handoff(&self) -> Option<&str> {
+        self.handoff_request.as_deref().filter(|s| !s.is_empty())
     }
 }
 

@@ -139,6 +139,11 @@ impl Registry {
         Some(entry)
     }
 
+    /// The live actor for `key`, if there is one (none is started).
+    pub fn get(&self, key: &LeaseKey) -> Option<Entry> {
+        self.lock().entries.get(key).cloned()
+    }
+
     /// Closes the registry and returns everything in it.
     fn close(&self) -> Vec<Entry> {
         let mut inner = self.lock();

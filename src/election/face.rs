@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::{
     Callback, DeposeReason, Deposed, Elected, ElectionCommand, ElectionStatus, LeaderChanged,
 };
-use crate::lease::actor::{Core, Internal, LeaseActor};
+use crate::lease::actor::{Core, HandoffOutcome, Internal, LeaseActor};
 use crate::lease::face::{EndReason, Face, Recovery};
 use crate::lease::{Op, Waiting};
 use crate::store::StoreError;
@@ -150,6 +150,7 @@ fn spawn_work(
 impl Face for ElectionFace {
     type Command = ElectionCommand;
     const KIND: &'static str = "election";
+    const HONOURS_HANDOFF_REQUESTS: bool = true;
 
     fn command(
         &mut self,
@@ -166,6 +167,20 @@ impl Face for ElectionFace {
             }
             ElectionCommand::SubscribeDeposed(weak) => self.deposed.0.push(weak),
             ElectionCommand::SubscribeLeaderChanged(weak) => self.leader_changed.0.push(weak),
+            ElectionCommand::HandOff {
+                to,
+                reply,
+                from_work,
+            } => {
+                if from_work {
+                    // Waiting would wait for the very work that asks: begin, answer at once.
+                    let (begun, _) = tokio::sync::oneshot::channel();
+                    core.begin_handoff(to, begun);
+                    let _ = reply.send(HandoffOutcome::Deferred);
+                } else {
+                    core.begin_handoff(to, reply);
+                }
+            }
             ElectionCommand::WhenElected(callback) => {
                 if core.is_stopped() {
                     return;
@@ -251,6 +266,7 @@ impl From<&EndReason> for DeposeReason {
             EndReason::Stopped | EndReason::GivenUp => DeposeReason::Stopped,
             EndReason::Restarted => DeposeReason::Restarted,
             EndReason::WorkPanicked => DeposeReason::WorkPanicked,
+            EndReason::HandedOff { to } => DeposeReason::HandedOff { to: to.clone() },
         }
     }
 }

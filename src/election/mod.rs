@@ -19,9 +19,10 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use tokio::sync::{oneshot, watch};
 
+use crate::config::validate_identity;
 use crate::error::{Error, Result};
 use crate::lease::StepDownReason;
-use crate::lease::actor::{FaceCommand, LeaseActor, Stop, StopOutcome};
+use crate::lease::actor::{FaceCommand, HandoffOutcome, LeaseActor, Stop, StopOutcome};
 use crate::resource::Resource;
 use crate::store::LeaseKey;
 use crate::term::{Term, TermId, now};
@@ -82,6 +83,12 @@ pub enum DeposeReason {
     Restarted,
     /// A `when_elected` future (or a [`LeaderOnly`](crate::LeaderOnly) actor's term) panicked.
     WorkPanicked,
+    /// Leadership was handed to another replica ([`Election::handoff_to`], or a handoff asked
+    /// for on the lease).
+    HandedOff {
+        /// The successor's identity.
+        to: String,
+    },
 }
 
 impl From<StepDownReason> for DeposeReason {
@@ -104,6 +111,7 @@ impl fmt::Display for DeposeReason {
             DeposeReason::Stopped => f.write_str("stopped"),
             DeposeReason::Restarted => f.write_str("election actor restarted"),
             DeposeReason::WorkPanicked => f.write_str("the term's work panicked"),
+            DeposeReason::HandedOff { to } => write!(f, "handed off to {to}"),
         }
     }
 }
@@ -180,6 +188,12 @@ pub(crate) enum ElectionCommand {
     SubscribeDeposed(WeakRecipient<Deposed>),
     SubscribeLeaderChanged(WeakRecipient<LeaderChanged>),
     WhenElected(Arc<Callback>),
+    HandOff {
+        to: Arc<str>,
+        reply: oneshot::Sender<HandoffOutcome>,
+        /// Asked from this election's own guarded work: not waited for.
+        from_work: bool,
+    },
 }
 
 /// A handle on one election. Cheap to clone; clones and other handles for the same election
@@ -336,8 +350,10 @@ impl Election {
     ///     let election = dsync.election(dsync::MASTER)?;
     ///     let (tx, mut tokens) = tokio::sync::mpsc::unbounded_channel();
     ///     let addr = OnElected(tx).start();
-    ///     election.subscribe_elected(addr.recipient())?;
+    ///     // The election keeps a weak reference: keep `addr` for as long as it should listen.
+    ///     election.subscribe_elected(addr.clone().recipient())?;
     ///     assert_eq!(tokens.recv().await, Some(0));
+    ///     drop(addr);
     ///     dsync.shutdown().await
     /// })
     /// # }
@@ -417,6 +433,43 @@ impl Election {
         rx.await
             .unwrap_or(StopOutcome::Done)
             .into_result("election", &self.lease())
+    }
+
+    /// Hands leadership to the replica whose identity is `to`, if this replica leads: its term
+    /// ends first (cancelled, its `when_elected` work drained as [`stop`](Self::stop) drains
+    /// it, renewals going on meanwhile), then one compare-and-swap write releases the lease
+    /// naming `to` as the successor. Returns once that write is done.
+    ///
+    /// * `to`, when alive and campaigning, sees the release through its watch and takes the
+    ///   lease at once, with the next fencing token. Other dsync candidates (this one
+    ///   included: the election keeps campaigning) leave the free lease to `to` for one lease
+    ///   duration; if `to` is absent or dead, normal election resumes after that.
+    /// * client-go peers on the same lease do not know the successor annotation: they contend
+    ///   for the free lease like any release (a client-go peer may win it).
+    /// * `to` = this replica: nothing to do, `Ok`.
+    /// * [`Error::NotLeader`] if this replica holds no live term; [`Error::HandoffInProgress`]
+    ///   if a handoff to someone else is under way (one to the same successor is joined);
+    ///   [`Error::DrainTimeout`] if the work did not return within the drain timeout (nothing
+    ///   was written; the lease expires); [`Error::HandoffFailed`] if the lease was lost
+    ///   before the release; the store's error if the release could not be written.
+    /// * Called from this election's own `when_elected` work, it does not wait for that work
+    ///   and returns [`Error::HandoffFromWork`] at once; the handoff still takes place.
+    ///
+    /// A handoff can also be asked for from outside the leader, e.g. by an operator:
+    /// `kubectl annotate lease <lease> dsync.io/handoff-to=<identity>`
+    /// ([`HANDOFF_REQUEST_ANNOTATION`](crate::record::HANDOFF_REQUEST_ANNOTATION)); the
+    /// leader carries it out the same way and clears the annotation.
+    pub async fn handoff_to(&self, to: &str) -> Result<()> {
+        validate_identity(to)?;
+        let (reply, rx) = oneshot::channel();
+        self.command(ElectionCommand::HandOff {
+            to: to.into(),
+            reply,
+            from_work: work::inside(self.id),
+        })?;
+        rx.await
+            .unwrap_or(HandoffOutcome::Lost)
+            .into_result("election", &self.lease(), to)
     }
 
     fn command(&self, command: ElectionCommand) -> Result<()> {

@@ -92,6 +92,82 @@ impl StopOutcome {
     }
 }
 
+/// A handoff under way: the term has ended (or is draining); the release that names the
+/// successor is next.
+struct Handoff {
+    to: Arc<str>,
+    since: Instant,
+    waiters: Vec<oneshot::Sender<HandoffOutcome>>,
+}
+
+/// How a handoff ended, as told to whoever asked for it.
+#[derive(Debug)]
+pub(crate) enum HandoffOutcome {
+    /// The release naming the successor is written (or the successor is us already).
+    Done,
+    /// We hold no live term to hand off.
+    NotLeader,
+    /// Another handoff, to someone else, is under way.
+    InProgress(Arc<str>),
+    /// The lease is stopping or stopped.
+    Stopped,
+    /// The term's work did not return within the drain timeout: nothing was written, and the
+    /// lease expires on its own.
+    DrainTimeout(Duration),
+    /// The release could not be written; the lease expires on its own.
+    NotReleased(StoreError),
+    /// The lease was lost (a step-down) before the release could be written.
+    Lost,
+    /// Asked for from the term's own work: begun, not waited for.
+    Deferred,
+}
+
+impl Clone for HandoffOutcome {
+    fn clone(&self) -> Self {
+        match self {
+            HandoffOutcome::Done => HandoffOutcome::Done,
+            HandoffOutcome::NotLeader => HandoffOutcome::NotLeader,
+            HandoffOutcome::InProgress(to) => HandoffOutcome::InProgress(to.clone()),
+            HandoffOutcome::Stopped => HandoffOutcome::Stopped,
+            HandoffOutcome::DrainTimeout(after) => HandoffOutcome::DrainTimeout(*after),
+            HandoffOutcome::NotReleased(e) => HandoffOutcome::NotReleased(e.duplicate()),
+            HandoffOutcome::Lost => HandoffOutcome::Lost,
+            HandoffOutcome::Deferred => HandoffOutcome::Deferred,
+        }
+    }
+}
+
+impl HandoffOutcome {
+    /// The result a handoff of `kind` `key` to `to` returns.
+    pub fn into_result(self, kind: &str, key: &LeaseKey, to: &str) -> Result<()> {
+        let lease = key.to_string();
+        match self {
+            HandoffOutcome::Done => Ok(()),
+            HandoffOutcome::NotLeader => Err(Error::NotLeader { lease }),
+            HandoffOutcome::InProgress(to) => Err(Error::HandoffInProgress {
+                lease,
+                to: to.to_string(),
+            }),
+            HandoffOutcome::Stopped => Err(Error::Stopped {
+                what: format!("{kind} {lease}"),
+            }),
+            HandoffOutcome::DrainTimeout(after) => Err(Error::DrainTimeout { lease, after }),
+            HandoffOutcome::NotReleased(error) => {
+                Err(Error::from_store(format!("hand off {kind} {lease}"), error))
+            }
+            HandoffOutcome::Deferred => Err(Error::HandoffFromWork {
+                lease,
+                to: to.to_owned(),
+            }),
+            HandoffOutcome::Lost => Err(Error::HandoffFailed {
+                lease,
+                to: to.to_owned(),
+                reason: "the lease was lost before it could be handed off".into(),
+            }),
+        }
+    }
+}
+
 enum StopState {
     Running,
     Stopping {
@@ -183,6 +259,8 @@ pub(crate) struct Core {
     predecessor: Option<Recipient<Stop>>,
     /// Waiting for the predecessor to finish: no store calls yet.
     blocked: bool,
+    /// A handoff to another replica, from its start until its release is written.
+    handoff: Option<Handoff>,
 }
 
 impl Core {
@@ -212,6 +290,7 @@ impl Core {
             watch_handle: None,
             blocked: p.predecessor.is_some(),
             predecessor: p.predecessor,
+            handoff: None,
         }
     }
 
@@ -278,6 +357,7 @@ impl Core {
     fn want<F: Face>(&self, face: &F) -> Want {
         match &self.phase {
             Phase::Serving(_) | Phase::Draining(_) => Want::Keep,
+            // A handoff's release is a release naming the successor (the machine knows whom).
             Phase::Vacant if self.machine.holding() || self.is_stopping() => Want::Release,
             Phase::Vacant if face.wants(self) => Want::Acquire,
             Phase::Vacant => Want::Keep,
@@ -285,12 +365,17 @@ impl Core {
     }
 
     fn drain_deadline(&self) -> Option<Instant> {
-        match (&self.stop, &self.phase) {
-            (StopState::Stopping { since, .. }, Phase::Draining(_)) => {
-                Some(*since + self.shared.drain_timeout)
-            }
-            _ => None,
+        if !matches!(self.phase, Phase::Draining(_)) {
+            return None;
         }
+        // A stop and a handoff both bound the drain; the earlier start counts.
+        let stopping = match &self.stop {
+            StopState::Stopping { since, .. } => Some(*since),
+            _ => None,
+        };
+        let handing_off = self.handoff.as_ref().map(|h| h.since);
+        let since = stopping.into_iter().chain(handing_off).min()?;
+        Some(since + self.shared.drain_timeout)
     }
 
     /// A stop whose drain took too long: stop renewing, write nothing, report the lease.
@@ -313,7 +398,88 @@ impl Core {
         );
         term.mark_lost();
         self.machine.abandon();
-        self.abandoned = Some(term);
+        self.finish_handoff(HandoffOutcome::DrainTimeout(self.shared.drain_timeout));
+        if self.is_stopping() {
+            self.abandoned = Some(term);
+        }
+    }
+
+    /// Hands the lease to `to`: the term ends now (cancelled first, its work drained as a
+    /// stop drains it, renewals going on meanwhile), then one compare-and-swap release names
+    /// `to` as the successor. `reply` is answered once that release is written, or with why
+    /// it could not be.
+    pub fn begin_handoff(&mut self, to: Arc<str>, reply: oneshot::Sender<HandoffOutcome>) {
+        if let Some(handoff) = &mut self.handoff {
+            if handoff.to == to {
+                handoff.waiters.push(reply);
+            } else {
+                let _ = reply.send(HandoffOutcome::InProgress(handoff.to.clone()));
+            }
+            return;
+        }
+        if self.is_stopping() || self.is_stopped() {
+            let _ = reply.send(HandoffOutcome::Stopped);
+            return;
+        }
+        if !matches!(self.phase, Phase::Serving(_)) {
+            let _ = reply.send(HandoffOutcome::NotLeader);
+            return;
+        }
+        if *to == *self.identity() {
+            let _ = reply.send(HandoffOutcome::Done); // already there
+            return;
+        }
+        tracing::info!(lease = %self.key, identity = %self.identity(), %to, "handing off");
+        self.machine.hand_off_to(to.clone());
+        self.handoff = Some(Handoff {
+            to: to.clone(),
+            since: now(),
+            waiters: vec![reply],
+        });
+        self.end_term(EndReason::HandedOff { to: to.to_string() });
+    }
+
+    /// Carries out a handoff asked for on the lease itself (an annotation), if there is one.
+    fn handoff_if_requested(&mut self) {
+        let Some(to) = self.machine.handoff_requested() else {
+            return;
+        };
+        if self.handoff.is_some() || !matches!(self.phase, Phase::Serving(_)) {
+            return;
+        }
+        let to: Arc<str> = to.into();
+        tracing::info!(lease = %self.key, %to, "a handoff was requested on the lease");
+        let (reply, _) = oneshot::channel();
+        self.begin_handoff(to, reply);
+    }
+
+    /// Answers a handoff's callers; the handoff is over either way.
+    fn finish_handoff(&mut self, outcome: HandoffOutcome) {
+        let Some(handoff) = self.handoff.take() else {
+            return;
+        };
+        match &outcome {
+            HandoffOutcome::Done => {
+                self.metrics.handed_off();
+                tracing::info!(lease = %self.key, to = %handoff.to, "handed off");
+            }
+            other => tracing::warn!(lease = %self.key, to = %handoff.to, ?other, "handoff failed"),
+        }
+        for waiter in handoff.waiters {
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+
+    /// A handoff whose lease was lost before its release (a step-down while the work drained,
+    /// an abandoned claim) cannot complete.
+    fn check_handoff(&mut self) {
+        if self.handoff.is_some()
+            && matches!(self.phase, Phase::Vacant)
+            && !self.machine.holding()
+            && !self.machine.in_flight()
+        {
+            self.finish_handoff(HandoffOutcome::Lost);
+        }
     }
 }
 
@@ -344,6 +510,9 @@ impl<F: Face> LeaseActor<F> {
         for _ in 0..4 {
             let now = now();
             self.core.check_drain_timeout(now);
+            if F::HONOURS_HANDOFF_REQUESTS {
+                self.core.handoff_if_requested();
+            }
             self.tell_face(ctx);
             let waiting = if self.core.blocked {
                 Waiting::Idle
@@ -351,6 +520,7 @@ impl<F: Face> LeaseActor<F> {
                 self.step(now, ctx)
             };
             self.arm(ctx, waiting.until(), now);
+            self.core.check_handoff();
             let finished = self.maybe_finish_stop(ctx);
             self.tell_face(ctx);
             let again = self.face.settle(&mut self.core, &waiting);
@@ -520,6 +690,7 @@ impl<F: Face> LeaseActor<F> {
                 self.core.last_error = None;
                 self.core.release_error = None;
                 tracing::info!(lease = %self.core.key, identity = %self.core.identity(), "released");
+                self.core.finish_handoff(HandoffOutcome::Done);
             }
             Outcome::Retry { op, error } | Outcome::Failed { op, error } => {
                 let transient = error.is_transient();
@@ -533,6 +704,8 @@ impl<F: Face> LeaseActor<F> {
                     if !transient {
                         // Retrying will not change the answer: leave the lease to expire.
                         self.core.machine.abandon();
+                        self.core
+                            .finish_handoff(HandoffOutcome::NotReleased(error.duplicate()));
                     }
                     self.core.release_error = Some(Box::new(error.duplicate()));
                 }

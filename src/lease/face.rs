@@ -30,6 +30,11 @@ pub(crate) enum EndReason {
     GivenUp,
     /// A piece of its guarded work panicked.
     WorkPanicked,
+    /// The lease is being handed to another replica.
+    HandedOff {
+        /// The successor's identity.
+        to: String,
+    },
 }
 
 /// What the actor does after a failed store call.
@@ -48,6 +53,11 @@ pub(crate) trait Face: Sized + Unpin + Send + 'static {
 
     /// What it is, for messages: `election` or `lock`.
     const KIND: &'static str;
+
+    /// Whether a handoff asked for on the lease (an annotation) is carried out by this face.
+    /// Elections: yes. Locks: no (a lock's holder is a caller in a critical section; moving
+    /// it to another replica is not a lock's semantics).
+    const HONOURS_HANDOFF_REQUESTS: bool = false;
 
     /// Handles a command. State changes take effect in the step that follows.
     fn command(

@@ -294,6 +294,8 @@ pub struct Machine {
     /// identity has superseded us, or after we abandoned a claim whose work may still run:
     /// then such a record is judged by expiry like anyone else's.
     reclaim: bool,
+    /// Whom our next release hands the lease to (a handoff), if anyone.
+    successor: Option<Arc<str>>,
 }
 
 impl Machine {
@@ -317,6 +319,7 @@ impl Machine {
             conflicts: 0,
             retry_after: None,
             reclaim: true,
+            successor: None,
         }
     }
 
@@ -394,6 +397,33 @@ impl Machine {
     pub fn abandon(&mut self) {
         self.claim = None;
         self.reclaim = false;
+        self.successor = None;
+    }
+
+    /// Makes our next release a handoff to `to`: the release names it as the successor, whom
+    /// other dsync candidates leave the free lease to for one lease duration.
+    pub fn hand_off_to(&mut self, to: Arc<str>) {
+        self.successor = Some(to);
+    }
+
+    /// Whom our next release hands the lease to, if it is a handoff.
+    pub fn successor(&self) -> Option<&str> {
+        self.successor.as_deref()
+    }
+
+    /// A handoff someone asked for on the lease ([`HANDOFF_REQUEST_ANNOTATION`]) that we, its
+    /// holder, should carry out: it names someone else, and no handoff is under way. (One
+    /// naming us is a no-op, cleared by our next renewal.)
+    ///
+    /// [`HANDOFF_REQUEST_ANNOTATION`]: crate::record::HANDOFF_REQUEST_ANNOTATION
+    pub fn handoff_requested(&self) -> Option<&str> {
+        if self.claim.is_none() || self.successor.is_some() {
+            return None;
+        }
+        self.lease()?
+            .record
+            .requested_handoff()
+            .filter(|to| *to != &*self.identity)
     }
 
     /// A record naming us while we hold no claim is judged by expiry, like anyone else's.
@@ -435,6 +465,7 @@ impl Machine {
     pub fn reset(&mut self) {
         self.observed = None;
         self.claim = None;
+        self.successor = None;
         self.in_flight = None;
         self.stale = true;
         self.refresh = false;
@@ -516,10 +547,11 @@ impl Machine {
                 });
             }
             let (record, version) = current(self);
-            let request = Request::Replace {
-                record: released(&record, wall_now),
-                version,
+            let record = match &self.successor {
+                Some(to) => handed_off(&record, to, &self.timing, wall_now),
+                None => released(&record, wall_now),
             };
+            let request = Request::Replace { record, version };
             return Step::Call(self.call(now, Op::Release, request));
         }
         let mut next = claim.renewed_at + self.timing.retry_period();
@@ -601,7 +633,19 @@ impl Machine {
             return Err(format!("spec.leaseTransitions is negative ({t})"));
         }
         let Some(holder) = record.holder() else {
-            return Ok(None);
+            // Free; but a lease handed to someone else is left to it for the duration the
+            // handoff declared (one lease duration): the grace in which a live successor takes
+            // it, after which a dead one no longer blocks anybody.
+            return Ok(match record.handed_to() {
+                Some(successor) if successor != &*self.identity => {
+                    let grace = match record.lease_duration_seconds {
+                        Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+                        _ => self.timing.lease_duration(),
+                    };
+                    Some(observed.changed_at + grace)
+                }
+                _ => None,
+            });
         };
         if holder == &*self.identity && self.reclaim {
             return Ok(None);
@@ -792,6 +836,7 @@ impl Machine {
             }
             Op::Release => {
                 self.claim = None;
+                self.successor = None;
                 Outcome::Released
             }
         }
@@ -847,6 +892,9 @@ fn acquired(
         lease_transitions: Some(transitions),
         strategy: previous.and_then(|p| p.strategy.clone()),
         preferred_holder: previous.and_then(|p| p.preferred_holder.clone()),
+        // A new term settles any handoff: the successor has taken it, or nobody waits for it.
+        successor: None,
+        handoff_request: None,
     }
 }
 
@@ -855,6 +903,10 @@ fn renewed(current: &LeaseRecord, identity: &str, timing: &Timing, now: SystemTi
         holder_identity: Some(identity.to_owned()),
         lease_duration_seconds: Some(timing.lease_duration_seconds()),
         renew_time: Some(now),
+        successor: None,
+        // A request to hand the lease to ourselves is carried out by doing nothing: clear it.
+        // One naming someone else stays until the handoff's release clears it.
+        handoff_request: current.handoff_request.clone().filter(|to| to != identity),
         ..current.clone()
     }
 }
@@ -867,6 +919,19 @@ fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
         lease_duration_seconds: Some(1),
         acquire_time: Some(now),
         renew_time: Some(now),
+        successor: None,
+        handoff_request: None,
         ..current.clone()
+    }
+}
+
+/// The record written by a handoff: released (no holder, transitions kept so the successor's
+/// token is higher), naming the successor, with a full lease duration: the grace other dsync
+/// candidates give the successor before they contend. Any handoff request is settled by it.
+fn handed_off(current: &LeaseRecord, to: &str, timing: &Timing, now: SystemTime) -> LeaseRecord {
+    LeaseRecord {
+        lease_duration_seconds: Some(timing.lease_duration_seconds()),
+        successor: Some(to.to_owned()),
+        ..released(current, now)
     }
 }

@@ -994,3 +994,134 @@ fn two_processes_with_one_identity_do_not_flip_the_lease_in_a_hot_loop() {
     assert_eq!(terms, 2, "terms in 60 s");
     assert!(store.writes < 60, "{} writes: renewals only", store.writes);
 }
+
+// ---- handoff ----------------------------------------------------------------------------
+
+#[test]
+fn a_handoff_release_names_the_successor_and_keeps_the_token_order() {
+    let mut w = Sim::new();
+    w.hold(0.0, 4);
+    w.m.hand_off_to("pod-b".into());
+    assert_eq!(w.m.successor(), Some("pod-b"));
+    let call = w.call(0.5, Want::Release);
+    assert_eq!(call.op, Op::Release);
+    let record = record_of(&call);
+    assert_eq!(record.holder(), None, "a release: no holder");
+    assert_eq!(record.handed_to(), Some("pod-b"));
+    assert_eq!(
+        record.lease_transitions,
+        Some(4),
+        "the successor's token will be 5"
+    );
+    assert_eq!(
+        record.lease_duration_seconds,
+        Some(15),
+        "the grace others give the successor: one lease duration"
+    );
+    let stored = written(&call, "9");
+    assert!(matches!(w.answer(0.6, Ok(stored)), Outcome::Released));
+    assert_eq!(w.m.successor(), None, "done");
+    assert!(!w.m.holding());
+}
+
+#[test]
+fn a_plain_release_names_no_successor_and_settles_requests() {
+    let mut w = Sim::new();
+    w.hold(0.0, 1);
+    let mut requested = versioned(Some(ME), Some(15), Some(1), "9");
+    requested.record.handoff_request = Some(OTHER.into());
+    w.m.on_watch(w.at(0.2), Ok(WatchEvent::Applied(requested)));
+    let call = w.call(0.5, Want::Release);
+    assert_eq!(based_on(&call), "9");
+    let record = record_of(&call);
+    assert_eq!(record.successor, None);
+    assert_eq!(record.handoff_request, None);
+    assert_eq!(
+        record.lease_duration_seconds,
+        Some(1),
+        "as client-go releases"
+    );
+}
+
+#[test]
+fn the_successor_takes_a_handed_off_lease_at_once_others_wait_one_lease_duration() {
+    let mut handed = lease(None, Some(15), Some(4));
+    handed.record.successor = Some("pod-b".into());
+    // The successor: free for it, acquired at once with the next token.
+    let mut b = Sim::with_identity("pod-b");
+    b.read(0.0, Want::Acquire, Some(handed.clone()));
+    let call = b.call(0.0, Want::Acquire);
+    assert_eq!(call.op, Op::Acquire);
+    let record = record_of(&call);
+    assert_eq!(record.lease_transitions, Some(5));
+    assert_eq!(
+        record.successor, None,
+        "the acquisition settles the handoff"
+    );
+    // Anyone else (the old leader included): waits out the grace, then contends.
+    let mut c = Sim::with_identity("pod-c");
+    c.read(0.0, Want::Acquire, Some(handed));
+    assert_eq!(
+        c.wait(0.1, Want::Acquire),
+        Waiting::Backoff { until: c.at(15.0) }
+    );
+    assert_eq!(
+        c.call(15.0, Want::Acquire).op,
+        Op::Acquire,
+        "a dead successor blocks nobody longer"
+    );
+}
+
+#[test]
+fn a_handoff_requested_on_the_lease_is_reported_to_its_holder_only() {
+    let mut w = Sim::new();
+    w.hold(0.0, 1);
+    assert_eq!(w.m.handoff_requested(), None);
+    let mut requested = versioned(Some(ME), Some(15), Some(1), "9");
+    requested.record.handoff_request = Some("pod-b".into());
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(requested.clone()))));
+    assert_eq!(
+        w.m.handoff_requested(),
+        Some("pod-b"),
+        "still our term: carry it out"
+    );
+    w.m.hand_off_to("pod-b".into());
+    assert_eq!(w.m.handoff_requested(), None, "under way");
+    // A follower does not act on it.
+    let mut f = Sim::with_identity(OTHER);
+    f.read(0.0, Want::Acquire, Some(requested));
+    assert_eq!(f.m.handoff_requested(), None);
+}
+
+#[test]
+fn a_renewal_clears_a_request_naming_us_and_keeps_one_naming_someone_else() {
+    for (request, kept) in [(ME, None), ("pod-b", Some("pod-b"))] {
+        let mut w = Sim::new();
+        w.hold(0.0, 1);
+        let mut l = versioned(Some(ME), Some(15), Some(1), "9");
+        l.record.handoff_request = Some(request.into());
+        w.m.on_watch(w.at(0.5), Ok(WatchEvent::Applied(l)));
+        let call = w.call(2.0, Want::Keep);
+        assert_eq!(call.op, Op::Renew);
+        assert_eq!(based_on(&call), "9");
+        assert_eq!(
+            record_of(&call).handoff_request.as_deref(),
+            kept,
+            "{request}"
+        );
+    }
+}
+
+#[test]
+fn abandoning_or_resetting_forgets_the_successor() {
+    let mut w = Sim::new();
+    w.hold(0.0, 1);
+    w.m.hand_off_to("pod-b".into());
+    w.m.abandon();
+    assert_eq!(w.m.successor(), None);
+    let mut w = Sim::new();
+    w.hold(0.0, 1);
+    w.m.hand_off_to("pod-b".into());
+    w.m.reset();
+    assert_eq!(w.m.successor(), None);
+}

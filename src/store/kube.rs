@@ -28,6 +28,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use crate::record::{HANDOFF_REQUEST_ANNOTATION, SUCCESSOR_ANNOTATION};
 
 /// Default limit for one API call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,11 +164,14 @@ impl LeaseStore for KubeStore {
             .cloned();
         let mut lease = to_lease(key, &record, Some(resource_version.to_owned()));
         if let Some(base) = base {
-            // Keep what others put on the object (labels, annotations, owners).
-            lease.metadata = ObjectMeta {
+            // Keep what others put on the object (labels, annotations, owners); dsync's own
+            // annotations are the record's.
+            let mut metadata = ObjectMeta {
                 resource_version: Some(resource_version.to_owned()),
                 ..base.metadata
             };
+            set_annotations(&mut metadata, &record);
+            lease.metadata = metadata;
         }
         self.call(key, "update", async move {
             api.replace(&name, &PostParams::default(), &lease).await
@@ -231,13 +235,15 @@ fn from_micro(t: Option<MicroTime>) -> Option<SystemTime> {
 /// The object to create or (with `resource_version`) to replace. A released lease names
 /// holder `""` as client-go does.
 fn to_lease(key: &LeaseKey, record: &LeaseRecord, resource_version: Option<String>) -> Lease {
+    let mut metadata = ObjectMeta {
+        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.clone()),
+        resource_version,
+        ..Default::default()
+    };
+    set_annotations(&mut metadata, record);
     Lease {
-        metadata: ObjectMeta {
-            name: Some(key.name.clone()),
-            namespace: Some(key.namespace.clone()),
-            resource_version,
-            ..Default::default()
-        },
+        metadata,
         spec: Some(LeaseSpec {
             holder_identity: Some(record.holder_identity.clone().unwrap_or_default()),
             lease_duration_seconds: record.lease_duration_seconds,
@@ -251,7 +257,46 @@ fn to_lease(key: &LeaseKey, record: &LeaseRecord, resource_version: Option<Strin
     }
 }
 
+/// Writes the record's handoff annotations ([`SUCCESSOR_ANNOTATION`],
+/// [`HANDOFF_REQUEST_ANNOTATION`]) into `metadata`, removing those it does not carry.
+fn set_annotations(metadata: &mut ObjectMeta, record: &LeaseRecord) {
+    for (key, value) in [
+        (SUCCESSOR_ANNOTATION, &record.successor),
+        (HANDOFF_REQUEST_ANNOTATION, &record.handoff_request),
+    ] {
+        match value {
+            Some(value) => {
+                metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(key.to_owned(), value.clone());
+            }
+            None => {
+                if let Some(annotations) = &mut metadata.annotations {
+                    annotations.remove(key);
+                }
+            }
+        }
+    }
+    if metadata.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        metadata.annotations = None;
+    }
+}
+
 fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
+    let annotation = |key: &str| {
+        lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let (successor, handoff_request) = (
+        annotation(SUCCESSOR_ANNOTATION),
+        annotation(HANDOFF_REQUEST_ANNOTATION),
+    );
     let spec = lease.spec.unwrap_or_default();
     StoredLease {
         name: lease.metadata.name.unwrap_or_else(|| key.name.clone()),
@@ -263,6 +308,8 @@ fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
             lease_transitions: spec.lease_transitions,
             strategy: spec.strategy,
             preferred_holder: spec.preferred_holder,
+            successor,
+            handoff_request,
         },
         resource_version: lease.metadata.resource_version.unwrap_or_default(),
     }
@@ -312,8 +359,14 @@ mod tests {
             lease_transitions: Some(3),
             strategy: None,
             preferred_holder: None,
+            successor: None,
+            handoff_request: Some("pod-b".into()),
         };
         let mut lease = to_lease(&key, &record, Some("42".into()));
+        assert_eq!(
+            lease.metadata.annotations.as_ref().unwrap()[HANDOFF_REQUEST_ANNOTATION],
+            "pod-b"
+        );
         assert_eq!(lease.metadata.resource_version.as_deref(), Some("42"));
         lease.spec.as_mut().unwrap().strategy = Some("OldestEmulationVersion".into());
         let back = from_lease(&key, lease);
@@ -325,6 +378,37 @@ mod tests {
             back.record.strategy.as_deref(),
             Some("OldestEmulationVersion")
         );
+        assert_eq!(back.record.handoff_request.as_deref(), Some("pod-b"));
+        assert_eq!(back.record.successor, None);
+    }
+
+    #[test]
+    fn handoff_annotations_are_set_and_removed_leaving_others_alone() {
+        let mut metadata = ObjectMeta {
+            annotations: Some(
+                [
+                    ("team".to_owned(), "payments".to_owned()),
+                    (HANDOFF_REQUEST_ANNOTATION.to_owned(), "pod-b".to_owned()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let handed = LeaseRecord {
+            successor: Some("pod-b".into()),
+            ..LeaseRecord::default()
+        };
+        set_annotations(&mut metadata, &handed);
+        let annotations = metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations["team"], "payments");
+        assert_eq!(annotations[SUCCESSOR_ANNOTATION], "pod-b");
+        assert!(
+            !annotations.contains_key(HANDOFF_REQUEST_ANNOTATION),
+            "settled"
+        );
+        set_annotations(&mut metadata, &LeaseRecord::default());
+        let annotations = metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1, "only the user's annotation is left");
     }
 
     #[test]

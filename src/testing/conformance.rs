@@ -727,5 +727,8 @@ fn full_record(holder: &str, transitions: i32) -> LeaseRecord {
         lease_transitions: Some(transitions),
         strategy: None,
         preferred_holder: None,
+        // dsync's handoff annotations (on Kubernetes: metadata.annotations) round-trip too.
+        successor: Some("next-pod".into()),
+        handoff_request: Some("requested-pod".into()),
     }
 }

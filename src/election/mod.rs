@@ -336,8 +336,10 @@ impl Election {
     ///     let election = dsync.election(dsync::MASTER)?;
     ///     let (tx, mut tokens) = tokio::sync::mpsc::unbounded_channel();
     ///     let addr = OnElected(tx).start();
-    ///     election.subscribe_elected(addr.recipient())?;
+    ///     // The election keeps a weak reference: keep `addr` for as long as it should listen.
+    ///     election.subscribe_elected(addr.clone().recipient())?;
     ///     assert_eq!(tokens.recv().await, Some(0));
+    ///     drop(addr);
     ///     dsync.shutdown().await
     /// })
     /// # }

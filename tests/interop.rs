@@ -294,3 +294,50 @@ async fn dsync_and_client_go_share_a_lease_never_two_leaders_and_hand_over_both_
     assert_eq!(all.len(), 5, "{all:#?}");
     assert_never_two_leaders(all);
 }
+
+/// A dsync handoff is, to client-go, a release like any other: a client-go peer on the lease
+/// does not read the successor annotation and may take the lease at once; never two leaders.
+#[actix::test]
+async fn a_dsync_handoff_is_a_plain_release_to_client_go_peers() {
+    let ready = Harness::get().ready();
+    let ns = namespace().await;
+    let t = kube_timing();
+    let go_t = PeerTiming::new(t.lease_duration(), t.renew_deadline(), t.retry_period());
+    let lease = format!("{SCOPE}.election.{NAME}");
+    let spans = Spans::default();
+    let d1 = replica(kube_store(&ready.leaseuser).await, &ns, "dsync-1").await;
+    let e1 = d1.election(NAME).unwrap();
+    spans.record("dsync-1", &e1);
+    within(LIMIT, "dsync-1 leads", e1.elected()).await.unwrap();
+    let mut g = GoPeer::client_go(&ready.leaseuser, &ns, "go-1", &[&lease], go_t).await;
+    g.expect(
+        LIMIT,
+        "go-1 sees dsync-1 lead",
+        |l| matches!(l, Line::Leader { id, .. } if id == "dsync-1"),
+    )
+    .await;
+    // Handed to a dsync replica that is not running: dsync candidates would wait out the
+    // grace; the client-go peer takes the released lease within its retry period.
+    let released = SystemTime::now();
+    e1.handoff_to("dsync-absent").await.unwrap();
+    let Line::Elected { at, .. } = g
+        .expect(LIMIT, "go-1 elected", |l| matches!(l, Line::Elected { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    let took = since(at, released);
+    eprintln!(
+        "interop: dsync handoff -> client-go took the lease in {} ms",
+        ms(took)
+    );
+    assert!(
+        took < t.lease_duration(),
+        "client-go waited {took:?}: it honoured the successor annotation?"
+    );
+    d1.shutdown().await.unwrap();
+    g.kill();
+    let mut all = spans.dsync();
+    all.extend(go_spans(&g, &lease, None));
+    assert_never_two_leaders(all);
+}

@@ -255,3 +255,42 @@ async fn a_lock_exposes_its_holder_status_and_transitions() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[actix::test]
+async fn handoffs_are_counted_by_the_replica_that_hands_off() {
+    tokio::time::pause();
+    let t = Timing::default();
+    let store = MemoryStore::new();
+    let (a, _, reg_a) = replica(&store, "pod-a");
+    let (b, _, reg_b) = replica(&store, "pod-b");
+    let ea = a.election("x").unwrap();
+    let lease = ea.lease();
+    within(t.lease_duration(), "a elected", ea.elected())
+        .await
+        .unwrap();
+    let eb = b.election("x").unwrap();
+    settle().await;
+    ea.handoff_to("pod-b").await.unwrap();
+    within(t.lease_duration(), "b elected", eb.elected())
+        .await
+        .unwrap();
+    let samples = |registry: &Registry| -> Vec<String> {
+        let mut text = String::new();
+        encode(&mut text, registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("dsync_handoffs_total{"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        samples(&reg_a),
+        vec![format!("dsync_handoffs_total{{lease=\"{lease}\"}} 1")]
+    );
+    assert_eq!(
+        samples(&reg_b),
+        Vec::<String>::new(),
+        "b handed nothing off"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -1408,6 +1408,56 @@ impl Seed {
         }
     }
 
+    /// Hands a running election of replica `r` to another replica (or to an identity nobody
+    /// has), in the background, whether or not `r` leads it. A handoff that succeeded (or ran
+    /// out of drain time) must have ended the term it hands off; a handoff is never refused
+    /// for being called from work it is not called from.
+    fn hand_off(&mut self, r: usize) {
+        let e = self.rng.below(ELECTIONS as u64) as usize;
+        let n = self.processes.len();
+        let to = match self.rng.below(n as u64 + 1) as usize {
+            i if i < n => self.processes[i].id.clone(),
+            _ => "pod-gone".to_owned(),
+        };
+        let process = &self.processes[r];
+        let Some(run) = process.elections[e].as_ref().filter(|run| run.running()) else {
+            return;
+        };
+        if process.is_shut() {
+            return;
+        }
+        let (id, election) = (process.id.clone(), run.election.clone());
+        let ctx = self.ctx.clone();
+        let limit = ctx.stop_bound(process.drain);
+        trace(format_args!("{id} hands e{e} to {to}"));
+        self.checks.push(actix::spawn(async move {
+            let t0 = Instant::now();
+            let what = format!("{id}'s handoff of e{e} to {to}");
+            match tokio::time::timeout(limit, election.handoff_to(&to)).await {
+                Err(_) => ctx.fail(format!("{what}: no answer within {limit:?}")),
+                Ok(Err(e @ Error::HandoffFromWork { .. })) => {
+                    ctx.fail(format!("{what}, not from any work: {e:?}"));
+                }
+                Ok(result) => {
+                    trace(format_args!("{what}: {result:?}"));
+                    ctx.bump(match &result {
+                        Ok(()) => "handoff: done",
+                        Err(Error::NotLeader { .. }) => "handoff: not the leader",
+                        Err(_) => "handoff: failed",
+                    });
+                    if matches!(result, Ok(()) | Err(Error::DrainTimeout { .. })) && to != id {
+                        for span in ctx.oracle.active_terms(&id, Some(e), t0) {
+                            ctx.fail(format!(
+                                "{what} returned {result:?} while the term it hands off is \
+                                 active: {span:?}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
     /// Starts election `e` of replica `r` (anew: the old actor, if any, has stopped or is
     /// stopping).
     fn start_election_again(&mut self, r: usize, e: usize) {
@@ -1482,7 +1532,7 @@ impl Seed {
             let pause = self.ctx.scaled(&mut self.rng, pauses);
             sleep(pause).await;
             let r = self.rng.below(n) as usize;
-            let action = self.rng.below(18);
+            let action = self.rng.below(19);
             let chaos = self.processes[r].chaos.clone();
             trace(format_args!(
                 "step: {} action {action}",
@@ -1524,6 +1574,7 @@ impl Seed {
                 13 | 14 => self.stop_or_start_election(r),
                 15 => self.stop_lock(r),
                 16 => self.shut_down_or_restart(r).await,
+                17 => self.hand_off(r),
                 _ if self.backend.is_kube() => {
                     // The test's thread (the terms' work, the lock callers, replica 0's lease
                     // actors) stops for 1 to 1.5 lease durations: replica 0 cannot renew, the

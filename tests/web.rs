@@ -37,12 +37,24 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// `POST path` (empty body) over plain HTTP/1.1: (status, body).
+async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (code, _, body) = request(addr, "POST", path).await;
+    (code, body)
+}
+
 /// `GET path` over plain HTTP/1.1: (status, status line and headers, body).
 async fn get_with_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    request(addr, "GET", path).await
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
@@ -337,6 +349,24 @@ async fn three_instances_on_one_memory_store_the_worker_runs_only_on_the_leader(
     let lease = election_lease("default");
     assert_eq!(instances[first].0.election.lease(), lease);
     check_metrics(&addrs, first, &lease).await;
+
+    // A rolling update's hook moves leadership to a chosen pod.
+    let target = (first + 1) % 3;
+    let follower = (first + 2) % 3;
+    let (code, body) = post(addrs[follower], &format!("/leader/handoff?to=web-{target}")).await;
+    assert_eq!(code, 409, "only the leader hands off: {body}");
+    let (code, body) = post(addrs[first], "/leader/handoff?to=").await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = post(addrs[first], &format!("/leader/handoff?to=web-{target}")).await;
+    assert_eq!(code, 200, "{body}");
+    let mut status = instances[target].0.election.watch_status();
+    tokio::time::timeout(LIMIT, status.wait_for(|s| s.is_leader()))
+        .await
+        .expect("the target leads")
+        .unwrap();
+    drop(status);
+    assert_eq!(one_leader(&addrs).await, target);
+    let first = target;
 
     // Kill the leader's instance: cut off from the store, HTTP gone.
     let (service, faults, handle, _) = instances.remove(first);

@@ -1,6 +1,7 @@
 //! The service of the `web` example, as a module the tests can include too
 //! (`tests/web.rs` uses `#[path]`): a leader-only background actor, and the HTTP endpoints
-//! `/leader`, `/healthz`, `/readyz` and, with the `metrics` feature, `/metrics`.
+//! `/leader`, `POST /leader/handoff?to=<pod>`, `/healthz`, `/readyz` and, with the `metrics`
+//! feature, `/metrics`.
 #![allow(dead_code)] // the example and the tests use different parts
 
 use std::net::TcpListener;
@@ -95,6 +96,7 @@ impl Service {
             let app = actix_web::App::new()
                 .app_data(data.clone())
                 .route("/leader", web::get().to(leader))
+                .route("/leader/handoff", web::post().to(handoff))
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz));
             // Without the feature there is no such route: 404.
@@ -141,6 +143,31 @@ async fn leader(service: web::Data<Service>) -> HttpResponse {
         fencing_token: term.as_ref().map(Term::fencing_token),
         worker_running: service.worker.status().running,
     })
+}
+
+/// The query of `POST /leader/handoff`.
+#[derive(Debug, serde::Deserialize)]
+pub struct HandoffQuery {
+    /// The identity (pod name) to hand leadership to.
+    pub to: String,
+}
+
+/// `POST /leader/handoff?to=<pod>`: hand leadership to `<pod>` (for a rolling update's
+/// preStop hook: move leadership to a pod that is already up to date). Answered once the
+/// release naming `<pod>` is written (200); 409 if this replica does not lead (the body
+/// names the leader it sees), 400 for a bad identity, 500 if the handoff failed.
+async fn handoff(service: web::Data<Service>, query: web::Query<HandoffQuery>) -> HttpResponse {
+    match service.election.handoff_to(&query.to).await {
+        Ok(()) => HttpResponse::Ok().body(format!("handed off to {}", query.to)),
+        Err(err @ dsync::Error::NotLeader { .. }) => HttpResponse::Conflict().body(format!(
+            "{err}; the leader is {:?}",
+            service.election.leader()
+        )),
+        Err(err @ dsync::Error::InvalidConfig { .. }) => {
+            HttpResponse::BadRequest().body(err.to_string())
+        }
+        Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
+    }
 }
 
 /// 500 when this replica holds a term but has not renewed it for longer than the lease

@@ -6,6 +6,17 @@
 //! [`Election::when_elected`] runs a future per term, as the term's guarded work. The term
 //! lifecycle (cancel, drain, release, stop) is the one every face shares; see
 //! [`crate::lease`].
+//!
+//! # Handoff
+//!
+//! [`Election::handoff_to`] moves leadership to a named replica: the term ends as a stop
+//! ends it (cancelled, its work drained), then one compare-and-swap release names the
+//! successor ([`SUCCESSOR_ANNOTATION`](crate::record::SUCCESSOR_ANNOTATION)). The successor
+//! takes the free lease at once; other dsync candidates leave it to the successor for one
+//! lease duration, so a dead successor delays the election by that much at most. An operator
+//! can ask for the same with an annotation on the Lease
+//! ([`HANDOFF_REQUEST_ANNOTATION`](crate::record::HANDOFF_REQUEST_ANNOTATION)). client-go
+//! peers see a plain release.
 
 use std::fmt;
 use std::future::Future;

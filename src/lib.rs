@@ -8,6 +8,9 @@
 //!   [`LeaderChanged`] messages; [`Election::when_elected`] runs a future per [`Term`].
 //! * A [`Lock`] is held by one replica at a time, renewed while held, freed by `unlock` at once
 //!   or by the lease duration if its holder crashed. Local waiters are served in order.
+//! * An [`Observer`] ([`Dsync::observe`], [`Dsync::observe_lock`]) follows an election or
+//!   lock without ever writing it: holder, fencing token, [`LeaderChanged`] messages, from the
+//!   replica's shared watch (no request at steady state).
 //! * Every term carries a **fencing token** (the lease's `leaseTransitions`, incremented on every
 //!   acquisition) and a cancellation token that fires when the term ends.
 //! * Expiry is judged by when *this* process saw the lease change, never by another machine's

@@ -7,6 +7,34 @@
 //! [`Observation`] (a snapshot, or a [`watch::Receiver`]), and send [`LeaderChanged`] to
 //! subscribed actors.
 //!
+//! ```
+//! use dsync::{Dsync, MemoryStore};
+//!
+//! # fn main() -> dsync::Result<()> {
+//! actix::System::new().block_on(async {
+//!     let store = MemoryStore::new();
+//!     let a = Dsync::new(store.clone(), "pod-a")?;
+//!     let dashboard = Dsync::new(store.clone(), "dashboard")?; // never campaigns
+//!
+//!     let observer = dashboard.observe("token-manager")?;
+//!     let mut changes = observer.watch();
+//!     let term = a.election("token-manager")?.elected().await?;
+//!     let seen = changes
+//!         .wait_for(|o| o.holder.as_deref() == Some("pod-a"))
+//!         .await
+//!         .expect("the observer runs")
+//!         .clone();
+//!     assert_eq!(seen.fencing_token, Some(term.fencing_token()));
+//!     assert!(!seen.expired);
+//!
+//!     a.shutdown().await?;
+//!     dashboard.shutdown().await?;
+//!     assert!(observer.is_stopped());
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
 //! # What it costs
 //!
 //! An observer rides the replica's shared watch (one watch per namespace, shared with the
@@ -506,7 +534,8 @@ impl Actor for ObserverActor {
 impl Drop for ObserverActor {
     fn drop(&mut self) {
         // Gone (stopped, or its arbiter ended): say so to every handle.
-        self.status.send_if_modified(|o| !std::mem::replace(&mut o.stopped, true));
+        self.status
+            .send_if_modified(|o| !std::mem::replace(&mut o.stopped, true));
     }
 }
 
@@ -517,9 +546,7 @@ impl StreamHandler<StoreResult<WatchEvent>> for ObserverActor {
         }
         match item {
             Ok(WatchEvent::Applied(lease)) => {
-                if self.observed.is_none()
-                    || is_newer(&lease.resource_version, self.version())
-                {
+                if self.observed.is_none() || is_newer(&lease.resource_version, self.version()) {
                     self.events += 1;
                     self.take(Some(lease), now());
                 }
@@ -601,6 +628,13 @@ impl Handler<StopObserver> for ObserverActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_can_go_to_other_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Observer>();
+        send_sync::<Observation>();
+    }
 
     #[test]
     fn a_record_without_a_positive_duration_never_expires() {

@@ -12,6 +12,11 @@
 //! which waits until the old one has finished. The supervisor also owns the replica's watch
 //! hub: one store watch per namespace, fanned out to the actors of each lease, so a thousand
 //! elections cost one watch. [`Supervisor`] shuts everything down.
+//!
+//! The registry also keeps the replica's observers ([`Observer`], observe-only followers),
+//! apart from the lease actors: a replica may observe a lease it also campaigns for, and an
+//! observer holds nothing to release. A shutdown stops them first; [`ListLeases`] does not
+//! list them (they are not lease actors).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

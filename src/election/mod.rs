@@ -336,7 +336,7 @@ impl Election {
     ///     let election = dsync.election(dsync::MASTER)?;
     ///     let (tx, mut tokens) = tokio::sync::mpsc::unbounded_channel();
     ///     let addr = OnElected(tx).start();
-    ///     election.subscribe_elected(addr.recipient())?;
+    ///     election.subscribe_elected(addr.clone().recipient())?; // kept: subscriptions are weak
     ///     assert_eq!(tokens.recv().await, Some(0));
     ///     dsync.shutdown().await
     /// })

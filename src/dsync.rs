@@ -11,6 +11,7 @@ use crate::election::{Election, ElectionFace, ElectionStatus};
 use crate::error::{Error, Result};
 use crate::lease::actor::{self, LeaseParams, Shared, Stop};
 use crate::lock::{Lock, LockFace, LockShared, LockStatus};
+use crate::observe::{self, Observer};
 use crate::resource::{LeaseKind, Resource};
 use crate::store::{LeaseKey, LeaseStore};
 use crate::supervisor::{Entry, LeaseEntry, ListLeases, Registry, Shutdown, Supervisor};
@@ -302,9 +303,46 @@ impl Dsync {
         }
     }
 
+    /// An observe-only follower of the election `name` in the configured namespace and scope:
+    /// its holder, fencing token and [`LeaderChanged`](crate::LeaderChanged) messages, without
+    /// ever writing the lease (see [`observe`](crate::observe)). It rides this replica's shared
+    /// watch and makes no request at steady state; on Kubernetes it needs only `get`, `list`
+    /// and `watch` on `leases`. This replica may also campaign for the same election.
+    /// [`Error::BadResourceName`] (before anything is started) if the name is not valid;
+    /// [`Error::Stopped`] after [`shutdown`](Self::shutdown). Asking twice gives handles on
+    /// one observer.
+    pub fn observe(&self, name: &str) -> Result<Observer> {
+        self.observe_for(self.resource(name), LeaseKind::Election)
+    }
+
+    /// Like [`observe`](Self::observe), for the lock `name`.
+    pub fn observe_lock(&self, name: &str) -> Result<Observer> {
+        self.observe_for(self.resource(name), LeaseKind::Lock)
+    }
+
+    /// An observer of the `kind` lease of an explicit resource (an empty namespace means the
+    /// configured one).
+    pub fn observe_for(&self, resource: Resource, kind: LeaseKind) -> Result<Observer> {
+        let (resource, key) = self.prepare(resource, kind)?;
+        let inner = &self.inner;
+        inner
+            .registry
+            .observer(&key, || {
+                observe::start(
+                    &inner.arbiter,
+                    resource,
+                    kind,
+                    key.clone(),
+                    inner.shared.clone(),
+                )
+            })
+            .ok_or_else(|| self.stopped())
+    }
+
     /// Stops every election and lock of this replica: terms are cancelled, guarded work is
-    /// awaited (up to the drain timeout each), leases are released; then dsync's own lease
-    /// thread ends. Later calls to `election`/`lock` fail with [`Error::Stopped`]. Idempotent.
+    /// awaited (up to the drain timeout each), leases are released; observers stop; then
+    /// dsync's own lease thread ends. Later calls to `election`/`lock`/`observe` fail with
+    /// [`Error::Stopped`]. Idempotent.
     ///
     /// Returns the first error of the stops (see [`Election::stop`]). Called from inside the
     /// guarded work of one of them, it does not wait for that one (it could not finish before

@@ -8,6 +8,9 @@
 //!   [`LeaderChanged`] messages; [`Election::when_elected`] runs a future per [`Term`].
 //! * A [`Lock`] is held by one replica at a time, renewed while held, freed by `unlock` at once
 //!   or by the lease duration if its holder crashed. Local waiters are served in order.
+//! * An [`Observer`] ([`Dsync::observe`], [`Dsync::observe_lock`]) follows an election or
+//!   lock without ever writing it: holder, fencing token, [`LeaderChanged`] messages, from the
+//!   replica's shared watch (no request at steady state).
 //! * Every term carries a **fencing token** (the lease's `leaseTransitions`, incremented on every
 //!   acquisition) and a cancellation token that fires when the term ends.
 //! * Expiry is judged by when *this* process saw the lease change, never by another machine's
@@ -83,6 +86,8 @@
 //! * [`election`] and [`lock`]: the two faces of the lease actor and their handles. An
 //!   election adds subscribers and `when_elected` work; a lock adds a queue of local callers
 //!   and per-handle ownership.
+//! * [`observe`]: [`Observer`], an observe-only follower of an election or lock: holder,
+//!   fencing token and [`LeaderChanged`] from the shared watch, never a write.
 //! * [`leader_only`]: [`LeaderOnly`], an actor that runs only while this replica leads.
 //! * [`metrics`]: Prometheus metrics (feature `metrics`).
 //! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s lease actors,
@@ -129,6 +134,7 @@ pub mod lease;
 pub mod lock;
 pub mod metrics;
 mod names;
+pub mod observe;
 pub mod record;
 pub mod resource;
 pub mod store;
@@ -146,6 +152,7 @@ pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, Lea
 pub use error::{Error, Result};
 pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
 pub use lock::{Lock, LockStatus, WithLockError};
+pub use observe::{Observation, Observer};
 pub use resource::{LeaseKind, MASTER, NameError, Resource, sanitize_name};
 #[cfg(feature = "kube")]
 pub use store::KubeStore;

@@ -12,6 +12,11 @@
 //! which waits until the old one has finished. The supervisor also owns the replica's watch
 //! hub: one store watch per namespace, fanned out to the actors of each lease, so a thousand
 //! elections cost one watch. [`Supervisor`] shuts everything down.
+//!
+//! The registry also keeps the replica's observers ([`Observer`], observe-only followers),
+//! apart from the lease actors: a replica may observe a lease it also campaigns for, and an
+//! observer holds nothing to release. A shutdown stops them first; [`ListLeases`] does not
+//! list them (they are not lease actors).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,6 +29,7 @@ use crate::election::Election;
 use crate::error::Result;
 use crate::lease::actor::{Directory, Stop, StopOutcome};
 use crate::lock::LockShared;
+use crate::observe::Observer;
 use crate::resource::LeaseKind;
 use crate::store::LeaseKey;
 use crate::watch::WatchHub;
@@ -94,6 +100,9 @@ struct Inner {
     /// Actors told to stop that are still finishing: no longer handed out (asking for the
     /// lease again starts a new actor), but still waited for by a shutdown and by the new one.
     retiring: Vec<Entry>,
+    /// Observe-only followers, by lease. Kept apart from the lease actors: this replica may
+    /// observe a lease it also campaigns for, and an observer holds nothing to release.
+    observers: HashMap<LeaseKey, Observer>,
     closed: bool,
 }
 
@@ -142,6 +151,26 @@ impl Registry {
     /// The live actor for `key`, if there is one (none is started).
     pub fn get(&self, key: &LeaseKey) -> Option<Entry> {
         self.lock().entries.get(key).cloned()
+    }
+
+    /// The observer of `key`, started by `start` if there is none (or it was stopped). `None`
+    /// once closed.
+    pub fn observer(&self, key: &LeaseKey, start: impl FnOnce() -> Observer) -> Option<Observer> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return None;
+        }
+        if let Some(observer) = inner.observers.get(key).filter(|o| !o.is_stopped()) {
+            return Some(observer.clone());
+        }
+        let observer = start();
+        inner.observers.insert(key.clone(), observer.clone());
+        Some(observer)
+    }
+
+    /// Takes every observer out of the registry (for a shutdown, after [`close`](Self::close)).
+    fn take_observers(&self) -> Vec<Observer> {
+        self.lock().observers.drain().map(|(_, o)| o).collect()
     }
 
     /// Closes the registry and returns everything in it.
@@ -278,8 +307,11 @@ impl Handler<Shutdown> for Supervisor {
 
     fn handle(&mut self, Shutdown { reply, inside }: Shutdown, ctx: &mut Self::Context) {
         let entries = self.registry.close();
+        let observers = self.registry.take_observers();
         tracing::info!(leases = entries.len(), "shutting down");
         let stops = async move {
+            // Observers hold nothing: they stop at once.
+            join_all(observers.iter().map(Observer::stop)).await;
             let results = join_all(entries.iter().map(|e| e.stop(inside.contains(&e.id())))).await;
             let first_error = results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
             let deferred: Vec<Entry> = entries

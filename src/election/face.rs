@@ -251,6 +251,9 @@ impl From<&EndReason> for DeposeReason {
             EndReason::Stopped | EndReason::GivenUp => DeposeReason::Stopped,
             EndReason::Restarted => DeposeReason::Restarted,
             EndReason::WorkPanicked => DeposeReason::WorkPanicked,
+            EndReason::PreferredHolder { holder } => DeposeReason::PreferredHolder {
+                holder: holder.clone(),
+            },
         }
     }
 }

@@ -82,6 +82,14 @@ pub enum DeposeReason {
     Restarted,
     /// A `when_elected` future (or a [`LeaderOnly`](crate::LeaderOnly) actor's term) panicked.
     WorkPanicked,
+    /// The lease is coordinated (`spec.strategy`, Kubernetes' coordinated leader election) and
+    /// the API server's election controller prefers another holder (`spec.preferredHolder`).
+    /// The term's work drained, then the lease was released so that the controller can hand
+    /// it over. See [Coordinated leader election](crate::election#coordinated-leader-election).
+    PreferredHolder {
+        /// The preferred holder.
+        holder: String,
+    },
 }
 
 impl From<StepDownReason> for DeposeReason {
@@ -90,6 +98,7 @@ impl From<StepDownReason> for DeposeReason {
             StepDownReason::RenewDeadlineExceeded => DeposeReason::RenewDeadlineExceeded,
             StepDownReason::Superseded { holder } => DeposeReason::Superseded { holder },
             StepDownReason::LeaseDeleted => DeposeReason::LeaseDeleted,
+            StepDownReason::PreferredHolder { holder } => DeposeReason::PreferredHolder { holder },
         }
     }
 }
@@ -104,6 +113,9 @@ impl fmt::Display for DeposeReason {
             DeposeReason::Stopped => f.write_str("stopped"),
             DeposeReason::Restarted => f.write_str("election actor restarted"),
             DeposeReason::WorkPanicked => f.write_str("the term's work panicked"),
+            DeposeReason::PreferredHolder { holder } => {
+                write!(f, "the election controller prefers {holder}")
+            }
         }
     }
 }

@@ -403,6 +403,14 @@ impl<F: Face> LeaseActor<F> {
 
     fn step_down(&mut self, reason: StepDownReason) {
         let core = &mut self.core;
+        if let StepDownReason::PreferredHolder { holder } = reason {
+            // Not a loss: we still hold the lease. The term ends (cancelled first), its work
+            // drains while renewals go on, then the lease is released for the controller to
+            // hand to `holder`.
+            tracing::info!(lease = %core.key, preferred = %holder, "the election controller prefers another holder; ending the term, then releasing");
+            core.end_term(EndReason::PreferredHolder { holder });
+            return;
+        }
         match &reason {
             StepDownReason::Superseded { holder: Some(h) } if h == core.identity() => {
                 tracing::error!(

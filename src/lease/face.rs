@@ -30,6 +30,12 @@ pub(crate) enum EndReason {
     GivenUp,
     /// A piece of its guarded work panicked.
     WorkPanicked,
+    /// The lease is coordinated and the API server's election controller prefers another
+    /// holder: the term ends, its work drains, then the lease is released.
+    PreferredHolder {
+        /// The preferred holder.
+        holder: String,
+    },
 }
 
 /// What the actor does after a failed store call.

@@ -742,13 +742,11 @@ impl Machine {
     /// hold no claim (`assigned`): on a coordinated lease only the election controller writes
     /// that change.
     fn observe(&mut self, lease: Option<StoredLease>, now: Instant) {
-        let names_us = |l: Option<&StoredLease>| {
-            l.and_then(|l| l.record.holder()) == Some(&*self.identity)
-        };
+        let names_us =
+            |l: Option<&StoredLease>| l.and_then(|l| l.record.holder()) == Some(&*self.identity);
         let before = self.observed.as_ref().map(|o| names_us(o.lease.as_ref()));
         let after = names_us(lease.as_ref());
-        self.assigned =
-            self.claim.is_none() && after && (self.assigned || before == Some(false));
+        self.assigned = self.claim.is_none() && after && (self.assigned || before == Some(false));
         self.observed = Some(Observed::update(self.observed.as_ref(), lease, now));
     }
 

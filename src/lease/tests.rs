@@ -875,7 +875,11 @@ fn coordinated(
 
 /// `sim` holds a coordinated lease that the controller assigned to it (token 4, version 11).
 fn hold_assigned(w: &mut Sim, t: f64) {
-    w.read(t, Want::Acquire, Some(coordinated(Some(OTHER), None, 3, "10")));
+    w.read(
+        t,
+        Want::Acquire,
+        Some(coordinated(Some(OTHER), None, 3, "10")),
+    );
     let assigned = coordinated(Some(ME), None, 3, "11");
     assert!(w.m.on_watch(w.at(t), Ok(WatchEvent::Applied(assigned))));
     let call = w.call(t, Want::Acquire);
@@ -1007,7 +1011,11 @@ fn a_lease_the_controller_assigns_to_us_is_taken_at_once_as_a_new_term() {
     // (c) A compare-and-swap write on the version seen; our identity was already there, the
     // token is incremented (the controller keeps leaseTransitions, and tokens must grow).
     let mut w = Sim::new();
-    w.read(0.0, Want::Acquire, Some(coordinated(Some(OTHER), None, 3, "10")));
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(coordinated(Some(OTHER), None, 3, "10")),
+    );
     assert!(matches!(
         w.wait(0.0, Want::Acquire),
         Waiting::Coordinated { .. }
@@ -1074,7 +1082,11 @@ fn a_same_identity_impostor_on_a_coordinated_lease_is_not_adopted() {
     // work may still run): judged by expiry too.
     let mut fresh = Sim::new();
     fresh.m.forbid_reclaim();
-    fresh.read(0.0, Want::Acquire, Some(coordinated(Some(ME), None, 3, "10")));
+    fresh.read(
+        0.0,
+        Want::Acquire,
+        Some(coordinated(Some(ME), None, 3, "10")),
+    );
     assert_eq!(
         fresh.wait(0.0, Want::Acquire),
         Waiting::Following {
@@ -1082,7 +1094,11 @@ fn a_same_identity_impostor_on_a_coordinated_lease_is_not_adopted() {
             until: fresh.at(5.0)
         }
     );
-    assert_eq!(fresh.call(5.0, Want::Acquire).op, Op::Acquire, "ours, expired");
+    assert_eq!(
+        fresh.call(5.0, Want::Acquire).op,
+        Op::Acquire,
+        "ours, expired"
+    );
 }
 
 #[test]
@@ -1091,7 +1107,11 @@ fn without_a_strategy_a_holder_change_to_us_is_not_an_assignment() {
     // identity is another process's (or a lost write of ours), judged as before.
     let mut w = Sim::new();
     w.m.forbid_reclaim();
-    w.read(0.0, Want::Acquire, Some(lease(Some(OTHER), Some(15), Some(3))));
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(3))),
+    );
     let ours = versioned(Some(ME), Some(15), Some(4), "8");
     assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(ours))));
     assert_eq!(
@@ -1153,13 +1173,19 @@ fn a_controller_handover_between_two_replicas_keeps_tokens_increasing() {
     assert_eq!(released.record.holder(), None);
     see(&mut b, &store, 2.0);
     let (outcomes, _) = play(&mut b, &mut store, 2.0, Want::Acquire, 3);
-    assert!(outcomes.is_empty(), "b waits for the controller: {outcomes:?}");
+    assert!(
+        outcomes.is_empty(),
+        "b waits for the controller: {outcomes:?}"
+    );
 
     controller(&mut store, Some("b"), None);
     see(&mut a, &store, 3.0);
     see(&mut b, &store, 3.0);
     let (outcomes, _) = play(&mut b, &mut store, 3.0, Want::Acquire, 3);
-    assert!(matches!(outcomes[..], [Outcome::Acquired { token: 2 }]), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[..], [Outcome::Acquired { token: 2 }]),
+        "{outcomes:?}"
+    );
     let (outcomes, step) = play(&mut a, &mut store, 3.0, Want::Acquire, 3);
     assert!(outcomes.is_empty() && matches!(step, Step::Wait(Waiting::Coordinated { .. })));
 }

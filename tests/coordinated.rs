@@ -124,7 +124,11 @@ async fn a_leader_preferred_away_is_deposed_drains_then_releases(env: Env) {
     let before = env.peek(&key).await.unwrap();
     tokio::time::sleep(env.lease() + env.retry()).await;
     let during = env.peek(&key).await.unwrap();
-    assert_eq!(during.record.holder(), Some("pod-a"), "not released while work runs");
+    assert_eq!(
+        during.record.holder(),
+        Some("pod-a"),
+        "not released while work runs"
+    );
     assert_ne!(
         during.resource_version, before.resource_version,
         "renewed while the work drains"
@@ -138,12 +142,18 @@ async fn a_leader_preferred_away_is_deposed_drains_then_releases(env: Env) {
     assert_eq!(released.record.holder(), None);
     assert_eq!(released.record.strategy.as_deref(), Some(STRATEGY));
     assert_eq!(released.record.preferred(), Some("pod-b"));
-    assert_eq!(released.record.lease_transitions, Some(term_a.fencing_token()));
+    assert_eq!(
+        released.record.lease_transitions,
+        Some(term_a.fencing_token())
+    );
 
     // pod-b (and pod-a, campaigning again) wait for the controller: nobody writes.
     tokio::time::sleep(env.leases(2)).await;
     let still = env.peek(&key).await.unwrap();
-    assert_eq!(still.resource_version, released.resource_version, "nobody wrote");
+    assert_eq!(
+        still.resource_version, released.resource_version,
+        "nobody wrote"
+    );
     assert!(!ea.is_leader() && !eb.is_leader());
 
     // The controller hands the lease to pod-b: it takes it at once, as a new term.
@@ -198,7 +208,11 @@ async fn candidates_never_acquire_a_coordinated_lease_and_take_it_when_assigned(
         )
         .await
         .unwrap();
-    assert_eq!(created.record.strategy.as_deref(), Some(STRATEGY), "the gate is on");
+    assert_eq!(
+        created.record.strategy.as_deref(),
+        Some(STRATEGY),
+        "the gate is on"
+    );
     let eb = b.election("x").unwrap();
     sees_leader(&env, &eb, Some("pod-gone")).await;
     // Long expired: still not taken. The controller picks the holder.
@@ -289,7 +303,10 @@ async fn with_the_gate_off_the_server_drops_the_fields_and_nothing_changes() {
             })
             .await;
         assert_eq!(stored.record.strategy, None, "dropped by the server");
-        assert_eq!(stored.record.preferred_holder, None, "dropped by the server");
+        assert_eq!(
+            stored.record.preferred_holder, None,
+            "dropped by the server"
+        );
         tokio::time::sleep(env.leases(2)).await;
         assert!(term.is_active(), "not deposed");
         assert_eq!(ea.term().unwrap().id(), term.id());

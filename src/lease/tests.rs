@@ -1127,9 +1127,11 @@ fn without_a_strategy_a_holder_change_to_us_is_not_an_assignment() {
 fn a_controller_handover_between_two_replicas_keeps_tokens_increasing() {
     // The controller (played here) assigns a, then prefers b: a yields and releases, the
     // controller assigns b, b takes it. One holder at a time, tokens strictly increase.
-    let mut store = Cas::default();
-    store.lease = Some(coordinated(None, None, 0, "1"));
-    store.revision = 1;
+    let mut store = Cas {
+        lease: Some(coordinated(None, None, 0, "1")),
+        revision: 1,
+        writes: 0,
+    };
     let mut a = Sim::with_identity("a");
     let mut b = Sim::with_identity("b");
     let controller = |store: &mut Cas, holder: Option<&str>, preferred: Option<&str>| {

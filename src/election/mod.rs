@@ -375,7 +375,8 @@ impl Election {
     ///     let election = dsync.election(dsync::MASTER)?;
     ///     let (tx, mut tokens) = tokio::sync::mpsc::unbounded_channel();
     ///     let addr = OnElected(tx).start();
-    ///     election.subscribe_elected(addr.recipient())?;
+    ///     // Subscriptions are weak: keep `addr` (a strong reference) while it should receive.
+    ///     election.subscribe_elected(addr.clone().recipient())?;
     ///     assert_eq!(tokens.recv().await, Some(0));
     ///     dsync.shutdown().await
     /// })

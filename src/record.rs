@@ -88,6 +88,18 @@ impl LeaseRecord {
     pub fn requested_handoff(&self) -> Option<&str> {
         self.handoff_request.as_deref().filter(|s| !s.is_empty())
     }
+
+    /// Whether the lease is coordinated (KEP-4355): `spec.strategy` is set (and not empty), so
+    /// the API server's election controller picks its holder.
+    pub fn coordinated(&self) -> bool {
+        self.strategy.as_deref().is_some_and(|s| !s.is_empty())
+    }
+
+    /// `spec.preferredHolder`, treating an empty string as unset: whom the election controller
+    /// wants the current holder to give the lease up to.
+    pub fn preferred(&self) -> Option<&str> {
+        self.preferred_holder.as_deref().filter(|h| !h.is_empty())
+    }
 }
 
 /// A lease record as stored, with the version that guards the next write.

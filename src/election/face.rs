@@ -267,6 +267,9 @@ impl From<&EndReason> for DeposeReason {
             EndReason::Restarted => DeposeReason::Restarted,
             EndReason::WorkPanicked => DeposeReason::WorkPanicked,
             EndReason::HandedOff { to } => DeposeReason::HandedOff { to: to.clone() },
+            EndReason::PreferredHolder { holder } => DeposeReason::PreferredHolder {
+                holder: holder.clone(),
+            },
         }
     }
 }

@@ -17,6 +17,33 @@
 //! can ask for the same with an annotation on the Lease
 //! ([`HANDOFF_REQUEST_ANNOTATION`](crate::record::HANDOFF_REQUEST_ANNOTATION)). client-go
 //! peers see a plain release.
+//!
+//! # Coordinated leader election
+//!
+//! Kubernetes' coordinated leader election (KEP-4355) lets the API server's election
+//! controller pick a lease's holder: on a Lease with `spec.strategy` (e.g.
+//! `OldestEmulationVersion`) the controller writes `holderIdentity`, and sets
+//! `spec.preferredHolder` to ask the holder to give the lease up. dsync follows client-go's
+//! coordinated mode, so client-go peers running with `Coordinated: true` interoperate:
+//!
+//! * a leader whose lease names another preferred holder ends its term: it is cancelled
+//!   ([`Deposed`] with [`DeposeReason::PreferredHolder`]), its `when_elected` work drains while
+//!   the lease is still renewed, then the lease is released (`holderIdentity` cleared) for the
+//!   controller to hand over. client-go stops renewing and lets the lease expire instead
+//!   (releasing only with `ReleaseOnCancel`); releasing after the drain is as safe, and faster;
+//! * a candidate never acquires a lease with a strategy (free or expired): it never writes its
+//!   own identity into `holderIdentity`, it waits for the controller;
+//! * a lease the controller assigns to this replica is taken at once, by one compare-and-swap
+//!   write on the version seen that starts a term with the next fencing token
+//!   (`leaseTransitions + 1`: the controller keeps the count, and tokens must grow). Only a
+//!   holder change *to* us on a lease with a strategy counts as an assignment, so a record
+//!   written by another process with our identity is still judged by expiry;
+//! * `preferredHolder` naming us or absent, and leases without `strategy`, change nothing.
+//!
+//! The `CoordinatedLeaderElection` feature gate is off by default in Kubernetes (beta in 1.36,
+//! with the `coordination.k8s.io/v1beta1` API); with it off the API server drops both fields
+//! and elections behave as without them. dsync registers no `LeaseCandidate`s: the controller
+//! elects among the lease's other (client-go) candidates.
 
 use std::fmt;
 use std::future::Future;
@@ -100,6 +127,14 @@ pub enum DeposeReason {
         /// The successor's identity.
         to: String,
     },
+    /// The lease is coordinated (`spec.strategy`, Kubernetes' coordinated leader election) and
+    /// the API server's election controller prefers another holder (`spec.preferredHolder`).
+    /// The term's work drained, then the lease was released so that the controller can hand
+    /// it over. See [Coordinated leader election](crate::election#coordinated-leader-election).
+    PreferredHolder {
+        /// The preferred holder.
+        holder: String,
+    },
 }
 
 impl From<StepDownReason> for DeposeReason {
@@ -108,6 +143,7 @@ impl From<StepDownReason> for DeposeReason {
             StepDownReason::RenewDeadlineExceeded => DeposeReason::RenewDeadlineExceeded,
             StepDownReason::Superseded { holder } => DeposeReason::Superseded { holder },
             StepDownReason::LeaseDeleted => DeposeReason::LeaseDeleted,
+            StepDownReason::PreferredHolder { holder } => DeposeReason::PreferredHolder { holder },
         }
     }
 }
@@ -123,6 +159,9 @@ impl fmt::Display for DeposeReason {
             DeposeReason::Restarted => f.write_str("election actor restarted"),
             DeposeReason::WorkPanicked => f.write_str("the term's work panicked"),
             DeposeReason::HandedOff { to } => write!(f, "handed off to {to}"),
+            DeposeReason::PreferredHolder { holder } => {
+                write!(f, "the election controller prefers {holder}")
+            }
         }
     }
 }

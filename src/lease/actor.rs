@@ -120,6 +120,8 @@ pub(crate) enum HandoffOutcome {
     Lost,
     /// Asked for from the term's own work: begun, not waited for.
     Deferred,
+    /// The lease is coordinated: the API server's election controller picks its holder.
+    Coordinated,
 }
 
 impl Clone for HandoffOutcome {
@@ -133,6 +135,7 @@ impl Clone for HandoffOutcome {
             HandoffOutcome::NotReleased(e) => HandoffOutcome::NotReleased(e.duplicate()),
             HandoffOutcome::Lost => HandoffOutcome::Lost,
             HandoffOutcome::Deferred => HandoffOutcome::Deferred,
+            HandoffOutcome::Coordinated => HandoffOutcome::Coordinated,
         }
     }
 }
@@ -155,6 +158,13 @@ impl HandoffOutcome {
             HandoffOutcome::NotReleased(error) => {
                 Err(Error::from_store(format!("hand off {kind} {lease}"), error))
             }
+            HandoffOutcome::Coordinated => Err(Error::HandoffFailed {
+                lease,
+                to: to.to_owned(),
+                reason: "the lease is coordinated (spec.strategy): the API server's election \
+                         controller picks its holder"
+                    .into(),
+            }),
             HandoffOutcome::Deferred => Err(Error::HandoffFromWork {
                 lease,
                 to: to.to_owned(),
@@ -429,6 +439,10 @@ impl Core {
             let _ = reply.send(HandoffOutcome::Done); // already there
             return;
         }
+        if self.machine.lease().is_some_and(|l| l.record.coordinated()) {
+            let _ = reply.send(HandoffOutcome::Coordinated);
+            return;
+        }
         tracing::info!(lease = %self.key, identity = %self.identity(), %to, "handing off");
         self.machine.hand_off_to(to.clone());
         self.handoff = Some(Handoff {
@@ -573,6 +587,14 @@ impl<F: Face> LeaseActor<F> {
 
     fn step_down(&mut self, reason: StepDownReason) {
         let core = &mut self.core;
+        if let StepDownReason::PreferredHolder { holder } = reason {
+            // Not a loss: we still hold the lease. The term ends (cancelled first), its work
+            // drains while renewals go on, then the lease is released for the controller to
+            // hand to `holder`.
+            tracing::info!(lease = %core.key, preferred = %holder, "the election controller prefers another holder; ending the term, then releasing");
+            core.end_term(EndReason::PreferredHolder { holder });
+            return;
+        }
         match &reason {
             StepDownReason::Superseded { holder: Some(h) } if h == core.identity() => {
                 tracing::error!(

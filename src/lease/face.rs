@@ -35,6 +35,12 @@ pub(crate) enum EndReason {
         /// The successor's identity.
         to: String,
     },
+    /// The lease is coordinated and the API server's election controller prefers another
+    /// holder: the term ends, its work drains, then the lease is released.
+    PreferredHolder {
+        /// The preferred holder.
+        holder: String,
+    },
 }
 
 /// What the actor does after a failed store call.

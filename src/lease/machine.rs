@@ -70,6 +70,14 @@ pub enum StepDownReason {
     },
     /// The lease object disappeared.
     LeaseDeleted,
+    /// The lease is coordinated (`spec.strategy`) and the API server's election controller
+    /// names another preferred holder (`spec.preferredHolder`). Unlike the other reasons the
+    /// claim is *kept*: the term ends (cancelled, its work drains while renewals go on), then
+    /// the lease is released so that the controller can hand it to `holder`.
+    PreferredHolder {
+        /// The preferred holder.
+        holder: String,
+    },
 }
 
 /// What the owner of the machine wants of the lease.
@@ -160,6 +168,16 @@ pub enum Waiting {
         /// When to decide again.
         until: Instant,
     },
+    /// The lease is coordinated (`spec.strategy`): the API server's election controller picks
+    /// its holder, and has not picked us (or prefers someone else). Nothing is written; a watch
+    /// event (the controller naming us) is acted on at once, and the machine decides again at
+    /// `until` regardless.
+    Coordinated {
+        /// The holder the lease names, if any.
+        holder: Option<String>,
+        /// When to decide again.
+        until: Instant,
+    },
     /// Someone else holds the lease; it cannot be taken before `until` unless it changes.
     Following {
         /// The holder.
@@ -191,6 +209,7 @@ impl Waiting {
             Waiting::InFlight { until } => *until,
             Waiting::Holding { until }
             | Waiting::Following { until, .. }
+            | Waiting::Coordinated { until, .. }
             | Waiting::Backoff { until }
             | Waiting::Invalid { until, .. } => Some(*until),
             Waiting::Idle => None,
@@ -206,7 +225,8 @@ pub enum Step {
     /// Nothing to do now.
     Wait(Waiting),
     /// Our claim is over (it is already dropped): end the term before anything else, then ask
-    /// again.
+    /// again. For [`StepDownReason::PreferredHolder`] the claim is kept until the term's work
+    /// has drained and the lease is released (asked once per claim).
     StepDown(StepDownReason),
 }
 
@@ -296,6 +316,12 @@ pub struct Machine {
     reclaim: bool,
     /// Whom our next release hands the lease to (a handoff), if anyone.
     successor: Option<Arc<str>>,
+    /// While we hold no claim: the API server's election controller has just named us the
+    /// holder of a coordinated lease (we saw its holder change to us), so the record may be
+    /// taken at once even when `reclaim` is off (see `observe` and `may_take_ours`).
+    assigned: bool,
+    /// Our claim has been told to yield to a preferred holder (asked once per claim).
+    yielding: bool,
 }
 
 impl Machine {
@@ -320,6 +346,8 @@ impl Machine {
             retry_after: None,
             reclaim: true,
             successor: None,
+            assigned: false,
+            yielding: false,
         }
     }
 
@@ -420,8 +448,11 @@ impl Machine {
         if self.claim.is_none() || self.successor.is_some() {
             return None;
         }
-        self.lease()?
-            .record
+        let record = &self.lease()?.record;
+        if record.coordinated() {
+            return None; // the election controller picks the holder of a coordinated lease
+        }
+        record
             .requested_handoff()
             .filter(|to| *to != &*self.identity)
     }
@@ -457,6 +488,7 @@ impl Machine {
             acquired_at: observed.changed_at,
             renewed_at: observed.changed_at,
         });
+        self.yielding = false;
         true
     }
 
@@ -477,6 +509,11 @@ impl Machine {
     pub fn next(&mut self, now: Instant, wall_now: SystemTime, want: Want) -> Step {
         // Stepping down needs no IO and is right on any observation, however stale.
         if let Some(reason) = self.claim_ended(now) {
+            if let StepDownReason::PreferredHolder { .. } = reason {
+                // The term ends; the claim stays (renewed while the work drains, then released).
+                self.yielding = true;
+                return Step::StepDown(reason);
+            }
             self.claim = None;
             if let StepDownReason::Superseded { holder: Some(h) } = &reason
                 && **h == *self.identity
@@ -524,6 +561,13 @@ impl Machine {
         if !is_our_term(&lease.record, &self.identity, claim.token) {
             return Some(StepDownReason::Superseded {
                 holder: lease.record.holder().map(str::to_owned),
+            });
+        }
+        if !self.yielding
+            && let Some(holder) = prefers_another(&lease.record, &self.identity)
+        {
+            return Some(StepDownReason::PreferredHolder {
+                holder: holder.to_owned(),
             });
         }
         None
@@ -590,6 +634,9 @@ impl Machine {
         if want != Want::Acquire {
             return Step::Wait(Waiting::Idle);
         }
+        if let Some(waiting) = self.coordinated(now, expiry) {
+            return Step::Wait(waiting);
+        }
         let following = |m: &Machine, until| match m.holder() {
             Some(holder) => Waiting::Following {
                 holder: holder.to_owned(),
@@ -647,7 +694,7 @@ impl Machine {
                 _ => None,
             });
         };
-        if holder == &*self.identity && self.reclaim {
+        if holder == &*self.identity && self.may_take_ours(record) {
             return Ok(None);
         }
         let duration = match record.lease_duration_seconds {
@@ -661,6 +708,38 @@ impl Machine {
             }
         };
         Ok(Some(observed.changed_at + duration))
+    }
+
+    /// Coordinated leader election (KEP-4355): on a lease with `spec.strategy` the API
+    /// server's election controller picks the holder, so we never write our identity into it.
+    /// We may only take a record that already names us (the controller assigned us, or it is
+    /// ours from before) and prefers nobody else; otherwise we wait. `None`: the usual rules.
+    fn coordinated(&self, now: Instant, expiry: Option<Instant>) -> Option<Waiting> {
+        let record = &self.lease()?.record;
+        if !record.coordinated() {
+            return None;
+        }
+        let holder = record.holder();
+        if holder == Some(&*self.identity) && prefers_another(record, &self.identity).is_none() {
+            return None; // ours: taken now or at expiry, by the usual rules (see `expiry`)
+        }
+        // Woken by the watch when the controller writes; decide again a lease duration on.
+        let until = match expiry {
+            Some(expiry) if expiry > now => expiry,
+            _ => now + self.timing.lease_duration(),
+        };
+        Some(Waiting::Coordinated {
+            holder: holder.map(str::to_owned),
+            until,
+        })
+    }
+
+    /// Whether a record naming us, while we hold no claim, may be taken at once: left by an
+    /// earlier process of ours (`reclaim`), or just assigned to us by the election controller
+    /// of a coordinated lease. (A same-identity process that took the lease from us is neither:
+    /// its record names us before and after, so it is judged by expiry.)
+    fn may_take_ours(&self, record: &LeaseRecord) -> bool {
+        self.reclaim || (self.assigned && record.coordinated())
     }
 
     /// The end of a backoff still running at `now`.
@@ -706,7 +785,15 @@ impl Machine {
         }
     }
 
+    /// Takes a new observation. Also notes whether the holder just changed to us while we
+    /// hold no claim (`assigned`): on a coordinated lease only the election controller writes
+    /// that change.
     fn observe(&mut self, lease: Option<StoredLease>, now: Instant) {
+        let names_us =
+            |l: Option<&StoredLease>| l.and_then(|l| l.record.holder()) == Some(&*self.identity);
+        let before = self.observed.as_ref().map(|o| names_us(o.lease.as_ref()));
+        let after = names_us(lease.as_ref());
+        self.assigned = self.claim.is_none() && after && (self.assigned || before == Some(false));
         self.observed = Some(Observed::update(self.observed.as_ref(), lease, now));
     }
 
@@ -818,6 +905,8 @@ impl Machine {
                     acquired_at: started,
                     renewed_at: started,
                 });
+                self.assigned = false;
+                self.yielding = false;
                 Outcome::Acquired { token }
             }
             Op::Renew if unchanged => {
@@ -867,6 +956,11 @@ impl Machine {
 /// (A write of ours whose response was lost shows up as a new version of the same term.)
 fn is_our_term(record: &LeaseRecord, identity: &str, token: i32) -> bool {
     record.holder() == Some(identity) && record.lease_transitions.unwrap_or(0) == token
+}
+
+/// The holder `record` prefers (`spec.preferredHolder`) if it is not us.
+fn prefers_another<'r>(record: &'r LeaseRecord, identity: &str) -> Option<&'r str> {
+    record.preferred().filter(|&p| p != identity)
 }
 
 /// The fencing token a record carries.

@@ -30,6 +30,13 @@
 //!   identity has superseded us, such records are judged by expiry like anyone else's.
 //! * **Fencing.** Every acquisition increments `leaseTransitions`; the new value is the term's
 //!   fencing token, so tokens of successive terms strictly increase.
+//! * **Coordinated leases** (`spec.strategy` set; see
+//!   [Coordinated leader election](crate::election#coordinated-leader-election)): the API
+//!   server's election controller picks the holder. Such a lease is never acquired unless it
+//!   already names us; a holder change to us is the controller's assignment and is taken at
+//!   once (a new term, token + 1). A holder whose lease prefers another holder
+//!   (`spec.preferredHolder`) ends its term ([`StepDownReason::PreferredHolder`]) but keeps
+//!   its claim, renewed while the work drains, then releases it.
 
 pub(crate) mod actor;
 pub(crate) mod face;

@@ -323,23 +323,15 @@ fn a_missing_lease_is_created_with_transitions_zero() {
 
 #[test]
 fn a_free_lease_is_acquired_at_once_with_transitions_plus_one() {
+    // (A free *coordinated* lease is not: see the coordinated tests below.)
     let mut w = Sim::new();
-    let mut free = lease(Some(""), Some(1), Some(4));
-    free.record.strategy = Some("OldestEmulationVersion".into());
-    free.record.preferred_holder = Some("pod-z".into());
-    w.read(0.0, Want::Acquire, Some(free));
+    w.read(0.0, Want::Acquire, Some(lease(Some(""), Some(1), Some(4))));
     let call = w.call(0.0, Want::Acquire);
     assert_eq!(call.op, Op::Acquire);
     assert_eq!(based_on(&call), "7");
     let record = record_of(&call);
     assert_eq!(record.holder(), Some(ME));
     assert_eq!(record.lease_transitions, Some(5));
-    assert_eq!(
-        record.strategy.as_deref(),
-        Some("OldestEmulationVersion"),
-        "kept as found"
-    );
-    assert_eq!(record.preferred_holder.as_deref(), Some("pod-z"));
 }
 
 #[test]
@@ -861,6 +853,343 @@ fn adopt_claims_a_record_left_by_an_earlier_process_so_it_can_be_released() {
         !stale.m.adopt(stale.at(10.0)),
         "too old to be within a deadline"
     );
+}
+
+// ---- coordinated leader election (KEP-4355) ---------------------------------------------
+
+const STRATEGY: &str = "OldestEmulationVersion";
+
+/// A coordinated lease (`spec.strategy` set) as the API server's election controller writes
+/// it: holder, preferred holder, its 5 s duration, transitions untouched.
+fn coordinated(
+    holder: Option<&str>,
+    preferred: Option<&str>,
+    transitions: i32,
+    version: &str,
+) -> StoredLease {
+    let mut l = versioned(holder, Some(5), Some(transitions), version);
+    l.record.strategy = Some(STRATEGY.into());
+    l.record.preferred_holder = preferred.map(str::to_owned);
+    l
+}
+
+/// `sim` holds a coordinated lease that the controller assigned to it (token 4, version 11).
+fn hold_assigned(w: &mut Sim, t: f64) {
+    w.read(
+        t,
+        Want::Acquire,
+        Some(coordinated(Some(OTHER), None, 3, "10")),
+    );
+    let assigned = coordinated(Some(ME), None, 3, "11");
+    assert!(w.m.on_watch(w.at(t), Ok(WatchEvent::Applied(assigned))));
+    let call = w.call(t, Want::Acquire);
+    assert_eq!(call.op, Op::Acquire);
+    assert!(matches!(
+        w.answer(t, Ok(written(&call, "12"))),
+        Outcome::Acquired { token: 4 }
+    ));
+}
+
+#[test]
+fn a_holder_preferred_away_ends_its_term_keeps_renewing_then_releases() {
+    // (a) The controller names another preferred holder: the term ends (once), the claim is
+    // kept and renewed while the work drains, then released, keeping strategy and preference.
+    let mut w = Sim::new();
+    hold_assigned(&mut w, 0.0);
+    let marked = coordinated(Some(ME), Some(OTHER), 4, "13");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(marked))));
+    assert_eq!(
+        w.next(1.0, Want::Keep),
+        Step::StepDown(StepDownReason::PreferredHolder {
+            holder: OTHER.into()
+        })
+    );
+    assert!(w.m.holding(), "the claim is kept until the release");
+    assert_eq!(
+        w.wait(1.0, Want::Keep),
+        Waiting::Holding { until: w.at(2.0) },
+        "asked once, then renewing while the work drains"
+    );
+    let renew = w.call(2.0, Want::Keep);
+    assert_eq!(renew.op, Op::Renew);
+    assert_eq!(based_on(&renew), "13");
+    let record = record_of(&renew);
+    assert_eq!(record.holder(), Some(ME));
+    assert_eq!(record.preferred(), Some(OTHER), "kept as found");
+    assert_eq!(record.strategy.as_deref(), Some(STRATEGY));
+    assert!(matches!(
+        w.answer(2.0, Ok(written(&renew, "14"))),
+        Outcome::Renewed
+    ));
+    // The work has drained: release. The holder is cleared; the controller then names OTHER.
+    let release = w.call(2.5, Want::Release);
+    assert_eq!(release.op, Op::Release);
+    let record = record_of(&release);
+    assert_eq!(record.holder(), None);
+    assert_eq!(record.lease_transitions, Some(4));
+    assert_eq!(record.strategy.as_deref(), Some(STRATEGY));
+    assert_eq!(record.preferred(), Some(OTHER));
+    assert!(matches!(
+        w.answer(2.5, Ok(written(&release, "15"))),
+        Outcome::Released
+    ));
+    // (b) A free coordinated lease is not taken: the controller assigns it.
+    assert_eq!(
+        w.wait(2.5, Want::Acquire),
+        Waiting::Coordinated {
+            holder: None,
+            until: w.at(17.5)
+        }
+    );
+}
+
+#[test]
+fn a_yielding_holder_still_steps_down_at_its_deadline() {
+    let mut w = Sim::new();
+    hold_assigned(&mut w, 0.0);
+    let marked = coordinated(Some(ME), Some(OTHER), 4, "13");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(marked))));
+    assert!(matches!(w.next(1.0, Want::Keep), Step::StepDown(_)));
+    assert_eq!(
+        w.next(10.0, Want::Keep),
+        Step::StepDown(StepDownReason::RenewDeadlineExceeded)
+    );
+    assert!(!w.m.holding());
+}
+
+#[test]
+fn a_preferred_holder_naming_us_or_nobody_changes_nothing() {
+    // (d)
+    for preferred in [Some(ME), Some(""), None] {
+        let mut w = Sim::new();
+        hold_assigned(&mut w, 0.0);
+        let l = coordinated(Some(ME), preferred, 4, "13");
+        assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(l))));
+        assert_eq!(
+            w.wait(1.0, Want::Keep),
+            Waiting::Holding { until: w.at(2.0) },
+            "{preferred:?}"
+        );
+        assert_eq!(w.call(2.0, Want::Keep).op, Op::Renew);
+    }
+    // Not holding, a record assigned to us that prefers us is taken too.
+    let mut w = Sim::new();
+    w.m.forbid_reclaim();
+    w.read(0.0, Want::Acquire, Some(coordinated(None, None, 3, "10")));
+    let l = coordinated(Some(ME), Some(ME), 3, "11");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(l))));
+    assert_eq!(w.call(1.0, Want::Acquire).op, Op::Acquire);
+}
+
+#[test]
+fn a_coordinated_lease_is_never_acquired_from_nobody_or_another_holder() {
+    // (b) Free, held, expired by our observation, or naming us but preferring another: the
+    // controller picks the holder, so nothing is written, ever.
+    for (l, holder) in [
+        (coordinated(None, None, 3, "10"), None),
+        (coordinated(Some(""), Some(OTHER), 3, "10"), None),
+        (coordinated(Some(OTHER), None, 3, "10"), Some(OTHER)),
+        (coordinated(Some(ME), Some(OTHER), 3, "10"), Some(ME)),
+    ] {
+        let mut w = Sim::new();
+        w.read(0.0, Want::Acquire, Some(l.clone()));
+        for t in [0.0, 5.0, 15.0, 100.0, 1000.0] {
+            match w.wait(t, Want::Acquire) {
+                Waiting::Coordinated { holder: h, until } => {
+                    assert_eq!(h.as_deref(), holder, "{l:?}");
+                    assert!(until > w.at(t), "{until:?} at {t}: never a past instant");
+                }
+                other => panic!("{l:?} at {t}: {other:?}"),
+            }
+        }
+        assert!(!w.m.holding());
+    }
+}
+
+#[test]
+fn a_lease_the_controller_assigns_to_us_is_taken_at_once_as_a_new_term() {
+    // (c) A compare-and-swap write on the version seen; our identity was already there, the
+    // token is incremented (the controller keeps leaseTransitions, and tokens must grow).
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(coordinated(Some(OTHER), None, 3, "10")),
+    );
+    assert!(matches!(
+        w.wait(0.0, Want::Acquire),
+        Waiting::Coordinated { .. }
+    ));
+    let assigned = coordinated(Some(ME), None, 3, "11");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(assigned))));
+    let call = w.call(1.0, Want::Acquire);
+    assert_eq!(call.op, Op::Acquire);
+    assert_eq!(based_on(&call), "11");
+    let record = record_of(&call);
+    assert_eq!(record.holder(), Some(ME));
+    assert_eq!(record.lease_transitions, Some(4));
+    assert_eq!(record.strategy.as_deref(), Some(STRATEGY), "kept");
+    assert!(matches!(
+        w.answer(1.0, Ok(written(&call, "12"))),
+        Outcome::Acquired { token: 4 }
+    ));
+}
+
+#[test]
+fn a_controller_assignment_is_taken_even_when_reclaiming_is_off() {
+    // After a drain timeout (or an impostor) records naming us are judged by expiry; a holder
+    // change to us on a coordinated lease is the controller's assignment all the same.
+    let mut w = Sim::new();
+    w.m.forbid_reclaim();
+    w.read(0.0, Want::Acquire, Some(coordinated(None, None, 3, "10")));
+    let assigned = coordinated(Some(ME), None, 3, "11");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(assigned))));
+    assert_eq!(w.call(1.0, Want::Acquire).op, Op::Acquire);
+}
+
+#[test]
+fn a_same_identity_impostor_on_a_coordinated_lease_is_not_adopted() {
+    // We hold a coordinated lease; another process with our identity writes a new term. The
+    // record named us before and after: no assignment, so it is judged by expiry.
+    let mut w = Sim::new();
+    hold_assigned(&mut w, 0.0);
+    let theirs = coordinated(Some(ME), None, 5, "13");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(theirs))));
+    assert_eq!(
+        w.next(1.0, Want::Acquire),
+        Step::StepDown(StepDownReason::Superseded {
+            holder: Some(ME.into())
+        })
+    );
+    assert_eq!(
+        w.wait(1.0, Want::Acquire),
+        Waiting::Following {
+            holder: ME.into(),
+            until: w.at(6.0)
+        }
+    );
+    // A renewal of theirs is no assignment either.
+    let renewed = coordinated(Some(ME), None, 5, "14");
+    assert!(w.m.on_watch(w.at(2.0), Ok(WatchEvent::Applied(renewed))));
+    assert_eq!(
+        w.wait(2.0, Want::Acquire),
+        Waiting::Following {
+            holder: ME.into(),
+            until: w.at(7.0)
+        }
+    );
+    // A record naming us the first time we look, when we may not reclaim (our predecessor's
+    // work may still run): judged by expiry too.
+    let mut fresh = Sim::new();
+    fresh.m.forbid_reclaim();
+    fresh.read(
+        0.0,
+        Want::Acquire,
+        Some(coordinated(Some(ME), None, 3, "10")),
+    );
+    assert_eq!(
+        fresh.wait(0.0, Want::Acquire),
+        Waiting::Following {
+            holder: ME.into(),
+            until: fresh.at(5.0)
+        }
+    );
+    assert_eq!(
+        fresh.call(5.0, Want::Acquire).op,
+        Op::Acquire,
+        "ours, expired"
+    );
+}
+
+#[test]
+fn without_a_strategy_a_holder_change_to_us_is_not_an_assignment() {
+    // (e) Only the controller of a coordinated lease assigns; on a plain lease a change to our
+    // identity is another process's (or a lost write of ours), judged as before.
+    let mut w = Sim::new();
+    w.m.forbid_reclaim();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(3))),
+    );
+    let ours = versioned(Some(ME), Some(15), Some(4), "8");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(ours))));
+    assert_eq!(
+        w.wait(1.0, Want::Acquire),
+        Waiting::Following {
+            holder: ME.into(),
+            until: w.at(16.0)
+        }
+    );
+}
+
+#[test]
+fn a_controller_handover_between_two_replicas_keeps_tokens_increasing() {
+    // The controller (played here) assigns a, then prefers b: a yields and releases, the
+    // controller assigns b, b takes it. One holder at a time, tokens strictly increase.
+    let mut store = Cas {
+        lease: Some(coordinated(None, None, 0, "1")),
+        revision: 1,
+        writes: 0,
+    };
+    let mut a = Sim::with_identity("a");
+    let mut b = Sim::with_identity("b");
+    let controller = |store: &mut Cas, holder: Option<&str>, preferred: Option<&str>| {
+        let mut record = store.lease.clone().unwrap().record;
+        record.holder_identity = holder.map(str::to_owned);
+        record.preferred_holder = preferred.map(str::to_owned);
+        store.revision += 1;
+        store.lease = Some(StoredLease {
+            name: "s.election.x".into(),
+            record,
+            resource_version: store.revision.to_string(),
+        });
+    };
+    let see = |sim: &mut Sim, store: &Cas, t: f64| {
+        let current = store.lease.clone().unwrap();
+        sim.m.on_watch(sim.at(t), Ok(WatchEvent::Applied(current)));
+    };
+    for sim in [&mut a, &mut b] {
+        let (outcomes, step) = play(sim, &mut store, 0.0, Want::Acquire, 3);
+        assert!(matches!(outcomes[..], [Outcome::Read]), "{outcomes:?}");
+        assert!(matches!(step, Step::Wait(Waiting::Coordinated { .. })));
+    }
+    controller(&mut store, Some("a"), None);
+    see(&mut a, &store, 1.0);
+    see(&mut b, &store, 1.0);
+    let (outcomes, _) = play(&mut a, &mut store, 1.0, Want::Acquire, 3);
+    assert!(matches!(outcomes[..], [Outcome::Acquired { token: 1 }]));
+    let (outcomes, step) = play(&mut b, &mut store, 1.0, Want::Acquire, 3);
+    assert!(outcomes.is_empty() && matches!(step, Step::Wait(Waiting::Coordinated { .. })));
+
+    controller(&mut store, Some("a"), Some("b"));
+    see(&mut a, &store, 2.0);
+    see(&mut b, &store, 2.0);
+    assert_eq!(
+        a.next(2.0, Want::Keep),
+        Step::StepDown(StepDownReason::PreferredHolder { holder: "b".into() })
+    );
+    let (outcomes, _) = play(&mut a, &mut store, 2.0, Want::Release, 3);
+    assert!(matches!(outcomes[..], [Outcome::Released]), "{outcomes:?}");
+    let released = store.lease.clone().unwrap();
+    assert_eq!(released.record.holder(), None);
+    see(&mut b, &store, 2.0);
+    let (outcomes, _) = play(&mut b, &mut store, 2.0, Want::Acquire, 3);
+    assert!(
+        outcomes.is_empty(),
+        "b waits for the controller: {outcomes:?}"
+    );
+
+    controller(&mut store, Some("b"), None);
+    see(&mut a, &store, 3.0);
+    see(&mut b, &store, 3.0);
+    let (outcomes, _) = play(&mut b, &mut store, 3.0, Want::Acquire, 3);
+    assert!(
+        matches!(outcomes[..], [Outcome::Acquired { token: 2 }]),
+        "{outcomes:?}"
+    );
+    let (outcomes, step) = play(&mut a, &mut store, 3.0, Want::Acquire, 3);
+    assert!(outcomes.is_empty() && matches!(step, Step::Wait(Waiting::Coordinated { .. })));
 }
 
 // ---- fencing and versions ---------------------------------------------------------------

@@ -326,6 +326,22 @@ impl Face for LockFace {
                     holder: holder.clone(),
                 });
             }
+            Waiting::Coordinated { holder, .. } => {
+                // Only the API server's election controller can give us this lease.
+                let lock = core.key.to_string();
+                self.fail_tries(|| match holder {
+                    Some(holder) => Error::AlreadyLocked {
+                        lock: lock.clone(),
+                        holder: holder.clone(),
+                    },
+                    None => Error::InvalidState {
+                        lease: lock.clone(),
+                        reason: "spec.strategy is set: the API server's election controller \
+                                 assigns this lease, and has not assigned it to us"
+                            .into(),
+                    },
+                });
+            }
             Waiting::Invalid { reason, .. } => {
                 let lease = core.key.to_string();
                 self.fail_all(|| Error::InvalidState {

@@ -369,6 +369,7 @@ mod tests {
         );
         assert_eq!(lease.metadata.resource_version.as_deref(), Some("42"));
         lease.spec.as_mut().unwrap().strategy = Some("OldestEmulationVersion".into());
+        lease.spec.as_mut().unwrap().preferred_holder = Some("pod-b".into());
         let back = from_lease(&key, lease);
         assert_eq!(back.resource_version, "42");
         assert_eq!(back.record.holder(), Some("pod-a"));
@@ -378,6 +379,11 @@ mod tests {
             back.record.strategy.as_deref(),
             Some("OldestEmulationVersion")
         );
+        assert_eq!(back.record.preferred_holder.as_deref(), Some("pod-b"));
+        // And written back as read (a PUT keeps them).
+        let spec = to_lease(&key, &back.record, None).spec.unwrap();
+        assert_eq!(spec.strategy.as_deref(), Some("OldestEmulationVersion"));
+        assert_eq!(spec.preferred_holder.as_deref(), Some("pod-b"));
         assert_eq!(back.record.handoff_request.as_deref(), Some("pod-b"));
         assert_eq!(back.record.successor, None);
     }

@@ -5,6 +5,13 @@
 //! dsync can tell the difference: a global, increasing `resourceVersion`; `replace` with a stale
 //! version fails with `Conflict`; `create` of an existing lease fails with `AlreadyExists`;
 //! invalid names and specs are rejected with `Invalid`; watches see every write in order.
+//!
+//! It behaves like a server with the `CoordinatedLeaderElection` feature gate **on**:
+//! `spec.strategy` and `spec.preferredHolder` are kept as written (and validated as the API
+//! server does: a known or domain-qualified strategy; a preferred holder only with a strategy).
+//! A server with the gate off (the Kubernetes default) drops both fields on every write. The
+//! memory store runs no election controller: whoever writes those fields (a test, with
+//! [`MemoryStore::put`]) plays its part.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -197,7 +204,39 @@ fn validate(key: &LeaseKey, record: &LeaseRecord) -> StoreResult<()> {
             "spec.leaseTransitions: Invalid value: {t}: must be greater than or equal to 0"
         ));
     }
+    if let Some(strategy) = &record.strategy
+        && !is_valid_strategy(strategy)
+    {
+        return invalid(format!(
+            "spec.strategy: Unsupported value: {strategy:?}: supported values: \
+             \"OldestEmulationVersion\" (or a domain-qualified name)"
+        ));
+    }
+    if record.preferred().is_some() && !record.coordinated() {
+        return invalid(
+            "spec.preferredHolder: Forbidden: may only be specified if `strategy` is defined"
+                .into(),
+        );
+    }
     Ok(())
+}
+
+/// The API server's rule for `spec.strategy`: a Kubernetes-defined name (only
+/// `OldestEmulationVersion` today), or a domain-qualified one (`example.com/my-strategy`).
+fn is_valid_strategy(strategy: &str) -> bool {
+    match strategy.split_once('/') {
+        None => strategy == "OldestEmulationVersion",
+        Some((prefix, name)) => {
+            let name_ok = !name.is_empty()
+                && name.len() <= 63
+                && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            is_dns1123_subdomain(prefix) && name_ok
+        }
+    }
 }
 
 impl LeaseStore for MemoryStore {
@@ -417,5 +456,62 @@ mod tests {
         let t = s.clone();
         s.create(&key(), held_by("a")).await.unwrap();
         assert_eq!(t.get(&key()).await.unwrap().record.holder(), Some("a"));
+    }
+    #[tokio::test]
+    async fn coordinated_fields_are_kept_and_validated_like_a_server_with_the_gate_on() {
+        let s = MemoryStore::new();
+        let coordinated = LeaseRecord {
+            strategy: Some("OldestEmulationVersion".into()),
+            preferred_holder: Some("b".into()),
+            ..held_by("a")
+        };
+        let v = s.create(&key(), coordinated.clone()).await.unwrap();
+        assert_eq!(s.get(&key()).await.unwrap().record, coordinated, "kept");
+        let custom = LeaseRecord {
+            strategy: Some("example.com/my-strategy".into()),
+            ..held_by("a")
+        };
+        s.replace(&key(), custom, &v.resource_version)
+            .await
+            .unwrap();
+        for (record, what) in [
+            (
+                LeaseRecord {
+                    strategy: Some("Newest".into()),
+                    ..held_by("a")
+                },
+                "spec.strategy",
+            ),
+            (
+                LeaseRecord {
+                    strategy: Some(String::new()),
+                    ..held_by("a")
+                },
+                "spec.strategy",
+            ),
+            (
+                LeaseRecord {
+                    preferred_holder: Some("b".into()),
+                    ..held_by("a")
+                },
+                "spec.preferredHolder",
+            ),
+        ] {
+            match s.put(&key(), record) {
+                Err(StoreError::Invalid { message, .. }) => {
+                    assert!(message.contains(what), "{message}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        // An empty preferred holder is no preferred holder.
+        s.put(
+            &key(),
+            LeaseRecord {
+                preferred_holder: Some(String::new()),
+                ..held_by("a")
+            },
+        )
+        .unwrap();
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease};
 use dsync::{Config, Dsync, KubeStore, LeaseThread, MemoryStore, Timing};
 
-use super::apiserver::{Harness, client, namespace};
+use super::apiserver::{Harness, client, namespace_on};
 use dsync::testing::FaultyStore;
 
 /// Generates a memory and a kube `#[actix::test]` for each listed `async fn name(env: Env)`,
@@ -101,13 +101,20 @@ impl Env {
 
     /// `KubeStore` on the real harness, a fresh namespace, real time.
     pub async fn kube() -> Env {
+        Env::kube_on(Harness::get()).await
+    }
+
+    /// `KubeStore` on a harness of the test's choosing (e.g. one started with extra flags), a
+    /// fresh namespace, real time.
+    pub async fn kube_on(harness: &Harness) -> Env {
         // RUST_LOG=dsync=debug shows what the actors do.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let admin = Harness::get().ready().admin;
-        let namespace = namespace().await;
+        let ready = harness.ready();
+        let admin = ready.admin.clone();
+        let namespace = namespace_on(&ready).await;
         let store = kube_store(&admin).await;
         Env {
             backend: Backend::Kube { admin, store },
@@ -278,6 +285,23 @@ impl Env {
         self.peek(key)
             .await
             .and_then(|l| l.record.holder().map(str::to_owned))
+    }
+
+    /// A controller's read-modify-write: `edit` applied to the lease as it is now, written on
+    /// its version, again on a conflict (the holder may renew in between). Returns what was
+    /// stored (a server may drop fields).
+    pub async fn edit(&self, key: &LeaseKey, edit: impl Fn(&mut LeaseRecord)) -> StoredLease {
+        let store = self.store().await;
+        loop {
+            let current = store.get(key).await.unwrap();
+            let mut record = current.record.clone();
+            edit(&mut record);
+            match store.replace(key, record, &current.resource_version).await {
+                Ok(stored) => return stored,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => panic!("editing {key}: {e}"),
+            }
+        }
     }
 
     /// An administrator's edit (kubectl edit): writes `record` over whatever is there.

@@ -37,6 +37,15 @@ struct Running {
     ready: Ready,
 }
 
+/// The kube-apiserver flags that turn on coordinated leader election (KEP-4355; beta and off
+/// by default in Kubernetes 1.36): the feature gate, and the `coordination.k8s.io/v1beta1` API
+/// for `LeaseCandidate`s. With them the server keeps a Lease's `spec.strategy` and
+/// `spec.preferredHolder` (without them it drops both) and runs its election controller.
+pub const COORDINATED_LEADER_ELECTION: &[&str] = &[
+    "--feature-gates=CoordinatedLeaderElection=true",
+    "--runtime-config=coordination.k8s.io/v1beta1=true",
+];
+
 /// A kube-apiserver harness process (kube-apiserver and etcd in one process), which exits when
 /// this process ends.
 pub struct Harness {
@@ -139,6 +148,20 @@ impl Harness {
     pub fn get() -> &'static Harness {
         static HARNESS: OnceLock<Harness> = OnceLock::new();
         HARNESS.get_or_init(|| Harness::launch(Vec::new()))
+    }
+
+    /// A harness of this test binary with Kubernetes' coordinated leader election enabled
+    /// ([`COORDINATED_LEADER_ELECTION`]), started on first use, besides [`Harness::get`]'s.
+    pub fn coordinated() -> &'static Harness {
+        static HARNESS: OnceLock<Harness> = OnceLock::new();
+        HARNESS.get_or_init(|| {
+            Harness::launch(
+                COORDINATED_LEADER_ELECTION
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            )
+        })
     }
 
     /// A harness of its own (built if needed) in a fresh data directory, with extra

@@ -1,0 +1,361 @@
+//! Coordinated leader election (KEP-4355): on a Lease with `spec.strategy` the API server's
+//! election controller picks the holder, and sets `spec.preferredHolder` to ask the holder to
+//! give the lease up. No dsync replica registers `LeaseCandidate`s, so the controller itself
+//! never touches these leases: the tests write `strategy` / `preferredHolder` / the holder as
+//! it would (`Env::edit`).
+//!
+//! Each test runs on `MemoryStore` in paused time (which keeps the fields like a server with
+//! the feature gate on) and on a real kube-apiserver started with
+//! `--feature-gates=CoordinatedLeaderElection=true --runtime-config=coordination.k8s.io/v1beta1=true`
+//! (`Harness::coordinated`, its own server). The last test runs on the default server, where
+//! the gate is off (as in Kubernetes by default): the server drops both fields and dsync
+//! behaves as without them.
+#![cfg(feature = "testing")]
+
+mod support;
+
+use std::time::Duration;
+
+use dsync::store::{LeaseKey, LeaseRecord, LeaseStore};
+use dsync::testing::{TermLog, settle, within};
+use dsync::{DeposeReason, Dsync, Election, LeaseKind, Term};
+use support::apiserver::Harness;
+use support::backend::Env;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+const STRATEGY: &str = "OldestEmulationVersion";
+
+/// Like `on_both_stores!`, with the kube variant on the harness whose gate is on.
+macro_rules! on_memory_and_coordinated_kube {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[actix::test]
+                async fn $name() {
+                    let _wall = ::dsync::testing::WallWatchdog::start(
+                        concat!("memory::", stringify!($name)),
+                        ::std::time::Duration::from_secs(300),
+                    );
+                    let env = $crate::support::backend::Env::memory().await;
+                    let watchdog = env.watchdog();
+                    ::dsync::testing::within(watchdog, stringify!($name), super::$name(env)).await
+                }
+            )*
+        }
+        mod kube {
+            $(
+                #[actix::test]
+                async fn $name() {
+                    let harness = $crate::support::apiserver::Harness::coordinated();
+                    let env = $crate::support::backend::Env::kube_on(harness).await;
+                    let watchdog = env.watchdog();
+                    ::dsync::testing::within(watchdog, stringify!($name), super::$name(env)).await
+                }
+            )*
+        }
+    };
+}
+
+on_memory_and_coordinated_kube!(
+    a_leader_preferred_away_is_deposed_drains_then_releases,
+    candidates_never_acquire_a_coordinated_lease_and_take_it_when_assigned,
+    a_try_lock_on_a_coordinated_lease_is_refused,
+);
+
+/// The election's lease key, without starting the election.
+fn election_key(d: &Dsync, name: &str) -> LeaseKey {
+    d.resource(name).lease_key(LeaseKind::Election)
+}
+
+/// Waits until `election` has observed `leader` as the lease's holder.
+async fn sees_leader(env: &Env, election: &Election, leader: Option<&str>) {
+    let mut rx = election.watch_status();
+    within(env.limit(), "the leader is observed", async {
+        rx.wait_for(|s| s.leader.as_deref() == leader)
+            .await
+            .expect("the election is running");
+    })
+    .await;
+}
+
+async fn a_leader_preferred_away_is_deposed_drains_then_releases(env: Env) {
+    let a = env.replica("pod-a").await;
+    let b = env.replica("pod-b").await;
+    let key = election_key(&a, "x");
+    let ea = a.election("x").unwrap();
+    let log = TermLog::default();
+    log.record("pod-a", &ea).unwrap();
+    // pod-a's term work: returns only when the test says so, after its term was cancelled.
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let finish = std::sync::Mutex::new(Some(finish_rx));
+    ea.when_elected(move |term: Term| {
+        let finish = finish.lock().unwrap().take();
+        async move {
+            term.cancelled().await;
+            if let Some(finish) = finish {
+                let _ = finish.await;
+            }
+        }
+    })
+    .unwrap();
+    let term_a = within(env.limit(), "pod-a elected", ea.elected())
+        .await
+        .unwrap();
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
+    sees_leader(&env, &eb, Some("pod-a")).await;
+
+    // The controller (with pod-b as the better candidate) marks the end of pod-a's term.
+    let marked = env
+        .edit(&key, |r| {
+            r.strategy = Some(STRATEGY.into());
+            r.preferred_holder = Some("pod-b".into());
+        })
+        .await;
+    assert_eq!(marked.record.preferred(), Some("pod-b"), "the gate is on");
+    let t0 = Instant::now();
+    within(env.limit(), "pod-a's term cancelled", term_a.cancelled()).await;
+    env.assert_between(t0.elapsed(), Duration::ZERO, Duration::ZERO, "deposed");
+    assert!(!ea.is_leader());
+
+    // Its work has not returned: the lease stays pod-a's, renewed, for longer than a lease
+    // duration. Nobody else takes it.
+    let before = env.peek(&key).await.unwrap();
+    tokio::time::sleep(env.lease() + env.retry()).await;
+    let during = env.peek(&key).await.unwrap();
+    assert_eq!(
+        during.record.holder(),
+        Some("pod-a"),
+        "not released while work runs"
+    );
+    assert_ne!(
+        during.resource_version, before.resource_version,
+        "renewed while the work drains"
+    );
+    assert!(!eb.is_leader());
+
+    // The work returns: the lease is released, keeping strategy and preferred holder.
+    finish_tx.send(()).unwrap();
+    sees_leader(&env, &ea, None).await;
+    let released = env.peek(&key).await.unwrap();
+    assert_eq!(released.record.holder(), None);
+    assert_eq!(released.record.strategy.as_deref(), Some(STRATEGY));
+    assert_eq!(released.record.preferred(), Some("pod-b"));
+    assert_eq!(
+        released.record.lease_transitions,
+        Some(term_a.fencing_token())
+    );
+
+    // pod-b (and pod-a, campaigning again) wait for the controller: nobody writes.
+    tokio::time::sleep(env.leases(2)).await;
+    let still = env.peek(&key).await.unwrap();
+    assert_eq!(
+        still.resource_version, released.resource_version,
+        "nobody wrote"
+    );
+    assert!(!ea.is_leader() && !eb.is_leader());
+
+    // The controller hands the lease to pod-b: it takes it at once, as a new term.
+    let t0 = Instant::now();
+    env.edit(&key, |r| {
+        r.holder_identity = Some("pod-b".into());
+        r.preferred_holder = None;
+        r.lease_duration_seconds = Some(5);
+        r.acquire_time = None;
+    })
+    .await;
+    let term_b = within(env.limit(), "pod-b elected", eb.elected())
+        .await
+        .unwrap();
+    env.assert_between(t0.elapsed(), Duration::ZERO, Duration::ZERO, "adopted");
+    assert!(term_b.fencing_token() > term_a.fencing_token());
+    let held = env.peek(&key).await.unwrap();
+    assert_eq!(held.record.holder(), Some("pod-b"));
+    assert_eq!(held.record.strategy.as_deref(), Some(STRATEGY), "kept");
+    assert!(!ea.is_leader());
+
+    settle().await;
+    log.assert_safe();
+    let spans = log.spans();
+    assert_eq!(spans[0].replica, "pod-a");
+    assert_eq!(
+        spans[0].reason,
+        Some(DeposeReason::PreferredHolder {
+            holder: "pod-b".into()
+        })
+    );
+    assert_eq!(spans[1].replica, "pod-b");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+async fn candidates_never_acquire_a_coordinated_lease_and_take_it_when_assigned(env: Env) {
+    let b = env.replica("pod-b").await;
+    let key = election_key(&b, "x");
+    // The controller created the lease for a candidate that has since died.
+    let store = env.store().await;
+    let created = store
+        .create(
+            &key,
+            LeaseRecord {
+                holder_identity: Some("pod-gone".into()),
+                lease_duration_seconds: Some(1),
+                lease_transitions: Some(3),
+                strategy: Some(STRATEGY.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        created.record.strategy.as_deref(),
+        Some(STRATEGY),
+        "the gate is on"
+    );
+    let eb = b.election("x").unwrap();
+    sees_leader(&env, &eb, Some("pod-gone")).await;
+    // Long expired: still not taken. The controller picks the holder.
+    tokio::time::sleep(env.leases(3)).await;
+    assert!(!eb.is_leader());
+    assert_eq!(env.peek(&key).await.unwrap(), created, "nobody wrote");
+
+    // Free: not taken either.
+    let free = env
+        .edit(&key, |r| {
+            r.holder_identity = None;
+        })
+        .await;
+    sees_leader(&env, &eb, None).await;
+    tokio::time::sleep(env.leases(2)).await;
+    assert!(!eb.is_leader());
+    assert_eq!(env.peek(&key).await.unwrap(), free, "nobody wrote");
+
+    // Assigned to pod-b: taken at once, with the next fencing token.
+    let t0 = Instant::now();
+    env.edit(&key, |r| {
+        r.holder_identity = Some("pod-b".into());
+        r.lease_duration_seconds = Some(5);
+    })
+    .await;
+    let term = within(env.limit(), "pod-b elected", eb.elected())
+        .await
+        .unwrap();
+    env.assert_between(t0.elapsed(), Duration::ZERO, Duration::ZERO, "adopted");
+    assert_eq!(term.fencing_token(), 4);
+    let held = env.peek(&key).await.unwrap();
+    assert_eq!(held.record.holder(), Some("pod-b"));
+    assert_eq!(held.record.strategy.as_deref(), Some(STRATEGY));
+    // And renewed from then on.
+    tokio::time::sleep(env.leases(2)).await;
+    assert!(eb.is_leader());
+    assert_eq!(term.fencing_token(), eb.term().unwrap().fencing_token());
+    b.shutdown().await.unwrap();
+}
+
+async fn a_try_lock_on_a_coordinated_lease_is_refused(env: Env) {
+    let d = env.replica("pod-a").await;
+    let key = d.resource("report").lease_key(LeaseKind::Lock);
+    let store = env.store().await;
+    let record = LeaseRecord {
+        lease_duration_seconds: Some(5),
+        strategy: Some(STRATEGY.into()),
+        ..Default::default()
+    };
+    store.create(&key, record).await.unwrap();
+    let lock = d.lock("report").unwrap();
+    let err = within(env.limit(), "try_lock answers", lock.try_lock())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, dsync::Error::InvalidState { reason, .. } if reason.contains("strategy")),
+        "{err:?}"
+    );
+    env.edit(&key, |r| r.holder_identity = Some("pod-z".into()))
+        .await;
+    let err = within(env.limit(), "try_lock answers", lock.try_lock())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, dsync::Error::AlreadyLocked { holder, .. } if holder == "pod-z"),
+        "{err:?}"
+    );
+    d.shutdown().await.unwrap();
+}
+
+/// On the default server (gate off) the fields are dropped on every write: a leader whose
+/// lease is "marked" keeps leading, and a lease "created with a strategy" is a plain one.
+#[actix::test]
+async fn with_the_gate_off_the_server_drops_the_fields_and_nothing_changes() {
+    let env = Env::kube_on(Harness::get()).await;
+    let watchdog = env.watchdog();
+    within(watchdog, "gate off", async {
+        let a = env.replica("pod-a").await;
+        let key = election_key(&a, "x");
+        let ea = a.election("x").unwrap();
+        let term = within(env.limit(), "pod-a elected", ea.elected())
+            .await
+            .unwrap();
+        let stored = env
+            .edit(&key, |r| {
+                r.strategy = Some(STRATEGY.into());
+                r.preferred_holder = Some("pod-b".into());
+            })
+            .await;
+        assert_eq!(stored.record.strategy, None, "dropped by the server");
+        assert_eq!(
+            stored.record.preferred_holder, None,
+            "dropped by the server"
+        );
+        tokio::time::sleep(env.leases(2)).await;
+        assert!(term.is_active(), "not deposed");
+        assert_eq!(ea.term().unwrap().id(), term.id());
+
+        let b = env.replica("pod-b").await;
+        let key = election_key(&b, "y");
+        let store = env.store().await;
+        let created = store
+            .create(
+                &key,
+                LeaseRecord {
+                    lease_duration_seconds: Some(5),
+                    strategy: Some(STRATEGY.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.record.strategy, None, "dropped by the server");
+        let t0 = Instant::now();
+        let eb = b.election("y").unwrap();
+        within(env.limit(), "pod-b elected", eb.elected())
+            .await
+            .unwrap();
+        env.assert_between(t0.elapsed(), Duration::ZERO, Duration::ZERO, "a free lease");
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// A handoff of a coordinated lease is refused: the API server's election controller picks
+/// its holder, and dsync candidates never acquire it on their own.
+#[actix::test]
+async fn a_handoff_of_a_coordinated_lease_is_refused() {
+    let env = Env::memory().await;
+    let a = env.replica("pod-a").await;
+    let ea = a.election("x").unwrap();
+    let term = within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    let key = ea.lease();
+    let mut stored = env.peek(&key).await.unwrap();
+    stored.record.strategy = Some("OldestEmulationVersion".into());
+    env.put(&key, stored.record).await;
+    dsync::testing::settle().await;
+    let result = ea.handoff_to("pod-b").await;
+    assert!(
+        matches!(result, Err(dsync::Error::HandoffFailed { .. })),
+        "{result:?}"
+    );
+    assert!(term.is_active(), "refused before anything ended");
+    a.shutdown().await.unwrap();
+}

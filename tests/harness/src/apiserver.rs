@@ -96,6 +96,32 @@ fn build() -> PathBuf {
     )
 }
 
+/// Removes the data directories of harnesses whose test process has exited. A harness in a
+/// `static` is never dropped, so its process cannot clean up after itself; each directory is
+/// named `<pid>-<uuid>`, and one whose pid no longer runs is left over (etcd data, logs:
+/// tens of MB each, gigabytes after a few hundred test runs). Only on systems with `/proc`.
+fn prune_stale_runs(runs: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return; // no runs yet
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn start(bin: &Path, data_dir: &Path, extra_args: &[String]) -> Running {
     let mut command = Command::new(bin);
     command.arg("--data-dir").arg(data_dir);
@@ -168,7 +194,9 @@ impl Harness {
     /// kube-apiserver flags (for example audit logging).
     pub fn launch(extra_args: Vec<String>) -> Harness {
         let bin = build();
-        let data_dir = repo().join("target/apiserver/runs").join(format!(
+        let runs = repo().join("target/apiserver/runs");
+        prune_stale_runs(&runs);
+        let data_dir = runs.join(format!(
             "{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()

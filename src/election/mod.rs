@@ -23,8 +23,8 @@
 //! Kubernetes' coordinated leader election (KEP-4355) lets the API server's election
 //! controller pick a lease's holder: on a Lease with `spec.strategy` (e.g.
 //! `OldestEmulationVersion`) the controller writes `holderIdentity`, and sets
-//! `spec.preferredHolder` to ask the holder to give the lease up. dsync follows client-go's
-//! coordinated mode, so client-go peers running with `Coordinated: true` interoperate:
+//! `spec.preferredHolder` to ask the holder to give the lease up. dsync follows the rules of
+//! client-go's coordinated mode (`Coordinated: true`):
 //!
 //! * a leader whose lease names another preferred holder ends its term: it is cancelled
 //!   ([`Deposed`] with [`DeposeReason::PreferredHolder`]), its `when_elected` work drains while

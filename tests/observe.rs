@@ -495,10 +495,8 @@ async fn invalid_names_are_rejected_before_any_side_effect(env: Env) {
 /// Kube only: what RBAC lets a read-only observer do.
 mod read_only {
     use super::*;
-    use ::kube::api::Api;
-    use ::kube::api::{ObjectMeta, PostParams};
     use dsync::{Config, LeaseStore};
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
+    use k8s_openapi::api::rbac::v1::Role;
     use serde::Deserialize;
     use support::apiserver::{Harness, client, namespace};
     use support::backend::{kube_store, kube_timing};
@@ -539,32 +537,7 @@ mod read_only {
         let verbs = &role.rules.as_ref().unwrap()[0].verbs;
         assert_eq!(verbs, &["get", "list", "watch"], "read-only");
         let admin = client(&ready.admin).await;
-        let role_name = role.metadata.name.clone().unwrap();
-        Api::<Role>::namespaced(admin.clone(), &ns)
-            .create(&PostParams::default(), &role)
-            .await
-            .unwrap();
-        let binding = RoleBinding {
-            metadata: ObjectMeta {
-                name: Some("test-observer".into()),
-                ..Default::default()
-            },
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "Role".into(),
-                name: role_name,
-            },
-            subjects: Some(vec![Subject {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "User".into(),
-                name: "dsync-norights".into(),
-                ..Default::default()
-            }]),
-        };
-        Api::<RoleBinding>::namespaced(admin, &ns)
-            .create(&PostParams::default(), &binding)
-            .await
-            .unwrap();
+        support::rbac::bind_to_norights(admin, &ns, &role, "test-observer").await;
 
         let reader = replica(kube_store(&ready.norights).await, &ns, "observer");
         let obs = reader.observe("x").unwrap();

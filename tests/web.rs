@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use app::LeaderInfo;
 use dsync::testing::FaultyStore;
 use dsync::{Config, Dsync, LeaseKey, MemoryStore};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
-use kube::api::{Api, ObjectMeta, PostParams};
+use k8s_openapi::api::rbac::v1::Role;
 use serde::Deserialize;
 use support::apiserver::{Harness, client, namespace};
 use support::backend::kube_timing;
@@ -234,33 +233,7 @@ async fn three_processes_on_the_deploy_role_one_leader_and_its_worker_through_ki
     let ns = namespace().await;
     // Bind the shipped Role, unchanged, to a user that has no rights otherwise.
     let admin = client(&ready.admin).await;
-    let role = deploy_role();
-    let role_name = role.metadata.name.clone().unwrap();
-    Api::<Role>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some("test-leases".into()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: role_name,
-        },
-        subjects: Some(vec![Subject {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "User".into(),
-            name: "dsync-norights".into(),
-            ..Default::default()
-        }]),
-    };
-    Api::<RoleBinding>::namespaced(admin, &ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    support::rbac::bind_to_norights(admin, &ns, &deploy_role(), "test-leases").await;
 
     let bin = example_binary();
     let mut replicas: Vec<Replica> = (0..3)

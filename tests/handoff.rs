@@ -232,6 +232,11 @@ async fn a_handoff_waits_for_the_work_and_its_drain_is_bounded(env: Env) {
         env.lease(),
         "the unreleased lease expired",
     );
+    // The stuck work still runs on pod-a2: it does not campaign meanwhile (no second term
+    // whose work would overlap the first's).
+    tokio::time::sleep(env.leases(2)).await;
+    assert!(!ea.is_leader());
+    assert!(eb.is_leader());
     drop(a); // its work never returns: not shut down (that would wait for the drain again)
     b.shutdown().await.unwrap();
 }

@@ -500,7 +500,8 @@ impl Election {
     /// * [`Error::NotLeader`] if this replica holds no live term; [`Error::HandoffInProgress`]
     ///   if a handoff to someone else is under way (one to the same successor is joined);
     ///   [`Error::DrainTimeout`] if the work did not return within the drain timeout (nothing
-    ///   was written; the lease expires); [`Error::HandoffFailed`] if the lease was lost
+    ///   was written; the lease expires, and this replica does not campaign again until that
+    ///   work has returned); [`Error::HandoffFailed`] if the lease was lost
     ///   before the release; the store's error if the release could not be written.
     /// * Called from this election's own `when_elected` work, it does not wait for that work
     ///   and returns [`Error::HandoffFromWork`] at once; the handoff still takes place.

@@ -369,6 +369,9 @@ impl Core {
             Phase::Serving(_) | Phase::Draining(_) => Want::Keep,
             // A handoff's release is a release naming the successor (the machine knows whom).
             Phase::Vacant if self.machine.holding() || self.is_stopping() => Want::Release,
+            // The work of a term abandoned at its drain timeout still runs: no new term until
+            // it has returned (its lease expires meanwhile; others take over).
+            Phase::Vacant if self.abandoned.as_ref().is_some_and(Term::has_work) => Want::Keep,
             Phase::Vacant if face.wants(self) => Want::Acquire,
             Phase::Vacant => Want::Keep,
         }
@@ -409,9 +412,9 @@ impl Core {
         term.mark_lost();
         self.machine.abandon();
         self.finish_handoff(HandoffOutcome::DrainTimeout(self.shared.drain_timeout));
-        if self.is_stopping() {
-            self.abandoned = Some(term);
-        }
+        // Kept while its work runs: a stop reports it, and no new term starts meanwhile
+        // (work of two terms never overlaps within one replica).
+        self.abandoned = Some(term);
     }
 
     /// Hands the lease to `to`: the term ends now (cancelled first, its work drained as a

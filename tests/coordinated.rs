@@ -26,38 +26,9 @@ use tokio::time::Instant;
 
 const STRATEGY: &str = "OldestEmulationVersion";
 
-/// Like `on_both_stores!`, with the kube variant on the harness whose gate is on.
-macro_rules! on_memory_and_coordinated_kube {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[actix::test]
-                async fn $name() {
-                    let _wall = ::dsync::testing::WallWatchdog::start(
-                        concat!("memory::", stringify!($name)),
-                        ::std::time::Duration::from_secs(300),
-                    );
-                    let env = $crate::support::backend::Env::memory().await;
-                    let watchdog = env.watchdog();
-                    ::dsync::testing::within(watchdog, stringify!($name), super::$name(env)).await
-                }
-            )*
-        }
-        mod kube {
-            $(
-                #[actix::test]
-                async fn $name() {
-                    let harness = $crate::support::apiserver::Harness::coordinated();
-                    let env = $crate::support::backend::Env::kube_on(harness).await;
-                    let watchdog = env.watchdog();
-                    ::dsync::testing::within(watchdog, stringify!($name), super::$name(env)).await
-                }
-            )*
-        }
-    };
-}
-
-on_memory_and_coordinated_kube!(
+// The kube variant runs on the harness whose gate is on.
+crate::on_both_stores!(
+    harness = crate::support::apiserver::Harness::coordinated();
     a_leader_preferred_away_is_deposed_drains_then_releases,
     candidates_never_acquire_a_coordinated_lease_and_take_it_when_assigned,
     a_try_lock_on_a_coordinated_lease_is_refused,

@@ -24,7 +24,15 @@ use dsync::testing::FaultyStore;
 /// in modules `memory` and `kube`.
 #[macro_export]
 macro_rules! on_both_stores {
+    // The kube variant on the default harness.
     ($($name:ident),* $(,)?) => {
+        $crate::on_both_stores!(
+            harness = $crate::support::apiserver::Harness::get();
+            $($name),*
+        );
+    };
+    // The kube variant on a harness of the caller's choosing (e.g. one with a feature gate on).
+    (harness = $harness:expr; $($name:ident),* $(,)?) => {
         mod memory {
             $(
                 #[actix::test]
@@ -43,7 +51,7 @@ macro_rules! on_both_stores {
             $(
                 #[actix::test]
                 async fn $name() {
-                    let env = $crate::support::backend::Env::kube().await;
+                    let env = $crate::support::backend::Env::kube_on($harness).await;
                     let watchdog = env.watchdog();
                     ::dsync::testing::within(watchdog, stringify!($name), super::$name(env)).await
                 }

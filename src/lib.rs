@@ -137,6 +137,7 @@ mod names;
 pub mod observe;
 pub mod record;
 pub mod resource;
+pub mod semaphore;
 pub mod store;
 pub mod supervisor;
 pub mod term;
@@ -154,6 +155,7 @@ pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
 pub use lock::{Lock, LockStatus, WithLockError};
 pub use observe::{Observation, Observer};
 pub use resource::{LeaseKind, MASTER, NameError, Resource, sanitize_name};
+pub use semaphore::{Permit, Semaphore};
 #[cfg(feature = "kube")]
 pub use store::KubeStore;
 pub use store::{LeaseKey, LeaseRecord, LeaseStore, MemoryStore, StoreError, StoredLease};

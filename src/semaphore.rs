@@ -55,10 +55,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::lock::{Grant, Lock, Owner, WithLockError};
+use crate::lock::{Grant, Lock, LockStatus, Owner, WithLockError};
 use crate::metrics::SemaphoreMetrics;
 use crate::resource::Resource;
 use crate::store::LeaseKey;
@@ -236,6 +237,18 @@ impl Semaphore {
     /// actors' published state; no request.
     pub fn holders(&self) -> Vec<Option<String>> {
         self.inner.slots.iter().map(Lock::holder).collect()
+    }
+
+    /// A snapshot of slot `slot`'s lease actor (holder, local waiters, the local term), or
+    /// `None` if `slot >= permits()`.
+    pub fn slot_status(&self, slot: usize) -> Option<LockStatus> {
+        self.inner.slots.get(slot).map(Lock::status)
+    }
+
+    /// A receiver of slot `slot`'s status changes from now on, or `None` if
+    /// `slot >= permits()`.
+    pub fn watch_slot(&self, slot: usize) -> Option<watch::Receiver<LockStatus>> {
+        self.inner.slots.get(slot).map(Lock::watch_status)
     }
 
     /// Takes a free slot now, or fails with [`Error::NoFreeSlot`] listing each slot's holder.

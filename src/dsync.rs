@@ -265,7 +265,9 @@ impl Dsync {
         })?;
         match entry {
             Entry::Election(election) => Ok(election),
-            Entry::Lock(l) if l.kind == LeaseKind::Semaphore => Err(self.taken(&key, "a semaphore")),
+            Entry::Lock(l) if l.kind == LeaseKind::Semaphore => {
+                Err(self.taken(&key, "a semaphore"))
+            }
             Entry::Lock(_) => Err(self.taken(&key, "a lock")),
         }
     }

@@ -108,7 +108,10 @@ pub enum Error {
     /// `try_acquire` found every slot of the semaphore taken (by other replicas, by this
     /// one's permits, or waited for by this replica's callers already in line): the
     /// semaphore's [`AlreadyLocked`](Self::AlreadyLocked).
-    #[error("semaphore {semaphore} has no free slot (holders: {})", fmt_holders(holders))]
+    #[error(
+        "semaphore {semaphore} has no free slot (holders: {})",
+        fmt_holders(holders)
+    )]
     NoFreeSlot {
         /// `namespace/<scope>.semaphore.<name>` (the slots' common prefix).
         semaphore: String,

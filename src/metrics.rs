@@ -372,9 +372,9 @@ mod enabled {
 }
 
 #[cfg(feature = "metrics")]
-pub(crate) use enabled::{LeaseMetrics, SemaphoreMetrics};
-#[cfg(feature = "metrics")]
 pub use enabled::Metrics;
+#[cfg(feature = "metrics")]
+pub(crate) use enabled::{LeaseMetrics, SemaphoreMetrics};
 
 /// Without the `metrics` feature: records nothing.
 #[cfg(not(feature = "metrics"))]

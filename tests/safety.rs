@@ -2072,13 +2072,13 @@ async fn semaphore_contender(
                     // Received, so it counts (and is dropped at once).
                     log.got(&replica, permit.term());
                 } else if rng.below(2) == 0 {
-                    let _ = tokio::time::timeout(rng.millis(3_000), &mut fut).await.map(
-                        |r| {
+                    let _ = tokio::time::timeout(rng.millis(3_000), &mut fut)
+                        .await
+                        .map(|r| {
                             if let Ok(permit) = r {
                                 log.got(&replica, permit.term());
                             }
-                        },
-                    );
+                        });
                 }
                 count("abandoned acquire");
             }
@@ -2099,8 +2099,8 @@ async fn run_semaphore_seed(seed: u64, counts: &Arc<Mutex<BTreeMap<&'static str,
     for r in 0..replicas {
         let faulty = FaultyStore::new(store.clone());
         let identity = format!("pod-{r}");
-        let d = Dsync::with_config(faulty.clone(), dsync::testing::paused_config(&identity))
-            .unwrap();
+        let d =
+            Dsync::with_config(faulty.clone(), dsync::testing::paused_config(&identity)).unwrap();
         let sem = d.semaphore("pool", permits).unwrap();
         for _ in 0..2 + rng.below(3) {
             tasks.push(actix::spawn(semaphore_contender(
@@ -2146,9 +2146,13 @@ async fn run_semaphore_seed(seed: u64, counts: &Arc<Mutex<BTreeMap<&'static str,
     }
     // Healed: every replica gets a permit again (one at a time if N = 1).
     for (d, _, sem) in &nodes {
-        let permit = within(Duration::from_secs(600), "permit after healing", sem.acquire())
-            .await
-            .unwrap_or_else(|e| panic!("seed {seed}: {} got no permit: {e}", d.identity()));
+        let permit = within(
+            Duration::from_secs(600),
+            "permit after healing",
+            sem.acquire(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {} got no permit: {e}", d.identity()));
         log.got(d.identity(), permit.term());
         permit.release().await.unwrap();
     }
@@ -2203,5 +2207,8 @@ async fn randomized_semaphore_schedules() {
         started.elapsed(),
         stats.join(", ")
     );
-    assert!(permits_checked > seeds.len() * 10, "the schedules took permits");
+    assert!(
+        permits_checked > seeds.len() * 10,
+        "the schedules took permits"
+    );
 }

@@ -58,14 +58,26 @@ async fn one_permit_behaves_like_a_lock(env: Env) {
     let (sa, sb) = (a.semaphore("x", 1).unwrap(), b.semaphore("x", 1).unwrap());
     assert_eq!(sa.permits(), 1);
     let slot = format!("{}/unscoped.semaphore.x.0", env.namespace);
-    assert_eq!(sa.slots().iter().map(ToString::to_string).collect::<Vec<_>>(), [slot.clone()]);
-    assert_eq!(sa.name().to_string(), format!("{}/unscoped.semaphore.x", env.namespace));
+    assert_eq!(
+        sa.slots()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [slot.clone()]
+    );
+    assert_eq!(
+        sa.name().to_string(),
+        format!("{}/unscoped.semaphore.x", env.namespace)
+    );
     let p = sa.try_acquire().await.unwrap();
     assert_eq!((p.slot(), p.lease().to_string()), (0, slot.clone()));
     assert!(p.is_active());
     assert_eq!(env.holder(&p.lease()).await.as_deref(), Some("pod-a"));
     // Not reentrant: the same handle, and the other replica, find no free slot.
-    assert_eq!(no_free_slot(&sa.try_acquire().await.unwrap_err()), [(0, "pod-a".into())]);
+    assert_eq!(
+        no_free_slot(&sa.try_acquire().await.unwrap_err()),
+        [(0, "pod-a".into())]
+    );
     let err = sb.try_acquire().await.unwrap_err();
     assert_eq!(no_free_slot(&err), [(0, "pod-a".into())]);
     assert!(err.to_string().contains("slot 0: pod-a"), "{err}");
@@ -102,16 +114,28 @@ async fn bad_permit_counts_and_names_are_rejected_before_anything_starts(env: En
     assert_eq!(sem.slots()[9].name.len(), 253);
     let err = d.semaphore(&name, 11).unwrap_err();
     assert!(
-        matches!(&err, Error::BadResourceName { source: NameError::TooLong { len: 254, .. }, .. }),
+        matches!(
+            &err,
+            Error::BadResourceName {
+                source: NameError::TooLong { len: 254, .. },
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(matches!(
         d.semaphore("Bad_Name", 2),
-        Err(Error::BadResourceName { source: NameError::InvalidName { .. }, .. })
+        Err(Error::BadResourceName {
+            source: NameError::InvalidName { .. },
+            ..
+        })
     ));
     assert!(matches!(
         d.semaphore("", 2),
-        Err(Error::BadResourceName { source: NameError::EmptyName { kind: "semaphore" }, .. })
+        Err(Error::BadResourceName {
+            source: NameError::EmptyName { kind: "semaphore" },
+            ..
+        })
     ));
     assert!(matches!(
         d.observe_for(d.resource("x"), LeaseKind::Semaphore),
@@ -120,7 +144,10 @@ async fn bad_permit_counts_and_names_are_rejected_before_anything_starts(env: En
     // Only the ten valid slots were started.
     assert_eq!(d.running(), (0, 10));
     let leases = d.leases().await;
-    assert!(leases.iter().all(|l| l.kind == LeaseKind::Semaphore), "{leases:?}");
+    assert!(
+        leases.iter().all(|l| l.kind == LeaseKind::Semaphore),
+        "{leases:?}"
+    );
     d.shutdown().await.unwrap();
 }
 
@@ -161,7 +188,11 @@ async fn three_permits_ten_contenders_three_replicas_never_more_than_three(env: 
     all_free(&env, &sem).await;
     within(env.limit(), "every term ended", log.all_ended()).await;
     let checked = log.check().unwrap_or_else(|v| panic!("{v}"));
-    assert_eq!(checked, 10 * rounds, "every contender got a permit each round");
+    assert_eq!(
+        checked,
+        10 * rounds,
+        "every contender got a permit each round"
+    );
     let slots = sem.slots();
     let max = log.max_concurrent(|l| slots.contains(l));
     assert!(max <= 3, "{max} permits at once");
@@ -205,12 +236,20 @@ async fn a_crashed_holders_slot_frees_after_the_lease_duration_and_not_before(en
     assert_eq!(pc.slot(), slot_a, "B's slot is still held");
     // C saw A's last renewal at most one retry period before the crash, and takes the slot
     // one lease duration after seeing it: not before.
-    env.assert_between(got - crash, env.lease() - env.retry(), env.lease(), "takeover");
+    env.assert_between(
+        got - crash,
+        env.lease() - env.retry(),
+        env.lease(),
+        "takeover",
+    );
     assert!(!pa.is_active(), "A's term ended at its renew deadline");
     assert!(pc.fencing_token() > pa.fencing_token());
     assert!(pb.is_active());
     fa.heal();
-    assert!(matches!(pa.release().await, Err(Error::NotLockHolder { .. })));
+    assert!(matches!(
+        pa.release().await,
+        Err(Error::NotLockHolder { .. })
+    ));
     drop((pb, pc));
     for d in [a, b, c] {
         d.shutdown().await.unwrap();
@@ -324,7 +363,9 @@ async fn a_granted_acquire_dropped_before_it_returns_gives_the_slot_back(env: En
     // ... which is dropped before it returns: the grant is given back at once.
     drop(fut);
     within(env.limit(), "grant's term ends", granted.cancelled()).await;
-    let pb = within(env.limit(), "b acquires", sb.acquire()).await.unwrap();
+    let pb = within(env.limit(), "b acquires", sb.acquire())
+        .await
+        .unwrap();
     assert!(pb.fencing_token() > granted.fencing_token());
     drop(pb);
     a.shutdown().await.unwrap();
@@ -348,9 +389,13 @@ async fn local_waiters_are_served_first_come_first_served(env: Env) {
         }));
         // Queue them in a known order (each queues on both slots).
         let mut status = sem.watch_slot(1).unwrap();
-        within(env.limit(), "queued", status.wait_for(|s| s.waiters == i + 1))
-            .await
-            .unwrap();
+        within(
+            env.limit(),
+            "queued",
+            status.wait_for(|s| s.waiters == i + 1),
+        )
+        .await
+        .unwrap();
     }
     // One slot at a time: the line moves through slot 0 while slot 1 stays held.
     let [p0, p1] = held;
@@ -398,10 +443,18 @@ async fn timeout_cancel_and_with_permit(env: Env) {
     let start = Instant::now();
     let limit = env.retry() * 5 / 2;
     let err = sa.acquire_timeout(limit).await.unwrap_err();
-    assert!(matches!(&err, Error::Timeout { after, .. } if *after == limit), "{err:?}");
+    assert!(
+        matches!(&err, Error::Timeout { after, .. } if *after == limit),
+        "{err:?}"
+    );
     env.assert_timer(start.elapsed(), limit, limit, "timed out");
     drop(held);
-    sa.acquire_timeout(env.limit()).await.unwrap().release().await.unwrap();
+    sa.acquire_timeout(env.limit())
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -428,7 +481,9 @@ async fn shutdown_releases_permits_and_fails_waiters(env: Env) {
     assert!(matches!(sa.try_acquire().await, Err(Error::Stopped { .. })));
     assert!(matches!(a.semaphore("x", 1), Err(Error::Stopped { .. })));
     // Released, not left to expire.
-    let pb = within(env.limit(), "b acquires", sb.acquire()).await.unwrap();
+    let pb = within(env.limit(), "b acquires", sb.acquire())
+        .await
+        .unwrap();
     drop((p, pb));
     b.shutdown().await.unwrap();
 }

@@ -410,7 +410,12 @@ impl Lock {
         result.map(|()| output).map_err(WithLockError::Lock)
     }
 
-    pub(crate) async fn acquire(&self, owner: &Arc<Owner>, try_only: bool, guarded: bool) -> Result<Grant> {
+    pub(crate) async fn acquire(
+        &self,
+        owner: &Arc<Owner>,
+        try_only: bool,
+        guarded: bool,
+    ) -> Result<Grant> {
         let (reply, rx) = oneshot::channel();
         let request = next_id();
         self.send(LockCommand::Acquire(Waiter {

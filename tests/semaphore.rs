@@ -63,7 +63,7 @@ async fn one_permit_behaves_like_a_lock(env: Env) {
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
-        [slot.clone()]
+        std::slice::from_ref(&slot)
     );
     assert_eq!(
         sa.name().to_string(),

@@ -13,6 +13,7 @@ use crate::lease::actor::{self, LeaseParams, Shared, Stop};
 use crate::lock::{Lock, LockFace, LockShared, LockStatus};
 use crate::observe::{self, Observer};
 use crate::resource::{LeaseKind, Resource};
+use crate::semaphore::{MAX_PERMITS, Semaphore};
 use crate::store::{LeaseKey, LeaseStore};
 use crate::supervisor::{Entry, LeaseEntry, ListLeases, Registry, Shutdown, Supervisor};
 use crate::watch::WatchHub;
@@ -264,6 +265,9 @@ impl Dsync {
         })?;
         match entry {
             Entry::Election(election) => Ok(election),
+            Entry::Lock(l) if l.kind == LeaseKind::Semaphore => {
+                Err(self.taken(&key, "a semaphore"))
+            }
             Entry::Lock(_) => Err(self.taken(&key, "a lock")),
         }
     }
@@ -278,8 +282,71 @@ impl Dsync {
     /// A lock handle for an explicit resource (an empty namespace means the configured one).
     pub fn lock_for(&self, resource: Resource) -> Result<Lock> {
         let (resource, key) = self.prepare(resource, LeaseKind::Lock)?;
+        let shared = self.lock_actor(&key, LeaseKind::Lock)?;
+        Ok(Lock::new(resource, shared))
+    }
+
+    /// A handle on the semaphore `name` of `permits` permits, in the configured namespace and
+    /// scope: at most `permits` holders at a time across every replica, one Lease per permit
+    /// (`<scope>.semaphore.<name>.<i>`, `i` in `0..permits`); see [`semaphore`](crate::semaphore).
+    ///
+    /// [`Error::BadPermitCount`] if `permits` is 0 or above
+    /// [`MAX_PERMITS`](crate::semaphore::MAX_PERMITS), [`Error::BadResourceName`] if a slot's
+    /// Lease name would not be a valid object name (too long, bad characters), both before
+    /// anything is started. Handles exclude each other within this replica as across replicas;
+    /// replicas that ask for different `permits` share the slots they have in common (see
+    /// [Changing the number of permits](crate::semaphore#changing-the-number-of-permits)).
+    pub fn semaphore(&self, name: &str, permits: usize) -> Result<Semaphore> {
+        self.semaphore_for(self.resource(name), permits)
+    }
+
+    /// A semaphore handle for an explicit resource (an empty namespace means the configured
+    /// one); see [`semaphore`](Self::semaphore).
+    pub fn semaphore_for(&self, mut resource: Resource, permits: usize) -> Result<Semaphore> {
+        if resource.namespace.is_empty() {
+            resource.namespace = self.inner.config.namespace.clone();
+        }
+        let prefix = resource.lease_key(LeaseKind::Semaphore);
+        if permits == 0 || permits > MAX_PERMITS {
+            return Err(Error::BadPermitCount {
+                semaphore: prefix.to_string(),
+                permits,
+                max: MAX_PERMITS,
+            });
+        }
+        resource
+            .validate_semaphore(permits)
+            .map_err(|source| Error::BadResourceName {
+                resource: resource.to_string(),
+                source,
+            })?;
+        if self.inner.registry.is_closed() {
+            return Err(self.stopped());
+        }
+        let slots = (0..permits)
+            .map(|slot| {
+                let key = resource.semaphore_slot_key(slot);
+                let shared = self.lock_actor(&key, LeaseKind::Semaphore)?;
+                Ok(Lock::new(resource.clone(), shared))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        #[cfg(feature = "metrics")]
+        let metrics = self
+            .inner
+            .metrics
+            .get()
+            .map(|m| m.semaphore(&prefix))
+            .unwrap_or_default();
+        #[cfg(not(feature = "metrics"))]
+        let metrics = crate::metrics::SemaphoreMetrics;
+        Ok(Semaphore::new(resource, prefix, slots, metrics))
+    }
+
+    /// The lock-face lease actor of `key` (a lock's, or a semaphore slot's), started if there
+    /// is none.
+    fn lock_actor(&self, key: &LeaseKey, kind: LeaseKind) -> Result<LockShared> {
         let inner = &self.inner;
-        let entry = self.entry(&key, |predecessor| {
+        let entry = self.entry(key, |predecessor| {
             let (tx, rx) = watch::channel(LockStatus {
                 lease: key.clone(),
                 identity: inner.config.identity.clone(),
@@ -289,17 +356,20 @@ impl Dsync {
                 last_error: None,
                 stopped: false,
             });
-            let params = self.params(&key, predecessor);
+            let params = self.params(key, predecessor);
             let (addr, id) = actor::start(&inner.arbiter, params, LockFace::new(tx));
             Entry::Lock(LockShared {
+                kind,
                 id,
                 addr,
                 status: rx,
             })
         })?;
         match entry {
-            Entry::Lock(shared) => Ok(Lock::new(resource, shared)),
-            Entry::Election(_) => Err(self.taken(&key, "an election")),
+            Entry::Lock(shared) if shared.kind == kind => Ok(shared),
+            Entry::Lock(_) if kind == LeaseKind::Lock => Err(self.taken(key, "a semaphore")),
+            Entry::Lock(_) => Err(self.taken(key, "a lock")),
+            Entry::Election(_) => Err(self.taken(key, "an election")),
         }
     }
 
@@ -322,7 +392,18 @@ impl Dsync {
 
     /// An observer of the `kind` lease of an explicit resource (an empty namespace means the
     /// configured one).
+    ///
+    /// A semaphore is not one Lease but one per slot: [`LeaseKind::Semaphore`] is refused
+    /// with [`Error::InvalidState`] (a slot's holder is in its Lease,
+    /// [`Semaphore::holders`](crate::Semaphore::holders)).
     pub fn observe_for(&self, resource: Resource, kind: LeaseKind) -> Result<Observer> {
+        if kind == LeaseKind::Semaphore {
+            return Err(Error::InvalidState {
+                lease: resource.lease_key(kind).to_string(),
+                reason: "a semaphore has one Lease per slot; there is no one Lease to observe"
+                    .into(),
+            });
+        }
         let (resource, key) = self.prepare(resource, kind)?;
         let inner = &self.inner;
         inner
@@ -382,7 +463,7 @@ impl Dsync {
             .unwrap_or_default()
     }
 
-    /// Number of running elections and locks.
+    /// Number of running elections and locks (each semaphore slot counts as a lock).
     pub fn running(&self) -> (usize, usize) {
         self.inner.registry.len()
     }

@@ -105,6 +105,34 @@ pub enum Error {
         lock: String,
     },
 
+    /// `try_acquire` found every slot of the semaphore taken (by other replicas, by this
+    /// one's permits, or waited for by this replica's callers already in line): the
+    /// semaphore's [`AlreadyLocked`](Self::AlreadyLocked).
+    #[error(
+        "semaphore {semaphore} has no free slot (holders: {})",
+        fmt_holders(holders)
+    )]
+    NoFreeSlot {
+        /// `namespace/<scope>.semaphore.<name>` (the slots' common prefix).
+        semaphore: String,
+        /// Each slot tried, with the identity holding it (this replica's own when its local
+        /// callers hold or wait for it), in slot order.
+        holders: Vec<(usize, String)>,
+    },
+
+    /// [`Dsync::semaphore`](crate::Dsync::semaphore) was asked for 0 permits, or more than
+    /// [`MAX_PERMITS`](crate::semaphore::MAX_PERMITS) (each permit is a Lease and a lease
+    /// actor).
+    #[error("semaphore {semaphore}: {permits} permits asked for; 1 to {max} are allowed")]
+    BadPermitCount {
+        /// `namespace/<scope>.semaphore.<name>`.
+        semaphore: String,
+        /// The number asked for.
+        permits: usize,
+        /// The most allowed.
+        max: usize,
+    },
+
     /// The store refused the operation (Kubernetes RBAC: HTTP 403).
     #[error("forbidden to {verb} {resource}: {message}")]
     Forbidden {
@@ -276,4 +304,12 @@ impl Error {
             },
         }
     }
+}
+
+fn fmt_holders(holders: &[(usize, String)]) -> String {
+    let list: Vec<String> = holders
+        .iter()
+        .map(|(slot, holder)| format!("slot {slot}: {holder}"))
+        .collect();
+    list.join(", ")
 }

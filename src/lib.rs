@@ -8,6 +8,9 @@
 //!   [`LeaderChanged`] messages; [`Election::when_elected`] runs a future per [`Term`].
 //! * A [`Lock`] is held by one replica at a time, renewed while held, freed by `unlock` at once
 //!   or by the lease duration if its holder crashed. Local waiters are served in order.
+//! * A [`Semaphore`] ([`Dsync::semaphore`]) lets at most `n` holders in at once, one Lease per
+//!   permit, each held like a lock; a [`Permit`] carries its slot's [`Term`]. Local waiters are
+//!   served in order.
 //! * An [`Observer`] ([`Dsync::observe`], [`Dsync::observe_lock`]) follows an election or
 //!   lock without ever writing it: holder, fencing token, [`LeaderChanged`] messages, from the
 //!   replica's shared watch (no request at steady state).
@@ -18,7 +21,7 @@
 //!
 //! Lease names are `<scope>.election.<name>` and `<scope>.lock.<name>`, as in the Go package
 //! `tempcke/dsync` that this crate ports, so replicas of both (and client-go peers) can share a
-//! lease.
+//! lease. A semaphore of `n` permits uses `<scope>.semaphore.<name>.<i>`, `i` in `0..n`.
 //!
 //! # Example
 //!
@@ -86,6 +89,8 @@
 //! * [`election`] and [`lock`]: the two faces of the lease actor and their handles. An
 //!   election adds subscribers and `when_elected` work; a lock adds a queue of local callers
 //!   and per-handle ownership.
+//! * [`semaphore`]: [`Semaphore`] and [`Permit`]: `n` slot Leases, each a lease actor with the
+//!   lock face; the semaphore adds only asking every slot at once and keeping the first grant.
 //! * [`observe`]: [`Observer`], an observe-only follower of an election or lock: holder,
 //!   fencing token and [`LeaderChanged`] from the shared watch, never a write.
 //! * [`leader_only`]: [`LeaderOnly`], an actor that runs only while this replica leads.
@@ -137,6 +142,7 @@ mod names;
 pub mod observe;
 pub mod record;
 pub mod resource;
+pub mod semaphore;
 pub mod store;
 pub mod supervisor;
 pub mod term;
@@ -154,6 +160,7 @@ pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
 pub use lock::{Lock, LockStatus, WithLockError};
 pub use observe::{Observation, Observer};
 pub use resource::{LeaseKind, MASTER, NameError, Resource, sanitize_name};
+pub use semaphore::{Permit, Semaphore};
 #[cfg(feature = "kube")]
 pub use store::KubeStore;
 pub use store::{LeaseKey, LeaseRecord, LeaseStore, MemoryStore, StoreError, StoredLease};

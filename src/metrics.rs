@@ -15,6 +15,9 @@
 //! | `dsync_conflicts_total` | counter | `lease` | writes that lost a compare-and-swap (409; elections and locks) |
 //! | `dsync_handoffs_total` | counter | `lease` | handoffs this replica completed (its release naming the successor was written) |
 //! | `dsync_leaderless_seconds_total` | counter | `lease` | time an election was observed without a leader |
+//! | `dsync_semaphore_permits_held` | gauge | `semaphore` | semaphores: permits this replica's callers hold now (`semaphore` is `namespace/<scope>.semaphore.<name>`; each slot's Lease also has the `dsync_lock_*` series) |
+//! | `dsync_semaphore_waiters` | gauge | `semaphore` | semaphores: this replica's callers waiting in `acquire` now |
+//! | `dsync_semaphore_acquisitions_total` | counter | `semaphore` | semaphores: permits this replica's callers got |
 //! | `leader_election_master_status` | gauge | `name` | client-go's name for `dsync_is_leader`: 1 while this replica leads, 0 otherwise; `name` is the Lease object's name |
 //!
 //! Side by side with client-go (`k8s.io/component-base/metrics/prometheus/clientgo/leaderelection`):
@@ -72,6 +75,12 @@ mod enabled {
         lease: String,
     }
 
+    /// A semaphore's label set: `namespace/<scope>.semaphore.<name>`.
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct SemaphoreLabels {
+        semaphore: String,
+    }
+
     /// client-go's label set: the Lease name.
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct ClientGoLabels {
@@ -93,6 +102,9 @@ mod enabled {
         handoffs: Family<Labels, Counter>,
         leaderless: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
         master_status: Family<ClientGoLabels, Gauge>,
+        semaphore_held: Family<SemaphoreLabels, Gauge>,
+        semaphore_waiters: Family<SemaphoreLabels, Gauge>,
+        semaphore_acquisitions: Family<SemaphoreLabels, Counter>,
     }
 
     /// dsync's metrics; see the [module docs](crate::metrics). Cheap to clone.
@@ -121,6 +133,9 @@ mod enabled {
                 handoffs: Family::default(),
                 leaderless: Family::default(),
                 master_status: Family::default(),
+                semaphore_held: Family::default(),
+                semaphore_waiters: Family::default(),
+                semaphore_acquisitions: Family::default(),
             };
             registry.register(
                 "leader_election_master_status",
@@ -170,8 +185,38 @@ mod enabled {
                 "Time an election was observed without a leader",
                 inner.leaderless.clone(),
             );
+            r.register(
+                "semaphore_permits_held",
+                "Permits of the semaphore this replica's callers hold",
+                inner.semaphore_held.clone(),
+            );
+            r.register(
+                "semaphore_waiters",
+                "This replica's callers waiting for a permit of the semaphore",
+                inner.semaphore_waiters.clone(),
+            );
+            r.register(
+                "semaphore_acquisitions",
+                "Permits of the semaphore this replica's callers got",
+                inner.semaphore_acquisitions.clone(),
+            );
             Metrics {
                 inner: Arc::new(inner),
+            }
+        }
+
+        /// The metrics of the semaphore whose slots' common prefix is `prefix` (its series
+        /// start at 0).
+        pub(crate) fn semaphore(&self, prefix: &LeaseKey) -> SemaphoreMetrics {
+            let labels = SemaphoreLabels {
+                semaphore: prefix.to_string(),
+            };
+            let m = &self.inner;
+            m.semaphore_held.get_or_create(&labels).set(0);
+            m.semaphore_waiters.get_or_create(&labels).set(0);
+            let _ = m.semaphore_acquisitions.get_or_create(&labels);
+            SemaphoreMetrics {
+                metrics: Some((self.clone(), labels)),
             }
         }
 
@@ -198,6 +243,35 @@ mod enabled {
         None,
         Election,
         Lock,
+    }
+
+    /// The metrics of one semaphore (labels resolved once).
+    #[derive(Clone, Default)]
+    pub(crate) struct SemaphoreMetrics {
+        metrics: Option<(Metrics, SemaphoreLabels)>,
+    }
+
+    impl SemaphoreMetrics {
+        /// One more (`+1`) or one fewer (`-1`) permit held.
+        pub fn held(&self, delta: i64) {
+            if let Some((m, l)) = &self.metrics {
+                m.inner.semaphore_held.get_or_create(l).inc_by(delta);
+            }
+        }
+
+        /// One more (`+1`) or one fewer (`-1`) caller waiting.
+        pub fn waiting(&self, delta: i64) {
+            if let Some((m, l)) = &self.metrics {
+                m.inner.semaphore_waiters.get_or_create(l).inc_by(delta);
+            }
+        }
+
+        /// A caller got a permit.
+        pub fn acquired(&self) {
+            if let Some((m, l)) = &self.metrics {
+                m.inner.semaphore_acquisitions.get_or_create(l).inc();
+            }
+        }
     }
 
     #[derive(Clone)]
@@ -298,9 +372,9 @@ mod enabled {
 }
 
 #[cfg(feature = "metrics")]
-pub(crate) use enabled::LeaseMetrics;
-#[cfg(feature = "metrics")]
 pub use enabled::Metrics;
+#[cfg(feature = "metrics")]
+pub(crate) use enabled::{LeaseMetrics, SemaphoreMetrics};
 
 /// Without the `metrics` feature: records nothing.
 #[cfg(not(feature = "metrics"))]
@@ -315,4 +389,16 @@ impl LeaseMetrics {
     pub fn conflict(&self) {}
     pub fn handed_off(&self) {}
     pub fn leaderless(&self, _for: std::time::Duration) {}
+}
+
+/// Without the `metrics` feature: records nothing.
+#[cfg(not(feature = "metrics"))]
+#[derive(Clone, Default)]
+pub(crate) struct SemaphoreMetrics;
+
+#[cfg(not(feature = "metrics"))]
+impl SemaphoreMetrics {
+    pub fn held(&self, _delta: i64) {}
+    pub fn waiting(&self, _delta: i64) {}
+    pub fn acquired(&self) {}
 }

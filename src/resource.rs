@@ -27,10 +27,13 @@ pub enum LeaseKind {
     Election,
     /// `<scope>.lock.<name>`
     Lock,
+    /// A semaphore's slots: `<scope>.semaphore.<name>.<i>` for `i` in `0..n`, one Lease each
+    /// ([`Resource::semaphore_slot_name`]). `<scope>.semaphore.<name>` itself names no Lease.
+    Semaphore,
 }
 
 impl LeaseKind {
-    /// `"election"` or `"lock"`: the infix of its lease names.
+    /// `"election"`, `"lock"` or `"semaphore"`: the infix of its lease names.
     pub fn as_str(self) -> &'static str {
         self.infix()
     }
@@ -39,6 +42,7 @@ impl LeaseKind {
         match self {
             LeaseKind::Election => "election",
             LeaseKind::Lock => "lock",
+            LeaseKind::Semaphore => "semaphore",
         }
     }
 }
@@ -167,6 +171,40 @@ impl Resource {
         self.lease_name(LeaseKind::Lock)
     }
 
+    /// `<scope>.semaphore.<name>.<slot>`: the Lease of slot `slot` of the semaphore.
+    pub fn semaphore_slot_name(&self, slot: usize) -> String {
+        format!("{}.{slot}", self.lease_name(LeaseKind::Semaphore))
+    }
+
+    /// Namespace and Lease name of slot `slot` of the semaphore.
+    pub fn semaphore_slot_key(&self, slot: usize) -> LeaseKey {
+        LeaseKey::new(self.effective_namespace(), self.semaphore_slot_name(slot))
+    }
+
+    /// Checks that the resource can be a semaphore of `permits` slots: the name is not empty,
+    /// the namespace is a DNS-1123 label, and every slot's Lease name
+    /// `<scope>.semaphore.<name>.<i>`, `i` in `0..permits`, is a DNS-1123 subdomain of at most
+    /// 253 characters. (The names differ only in the decimal suffix, a valid DNS label
+    /// whatever its value: slot 0 stands for validity, the last slot, the longest name, for
+    /// length; both are checked.) `permits == 0` checks slot 0 only.
+    pub fn validate_semaphore(&self, permits: usize) -> Result<(), NameError> {
+        // The prefix (name, namespace, characters) as for any kind, then each extreme slot.
+        self.check(LeaseKind::Semaphore, "semaphore")?;
+        for slot in [0, permits.saturating_sub(1)] {
+            let name = self.semaphore_slot_name(slot);
+            if name.len() > MAX_NAME_LEN {
+                return Err(NameError::TooLong {
+                    len: name.len(),
+                    name,
+                });
+            }
+            if !is_dns1123_subdomain(&name) {
+                return Err(NameError::InvalidName { name });
+            }
+        }
+        Ok(())
+    }
+
     /// Namespace and Lease name used for `kind`.
     pub fn lease_key(&self, kind: LeaseKind) -> LeaseKey {
         LeaseKey::new(self.effective_namespace(), self.lease_name(kind))
@@ -188,6 +226,7 @@ impl Resource {
         let what = match kind {
             LeaseKind::Election => "election",
             LeaseKind::Lock => "lock",
+            LeaseKind::Semaphore => "semaphore",
         };
         self.check(kind, what)
     }
@@ -447,6 +486,35 @@ mod tests {
         assert!(Resource::new("n".repeat(63), "s", "n").validate().is_ok());
         // Empty namespace means the default one.
         assert!(Resource::new("", "s", "n").validate().is_ok());
+    }
+
+    #[test]
+    fn semaphore_slots_are_named_and_validated() {
+        let r = Resource::new("ns", "s", "pool");
+        assert_eq!(r.semaphore_slot_name(0), "s.semaphore.pool.0");
+        assert_eq!(
+            r.semaphore_slot_key(12).to_string(),
+            "ns/s.semaphore.pool.12"
+        );
+        assert!(r.validate_semaphore(3).is_ok());
+        // "s.semaphore." is 12 characters, ".9" two more: ten slots fit, eleven do not.
+        let edge = Resource::new("ns", "s", "a".repeat(MAX_NAME_LEN - 14));
+        assert!(edge.validate_semaphore(10).is_ok());
+        assert_eq!(
+            edge.validate_semaphore(11),
+            Err(NameError::TooLong {
+                name: edge.semaphore_slot_name(10),
+                len: MAX_NAME_LEN + 1
+            })
+        );
+        assert!(matches!(
+            Resource::new("ns", "s", "Bad").validate_semaphore(2),
+            Err(NameError::InvalidName { .. })
+        ));
+        assert!(matches!(
+            Resource::new("ns", "s", "").validate_semaphore(2),
+            Err(NameError::EmptyName { kind: "semaphore" })
+        ));
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Entry {
     fn lease_kind(&self) -> LeaseKind {
         match self {
             Entry::Election(_) => LeaseKind::Election,
-            Entry::Lock(_) => LeaseKind::Lock,
+            Entry::Lock(l) => l.kind,
         }
     }
 
@@ -202,7 +202,8 @@ impl Registry {
         list
     }
 
-    /// Number of live elections and locks (retiring ones not counted).
+    /// Number of live elections and locks (semaphore slots counted as locks; retiring ones not
+    /// counted).
     pub fn len(&self) -> (usize, usize) {
         let inner = self.lock();
         let elections = inner
@@ -271,7 +272,7 @@ impl Actor for Supervisor {
 pub struct LeaseEntry {
     /// The lease the actor campaigns for or holds.
     pub lease: LeaseKey,
-    /// Election or lock.
+    /// Election, lock or semaphore slot.
     pub kind: LeaseKind,
     /// Told to stop and still finishing (draining its work or writing its release); asking
     /// for the lease again starts a new actor, which waits for this one.

@@ -294,3 +294,65 @@ async fn handoffs_are_counted_by_the_replica_that_hands_off() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// The value of the sample `name{semaphore="..."}` in `text`.
+fn semaphore_sample(text: &str, name: &str, semaphore: &str) -> f64 {
+    let prefix = format!("{name}{{semaphore=\"{semaphore}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[actix::test]
+async fn semaphore_permits_held_waiters_and_acquisitions_are_recorded() {
+    tokio::time::pause();
+    let mut registry = Registry::default();
+    let d = Dsync::with_config(MemoryStore::new(), paused_config("pod-a"))
+        .unwrap()
+        .with_metrics(Metrics::register(&mut registry))
+        .unwrap();
+    let sem = d.semaphore("pool", 2).unwrap();
+    let name = sem.name().to_string();
+    let read = |what: &str| semaphore_sample(&scrape(&registry), what, &name);
+    // The series start at 0.
+    assert_eq!(read("dsync_semaphore_permits_held"), 0.0);
+    assert_eq!(read("dsync_semaphore_waiters"), 0.0);
+    assert_eq!(read("dsync_semaphore_acquisitions_total"), 0.0);
+    let p0 = sem.acquire().await.unwrap();
+    let p1 = sem.try_acquire().await.unwrap();
+    assert_eq!(read("dsync_semaphore_permits_held"), 2.0);
+    let sem2 = sem.clone();
+    let waiter = actix::spawn(async move { sem2.acquire().await });
+    within(
+        Duration::from_secs(60),
+        "queued",
+        sem.watch_slot(0).unwrap().wait_for(|s| s.waiters == 1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read("dsync_semaphore_waiters"), 1.0);
+    // Each slot's Lease has the lock series too.
+    let text = scrape(&registry);
+    assert!(
+        text.contains(&format!("dsync_lock_held{{lease=\"{}\"}} 1", p0.lease())),
+        "{text}"
+    );
+    p0.release().await.unwrap();
+    let p2 = within(Duration::from_secs(60), "waiter", waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read("dsync_semaphore_waiters"), 0.0);
+    assert_eq!(read("dsync_semaphore_acquisitions_total"), 3.0);
+    assert_eq!(read("dsync_semaphore_permits_held"), 2.0);
+    drop((p1, p2));
+    assert_eq!(read("dsync_semaphore_permits_held"), 0.0);
+    sem.with_permit(|_| async {}).await.unwrap();
+    assert_eq!(read("dsync_semaphore_acquisitions_total"), 4.0);
+    assert_eq!(read("dsync_semaphore_permits_held"), 0.0);
+    settle().await;
+    d.shutdown().await.unwrap();
+}

@@ -1984,3 +1984,231 @@ async fn replicas_minutes_apart_never_overlap_and_take_over_after_one_lease_dura
         log.assert_safe();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Semaphores: randomized schedules on memory, paused time.
+//
+// Each seed: a semaphore of 1–3 permits, 2–3 replicas (each behind its own fault layer), 2–4
+// contenders per replica taking permits every way there is (`acquire_timeout` then `release`
+// or a drop, `try_acquire`, `acquire_with_cancel` with tokens cancelled at random times,
+// `with_permit` bodies, `acquire()` futures abandoned after one poll or on a short timer), while
+// the schedule partitions replicas, adds latency, storms of 409s, lost responses, failed
+// reads and dropped watches. The oracle takes the caller's view of every permit's term
+// (`TermLog::got`): per slot, no two terms overlap and fencing tokens strictly increase; over
+// the semaphore, at most N terms are active at once. After the faults heal, every replica gets
+// a permit again.
+// ---------------------------------------------------------------------------------------------
+
+async fn semaphore_contender(
+    sem: dsync::Semaphore,
+    replica: String,
+    log: TermLog,
+    stop: CancellationToken,
+    mut rng: Rng,
+    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+) {
+    let count = |what: &'static str| *counts.lock().unwrap().entry(what).or_default() += 1;
+    while !stop.is_cancelled() {
+        let hold = rng.millis(6_000);
+        match rng.below(6) {
+            0 | 1 => {
+                if let Ok(permit) = sem.acquire_timeout(rng.millis(30_000)).await {
+                    log.got(&replica, permit.term());
+                    count("acquire");
+                    sleep(hold).await;
+                    if rng.below(2) == 0 {
+                        let _ = permit.release().await;
+                    } else {
+                        drop(permit);
+                    }
+                }
+            }
+            2 => match sem.try_acquire().await {
+                Ok(permit) => {
+                    log.got(&replica, permit.term());
+                    count("try_acquire");
+                    sleep(hold).await;
+                    drop(permit);
+                }
+                Err(Error::NoFreeSlot { holders, .. }) => {
+                    assert_eq!(holders.len(), sem.permits(), "every slot listed");
+                    count("no free slot");
+                }
+                Err(_) => count("try_acquire error"),
+            },
+            3 => {
+                let cancel = CancellationToken::new();
+                let c = cancel.clone();
+                let after = rng.millis(20_000);
+                actix::spawn(async move {
+                    sleep(after).await;
+                    c.cancel();
+                });
+                if let Ok(permit) = sem.acquire_with_cancel(cancel).await {
+                    log.got(&replica, permit.term());
+                    count("acquire_with_cancel");
+                    sleep(hold).await;
+                    let _ = permit.release().await;
+                }
+            }
+            4 => {
+                let (log, replica) = (log.clone(), replica.clone());
+                let body = sem.with_permit(|term| async move {
+                    log.got(&replica, &term);
+                    sleep(hold).await;
+                });
+                match tokio::time::timeout(Duration::from_secs(40), body).await {
+                    Ok(Ok(())) => count("with_permit"),
+                    Ok(Err(_)) => count("with_permit error or loss"),
+                    Err(_) => count("with_permit dropped"),
+                }
+            }
+            _ => {
+                // An acquire() future abandoned after one poll, or on a short timer: its
+                // places in line are given up, a grant that reached it is given back.
+                let mut fut = Box::pin(sem.acquire());
+                let polled = futures::poll!(&mut fut);
+                if let Poll::Ready(Ok(permit)) = polled {
+                    // Received, so it counts (and is dropped at once).
+                    log.got(&replica, permit.term());
+                } else if rng.below(2) == 0 {
+                    let _ = tokio::time::timeout(rng.millis(3_000), &mut fut)
+                        .await
+                        .map(|r| {
+                            if let Ok(permit) = r {
+                                log.got(&replica, permit.term());
+                            }
+                        });
+                }
+                count("abandoned acquire");
+            }
+        }
+        sleep(rng.millis(2_000)).await;
+    }
+}
+
+async fn run_semaphore_seed(seed: u64, counts: &Arc<Mutex<BTreeMap<&'static str, u64>>>) -> usize {
+    let mut rng = Rng(seed ^ 0x5e6a_9f0e);
+    let store = MemoryStore::new();
+    let permits = 1 + rng.below(3) as usize;
+    let replicas = 2 + rng.below(2) as usize;
+    let log = TermLog::new();
+    let stop = CancellationToken::new();
+    let mut nodes = Vec::new();
+    let mut tasks = Vec::new();
+    for r in 0..replicas {
+        let faulty = FaultyStore::new(store.clone());
+        let identity = format!("pod-{r}");
+        let d =
+            Dsync::with_config(faulty.clone(), dsync::testing::paused_config(&identity)).unwrap();
+        let sem = d.semaphore("pool", permits).unwrap();
+        for _ in 0..2 + rng.below(3) {
+            tasks.push(actix::spawn(semaphore_contender(
+                sem.clone(),
+                identity.clone(),
+                log.clone(),
+                stop.clone(),
+                Rng(rng.next()),
+                counts.clone(),
+            )));
+        }
+        nodes.push((d, faulty, sem));
+    }
+    // The schedule: ten minutes of faults, in steps of up to one lease duration.
+    let end = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < end {
+        let (_, faulty, _) = &nodes[rng.below(replicas as u64) as usize];
+        match rng.below(8) {
+            0 => faulty.partition(),
+            1 => faulty.heal(),
+            2 => faulty.set_latency(rng.millis(3_000)),
+            3 => faulty.conflict_storm(rng.below(5) as usize),
+            4 => faulty.lose_next_reply(Call::Replace),
+            5 => faulty.fail_next(Call::Get, || StoreError::Unavailable {
+                message: "503 from the schedule".into(),
+                source: None,
+            }),
+            6 => faulty.drop_watches(),
+            _ => {}
+        }
+        sleep(rng.millis(15_000)).await;
+    }
+    for (_, faulty, _) in &nodes {
+        faulty.clear();
+        faulty.heal();
+        faulty.set_latency(Duration::ZERO);
+    }
+    stop.cancel();
+    for task in tasks {
+        within(Duration::from_secs(600), "contender ends", task)
+            .await
+            .unwrap();
+    }
+    // Healed: every replica gets a permit again (one at a time if N = 1).
+    for (d, _, sem) in &nodes {
+        let permit = within(
+            Duration::from_secs(600),
+            "permit after healing",
+            sem.acquire(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {} got no permit: {e}", d.identity()));
+        log.got(d.identity(), permit.term());
+        permit.release().await.unwrap();
+    }
+    for (d, _, _) in &nodes {
+        d.shutdown().await.unwrap();
+    }
+    within(Duration::from_secs(600), "all terms end", log.all_ended()).await;
+    let checked = log
+        .check()
+        .unwrap_or_else(|v| panic!("seed {seed}: {v}\nall terms: {:#?}", log.spans()));
+    let slots = nodes[0].2.slots();
+    let max = log.max_concurrent(|l| slots.contains(l));
+    assert!(
+        max <= permits,
+        "seed {seed}: {max} permits active at once, at most {permits} allowed"
+    );
+    checked
+}
+
+#[actix::test]
+async fn randomized_semaphore_schedules() {
+    let seeds: Vec<u64> = match std::env::var("DSYNC_SAFETY_SEED") {
+        Ok(seed) => vec![seed.parse().expect("DSYNC_SAFETY_SEED is a number")],
+        Err(_) => {
+            let n = std::env::var("DSYNC_SAFETY_SEEDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(200u64);
+            (0..n).collect()
+        }
+    };
+    let _watchdog = dsync::testing::WallWatchdog::start(
+        "tests/safety.rs randomized_semaphore_schedules",
+        Duration::from_secs(60) + Duration::from_secs(2) * seeds.len() as u32,
+    );
+    tokio::time::pause();
+    let counts = Arc::new(Mutex::new(BTreeMap::new()));
+    let started = std::time::Instant::now();
+    let mut permits_checked = 0;
+    for &seed in &seeds {
+        permits_checked += run_semaphore_seed(seed, &counts).await;
+    }
+    let stats: Vec<String> = counts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(what, n)| format!("{what}: {n}"))
+        .collect();
+    eprintln!(
+        "safety semaphores: {} seeds, {permits_checked} permit terms checked in {:.1?} ({})",
+        seeds.len(),
+        started.elapsed(),
+        stats.join(", ")
+    );
+    assert!(
+        permits_checked > seeds.len() * 10,
+        "the schedules took permits"
+    );
+}

@@ -22,7 +22,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::{Error, Result};
 use crate::lease::actor::{FaceCommand, Internal, LeaseActor, Stop, StopOutcome};
-use crate::resource::Resource;
+use crate::resource::{LeaseKind, Resource};
 use crate::store::LeaseKey;
 use crate::term::Term;
 use crate::work::{self, ActorId};
@@ -47,11 +47,16 @@ pub(crate) struct Owner {
 }
 
 impl Owner {
-    fn new(addr: &LockAddr) -> Arc<Self> {
+    pub(crate) fn new(addr: &LockAddr) -> Arc<Self> {
         Arc::new(Owner {
             id: next_id(),
             addr: addr.clone(),
         })
+    }
+
+    /// What the lock actor knows this owner by.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 }
 
@@ -74,7 +79,7 @@ pub(crate) struct Grant {
 
 impl Grant {
     /// The caller has it.
-    fn accept(mut self) -> (Term, Option<TaskTrackerToken>) {
+    pub(crate) fn accept(mut self) -> (Term, Option<TaskTrackerToken>) {
         self.notify = None;
         (self.term.clone(), self.work.take())
     }
@@ -160,6 +165,8 @@ pub struct LockStatus {
 /// What the registry keeps of a lock actor; every [`Lock`] handle is made from it.
 #[derive(Clone)]
 pub(crate) struct LockShared {
+    /// A lock's, or a semaphore slot's (the same face on another lease name).
+    pub kind: LeaseKind,
     pub id: ActorId,
     pub addr: LockAddr,
     pub status: watch::Receiver<LockStatus>,
@@ -245,6 +252,11 @@ impl Lock {
             shared,
             owner,
         }
+    }
+
+    /// The lock actor's address (a semaphore makes owners for its slots with it).
+    pub(crate) fn addr(&self) -> &LockAddr {
+        &self.shared.addr
     }
 
     /// The resource this lock is for.
@@ -361,7 +373,7 @@ impl Lock {
         self.run_then_unlock(&owner, grant, f).await
     }
 
-    async fn run_then_unlock<F, Fut, T>(
+    pub(crate) async fn run_then_unlock<F, Fut, T>(
         &self,
         owner: &Arc<Owner>,
         grant: Grant,
@@ -398,7 +410,12 @@ impl Lock {
         result.map(|()| output).map_err(WithLockError::Lock)
     }
 
-    async fn acquire(&self, owner: &Arc<Owner>, try_only: bool, guarded: bool) -> Result<Grant> {
+    pub(crate) async fn acquire(
+        &self,
+        owner: &Arc<Owner>,
+        try_only: bool,
+        guarded: bool,
+    ) -> Result<Grant> {
         let (reply, rx) = oneshot::channel();
         let request = next_id();
         self.send(LockCommand::Acquire(Waiter {
@@ -419,7 +436,7 @@ impl Lock {
         result.map_err(|_| self.stopped_error())?
     }
 
-    async fn unlock_as(&self, owner_id: u64) -> Result<()> {
+    pub(crate) async fn unlock_as(&self, owner_id: u64) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.send(LockCommand::Unlock { owner_id, reply })?;
         rx.await.map_err(|_| self.stopped_error())?

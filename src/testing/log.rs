@@ -357,6 +357,32 @@ impl TermLog {
         Ok(state.spans.len())
     }
 
+    /// The most terms of the leases `leases` selects that were active at one instant (touching
+    /// terms do not overlap; a term still running counts until the end of time): for a
+    /// semaphore, select its slots' leases and compare with its number of permits (with
+    /// [`check`](Self::check) for each slot).
+    pub fn max_concurrent(&self, leases: impl Fn(&LeaseKey) -> bool) -> usize {
+        let state = self.lock();
+        // (instant, +1 start / -1 end); an end sorts before a start at one instant.
+        let mut events: Vec<(Instant, i32)> = Vec::new();
+        for s in state.spans.iter().filter(|s| leases(&s.lease)) {
+            if s.end.is_some_and(|end| end < s.start) {
+                continue; // got only after it had ended: never active for anyone
+            }
+            events.push((s.start, 1));
+            if let Some(end) = s.end {
+                events.push((end, -1));
+            }
+        }
+        events.sort();
+        let (mut now, mut max) = (0i32, 0i32);
+        for (_, delta) in events {
+            now += delta;
+            max = max.max(now);
+        }
+        usize::try_from(max).unwrap_or(0)
+    }
+
     /// [`check`](Self::check), as an assertion.
     ///
     /// # Panics

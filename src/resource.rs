@@ -191,16 +191,7 @@ impl Resource {
         // The prefix (name, namespace, characters) as for any kind, then each extreme slot.
         self.check(LeaseKind::Semaphore, "semaphore")?;
         for slot in [0, permits.saturating_sub(1)] {
-            let name = self.semaphore_slot_name(slot);
-            if name.len() > MAX_NAME_LEN {
-                return Err(NameError::TooLong {
-                    len: name.len(),
-                    name,
-                });
-            }
-            if !is_dns1123_subdomain(&name) {
-                return Err(NameError::InvalidName { name });
-            }
+            check_lease_name(self.semaphore_slot_name(slot))?;
         }
         Ok(())
     }
@@ -241,18 +232,22 @@ impl Resource {
                 namespace: ns.to_owned(),
             });
         }
-        let name = self.lease_name(kind);
-        if name.len() > MAX_NAME_LEN {
-            return Err(NameError::TooLong {
-                len: name.len(),
-                name,
-            });
-        }
-        if !is_dns1123_subdomain(&name) {
-            return Err(NameError::InvalidName { name });
-        }
-        Ok(())
+        check_lease_name(self.lease_name(kind))
     }
+}
+
+/// A Lease object name: a DNS-1123 subdomain of at most [`MAX_NAME_LEN`] characters.
+fn check_lease_name(name: String) -> Result<(), NameError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            len: name.len(),
+            name,
+        });
+    }
+    if !is_dns1123_subdomain(&name) {
+        return Err(NameError::InvalidName { name });
+    }
+    Ok(())
 }
 
 fn non_empty_or<'a>(value: &'a str, default: &'a str) -> &'a str {

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::lease::actor::{self, LeaseParams, Shared, Stop};
 use crate::lock::{Lock, LockFace, LockShared, LockStatus};
 use crate::observe::{self, Observer};
-use crate::resource::{LeaseKind, Resource};
+use crate::resource::{LeaseKind, NameError, Resource};
 use crate::semaphore::{MAX_PERMITS, Semaphore};
 use crate::store::{LeaseKey, LeaseStore};
 use crate::supervisor::{Entry, LeaseEntry, ListLeases, Registry, Shutdown, Supervisor};
@@ -302,27 +302,18 @@ impl Dsync {
 
     /// A semaphore handle for an explicit resource (an empty namespace means the configured
     /// one); see [`semaphore`](Self::semaphore).
-    pub fn semaphore_for(&self, mut resource: Resource, permits: usize) -> Result<Semaphore> {
-        if resource.namespace.is_empty() {
-            resource.namespace = self.inner.config.namespace.clone();
-        }
+    pub fn semaphore_for(&self, resource: Resource, permits: usize) -> Result<Semaphore> {
+        let resource = self.prepare_with(resource, |r| {
+            if permits == 0 || permits > MAX_PERMITS {
+                return Err(Error::BadPermitCount {
+                    semaphore: r.lease_key(LeaseKind::Semaphore).to_string(),
+                    permits,
+                    max: MAX_PERMITS,
+                });
+            }
+            r.validate_semaphore(permits).map_err(|e| bad_name(r, e))
+        })?;
         let prefix = resource.lease_key(LeaseKind::Semaphore);
-        if permits == 0 || permits > MAX_PERMITS {
-            return Err(Error::BadPermitCount {
-                semaphore: prefix.to_string(),
-                permits,
-                max: MAX_PERMITS,
-            });
-        }
-        resource
-            .validate_semaphore(permits)
-            .map_err(|source| Error::BadResourceName {
-                resource: resource.to_string(),
-                source,
-            })?;
-        if self.inner.registry.is_closed() {
-            return Err(self.stopped());
-        }
         let slots = (0..permits)
             .map(|slot| {
                 let key = resource.semaphore_slot_key(slot);
@@ -468,23 +459,31 @@ impl Dsync {
         self.inner.registry.len()
     }
 
-    fn prepare(&self, mut resource: Resource, kind: LeaseKind) -> Result<(Resource, LeaseKey)> {
+    fn prepare(&self, resource: Resource, kind: LeaseKind) -> Result<(Resource, LeaseKey)> {
+        // Checked as the kind it is used as: the error quotes that kind's lease name, and a
+        // lock name is not held to the (longer) election name's limit.
+        let resource = self.prepare_with(resource, |r| {
+            r.validate_for(kind).map_err(|e| bad_name(r, e))
+        })?;
+        let key = resource.lease_key(kind);
+        Ok((resource, key))
+    }
+
+    /// The resource in the configured namespace (if it names none), checked by `check`
+    /// before anything is started; [`Error::Stopped`] once shut down.
+    fn prepare_with(
+        &self,
+        mut resource: Resource,
+        check: impl FnOnce(&Resource) -> Result<()>,
+    ) -> Result<Resource> {
         if resource.namespace.is_empty() {
             resource.namespace = self.inner.config.namespace.clone();
         }
-        // Checked as the kind it is used as: the error quotes that kind's lease name, and a
-        // lock name is not held to the (longer) election name's limit.
-        resource
-            .validate_for(kind)
-            .map_err(|source| Error::BadResourceName {
-                resource: resource.to_string(),
-                source,
-            })?;
+        check(&resource)?;
         if self.inner.registry.is_closed() {
             return Err(self.stopped());
         }
-        let key = resource.lease_key(kind);
-        Ok((resource, key))
+        Ok(resource)
     }
 
     fn entry(
@@ -549,5 +548,13 @@ impl Dsync {
             lease: key.to_string(),
             reason: format!("this Lease is already used by {by} of this replica"),
         }
+    }
+}
+
+/// A name that cannot be used, quoting the resource as given.
+fn bad_name(resource: &Resource, source: NameError) -> Error {
+    Error::BadResourceName {
+        resource: resource.to_string(),
+        source,
     }
 }

@@ -283,9 +283,10 @@ pub enum Error {
 }
 
 impl Error {
-    /// Maps a store error met while doing `operation` on `lease`, lifting the store's
-    /// well-known outcomes (`NotFound`, `Forbidden`, `Timeout`) to their own variants.
-    pub(crate) fn from_store(operation: impl Into<String>, source: StoreError) -> Self {
+    /// Maps a store error met while doing `operation` (e.g. `read lease ns/name`), lifting the
+    /// store's well-known outcomes (`NotFound`, `Forbidden`, `Timeout`) to their own variants;
+    /// for callers of a [`LeaseStore`](crate::LeaseStore) who report in dsync's terms.
+    pub fn from_store(operation: impl Into<String>, source: StoreError) -> Self {
         match source {
             StoreError::NotFound { lease } => Error::NotFound { lease },
             StoreError::Forbidden {

@@ -1,0 +1,446 @@
+//! `dsync lock` and `dsync run`: wait for a lease, run the command while it is held, stop the
+//! command's whole process group when the lease is lost (or dsync is told to stop), and give
+//! the lease up only after that group has exited.
+
+use std::ffi::OsString;
+use std::process::ExitStatus;
+use std::sync::Arc;
+
+use dsync::{Dsync, Error, LeaseKey, Term};
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::child::{self, Child, SpawnError};
+use crate::exit::{self, Failure};
+use crate::ui::{Interrupts, Progress, Ui};
+use crate::{LockArgs, RunArgs, StopArgs};
+
+/// How a command that ran under a lease ended.
+#[derive(Debug)]
+enum Outcome {
+    /// It exited by itself.
+    Exited(ExitStatus),
+    /// The lease was lost (or the term ended) first; the group was stopped.
+    Lost(ExitStatus),
+    /// dsync was sent `Signal`, forwarded it, and the group then exited.
+    Interrupted(Signal, ExitStatus),
+}
+
+impl Outcome {
+    fn status(&self) -> ExitStatus {
+        match self {
+            Outcome::Exited(s) | Outcome::Lost(s) | Outcome::Interrupted(_, s) => *s,
+        }
+    }
+}
+
+/// The environment a guarded command gets.
+fn lease_env(lease: &LeaseKey, term: &Term, slot: Option<usize>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DSYNC_LEASE".to_owned(), lease.name.clone()),
+        ("DSYNC_NAMESPACE".to_owned(), lease.namespace.clone()),
+        ("DSYNC_HOLDER".to_owned(), term.holder().to_owned()),
+        (
+            "DSYNC_FENCING_TOKEN".to_owned(),
+            term.fencing_token().to_string(),
+        ),
+    ];
+    if let Some(slot) = slot {
+        env.push(("DSYNC_SLOT".to_owned(), slot.to_string()));
+    }
+    env
+}
+
+/// Runs `child` while `term` lasts. Returns once the child has exited and nothing is left in
+/// its process group: by itself; after the term ended (`stop.signal`, then SIGKILL after
+/// `stop.kill_after`); or after dsync was interrupted (the same signal forwarded, then SIGKILL
+/// after `stop.kill_after`).
+async fn supervise(
+    child: &mut Child,
+    term: &Term,
+    interrupts: &mut Interrupts,
+    stop: &StopArgs,
+    ui: &Ui,
+    what: &str,
+) -> Outcome {
+    let mut kill_at: Option<Instant> = None;
+    let mut killed = false;
+    let mut lost = false;
+    let mut interrupted: Option<Signal> = None;
+    if let Some(signal) = interrupts.latest() {
+        // Interrupted between the grant and the start of the command.
+        child.signal(signal);
+        interrupted = Some(signal);
+        kill_at = Some(Instant::now() + stop.kill_after);
+    }
+    let status = loop {
+        tokio::select! {
+            // A signal sent with the same breath as a stop (or a loss) wins: the command gets
+            // what the user sent.
+            biased;
+            status = child.wait() => break status,
+            signal = interrupts.recv() => {
+                ui.info(&format!("{signal}: forwarding it to the command (process group {})", child.group()));
+                child.signal(signal);
+                interrupted.get_or_insert(signal);
+                kill_at.get_or_insert(Instant::now() + stop.kill_after);
+            }
+            _ = term.cancelled(), if !lost => {
+                lost = true;
+                if kill_at.is_none() {
+                    ui.error(&format!(
+                        "lost {what} (fencing token {}) while the command ran: sending {} to its process group {}",
+                        term.fencing_token(), stop.signal, child.group()
+                    ));
+                    child.signal(stop.signal);
+                    kill_at = Some(Instant::now() + stop.kill_after);
+                }
+            }
+            _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
+                ui.error(&format!(
+                    "the command's process group {} did not exit within {}: SIGKILL",
+                    child.group(), crate::duration::human(stop.kill_after)
+                ));
+                child.signal(Signal::SIGKILL);
+                killed = true;
+            }
+        }
+    };
+    // The direct child is gone; whatever it left in its group still works under the lease.
+    match kill_at {
+        Some(at) => {
+            child.stop(None, at).await;
+        }
+        None => child.stop_leftovers(stop.signal, stop.kill_after).await,
+    }
+    if lost {
+        Outcome::Lost(status)
+    } else if let Some(signal) = interrupted {
+        Outcome::Interrupted(signal, status)
+    } else {
+        Outcome::Exited(status)
+    }
+}
+
+/// `dsync lock`.
+pub async fn lock(
+    dsync: &Dsync,
+    args: &LockArgs,
+    mut interrupts: Interrupts,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    match args.permits {
+        None => lock_one(dsync, args, &mut interrupts, ui).await,
+        Some(n) => lock_permit(dsync, args, n, &mut interrupts, ui).await,
+    }
+}
+
+async fn lock_one(
+    dsync: &Dsync,
+    args: &LockArgs,
+    interrupts: &mut Interrupts,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    let lock = dsync.lock(&args.name)?;
+    let what = format!("lock {:?}", args.name);
+    let term = match lock.try_lock().await {
+        Ok(term) => term,
+        Err(Error::AlreadyLocked { holder, .. }) if args.try_ => {
+            return Err(Failure::new(
+                exit::TIMEOUT,
+                format!("{what} is held by {holder} (--try: not waiting)"),
+            ));
+        }
+        Err(Error::AlreadyLocked { .. }) => {
+            let observer = dsync.observe_lock(&args.name)?;
+            let _progress = Progress::follow(ui, what.clone(), observer.watch());
+            let waited = async {
+                match args.timeout {
+                    Some(timeout) => lock.lock_timeout(timeout).await,
+                    None => lock.lock().await,
+                }
+            };
+            // Dropping the wait (on a signal) hands a lock granted meanwhile straight back.
+            let term = tokio::select! {
+                term = waited => term,
+                signal = interrupts.recv() => {
+                    ui.info(&format!("{signal}: stopped waiting for {what}"));
+                    observer.stop().await;
+                    return Ok(exit::signalled(signal));
+                }
+            };
+            observer.stop().await;
+            match term {
+                Ok(term) => term,
+                Err(Error::Timeout { after, .. }) => {
+                    return Err(Failure::new(
+                        exit::TIMEOUT,
+                        format!(
+                            "{what} was not granted within {} (held by {})",
+                            crate::duration::human(after),
+                            lock.holder().as_deref().unwrap_or("nobody any more")
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    ui.info(&format!(
+        "acquired {what} as {} with fencing token {}",
+        term.holder(),
+        term.fencing_token()
+    ));
+    let env = lease_env(&lock.lease(), &term, None);
+    let outcome = match Child::spawn(&args.command, &env) {
+        Ok(mut child) => Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &what).await),
+        Err(e) => Err(e),
+    };
+    // The command's group has exited (or never started): only now is the lease given up.
+    match lock.unlock().await {
+        Ok(()) => ui.info(&format!("released {what}")),
+        // Lost: nothing of ours to release.
+        Err(Error::NotLocked { .. } | Error::NotLockHolder { .. } | Error::LockLost { .. }) => {}
+        Err(e) => ui.warn(&format!(
+            "could not release {what} (it frees when its lease expires): {}",
+            exit::chain(&e)
+        )),
+    }
+    finish_outcome(outcome, ui)
+}
+
+async fn lock_permit(
+    dsync: &Dsync,
+    args: &LockArgs,
+    permits: usize,
+    interrupts: &mut Interrupts,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    let semaphore = dsync.semaphore(&args.name, permits)?;
+    let what = format!("a permit of semaphore {:?} ({permits} permits)", args.name);
+    let permit = match semaphore.try_acquire().await {
+        Ok(permit) => permit,
+        Err(Error::NoFreeSlot { .. }) if args.try_ => {
+            return Err(Failure::new(
+                exit::TIMEOUT,
+                format!(
+                    "no free permit of semaphore {:?}: held by {} (--try: not waiting)",
+                    args.name,
+                    holders(&semaphore.holders())
+                ),
+            ));
+        }
+        Err(Error::NoFreeSlot { .. }) => {
+            ui.info(&format!(
+                "waiting for {what}: held by {}",
+                holders(&semaphore.holders())
+            ));
+            let watched = semaphore.clone();
+            let _progress = Progress::remind(ui, move || {
+                Some(format!("permits held by {}", holders(&watched.holders())))
+            });
+            let waited = async {
+                match args.timeout {
+                    Some(timeout) => semaphore.acquire_timeout(timeout).await,
+                    None => semaphore.acquire().await,
+                }
+            };
+            tokio::select! {
+                permit = waited => match permit {
+                    Ok(permit) => permit,
+                    Err(Error::Timeout { after, .. }) => {
+                        return Err(Failure::new(
+                            exit::TIMEOUT,
+                            format!(
+                                "{what} was not granted within {} (held by {})",
+                                crate::duration::human(after),
+                                holders(&semaphore.holders())
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                signal = interrupts.recv() => {
+                    ui.info(&format!("{signal}: stopped waiting for {what}"));
+                    return Ok(exit::signalled(signal));
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let term = permit.term().clone();
+    ui.info(&format!(
+        "acquired slot {} of semaphore {:?} as {} with fencing token {}",
+        permit.slot(),
+        args.name,
+        term.holder(),
+        term.fencing_token()
+    ));
+    let env = lease_env(&permit.lease(), &term, Some(permit.slot()));
+    let what = format!("slot {} of semaphore {:?}", permit.slot(), args.name);
+    let outcome = match Child::spawn(&args.command, &env) {
+        Ok(mut child) => Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &what).await),
+        Err(e) => Err(e),
+    };
+    match permit.release().await {
+        Ok(()) => ui.info(&format!("released {what}")),
+        Err(Error::NotLocked { .. } | Error::NotLockHolder { .. } | Error::LockLost { .. }) => {}
+        Err(e) => ui.warn(&format!(
+            "could not release {what} (it frees when its lease expires): {}",
+            exit::chain(&e)
+        )),
+    }
+    finish_outcome(outcome, ui)
+}
+
+fn holders(holders: &[Option<String>]) -> String {
+    let held: Vec<&str> = holders.iter().flatten().map(String::as_str).collect();
+    if held.is_empty() {
+        "nobody".into()
+    } else {
+        held.join(", ")
+    }
+}
+
+/// The exit code of a command that ran (or could not start) under a lock.
+fn finish_outcome(outcome: Result<Outcome, SpawnError>, ui: &Ui) -> Result<i32, Failure> {
+    match outcome {
+        Err(e) => Err(Failure::new(e.exit_code(), exit::chain(&e))),
+        Ok(Outcome::Lost(status)) => {
+            ui.error(&format!(
+                "the lease was lost while the command ran; the command ended with {status}"
+            ));
+            Ok(exit::LOST)
+        }
+        Ok(outcome) => Ok(child::exit_code(outcome.status())),
+    }
+}
+
+/// What the work of one term reports to `run`'s main loop.
+#[derive(Debug)]
+enum TermReport {
+    Ran(Outcome),
+    CannotStart(SpawnError),
+}
+
+/// `dsync run`.
+pub async fn run(
+    dsync: &Dsync,
+    args: &RunArgs,
+    mut interrupts: Interrupts,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    let election = dsync.election(&args.election)?;
+    let what = format!("election {:?}", args.election);
+    let (reports, mut reported) = mpsc::unbounded_channel::<TermReport>();
+    let work = Arc::new(TermWork {
+        command: args.command.clone(),
+        stop: args.stop.clone(),
+        ui: ui.clone(),
+        what: what.clone(),
+        interrupts: interrupts.clone(),
+        lease: election.lease(),
+    });
+    // The command is the term's guarded work: the library releases the lease (at a stop, a
+    // handoff, a preferred holder) only after this future returned, i.e. after the group exited.
+    election.when_elected(move |term| {
+        let work = work.clone();
+        let reports = reports.clone();
+        async move {
+            let report = work.run_term(term).await;
+            let _ = reports.send(report);
+        }
+    })?;
+    ui.info(&format!(
+        "campaigning for {what} as {}",
+        dsync.identity()
+    ));
+    let _progress = {
+        let election = election.clone();
+        Progress::remind(ui, move || match election.leader() {
+            _ if election.is_leader() => None,
+            Some(leader) => Some(format!("{leader} leads")),
+            None => Some("no leader yet".into()),
+        })
+    };
+    let code = loop {
+        tokio::select! {
+            report = reported.recv() => {
+                let Some(report) = report else {
+                    return Err(Failure::new(exit::DSYNC_FAILED, format!("{what} stopped unexpectedly")));
+                };
+                match report {
+                    TermReport::CannotStart(e) => break Err(Failure::new(e.exit_code(), exit::chain(&e))),
+                    TermReport::Ran(Outcome::Exited(status)) => {
+                        ui.info(&format!("the command exited ({status}) while leading: stepping down"));
+                        break Ok(child::exit_code(status));
+                    }
+                    TermReport::Ran(Outcome::Interrupted(_, status)) => break Ok(child::exit_code(status)),
+                    TermReport::Ran(Outcome::Lost(status)) => {
+                        if args.once {
+                            ui.error(&format!("the term ended while the command ran (it ended with {status}); --once: exiting"));
+                            break Ok(exit::LOST);
+                        }
+                        ui.info(&format!("the term ended; the command ended with {status}; campaigning again"));
+                    }
+                }
+            }
+            signal = interrupts.recv() => {
+                // The running term's work saw the same signal and forwards it; stopping the
+                // election waits for that work (the command's group), then releases.
+                ui.info(&format!("{signal}: stopping"));
+                if let Err(e) = election.stop().await {
+                    ui.warn(&format!("stopping {what}: {}", exit::chain(&e)));
+                }
+                break Ok(match reported.try_recv() {
+                    Ok(TermReport::Ran(outcome)) => child::exit_code(outcome.status()),
+                    _ => exit::signalled(signal),
+                });
+            }
+        }
+    };
+    if let Err(e) = election.stop().await
+        && !matches!(e, Error::Stopped { .. })
+    {
+        ui.warn(&format!("stopping {what}: {}", exit::chain(&e)));
+    }
+    code
+}
+
+/// What each term of `run` does: start the command, supervise it for the term.
+struct TermWork {
+    command: Vec<OsString>,
+    stop: StopArgs,
+    ui: Ui,
+    what: String,
+    interrupts: Interrupts,
+    lease: LeaseKey,
+}
+
+impl TermWork {
+    async fn run_term(&self, term: Term) -> TermReport {
+        let mut interrupts = self.interrupts.clone();
+        self.ui.info(&format!(
+            "elected: leading {} with fencing token {}; starting the command",
+            self.what,
+            term.fencing_token()
+        ));
+        let env = lease_env(&self.lease, &term, None);
+        match Child::spawn(&self.command, &env) {
+            Ok(mut child) => TermReport::Ran(
+                supervise(
+                    &mut child,
+                    &term,
+                    &mut interrupts,
+                    &self.stop,
+                    &self.ui,
+                    &self.what,
+                )
+                .await,
+            ),
+            Err(e) => TermReport::CannotStart(e),
+        }
+    }
+}

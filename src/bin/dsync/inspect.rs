@@ -1,0 +1,744 @@
+//! `dsync status`, `observe`, `release` and `handoff`: looking at leases and acting on them
+//! from outside the replicas that hold them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dsync::store::StreamExt;
+use dsync::{Dsync, Error, LeaseKey, LeaseKind, LeaseName, LeaseStore, StoredLease};
+use serde_json::{Value, json};
+use tokio::time::{Instant, sleep_until};
+
+use crate::duration::human;
+use crate::exit::{self, Failure};
+use crate::ui::{Interrupts, Ui, holder_phrase};
+use crate::{HandoffArgs, Kind, ObserveArgs, Output, ReleaseArgs, StatusArgs};
+
+/// One dsync lease as `status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The Lease object.
+    pub key: LeaseKey,
+    /// Its name taken apart.
+    pub name: LeaseName,
+    /// The stored lease.
+    pub lease: StoredLease,
+}
+
+impl Row {
+    /// A row for `lease` of `namespace`, if it is named as dsync names leases.
+    pub fn of(namespace: &str, lease: StoredLease) -> Option<Row> {
+        let name = LeaseName::parse(&lease.name)?;
+        Some(Row {
+            key: LeaseKey::new(namespace, lease.name.clone()),
+            name,
+            lease,
+        })
+    }
+
+    fn holder(&self) -> Option<&str> {
+        self.lease.record.holder()
+    }
+
+    fn duration(&self) -> Option<Duration> {
+        self.lease
+            .record
+            .lease_duration_seconds
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(s as u64))
+    }
+
+    /// Whether the holder looks expired *by this machine's clock* against the holder's
+    /// recorded renewal: the only judgement a one-shot look can make. `None` when nobody holds
+    /// it or the record says too little.
+    pub fn expired_by_clock(&self, now: SystemTime) -> Option<bool> {
+        self.holder()?;
+        let renewed = self.lease.record.renew_time?;
+        let duration = self.duration()?;
+        Some(now.duration_since(renewed).is_ok_and(|age| age > duration))
+    }
+
+    /// What a person follows: everything but the renewal times. A renewal by the same holder
+    /// changes none of it (it only restarts the expiry clock).
+    fn visible(&self) -> impl PartialEq + '_ {
+        let r = &self.lease.record;
+        (
+            self.holder(),
+            r.lease_transitions,
+            r.lease_duration_seconds,
+            r.handed_to(),
+            r.requested_handoff(),
+            r.strategy.as_deref(),
+            r.preferred(),
+        )
+    }
+
+    fn note(&self) -> String {
+        let record = &self.lease.record;
+        let mut notes = Vec::new();
+        if let Some(to) = record.handed_to() {
+            notes.push(format!("handed to {to}"));
+        }
+        if let Some(to) = record.requested_handoff() {
+            notes.push(format!("handoff to {to} requested"));
+        }
+        if record.coordinated() {
+            match record.preferred() {
+                Some(p) => notes.push(format!("coordinated, preferred {p}")),
+                None => notes.push("coordinated".into()),
+            }
+        }
+        notes.join("; ")
+    }
+
+    /// The row as JSON (times RFC 3339, UTC).
+    pub fn json(&self, now: SystemTime) -> Value {
+        let record = &self.lease.record;
+        json!({
+            "lease": self.key.name,
+            "namespace": self.key.namespace,
+            "kind": self.name.kind.as_str(),
+            "scope": self.name.scope,
+            "name": self.name.name,
+            "slot": self.name.slot,
+            "holder": self.holder(),
+            "fencing_token": record.lease_transitions,
+            "acquired": record.acquire_time.map(timestamp),
+            "renewed": record.renew_time.map(timestamp),
+            "renewed_seconds_ago": record.renew_time.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs_f64()),
+            "lease_duration_seconds": record.lease_duration_seconds,
+            "expired_by_local_clock": self.expired_by_clock(now),
+            "handed_to": record.handed_to(),
+            "handoff_requested": record.requested_handoff(),
+            "strategy": record.strategy,
+            "preferred_holder": record.preferred(),
+            "resource_version": self.lease.resource_version,
+        })
+    }
+}
+
+/// RFC 3339 in UTC, whole seconds.
+fn timestamp(t: SystemTime) -> String {
+    match jiff::Timestamp::try_from(t) {
+        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Err(_) => "-".into(),
+    }
+}
+
+fn ago(t: Option<SystemTime>, now: SystemTime) -> String {
+    match t {
+        None => "-".into(),
+        Some(t) => match now.duration_since(t) {
+            Ok(age) => format!("{} ago", human(age)),
+            // The writer's clock is ahead of ours.
+            Err(ahead) => format!("in {}", human(ahead.duration())),
+        },
+    }
+}
+
+const COLUMNS: [&str; 10] = [
+    "KIND", "SCOPE", "NAME", "SLOT", "HOLDER", "TOKEN", "ACQUIRED", "RENEWED", "DURATION",
+    "EXPIRED*",
+];
+
+/// The `status` table: one line per lease, columns aligned, and a footnote on how expiry is
+/// judged.
+pub fn table(rows: &[Row], now: SystemTime) -> String {
+    let mut lines: Vec<Vec<String>> = vec![COLUMNS.iter().map(|c| c.to_string()).collect()];
+    for row in rows {
+        let record = &row.lease.record;
+        let mut cells = vec![
+            row.name.kind.as_str().to_owned(),
+            row.name.scope.clone(),
+            row.name.name.clone(),
+            row.name.slot.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            row.holder().unwrap_or("-").to_owned(),
+            record
+                .lease_transitions
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            ago(record.acquire_time, now),
+            ago(record.renew_time, now),
+            row.duration().map(human).unwrap_or_else(|| "-".into()),
+            match row.expired_by_clock(now) {
+                None => "-".into(),
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+            },
+        ];
+        let note = row.note();
+        if !note.is_empty() {
+            cells.push(note);
+        }
+        lines.push(cells);
+    }
+    let widths: Vec<usize> = (0..COLUMNS.len())
+        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for line in &lines {
+        let mut text = String::new();
+        for (i, cell) in line.iter().enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if i + 1 < line.len() && i < widths.len() {
+                text.push_str(&format!("{cell:<width$}", width = widths[i]));
+            } else {
+                text.push_str(cell);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no dsync leases)\n");
+    }
+    out.push_str(
+        "* judged locally: by this machine's clock against the holder's last renewTime \
+         (clock skew shifts it; holders judge from when they saw the lease change)\n",
+    );
+    out
+}
+
+/// Which leases `status` shows.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// Only this scope (when given by flag or environment).
+    pub scope: Option<String>,
+    /// Only this election, lock or semaphore name.
+    pub name: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, row: &Row) -> bool {
+        self.scope.as_ref().is_none_or(|s| *s == row.name.scope)
+            && self.name.as_ref().is_none_or(|n| *n == row.name.name)
+    }
+}
+
+/// The rows of `leases` that `filter` keeps, ordered by kind, scope, name, slot.
+pub fn rows(namespace: &str, leases: Vec<StoredLease>, filter: &Filter) -> Vec<Row> {
+    let mut rows: Vec<Row> = leases
+        .into_iter()
+        .filter_map(|l| Row::of(namespace, l))
+        .filter(|r| filter.keeps(r))
+        .collect();
+    rows.sort_by(|a, b| {
+        (kind_order(a.name.kind), &a.name.scope, &a.name.name, a.name.slot).cmp(&(
+            kind_order(b.name.kind),
+            &b.name.scope,
+            &b.name.name,
+            b.name.slot,
+        ))
+    });
+    rows
+}
+
+fn kind_order(kind: LeaseKind) -> u8 {
+    match kind {
+        LeaseKind::Election => 0,
+        LeaseKind::Lock => 1,
+        LeaseKind::Semaphore => 2,
+    }
+}
+
+/// `dsync status`.
+pub async fn status(
+    dsync: &Dsync,
+    store: &Arc<dyn LeaseStore>,
+    args: &StatusArgs,
+    scope_given: bool,
+    mut interrupts: Interrupts,
+) -> Result<i32, Failure> {
+    let namespace = dsync.config().namespace.clone();
+    let filter = Filter {
+        scope: scope_given.then(|| dsync.config().scope.clone()),
+        name: args.name.clone(),
+    };
+    // The store's watch starts with a list of its own (and lists again after every
+    // reconnect), so a change between our list and the watch is not missed: the replay of
+    // what we already printed is recognised by its version and skipped.
+    let mut changes = args.watch.then(|| store.watch(&namespace));
+    let listed = store
+        .list(&namespace)
+        .await
+        .map_err(|e| store_failure(&format!("list leases in namespace {namespace}"), e))?;
+    let now = SystemTime::now();
+    let rows = rows(&namespace, listed, &filter);
+    match args.output {
+        Output::Table => print!("{}", table(&rows, now)),
+        Output::Json if args.watch => {
+            for row in &rows {
+                println!("{}", json!({"event": "listed", "lease": row.json(now)}));
+            }
+        }
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "namespace": namespace,
+                "expired_judged_by": "this machine's clock against the holder's renewTime",
+                "leases": rows.iter().map(|r| r.json(now)).collect::<Vec<_>>(),
+            }))
+            .expect("JSON values serialise")
+        ),
+    }
+    let Some(changes) = changes.as_mut() else {
+        return Ok(exit::OK);
+    };
+    let mut follow = Follow::new(rows);
+    loop {
+        let expiry = follow.next_expiry();
+        tokio::select! {
+            event = changes.next() => match event {
+                None => return Err(Failure::new(exit::DSYNC_FAILED, "the watch on leases ended")),
+                Some(Err(e)) => {
+                    // The watch retries by itself; say so once per error.
+                    eprintln!("dsync: warning: {}; retrying", exit::chain(&e));
+                }
+                Some(Ok(event)) => {
+                    for line in follow.apply(&namespace, event, &filter, args.output) {
+                        println!("{line}");
+                    }
+                }
+            },
+            _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                for line in follow.expire(args.output) {
+                    println!("{line}");
+                }
+            }
+            _ = interrupts.recv() => return Ok(exit::OK),
+        }
+    }
+}
+
+/// What `status --watch` knows: every lease shown, with the instant this process saw its
+/// current version (expiry is judged from that, by this observer, as holders judge it).
+struct Follow {
+    known: BTreeMap<String, (Row, Instant, bool)>,
+}
+
+impl Follow {
+    fn new(rows: Vec<Row>) -> Self {
+        let now = Instant::now();
+        Follow {
+            known: rows
+                .into_iter()
+                .map(|r| (r.key.name.clone(), (r, now, false)))
+                .collect(),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        namespace: &str,
+        event: dsync::store::WatchEvent,
+        filter: &Filter,
+        output: Output,
+    ) -> Vec<String> {
+        let now = SystemTime::now();
+        match event {
+            dsync::store::WatchEvent::Applied(lease) => {
+                let Some(row) = Row::of(namespace, lease).filter(|r| filter.keeps(r)) else {
+                    return Vec::new();
+                };
+                let mut lines = Vec::new();
+                match self.known.get(&row.key.name) {
+                    // The watch's replay of what we listed.
+                    Some((old, _, _))
+                        if !dsync::record::is_newer(
+                            &row.lease.resource_version,
+                            Some(&old.lease.resource_version),
+                        ) =>
+                    {
+                        return lines;
+                    }
+                    // A renewal: nothing to print, but expiry counts from now again.
+                    Some((old, _, _)) if old.visible() == row.visible() => {}
+                    _ => lines.push(change_line("changed", &row, now, output)),
+                }
+                self.known
+                    .insert(row.key.name.clone(), (row, Instant::now(), false));
+                lines
+            }
+            dsync::store::WatchEvent::Deleted { name } => match self.known.remove(&name) {
+                Some((row, _, _)) => vec![change_line("deleted", &row, now, output)],
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// When the next held lease would expire by this observer, if any.
+    fn next_expiry(&self) -> Option<Instant> {
+        self.known
+            .values()
+            .filter(|(row, _, reported)| !reported && row.holder().is_some())
+            .filter_map(|(row, seen, _)| Some(*seen + row.duration()?))
+            .min()
+    }
+
+    fn expire(&mut self, output: Output) -> Vec<String> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut lines = Vec::new();
+        for (row, seen, reported) in self.known.values_mut() {
+            let Some(duration) = row.duration() else {
+                continue;
+            };
+            if !*reported && row.holder().is_some() && *seen + duration <= now {
+                *reported = true;
+                lines.push(change_line("expired", row, wall, output));
+            }
+        }
+        lines
+    }
+}
+
+fn change_line(event: &str, row: &Row, now: SystemTime, output: Output) -> String {
+    match output {
+        Output::Json => json!({"event": event, "lease": row.json(now)}).to_string(),
+        Output::Table => {
+            let what = match row.name.slot {
+                Some(slot) => format!("{} {}/{}[{slot}]", row.name.kind, row.name.scope, row.name.name),
+                None => format!("{} {}/{}", row.name.kind, row.name.scope, row.name.name),
+            };
+            let state = match (event, row.holder()) {
+                ("deleted", _) => "deleted".to_owned(),
+                ("expired", Some(h)) => format!(
+                    "{h} looks expired to this observer (no change for {})",
+                    row.duration().map(human).unwrap_or_default()
+                ),
+                (_, Some(h)) => format!(
+                    "holder {h} token {}",
+                    row.lease.record.lease_transitions.unwrap_or(0)
+                ),
+                (_, None) => match row.lease.record.handed_to() {
+                    Some(to) => format!("free, handed to {to}"),
+                    None => "free".to_owned(),
+                },
+            };
+            format!("{} {what} {state}", timestamp(now))
+        }
+    }
+}
+
+fn store_failure(what: &str, e: dsync::StoreError) -> Failure {
+    let error = Error::from_store(what, e);
+    Failure::from(error)
+}
+
+/// `dsync release NAME --force`.
+pub async fn release(
+    dsync: &Dsync,
+    store: &Arc<dyn LeaseStore>,
+    args: &ReleaseArgs,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    let key = resolve(dsync, store, &args.name, args.kind, args.slot).await?;
+    let current = store
+        .get(&key)
+        .await
+        .map_err(|e| store_failure(&format!("read lease {key}"), e))?;
+    let Some(holder) = current.record.holder().map(str::to_owned) else {
+        ui.info(&format!("lease {key} is not held: nothing to release"));
+        return Ok(exit::OK);
+    };
+    if !args.force {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "lease {key} is held by {holder} (fencing token {}). Releasing it lets the next \
+                 holder in while {holder} may still be working; run again with --force to do it",
+                current.record.lease_transitions.unwrap_or(0)
+            ),
+        ));
+    }
+    let released = dsync.force_release(&key).await?;
+    match released.previous_holder {
+        Some(previous) => println!(
+            "released lease {key}: it was held by {previous} (fencing token {}); the next holder gets a higher token",
+            released.fencing_token
+        ),
+        None => println!("lease {key} was released meanwhile: nothing to do"),
+    }
+    Ok(exit::OK)
+}
+
+/// The lease `name` means for `release`: as `--kind`/`--slot` say, or the one lock or election
+/// lease of that name that exists.
+async fn resolve(
+    dsync: &Dsync,
+    store: &Arc<dyn LeaseStore>,
+    name: &str,
+    kind: Option<Kind>,
+    slot: Option<usize>,
+) -> Result<LeaseKey, Failure> {
+    let resource = dsync.resource(name);
+    let bad_name = |e: dsync::NameError| Failure::new(exit::USAGE, e.to_string());
+    let kind = match (kind, slot) {
+        (Some(Kind::Semaphore), None) => {
+            return Err(Failure::new(exit::USAGE, "--kind semaphore needs --slot I"));
+        }
+        (Some(Kind::Election | Kind::Lock), Some(_)) => {
+            return Err(Failure::new(exit::USAGE, "--slot is for semaphores only"));
+        }
+        (Some(Kind::Semaphore) | None, Some(slot)) => {
+            resource
+                .validate_semaphore(slot.saturating_add(1))
+                .map_err(bad_name)?;
+            return Ok(resource.semaphore_slot_key(slot));
+        }
+        (Some(Kind::Election), None) => Some(LeaseKind::Election),
+        (Some(Kind::Lock), None) => Some(LeaseKind::Lock),
+        (None, None) => None,
+    };
+    if let Some(kind) = kind {
+        resource.validate_for(kind).map_err(bad_name)?;
+        return Ok(resource.lease_key(kind));
+    }
+    resource.validate_for(LeaseKind::Lock).map_err(bad_name)?;
+    let mut found = Vec::new();
+    for kind in [LeaseKind::Lock, LeaseKind::Election] {
+        if resource.validate_for(kind).is_err() {
+            continue;
+        }
+        let key = resource.lease_key(kind);
+        match store.get(&key).await {
+            Ok(_) => found.push(key),
+            Err(dsync::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(store_failure(&format!("read lease {key}"), e)),
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Failure::new(
+            exit::DSYNC_FAILED,
+            format!(
+                "no lock or election named {name:?} in namespace {} (scope {}); see `dsync status`",
+                resource.effective_namespace(),
+                resource.effective_scope()
+            ),
+        )),
+        _ => Err(Failure::new(
+            exit::USAGE,
+            format!("both a lock and an election are named {name:?}: say which with --kind"),
+        )),
+    }
+}
+
+/// `dsync handoff ELECTION --to ID`.
+pub async fn handoff(
+    dsync: &Dsync,
+    args: &HandoffArgs,
+    mut interrupts: Interrupts,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    let requested = dsync.request_handoff(&args.election, &args.to).await?;
+    if requested.holder == args.to {
+        println!("{} already leads election {:?}", args.to, args.election);
+        return Ok(exit::OK);
+    }
+    ui.info(&format!(
+        "asked {} to hand election {:?} to {}",
+        requested.holder, args.election, args.to
+    ));
+    if args.no_wait {
+        return Ok(exit::OK);
+    }
+    let observer = dsync.observe(&args.election)?;
+    let mut changes = observer.watch();
+    let deadline = Instant::now() + args.timeout;
+    let outcome = loop {
+        let observation = changes.borrow_and_update().clone();
+        if observation.holder.as_deref() == Some(args.to.as_str()) {
+            println!(
+                "{} leads election {:?} now (fencing token {})",
+                args.to,
+                args.election,
+                observation.fencing_token.unwrap_or(0)
+            );
+            break Ok(exit::OK);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() {
+                break Err(Failure::new(exit::DSYNC_FAILED, "the observer stopped"));
+            },
+            _ = sleep_until(deadline) => {
+                let now = std::time::Instant::now();
+                break Err(Failure::new(
+                    exit::TIMEOUT,
+                    format!(
+                        "{} does not lead election {:?} after {}: {}",
+                        args.to, args.election, human(args.timeout), holder_phrase(&observation, now)
+                    ),
+                ));
+            }
+            signal = interrupts.recv() => break Ok(exit::signalled(signal)),
+        }
+    };
+    observer.stop().await;
+    outcome
+}
+
+/// `dsync observe NAME`.
+pub async fn observe(
+    dsync: &Dsync,
+    args: &ObserveArgs,
+    mut interrupts: Interrupts,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    let observer = if args.lock {
+        dsync.observe_lock(&args.name)?
+    } else {
+        dsync.observe(&args.name)?
+    };
+    let what = if args.lock { "lock" } else { "election" };
+    ui.info(&format!("observing {what} {:?} ({})", args.name, observer.lease()));
+    let mut changes = observer.watch();
+    let mut said: Option<(Option<String>, Option<i32>, bool, bool, bool)> = None;
+    loop {
+        let o = changes.borrow_and_update().clone();
+        let state = (
+            o.holder.clone(),
+            o.fencing_token,
+            o.expired,
+            o.exists,
+            o.last_error.is_some(),
+        );
+        if o.synced && said.as_ref() != Some(&state) {
+            let now = SystemTime::now();
+            let line = match args.output {
+                Output::Json => json!({
+                    "time": timestamp(now),
+                    "lease": o.lease.name,
+                    "exists": o.exists,
+                    "holder": o.holder,
+                    "fencing_token": o.fencing_token,
+                    "expired_by_this_observer": o.expired,
+                    "error": o.last_error,
+                })
+                .to_string(),
+                Output::Table => {
+                    let state = match (&o.holder, o.exists) {
+                        (_, false) => "no lease yet".to_owned(),
+                        (None, true) => "free".to_owned(),
+                        (Some(h), true) if o.expired => {
+                            format!("{h} (token {}) looks expired to this observer", o.fencing_token.unwrap_or(0))
+                        }
+                        (Some(h), true) => format!("held by {h} (token {})", o.fencing_token.unwrap_or(0)),
+                    };
+                    match &o.last_error {
+                        Some(e) => format!("{} {state} (last error: {e})", timestamp(now)),
+                        None => format!("{} {state}", timestamp(now)),
+                    }
+                }
+            };
+            println!("{line}");
+            said = Some(state);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = interrupts.recv() => break,
+        }
+    }
+    observer.stop().await;
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dsync::LeaseRecord;
+
+    fn lease(name: &str, holder: Option<&str>, renewed_ago: u64, now: SystemTime) -> StoredLease {
+        StoredLease {
+            name: name.into(),
+            record: LeaseRecord {
+                holder_identity: holder.map(Into::into),
+                lease_duration_seconds: Some(15),
+                acquire_time: Some(now - Duration::from_secs(100)),
+                renew_time: Some(now - Duration::from_secs(renewed_ago)),
+                lease_transitions: Some(3),
+                ..Default::default()
+            },
+            resource_version: "7".into(),
+        }
+    }
+
+    #[test]
+    fn only_dsync_leases_in_kind_order_and_filtered() {
+        let now = SystemTime::now();
+        let leases = vec![
+            lease("unscoped.lock.nightly", Some("pod-b"), 2, now),
+            lease("kube-node-lease-thing", Some("node"), 2, now),
+            lease("team.semaphore.exports.1", None, 2, now),
+            lease("unscoped.election.master", Some("pod-a"), 30, now),
+        ];
+        let all = Filter { scope: None, name: None };
+        let shown: Vec<String> = rows("ns", leases.clone(), &all)
+            .iter()
+            .map(|r| r.key.name.clone())
+            .collect();
+        assert_eq!(
+            shown,
+            ["unscoped.election.master", "unscoped.lock.nightly", "team.semaphore.exports.1"]
+        );
+        let team = Filter { scope: Some("team".into()), name: None };
+        assert_eq!(rows("ns", leases.clone(), &team).len(), 1);
+        let nightly = Filter { scope: None, name: Some("nightly".into()) };
+        assert_eq!(rows("ns", leases, &nightly)[0].name.kind, LeaseKind::Lock);
+    }
+
+    #[test]
+    fn expiry_by_the_local_clock_and_the_table_says_so() {
+        let now = SystemTime::now();
+        let leases = vec![
+            lease("unscoped.lock.fresh", Some("pod-b"), 2, now),
+            lease("unscoped.lock.stale", Some("pod-c"), 30, now),
+            lease("unscoped.lock.free", None, 30, now),
+        ];
+        let rows = rows("ns", leases, &Filter { scope: None, name: None });
+        let by_name = |n: &str| rows.iter().find(|r| r.name.name == n).unwrap();
+        assert_eq!(by_name("fresh").expired_by_clock(now), Some(false));
+        assert_eq!(by_name("stale").expired_by_clock(now), Some(true));
+        assert_eq!(by_name("free").expired_by_clock(now), None);
+        let text = table(&rows, now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("KIND"), "{text}");
+        let stale = lines.iter().find(|l| l.contains("stale")).unwrap();
+        assert!(stale.contains("pod-c") && stale.contains("yes") && stale.contains("30s ago"), "{stale}");
+        assert!(text.contains("judged locally"), "{text}");
+        let json = by_name("stale").json(now);
+        assert_eq!(json["kind"], "lock");
+        assert_eq!(json["holder"], "pod-c");
+        assert_eq!(json["fencing_token"], 3);
+        assert_eq!(json["expired_by_local_clock"], true);
+    }
+
+    #[test]
+    fn watching_prints_changes_not_replays_and_expiry_by_observation() {
+        let now = SystemTime::now();
+        let listed = lease("unscoped.lock.nightly", Some("pod-b"), 0, now);
+        let filter = Filter { scope: None, name: None };
+        let mut follow = Follow::new(rows("ns", vec![listed.clone()], &filter));
+        let replay = dsync::store::WatchEvent::Applied(listed.clone());
+        assert!(follow.apply("ns", replay, &filter, Output::Table).is_empty());
+        let mut next = listed.clone();
+        next.record.holder_identity = Some("pod-c".into());
+        let mut renewed = listed.clone();
+        renewed.resource_version = "8".into();
+        renewed.record.renew_time = Some(now + Duration::from_secs(1));
+        let renewal = dsync::store::WatchEvent::Applied(renewed);
+        assert!(follow.apply("ns", renewal, &filter, Output::Table).is_empty(), "a renewal prints nothing");
+        next.resource_version = "9".into();
+        let lines = follow.apply("ns", dsync::store::WatchEvent::Applied(next), &filter, Output::Table);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("lock unscoped/nightly holder pod-c token 3"), "{}", lines[0]);
+        assert!(follow.next_expiry().is_some());
+        let deleted = dsync::store::WatchEvent::Deleted { name: "unscoped.lock.nightly".into() };
+        let lines = follow.apply("ns", deleted, &filter, Output::Json);
+        assert!(lines[0].contains("\"deleted\""), "{}", lines[0]);
+        assert_eq!(follow.next_expiry(), None);
+    }
+}

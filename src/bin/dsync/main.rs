@@ -1,0 +1,465 @@
+//! `dsync`: leases from the command line. Run a command under a lock, a semaphore permit or
+//! only while leader, and see, release or hand over what is held.
+//!
+//! ```text
+//! dsync lock nightly-report -- ./report.sh           # one at a time across every pod
+//! dsync lock exports -n 3 --timeout 1m -- ./export    # at most three at a time
+//! dsync run controller -- ./controller                # only while leader, again at each term
+//! dsync status                                        # every dsync lease in the namespace
+//! dsync release nightly-report --force                # an operator's escape hatch
+//! dsync handoff controller --to pod-b                 # ask the leader to hand over
+//! dsync observe controller                            # follow leader changes
+//! ```
+//!
+//! # Layout
+//! - `main.rs`: flags, configuration, dispatch, exit.
+//! - `guard.rs`: `lock` and `run`: wait for a lease, run the command while it is held.
+//! - `child.rs`: the command in its own process group; stopping the whole group.
+//! - `inspect.rs`: `status`, `observe`, `release`, `handoff`.
+//! - `ui.rs`: messages on stderr, progress while waiting.
+//! - `exit.rs`: exit codes; `duration.rs`: `5s`, `500ms`, `2m`.
+#![forbid(unsafe_code)]
+
+mod child;
+mod duration;
+mod exit;
+mod guard;
+mod inspect;
+mod ui;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dsync::config::{ENV_CONFIG_PATH, ENV_NAMESPACE, ENV_POD_NAME, ENV_SCOPE};
+use dsync::{Config, Dsync, KubeStore, LeaseStore, Timing};
+use nix::sys::signal::Signal;
+
+use crate::exit::Failure;
+use crate::ui::Ui;
+
+/// Leases on Kubernetes from the command line: run a command under a lock or only while
+/// leader, and see who holds what.
+#[derive(Debug, Parser)]
+#[command(name = "dsync", version, about, long_about = None)]
+#[command(after_help = EXIT_CODES)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  (the command's)  lock, run: the command's own exit code (128+N if killed by signal N)
+  2                bad flags or arguments; release without --force
+  75               the lock or permit was not granted in time (--timeout, --try);
+                   handoff: the new leader did not take over within --timeout
+  76               the lease was lost while the command ran (its process group was stopped)
+  78               configuration, permission (RBAC) or API server error
+  126, 127         the command could not be executed / was not found";
+
+/// Where the leases are and who this process is; every subcommand takes these.
+#[derive(Debug, Args)]
+struct Global {
+    /// Namespace of the leases [env: KUBE_NAMESPACE; default: default]
+    #[arg(long, global = true, value_name = "NS")]
+    namespace: Option<String>,
+    /// Scope prefixed to lease names [env: KUBE_LEASE_SCOPE; default: unscoped]
+    #[arg(long, global = true)]
+    scope: Option<String>,
+    /// Holder identity (default: KUBE_POD_NAME or the host name; `lock` adds a random suffix
+    /// unless --identity is given, so two processes never share one)
+    #[arg(long, global = true, value_name = "ID")]
+    identity: Option<String>,
+    /// Kubeconfig file [env: KUBE_CONFIG_PATH; default: $KUBECONFIG, ~/.kube/config, in-cluster]
+    #[arg(long, global = true, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// How long others wait after the holder's last renewal (whole seconds)
+    #[arg(long, global = true, value_parser = duration::parse, default_value = "15s", value_name = "DUR")]
+    lease_duration: Duration,
+    /// The holder gives the lease up if it could not renew for this long
+    #[arg(long, global = true, value_parser = duration::parse, default_value = "10s", value_name = "DUR")]
+    renew_deadline: Duration,
+    /// Pause between attempts to acquire or renew
+    #[arg(long, global = true, value_parser = duration::parse, default_value = "2s", value_name = "DUR")]
+    retry_period: Duration,
+    /// Print nothing on stderr but errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Wait for a lock (or a semaphore permit with -n), run CMD while holding it, release it
+    /// when CMD and everything it started have exited, and exit with CMD's exit code.
+    Lock(LockArgs),
+    /// Campaign for an election; run CMD during each term, stop it when the term ends, and
+    /// campaign again.
+    Run(RunArgs),
+    /// Every dsync lease in the namespace (or those named NAME): kind, holder, fencing token,
+    /// acquisition, renewal and expiry. Needs only get, list and watch on leases.
+    Status(StatusArgs),
+    /// Clear the holder of a lease (compare-and-swap), e.g. after a holder was lost for good.
+    Release(ReleaseArgs),
+    /// Ask the current leader of an election to hand it to another identity, and wait until
+    /// that identity leads.
+    Handoff(HandoffArgs),
+    /// Follow an election (or a lock) and print every change of holder.
+    Observe(ObserveArgs),
+}
+
+/// How the command's process group is stopped when the lease is lost.
+#[derive(Debug, Args, Clone)]
+struct StopArgs {
+    /// Signal for CMD's process group when the lease is lost or the term ends
+    #[arg(long, value_parser = parse_signal, default_value = "SIGTERM", value_name = "SIG")]
+    signal: Signal,
+    /// Send SIGKILL to the group if it has not exited this long after the first signal
+    #[arg(long, value_parser = duration::parse, default_value = "5s", value_name = "DUR")]
+    kill_after: Duration,
+}
+
+#[derive(Debug, Args)]
+struct LockArgs {
+    /// The lock: lease `<scope>.lock.NAME` (or `<scope>.semaphore.NAME.<i>` with -n)
+    name: String,
+    /// Give up waiting after this long (exit code 75)
+    #[arg(long, value_parser = duration::parse, value_name = "DUR", conflicts_with = "try_")]
+    timeout: Option<Duration>,
+    /// Do not wait: exit with code 75 if the lock is held
+    #[arg(long = "try", id = "try_")]
+    try_: bool,
+    /// A semaphore of N permits instead of a lock: at most N holders at once
+    #[arg(short = 'n', long = "permits", value_name = "N")]
+    permits: Option<usize>,
+    #[command(flatten)]
+    stop: StopArgs,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The election: lease `<scope>.election.ELECTION`
+    election: String,
+    /// Exit after the first term (with code 76 if the term ended before CMD did)
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    stop: StopArgs,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Output formats of `status` and `observe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Columns for people
+    Table,
+    /// One JSON document (`status`) or one JSON object per line (`--watch`, `observe`)
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Only the leases of this election, lock or semaphore (in the scope)
+    name: Option<String>,
+    /// After the current state, print every change until interrupted
+    #[arg(short, long)]
+    watch: bool,
+    /// Output format
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+/// Which kind of lease a name means, for `release` and `observe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// `<scope>.election.NAME`
+    Election,
+    /// `<scope>.lock.NAME`
+    Lock,
+    /// `<scope>.semaphore.NAME.<slot>` (with --slot)
+    Semaphore,
+}
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    /// The lease's name (as for `lock`, `run`, or a semaphore with --slot)
+    name: String,
+    /// Which kind of lease NAME is (default: the one that exists, lock or election)
+    #[arg(long, value_enum)]
+    kind: Option<Kind>,
+    /// The semaphore slot to release (implies --kind semaphore)
+    #[arg(long, value_name = "I")]
+    slot: Option<usize>,
+    /// Really clear the holder: its process may still be working, and the next holder will
+    /// not wait for it
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct HandoffArgs {
+    /// The election
+    election: String,
+    /// Identity (pod name) of the replica that should lead
+    #[arg(long, value_name = "ID")]
+    to: String,
+    /// How long to wait for the new leader (exit code 75 when it runs out)
+    #[arg(long, value_parser = duration::parse, default_value = "60s", value_name = "DUR")]
+    timeout: Duration,
+    /// Only ask; do not wait
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Debug, Args)]
+struct ObserveArgs {
+    /// The election (or lock, with --lock) to follow
+    name: String,
+    /// Follow a lock instead of an election
+    #[arg(long)]
+    lock: bool,
+    /// Output format: a line per change, or one JSON object per line
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+fn parse_signal(input: &str) -> Result<Signal, String> {
+    let upper = input.trim().to_ascii_uppercase();
+    if let Ok(number) = upper.parse::<i32>() {
+        return Signal::try_from(number).map_err(|_| format!("{input:?} is not a signal number"));
+    }
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("{input:?} is not a signal name (e.g. TERM, INT, HUP, SIGUSR1)"))
+}
+
+/// Which identity a subcommand holds leases as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// `--identity`, else `KUBE_POD_NAME`, else the host name and a random suffix.
+    Replica,
+    /// `--identity`, else (`KUBE_POD_NAME` or the host name) and a random suffix: two
+    /// commands in one pod must never take each other's lock as their own.
+    PerProcess,
+}
+
+impl Global {
+    /// The library's configuration: flags first, then the environment, then defaults.
+    fn config(&self, holder: Holder) -> Result<Config, Failure> {
+        let flag = |key: &str| -> Option<String> {
+            match key {
+                ENV_NAMESPACE => self.namespace.clone(),
+                ENV_SCOPE => self.scope.clone(),
+                ENV_CONFIG_PATH => self
+                    .kubeconfig
+                    .as_ref()
+                    .map(|p| p.to_string_lossy().into_owned()),
+                ENV_POD_NAME => Some(self.identity(holder)),
+                _ => None,
+            }
+        };
+        let config = Config::from_lookup(|key| flag(key).or_else(|| std::env::var(key).ok()))?;
+        let timing = Timing::new(self.lease_duration, self.renew_deadline, self.retry_period)
+            .map_err(|e| Failure::new(exit::DSYNC_FAILED, exit::chain(&dsync::Error::from(e))))?;
+        Ok(config.with_timing(timing))
+    }
+
+    fn identity(&self, holder: Holder) -> String {
+        if let Some(id) = self.identity.as_ref().filter(|id| !id.is_empty()) {
+            return id.clone();
+        }
+        let pod = std::env::var(ENV_POD_NAME).ok().filter(|p| !p.is_empty());
+        let suffix = || uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
+        match (holder, pod) {
+            (Holder::Replica, Some(pod)) => pod,
+            (_, pod) => {
+                let base = pod.unwrap_or_else(host_name);
+                format!("{base}-{}", suffix())
+            }
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| dsync::sanitize_name(h.trim()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dsync".into())
+}
+
+/// Connects to the API server as `config` says, on this actix System: a replica, and the
+/// store it uses (for `status` and `release`, which read leases directly).
+async fn connect(config: Config, drain: Duration) -> Result<(Dsync, Arc<dyn LeaseStore>), Failure> {
+    let store: Arc<dyn LeaseStore> = Arc::new(KubeStore::from_config(&config).await?);
+    let config = config.with_drain_timeout(drain);
+    Ok((Dsync::with_shared_store(store.clone(), config)?, store))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let ui = Ui::new(cli.global.quiet);
+    init_tracing();
+    let code = match actix::System::new().block_on(dispatch(cli, ui.clone())) {
+        Ok(code) => code,
+        Err(failure) => {
+            ui.error(&failure.message);
+            failure.code
+        }
+    };
+    std::process::exit(code);
+}
+
+/// `RUST_LOG=dsync=debug dsync ...` shows what the library does; silent by default.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
+    // Installed first: from here on SIGINT/SIGTERM are dsync's to act on (forward to the
+    // command, release the lease), not the default "die at once".
+    let interrupts = ui::Interrupts::install()?;
+    let global = &cli.global;
+    match cli.command {
+        Command::Lock(args) => {
+            if args.permits == Some(0) {
+                return Err(Failure::new(exit::USAGE, "-n/--permits must be at least 1"));
+            }
+            let config = global.config(Holder::PerProcess)?;
+            let (dsync, _) = connect(config, drain_for(&args.stop)).await?;
+            let result = guard::lock(&dsync, &args, interrupts, &ui).await;
+            finish(&dsync, &ui).await;
+            result
+        }
+        Command::Run(args) => {
+            let config = global.config(Holder::Replica)?;
+            let (dsync, _) = connect(config, drain_for(&args.stop)).await?;
+            let result = guard::run(&dsync, &args, interrupts, &ui).await;
+            finish(&dsync, &ui).await;
+            result
+        }
+        Command::Status(args) => {
+            let (dsync, store) = inspector(global).await?;
+            let scope_given =
+                global.scope.is_some() || std::env::var(ENV_SCOPE).is_ok_and(|s| !s.is_empty());
+            let result = inspect::status(&dsync, &store, &args, scope_given, interrupts).await;
+            finish(&dsync, &ui).await;
+            result
+        }
+        Command::Release(args) => {
+            let (dsync, store) = inspector(global).await?;
+            let result = inspect::release(&dsync, &store, &args, &ui).await;
+            finish(&dsync, &ui).await;
+            result
+        }
+        Command::Handoff(args) => {
+            let (dsync, _) = inspector(global).await?;
+            let result = inspect::handoff(&dsync, &args, interrupts, &ui).await;
+            finish(&dsync, &ui).await;
+            result
+        }
+        Command::Observe(args) => {
+            let (dsync, _) = inspector(global).await?;
+            let result = inspect::observe(&dsync, &args, interrupts, &ui).await;
+            finish(&dsync, &ui).await;
+            result
+        }
+    }
+}
+
+/// A replica for the subcommands that hold nothing (`status`, `release`, `handoff`, `observe`).
+async fn inspector(global: &Global) -> Result<(Dsync, Arc<dyn LeaseStore>), Failure> {
+    connect(global.config(Holder::Replica)?, Duration::ZERO).await
+}
+
+/// The library waits this long for the guarded command after a term ends (the work of a
+/// `run` term is the command): the signal, `--kill-after`, then SIGKILL and a margin.
+fn drain_for(stop: &StopArgs) -> Duration {
+    stop.kill_after + Duration::from_secs(5)
+}
+
+async fn finish(dsync: &Dsync, ui: &Ui) {
+    if let Err(e) = dsync.shutdown().await {
+        ui.warn(&format!("shutting down: {}", exit::chain(&e)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn signals_by_name_or_number() {
+        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("sigint"), Ok(Signal::SIGINT));
+        assert_eq!(parse_signal("SIGUSR1"), Ok(Signal::SIGUSR1));
+        assert_eq!(parse_signal("9"), Ok(Signal::SIGKILL));
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("999").is_err());
+    }
+
+    #[test]
+    fn lock_needs_a_command_and_takes_try_or_timeout() {
+        assert!(Cli::try_parse_from(["dsync", "lock", "x"]).is_err());
+        assert!(Cli::try_parse_from(["dsync", "lock", "x", "--try", "--timeout", "1s", "--", "true"]).is_err());
+        let cli = Cli::try_parse_from(["dsync", "lock", "x", "-n", "3", "--kill-after", "2s", "--", "sh", "-c", "exit 3"]).unwrap();
+        let Command::Lock(args) = cli.command else {
+            panic!("not lock")
+        };
+        assert_eq!(args.permits, Some(3));
+        assert_eq!(args.stop.kill_after, Duration::from_secs(2));
+        assert_eq!(args.command, ["sh", "-c", "exit 3"].map(OsString::from));
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_and_bad_timing_is_refused() {
+        let cli = Cli::try_parse_from([
+            "dsync", "--namespace", "jobs", "--scope", "team", "--identity", "me", "status",
+        ])
+        .unwrap();
+        let config = cli.global.config(Holder::PerProcess).unwrap();
+        assert_eq!((config.namespace.as_str(), config.scope.as_str()), ("jobs", "team"));
+        assert_eq!(config.identity, "me", "an explicit identity is taken as given");
+
+        let cli = Cli::try_parse_from([
+            "dsync", "--lease-duration", "5s", "--renew-deadline", "6s", "status",
+        ])
+        .unwrap();
+        let failure = cli.global.config(Holder::Replica).unwrap_err();
+        assert_eq!(failure.code, exit::DSYNC_FAILED);
+        assert!(failure.message.contains("renew"), "{}", failure.message);
+    }
+
+    #[test]
+    fn per_process_identities_differ() {
+        let cli = Cli::try_parse_from(["dsync", "status"]).unwrap();
+        let a = cli.global.identity(Holder::PerProcess);
+        let b = cli.global.identity(Holder::PerProcess);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,262 @@
+//! What `dsync` tells people on stderr, and the signals they send it.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use dsync::Observation;
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::duration::human;
+use crate::exit::{self, Failure};
+
+/// Messages on stderr: `dsync: ...`, silenced by `--quiet` (errors never are).
+#[derive(Debug, Clone)]
+pub struct Ui {
+    quiet: bool,
+    tty: bool,
+}
+
+impl Ui {
+    /// A UI; stderr decides whether progress lines repeat.
+    pub fn new(quiet: bool) -> Self {
+        Ui {
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Whether progress is shown at all.
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Whether stderr is a terminal (then waiting prints a line every few seconds).
+    pub fn tty(&self) -> bool {
+        self.tty
+    }
+
+    /// An informational line.
+    pub fn info(&self, message: &str) {
+        if !self.quiet {
+            line(message);
+        }
+    }
+
+    /// A warning: something went wrong that does not change the outcome.
+    pub fn warn(&self, message: &str) {
+        if !self.quiet {
+            line(&format!("warning: {message}"));
+        }
+    }
+
+    /// An error: always printed.
+    pub fn error(&self, message: &str) {
+        line(&format!("error: {message}"));
+    }
+}
+
+fn line(message: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "dsync: {message}");
+}
+
+/// "held by pod-b (free in ~12s by this observer)": what an observer knows about the holder.
+pub fn holder_phrase(observation: &Observation, now: Instant) -> String {
+    let free_in = match (observation.changed_at, observation.lease_duration) {
+        (Some(changed), Some(duration)) => Some((changed + duration).saturating_duration_since(now)),
+        _ => None,
+    };
+    describe_holder(
+        observation.holder.as_deref(),
+        observation.fencing_token,
+        observation.expired,
+        free_in,
+    )
+}
+
+/// The words of [`holder_phrase`]; `free_in` is judged from when this process saw the lease
+/// change, never from the holder's clock.
+pub fn describe_holder(
+    holder: Option<&str>,
+    token: Option<i32>,
+    expired: bool,
+    free_in: Option<Duration>,
+) -> String {
+    let Some(holder) = holder else {
+        return "free".into();
+    };
+    let token = token.map(|t| format!(", token {t}")).unwrap_or_default();
+    if expired {
+        return format!("held by {holder}{token} (looks expired to this observer)");
+    }
+    match free_in {
+        Some(left) => format!(
+            "held by {holder}{token} (free in ~{} by this observer, unless renewed)",
+            human(round_up(left))
+        ),
+        None => format!("held by {holder}{token}"),
+    }
+}
+
+fn round_up(d: Duration) -> Duration {
+    if d.subsec_nanos() == 0 || d < Duration::from_secs(1) {
+        d
+    } else {
+        Duration::from_secs(d.as_secs() + 1)
+    }
+}
+
+/// Prints why we wait while `waiting` runs: once when the holder changes, and on a terminal
+/// also every few seconds. Ends when dropped.
+pub struct Progress {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How often a terminal is reminded that we still wait.
+const REMIND_EVERY: Duration = Duration::from_secs(5);
+
+impl Progress {
+    /// Follows `changes` (an observer of the lease waited for) and describes `what`
+    /// (`lock "nightly"`).
+    pub fn follow(ui: &Ui, what: String, mut changes: watch::Receiver<Observation>) -> Progress {
+        let ui = ui.clone();
+        let started = Instant::now();
+        let task = tokio::task::spawn_local(async move {
+            if ui.quiet() {
+                return;
+            }
+            let mut said: Option<Option<String>> = None;
+            let mut remind = tokio::time::interval_at(
+                tokio::time::Instant::now() + REMIND_EVERY,
+                REMIND_EVERY,
+            );
+            loop {
+                let observation = changes.borrow_and_update().clone();
+                if observation.synced && said.as_ref() != Some(&observation.holder) {
+                    ui.info(&format!(
+                        "waiting for {what}: {}",
+                        holder_phrase(&observation, Instant::now())
+                    ));
+                    said = Some(observation.holder.clone());
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = remind.tick(), if ui.tty() => {
+                        let observation = changes.borrow().clone();
+                        ui.info(&format!(
+                            "still waiting for {what} after {}: {}",
+                            human(started.elapsed()),
+                            holder_phrase(&observation, Instant::now())
+                        ));
+                    }
+                }
+            }
+        });
+        Progress { task }
+    }
+
+    /// Prints `describe()` every few seconds on a terminal while it says something (no
+    /// observer to follow; `None`: nothing to wait for right now).
+    pub fn remind(ui: &Ui, describe: impl Fn() -> Option<String> + 'static) -> Progress {
+        let ui = ui.clone();
+        let started = Instant::now();
+        let task = tokio::task::spawn_local(async move {
+            if ui.quiet() || !ui.tty() {
+                return;
+            }
+            let mut remind = tokio::time::interval_at(
+                tokio::time::Instant::now() + REMIND_EVERY,
+                REMIND_EVERY,
+            );
+            loop {
+                remind.tick().await;
+                if let Some(what) = describe() {
+                    ui.info(&format!(
+                        "still waiting after {}: {what}",
+                        human(started.elapsed()),
+                    ));
+                }
+            }
+        });
+        Progress { task }
+    }
+}
+
+/// SIGINT and SIGTERM sent to dsync, published so that every part that runs a command can
+/// forward them to it. Each signal received bumps the channel, even the same one twice.
+#[derive(Debug, Clone)]
+pub struct Interrupts {
+    rx: watch::Receiver<Option<Signal>>,
+}
+
+impl Interrupts {
+    /// Takes SIGINT and SIGTERM over from their default (terminate at once).
+    pub fn install() -> Result<Interrupts, Failure> {
+        let mut int = signal(SignalKind::interrupt()).map_err(cannot_listen)?;
+        let mut term = signal(SignalKind::terminate()).map_err(cannot_listen)?;
+        let (tx, rx) = watch::channel(None);
+        tokio::task::spawn_local(async move {
+            loop {
+                let received = tokio::select! {
+                    Some(()) = int.recv() => Signal::SIGINT,
+                    Some(()) = term.recv() => Signal::SIGTERM,
+                    else => return,
+                };
+                tracing::debug!(%received, "signal");
+                if tx.send(Some(received)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Interrupts { rx })
+    }
+
+    /// The latest signal, if any arrived yet (and marks it seen).
+    pub fn latest(&mut self) -> Option<Signal> {
+        *self.rx.borrow_and_update()
+    }
+
+    /// Waits for the next signal. Cancel-safe.
+    pub async fn recv(&mut self) -> Signal {
+        loop {
+            if self.rx.changed().await.is_err() {
+                // The listener is gone (never, while the System runs): nothing will come.
+                return std::future::pending().await;
+            }
+            if let Some(signal) = *self.rx.borrow_and_update() {
+                return signal;
+            }
+        }
+    }
+}
+
+fn cannot_listen(e: std::io::Error) -> Failure {
+    Failure::new(exit::DSYNC_FAILED, format!("cannot listen for signals: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn says_who_holds_and_when_it_frees_by_this_observer() {
+        assert_eq!(describe_holder(None, None, false, None), "free");
+        assert_eq!(
+            describe_holder(Some("pod-b"), Some(4), false, Some(Duration::from_millis(11_200))),
+            "held by pod-b, token 4 (free in ~12s by this observer, unless renewed)"
+        );
+        assert_eq!(
+            describe_holder(Some("pod-b"), Some(4), true, Some(Duration::ZERO)),
+            "held by pod-b, token 4 (looks expired to this observer)"
+        );
+        assert_eq!(describe_holder(Some("pod-b"), None, false, None), "held by pod-b");
+    }
+}

@@ -1,0 +1,620 @@
+//! The `dsync` command line against a real kube-apiserver (tests/apiserver): every CLI is a
+//! process of its own, as in a shell script or a CronJob. Each test has its own namespace.
+//!
+//! Commands coordinate through their standard output (a line a child prints is the signal the
+//! test waits for) and, for the overlap oracle, a file every guarded command appends to: its
+//! lines are in the order the writes happened, so two guarded commands that overlapped would
+//! show as two `start` lines in a row.
+#![cfg(all(feature = "cli", feature = "testing"))]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dsync::{Config, Dsync, KubeStore, LeaseKey, LeaseStore, Timing};
+use k8s_openapi::api::rbac::v1::Role;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use serde_json::Value;
+use support::apiserver::{Harness, client, namespace};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// What any single step may take before the test fails (a bound, not a measurement).
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Exit codes the CLI documents.
+const TIMEOUT: i32 = 75;
+const LOST: i32 = 76;
+const DSYNC_FAILED: i32 = 78;
+const USAGE: i32 = 2;
+
+/// Short lease timing for most tests: lease 2 s, renew deadline 1.5 s, retry 0.5 s.
+const FAST: [&str; 6] = [
+    "--lease-duration",
+    "2s",
+    "--renew-deadline",
+    "1500ms",
+    "--retry-period",
+    "500ms",
+];
+
+/// The CLI, configured for one namespace and one harness user.
+struct Cli {
+    ns: String,
+    kubeconfig: PathBuf,
+    timing: Vec<String>,
+}
+
+impl Cli {
+    async fn admin() -> Cli {
+        Cli {
+            ns: namespace().await,
+            kubeconfig: Harness::get().ready().admin,
+            timing: FAST.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn with_timing(mut self, timing: &[&str]) -> Cli {
+        self.timing = timing.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    fn as_user(&self, kubeconfig: &Path) -> Cli {
+        Cli {
+            ns: self.ns.clone(),
+            kubeconfig: kubeconfig.to_owned(),
+            timing: self.timing.clone(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsync"));
+        cmd.env_remove("KUBECONFIG")
+            .env_remove("KUBE_POD_NAME")
+            .env_remove("KUBE_LEASE_SCOPE")
+            .env_remove("RUST_LOG")
+            .env("KUBE_CONFIG_PATH", &self.kubeconfig)
+            .env("KUBE_NAMESPACE", &self.ns)
+            .args(&self.timing)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Starts a long-running CLI process.
+    fn spawn(&self, args: &[&str]) -> Proc {
+        let mut child = self
+            .command(args)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dsync {args:?}: {e}"));
+        Proc {
+            out: lines(child.stdout.take().unwrap()),
+            err: lines(child.stderr.take().unwrap()),
+            child,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Runs a CLI process to its end.
+    async fn run(&self, args: &[&str]) -> Done {
+        let output = tokio::time::timeout(LIMIT, self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("dsync {args:?} did not finish within {LIMIT:?}"))
+            .unwrap();
+        Done {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    async fn store(&self) -> KubeStore {
+        KubeStore::new(client(&self.kubeconfig).await)
+    }
+}
+
+fn lines<R: AsyncRead + Unpin>(r: R) -> Lines<BufReader<R>> {
+    BufReader::new(r).lines()
+}
+
+/// A finished CLI process.
+#[derive(Debug)]
+struct Done {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// A running CLI process and its output.
+struct Proc {
+    child: Child,
+    out: Lines<BufReader<ChildStdout>>,
+    err: Lines<BufReader<ChildStderr>>,
+    args: Vec<String>,
+}
+
+impl Proc {
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id().expect("running") as i32)
+    }
+
+    /// The next stdout line that contains `needle` (earlier lines are skipped).
+    async fn stdout_line(&mut self, needle: &str) -> String {
+        let args = self.args.clone();
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                match self.out.next_line().await.unwrap() {
+                    Some(line) if line.contains(needle) => return line,
+                    Some(_) => {}
+                    None => panic!("dsync {args:?} closed stdout before printing {needle:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("dsync {:?} printed no {needle:?} within {LIMIT:?}", self.args))
+    }
+
+    /// The next stderr line that contains `needle`.
+    async fn stderr_line(&mut self, needle: &str) -> String {
+        let args = self.args.clone();
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                match self.err.next_line().await.unwrap() {
+                    Some(line) if line.contains(needle) => return line,
+                    Some(_) => {}
+                    None => panic!("dsync {args:?} closed stderr before printing {needle:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("dsync {:?} printed no {needle:?} within {LIMIT:?}", self.args))
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap();
+    }
+
+    /// Waits for the process to exit; the rest of its stderr comes with the status.
+    async fn exit(mut self, limit: Duration) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("dsync {:?} did not exit within {limit:?}", self.args))
+            .unwrap();
+        let mut rest = String::new();
+        while let Ok(Some(line)) = self.err.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        (status, rest)
+    }
+}
+
+/// A scratch file for the guarded commands of one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dsync-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Whether process `pid` is gone (or only a zombie waiting for its new parent to reap it).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            // state is the field after the parenthesised command name
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }
+    }
+}
+
+/// The overlap oracle on the lines guarded commands appended: `start <token> <holder>` and
+/// `end <token>`, strictly alternating (no two commands ever ran at once), each end matching
+/// its start, tokens strictly increasing. Returns the (token, holder) of each run.
+fn check_no_overlap(log: &str) -> Vec<(i64, String)> {
+    let mut runs = Vec::new();
+    let mut open: Option<(i64, String)> = None;
+    for line in log.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match (words.as_slice(), &open) {
+            (["start", token, holder], None) => {
+                let token: i64 = token.parse().unwrap();
+                if let Some((last, _)) = runs.last() {
+                    assert!(token > *last, "fencing token {token} after {last}:\n{log}");
+                }
+                open = Some((token, holder.to_string()));
+            }
+            (["start", ..], Some(_)) => panic!("two guarded commands ran at once:\n{log}"),
+            (["end", token], Some((started, _))) => {
+                assert_eq!(token.parse::<i64>().unwrap(), *started, "{log}");
+                runs.push(open.take().unwrap());
+            }
+            _ => panic!("unexpected line {line:?} in:\n{log}"),
+        }
+    }
+    assert!(open.is_none(), "a guarded command never ended:\n{log}");
+    runs
+}
+
+const GUARDED: &str = r#"echo "start $DSYNC_FENCING_TOKEN $DSYNC_HOLDER" >> "$LOG"; sleep 0.3; echo "end $DSYNC_FENCING_TOKEN" >> "$LOG"; exit 7"#;
+
+#[actix_rt::test]
+async fn contending_locks_never_overlap_tokens_increase_and_exit_codes_pass_through() {
+    let cli = Cli::admin().await;
+    let log = scratch("log");
+    let mut procs = Vec::new();
+    for _ in 0..4 {
+        let mut cmd = cli.command(&["lock", "race", "--quiet", "--", "sh", "-c", GUARDED]);
+        cmd.env("LOG", &log);
+        procs.push(cmd.spawn().unwrap());
+    }
+    for mut child in procs {
+        let status = tokio::time::timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+        assert_eq!(status.code(), Some(7), "the command's exit code passes through");
+    }
+    let runs = check_no_overlap(&std::fs::read_to_string(&log).unwrap());
+    assert_eq!(runs.len(), 4, "every process ran its command once");
+    let mut holders: Vec<&String> = runs.iter().map(|(_, h)| h).collect();
+    holders.sort();
+    holders.dedup();
+    assert_eq!(holders.len(), 4, "each process holds as its own identity: {runs:?}");
+
+    // The same on a semaphore of one permit, which is a lock by other leases.
+    let log = scratch("log");
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        let mut cmd = cli.command(&["lock", "one", "-n", "1", "--quiet", "--", "sh", "-c", GUARDED]);
+        cmd.env("LOG", &log);
+        procs.push(cmd.spawn().unwrap());
+    }
+    for mut child in procs {
+        let status = tokio::time::timeout(LIMIT, child.wait()).await.unwrap().unwrap();
+        assert_eq!(status.code(), Some(7));
+    }
+    assert_eq!(check_no_overlap(&std::fs::read_to_string(&log).unwrap()).len(), 3);
+}
+
+/// The command ignores SIGTERM and leaves a grandchild that ignores it too: only SIGKILL to
+/// the whole group ends them.
+const STUBBORN: &str = r#"trap '' TERM; sleep 1000 & echo "pids $$ $!"; echo "holder $DSYNC_HOLDER token $DSYNC_FENCING_TOKEN lease $DSYNC_LEASE"; wait; wait"#;
+
+#[actix_rt::test]
+async fn a_lost_lock_stops_the_command_and_its_grandchildren_and_exits_with_the_lost_code() {
+    let cli = Cli::admin().await;
+    let mut holder = cli.spawn(&["lock", "nightly", "--kill-after", "1s", "--", "sh", "-c", STUBBORN]);
+    let pids = holder.stdout_line("pids").await;
+    let pids: Vec<i32> = pids.split_whitespace().skip(1).map(|p| p.parse().unwrap()).collect();
+    let about = holder.stdout_line("holder").await;
+    let identity = about.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(about.ends_with("lease unscoped.lock.nightly"), "{about}");
+
+    // An operator takes the lock away; the CLI learns it from the API server.
+    let released = cli.run(&["release", "nightly", "--force"]).await;
+    assert_eq!(released.code, Some(0), "{released:?}");
+    assert!(
+        released.stdout.contains(&format!("held by {identity}")),
+        "release says who held it: {released:?}"
+    );
+    let took_away = Instant::now();
+    // Renew deadline (1.5 s) + --kill-after (1 s) is the promise; the limit only bounds the test.
+    let (status, stderr) = holder.exit(Duration::from_secs(20)).await;
+    let stopped_in = took_away.elapsed();
+    assert_eq!(status.code(), Some(LOST), "{stderr}");
+    assert!(stderr.contains("lost lock"), "{stderr}");
+    assert!(stderr.contains("SIGKILL"), "the group ignored SIGTERM: {stderr}");
+    for pid in pids {
+        assert!(gone(pid), "process {pid} of the command's group survived");
+    }
+    println!("lost lock: command group gone {stopped_in:?} after the forced release");
+
+    // The lock is free again: the next command gets it at once, with a higher token.
+    let next = cli
+        .run(&["lock", "nightly", "--try", "--", "sh", "-c", "echo token $DSYNC_FENCING_TOKEN"])
+        .await;
+    assert_eq!(next.code, Some(0), "{next:?}");
+    let token: i32 = next.stdout.trim().strip_prefix("token ").unwrap().parse().unwrap();
+    assert!(token >= 2, "acquired (0), force-released, acquired again: {next:?}");
+}
+
+#[actix_rt::test]
+async fn sigterm_reaches_the_command_and_the_lock_is_released_after_it_exits() {
+    // A long lease: a waiter that got the lock by expiry would wait 10 s; by release, at once.
+    let cli = Cli::admin().await.with_timing(&[
+        "--lease-duration",
+        "10s",
+        "--renew-deadline",
+        "6s",
+        "--retry-period",
+        "1s",
+    ]);
+    let log = scratch("log");
+    let first = r#"trap 'echo "end first" >> "$LOG"; exit 0' TERM; echo ready; while :; do sleep 0.05; done"#;
+    let mut cmd = cli.command(&["lock", "shared", "--", "sh", "-c", first]);
+    cmd.env("LOG", &log);
+    let mut a = Proc::from(cmd, "a");
+    a.stdout_line("ready").await;
+
+    let second = r#"echo "start second $DSYNC_FENCING_TOKEN" >> "$LOG"; echo done"#;
+    let mut cmd = cli.command(&["lock", "shared", "--", "sh", "-c", second]);
+    cmd.env("LOG", &log);
+    let mut b = Proc::from(cmd, "b");
+    let waiting = b.stderr_line("waiting for lock").await;
+    assert!(waiting.contains("free in ~"), "says when it frees by this observer: {waiting}");
+
+    a.signal(Signal::SIGTERM);
+    let (status, _) = a.exit(LIMIT).await;
+    let released = Instant::now();
+    assert_eq!(status.code(), Some(0), "dsync exits with the command's code");
+    b.stdout_line("done").await;
+    let handed_over_in = released.elapsed();
+    let (status, _) = b.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "end first", "the first command ended before the second began: {log}");
+    assert!(lines[1].starts_with("start second"), "{log}");
+    assert!(
+        handed_over_in < Duration::from_secs(5),
+        "the waiter got the lock {handed_over_in:?} after the holder exited: by expiry (10 s), \
+         not by release"
+    );
+    println!("SIGTERM handover: waiter ran {handed_over_in:?} after the holder exited");
+}
+
+impl Proc {
+    fn from(mut cmd: Command, name: &str) -> Proc {
+        let mut child = cmd.spawn().unwrap();
+        Proc {
+            out: lines(child.stdout.take().unwrap()),
+            err: lines(child.stderr.take().unwrap()),
+            child,
+            args: vec![name.to_owned()],
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn try_and_timeout_exit_with_the_timeout_code_and_name_the_holder() {
+    let cli = Cli::admin().await;
+    let hold = r#"echo "holder $DSYNC_HOLDER slot ${DSYNC_SLOT:-none}"; trap 'exit 0' TERM; while :; do sleep 0.05; done"#;
+    let mut a = cli.spawn(&["lock", "busy", "--", "sh", "-c", hold]);
+    let line = a.stdout_line("holder").await;
+    let identity = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(line.ends_with("slot none"));
+
+    let tried = cli.run(&["lock", "busy", "--try", "--", "true"]).await;
+    assert_eq!(tried.code, Some(TIMEOUT), "{tried:?}");
+    assert!(tried.stderr.contains(&identity), "names the holder: {tried:?}");
+    let waited = cli.run(&["lock", "busy", "--timeout", "1s", "--", "true"]).await;
+    assert_eq!(waited.code, Some(TIMEOUT), "{waited:?}");
+    assert!(waited.stderr.contains("not granted within 1s"), "{waited:?}");
+
+    // Semaphores: two permits, two holders, each with its slot; the third is refused.
+    let mut p1 = cli.spawn(&["lock", "pool", "-n", "2", "--", "sh", "-c", hold]);
+    let mut p2 = cli.spawn(&["lock", "pool", "-n", "2", "--", "sh", "-c", hold]);
+    let mut slots = vec![
+        p1.stdout_line("holder").await.rsplit(' ').next().unwrap().to_owned(),
+        p2.stdout_line("holder").await.rsplit(' ').next().unwrap().to_owned(),
+    ];
+    slots.sort();
+    assert_eq!(slots, ["0", "1"]);
+    let third = cli.run(&["lock", "pool", "-n", "2", "--try", "--", "true"]).await;
+    assert_eq!(third.code, Some(TIMEOUT), "{third:?}");
+
+    for p in [a, p1, p2] {
+        p.signal(Signal::SIGTERM);
+        let (status, stderr) = p.exit(LIMIT).await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+}
+
+#[actix_rt::test]
+async fn bad_input_gets_usage_errors_and_missing_rights_the_permission_code() {
+    let cli = Cli::admin().await;
+    for args in [
+        &["lock", "x"][..],
+        &["lock", "x", "--kill-after", "5x", "--", "true"],
+        &["lock", "x", "--signal", "NOPE", "--", "true"],
+        &["lock", "x", "--try", "--timeout", "1s", "--", "true"],
+        &["frobnicate"],
+    ] {
+        let done = cli.run(args).await;
+        assert_eq!(done.code, Some(USAGE), "{args:?}: {done:?}");
+        assert!(done.stderr.contains("Usage") || done.stderr.contains("usage"), "{args:?}: {done:?}");
+    }
+    let bad_name = cli.run(&["lock", "Not A Name", "--", "true"]).await;
+    assert_eq!(bad_name.code, Some(USAGE), "{bad_name:?}");
+    let bad_timing = cli
+        .run(&["--lease-duration", "1s", "--renew-deadline", "2s", "lock", "x", "--", "true"])
+        .await;
+    assert_eq!(bad_timing.code, Some(DSYNC_FAILED), "{bad_timing:?}");
+    assert!(bad_timing.stderr.contains("renew"), "{bad_timing:?}");
+    let missing = cli.run(&["lock", "x", "--", "/no/such/program"]).await;
+    assert_eq!(missing.code, Some(127), "{missing:?}");
+
+    // No rights at all: the typed error names the verb RBAC denied.
+    let ready = Harness::get().ready();
+    let nobody = cli.as_user(&ready.norights);
+    let denied = nobody.run(&["lock", "x", "--", "true"]).await;
+    assert_eq!(denied.code, Some(DSYNC_FAILED), "{denied:?}");
+    assert!(denied.stderr.contains("forbidden to get"), "{denied:?}");
+    let denied = nobody.run(&["status"]).await;
+    assert_eq!(denied.code, Some(DSYNC_FAILED), "{denied:?}");
+    assert!(denied.stderr.contains("forbidden to list"), "{denied:?}");
+
+    // Read-only rights (deploy/observer-rbac.yaml): status works, release is refused.
+    support::rbac::bind_to_norights(client(&ready.admin).await, &cli.ns, &observer_role(), "cli-observer")
+        .await;
+    let mut holder = cli.spawn(&["lock", "x", "--", "sh", "-c", "echo held; trap 'exit 0' TERM; while :; do sleep 0.05; done"]);
+    holder.stdout_line("held").await;
+    let status = nobody.run(&["status"]).await;
+    assert_eq!(status.code, Some(0), "{status:?}");
+    assert!(status.stdout.contains("lock"), "{status:?}");
+    let refused = cli.run(&["release", "x"]).await;
+    assert_eq!(refused.code, Some(USAGE), "without --force: {refused:?}");
+    assert!(refused.stderr.contains("--force"), "{refused:?}");
+    let denied = nobody.run(&["release", "x", "--force"]).await;
+    assert_eq!(denied.code, Some(DSYNC_FAILED), "{denied:?}");
+    assert!(denied.stderr.contains("forbidden to update"), "{denied:?}");
+    holder.signal(Signal::SIGTERM);
+    let (status, stderr) = holder.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0), "the lock was never taken away: {stderr}");
+}
+
+/// The Role of deploy/observer-rbac.yaml, as shipped.
+fn observer_role() -> Role {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/observer-rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if value["kind"] == "Role" {
+            return serde_yaml::from_value(value).unwrap();
+        }
+    }
+    panic!("no Role in {}", path.display());
+}
+
+fn replica(store: KubeStore, ns: &str, identity: &str) -> Dsync {
+    Dsync::with_config(
+        store,
+        Config::default()
+            .with_namespace(ns)
+            .with_identity(identity)
+            .with_timing(
+                Timing::new(
+                    Duration::from_secs(2),
+                    Duration::from_millis(1500),
+                    Duration::from_millis(500),
+                )
+                .unwrap(),
+            ),
+    )
+    .unwrap()
+}
+
+#[actix_rt::test]
+async fn status_shows_elections_locks_and_semaphore_slots_as_table_and_json() {
+    let cli = Cli::admin().await;
+    let a = replica(cli.store().await, &cli.ns, "pod-a");
+    let election = a.election("master").unwrap();
+    let term = election.elected().await.unwrap();
+    let lock = a.lock("nightly").unwrap();
+    let lock_term = lock.lock().await.unwrap();
+    let pool = a.semaphore("exports", 2).unwrap();
+    let permit = pool.acquire().await.unwrap();
+    // A lease that is not dsync's is left out.
+    let other = LeaseKey::new(&cli.ns, "kube-controller-manager");
+    cli.store().await.create(&other, Default::default()).await.unwrap();
+
+    let json = cli.run(&["status", "-o", "json"]).await;
+    assert_eq!(json.code, Some(0), "{json:?}");
+    let doc: Value = serde_json::from_str(&json.stdout).unwrap();
+    let leases = doc["leases"].as_array().unwrap();
+    let found: Vec<(String, String, Value)> = leases
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_owned(),
+                l["name"].as_str().unwrap().to_owned(),
+                l["holder"].clone(),
+            )
+        })
+        .collect();
+    assert!(found.contains(&("election".into(), "master".into(), "pod-a".into())), "{found:?}");
+    assert!(found.contains(&("lock".into(), "nightly".into(), "pod-a".into())), "{found:?}");
+    assert!(
+        leases.iter().any(|l| l["kind"] == "semaphore"
+            && l["slot"] == permit.slot()
+            && l["holder"] == "pod-a"
+            && l["fencing_token"] == permit.fencing_token()),
+        "{leases:?}"
+    );
+    assert!(!json.stdout.contains("kube-controller-manager"), "{json:?}");
+    let master = leases.iter().find(|l| l["kind"] == "election").unwrap();
+    assert_eq!(master["fencing_token"], term.fencing_token());
+    assert_eq!(master["expired_by_local_clock"], false);
+    assert_eq!(master["lease_duration_seconds"], 2);
+
+    let table = cli.run(&["status"]).await;
+    assert_eq!(table.code, Some(0), "{table:?}");
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(lines[0].starts_with("KIND") && lines[0].contains("HOLDER"), "{table:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("lock") && l.contains("nightly") && l.contains("pod-a")),
+        "{table:?}"
+    );
+    assert!(table.stdout.contains("judged locally"), "{table:?}");
+    let one = cli.run(&["status", "nightly"]).await;
+    assert_eq!(one.stdout.lines().filter(|l| l.contains("pod-a")).count(), 1, "{one:?}");
+
+    // --watch: the listed state, then each change as it happens.
+    let mut watch = cli.spawn(&["status", "--watch", "-o", "json"]);
+    watch.stdout_line("\"listed\"").await;
+    lock.unlock().await.unwrap();
+    let asked = Instant::now();
+    let change = watch.stdout_line("\"changed\"").await;
+    println!("status --watch printed a change {:?} after the unlock returned", asked.elapsed());
+    let change: Value = serde_json::from_str(&change).unwrap();
+    assert_eq!(change["lease"]["name"], "nightly", "{change}");
+    assert_eq!(change["lease"]["holder"], Value::Null, "{change}");
+    watch.signal(Signal::SIGINT);
+    let (status, _) = watch.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0));
+
+    drop((lock_term, permit, term));
+    a.shutdown().await.unwrap();
+}
+
+const LEADER: &str = r#"echo "$DSYNC_HOLDER leads with $DSYNC_FENCING_TOKEN"; trap 'echo "$DSYNC_HOLDER stops"; exit 0' TERM; while :; do sleep 0.05; done"#;
+
+#[actix_rt::test]
+async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
+    let cli = Cli::admin().await;
+    let mut a = cli.spawn(&["--identity", "pod-a", "run", "work", "--", "sh", "-c", LEADER]);
+    let first: i32 = a.stdout_line("pod-a leads").await.rsplit(' ').next().unwrap().parse().unwrap();
+    let mut b = cli.spawn(&["--identity", "pod-b", "run", "work", "--", "sh", "-c", LEADER]);
+    b.stderr_line("campaigning").await;
+    let mut observe = cli.spawn(&["observe", "work", "-o", "json"]);
+    let seen: Value = serde_json::from_str(&observe.stdout_line("holder").await).unwrap();
+    assert_eq!(seen["holder"], "pod-a");
+
+    let handed = cli.run(&["handoff", "work", "--to", "pod-b"]).await;
+    assert_eq!(handed.code, Some(0), "{handed:?}");
+    assert!(handed.stdout.contains("pod-b leads"), "{handed:?}");
+    a.stdout_line("pod-a stops").await;
+    let second: i32 = b.stdout_line("pod-b leads").await.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(second > first);
+    loop {
+        let seen: Value = serde_json::from_str(&observe.stdout_line("holder").await).unwrap();
+        if seen["holder"] == "pod-b" {
+            break;
+        }
+    }
+
+    // pod-b stops (SIGTERM): its command stops, it releases, pod-a leads again at once.
+    b.signal(Signal::SIGTERM);
+    b.stdout_line("pod-b stops").await;
+    let (status, stderr) = b.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let third: i32 = a.stdout_line("pod-a leads").await.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(third > second);
+    a.signal(Signal::SIGINT);
+    let (status, stderr) = a.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    observe.signal(Signal::SIGTERM);
+    observe.exit(LIMIT).await;
+
+    // --once: the command's exit code passes through.
+    let once = cli.run(&["run", "batch", "--once", "--", "sh", "-c", "exit 3"]).await;
+    assert_eq!(once.code, Some(3), "{once:?}");
+    // Handing off an election nobody leads is refused with the reason.
+    let nobody = cli.run(&["handoff", "nobody-runs-this", "--to", "pod-b"]).await;
+    assert_eq!(nobody.code, Some(DSYNC_FAILED), "{nobody:?}");
+}

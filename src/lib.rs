@@ -159,7 +159,7 @@ pub use error::{Error, Result};
 pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
 pub use lock::{Lock, LockStatus, WithLockError};
 pub use observe::{Observation, Observer};
-pub use resource::{LeaseKind, MASTER, NameError, Resource, sanitize_name};
+pub use resource::{LeaseKind, LeaseName, MASTER, NameError, Resource, sanitize_name};
 pub use semaphore::{Permit, Semaphore};
 #[cfg(feature = "kube")]
 pub use store::KubeStore;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::{oneshot, watch};
 
+use crate::admin::{Admin, ForceReleased, HandoffRequested};
 use crate::config::{Config, LeaseThread, validate_identity};
 use crate::election::{Election, ElectionFace, ElectionStatus};
 use crate::error::{Error, Result};
@@ -14,7 +15,7 @@ use crate::lock::{Lock, LockFace, LockShared, LockStatus};
 use crate::observe::{self, Observer};
 use crate::resource::{LeaseKind, NameError, Resource};
 use crate::semaphore::{MAX_PERMITS, Semaphore};
-use crate::store::{LeaseKey, LeaseStore};
+use crate::store::{LeaseKey, LeaseStore, StoredLease};
 use crate::supervisor::{Entry, LeaseEntry, ListLeases, Registry, Shutdown, Supervisor};
 use crate::watch::WatchHub;
 use crate::work;
@@ -442,6 +443,110 @@ impl Dsync {
                 lease: key.to_string(),
             }),
         }
+    }
+
+    /// Every Lease in the configured namespace as the store has it now, sorted by name: one
+    /// snapshot ([`LeaseStore::list`]), whoever wrote them (dsync replicas of any scope,
+    /// client-go peers, anybody). [`LeaseName::parse`](crate::LeaseName::parse) tells which
+    /// are dsync's and what they are. On Kubernetes it needs `list` on `leases`
+    /// ([`Error::Forbidden`] names the verb otherwise).
+    ///
+    /// Like every operator action here ([`force_release`](Self::force_release),
+    /// [`request_handoff`](Self::request_handoff)) it starts no lease actor, runs on dsync's
+    /// lease thread, bounds each store call by the renew deadline ([`Error::Timeout`]), and
+    /// fails with [`Error::Stopped`] after [`shutdown`](Self::shutdown).
+    pub async fn stored_leases(&self) -> Result<Vec<StoredLease>> {
+        let namespace = self.inner.config.namespace.clone();
+        let admin = self.admin()?;
+        self.on_lease_thread(async move { admin.list(&namespace).await })
+            .await
+    }
+
+    /// Ends whatever term holds `lease`, as an operator: writes the lease free (no holder,
+    /// `leaseTransitions` kept, so the next holder's fencing token is higher; the record a
+    /// release writes), a compare-and-swap on the version just read. `lease` may be in any
+    /// namespace and need not be one of this replica's (or dsync's: a client-go Lease is
+    /// released the same way).
+    ///
+    /// The holder is not asked: it learns of the loss from its watch, or at its next renewal
+    /// (a conflict), and ends its term then; a dsync holder is deposed (superseded) and cancels
+    /// its term. Until it does, it may still believe it holds the lease while another replica
+    /// has taken it: work guarded by the term should check the fencing token where it writes.
+    /// Use it for a holder that is stuck or gone, not as a handoff
+    /// ([`request_handoff`](Self::request_handoff) is the orderly way for an election).
+    ///
+    /// * Nobody holds it: nothing is written; `previous_holder` is `None`.
+    /// * A write that meets a concurrent one (the holder renewing) reads again and decides
+    ///   again, [`ATTEMPTS`](crate::admin::ATTEMPTS) times; then [`Error::Store`] with a
+    ///   [`StoreError::Conflict`](crate::StoreError::Conflict) source, saying so.
+    /// * [`Error::NotFound`] if the lease does not exist; [`Error::Forbidden`] (naming the
+    ///   verb, `get` or `update`) without the rights; [`Error::Timeout`] for a call that took
+    ///   longer than the renew deadline; [`Error::Stopped`] after [`shutdown`](Self::shutdown).
+    pub async fn force_release(&self, lease: &LeaseKey) -> Result<ForceReleased> {
+        let key = lease.clone();
+        let admin = self.admin()?;
+        self.on_lease_thread(async move { admin.force_release(&key).await })
+            .await
+    }
+
+    /// Asks the leader of the election `name` (in the configured namespace and scope) to hand
+    /// it to the replica whose identity is `to`: writes `to` into the lease's
+    /// [`HANDOFF_REQUEST_ANNOTATION`](crate::record::HANDOFF_REQUEST_ANNOTATION) (what
+    /// `kubectl annotate lease <lease> dsync.io/handoff-to=<to>` does), a compare-and-swap on
+    /// the version just read, read again on a conflict as
+    /// [`force_release`](Self::force_release) does. This replica need not take part in the
+    /// election.
+    ///
+    /// Returns once the request is written; it does not wait for the handoff. A dsync leader
+    /// sees the request (from its watch, or at its next renewal) and carries it out as
+    /// [`Election::handoff_to`](crate::Election::handoff_to) does: its term ends, its work
+    /// drains, then it releases the lease naming `to`, and `to`, if alive and campaigning,
+    /// takes it with the next fencing token. Follow it with [`observe`](Self::observe). A
+    /// client-go leader does not know the annotation and ignores it.
+    ///
+    /// * `to` already leads: nothing is written, `Ok`.
+    /// * [`Error::BadResourceName`] (before any call) if `name` is not a valid election name,
+    ///   as for [`election`](Self::election); [`Error::InvalidConfig`] if `to` is not a usable
+    ///   identity.
+    /// * [`Error::NotFound`] if the election's lease does not exist; [`Error::NoLeader`] if
+    ///   nobody holds it; [`Error::InvalidState`] if the lease is coordinated (`spec.strategy`
+    ///   set: the API server's election controller picks its holder).
+    /// * Conflicts, [`Error::Forbidden`], [`Error::Timeout`] and [`Error::Stopped`] as for
+    ///   [`force_release`](Self::force_release).
+    pub async fn request_handoff(&self, name: &str, to: &str) -> Result<HandoffRequested> {
+        validate_identity(to)?;
+        let (_, key) = self.prepare(self.resource(name), LeaseKind::Election)?;
+        let to = to.to_owned();
+        let admin = self.admin()?;
+        self.on_lease_thread(async move { admin.request_handoff(&key, &to).await })
+            .await
+    }
+
+    /// The store logic of the operator actions, with the crate's call limit.
+    fn admin(&self) -> Result<Admin> {
+        if self.inner.registry.is_closed() {
+            return Err(self.stopped());
+        }
+        Ok(Admin {
+            store: self.inner.shared.store.clone(),
+            call_timeout: self.inner.config.timing.renew_deadline(),
+        })
+    }
+
+    /// Runs `work` on the lease thread, where the store's client lives (a Kubernetes client
+    /// belongs to the runtime that created it).
+    async fn on_lease_thread<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let spawned = self.inner.arbiter.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        if !spawned {
+            return Err(self.stopped());
+        }
+        rx.await.map_err(|_| self.stopped())?
     }
 
     /// Every election and lock of this replica, live or still stopping, ordered by lease: the

@@ -136,7 +136,7 @@ pub enum Error {
     /// The store refused the operation (Kubernetes RBAC: HTTP 403).
     #[error("forbidden to {verb} {resource}: {message}")]
     Forbidden {
-        /// The API verb (`get`, `create`, `update`, `watch`).
+        /// The API verb (`get`, `create`, `update`, `list`, `watch`).
         verb: String,
         /// The resource, e.g. `leases.coordination.k8s.io "ns/name"`.
         resource: String,

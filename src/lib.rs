@@ -94,6 +94,9 @@
 //! * [`observe`]: [`Observer`], an observe-only follower of an election or lock: holder,
 //!   fencing token and [`LeaderChanged`] from the shared watch, never a write.
 //! * [`leader_only`]: [`LeaderOnly`], an actor that runs only while this replica leads.
+//! * [`admin`]: the operator actions on [`Dsync`] ([`Dsync::stored_leases`],
+//!   [`Dsync::force_release`], [`Dsync::request_handoff`]): a read and a compare-and-swap
+//!   write of records built by the lease machine's rules, no lease actor.
 //! * [`metrics`]: Prometheus metrics (feature `metrics`).
 //! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s lease actors,
 //!   one entry type for every face.
@@ -128,6 +131,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 #[cfg(feature = "kube")]
 mod connect;
@@ -152,6 +156,7 @@ pub mod timing;
 mod watch;
 mod work;
 
+pub use admin::{ForceReleased, HandoffRequested};
 pub use config::{Config, LeaseThread};
 pub use dsync::Dsync;
 pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, LeaderChanged};
@@ -159,7 +164,7 @@ pub use error::{Error, Result};
 pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
 pub use lock::{Lock, LockStatus, WithLockError};
 pub use observe::{Observation, Observer};
-pub use resource::{LeaseKind, MASTER, NameError, Resource, sanitize_name};
+pub use resource::{LeaseKind, LeaseName, MASTER, NameError, Resource, sanitize_name};
 pub use semaphore::{Permit, Semaphore};
 #[cfg(feature = "kube")]
 pub use store::KubeStore;

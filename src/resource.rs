@@ -1,5 +1,6 @@
 //! What an election or a lock is about: `Resource { namespace, scope, name }`, the Lease names
-//! derived from it, validation and sanitising.
+//! derived from it, validation and sanitising; and [`LeaseName`], a Lease name taken apart
+//! again.
 //!
 //! Lease names are `<scope>.election.<name>` and `<scope>.lock.<name>` in `namespace`, exactly as
 //! the Go package `tempcke/dsync` names them, so Go dsync, client-go and dsync replicas can share one Lease object.
@@ -287,9 +288,189 @@ impl FromStr for Resource {
     }
 }
 
+/// A Lease name dsync uses, taken apart: `<scope>.election.<name>`, `<scope>.lock.<name>`,
+/// `<scope>.semaphore.<name>.<slot>`.
+///
+/// Scopes and names may contain dots, so a Lease name whose labels hold two of the infixes
+/// (`a.lock.b.election.c`: scope `a.lock.b` or name `b.election.c`?) could come from two
+/// resources. [`parse`](Self::parse) takes a name apart only when exactly one reading is
+/// possible; `Display` gives the Lease name again.
+///
+/// ```
+/// use dsync::{LeaseKind, LeaseName, Resource};
+/// let parsed = LeaseName::parse("billing.semaphore.pool.3").unwrap();
+/// assert_eq!(parsed.kind, LeaseKind::Semaphore);
+/// assert_eq!((parsed.scope.as_str(), parsed.name.as_str(), parsed.slot), ("billing", "pool", Some(3)));
+/// assert_eq!(parsed.to_string(), "billing.semaphore.pool.3");
+/// assert_eq!(
+///     LeaseName::parse("unscoped.election.master").unwrap().resource("prod"),
+///     Resource::new("prod", "unscoped", "master")
+/// );
+/// assert_eq!(LeaseName::parse("kube-scheduler"), None); // not one of dsync's
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseName {
+    /// The scope ([`DEFAULT_SCOPE`] for a resource that had none).
+    pub scope: String,
+    /// Election, lock or semaphore slot.
+    pub kind: LeaseKind,
+    /// The election, lock or semaphore name.
+    pub name: String,
+    /// The slot of a semaphore's Lease; `None` for an election or a lock.
+    pub slot: Option<usize>,
+}
+
+impl LeaseName {
+    /// Takes `lease_name` apart; `None` for a name dsync would not produce: not a valid Lease
+    /// object name, no `election`/`lock`/`semaphore` label between a scope and a name, a
+    /// semaphore Lease without a decimal slot (`0`, `1`, ..., no leading zeros), or a name
+    /// with more than one possible reading.
+    pub fn parse(lease_name: &str) -> Option<LeaseName> {
+        if lease_name.len() > MAX_NAME_LEN || !is_dns1123_subdomain(lease_name) {
+            return None;
+        }
+        let labels: Vec<&str> = lease_name.split('.').collect();
+        let mut found = None;
+        // The infix is neither the first label (the scope is not empty) nor the last.
+        for i in 1..labels.len().saturating_sub(1) {
+            let kind = match labels[i] {
+                "election" => LeaseKind::Election,
+                "lock" => LeaseKind::Lock,
+                "semaphore" => LeaseKind::Semaphore,
+                _ => continue,
+            };
+            let rest = &labels[i + 1..];
+            let (name, slot) = match kind {
+                LeaseKind::Semaphore => match rest.split_last() {
+                    Some((slot, name)) if !name.is_empty() => match parse_slot(slot) {
+                        Some(slot) => (name.join("."), Some(slot)),
+                        None => continue,
+                    },
+                    _ => continue,
+                },
+                _ => (rest.join("."), None),
+            };
+            let reading = LeaseName {
+                scope: labels[..i].join("."),
+                kind,
+                name,
+                slot,
+            };
+            if found.replace(reading).is_some() {
+                return None; // two readings: ambiguous
+            }
+        }
+        found
+    }
+
+    /// The resource in `namespace` whose Lease (or semaphore slot Lease) this is.
+    pub fn resource(&self, namespace: &str) -> Resource {
+        Resource::new(namespace, &*self.scope, &*self.name)
+    }
+}
+
+/// A slot number as [`Resource::semaphore_slot_name`] writes it: decimal, no sign, no leading
+/// zero.
+fn parse_slot(label: &str) -> Option<usize> {
+    let canonical = !label.is_empty()
+        && label.bytes().all(|b| b.is_ascii_digit())
+        && (label == "0" || !label.starts_with('0'));
+    if canonical { label.parse().ok() } else { None }
+}
+
+impl fmt::Display for LeaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.scope, self.kind, self.name)?;
+        match self.slot {
+            Some(slot) => write!(f, ".{slot}"),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_names_round_trip_through_parse() {
+        for (scope, name) in [
+            ("", MASTER),
+            ("billing", "nightly-report"),
+            ("svc.v2", "a.b-c"),
+            ("s", "0"),
+            ("a-1", "x.9"),
+        ] {
+            let r = Resource::new("ns", scope, name);
+            for kind in [LeaseKind::Election, LeaseKind::Lock] {
+                let lease = r.lease_name(kind);
+                let parsed = LeaseName::parse(&lease).unwrap_or_else(|| panic!("{lease}"));
+                assert_eq!(
+                    parsed,
+                    LeaseName {
+                        scope: r.effective_scope().into(),
+                        kind,
+                        name: name.into(),
+                        slot: None
+                    }
+                );
+                assert_eq!(parsed.to_string(), lease);
+                assert_eq!(parsed.resource("ns").lease_name(kind), lease);
+            }
+            for slot in [0, 7, 10, 1023] {
+                let lease = r.semaphore_slot_name(slot);
+                let parsed = LeaseName::parse(&lease).unwrap_or_else(|| panic!("{lease}"));
+                assert_eq!(parsed.kind, LeaseKind::Semaphore);
+                assert_eq!(parsed.slot, Some(slot));
+                assert_eq!(parsed.name, name);
+                assert_eq!(parsed.scope, r.effective_scope());
+                assert_eq!(parsed.to_string(), lease);
+                assert_eq!(parsed.resource("ns").semaphore_slot_name(slot), lease);
+            }
+        }
+    }
+
+    #[test]
+    fn names_dsync_would_not_produce_do_not_parse() {
+        for lease in [
+            "",
+            "kube-scheduler",
+            "a.b.c",
+            "election.x",             // no scope
+            "s.election",             // no name
+            "s.lock.",                // not a valid object name
+            "S.lock.x",               // nor this
+            "s.semaphore.pool",       // no slot
+            "s.semaphore.3",          // a slot but no name
+            "s.semaphore.pool.x",     // not a number
+            "s.semaphore.pool.01",    // not as dsync writes it
+            "s.semaphore.pool.-1",    // nor this
+            "a.lock.b.election.c",    // two readings
+            "s.semaphore.a.lock.b.0", // two readings
+            &format!("s.lock.{}", "a".repeat(MAX_NAME_LEN)),
+        ] {
+            assert_eq!(LeaseName::parse(lease), None, "{lease:?}");
+        }
+    }
+
+    #[test]
+    fn one_reading_is_enough_even_with_two_infix_labels() {
+        // `pool.x` cannot be a slot: only the lock reading is left.
+        let parsed = LeaseName::parse("a.semaphore.pool.lock.x").unwrap();
+        assert_eq!(
+            parsed,
+            LeaseName {
+                scope: "a.semaphore.pool".into(),
+                kind: LeaseKind::Lock,
+                name: "x".into(),
+                slot: None
+            }
+        );
+        // Infix words inside a label are just words.
+        let parsed = LeaseName::parse("my-lock.election.lock-holder").unwrap();
+        assert_eq!(parsed.scope, "my-lock");
+        assert_eq!(parsed.name, "lock-holder");
+    }
 
     #[test]
     fn sanitize_name_matches_the_go_packages_table() {

@@ -74,6 +74,45 @@ async fn a_partition_hangs_calls_and_ends_watches_until_healed() {
 }
 
 #[actix::test]
+async fn list_goes_through_the_same_faults_as_every_call() {
+    tokio::time::pause();
+    let memory = MemoryStore::new();
+    let store = FaultyStore::new(memory.clone());
+    memory.put(&key(), held_by("a")).unwrap();
+    assert_eq!(store.list("default").await.unwrap().len(), 1);
+    store.partition();
+    assert!(hangs(store.list("default"), LIMIT).await);
+    store.heal();
+    store.stall(Call::List);
+    assert!(hangs(store.list("default"), LIMIT).await);
+    assert!(store.get(&key()).await.is_ok(), "other calls go on");
+    store.heal();
+    store.fail_next(Call::List, unavailable);
+    assert!(matches!(
+        store.list("default").await,
+        Err(StoreError::Unavailable { .. })
+    ));
+    store.fail_always(Call::Any, unavailable);
+    assert!(store.list("default").await.is_err(), "Any covers list");
+    store.clear();
+    store.tamper_reads(|mut lease| {
+        lease.record.lease_duration_seconds = Some(-5);
+        lease
+    });
+    let listed = store.list("default").await.unwrap();
+    assert_eq!(listed[0].record.lease_duration_seconds, Some(-5));
+    store.clear();
+    assert_eq!(store.calls(Call::List), 6);
+    assert_eq!(store.calls(Call::Get), 1);
+    assert_eq!(store.calls(Call::Any), 7);
+    assert_eq!(
+        memory.stats().lists,
+        2,
+        "only the calls that reached the store"
+    );
+}
+
+#[actix::test]
 async fn a_stall_hangs_only_its_kind_of_call() {
     tokio::time::pause();
     let store = FaultyStore::new(MemoryStore::new());

@@ -1007,7 +1007,9 @@ fn renewed(current: &LeaseRecord, identity: &str, timing: &Timing, now: SystemTi
 
 /// The record written on release: no holder, transitions kept (so the next token is higher), and
 /// a one-second duration as client-go writes, so peers that ignore an empty holder still move on.
-fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
+/// Also what an operator's [`Dsync::force_release`](crate::Dsync::force_release) writes over
+/// somebody else's term: the same free lease as if its holder had let go.
+pub(crate) fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
     LeaseRecord {
         holder_identity: None,
         lease_duration_seconds: Some(1),
@@ -1015,6 +1017,17 @@ fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
         renew_time: Some(now),
         successor: None,
         handoff_request: None,
+        ..current.clone()
+    }
+}
+
+/// `current` with a request that its holder hand the lease to `to`
+/// ([`HANDOFF_REQUEST_ANNOTATION`](crate::record::HANDOFF_REQUEST_ANNOTATION)), as
+/// [`Dsync::request_handoff`](crate::Dsync::request_handoff) writes it; nothing else changes
+/// (the holder's term and token stay). A dsync leader carries it out and clears it.
+pub(crate) fn with_handoff_request(current: &LeaseRecord, to: &str) -> LeaseRecord {
+    LeaseRecord {
+        handoff_request: Some(to.to_owned()),
         ..current.clone()
     }
 }

@@ -46,6 +46,7 @@ pub use machine::{
     Call, Claim, Machine, Observed, Op, Outcome, Request, Step, StepDownReason, Waiting, Want,
     token_of,
 };
+pub(crate) use machine::{released, with_handoff_request};
 
 #[cfg(test)]
 mod tests;

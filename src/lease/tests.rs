@@ -1454,3 +1454,28 @@ fn abandoning_or_resetting_forgets_the_successor() {
     w.m.reset();
     assert_eq!(w.m.successor(), None);
 }
+
+#[test]
+fn an_operators_records_release_by_the_same_rules_or_only_add_the_request() {
+    let now = SystemTime::UNIX_EPOCH + s(1_000);
+    let mut held = lease(Some(OTHER), Some(15), Some(4)).record;
+    held.handoff_request = Some("someone".into());
+    held.strategy = Some("example.com/s".into());
+    let free = released(&held, now);
+    assert_eq!(free.holder(), None);
+    assert_eq!(free.lease_transitions, Some(4), "the next token is higher");
+    assert_eq!(free.lease_duration_seconds, Some(1));
+    assert_eq!((free.acquire_time, free.renew_time), (Some(now), Some(now)));
+    assert_eq!(free.handoff_request, None, "settled");
+    assert_eq!(free.strategy, held.strategy, "kept as found");
+    let asked = with_handoff_request(&held, "pod-b");
+    assert_eq!(asked.requested_handoff(), Some("pod-b"));
+    assert_eq!(
+        LeaseRecord {
+            handoff_request: held.handoff_request.clone(),
+            ..asked
+        },
+        held,
+        "nothing else changes"
+    );
+}

@@ -13,7 +13,8 @@
 //! * All conversions between `SystemTime` and the API's `MicroTime` live in this file.
 //!
 //! RBAC: `get`, `create`, `update`, `list` and `watch` on `leases` in `coordination.k8s.io`
-//! (`list` and `watch` for the watch). No `delete` or `patch`.
+//! (`list` and `watch` for the watch, and `list` for [`LeaseStore::list`]). No `delete` or
+//! `patch`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,7 @@ use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
@@ -76,7 +77,7 @@ impl KubeStore {
         }
     }
 
-    /// Sets how many API calls (get, create, update) may be in flight at once; more wait their
+    /// Sets how many API calls (get, create, update, list) may be in flight at once; more wait their
     /// turn, and the wait counts towards the call's timeout. The watch is not counted.
     #[must_use]
     pub fn with_max_in_flight(mut self, limit: std::num::NonZeroUsize) -> Self {
@@ -96,7 +97,39 @@ impl KubeStore {
         Api::namespaced(self.client.clone(), &key.namespace)
     }
 
-    fn call<F>(
+    /// Runs one API call under the in-flight limit and the call timeout, mapping its errors.
+    fn call<T, F>(
+        &self,
+        target: Target,
+        verb: &'static str,
+        fut: F,
+    ) -> BoxFuture<'static, StoreResult<T>>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, kube::Error>> + Send + 'static,
+    {
+        let limit = self.call_timeout;
+        let in_flight = self.in_flight.clone();
+        let fut = async move {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _permit = in_flight.acquire_owned().await;
+            fut.await
+        };
+        async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(error)) => Err(map_error(&target, verb, error)),
+                Err(_) => Err(StoreError::Timeout {
+                    operation: format!("{verb} {target}"),
+                    after: limit,
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    /// [`call`](Self::call) for one lease: the answer is remembered and converted.
+    fn call_one<F>(
         &self,
         key: &LeaseKey,
         verb: &'static str,
@@ -106,25 +139,26 @@ impl KubeStore {
         F: Future<Output = Result<Lease, kube::Error>> + Send + 'static,
     {
         let key = key.clone();
-        let limit = self.call_timeout;
         let seen = self.seen.clone();
-        let in_flight = self.in_flight.clone();
-        let fut = async move {
-            // The semaphore is never closed, so acquiring cannot fail.
-            let _permit = in_flight.acquire_owned().await;
-            fut.await
-        };
-        async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(Ok(lease)) => Ok(remember(&seen, &key, lease)),
-                Ok(Err(error)) => Err(map_error(&key, verb, error)),
-                Err(_) => Err(StoreError::Timeout {
-                    operation: format!("{verb} lease {key}"),
-                    after: limit,
-                }),
-            }
+        self.call(Target::Lease(key.clone()), verb, fut)
+            .map(move |answer| answer.map(|lease| remember(&seen, &key, lease)))
+            .boxed()
+    }
+}
+
+/// What an API call is about: one lease, or the leases of a namespace (a list).
+#[derive(Debug, Clone)]
+enum Target {
+    Lease(LeaseKey),
+    Namespace(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Lease(key) => write!(f, "lease {key}"),
+            Target::Namespace(namespace) => write!(f, "leases in namespace {namespace}"),
         }
-        .boxed()
     }
 }
 
@@ -132,7 +166,7 @@ impl LeaseStore for KubeStore {
     fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let api = self.api(key);
         let name = key.name.clone();
-        self.call(key, "get", async move { api.get(&name).await })
+        self.call_one(key, "get", async move { api.get(&name).await })
     }
 
     fn create(
@@ -142,7 +176,7 @@ impl LeaseStore for KubeStore {
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let api = self.api(key);
         let lease = to_lease(key, &record, None);
-        self.call(key, "create", async move {
+        self.call_one(key, "create", async move {
             api.create(&PostParams::default(), &lease).await
         })
     }
@@ -173,9 +207,37 @@ impl LeaseStore for KubeStore {
             set_annotations(&mut metadata, &record);
             lease.metadata = metadata;
         }
-        self.call(key, "update", async move {
+        self.call_one(key, "update", async move {
             api.replace(&name, &PostParams::default(), &lease).await
         })
+    }
+
+    fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
+        let seen = self.seen.clone();
+        let owned = namespace.to_owned();
+        // No limit: one response, one snapshot (a paginated list could span compactions).
+        self.call(
+            Target::Namespace(namespace.to_owned()),
+            "list",
+            async move { api.list(&ListParams::default()).await },
+        )
+        .map(move |answer| {
+            answer.map(|list| {
+                let mut leases: Vec<StoredLease> = list
+                    .items
+                    .into_iter()
+                    .map(|lease| {
+                        let key =
+                            LeaseKey::new(&*owned, lease.metadata.name.clone().unwrap_or_default());
+                        remember(&seen, &key, lease)
+                    })
+                    .collect();
+                leases.sort_by(|a, b| a.name.cmp(&b.name));
+                leases
+            })
+        })
+        .boxed()
     }
 
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
@@ -315,8 +377,17 @@ fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
     }
 }
 
-fn map_error(key: &LeaseKey, verb: &str, error: kube::Error) -> StoreError {
-    let lease = key.to_string();
+fn map_error(target: &Target, verb: &str, error: kube::Error) -> StoreError {
+    let (lease, resource) = match target {
+        Target::Lease(key) => (
+            key.to_string(),
+            format!("leases.coordination.k8s.io {:?}", key.to_string()),
+        ),
+        Target::Namespace(namespace) => (
+            namespace.clone(),
+            format!("leases.coordination.k8s.io in namespace {namespace:?}"),
+        ),
+    };
     match error {
         kube::Error::Api(status) => match status.code {
             409 if verb == "create" => StoreError::AlreadyExists { lease },
@@ -324,7 +395,7 @@ fn map_error(key: &LeaseKey, verb: &str, error: kube::Error) -> StoreError {
             404 => StoreError::NotFound { lease },
             403 => StoreError::Forbidden {
                 verb: verb.to_owned(),
-                resource: format!("leases.coordination.k8s.io {:?}", lease),
+                resource,
                 message: status.message.clone(),
             },
             422 => StoreError::Invalid {
@@ -332,12 +403,12 @@ fn map_error(key: &LeaseKey, verb: &str, error: kube::Error) -> StoreError {
                 message: status.message.clone(),
             },
             _ => StoreError::Unavailable {
-                message: format!("{verb} lease {lease}: HTTP {}", status.code),
+                message: format!("{verb} {target}: HTTP {}", status.code),
                 source: Some(Box::new(kube::Error::Api(status))),
             },
         },
         other => StoreError::Unavailable {
-            message: format!("{verb} lease {lease}"),
+            message: format!("{verb} {target}"),
             source: Some(Box::new(other)),
         },
     }
@@ -442,20 +513,20 @@ mod tests {
 
     #[test]
     fn status_codes_map_to_store_errors() {
-        let key = LeaseKey::new("ns", "l");
+        let target = Target::Lease(LeaseKey::new("ns", "l"));
         assert!(matches!(
-            map_error(&key, "create", api_error(409, "exists")),
+            map_error(&target, "create", api_error(409, "exists")),
             StoreError::AlreadyExists { .. }
         ));
         assert!(matches!(
-            map_error(&key, "update", api_error(409, "changed")),
+            map_error(&target, "update", api_error(409, "changed")),
             StoreError::Conflict { .. }
         ));
         assert!(matches!(
-            map_error(&key, "get", api_error(404, "gone")),
+            map_error(&target, "get", api_error(404, "gone")),
             StoreError::NotFound { .. }
         ));
-        match map_error(&key, "update", api_error(403, "no")) {
+        match map_error(&target, "update", api_error(403, "no")) {
             StoreError::Forbidden {
                 verb,
                 resource,
@@ -468,10 +539,20 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            map_error(&key, "create", api_error(422, "bad")),
+            map_error(&target, "create", api_error(422, "bad")),
             StoreError::Invalid { message, .. } if message == "bad"
         ));
-        let e = map_error(&key, "get", api_error(503, "busy"));
+        let e = map_error(&target, "get", api_error(503, "busy"));
         assert!(e.is_transient(), "{e:?}");
+        let namespace = Target::Namespace("ns".into());
+        match map_error(&namespace, "list", api_error(403, "no")) {
+            StoreError::Forbidden { verb, resource, .. } => {
+                assert_eq!(verb, "list");
+                assert_eq!(resource, "leases.coordination.k8s.io in namespace \"ns\"");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = map_error(&namespace, "list", api_error(500, "oops"));
+        assert!(e.to_string().contains("list leases in namespace ns"), "{e}");
     }
 }

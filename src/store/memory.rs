@@ -36,6 +36,8 @@ pub struct StoreStats {
     pub conflicts: u64,
     /// `watch` calls (one per watched namespace per replica, normally).
     pub watches: u64,
+    /// `list` calls.
+    pub lists: u64,
 }
 
 #[derive(Default)]
@@ -124,6 +126,20 @@ impl MemoryStore {
             .ok_or_else(|| StoreError::NotFound {
                 lease: key.to_string(),
             })
+    }
+
+    fn list_now(&self, namespace: &str) -> Vec<StoredLease> {
+        let mut inner = self.lock();
+        inner.stats.lists += 1;
+        // Under the one lock: a snapshot, as the API server's list is.
+        let mut leases: Vec<StoredLease> = inner
+            .leases
+            .iter()
+            .filter(|(key, _)| key.namespace == namespace)
+            .map(|(_, lease)| lease.clone())
+            .collect();
+        leases.sort_by(|a, b| a.name.cmp(&b.name));
+        leases
     }
 
     fn create_now(&self, key: &LeaseKey, record: LeaseRecord) -> StoreResult<StoredLease> {
@@ -259,6 +275,10 @@ impl LeaseStore for MemoryStore {
         resource_version: &str,
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         future::ready(self.replace_now(key, record, resource_version)).boxed()
+    }
+
+    fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
+        future::ready(Ok(self.list_now(namespace))).boxed()
     }
 
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
@@ -448,6 +468,25 @@ mod tests {
         drop(s.watch("default"));
         s.create(&key(), held_by("a")).await.unwrap();
         assert!(s.lock().watchers["default"].is_empty());
+    }
+
+    #[tokio::test]
+    async fn list_is_the_namespace_sorted_by_name() {
+        let s = MemoryStore::new();
+        assert_eq!(s.list("default").await.unwrap(), vec![]);
+        let b = s
+            .create(&LeaseKey::new("default", "b"), held_by("x"))
+            .await
+            .unwrap();
+        let a = s
+            .create(&LeaseKey::new("default", "a"), held_by("y"))
+            .await
+            .unwrap();
+        s.create(&LeaseKey::new("elsewhere", "a"), held_by("z"))
+            .await
+            .unwrap();
+        assert_eq!(s.list("default").await.unwrap(), vec![a, b]);
+        assert_eq!(s.stats().lists, 2);
     }
 
     #[tokio::test]

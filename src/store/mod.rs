@@ -2,7 +2,8 @@
 //!
 //! A store has the Kubernetes API server's semantics for one kind of object: `get`, `create`
 //! (fails with [`StoreError::AlreadyExists`]), `replace` guarded by `resourceVersion`
-//! (fails with [`StoreError::Conflict`] when somebody wrote in between) and `watch`. Every write
+//! (fails with [`StoreError::Conflict`] when somebody wrote in between), `list` (every lease of
+//! a namespace, one snapshot) and `watch`. Every write
 //! dsync makes is such a compare-and-swap; there is no blind update and no delete.
 //!
 //! Two stores ship: [`MemoryStore`] (in-process, the embedded default) and, with the `kube`
@@ -55,6 +56,9 @@
 //!             call.await
 //!         }
 //!         .boxed()
+//!     }
+//!     fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
+//!         self.inner.list(namespace)
 //!     }
 //!     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
 //!         self.inner.watch(namespace)
@@ -244,6 +248,13 @@ pub trait LeaseStore: Send + Sync + 'static {
         resource_version: &str,
     ) -> BoxFuture<'static, StoreResult<StoredLease>>;
 
+    /// Every lease of `namespace`, sorted by name: one consistent snapshot, as the API
+    /// server's `list` gives it (each lease at the version it had at one moment), with the
+    /// versions that guard the next write of each. An empty (or missing) namespace gives an
+    /// empty list. dsync's lease actors never list; operators' tools do
+    /// ([`Dsync::stored_leases`](crate::Dsync::stored_leases)).
+    fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>>;
+
     /// Changes to every lease of `namespace` from now on. A replica opens one such watch per
     /// namespace and shares it among its elections and locks. The stream may end or yield an
     /// error at any time (for example [`StoreError::WatchLagged`]); watchers then re-read with
@@ -273,6 +284,10 @@ impl<S: LeaseStore + ?Sized> LeaseStore for std::sync::Arc<S> {
         resource_version: &str,
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         (**self).replace(key, record, resource_version)
+    }
+
+    fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
+        (**self).list(namespace)
     }
 
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {

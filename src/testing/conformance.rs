@@ -65,6 +65,11 @@ pub enum Rule {
     /// the field, on `create` and on `replace`, and nothing is written: a name that is not a
     /// DNS-1123 subdomain, `leaseDurationSeconds <= 0`, `leaseTransitions < 0`.
     ValidatesLikeTheApiServer,
+    /// `list` of a namespace with no leases (one nobody ever wrote in) is empty; otherwise it
+    /// gives every lease of that namespace, sorted by name, each with the record and version
+    /// its last write returned, and none of another namespace; a `replace` shows in the next
+    /// `list`.
+    ListIsTheNamespaceSortedByName,
 }
 
 impl Rule {
@@ -80,6 +85,7 @@ impl Rule {
         Rule::WatchSeesWritesInOrder,
         Rule::WatchSeesDeletions,
         Rule::ValidatesLikeTheApiServer,
+        Rule::ListIsTheNamespaceSortedByName,
     ];
 
     /// A short kebab-case name, used in lease names and messages.
@@ -95,6 +101,7 @@ impl Rule {
             Rule::WatchSeesWritesInOrder => "watch-order",
             Rule::WatchSeesDeletions => "watch-deletions",
             Rule::ValidatesLikeTheApiServer => "validation",
+            Rule::ListIsTheNamespaceSortedByName => "list",
         }
     }
 }
@@ -247,6 +254,7 @@ impl<S: LeaseStore> Suite<S> {
             Rule::WatchSeesWritesInOrder => self.watch_order(rule).await,
             Rule::WatchSeesDeletions => self.watch_deletions(rule).await,
             Rule::ValidatesLikeTheApiServer => self.validation(rule).await,
+            Rule::ListIsTheNamespaceSortedByName => self.list(rule).await,
         }
     }
 
@@ -693,6 +701,91 @@ impl<S: LeaseStore> Suite<S> {
             return Err(violation(
                 rule,
                 format!("invalid replaces changed {key}: {good:?} became {now:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn list_of(&self, rule: Rule, namespace: &str) -> Check<Vec<StoredLease>> {
+        self.store
+            .list(namespace)
+            .await
+            .map_err(|e| violation(rule, format!("list of namespace {namespace} failed: {e}")))
+    }
+
+    /// The suite's namespace holds other rules' leases (and on a real cluster anybody's):
+    /// the listed leases are checked whole for order and namespace, and this rule's own for
+    /// their records and versions.
+    async fn list(&self, rule: Rule) -> Check<()> {
+        // A namespace nobody wrote in (on Kubernetes it need not exist: a list there is empty).
+        let empty = {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            format!("conformance-{}-{n}-empty", self.run)
+        };
+        let listed = self.list_of(rule, &empty).await?;
+        if !listed.is_empty() {
+            return Err(violation(
+                rule,
+                format!("list of the unused namespace {empty} gave {listed:?}, expected nothing"),
+            ));
+        }
+        let keys = [self.key(rule), self.key(rule), self.key(rule)];
+        let elsewhere = self.key_in(&self.other_namespace, rule);
+        self.create(rule, &elsewhere, held_by("holder-z", 0))
+            .await?;
+        // Created out of name order, with different records.
+        let mut ours = Vec::new();
+        for (i, key) in [&keys[2], &keys[0], &keys[1]].into_iter().enumerate() {
+            let record = if i == 0 {
+                full_record("holder-a", 1)
+            } else {
+                held_by(&format!("holder-{i}"), i as i32)
+            };
+            ours.push(self.create(rule, key, record).await?);
+        }
+        ours.sort_by(|a, b| a.name.cmp(&b.name));
+        self.expect_listed(rule, &ours, "after three creates")
+            .await?;
+        let replaced = self
+            .replace(
+                rule,
+                &keys[0],
+                held_by("holder-b", 7),
+                &ours[0].resource_version,
+            )
+            .await?;
+        ours[0] = replaced;
+        self.expect_listed(rule, &ours, "after a replace").await
+    }
+
+    /// Lists the suite's namespace: sorted by name, nothing of the other namespace's leases of
+    /// this run, and exactly `ours` among this rule's leases.
+    async fn expect_listed(&self, rule: Rule, ours: &[StoredLease], after: &str) -> Check<()> {
+        let listed = self.list_of(rule, &self.namespace).await?;
+        let names: Vec<&str> = listed.iter().map(|l| l.name.as_str()).collect();
+        if names.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(violation(
+                rule,
+                format!(
+                    "{after}, list of {} is not sorted by name (or repeats one): {names:?}",
+                    self.namespace
+                ),
+            ));
+        }
+        let prefix = format!("conformance-{}-", self.run);
+        let suffix = format!("-{rule}");
+        let mine: Vec<&StoredLease> = listed
+            .iter()
+            .filter(|l| l.name.starts_with(&prefix) && l.name.ends_with(&suffix))
+            .collect();
+        let want: Vec<&StoredLease> = ours.iter().collect();
+        if mine != want {
+            return Err(violation(
+                rule,
+                format!(
+                    "{after}, list of {} gave {mine:?} among this rule's leases, expected exactly {want:?} (another namespace's must not show)",
+                    self.namespace
+                ),
             ));
         }
         Ok(())

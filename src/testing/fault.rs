@@ -5,8 +5,8 @@
 //! dsync: partitions, stalled calls, failed calls, lost replies, latency, 409 storms, cut or
 //! silent watches, a skewed wall clock, records nobody validated.
 //!
-//! Faults on calls (`get`, `create`, `replace`) are chosen with [`Call`]; [`Call::Any`] means
-//! any of those three, never the watch, which has faults of its own
+//! Faults on calls (`get`, `create`, `replace`, `list`) are chosen with [`Call`]; [`Call::Any`]
+//! means any of those four, never the watch, which has faults of its own
 //! ([`drop_watches`](FaultyStore::drop_watches), [`silence_watches`](FaultyStore::silence_watches),
 //! and [`Call::Watch`] for the `fail_*` methods).
 
@@ -35,7 +35,9 @@ pub enum Call {
     Replace,
     /// [`LeaseStore::watch`]: a watch being opened.
     Watch,
-    /// Any of `get`, `create` and `replace` (not `watch`).
+    /// [`LeaseStore::list`].
+    List,
+    /// Any of `get`, `create`, `replace` and `list` (not `watch`).
     Any,
 }
 
@@ -50,7 +52,8 @@ impl Call {
             Call::Get => 0,
             Call::Create => 1,
             Call::Replace => 2,
-            Call::Watch | Call::Any => 3,
+            Call::List => 3,
+            Call::Watch | Call::Any => 4,
         }
     }
 }
@@ -123,8 +126,8 @@ struct Faults {
     response_latency: Duration,
     skew: Option<ClockSkew>,
     tamper: Option<Tamper>,
-    /// get, create, replace, watch.
-    calls: [u64; 4],
+    /// get, create, replace, list, watch.
+    calls: [u64; 5],
     watch_generation: u64,
 }
 
@@ -359,7 +362,7 @@ impl FaultyStore {
         self.change(|f| f.skew = skew);
     }
 
-    /// Passes every lease this store returns (from `get`, `create`, `replace` and watch
+    /// Passes every lease this store returns (from `get`, `create`, `replace`, `list` and watch
     /// events) through `tamper` from now on, until [`clear`](Self::clear): a store that
     /// serves records nobody validated (a third-party store, an edit behind the API server's
     /// back). The inner store keeps what was written.
@@ -372,11 +375,11 @@ impl FaultyStore {
     }
 
     /// How many calls of a kind reached this wrapper (including failed and hanging ones).
-    /// [`Call::Any`] counts `get`, `create` and `replace` together.
+    /// [`Call::Any`] counts `get`, `create`, `replace` and `list` together.
     pub fn calls(&self, call: Call) -> u64 {
         let faults = self.lock();
         match call {
-            Call::Any => faults.calls[..3].iter().sum(),
+            Call::Any => faults.calls[..4].iter().sum(),
             other => faults.calls[other.index()],
         }
     }
@@ -401,18 +404,20 @@ impl FaultyStore {
         self.calls_made.send_modify(|n| *n += 1);
     }
 
-    fn intercept<F>(
+    /// Every call but the watch goes through here: counted, then partitioned, stalled, failed,
+    /// delayed or tampered with as the faults say. `target` names what the call is about in
+    /// injected errors (`namespace/name`, or the namespace of a list).
+    fn intercept<T, F>(
         &self,
         call: Call,
-        key: &LeaseKey,
+        target: String,
         forward: F,
-    ) -> BoxFuture<'static, StoreResult<StoredLease>>
+    ) -> BoxFuture<'static, StoreResult<T>>
     where
-        F: FnOnce(Option<ClockSkew>) -> BoxFuture<'static, StoreResult<StoredLease>>
-            + Send
-            + 'static,
+        T: Reply,
+        F: FnOnce(Option<ClockSkew>) -> BoxFuture<'static, StoreResult<T>> + Send + 'static,
     {
-        let lease = key.to_string();
+        let lease = target;
         let mut faults = self.lock();
         self.count(&mut faults, call);
         if faults.partitioned || faults.stalled.iter().any(|c| c.covers(call)) {
@@ -469,11 +474,28 @@ impl FaultyStore {
                 tokio::time::sleep(response).await;
             }
             match tamper {
-                Some(tamper) => result.map(|l| tamper(l)),
+                Some(tamper) => result.map(|reply| reply.tampered(&tamper)),
                 None => result,
             }
         }
         .boxed()
+    }
+}
+
+/// What a call answers, as [`FaultyStore::tamper_reads`] changes it.
+trait Reply: Send + 'static {
+    fn tampered(self, tamper: &Tamper) -> Self;
+}
+
+impl Reply for StoredLease {
+    fn tampered(self, tamper: &Tamper) -> Self {
+        tamper(self)
+    }
+}
+
+impl Reply for Vec<StoredLease> {
+    fn tampered(self, tamper: &Tamper) -> Self {
+        self.into_iter().map(|lease| tamper(lease)).collect()
     }
 }
 
@@ -489,7 +511,7 @@ impl LeaseStore for FaultyStore {
     fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let inner = self.inner.clone();
         let owned = key.clone();
-        self.intercept(Call::Get, key, move |_| inner.get(&owned))
+        self.intercept(Call::Get, key.to_string(), move |_| inner.get(&owned))
     }
 
     fn create(
@@ -499,7 +521,7 @@ impl LeaseStore for FaultyStore {
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let inner = self.inner.clone();
         let owned = key.clone();
-        self.intercept(Call::Create, key, move |skew| {
+        self.intercept(Call::Create, key.to_string(), move |skew| {
             inner.create(&owned, skew_record(skew, record))
         })
     }
@@ -513,8 +535,16 @@ impl LeaseStore for FaultyStore {
         let inner = self.inner.clone();
         let owned = key.clone();
         let version = resource_version.to_owned();
-        self.intercept(Call::Replace, key, move |skew| {
+        self.intercept(Call::Replace, key.to_string(), move |skew| {
             inner.replace(&owned, skew_record(skew, record), &version)
+        })
+    }
+
+    fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
+        let inner = self.inner.clone();
+        let owned = namespace.to_owned();
+        self.intercept(Call::List, namespace.to_owned(), move |_| {
+            inner.list(&owned)
         })
     }
 

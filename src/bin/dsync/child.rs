@@ -83,7 +83,9 @@ impl Child {
                 SpawnError::CannotExecute { program, source }
             }
         })?;
-        let pid = process.id().expect("a child that was just spawned has a pid");
+        let pid = process
+            .id()
+            .expect("a child that was just spawned has a pid");
         Ok(Child {
             process,
             group: Pid::from_raw(pid as i32),
@@ -114,7 +116,9 @@ impl Child {
     pub fn signal(&self, signal: Signal) {
         match killpg(self.group, signal) {
             Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => tracing::warn!(group = self.group.as_raw(), %signal, "cannot signal the command's process group: {e}"),
+            Err(e) => {
+                tracing::warn!(group = self.group.as_raw(), %signal, "cannot signal the command's process group: {e}")
+            }
         }
     }
 

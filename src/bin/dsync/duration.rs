@@ -96,7 +96,9 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_read() {
-        for bad in ["", "s", "5x", "5 s", "-1", "-1s", "1e400", "m5", "1..2s", "5sms"] {
+        for bad in [
+            "", "s", "5x", "5 s", "-1", "-1s", "1e400", "m5", "1..2s", "5sms",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(parse("5x").unwrap_err().contains("unknown unit"));

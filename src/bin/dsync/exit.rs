@@ -107,6 +107,10 @@ mod tests {
         };
         let failure = Failure::from(config);
         assert_eq!(failure.code, DSYNC_FAILED);
-        assert!(failure.message.contains("KUBE_NAMESPACE"), "{}", failure.message);
+        assert!(
+            failure.message.contains("KUBE_NAMESPACE"),
+            "{}",
+            failure.message
+        );
     }
 }

@@ -23,14 +23,14 @@ enum Outcome {
     Exited(ExitStatus),
     /// The lease was lost (or the term ended) first; the group was stopped.
     Lost(ExitStatus),
-    /// dsync was sent `Signal`, forwarded it, and the group then exited.
-    Interrupted(Signal, ExitStatus),
+    /// dsync was sent a signal, forwarded it, and the group then exited.
+    Interrupted(ExitStatus),
 }
 
 impl Outcome {
     fn status(&self) -> ExitStatus {
         match self {
-            Outcome::Exited(s) | Outcome::Lost(s) | Outcome::Interrupted(_, s) => *s,
+            Outcome::Exited(s) | Outcome::Lost(s) | Outcome::Interrupted(s) => *s,
         }
     }
 }
@@ -62,7 +62,7 @@ async fn supervise(
     interrupts: &mut Interrupts,
     stop: &StopArgs,
     ui: &Ui,
-    what: &str,
+    ended: &str,
 ) -> Outcome {
     let mut kill_at: Option<Instant> = None;
     let mut killed = false;
@@ -90,7 +90,7 @@ async fn supervise(
                 lost = true;
                 if kill_at.is_none() {
                     ui.error(&format!(
-                        "lost {what} (fencing token {}) while the command ran: sending {} to its process group {}",
+                        "{ended} (fencing token {}) while the command ran: sending {} to its process group {}",
                         term.fencing_token(), stop.signal, child.group()
                     ));
                     child.signal(stop.signal);
@@ -116,8 +116,8 @@ async fn supervise(
     }
     if lost {
         Outcome::Lost(status)
-    } else if let Some(signal) = interrupted {
-        Outcome::Interrupted(signal, status)
+    } else if interrupted.is_some() {
+        Outcome::Interrupted(status)
     } else {
         Outcome::Exited(status)
     }
@@ -195,7 +195,10 @@ async fn lock_one(
     ));
     let env = lease_env(&lock.lease(), &term, None);
     let outcome = match Child::spawn(&args.command, &env) {
-        Ok(mut child) => Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &what).await),
+        Ok(mut child) => {
+            let ended = format!("lost {what}");
+            Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &ended).await)
+        }
         Err(e) => Err(e),
     };
     // The command's group has exited (or never started): only now is the lease given up.
@@ -281,7 +284,10 @@ async fn lock_permit(
     let env = lease_env(&permit.lease(), &term, Some(permit.slot()));
     let what = format!("slot {} of semaphore {:?}", permit.slot(), args.name);
     let outcome = match Child::spawn(&args.command, &env) {
-        Ok(mut child) => Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &what).await),
+        Ok(mut child) => {
+            let ended = format!("lost {what}");
+            Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &ended).await)
+        }
         Err(e) => Err(e),
     };
     match permit.release().await {
@@ -353,10 +359,7 @@ pub async fn run(
             let _ = reports.send(report);
         }
     })?;
-    ui.info(&format!(
-        "campaigning for {what} as {}",
-        dsync.identity()
-    ));
+    ui.info(&format!("campaigning for {what} as {}", dsync.identity()));
     let _progress = {
         let election = election.clone();
         Progress::remind(ui, move || match election.leader() {
@@ -377,7 +380,7 @@ pub async fn run(
                         ui.info(&format!("the command exited ({status}) while leading: stepping down"));
                         break Ok(child::exit_code(status));
                     }
-                    TermReport::Ran(Outcome::Interrupted(_, status)) => break Ok(child::exit_code(status)),
+                    TermReport::Ran(Outcome::Interrupted(status)) => break Ok(child::exit_code(status)),
                     TermReport::Ran(Outcome::Lost(status)) => {
                         if args.once {
                             ui.error(&format!("the term ended while the command ran (it ended with {status}); --once: exiting"));
@@ -436,7 +439,7 @@ impl TermWork {
                     &mut interrupts,
                     &self.stop,
                     &self.ui,
-                    &self.what,
+                    &format!("the term of {} ended", self.what),
                 )
                 .await,
             ),

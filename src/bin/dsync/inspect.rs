@@ -152,7 +152,10 @@ pub fn table(rows: &[Row], now: SystemTime) -> String {
             row.name.kind.as_str().to_owned(),
             row.name.scope.clone(),
             row.name.name.clone(),
-            row.name.slot.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            row.name
+                .slot
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
             row.holder().unwrap_or("-").to_owned(),
             record
                 .lease_transitions
@@ -174,7 +177,13 @@ pub fn table(rows: &[Row], now: SystemTime) -> String {
         lines.push(cells);
     }
     let widths: Vec<usize> = (0..COLUMNS.len())
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for line in &lines {
@@ -226,12 +235,18 @@ pub fn rows(namespace: &str, leases: Vec<StoredLease>, filter: &Filter) -> Vec<R
         .filter(|r| filter.keeps(r))
         .collect();
     rows.sort_by(|a, b| {
-        (kind_order(a.name.kind), &a.name.scope, &a.name.name, a.name.slot).cmp(&(
-            kind_order(b.name.kind),
-            &b.name.scope,
-            &b.name.name,
-            b.name.slot,
-        ))
+        (
+            kind_order(a.name.kind),
+            &a.name.scope,
+            &a.name.name,
+            a.name.slot,
+        )
+            .cmp(&(
+                kind_order(b.name.kind),
+                &b.name.scope,
+                &b.name.name,
+                b.name.slot,
+            ))
     });
     rows
 }
@@ -400,7 +415,10 @@ fn change_line(event: &str, row: &Row, now: SystemTime, output: Output) -> Strin
         Output::Json => json!({"event": event, "lease": row.json(now)}).to_string(),
         Output::Table => {
             let what = match row.name.slot {
-                Some(slot) => format!("{} {}/{}[{slot}]", row.name.kind, row.name.scope, row.name.name),
+                Some(slot) => format!(
+                    "{} {}/{}[{slot}]",
+                    row.name.kind, row.name.scope, row.name.name
+                ),
                 None => format!("{} {}/{}", row.name.kind, row.name.scope, row.name.name),
             };
             let state = match (event, row.holder()) {
@@ -594,9 +612,15 @@ pub async fn observe(
         dsync.observe(&args.name)?
     };
     let what = if args.lock { "lock" } else { "election" };
-    ui.info(&format!("observing {what} {:?} ({})", args.name, observer.lease()));
+    ui.info(&format!(
+        "observing {what} {:?} ({})",
+        args.name,
+        observer.lease()
+    ));
     let mut changes = observer.watch();
-    let mut said: Option<(Option<String>, Option<i32>, bool, bool, bool)> = None;
+    // Holder, token, expired, exists, failing: a line whenever one of them changes.
+    type Shown = (Option<String>, Option<i32>, bool, bool, bool);
+    let mut said: Option<Shown> = None;
     loop {
         let o = changes.borrow_and_update().clone();
         let state = (
@@ -624,9 +648,14 @@ pub async fn observe(
                         (_, false) => "no lease yet".to_owned(),
                         (None, true) => "free".to_owned(),
                         (Some(h), true) if o.expired => {
-                            format!("{h} (token {}) looks expired to this observer", o.fencing_token.unwrap_or(0))
+                            format!(
+                                "{h} (token {}) looks expired to this observer",
+                                o.fencing_token.unwrap_or(0)
+                            )
                         }
-                        (Some(h), true) => format!("held by {h} (token {})", o.fencing_token.unwrap_or(0)),
+                        (Some(h), true) => {
+                            format!("held by {h} (token {})", o.fencing_token.unwrap_or(0))
+                        }
                     };
                     match &o.last_error {
                         Some(e) => format!("{} {state} (last error: {e})", timestamp(now)),
@@ -675,18 +704,31 @@ mod tests {
             lease("team.semaphore.exports.1", None, 2, now),
             lease("unscoped.election.master", Some("pod-a"), 30, now),
         ];
-        let all = Filter { scope: None, name: None };
+        let all = Filter {
+            scope: None,
+            name: None,
+        };
         let shown: Vec<String> = rows("ns", leases.clone(), &all)
             .iter()
             .map(|r| r.key.name.clone())
             .collect();
         assert_eq!(
             shown,
-            ["unscoped.election.master", "unscoped.lock.nightly", "team.semaphore.exports.1"]
+            [
+                "unscoped.election.master",
+                "unscoped.lock.nightly",
+                "team.semaphore.exports.1"
+            ]
         );
-        let team = Filter { scope: Some("team".into()), name: None };
+        let team = Filter {
+            scope: Some("team".into()),
+            name: None,
+        };
         assert_eq!(rows("ns", leases.clone(), &team).len(), 1);
-        let nightly = Filter { scope: None, name: Some("nightly".into()) };
+        let nightly = Filter {
+            scope: None,
+            name: Some("nightly".into()),
+        };
         assert_eq!(rows("ns", leases, &nightly)[0].name.kind, LeaseKind::Lock);
     }
 
@@ -698,7 +740,14 @@ mod tests {
             lease("unscoped.lock.stale", Some("pod-c"), 30, now),
             lease("unscoped.lock.free", None, 30, now),
         ];
-        let rows = rows("ns", leases, &Filter { scope: None, name: None });
+        let rows = rows(
+            "ns",
+            leases,
+            &Filter {
+                scope: None,
+                name: None,
+            },
+        );
         let by_name = |n: &str| rows.iter().find(|r| r.name.name == n).unwrap();
         assert_eq!(by_name("fresh").expired_by_clock(now), Some(false));
         assert_eq!(by_name("stale").expired_by_clock(now), Some(true));
@@ -707,7 +756,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("KIND"), "{text}");
         let stale = lines.iter().find(|l| l.contains("stale")).unwrap();
-        assert!(stale.contains("pod-c") && stale.contains("yes") && stale.contains("30s ago"), "{stale}");
+        assert!(
+            stale.contains("pod-c") && stale.contains("yes") && stale.contains("30s ago"),
+            "{stale}"
+        );
         assert!(text.contains("judged locally"), "{text}");
         let json = by_name("stale").json(now);
         assert_eq!(json["kind"], "lock");
@@ -716,27 +768,78 @@ mod tests {
         assert_eq!(json["expired_by_local_clock"], true);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_holder_looks_expired_a_lease_duration_after_this_observer_saw_it_change() {
+        let now = SystemTime::now();
+        // Renewed 1000 s ago by the holder's clock: the table says expired by clock, but the
+        // watch judges from when it saw the lease, and it just saw it.
+        let listed = lease("unscoped.election.master", Some("pod-a"), 1000, now);
+        let filter = Filter {
+            scope: None,
+            name: None,
+        };
+        let mut follow = Follow::new(rows("ns", vec![listed], &filter));
+        assert!(follow.expire(Output::Table).is_empty());
+        let at = follow.next_expiry().unwrap();
+        assert_eq!(at - Instant::now(), Duration::from_secs(15));
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let lines = follow.expire(Output::Table);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("pod-a looks expired to this observer (no change for 15s)"),
+            "{}",
+            lines[0]
+        );
+        assert!(follow.expire(Output::Table).is_empty(), "said once");
+        assert_eq!(follow.next_expiry(), None);
+    }
+
     #[test]
     fn watching_prints_changes_not_replays_and_expiry_by_observation() {
         let now = SystemTime::now();
         let listed = lease("unscoped.lock.nightly", Some("pod-b"), 0, now);
-        let filter = Filter { scope: None, name: None };
+        let filter = Filter {
+            scope: None,
+            name: None,
+        };
         let mut follow = Follow::new(rows("ns", vec![listed.clone()], &filter));
         let replay = dsync::store::WatchEvent::Applied(listed.clone());
-        assert!(follow.apply("ns", replay, &filter, Output::Table).is_empty());
+        assert!(
+            follow
+                .apply("ns", replay, &filter, Output::Table)
+                .is_empty()
+        );
         let mut next = listed.clone();
         next.record.holder_identity = Some("pod-c".into());
         let mut renewed = listed.clone();
         renewed.resource_version = "8".into();
         renewed.record.renew_time = Some(now + Duration::from_secs(1));
         let renewal = dsync::store::WatchEvent::Applied(renewed);
-        assert!(follow.apply("ns", renewal, &filter, Output::Table).is_empty(), "a renewal prints nothing");
+        assert!(
+            follow
+                .apply("ns", renewal, &filter, Output::Table)
+                .is_empty(),
+            "a renewal prints nothing"
+        );
         next.resource_version = "9".into();
-        let lines = follow.apply("ns", dsync::store::WatchEvent::Applied(next), &filter, Output::Table);
+        let lines = follow.apply(
+            "ns",
+            dsync::store::WatchEvent::Applied(next),
+            &filter,
+            Output::Table,
+        );
         assert_eq!(lines.len(), 1);
-        assert!(lines[0].contains("lock unscoped/nightly holder pod-c token 3"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("lock unscoped/nightly holder pod-c token 3"),
+            "{}",
+            lines[0]
+        );
         assert!(follow.next_expiry().is_some());
-        let deleted = dsync::store::WatchEvent::Deleted { name: "unscoped.lock.nightly".into() };
+        let lines = follow.expire(Output::Table);
+        assert!(lines.is_empty(), "not yet: {lines:?}");
+        let deleted = dsync::store::WatchEvent::Deleted {
+            name: "unscoped.lock.nightly".into(),
+        };
         let lines = follow.apply("ns", deleted, &filter, Output::Json);
         assert!(lines[0].contains("\"deleted\""), "{}", lines[0]);
         assert_eq!(follow.next_expiry(), None);

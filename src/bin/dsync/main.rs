@@ -388,7 +388,11 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
 
 /// A replica for the subcommands that hold nothing (`status`, `release`, `handoff`, `observe`).
 async fn inspector(global: &Global) -> Result<(Dsync, Arc<dyn LeaseStore>), Failure> {
-    connect(global.config(Holder::Replica)?, Duration::ZERO).await
+    connect(
+        global.config(Holder::Replica)?,
+        dsync::config::DEFAULT_DRAIN_TIMEOUT,
+    )
+    .await
 }
 
 /// The library waits this long for the guarded command after a term ends (the work of a
@@ -426,8 +430,33 @@ mod tests {
     #[test]
     fn lock_needs_a_command_and_takes_try_or_timeout() {
         assert!(Cli::try_parse_from(["dsync", "lock", "x"]).is_err());
-        assert!(Cli::try_parse_from(["dsync", "lock", "x", "--try", "--timeout", "1s", "--", "true"]).is_err());
-        let cli = Cli::try_parse_from(["dsync", "lock", "x", "-n", "3", "--kill-after", "2s", "--", "sh", "-c", "exit 3"]).unwrap();
+        assert!(
+            Cli::try_parse_from([
+                "dsync",
+                "lock",
+                "x",
+                "--try",
+                "--timeout",
+                "1s",
+                "--",
+                "true"
+            ])
+            .is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "dsync",
+            "lock",
+            "x",
+            "-n",
+            "3",
+            "--kill-after",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .unwrap();
         let Command::Lock(args) = cli.command else {
             panic!("not lock")
         };
@@ -439,15 +468,33 @@ mod tests {
     #[test]
     fn flags_win_over_the_environment_and_bad_timing_is_refused() {
         let cli = Cli::try_parse_from([
-            "dsync", "--namespace", "jobs", "--scope", "team", "--identity", "me", "status",
+            "dsync",
+            "--namespace",
+            "jobs",
+            "--scope",
+            "team",
+            "--identity",
+            "me",
+            "status",
         ])
         .unwrap();
         let config = cli.global.config(Holder::PerProcess).unwrap();
-        assert_eq!((config.namespace.as_str(), config.scope.as_str()), ("jobs", "team"));
-        assert_eq!(config.identity, "me", "an explicit identity is taken as given");
+        assert_eq!(
+            (config.namespace.as_str(), config.scope.as_str()),
+            ("jobs", "team")
+        );
+        assert_eq!(
+            config.identity, "me",
+            "an explicit identity is taken as given"
+        );
 
         let cli = Cli::try_parse_from([
-            "dsync", "--lease-duration", "5s", "--renew-deadline", "6s", "status",
+            "dsync",
+            "--lease-duration",
+            "5s",
+            "--renew-deadline",
+            "6s",
+            "status",
         ])
         .unwrap();
         let failure = cli.global.config(Holder::Replica).unwrap_err();

@@ -16,6 +16,16 @@ use crate::exit::{self, Failure};
 pub struct Ui {
     quiet: bool,
     tty: bool,
+    sink: Sink,
+}
+
+/// Where messages go.
+#[derive(Debug, Clone)]
+enum Sink {
+    Stderr,
+    /// Collected, for tests.
+    #[cfg(test)]
+    Memory(std::sync::Arc<std::sync::Mutex<Vec<String>>>),
 }
 
 impl Ui {
@@ -24,7 +34,20 @@ impl Ui {
         Ui {
             quiet,
             tty: std::io::stderr().is_terminal(),
+            sink: Sink::Stderr,
         }
+    }
+
+    /// A UI that collects its lines, as if stderr were a terminal (`tty`) or not.
+    #[cfg(test)]
+    fn collecting(tty: bool) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let lines = std::sync::Arc::default();
+        let ui = Ui {
+            quiet: false,
+            tty,
+            sink: Sink::Memory(std::sync::Arc::clone(&lines)),
+        };
+        (ui, lines)
     }
 
     /// Whether progress is shown at all.
@@ -40,32 +63,40 @@ impl Ui {
     /// An informational line.
     pub fn info(&self, message: &str) {
         if !self.quiet {
-            line(message);
+            self.line(message);
         }
     }
 
     /// A warning: something went wrong that does not change the outcome.
     pub fn warn(&self, message: &str) {
         if !self.quiet {
-            line(&format!("warning: {message}"));
+            self.line(&format!("warning: {message}"));
         }
     }
 
     /// An error: always printed.
     pub fn error(&self, message: &str) {
-        line(&format!("error: {message}"));
+        self.line(&format!("error: {message}"));
     }
-}
 
-fn line(message: &str) {
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "dsync: {message}");
+    fn line(&self, message: &str) {
+        match &self.sink {
+            Sink::Stderr => {
+                let mut err = std::io::stderr().lock();
+                let _ = writeln!(err, "dsync: {message}");
+            }
+            #[cfg(test)]
+            Sink::Memory(lines) => lines.lock().unwrap().push(format!("dsync: {message}")),
+        }
+    }
 }
 
 /// "held by pod-b (free in ~12s by this observer)": what an observer knows about the holder.
 pub fn holder_phrase(observation: &Observation, now: Instant) -> String {
     let free_in = match (observation.changed_at, observation.lease_duration) {
-        (Some(changed), Some(duration)) => Some((changed + duration).saturating_duration_since(now)),
+        (Some(changed), Some(duration)) => {
+            Some((changed + duration).saturating_duration_since(now))
+        }
         _ => None,
     };
     describe_holder(
@@ -128,16 +159,14 @@ impl Progress {
     /// (`lock "nightly"`).
     pub fn follow(ui: &Ui, what: String, mut changes: watch::Receiver<Observation>) -> Progress {
         let ui = ui.clone();
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let task = tokio::task::spawn_local(async move {
             if ui.quiet() {
                 return;
             }
             let mut said: Option<Option<String>> = None;
-            let mut remind = tokio::time::interval_at(
-                tokio::time::Instant::now() + REMIND_EVERY,
-                REMIND_EVERY,
-            );
+            let mut remind =
+                tokio::time::interval_at(tokio::time::Instant::now() + REMIND_EVERY, REMIND_EVERY);
             loop {
                 let observation = changes.borrow_and_update().clone();
                 if observation.synced && said.as_ref() != Some(&observation.holder) {
@@ -167,15 +196,13 @@ impl Progress {
     /// observer to follow; `None`: nothing to wait for right now).
     pub fn remind(ui: &Ui, describe: impl Fn() -> Option<String> + 'static) -> Progress {
         let ui = ui.clone();
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
         let task = tokio::task::spawn_local(async move {
             if ui.quiet() || !ui.tty() {
                 return;
             }
-            let mut remind = tokio::time::interval_at(
-                tokio::time::Instant::now() + REMIND_EVERY,
-                REMIND_EVERY,
-            );
+            let mut remind =
+                tokio::time::interval_at(tokio::time::Instant::now() + REMIND_EVERY, REMIND_EVERY);
             loop {
                 remind.tick().await;
                 if let Some(what) = describe() {
@@ -239,7 +266,10 @@ impl Interrupts {
 }
 
 fn cannot_listen(e: std::io::Error) -> Failure {
-    Failure::new(exit::DSYNC_FAILED, format!("cannot listen for signals: {e}"))
+    Failure::new(
+        exit::DSYNC_FAILED,
+        format!("cannot listen for signals: {e}"),
+    )
 }
 
 #[cfg(test)]
@@ -250,13 +280,39 @@ mod tests {
     fn says_who_holds_and_when_it_frees_by_this_observer() {
         assert_eq!(describe_holder(None, None, false, None), "free");
         assert_eq!(
-            describe_holder(Some("pod-b"), Some(4), false, Some(Duration::from_millis(11_200))),
+            describe_holder(
+                Some("pod-b"),
+                Some(4),
+                false,
+                Some(Duration::from_millis(11_200))
+            ),
             "held by pod-b, token 4 (free in ~12s by this observer, unless renewed)"
         );
         assert_eq!(
             describe_holder(Some("pod-b"), Some(4), true, Some(Duration::ZERO)),
             "held by pod-b, token 4 (looks expired to this observer)"
         );
-        assert_eq!(describe_holder(Some("pod-b"), None, false, None), "held by pod-b");
+        assert_eq!(
+            describe_holder(Some("pod-b"), None, false, None),
+            "held by pod-b"
+        );
+    }
+    #[actix::test]
+    async fn waiting_repeats_every_few_seconds_on_a_terminal_only() {
+        tokio::time::pause();
+        for tty in [true, false] {
+            let (ui, lines) = Ui::collecting(tty);
+            let progress = Progress::remind(&ui, || Some("pod-b holds it".into()));
+            tokio::time::sleep(REMIND_EVERY * 3 + Duration::from_millis(1)).await;
+            drop(progress);
+            tokio::time::sleep(REMIND_EVERY * 2).await;
+            let lines = lines.lock().unwrap().clone();
+            if tty {
+                assert_eq!(lines.len(), 3, "{lines:?}");
+                assert_eq!(lines[0], "dsync: still waiting after 5s: pod-b holds it");
+            } else {
+                assert!(lines.is_empty(), "{lines:?}");
+            }
+        }
     }
 }

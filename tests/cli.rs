@@ -646,7 +646,7 @@ async fn status_shows_elections_locks_and_semaphore_slots_as_table_and_json() {
     let election = a.election("master").unwrap();
     let term = election.elected().await.unwrap();
     let lock = a.lock("nightly").unwrap();
-    let lock_term = lock.lock().await.unwrap();
+    lock.lock().await.unwrap();
     let pool = a.semaphore("exports", 2).unwrap();
     let permit = pool.acquire().await.unwrap();
     // A lease that is not dsync's is left out.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -122,8 +123,10 @@ impl Child {
         }
     }
 
-    /// Whether any process of the group is left (zombies included).
+    /// Whether any process of the group is left. Members that exited and became ours to
+    /// reap (see [`become_subreaper`]) are reaped first, so they do not count.
     pub fn group_alive(&self) -> bool {
+        self.reap_group();
         match killpg(self.group, None) {
             Ok(()) => true,
             Err(Errno::ESRCH) => false,
@@ -159,6 +162,21 @@ impl Child {
         status
     }
 
+    /// Reaps the group's exited members that are our children (orphans of the command, since
+    /// dsync is their subreaper). Only once the direct child has been waited for: until then
+    /// tokio reaps it, and a `waitpid` on the group could take its status away.
+    fn reap_group(&self) {
+        if self.status.is_none() {
+            return;
+        }
+        let group = Pid::from_raw(-self.group.as_raw());
+        while let Ok(status) = waitpid(group, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+
     /// Waits until the direct child has exited and no process of its group is left.
     async fn drain(&mut self) {
         self.wait().await;
@@ -180,6 +198,16 @@ impl Child {
             "the command exited but left processes in its group: stopping them"
         );
         self.stop(Some(signal), Instant::now() + kill_after).await;
+    }
+}
+
+/// Makes dsync the parent of the orphans its commands leave (Linux; elsewhere a no-op):
+/// without it they go to init, and where init does not reap them (dsync as a container's
+/// PID 1, a minimal init) their zombies would keep the command's process group "alive".
+pub fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::debug!("cannot become a child subreaper: {e}");
     }
 }
 

@@ -314,6 +314,7 @@ fn main() {
     let cli = Cli::parse();
     let ui = Ui::new(cli.global.quiet);
     init_tracing();
+    child::become_subreaper();
     let code = match actix::System::new().block_on(dispatch(cli, ui.clone())) {
         Ok(code) => code,
         Err(failure) => {

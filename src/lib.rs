@@ -108,6 +108,9 @@
 //! * `work`: which lease's guarded work a task is running, so that a stop called from inside
 //!   it is not waited for.
 //!
+//! The `dsync` command-line tool (feature `cli`, `src/bin/dsync`) is built on the public API
+//! only: `lock`, `run`, `status`, `release`, `handoff`, `observe`.
+//!
 //! # One term lifecycle
 //!
 //! Shutdown is a main path, not an afterthought. Whatever ends a term ([`Election::stop`],

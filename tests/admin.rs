@@ -290,26 +290,19 @@ async fn operator_actions_after_shutdown_are_stopped(env: Env) {
 
 /// Rights on the real API server: each action names the verb it lacked.
 mod rbac {
-    use dsync::{Config, Dsync, Error, LeaseStore};
+    use dsync::{Dsync, Error, LeaseStore};
     use k8s_openapi::api::rbac::v1::{PolicyRule, Role};
     use kube::api::ObjectMeta;
 
     use crate::support::apiserver::{Harness, client, namespace};
-    use crate::support::backend::{kube_store, kube_timing};
+    use crate::support::backend::kube_store;
     use dsync::testing::within;
     use std::time::Duration;
 
     const LIMIT: Duration = Duration::from_secs(60);
 
     fn replica(store: impl LeaseStore, ns: &str, name: &str) -> Dsync {
-        Dsync::with_config(
-            store,
-            Config::default()
-                .with_namespace(ns)
-                .with_identity(name)
-                .with_timing(kube_timing()),
-        )
-        .unwrap()
+        crate::support::backend::kube_replica(store, ns, name)
     }
 
     fn forbidden_verb<T: std::fmt::Debug>(result: dsync::Result<T>) -> String {

@@ -13,11 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use dsync::{Config, Dsync, KubeStore, LeaseKey, LeaseStore, Timing};
-use k8s_openapi::api::rbac::v1::Role;
+use dsync::{KubeStore, LeaseKey, LeaseStore};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::Deserialize;
 use serde_json::Value;
 use support::apiserver::{Harness, client, namespace};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
@@ -327,6 +325,20 @@ async fn contending_locks_never_overlap_tokens_increase_and_exit_codes_pass_thro
     );
 }
 
+/// The numbers in a line a command printed, e.g. `pids 12 13` or `pod-a leads with 3`.
+fn numbers(line: &str) -> Vec<i32> {
+    line.split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+/// The last number in a line, e.g. the token of `pod-a leads with 3`.
+fn last_number(line: &str) -> i32 {
+    *numbers(line)
+        .last()
+        .unwrap_or_else(|| panic!("no number in {line:?}"))
+}
+
 /// The command ignores SIGTERM and leaves a grandchild that ignores it too: only SIGKILL to
 /// the whole group ends them.
 const STUBBORN: &str = r#"trap '' TERM; sleep 1000 & echo "pids $$ $!"; echo "holder $DSYNC_HOLDER token $DSYNC_FENCING_TOKEN lease $DSYNC_LEASE"; wait; wait"#;
@@ -345,11 +357,7 @@ async fn a_lost_lock_stops_the_command_and_its_grandchildren_and_exits_with_the_
         STUBBORN,
     ]);
     let pids = holder.stdout_line("pids").await;
-    let pids: Vec<i32> = pids
-        .split_whitespace()
-        .skip(1)
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids = numbers(&pids);
     let about = holder.stdout_line("holder").await;
     let identity = about.split_whitespace().nth(1).unwrap().to_owned();
     let first_token: i32 = about.split_whitespace().nth(3).unwrap().parse().unwrap();
@@ -583,7 +591,7 @@ async fn bad_input_gets_usage_errors_and_missing_rights_the_permission_code() {
     support::rbac::bind_to_norights(
         client(&ready.admin).await,
         &cli.ns,
-        &observer_role(),
+        &support::rbac::shipped_role("observer-rbac.yaml"),
         "cli-observer",
     )
     .await;
@@ -614,41 +622,10 @@ async fn bad_input_gets_usage_errors_and_missing_rights_the_permission_code() {
     );
 }
 
-/// The Role of deploy/observer-rbac.yaml, as shipped.
-fn observer_role() -> Role {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/observer-rbac.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(doc).unwrap();
-        if value["kind"] == "Role" {
-            return serde_yaml::from_value(value).unwrap();
-        }
-    }
-    panic!("no Role in {}", path.display());
-}
-
-fn replica(store: KubeStore, ns: &str, identity: &str) -> Dsync {
-    Dsync::with_config(
-        store,
-        Config::default()
-            .with_namespace(ns)
-            .with_identity(identity)
-            .with_timing(
-                Timing::new(
-                    Duration::from_secs(2),
-                    Duration::from_millis(1500),
-                    Duration::from_millis(500),
-                )
-                .unwrap(),
-            ),
-    )
-    .unwrap()
-}
-
 #[actix_rt::test]
 async fn status_shows_elections_locks_and_semaphore_slots_as_table_and_json() {
     let cli = Cli::admin().await;
-    let a = replica(cli.store().await, &cli.ns, "pod-a");
+    let a = support::backend::kube_replica(cli.store().await, &cli.ns, "pod-a");
     let election = a.election("master").unwrap();
     let term = election.elected().await.unwrap();
     let lock = a.lock("nightly").unwrap();
@@ -797,11 +774,7 @@ async fn signals_and_leftovers_end_the_whole_group_before_the_lock_is_released()
         STUBBORN,
     ]);
     let pids = stubborn.stdout_line("pids").await;
-    let pids: Vec<i32> = pids
-        .split_whitespace()
-        .skip(1)
-        .map(|p| p.parse().unwrap())
-        .collect();
+    let pids = numbers(&pids);
     stubborn.signal(Signal::SIGTERM);
     let (status, stderr) = stubborn.exit(LIMIT).await;
     assert_eq!(status.code(), Some(128 + 9), "{stderr}");
@@ -859,14 +832,7 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
         "-c",
         LEADER,
     ]);
-    let first: i32 = a
-        .stdout_line("pod-a leads")
-        .await
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let first: i32 = last_number(&a.stdout_line("pod-a leads").await);
     let mut b = cli.spawn(&[
         "--identity",
         "pod-b",
@@ -886,14 +852,7 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
     assert_eq!(handed.code, Some(0), "{handed:?}");
     assert!(handed.stdout.contains("pod-b leads"), "{handed:?}");
     a.stdout_line("pod-a stops").await;
-    let second: i32 = b
-        .stdout_line("pod-b leads")
-        .await
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let second: i32 = last_number(&b.stdout_line("pod-b leads").await);
     assert!(second > first);
     loop {
         let seen: Value = serde_json::from_str(&observe.stdout_line("holder").await).unwrap();
@@ -907,14 +866,7 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
     b.stdout_line("pod-b stops").await;
     let (status, stderr) = b.exit(LIMIT).await;
     assert_eq!(status.code(), Some(0), "{stderr}");
-    let third: i32 = a
-        .stdout_line("pod-a leads")
-        .await
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let third: i32 = last_number(&a.stdout_line("pod-a leads").await);
     assert!(third > second);
     // SIGINT is forwarded as SIGINT: the command does not trap it and dies of it (130).
     a.signal(Signal::SIGINT);
@@ -960,28 +912,14 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
         "-c",
         LEADER,
     ]);
-    let before: i32 = solo
-        .stdout_line("pod-c leads")
-        .await
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let before: i32 = last_number(&solo.stdout_line("pod-c leads").await);
     let waited = cli
         .run(&["handoff", "solo", "--to", "pod-z", "--timeout", "1s"])
         .await;
     assert_eq!(waited.code, Some(TIMEOUT), "{waited:?}");
     assert!(waited.stderr.contains("pod-z does not lead"), "{waited:?}");
     solo.stdout_line("pod-c stops").await;
-    let after: i32 = solo
-        .stdout_line("pod-c leads")
-        .await
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let after: i32 = last_number(&solo.stdout_line("pod-c leads").await);
     assert!(after > before);
     solo.signal(Signal::SIGTERM);
     let (status, stderr) = solo.exit(LIMIT).await;

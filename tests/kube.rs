@@ -30,14 +30,7 @@ async fn admin_store() -> KubeStore {
 }
 
 fn replica(store: impl LeaseStore, ns: &str, name: &str) -> Dsync {
-    Dsync::with_config(
-        store,
-        Config::default()
-            .with_namespace(ns)
-            .with_identity(name)
-            .with_timing(timing()),
-    )
-    .unwrap()
+    support::backend::kube_replica(store, ns, name)
 }
 
 fn held_by(id: &str) -> LeaseRecord {

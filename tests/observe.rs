@@ -495,37 +495,19 @@ async fn invalid_names_are_rejected_before_any_side_effect(env: Env) {
 /// Kube only: what RBAC lets a read-only observer do.
 mod read_only {
     use super::*;
-    use dsync::{Config, LeaseStore};
+    use dsync::LeaseStore;
     use k8s_openapi::api::rbac::v1::Role;
-    use serde::Deserialize;
     use support::apiserver::{Harness, client, namespace};
-    use support::backend::{kube_store, kube_timing};
+    use support::backend::kube_store;
 
     const LIMIT: Duration = Duration::from_secs(60);
 
-    /// The Role of deploy/observer-rbac.yaml, as shipped.
     fn observer_role() -> Role {
-        let path =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/observer-rbac.yaml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).unwrap();
-            if value["kind"] == "Role" {
-                return serde_yaml::from_value(value).unwrap();
-            }
-        }
-        panic!("no Role in {}", path.display());
+        support::rbac::shipped_role("observer-rbac.yaml")
     }
 
     fn replica(store: impl LeaseStore, ns: &str, name: &str) -> Dsync {
-        Dsync::with_config(
-            store,
-            Config::default()
-                .with_namespace(ns)
-                .with_identity(name)
-                .with_timing(kube_timing()),
-        )
-        .unwrap()
+        support::backend::kube_replica(store, ns, name)
     }
 
     #[actix::test]

@@ -23,7 +23,6 @@ use app::LeaderInfo;
 use dsync::testing::FaultyStore;
 use dsync::{Config, Dsync, LeaseKey, MemoryStore};
 use k8s_openapi::api::rbac::v1::Role;
-use serde::Deserialize;
 use support::apiserver::{Harness, client, namespace};
 use support::backend::kube_timing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -216,15 +215,7 @@ fn spawn_replica_with(
 
 /// The Role of deploy/rbac.yaml, as shipped.
 fn deploy_role() -> Role {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = serde_yaml::Value::deserialize(doc).unwrap();
-        if value["kind"] == "Role" {
-            return serde_yaml::from_value(value).unwrap();
-        }
-    }
-    panic!("no Role in {}", path.display());
+    support::rbac::shipped_role("rbac.yaml")
 }
 
 #[actix::test]

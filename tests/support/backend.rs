@@ -71,6 +71,18 @@ pub fn kube_timing() -> Timing {
     .unwrap()
 }
 
+/// A replica on `store` in namespace `ns` with the kube variant's timing ([`kube_timing`]).
+pub fn kube_replica(store: impl LeaseStore, ns: &str, identity: &str) -> Dsync {
+    Dsync::with_config(
+        store,
+        Config::default()
+            .with_namespace(ns)
+            .with_identity(identity)
+            .with_timing(kube_timing()),
+    )
+    .unwrap()
+}
+
 /// Per-call timeout of the kube variant's stores (below the renew deadline).
 pub const KUBE_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 

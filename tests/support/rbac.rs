@@ -4,6 +4,24 @@
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, PostParams};
 
+/// The Role in a manifest of `deploy/` (e.g. `"rbac.yaml"`, `"observer-rbac.yaml"`), as
+/// shipped.
+pub fn shipped_role(file: &str) -> Role {
+    use serde::Deserialize;
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if value["kind"] == "Role" {
+            return serde_yaml::from_value(value).unwrap();
+        }
+    }
+    panic!("no Role in {}", path.display());
+}
+
 /// The harness's user with no rights of its own.
 pub const NORIGHTS_USER: &str = "dsync-norights";
 

@@ -188,30 +188,20 @@ async fn lock_one(
         }
         Err(e) => return Err(e.into()),
     };
-    ui.info(&format!(
-        "acquired {what} as {} with fencing token {}",
-        term.holder(),
-        term.fencing_token()
-    ));
-    let env = lease_env(&lock.lease(), &term, None);
-    let outcome = match Child::spawn(&args.command, &env) {
-        Ok(mut child) => {
-            let ended = format!("lost {what}");
-            Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &ended).await)
-        }
-        Err(e) => Err(e),
-    };
-    // The command's group has exited (or never started): only now is the lease given up.
-    match lock.unlock().await {
-        Ok(()) => ui.info(&format!("released {what}")),
-        // Lost: nothing of ours to release.
-        Err(Error::NotLocked { .. } | Error::NotLockHolder { .. } | Error::LockLost { .. }) => {}
-        Err(e) => ui.warn(&format!(
-            "could not release {what} (it frees when its lease expires): {}",
-            exit::chain(&e)
-        )),
-    }
-    finish_outcome(outcome, ui)
+    let lease = lock.lease();
+    guarded(
+        Guarded {
+            args,
+            term: &term,
+            lease: &lease,
+            slot: None,
+            what: &what,
+        },
+        interrupts,
+        ui,
+        lock.unlock(),
+    )
+    .await
 }
 
 async fn lock_permit(
@@ -274,24 +264,58 @@ async fn lock_permit(
         Err(e) => return Err(e.into()),
     };
     let term = permit.term().clone();
+    let (lease, slot) = (permit.lease(), permit.slot());
+    let what = format!("slot {slot} of semaphore {:?}", args.name);
+    let guard = Guarded {
+        args,
+        term: &term,
+        lease: &lease,
+        slot: Some(slot),
+        what: &what,
+    };
+    guarded(guard, interrupts, ui, permit.release()).await
+}
+
+/// A lock or a permit, granted: what the command runs under.
+struct Guarded<'a> {
+    args: &'a LockArgs,
+    term: &'a Term,
+    lease: &'a LeaseKey,
+    slot: Option<usize>,
+    what: &'a str,
+}
+
+/// Runs the command under a granted lock or permit, then gives it up with `release` (only
+/// once the command's group has exited, or the command could not start).
+async fn guarded(
+    guard: Guarded<'_>,
+    interrupts: &mut Interrupts,
+    ui: &Ui,
+    release: impl Future<Output = dsync::Result<()>>,
+) -> Result<i32, Failure> {
+    let Guarded {
+        args,
+        term,
+        lease,
+        slot,
+        what,
+    } = guard;
     ui.info(&format!(
-        "acquired slot {} of semaphore {:?} as {} with fencing token {}",
-        permit.slot(),
-        args.name,
+        "acquired {what} as {} with fencing token {}",
         term.holder(),
         term.fencing_token()
     ));
-    let env = lease_env(&permit.lease(), &term, Some(permit.slot()));
-    let what = format!("slot {} of semaphore {:?}", permit.slot(), args.name);
+    let env = lease_env(lease, term, slot);
     let outcome = match Child::spawn(&args.command, &env) {
         Ok(mut child) => {
             let ended = format!("lost {what}");
-            Ok(supervise(&mut child, &term, interrupts, &args.stop, ui, &ended).await)
+            Ok(supervise(&mut child, term, interrupts, &args.stop, ui, &ended).await)
         }
         Err(e) => Err(e),
     };
-    match permit.release().await {
+    match release.await {
         Ok(()) => ui.info(&format!("released {what}")),
+        // Lost: nothing of ours to release.
         Err(Error::NotLocked { .. } | Error::NotLockHolder { .. } | Error::LockLost { .. }) => {}
         Err(e) => ui.warn(&format!(
             "could not release {what} (it frees when its lease expires): {}",

@@ -43,7 +43,7 @@ use crate::ui::Ui;
 /// Leases on Kubernetes from the command line: run a command under a lock or only while
 /// leader, and see who holds what.
 #[derive(Debug, Parser)]
-#[command(name = "dsync", version, about, long_about = None)]
+#[command(name = "dsync", version)]
 #[command(after_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
@@ -71,8 +71,9 @@ struct Global {
     /// Scope prefixed to lease names [env: KUBE_LEASE_SCOPE; default: unscoped]
     #[arg(long, global = true)]
     scope: Option<String>,
-    /// Holder identity (default: KUBE_POD_NAME or the host name; `lock` adds a random suffix
-    /// unless --identity is given, so two processes never share one)
+    /// Holder identity, taken as given. Default: `run`: KUBE_POD_NAME, else the host name and
+    /// a random suffix; `lock`: KUBE_POD_NAME or the host name, and always a random suffix, so
+    /// two commands never take each other's lock for their own
     #[arg(long, global = true, value_name = "ID")]
     identity: Option<String>,
     /// Kubeconfig file [env: KUBE_CONFIG_PATH; default: $KUBECONFIG, ~/.kube/config, in-cluster]

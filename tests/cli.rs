@@ -343,21 +343,27 @@ fn last_number(line: &str) -> i32 {
 /// the whole group ends them.
 const STUBBORN: &str = r#"trap '' TERM; sleep 1000 & echo "pids $$ $!"; echo "holder $DSYNC_HOLDER token $DSYNC_FENCING_TOKEN lease $DSYNC_LEASE"; wait; wait"#;
 
-#[actix_rt::test]
-async fn a_lost_lock_stops_the_command_and_its_grandchildren_and_exits_with_the_lost_code() {
-    let cli = Cli::admin().await;
-    let mut holder = cli.spawn(&[
+/// `dsync lock NAME --kill-after KILL_AFTER -- sh -c STUBBORN`, once its command runs, and
+/// the pids of the command and its grandchild.
+async fn stubborn(cli: &Cli, name: &str, kill_after: &str) -> (Proc, Vec<i32>) {
+    let mut proc = cli.spawn(&[
         "lock",
-        "nightly",
+        name,
         "--kill-after",
-        "1s",
+        kill_after,
         "--",
         "sh",
         "-c",
         STUBBORN,
     ]);
-    let pids = holder.stdout_line("pids").await;
-    let pids = numbers(&pids);
+    let pids = numbers(&proc.stdout_line("pids").await);
+    (proc, pids)
+}
+
+#[actix_rt::test]
+async fn a_lost_lock_stops_the_command_and_its_grandchildren_and_exits_with_the_lost_code() {
+    let cli = Cli::admin().await;
+    let (mut holder, pids) = stubborn(&cli, "nightly", "1s").await;
     let about = holder.stdout_line("holder").await;
     let identity = about.split_whitespace().nth(1).unwrap().to_owned();
     let first_token: i32 = about.split_whitespace().nth(3).unwrap().parse().unwrap();
@@ -404,13 +410,7 @@ async fn a_lost_lock_stops_the_command_and_its_grandchildren_and_exits_with_the_
         ])
         .await;
     assert_eq!(next.code, Some(0), "{next:?}");
-    let token: i32 = next
-        .stdout
-        .trim()
-        .strip_prefix("token ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let token = last_number(&next.stdout);
     assert!(
         token > first_token,
         "force-released, then acquired again: {next:?}"
@@ -763,18 +763,7 @@ async fn signals_and_leftovers_end_the_whole_group_before_the_lock_is_released()
     let cli = Cli::admin().await;
     // SIGTERM forwarded to a group that ignores it: SIGKILL after --kill-after; the command
     // died of it (137), and only then is the lock released.
-    let mut stubborn = cli.spawn(&[
-        "lock",
-        "group",
-        "--kill-after",
-        "500ms",
-        "--",
-        "sh",
-        "-c",
-        STUBBORN,
-    ]);
-    let pids = stubborn.stdout_line("pids").await;
-    let pids = numbers(&pids);
+    let (stubborn, pids) = stubborn(&cli, "group", "500ms").await;
     stubborn.signal(Signal::SIGTERM);
     let (status, stderr) = stubborn.exit(LIMIT).await;
     assert_eq!(status.code(), Some(128 + 9), "{stderr}");
@@ -802,13 +791,7 @@ async fn signals_and_leftovers_end_the_whole_group_before_the_lock_is_released()
         ])
         .await;
     assert_eq!(leaves.code, Some(0), "{leaves:?}");
-    let left: i32 = leaves
-        .stdout
-        .trim()
-        .strip_prefix("left ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let left = last_number(&leaves.stdout);
     assert!(
         gone(left),
         "the command's leftover {left} survived the release"

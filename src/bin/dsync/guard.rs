@@ -174,13 +174,11 @@ async fn lock_one(
             match term {
                 Ok(term) => term,
                 Err(Error::Timeout { after, .. }) => {
-                    return Err(Failure::new(
-                        exit::TIMEOUT,
-                        format!(
-                            "{what} was not granted within {} (held by {})",
-                            crate::duration::human(after),
-                            lock.holder().as_deref().unwrap_or("nobody any more")
-                        ),
+                    let holder = lock.holder();
+                    return Err(not_granted(
+                        &what,
+                        after,
+                        holder.as_deref().unwrap_or("nobody any more"),
                     ));
                 }
                 Err(e) => return Err(e.into()),
@@ -244,14 +242,7 @@ async fn lock_permit(
                 permit = waited => match permit {
                     Ok(permit) => permit,
                     Err(Error::Timeout { after, .. }) => {
-                        return Err(Failure::new(
-                            exit::TIMEOUT,
-                            format!(
-                                "{what} was not granted within {} (held by {})",
-                                crate::duration::human(after),
-                                holders(&semaphore.holders())
-                            ),
-                        ));
+                        return Err(not_granted(&what, after, &holders(&semaphore.holders())));
                     }
                     Err(e) => return Err(e.into()),
                 },
@@ -323,6 +314,17 @@ async fn guarded(
         )),
     }
     finish_outcome(outcome, ui)
+}
+
+/// `--timeout` ran out.
+fn not_granted(what: &str, after: std::time::Duration, held_by: &str) -> Failure {
+    Failure::new(
+        exit::TIMEOUT,
+        format!(
+            "{what} was not granted within {} (held by {held_by})",
+            crate::duration::human(after)
+        ),
+    )
 }
 
 fn holders(holders: &[Option<String>]) -> String {

@@ -179,7 +179,11 @@ impl Dsync {
 
     fn build(store: Arc<dyn LeaseStore>, config: Config, arbiter: LeaseArbiter) -> Self {
         let registry = Arc::new(Registry::default());
-        let watches = WatchHub::new(store.clone());
+        let watches = WatchHub::new(
+            store.clone(),
+            config.timing.retry_period(),
+            config.timing.renew_deadline(),
+        );
         let supervisor = Supervisor::new(registry.clone(), watches.clone(), arbiter.owned);
         let owned = supervisor.owns_thread();
         let supervisor = Supervisor::start_in_arbiter(&arbiter.handle, move |_| supervisor);

@@ -90,3 +90,77 @@ async fn each_namespace_gets_its_own_watch() {
     assert_eq!(store.stats().watches, 2);
     d.shutdown().await.unwrap();
 }
+
+/// Issue 16: a watch that is lost with a thousand leases is caught up by one list per replica,
+/// not by a GET per lease (which, at the moment an API server comes back, is the spike that
+/// keeps it down); and the shared watch still hands over at once afterwards.
+#[actix::test]
+async fn a_lost_watch_is_caught_up_by_one_list_per_replica_not_a_get_per_lease() {
+    use dsync::testing::{Call, FaultyStore};
+    tokio::time::pause();
+    let store = MemoryStore::new();
+    let faults = [
+        FaultyStore::new(store.clone()),
+        FaultyStore::new(store.clone()),
+    ];
+    let replicas = [
+        Dsync::with_config(faults[0].clone(), dsync::testing::paused_config("pod-a")).unwrap(),
+        Dsync::with_config(faults[1].clone(), dsync::testing::paused_config("pod-b")).unwrap(),
+    ];
+    let mut elections = Vec::new();
+    for i in 0..1000 {
+        for d in &replicas {
+            elections.push(d.election(&format!("e{i}")).unwrap());
+        }
+    }
+    for pair in elections.chunks(2) {
+        let mut rx = pair[0].watch_status();
+        within(
+            Duration::from_secs(60),
+            "leader",
+            rx.wait_for(|s| s.leader.is_some()),
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let before: Vec<(u64, u64)> = faults
+        .iter()
+        .map(|f| (f.calls(Call::List), f.calls(Call::Get)))
+        .collect();
+
+    // The connection drops: every replica's watch ends at once, and renewals go on meanwhile.
+    for f in &faults {
+        f.drop_watches();
+    }
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    for (i, f) in faults.iter().enumerate() {
+        let lists = f.calls(Call::List) - before[i].0;
+        let gets = f.calls(Call::Get) - before[i].1;
+        println!("replica {i}: {lists} list(s), {gets} GET(s) to catch up 1000 leases");
+        assert_eq!((lists, gets), (1, 0), "replica {i}: one list, no GET");
+    }
+    assert_eq!(
+        store.stats().watches,
+        4,
+        "each replica reopened its one watch"
+    );
+
+    // Handovers are still seen at once through the reopened watch.
+    let t0 = Instant::now();
+    let stopped: Vec<usize> = (0..elections.len())
+        .filter(|&i| elections[i].is_leader())
+        .take(50)
+        .collect();
+    for &i in &stopped {
+        elections[i].stop().await.unwrap();
+    }
+    settle().await;
+    for &i in &stopped {
+        assert!(elections[i ^ 1].is_leader(), "election {i} was taken over");
+    }
+    assert_eq!(Instant::now(), t0, "without waiting");
+    for d in &replicas {
+        d.shutdown().await.unwrap();
+    }
+}

@@ -212,6 +212,11 @@ impl LeaseStore for KubeStore {
         })
     }
 
+    /// kube's watcher re-lists the namespace after an error and replays every lease.
+    fn watch_replays_state(&self) -> bool {
+        true
+    }
+
     fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
         let seen = self.seen.clone();

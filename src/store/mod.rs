@@ -261,6 +261,14 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// [`get`](Self::get) and watch again. Watches only make dsync faster: correctness never
     /// depends on them.
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>>;
+
+    /// Whether this store's watch, after it yields an error, brings every lease of the
+    /// namespace again by itself (as an `Applied` event each), so a watcher needs no
+    /// [`list`](Self::list) to catch up. `false` (the default): after an error, dsync lists the
+    /// namespace once. `KubeStore` says `true`: kube's watcher re-lists after an error.
+    fn watch_replays_state(&self) -> bool {
+        false
+    }
 }
 
 /// A shared store is a store: `Arc<MemoryStore>`, `Arc<dyn LeaseStore>`, ...
@@ -292,5 +300,9 @@ impl<S: LeaseStore + ?Sized> LeaseStore for std::sync::Arc<S> {
 
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
         (**self).watch(namespace)
+    }
+
+    fn watch_replays_state(&self) -> bool {
+        (**self).watch_replays_state()
     }
 }

@@ -540,6 +540,10 @@ impl LeaseStore for FaultyStore {
         })
     }
 
+    fn watch_replays_state(&self) -> bool {
+        self.inner.watch_replays_state()
+    }
+
     fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
         let inner = self.inner.clone();
         let owned = namespace.to_owned();

@@ -11,11 +11,16 @@
 //! `MemoryStore`: each write wakes the other replica's thread for its watch event, a cost that
 //! replicas in processes of their own (production) do not pay to each other.
 //!
+//! Besides the totals it reports CPU per renewal (µs) and as a multiple of the bare
+//! compare-and-swap (`MemoryStore::replace` in a loop, measured in the same run), and RSS per
+//! election: the cost of the actor, timer and watch machinery around the one write a renewal
+//! needs.
+//!
 //! Linux only (reads /proc/self).
 
 use std::time::{Duration, Instant};
 
-use dsync::{Config, Dsync, LeaseThread, MemoryStore};
+use dsync::{Config, Dsync, LeaseKey, LeaseRecord, LeaseStore, LeaseThread, MemoryStore};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -43,6 +48,36 @@ fn cpu() -> Duration {
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     // USER_HZ is 100 on Linux.
     Duration::from_millis(ticks * 10)
+}
+
+/// CPU time of one bare compare-and-swap on a `MemoryStore` of `leases` leases: the least a
+/// renewal can cost in this process.
+async fn bare_cas(leases: usize) -> Duration {
+    let store = MemoryStore::new();
+    let mut versions = Vec::with_capacity(leases);
+    for i in 0..leases {
+        let key = LeaseKey::new("default", format!("unscoped.election.e{i}"));
+        let record = LeaseRecord {
+            holder_identity: Some("replica-0".into()),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        };
+        let stored = store.create(&key, record).await.unwrap();
+        versions.push((key, stored));
+    }
+    let rounds = (200_000 / leases.max(1)).max(1);
+    let (cpu0, n) = (cpu(), rounds * leases);
+    for _ in 0..rounds {
+        for (key, stored) in versions.iter_mut() {
+            let mut record = stored.record.clone();
+            record.renew_time = Some(std::time::SystemTime::now());
+            *stored = store
+                .replace(key, record, &stored.resource_version)
+                .await
+                .unwrap();
+        }
+    }
+    (cpu() - cpu0) / n as u32
 }
 
 fn main() {
@@ -90,7 +125,9 @@ fn main() {
         let leaders = handles.iter().filter(|e| e.is_leader()).count();
         let rss = rss_kib();
         let busy = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64();
-        let writes = (stats1.replaces - stats0.replaces) as f64 / (t1 - t0).as_secs_f64();
+        let renewals = stats1.replaces - stats0.replaces;
+        let writes = renewals as f64 / (t1 - t0).as_secs_f64();
+        let per_renewal = (cpu1 - cpu0).as_secs_f64() / renewals.max(1) as f64;
         println!(
             "elections: {elections}, replicas: {replicas}, actors: {}, lease threads: {thread:?}",
             handles.len()
@@ -110,6 +147,18 @@ fn main() {
         println!(
             "renewals: {writes:.0}/s; reads in window: {}",
             stats1.gets - stats0.gets
+        );
+        println!(
+            "RSS per election: {:.1} KiB ({} replica(s))",
+            (rss.saturating_sub(rss_before)) as f64 / elections as f64,
+            replicas
+        );
+        let cas = bare_cas(elections.min(10_000)).await.as_secs_f64();
+        println!(
+            "CPU per renewal: {:.1} µs; bare compare-and-swap: {:.2} µs; ratio {:.0}×",
+            per_renewal * 1e6,
+            cas * 1e6,
+            per_renewal / cas.max(1e-9)
         );
         if leaders != elections {
             println!(

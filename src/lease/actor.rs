@@ -653,13 +653,15 @@ impl<F: Face> LeaseActor<F> {
             Request::Create(record) => store.create(&key, record),
             Request::Replace { record, version } => store.replace(&key, record, &version),
         };
-        let operation = format!("{} lease {key}", op.verb());
+        let verb = op.verb();
         let started = now();
+        // The operation's name is only spelled out if the call times out: a renewal should
+        // cost one write, not a string as well.
         let fut = async move {
             match tokio::time::timeout(timeout, fut).await {
                 Ok(result) => result,
                 Err(_) => Err(StoreError::Timeout {
-                    operation,
+                    operation: format!("{verb} lease {key}"),
                     after: timeout,
                 }),
             }

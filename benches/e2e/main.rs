@@ -91,6 +91,7 @@ fn main() {
         if quick { 10 } else { 100usize },
     );
     let rounds = env_or("DSYNC_E2E_CRASHES", if quick { 1 } else { 3usize });
+    let mass_leases = env_or("DSYNC_E2E_MASS_LEASES", if quick { 20 } else { 1000usize });
     let window = Duration::from_secs(env_or("DSYNC_E2E_WINDOW", if quick { 5 } else { 30u64 }));
 
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e");
@@ -111,6 +112,7 @@ fn main() {
 
     let mut loads = Vec::new();
     let mut latencies = Vec::new();
+    let mut masses = Vec::new();
     for imp in [Impl::Dsync, Impl::ClientGo] {
         loads.push((
             imp,
@@ -136,9 +138,13 @@ fn main() {
                 timing,
             ),
         ));
+        masses.push((
+            imp,
+            phases::mass_phase(&mut run, imp, &ready, &audit, mass_leases, timing),
+        ));
     }
 
-    let report = report::render(timing, &loads, &latencies, rounds, latency_leases);
+    let report = report::render(timing, &loads, &latencies, &masses, rounds, latency_leases);
     std::fs::write(out_dir.join("report.md"), &report).unwrap();
     eprintln!(
         "e2e: report written to {}",

@@ -1,6 +1,7 @@
-//! The two phases run per implementation, each in fresh namespaces: load (a leader and a
-//! follower over a steady window: CPU, RSS, API requests) and latency (graceful handoff and
-//! crash failover).
+//! The phases run per implementation, each in fresh namespaces: load (a leader and a
+//! follower over a steady window: CPU, RSS, API requests), latency (graceful handoff and
+//! crash failover) and mass handoff (a leader of every lease told to stop all at once, as on
+//! SIGTERM in a rolling update).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -45,6 +46,80 @@ pub struct LatencyResult {
     /// Crash failover measured from the holder's last renewal (as the API server saw it)
     /// instead of from the kill: what the library controls, whatever the kill's phase.
     pub takeover: Vec<f64>,
+}
+
+/// What the mass-handoff phase measured.
+pub struct MassResult {
+    /// Elections, all led by the stopped peer.
+    pub leases: usize,
+    /// Per lease, from `stopall` to the survivor's `elected` (ms, sorted); only leases taken.
+    pub taken: Vec<f64>,
+    /// Leases the survivor had not taken when the phase gave up (3 lease durations).
+    pub not_taken: usize,
+    /// API requests in the phase's namespace from `stopall` to the end: all, and 429s.
+    pub requests: u64,
+    pub too_many: u64,
+}
+
+/// Mass handoff: A leads `leases`, B follows them all; A is told `stopall` (what both peers
+/// do on SIGTERM: cancel every election, release every lease); measured until B leads them all.
+pub fn mass_phase(
+    run: &mut Run,
+    imp: Impl,
+    ready: &apiserver::Ready,
+    audit: &Path,
+    leases: usize,
+    timing: PeerTiming,
+) -> MassResult {
+    let ns = new_namespace(ready);
+    eprintln!("e2e: {} mass handoff: {leases} leases in {ns}", imp.name());
+    run.spawn(imp, &ns, "a", "mass", leases);
+    run.until("A to lead every lease", Duration::from_secs(300), |s| {
+        s.leads.get(&0).map_or(0, HashSet::len) == leases
+    });
+    run.spawn(imp, &ns, "b", "mass", leases);
+    run.until(
+        "B to see A lead every lease",
+        Duration::from_secs(300),
+        |s| s.sees_leader.get(&1).map_or(0, HashSet::len) == leases,
+    );
+    run.pass(timing.retry_period * 2);
+    let names: Vec<String> = run.state.leads[&0].iter().cloned().collect();
+    run.state.elected_at.clear();
+    let from = file_len(audit);
+    let stopped_at = unix_nanos(SystemTime::now());
+    run.peers[0].send(&Command::StopAll);
+    let taken_by_b = |s: &crate::procs::State| {
+        names
+            .iter()
+            .all(|l| s.elected_at.get(l).is_some_and(|(p, _)| *p == 1))
+    };
+    run.wait_until(timing.lease_duration * 3, taken_by_b);
+    let mut taken: Vec<f64> = names
+        .iter()
+        .filter_map(|l| match run.state.elected_at.get(l) {
+            Some((1, at)) => Some((at - stopped_at) as f64 / 1e6),
+            _ => None,
+        })
+        .collect();
+    taken.sort_by(f64::total_cmp);
+    let not_taken = leases - taken.len();
+    let to = file_len(audit);
+    run.finish();
+    let counts = audit_counts(audit, from, to, &ns);
+    let requests = counts.values().sum();
+    let too_many = counts
+        .iter()
+        .filter(|((_, _, code), _)| *code == 429)
+        .map(|(_, n)| n)
+        .sum();
+    MassResult {
+        leases,
+        taken,
+        not_taken,
+        requests,
+        too_many,
+    }
 }
 
 /// A fresh namespace on the harness.

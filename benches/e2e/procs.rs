@@ -173,6 +173,20 @@ impl Run {
         }
     }
 
+    /// Like [`until`](Self::until), but a result rather than an abort: whether `done` came
+    /// true within `limit` (a benchmark reports what did not happen).
+    pub fn wait_until(&mut self, limit: Duration, done: impl Fn(&State) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while !done(&self.state) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((peer, event)) => self.apply(peer, event),
+                Err(_) => return done(&self.state),
+            }
+        }
+        true
+    }
+
     /// Processes whatever events arrive during `d`.
     pub fn pass(&mut self, d: Duration) {
         let deadline = Instant::now() + d;

@@ -2,7 +2,7 @@
 
 use dsync_harness::protocol::PeerTiming;
 
-use crate::phases::{LatencyResult, LoadResult};
+use crate::phases::{LatencyResult, LoadResult, MassResult};
 use crate::procs::Impl;
 
 /// The value at rank `p` (0..=1) of `sorted`; NaN if it is empty.
@@ -40,6 +40,7 @@ pub fn render(
     timing: PeerTiming,
     loads: &[(Impl, LoadResult)],
     latencies: &[(Impl, LatencyResult)],
+    masses: &[(Impl, MassResult)],
     rounds: usize,
     latency_leases: usize,
 ) -> String {
@@ -97,6 +98,28 @@ pub fn render(
             )
         },
     ));
+    let mass = |label: &str, f: &dyn Fn(&MassResult) -> String| {
+        format!("| {label} | {} | {} |", f(&masses[0].1), f(&masses[1].1))
+    };
+    line(mass(
+        "mass handoff (stop all, as on SIGTERM): per lease p50 / p99, last (ms)",
+        &|r| {
+            format!(
+                "{:.0} / {:.0}, {:.0} (n={})",
+                percentile(&r.taken, 0.5),
+                percentile(&r.taken, 0.99),
+                r.taken.last().copied().unwrap_or(f64::NAN),
+                r.taken.len()
+            )
+        },
+    ));
+    line(mass(
+        "mass handoff: leases not taken over in 3 lease durations",
+        &|r| format!("{} of {}", r.not_taken, r.leases),
+    ));
+    line(mass("mass handoff: API requests (of them 429)", &|r| {
+        format!("{} ({})", r.requests, r.too_many)
+    }));
     line(row("leases the leader lost in the steady window", &|r| {
         format!("{} of {}", r.leases_lost, r.leases)
     }));
@@ -136,12 +159,19 @@ pub fn render(
             l.verbs
         ));
     }
+    line(format!(
+        "\nMass handoff: {} elections led by one process and followed by another; the leader is \
+         told `stopall` (what both peers do on SIGTERM: cancel every election, release every \
+         lease); times from then until the follower's `elected` for each lease.",
+        masses[0].1.leases
+    ));
     let lease_ms = timing.lease_duration.as_secs_f64() * 1000.0;
     let d_lat = &latencies[0].1;
     let d_load = &loads[0].1;
+    let d_mass = &masses[0].1;
     line(format!(
         "\nTargets (dsync): handoff p50 <= 50 ms: {}; crash p99 <= lease + 100 ms ({:.0} ms): {}; \
-         0 follower requests/min: {}.",
+         0 follower requests/min: {}; mass handoff of every lease under 1 s with no 429: {}.",
         if percentile(&d_lat.handoff, 0.5) <= 50.0 {
             "met"
         } else {
@@ -154,6 +184,14 @@ pub fn render(
             "NOT met"
         },
         if d_load.follower_rpm == 0.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if d_mass.not_taken == 0
+            && d_mass.too_many == 0
+            && d_mass.taken.last().is_some_and(|&ms| ms < 1000.0)
+        {
             "met"
         } else {
             "NOT met"

@@ -10,6 +10,24 @@ use dsync::testing::{settle, within};
 use dsync::{Dsync, MemoryStore};
 use tokio::time::Instant;
 
+/// Stops 50 leaders of `elections` (pairs of replicas a, b at 2k, 2k + 1): each partner takes
+/// over in the same instant of paused time, told by the shared watch.
+async fn assert_handovers_at_once(elections: &[dsync::Election]) {
+    let t0 = Instant::now();
+    let stopped: Vec<usize> = (0..elections.len())
+        .filter(|&i| elections[i].is_leader())
+        .take(50)
+        .collect();
+    for &i in &stopped {
+        elections[i].stop().await.unwrap();
+    }
+    settle().await;
+    for &i in &stopped {
+        assert!(elections[i ^ 1].is_leader(), "election {i} was taken over");
+    }
+    assert_eq!(Instant::now(), t0, "without waiting");
+}
+
 #[actix::test]
 async fn a_thousand_elections_cost_one_watch_per_replica() {
     tokio::time::pause();
@@ -45,23 +63,7 @@ async fn a_thousand_elections_cost_one_watch_per_replica() {
     assert_eq!(store.stats().gets, gets, "no polling at steady state");
 
     // Every election still hands over at once through the shared watch.
-    let t0 = Instant::now();
-    let stopped: Vec<usize> = (0..elections.len())
-        .filter(|&i| elections[i].is_leader())
-        .take(50)
-        .collect();
-    for &i in &stopped {
-        elections[i].stop().await.unwrap();
-    }
-    settle().await;
-    for &i in &stopped {
-        let partner = i ^ 1; // pairs are (a, b) at (2k, 2k + 1)
-        assert!(
-            elections[partner].is_leader(),
-            "election {i} was taken over"
-        );
-    }
-    assert_eq!(Instant::now(), t0, "without waiting");
+    assert_handovers_at_once(&elections).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -147,19 +149,7 @@ async fn a_lost_watch_is_caught_up_by_one_list_per_replica_not_a_get_per_lease()
     );
 
     // Handovers are still seen at once through the reopened watch.
-    let t0 = Instant::now();
-    let stopped: Vec<usize> = (0..elections.len())
-        .filter(|&i| elections[i].is_leader())
-        .take(50)
-        .collect();
-    for &i in &stopped {
-        elections[i].stop().await.unwrap();
-    }
-    settle().await;
-    for &i in &stopped {
-        assert!(elections[i ^ 1].is_leader(), "election {i} was taken over");
-    }
-    assert_eq!(Instant::now(), t0, "without waiting");
+    assert_handovers_at_once(&elections).await;
     for d in &replicas {
         d.shutdown().await.unwrap();
     }

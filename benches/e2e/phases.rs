@@ -73,16 +73,7 @@ pub fn mass_phase(
 ) -> MassResult {
     let ns = new_namespace(ready);
     eprintln!("e2e: {} mass handoff: {leases} leases in {ns}", imp.name());
-    run.spawn(imp, &ns, "a", "mass", leases);
-    run.until("A to lead every lease", Duration::from_secs(300), |s| {
-        s.leads.get(&0).map_or(0, HashSet::len) == leases
-    });
-    run.spawn(imp, &ns, "b", "mass", leases);
-    run.until(
-        "B to see A lead every lease",
-        Duration::from_secs(300),
-        |s| s.sees_leader.get(&1).map_or(0, HashSet::len) == leases,
-    );
+    lead_and_follow(run, imp, &ns, "mass", leases);
     run.pass(timing.retry_period * 2);
     let names: Vec<String> = run.state.leads[&0].iter().cloned().collect();
     run.state.elected_at.clear();
@@ -122,6 +113,20 @@ pub fn mass_phase(
     }
 }
 
+/// Peer A (0) campaigns first and leads all `leases`; then B (1) starts and follows them all.
+fn lead_and_follow(run: &mut Run, imp: Impl, ns: &str, phase: &str, leases: usize) {
+    run.spawn(imp, ns, "a", phase, leases);
+    run.until("A to lead every lease", Duration::from_secs(300), |s| {
+        s.leads.get(&0).map_or(0, HashSet::len) == leases
+    });
+    run.spawn(imp, ns, "b", phase, leases);
+    run.until(
+        "B to see A lead every lease",
+        Duration::from_secs(300),
+        |s| s.sees_leader.get(&1).map_or(0, HashSet::len) == leases,
+    );
+}
+
 /// A fresh namespace on the harness.
 fn new_namespace(ready: &apiserver::Ready) -> String {
     tokio::runtime::Runtime::new()
@@ -141,16 +146,7 @@ pub fn load_phase(
 ) -> LoadResult {
     let ns = new_namespace(ready);
     eprintln!("e2e: {} load: {leases} leases in {ns}", imp.name());
-    run.spawn(imp, &ns, "a", "load", leases);
-    run.until("A to lead every lease", Duration::from_secs(300), |s| {
-        s.leads.get(&0).map_or(0, HashSet::len) == leases
-    });
-    run.spawn(imp, &ns, "b", "load", leases);
-    run.until(
-        "B to see A lead every lease",
-        Duration::from_secs(300),
-        |s| s.sees_leader.get(&1).map_or(0, HashSet::len) == leases,
-    );
+    lead_and_follow(run, imp, &ns, "load", leases);
     run.pass(Duration::from_secs(3));
     let (a, b) = (run.peers[0].pid(), run.peers[1].pid());
     let (cpu_a, cpu_b, cpu_s) = (proc_cpu(a), proc_cpu(b), proc_cpu(harness_pid));

@@ -107,12 +107,12 @@ fn main() {
         "--audit-log-maxsize=0".into(),
     ]);
     let ready = harness.ready();
-    let harness_pid = harness.pid().unwrap();
     let mut run = Run::new(clientgo, ready.leaseuser.clone(), timing);
 
     let mut loads = Vec::new();
     let mut latencies = Vec::new();
     let mut masses = Vec::new();
+    let mut outages = Vec::new();
     for imp in [Impl::Dsync, Impl::ClientGo] {
         loads.push((
             imp,
@@ -120,7 +120,8 @@ fn main() {
                 &mut run,
                 imp,
                 &ready,
-                harness_pid,
+                // Asked each time: the outage phase restarts the server (a new process).
+                harness.pid().unwrap(),
                 &audit,
                 load_leases,
                 window,
@@ -142,9 +143,30 @@ fn main() {
             imp,
             phases::mass_phase(&mut run, imp, &ready, &audit, mass_leases, timing),
         ));
+        outages.push((
+            imp,
+            phases::outage_phase(
+                &mut run,
+                imp,
+                &harness,
+                &ready,
+                &audit,
+                mass_leases,
+                timing,
+                timing.renew_deadline / 3,
+            ),
+        ));
     }
 
-    let report = report::render(timing, &loads, &latencies, &masses, rounds, latency_leases);
+    let report = report::render(
+        timing,
+        &loads,
+        &latencies,
+        &masses,
+        &outages,
+        rounds,
+        latency_leases,
+    );
     std::fs::write(out_dir.join("report.md"), &report).unwrap();
     eprintln!(
         "e2e: report written to {}",

@@ -113,6 +113,82 @@ pub fn mass_phase(
     }
 }
 
+/// What the outage phase measured.
+pub struct OutageResult {
+    /// Elections, led by A and followed by B.
+    pub leases: usize,
+    /// How long the API server was down (s).
+    pub down: f64,
+    /// Requests in the phase's namespace in the 10 s after the server was back: A's, B's.
+    pub leader_requests: u64,
+    pub follower_requests: u64,
+    /// The same, by (peer, verb, code), as text.
+    pub verbs: String,
+    /// Leases A led before the outage and not 10 s after it.
+    pub leases_lost: usize,
+}
+
+/// Outage: A leads `leases`, B follows; the API server is killed (SIGKILL, as a crash) and
+/// started again on the same data after `down` (shorter than the renew deadline, so leaders
+/// may keep their leases); counts every request of each peer in the 10 s after it is back:
+/// what catching up after a lost watch costs.
+#[allow(clippy::too_many_arguments)] // one phase: each is a knob of it
+pub fn outage_phase(
+    run: &mut Run,
+    imp: Impl,
+    harness: &apiserver::Harness,
+    ready: &apiserver::Ready,
+    audit: &Path,
+    leases: usize,
+    timing: PeerTiming,
+    down: Duration,
+) -> OutageResult {
+    let ns = new_namespace(ready);
+    eprintln!("e2e: {} outage: {leases} leases in {ns}", imp.name());
+    lead_and_follow(run, imp, &ns, "out", leases);
+    run.pass(timing.retry_period * 2);
+    let led: HashSet<String> = run.state.leads[&0].clone();
+    harness.kill();
+    run.pass(down);
+    let back = harness.start_again();
+    if back.port != ready.port {
+        eprintln!(
+            "e2e: the API server came back on port {} instead of {}: the peers cannot reach it",
+            back.port, ready.port
+        );
+    }
+    let from = file_len(audit);
+    run.pass(Duration::from_secs(10));
+    let to = file_len(audit);
+    let still_led = run
+        .state
+        .leads
+        .get(&0)
+        .map_or(0, |l| l.intersection(&led).count());
+    let (a, b) = (run.peers[0].name.clone(), run.peers[1].name.clone());
+    run.finish();
+    let counts = audit_counts(audit, from, to, &ns);
+    let of = |agent: &str| -> u64 {
+        counts
+            .iter()
+            .filter(|((who, _, _), _)| who == agent)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    OutageResult {
+        leases,
+        down: down.as_secs_f64(),
+        leader_requests: of(&a),
+        follower_requests: of(&b),
+        verbs: counts
+            .iter()
+            .map(|((agent, verb, code), n)| format!("{agent} {verb} → {code}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        leases_lost: leases - still_led,
+    }
+}
+
 /// Peer A (0) campaigns first and leads all `leases`; then B (1) starts and follows them all.
 fn lead_and_follow(run: &mut Run, imp: Impl, ns: &str, phase: &str, leases: usize) {
     run.spawn(imp, ns, "a", phase, leases);

@@ -2,7 +2,7 @@
 
 use dsync_harness::protocol::PeerTiming;
 
-use crate::phases::{LatencyResult, LoadResult, MassResult};
+use crate::phases::{LatencyResult, LoadResult, MassResult, OutageResult};
 use crate::procs::Impl;
 
 /// The value at rank `p` (0..=1) of `sorted`; NaN if it is empty.
@@ -41,6 +41,7 @@ pub fn render(
     loads: &[(Impl, LoadResult)],
     latencies: &[(Impl, LatencyResult)],
     masses: &[(Impl, MassResult)],
+    outages: &[(Impl, OutageResult)],
     rounds: usize,
     latency_leases: usize,
 ) -> String {
@@ -120,6 +121,16 @@ pub fn render(
     line(mass("mass handoff: API requests (of them 429)", &|r| {
         format!("{} ({})", r.requests, r.too_many)
     }));
+    let outage = |label: &str, f: &dyn Fn(&OutageResult) -> String| {
+        format!("| {label} | {} | {} |", f(&outages[0].1), f(&outages[1].1))
+    };
+    line(outage(
+        "API server outage: requests in the 10 s after it returned, leader / follower",
+        &|r| format!("{} / {}", r.leader_requests, r.follower_requests),
+    ));
+    line(outage("API server outage: leases the leader lost", &|r| {
+        format!("{} of {}", r.leases_lost, r.leases)
+    }));
     line(row("leases the leader lost in the steady window", &|r| {
         format!("{} of {}", r.leases_lost, r.leases)
     }));
@@ -165,6 +176,19 @@ pub fn render(
          lease); times from then until the follower's `elected` for each lease.",
         masses[0].1.leases
     ));
+    line(format!(
+        "\nOutage: {} elections led by one process and followed by another; the API server is \
+         killed (SIGKILL) and started again on the same data after {:.1} s; requests counted \
+         from its audit log for 10 s once it is back.",
+        outages[0].1.leases, outages[0].1.down
+    ));
+    for (imp, o) in outages {
+        line(format!(
+            "- {} requests after the outage: {}",
+            imp.name(),
+            o.verbs
+        ));
+    }
     let lease_ms = timing.lease_duration.as_secs_f64() * 1000.0;
     let d_lat = &latencies[0].1;
     let d_load = &loads[0].1;

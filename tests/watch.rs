@@ -10,6 +10,21 @@ use dsync::testing::{settle, within};
 use dsync::{Dsync, MemoryStore};
 use tokio::time::Instant;
 
+/// Waits until each election of `elections` (pairs of replicas a, b at 2k, 2k + 1) has a
+/// leader, as replica a sees it.
+async fn every_pair_has_a_leader(elections: &[dsync::Election]) {
+    for pair in elections.chunks(2) {
+        let mut rx = pair[0].watch_status();
+        within(
+            Duration::from_secs(60),
+            "leader",
+            rx.wait_for(|s| s.leader.is_some()),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 /// Stops 50 leaders of `elections` (pairs of replicas a, b at 2k, 2k + 1): each partner takes
 /// over in the same instant of paused time, told by the shared watch.
 async fn assert_handovers_at_once(elections: &[dsync::Election]) {
@@ -45,16 +60,7 @@ async fn a_thousand_elections_cost_one_watch_per_replica() {
     for l in &locks {
         l.try_lock().await.unwrap();
     }
-    for e in elections.iter().step_by(2) {
-        let mut rx = e.watch_status();
-        within(
-            Duration::from_secs(60),
-            "leader",
-            rx.wait_for(|s| s.leader.is_some()),
-        )
-        .await
-        .unwrap();
-    }
+    every_pair_has_a_leader(&elections).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(store.stats().watches, 2, "one watch per replica");
     assert_eq!((a.watched_namespaces(), b.watched_namespaces()), (1, 1));
@@ -115,16 +121,7 @@ async fn a_lost_watch_is_caught_up_by_one_list_per_replica_not_a_get_per_lease()
             elections.push(d.election(&format!("e{i}")).unwrap());
         }
     }
-    for pair in elections.chunks(2) {
-        let mut rx = pair[0].watch_status();
-        within(
-            Duration::from_secs(60),
-            "leader",
-            rx.wait_for(|s| s.leader.is_some()),
-        )
-        .await
-        .unwrap();
-    }
+    every_pair_has_a_leader(&elections).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     let before: Vec<(u64, u64)> = faults
         .iter()

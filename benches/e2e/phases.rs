@@ -71,9 +71,7 @@ pub fn mass_phase(
     leases: usize,
     timing: PeerTiming,
 ) -> MassResult {
-    let ns = new_namespace(ready);
-    eprintln!("e2e: {} mass handoff: {leases} leases in {ns}", imp.name());
-    lead_and_follow(run, imp, &ns, "mass", leases);
+    let ns = lead_and_follow(run, imp, ready, "mass handoff", "mass", leases);
     run.pass(timing.retry_period * 2);
     let names: Vec<String> = run.state.leads[&0].iter().cloned().collect();
     run.state.elected_at.clear();
@@ -143,9 +141,7 @@ pub fn outage_phase(
     timing: PeerTiming,
     down: Duration,
 ) -> OutageResult {
-    let ns = new_namespace(ready);
-    eprintln!("e2e: {} outage: {leases} leases in {ns}", imp.name());
-    lead_and_follow(run, imp, &ns, "out", leases);
+    let ns = lead_and_follow(run, imp, ready, "outage", "out", leases);
     run.pass(timing.retry_period * 2);
     let led: HashSet<String> = run.state.leads[&0].clone();
     harness.kill();
@@ -189,18 +185,29 @@ pub fn outage_phase(
     }
 }
 
-/// Peer A (0) campaigns first and leads all `leases`; then B (1) starts and follows them all.
-fn lead_and_follow(run: &mut Run, imp: Impl, ns: &str, phase: &str, leases: usize) {
-    run.spawn(imp, ns, "a", phase, leases);
+/// In a fresh namespace (returned), peer A (0) campaigns first and leads all `leases`; then
+/// B (1) starts and follows them all. `what` names the phase in the log, `prefix` its leases.
+fn lead_and_follow(
+    run: &mut Run,
+    imp: Impl,
+    ready: &apiserver::Ready,
+    what: &str,
+    prefix: &str,
+    leases: usize,
+) -> String {
+    let ns = new_namespace(ready);
+    eprintln!("e2e: {} {what}: {leases} leases in {ns}", imp.name());
+    run.spawn(imp, &ns, "a", prefix, leases);
     run.until("A to lead every lease", Duration::from_secs(300), |s| {
         s.leads.get(&0).map_or(0, HashSet::len) == leases
     });
-    run.spawn(imp, ns, "b", phase, leases);
+    run.spawn(imp, &ns, "b", prefix, leases);
     run.until(
         "B to see A lead every lease",
         Duration::from_secs(300),
         |s| s.sees_leader.get(&1).map_or(0, HashSet::len) == leases,
     );
+    ns
 }
 
 /// A fresh namespace on the harness.
@@ -220,9 +227,7 @@ pub fn load_phase(
     leases: usize,
     window: Duration,
 ) -> LoadResult {
-    let ns = new_namespace(ready);
-    eprintln!("e2e: {} load: {leases} leases in {ns}", imp.name());
-    lead_and_follow(run, imp, &ns, "load", leases);
+    let ns = lead_and_follow(run, imp, ready, "load", "load", leases);
     run.pass(Duration::from_secs(3));
     let (a, b) = (run.peers[0].pid(), run.peers[1].pid());
     let (cpu_a, cpu_b, cpu_s) = (proc_cpu(a), proc_cpu(b), proc_cpu(harness_pid));

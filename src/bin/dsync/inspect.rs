@@ -454,33 +454,36 @@ pub async fn release(
     ui: &Ui,
 ) -> Result<i32, Failure> {
     let key = resolve(dsync, store, &args.name, args.kind, args.slot).await?;
+    if args.force {
+        // The library reads, decides and writes (compare-and-swap) in one step.
+        let released = dsync.force_release(&key).await?;
+        match released.previous_holder {
+            Some(previous) => println!(
+                "released lease {key}: it was held by {previous} (fencing token {}); the next holder gets a higher token",
+                released.fencing_token
+            ),
+            None => ui.info(&format!("lease {key} is not held: nothing to release")),
+        }
+        return Ok(exit::OK);
+    }
     let current = store
         .get(&key)
         .await
         .map_err(|e| store_failure(&format!("read lease {key}"), e))?;
-    let Some(holder) = current.record.holder().map(str::to_owned) else {
-        ui.info(&format!("lease {key} is not held: nothing to release"));
-        return Ok(exit::OK);
-    };
-    if !args.force {
-        return Err(Failure::new(
+    match current.record.holder() {
+        None => {
+            ui.info(&format!("lease {key} is not held: nothing to release"));
+            Ok(exit::OK)
+        }
+        Some(holder) => Err(Failure::new(
             exit::USAGE,
             format!(
                 "lease {key} is held by {holder} (fencing token {}). Releasing it lets the next \
                  holder in while {holder} may still be working; run again with --force to do it",
                 current.record.lease_transitions.unwrap_or(0)
             ),
-        ));
+        )),
     }
-    let released = dsync.force_release(&key).await?;
-    match released.previous_holder {
-        Some(previous) => println!(
-            "released lease {key}: it was held by {previous} (fencing token {}); the next holder gets a higher token",
-            released.fencing_token
-        ),
-        None => println!("lease {key} was released meanwhile: nothing to do"),
-    }
-    Ok(exit::OK)
 }
 
 /// The lease `name` means for `release`: as `--kind`/`--slot` say, or the one lock or election

@@ -4,11 +4,13 @@
 //! no read, no lease left behind. On the real API server the calls go through `KubeStore`'s
 //! in-flight limit (32 by default), so neither side bursts more than that at the server.
 //!
+//! Both replicas run at ten times the test timing (on the API server lease 20 s, renew
+//! deadline 15 s, retry 5 s, near production's 15/10/2): at the 0.5 s retry period a loaded
+//! 2-core machine queues the releases of 200 leases past their claims' deadline, where they
+//! time out (correctly: no write after a claim ended). Production timing at 1,000 leases is
+//! measured in `cargo bench --bench e2e`.
 //! `DSYNC_MASS_LEASES=n cargo test --all-features --test mass -- --nocapture` tries another
-//! count. (At this test's timing, a 0.5 s retry period, 1,000 leases' renewals alone are
-//! ~2,000 writes/s through 32 in-flight calls on a 2-core machine: releases then queue past
-//! their claim's deadline and time out, leaving those leases to expire. Mass handoff at 1,000
-//! leases is for the production timing, 15 s / 10 s / 2 s.)
+//! count.
 #![cfg(feature = "testing")]
 
 mod support;
@@ -32,7 +34,28 @@ async fn a_stopped_replica_hands_every_lease_to_the_survivor_at_once(env: Env) {
         None if env.is_memory() => 1000,
         None => 200,
     };
-    let (a, fa) = env.faulty_replica("pod-a").await;
+    // Both replicas run ten times slower than the test timing (same proportions; on the API
+    // server lease 20 s, renew deadline 15 s, retry 5 s, near production's 15/10/2), because
+    // that is the timing mass handoff is for: at the 0.5 s retry period, 200 leases' renewals
+    // queue behind each other on a loaded 2-core machine, the releases queue past their
+    // claims' deadline and time out (correctly: no write after a claim ended), and the
+    // survivor renews leases it took early while it still takes the last ones, so its writes
+    // in the window are no longer one per lease.
+    let t = env.timing();
+    let slow = dsync::Timing::new(
+        t.lease_duration() * 10,
+        t.renew_deadline() * 10,
+        t.retry_period() * 10,
+    )
+    .unwrap();
+    // Calls may take up to the (slow) retry period, queueing included: 200 calls through 32
+    // in-flight slots on a loaded machine take longer than the test timing's 1 s call timeout,
+    // and a timed-out acquisition is retried a retry period later (a second write).
+    let replica = async |identity: &str| {
+        let store = env.store_with_call_timeout(slow.retry_period()).await;
+        env.faulty_replica_on(store, identity, |c| c.with_timing(slow))
+    };
+    let (a, fa) = replica("pod-a").await;
     let led: Vec<_> = (0..n)
         .map(|i| a.election(&format!("m{i}")).unwrap())
         .collect();
@@ -41,7 +64,7 @@ async fn a_stopped_replica_hands_every_lease_to_the_survivor_at_once(env: Env) {
             .await
             .unwrap();
     }
-    let (b, fb) = env.faulty_replica("pod-b").await;
+    let (b, fb) = replica("pod-b").await;
     let following: Vec<_> = (0..n)
         .map(|i| b.election(&format!("m{i}")).unwrap())
         .collect();
@@ -95,7 +118,7 @@ async fn a_stopped_replica_hands_every_lease_to_the_survivor_at_once(env: Env) {
         env.assert_timer(
             all_taken,
             Duration::ZERO,
-            env.lease(),
+            slow.lease_duration(),
             "before any lease expired",
         );
     }

@@ -266,6 +266,18 @@ impl Env {
         }
     }
 
+    /// Like [`store`](Self::store), its calls timing out after `timeout` instead of
+    /// [`KUBE_CALL_TIMEOUT`] on kube (for a slower timing, whose renew deadline allows longer
+    /// calls; memory calls never wait).
+    pub async fn store_with_call_timeout(&self, timeout: Duration) -> Arc<dyn LeaseStore> {
+        match &self.backend {
+            Backend::Memory(m) => Arc::new(m.clone()),
+            Backend::Kube { admin, .. } => {
+                Arc::new(kube_store(admin).await.with_call_timeout(timeout))
+            }
+        }
+    }
+
     pub async fn replica(&self, identity: &str) -> Dsync {
         Dsync::with_shared_store(self.store().await, self.config(identity)).unwrap()
     }
@@ -283,7 +295,17 @@ impl Env {
         identity: &str,
         adjust: impl FnOnce(Config) -> Config,
     ) -> (Dsync, FaultyStore) {
-        let faulty = FaultyStore::new(self.store().await);
+        self.faulty_replica_on(self.store().await, identity, adjust)
+    }
+
+    /// Like [`faulty_replica_with`](Self::faulty_replica_with), on `store`.
+    pub fn faulty_replica_on(
+        &self,
+        store: Arc<dyn LeaseStore>,
+        identity: &str,
+        adjust: impl FnOnce(Config) -> Config,
+    ) -> (Dsync, FaultyStore) {
+        let faulty = FaultyStore::new(store);
         let dsync = Dsync::with_config(faulty.clone(), adjust(self.config(identity))).unwrap();
         (dsync, faulty)
     }

@@ -438,14 +438,7 @@ async fn subscribers_get_elected_deposed_and_leader_changed(env: Env) {
     let eb = b.election("x").unwrap();
     log.record("pod-b", &eb).unwrap();
     // B has read the lease (at once on memory, after a round trip on kube).
-    let mut status = eb.watch_status();
-    within(
-        env.limit(),
-        "b sees a",
-        status.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
-    )
-    .await
-    .unwrap();
+    env.sees_leader(&eb, "pod-a").await;
     settle().await;
     let spans = log.spans();
     assert_eq!(spans.len(), 1);

@@ -49,14 +49,7 @@ async fn a_handoff_to_a_live_successor_elects_it_at_once_with_the_next_token(env
     log.record("pod-c", &ec).unwrap();
     // Both candidates follow pod-a before the handoff.
     for e in [&eb, &ec] {
-        let mut status = e.watch_status();
-        within(
-            env.limit(),
-            "follows pod-a",
-            status.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
-        )
-        .await
-        .unwrap();
+        env.sees_leader(e, "pod-a").await;
     }
     let start = Instant::now();
     within(env.limit(), "handoff", ea.handoff_to("pod-c"))

@@ -89,18 +89,6 @@ fn invalid() -> StoreError {
     }
 }
 
-/// Waits until `election`'s replica has seen `leader` hold the lease.
-async fn sees(env: &Env, election: &Election, leader: &str) {
-    let mut status = election.watch_status();
-    within(
-        env.limit(),
-        "follower sees the leader",
-        status.wait_for(|s| s.leader.as_deref() == Some(leader)),
-    )
-    .await
-    .unwrap();
-}
-
 // ---- a term is cancelled before any write that gives its lease up -----------------------
 
 async fn a_term_is_cancelled_before_the_write_that_gives_its_lease_up(env: Env) {
@@ -230,7 +218,7 @@ async fn an_election_is_released_only_after_its_work_returned(env: Env) {
             .await
             .unwrap();
         let eb = b.election("x").unwrap();
-        sees(&env, &eb, "pod-a").await;
+        env.sees_leader(&eb, "pod-a").await;
         let stop_at = Instant::now();
         let stopping = if how == "Election::stop" {
             let ea = ea.clone();
@@ -613,7 +601,7 @@ async fn work_that_never_returns_is_abandoned_after_the_drain_timeout_and_its_le
         .await
         .unwrap();
     let eb = b.election("x").unwrap();
-    sees(&env, &eb, "pod-a").await;
+    env.sees_leader(&eb, "pod-a").await;
     let start = Instant::now();
     let err = within(env.limit(), "shutdown", a.shutdown())
         .await

@@ -69,14 +69,7 @@ async fn a_stopped_replica_hands_every_lease_to_the_survivor_at_once(env: Env) {
         .map(|i| b.election(&format!("m{i}")).unwrap())
         .collect();
     for e in &following {
-        let mut rx = e.watch_status();
-        within(
-            env.limit(),
-            "pod-b follows",
-            rx.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
-        )
-        .await
-        .unwrap();
+        env.sees_leader(e, "pod-a").await;
     }
     settle().await;
     let writes = |f: &dsync::testing::FaultyStore| f.calls(Call::Replace) + f.calls(Call::Create);

@@ -89,18 +89,6 @@ async fn sees_nobody(env: &Env, observer: &Observer) -> Observation {
     .clone()
 }
 
-/// Waits until an election of another replica follows `leader`.
-async fn follows(env: &Env, election: &dsync::Election, leader: &str) {
-    let mut rx = election.watch_status();
-    within(
-        env.limit(),
-        "the follower sees the leader",
-        rx.wait_for(|s| s.leader.as_deref() == Some(leader)),
-    )
-    .await
-    .unwrap();
-}
-
 fn writes(store: &dsync::testing::FaultyStore) -> u64 {
     store.calls(Call::Create) + store.calls(Call::Replace)
 }
@@ -149,7 +137,7 @@ async fn an_observer_follows_an_election_through_stops_and_crashes_and_never_wri
     // b crashes (cut off from the store): a, campaigning again, takes over after the lease
     // duration; no release in between.
     let ea = a.election("x").unwrap();
-    follows(&env, &ea, "pod-b").await;
+    env.sees_leader(&ea, "pod-b").await;
     fb.partition();
     let t2 = within(env.limit(), "a takes over", ea.elected())
         .await
@@ -231,7 +219,7 @@ async fn an_observer_catches_up_after_a_cut_watch_and_after_a_silent_one(env: En
     let ea = a.election("x").unwrap();
     let t0 = within(env.limit(), "a leads", ea.elected()).await.unwrap();
     let eb = b.election("x").unwrap();
-    follows(&env, &eb, "pod-a").await;
+    env.sees_leader(&eb, "pod-a").await;
     sees(&env, &obs, "pod-a", t0.fencing_token()).await;
     settle().await;
 
@@ -266,7 +254,7 @@ async fn an_observer_catches_up_after_a_cut_watch_and_after_a_silent_one(env: En
     // 2. The watch goes silent (events are lost) while the leader changes, and is healed: the
     //    observer catches up with the next event, the new leader's renewal.
     let ea = a.election("x").unwrap();
-    follows(&env, &ea, "pod-b").await;
+    env.sees_leader(&ea, "pod-b").await;
     settle().await;
     let gets = fo.calls(Call::Get);
     fo.silence_watches();
@@ -301,7 +289,7 @@ async fn an_observer_catches_up_after_a_cut_watch_and_after_a_silent_one(env: En
     // 3. Silent again, and never healed: the observer catches up when the holder it knows
     //    looks expired by its own observation (one read confirms, and finds the new leader).
     let eb = b.election("x").unwrap();
-    follows(&env, &eb, "pod-a").await;
+    env.sees_leader(&eb, "pod-a").await;
     settle().await;
     let gets = fo.calls(Call::Get);
     fo.silence_watches();

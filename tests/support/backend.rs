@@ -239,6 +239,19 @@ impl Env {
         }
     }
 
+    /// Waits (up to [`limit`](Self::limit)) until `election`'s replica has seen `leader`
+    /// hold the lease.
+    pub async fn sees_leader(&self, election: &dsync::Election, leader: &str) {
+        let mut status = election.watch_status();
+        dsync::testing::within(
+            self.limit(),
+            "the follower sees the leader",
+            status.wait_for(|s| s.leader.as_deref() == Some(leader)),
+        )
+        .await
+        .unwrap();
+    }
+
     /// A replica's configuration.
     pub fn config(&self, identity: &str) -> Config {
         Config::default()

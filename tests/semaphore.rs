@@ -36,6 +36,26 @@ fn no_free_slot(err: &Error) -> &[(usize, String)] {
     }
 }
 
+/// A permit of `sem` by `try_acquire`, tried again on every change of a slot this replica
+/// sees while none is free. (Another replica's `acquire` queues on every slot at once and
+/// keeps the first granted; a second grant whose write was already under way is given back
+/// at once, so for a moment a slot that is about to be free can look held.)
+async fn free_slot(sem: &Semaphore) -> Permit {
+    loop {
+        let mut changes: Vec<_> = (0..sem.permits())
+            .map(|i| sem.watch_slot(i).unwrap())
+            .collect();
+        match sem.try_acquire().await {
+            Ok(permit) => return permit,
+            Err(error) => {
+                no_free_slot(&error);
+                let changed = changes.iter_mut().map(|rx| Box::pin(rx.changed()));
+                futures::future::select_all(changed).await.0.unwrap();
+            }
+        }
+    }
+}
+
 /// Waits until nobody holds any slot of `sem` in the store.
 async fn all_free(env: &Env, sem: &Semaphore) {
     within(env.limit(), "all slots free", async {
@@ -413,12 +433,13 @@ async fn timeout_cancel_and_with_permit(env: Env) {
     let (a, b) = (env.replica("pod-a").await, env.replica("pod-b").await);
     let (sa, sb) = (a.semaphore("x", 2).unwrap(), b.semaphore("x", 2).unwrap());
     let hold = env.leases(2);
+    let limit = env.limit();
     let sb2 = sb.clone();
     let out = sa
         .with_permit(|term| async move {
             assert!(term.is_active());
             // The other slot is free; with it taken too, there is none.
-            let other = sb2.try_acquire().await.unwrap();
+            let other = within(limit, "pod-b takes the other slot", free_slot(&sb2)).await;
             let err = sb2.try_acquire().await.unwrap_err();
             assert!(
                 no_free_slot(&err).iter().any(|(_, h)| h == "pod-a"),

@@ -12,15 +12,48 @@
 //! replicas in processes of their own (production) do not pay to each other.
 //!
 //! Besides the totals it reports CPU per renewal (µs) and as a multiple of the bare
-//! compare-and-swap (`MemoryStore::replace` in a loop, measured in the same run), and RSS per
-//! election: the cost of the actor, timer and watch machinery around the one write a renewal
-//! needs.
+//! compare-and-swap (`MemoryStore::replace` in a loop, measured in the same run), heap
+//! allocations per renewal (counted by this binary's allocator: the same from run to run,
+//! where CPU time on a shared machine is not), and RSS per election: the cost of the actor,
+//! timer and watch machinery around the one write a renewal needs.
 //!
 //! Linux only (reads /proc/self).
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dsync::{Config, Dsync, LeaseKey, LeaseRecord, LeaseStore, LeaseThread, MemoryStore};
+
+/// The system allocator, counting allocations: unlike CPU time on a shared machine, the
+/// number of allocations per renewal is the same from run to run.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed on unchanged to the system allocator; the counter has no
+// effect on the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `dealloc`, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -111,16 +144,17 @@ fn main() {
                 handles.push(d.election(&format!("e{i}")).unwrap());
             }
         }
-        // Wait until every election has a leader.
-        for chunk in handles.chunks(replicas) {
-            let mut rx = chunk[0].watch_status();
+        // Wait until every replica sees a leader in every election (its first read done), so
+        // that no start-up read falls into the steady window.
+        for handle in &handles {
+            let mut rx = handle.watch_status();
             let _ = rx.wait_for(|s| s.leader.is_some()).await;
         }
         let setup = started.elapsed();
         let stats0 = store.stats();
-        let (cpu0, t0) = (cpu(), Instant::now());
+        let (cpu0, t0, allocs0) = (cpu(), Instant::now(), ALLOCATIONS.load(Ordering::Relaxed));
         tokio::time::sleep(window).await;
-        let (cpu1, t1) = (cpu(), Instant::now());
+        let (cpu1, t1, allocs1) = (cpu(), Instant::now(), ALLOCATIONS.load(Ordering::Relaxed));
         let stats1 = store.stats();
         let leaders = handles.iter().filter(|e| e.is_leader()).count();
         let rss = rss_kib();
@@ -152,6 +186,10 @@ fn main() {
             "RSS per election: {:.1} KiB ({} replica(s))",
             (rss.saturating_sub(rss_before)) as f64 / elections as f64,
             replicas
+        );
+        println!(
+            "allocations per renewal: {:.1} (whole process, steady window)",
+            (allocs1 - allocs0) as f64 / renewals.max(1) as f64
         );
         let cas = bare_cas(elections.min(10_000)).await.as_secs_f64();
         println!(

@@ -95,11 +95,19 @@ impl ElectionFace {
             if same {
                 return false;
             }
-            s.term = term.cloned();
+            // Only what changed is copied: a leader's renewal changes `renewed_at` and
+            // `valid_until`, nothing that needs an allocation.
+            if s.term.as_ref().map(Term::id) != term.map(Term::id) {
+                s.term = term.cloned();
+            }
             s.valid_until = valid_until;
             s.renewed_at = renewed_at;
-            s.leader = leader.map(str::to_owned);
-            s.invalid = invalid.map(str::to_owned);
+            if s.leader.as_deref() != leader {
+                s.leader = leader.map(str::to_owned);
+            }
+            if s.invalid.as_deref() != invalid {
+                s.invalid = invalid.map(str::to_owned);
+            }
             s.last_error.clone_from(&core.last_error);
             s.restarts = core.restarts;
             s.stopped = stopped;

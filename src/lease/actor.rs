@@ -645,28 +645,27 @@ impl<F: Face> LeaseActor<F> {
             request,
             timeout,
         } = call;
-        let key = self.core.key.clone();
+        let key = &self.core.key;
         tracing::trace!(lease = %key, op = op.verb(), ?request, "calling the store");
         let store = &self.core.shared.store;
         let fut: BoxFuture<'static, StoreResult<StoredLease>> = match request {
-            Request::Get => store.get(&key),
-            Request::Create(record) => store.create(&key, record),
-            Request::Replace { record, version } => store.replace(&key, record, &version),
+            Request::Get => store.get(key),
+            Request::Create(record) => store.create(key, record),
+            Request::Replace { record, version } => store.replace(key, record, &version),
         };
         let verb = op.verb();
         let started = now();
-        // The operation's name is only spelled out if the call times out: a renewal should
-        // cost one write, not a string as well.
-        let fut = async move {
-            match tokio::time::timeout(timeout, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(StoreError::Timeout {
-                    operation: format!("{verb} lease {key}"),
-                    after: timeout,
-                }),
-            }
-        };
+        // The operation's name is only spelled out if the call times out (from the actor's
+        // own key, when the answer is handled): a renewal should cost one write, not a copy
+        // of the key and a string as well.
+        let fut = tokio::time::timeout(timeout, fut);
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let result = result.unwrap_or_else(|_| {
+                Err(StoreError::Timeout {
+                    operation: format!("{verb} lease {}", act.core.key),
+                    after: timeout,
+                })
+            });
             act.complete(seq, op, started, result, ctx);
         }));
     }

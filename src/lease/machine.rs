@@ -26,7 +26,9 @@ impl Observed {
     /// Folds a fresh read into the previous observation: `changed_at` moves only when the
     /// version (or existence) differs from what was seen before.
     pub fn update(previous: Option<&Observed>, lease: Option<StoredLease>, now: Instant) -> Self {
-        let version = |l: &Option<StoredLease>| l.as_ref().map(|l| l.resource_version.clone());
+        fn version(l: &Option<StoredLease>) -> Option<&str> {
+            l.as_ref().map(|l| l.resource_version.as_str())
+        }
         match previous {
             Some(prev) if version(&prev.lease) == version(&lease) => Observed {
                 lease,
@@ -610,7 +612,7 @@ impl Machine {
         }
         let (record, version) = current(self);
         let request = Request::Replace {
-            record: renewed(&record, &self.identity, &self.timing, wall_now),
+            record: renewed(record, &self.identity, &self.timing, wall_now),
             version,
         };
         Step::Call(self.call(now, Op::Renew, request))
@@ -992,17 +994,26 @@ fn acquired(
     }
 }
 
-fn renewed(current: &LeaseRecord, identity: &str, timing: &Timing, now: SystemTime) -> LeaseRecord {
-    LeaseRecord {
-        holder_identity: Some(identity.to_owned()),
-        lease_duration_seconds: Some(timing.lease_duration_seconds()),
-        renew_time: Some(now),
-        successor: None,
-        // A request to hand the lease to ourselves is carried out by doing nothing: clear it.
-        // One naming someone else stays until the handoff's release clears it.
-        handoff_request: current.handoff_request.clone().filter(|to| to != identity),
-        ..current.clone()
+/// `current` (a copy of the record of our term) renewed. Built from the copy in place: a
+/// renewal is the hot path, and the copy already names us.
+fn renewed(
+    mut current: LeaseRecord,
+    identity: &str,
+    timing: &Timing,
+    now: SystemTime,
+) -> LeaseRecord {
+    if current.holder_identity.as_deref() != Some(identity) {
+        current.holder_identity = Some(identity.to_owned());
     }
+    current.lease_duration_seconds = Some(timing.lease_duration_seconds());
+    current.renew_time = Some(now);
+    current.successor = None;
+    // A request to hand the lease to ourselves is carried out by doing nothing: clear it.
+    // One naming someone else stays until the handoff's release clears it.
+    if current.handoff_request.as_deref() == Some(identity) {
+        current.handoff_request = None;
+    }
+    current
 }
 
 /// The record written on release: no holder, transitions kept (so the next token is higher), and

@@ -58,7 +58,13 @@ impl Inner {
             record,
             resource_version: self.revision.to_string(),
         };
-        self.leases.insert(key.clone(), stored.clone());
+        // In place when the lease exists (a replace): the key is not copied again.
+        match self.leases.get_mut(key) {
+            Some(slot) => *slot = stored.clone(),
+            None => {
+                self.leases.insert(key.clone(), stored.clone());
+            }
+        }
         if let Some(watchers) = self.watchers.get_mut(&key.namespace) {
             watchers.retain(|tx| {
                 tx.unbounded_send(WatchEvent::Applied(stored.clone()))

@@ -75,8 +75,9 @@
 //! Modules form layers; none imports from a layer above it.
 //!
 //! * Leaves: [`record`] (the lease records a store keeps: [`LeaseKey`], [`LeaseRecord`],
-//!   [`StoredLease`], version order), [`timing`] ([`Timing`] and its validation), and `names`
-//!   (DNS-1123 checks, [`sanitize_name`]).
+//!   [`StoredLease`], version order), [`timing`] ([`Timing`] and its validation), `names`
+//!   (DNS-1123 checks, [`sanitize_name`]) and `hash` (the cheap hasher of the maps a renewal
+//!   looks up).
 //! * [`resource`]: `Resource { namespace, scope, name }` and the lease names of each kind.
 //! * [`store`]: the [`LeaseStore`] trait and its errors, [`MemoryStore`] and `KubeStore`.
 //! * [`Error`]: the crate's error type (it does not depend on the configuration).
@@ -141,6 +142,7 @@ mod connect;
 mod dsync;
 pub mod election;
 mod error;
+mod hash;
 pub mod leader_only;
 pub mod lease;
 pub mod lock;

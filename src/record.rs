@@ -132,8 +132,21 @@ pub fn is_newer(candidate: &str, current: Option<&str>) -> bool {
     let Some(current) = current else {
         return true;
     };
-    match (candidate.parse::<u64>(), current.parse::<u64>()) {
-        (Ok(a), Ok(b)) => a > b,
+    match (digits(candidate), digits(current)) {
+        // Without leading zeros, the longer number is the larger; of two as long, the one
+        // that sorts later. (No parsing: this runs several times per renewal, and it orders
+        // numbers of any length.)
+        (Some(a), Some(b)) => (a.len(), a) > (b.len(), b),
         _ => candidate != current,
     }
+}
+
+/// The digits of a non-negative decimal integer without its leading zeros, or `None`.
+fn digits(s: &str) -> Option<&[u8]> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let first = bytes.iter().position(|&b| b != b'0').unwrap_or(bytes.len());
+    Some(&bytes[first..])
 }

@@ -15,29 +15,164 @@
 //! watcher re-lists) needs no list of ours. An ended stream is reopened after a retry period.
 //! Only if the list fails are the actors told of the error, and each re-reads its own lease:
 //! watches only make dsync faster, correctness never depends on them.
+//!
+//! # Renewals are parked, not delivered
+//!
+//! Most events are renewals: the holder every actor of the lease already knows wrote a new
+//! `renewTime`, nothing else. No lease actor acts on one when it arrives: a follower needs it
+//! only by the time it would otherwise judge the lease expired, and the holder knows its own
+//! write. Waking each for every renewal would cost more than the renewal's compare-and-swap.
+//! So for a lease actor's subscription ([`WatchHub::watch_lease`]) the hub parks such an event
+//! in the actor's [`Inbox`] with the instant it arrived, and wakes nobody; any other event (a
+//! new holder, a release, a new term under the same name, a handoff request, any field but
+//! `renewTime`; a deletion, an error, a re-sync) is delivered at once and drops what was
+//! parked before it. The actor takes the parked renewal at the start of its every step
+//! ([`Inbox::take`]) and observes it *as of its arrival*: expiry is judged from the local
+//! instant a version was first seen, so it is judged exactly as if the event had been
+//! delivered. A follower's timer wakes it at the expiry of what it saw, it takes the parked
+//! renewal, finds the lease renewed, and waits again; it takes over no later than before.
+//!
+//! A version the actor has already observed ([`Inbox::set_seen`]) is neither delivered nor
+//! parked: the actor would drop it after a wake-up. The common case is the holder's own renewal
+//! coming back through the watch after the write's answer told it of the new version.
+//! Observers ([`WatchHub::watch`]) get every event.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
 
-use crate::store::{LeaseKey, LeaseStore, StoreError, StoreResult, WatchEvent};
+use crate::hash::FastMap;
+use crate::record::LeaseRecord;
+use crate::store::{LeaseKey, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use crate::term::now;
 
-type Route = mpsc::UnboundedSender<StoreResult<WatchEvent>>;
+/// What the hub holds for one lease actor: the version the actor has seen, and the newest
+/// renewal parked for it.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    /// The numeric resource version the actor holds (0: none, or not a number).
+    seen: AtomicU64,
+    parked: Mutex<Option<Parked>>,
+    /// Whether `parked` may hold something: the actor looks at every step, and most steps
+    /// find nothing, so they need not take the lock to see that.
+    full: AtomicBool,
+}
+
+/// A renewal the hub did not wake the actor for.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    /// The lease as renewed.
+    pub lease: Arc<StoredLease>,
+    /// Its numeric resource version.
+    version: u64,
+    /// When it arrived: the actor observes it as of then.
+    pub at: Instant,
+}
+
+impl Inbox {
+    /// Notes the version the actor now holds (`None`: the lease is missing or unknown). Set
+    /// after every observation, it only lags behind the actor (then an event the actor drops
+    /// is passed on, as before), never runs ahead of it.
+    pub fn set_seen(&self, version: Option<&str>) {
+        let version = version.and_then(|v| v.parse().ok()).unwrap_or(0);
+        self.seen.store(version, Ordering::Relaxed);
+    }
+
+    /// Whether the actor already holds `version` or a later one: it would drop the event.
+    fn has_seen(&self, version: u64) -> bool {
+        version <= self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Takes the parked renewal, if any.
+    pub fn take(&self) -> Option<Parked> {
+        if !self.full.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut slot = self.slot();
+        self.full.store(false, Ordering::Relaxed);
+        slot.take()
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Option<Parked>> {
+        // Every use is a single take or replace: a poisoned lock is still consistent.
+        self.parked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn park(&self, lease: &Arc<StoredLease>, version: u64, at: Instant) {
+        let mut slot = self.slot();
+        // A replay of an older version must not replace a newer one.
+        if slot.as_ref().is_none_or(|held| held.version < version) {
+            *slot = Some(Parked {
+                lease: Arc::clone(lease),
+                version,
+                at,
+            });
+            // Set under the lock, after the slot: whoever sees it set finds the slot filled
+            // once it has the lock.
+            self.full.store(true, Ordering::Release);
+        }
+    }
+
+    /// Drops what was parked at or below `version` (a delivered event supersedes it); `None`:
+    /// the lease is gone, drop it anyway.
+    fn clear_up_to(&self, version: Option<u64>) {
+        let mut slot = self.slot();
+        if slot
+            .as_ref()
+            .is_some_and(|held| version.is_none_or(|v| held.version <= v))
+        {
+            *slot = None;
+            self.full.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a route's channel carries: the event, boxed. An unbounded channel's queue keeps a
+/// node the size of its item even when empty, one per lease actor: a record's worth (over
+/// 200 bytes) each at 100,000 leases is 20 MiB, a box's is not. Events are seldom delivered
+/// (renewals are parked), so the box costs little.
+type Routed = Box<StoreResult<WatchEvent>>;
+
+/// One subscriber of a lease.
+struct Route {
+    tx: mpsc::UnboundedSender<Routed>,
+    /// `None`: an observer, which gets every event.
+    inbox: Option<Arc<Inbox>>,
+}
+
+/// The subscribers of one lease, and what the watch last brought for it.
+#[derive(Default)]
+struct Lease {
+    routes: Vec<Route>,
+    last: Option<Last>,
+}
+
+/// What the hub keeps of a lease's last version to tell a renewal from a change: the version
+/// and a digest of every field but `renewTime`, not the record (at 100,000 leases a copy each
+/// would cost tens of MiB). Should two different records ever share a digest, the change is
+/// parked like a renewal and seen at the actor's next step instead of at once: slower, never
+/// wrong (the parked event is the record itself; no decision needs the watch to be prompt).
+#[derive(Clone, Copy)]
+struct Last {
+    version: u64,
+    digest: u64,
+}
 
 #[derive(Default)]
 struct Namespace {
     /// Subscribers by lease name.
-    routes: HashMap<String, Vec<Route>>,
+    leases: FastMap<String, Lease>,
 }
 
 /// Shares one watch per namespace among all of a replica's lease actors.
 pub(crate) struct WatchHub {
     store: Arc<dyn LeaseStore>,
-    namespaces: Mutex<HashMap<String, Namespace>>,
+    namespaces: Mutex<FastMap<String, Namespace>>,
     /// How long to wait before reopening a watch the store ended (the retry period).
     reopen_after: Duration,
     /// The limit of a re-sync's list (the renew deadline, as every lease call).
@@ -58,32 +193,52 @@ impl WatchHub {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Namespace>> {
+    fn lock(&self) -> MutexGuard<'_, FastMap<String, Namespace>> {
         // Every mutation is a single map operation: a poisoned lock is still consistent.
         self.namespaces.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes to one lease. Opens the namespace's watch if nobody watches it yet; the pump runs
-    /// on the calling arbiter.
+    /// Every change to one lease (for observers). Opens the namespace's watch if nobody
+    /// watches it yet; the pump runs on the calling arbiter.
     pub fn watch(self: &Arc<Self>, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        self.subscribe(key, None)
+    }
+
+    /// Changes to one lease, for its lease actor: renewals by the holder it already knows are
+    /// parked in the returned [`Inbox`] instead of being delivered, and versions it has seen
+    /// are dropped (see the module docs).
+    pub fn watch_lease(
+        self: &Arc<Self>,
+        key: &LeaseKey,
+    ) -> (BoxStream<'static, StoreResult<WatchEvent>>, Arc<Inbox>) {
+        let inbox = Arc::new(Inbox::default());
+        (self.subscribe(key, Some(Arc::clone(&inbox))), inbox)
+    }
+
+    fn subscribe(
+        self: &Arc<Self>,
+        key: &LeaseKey,
+        inbox: Option<Arc<Inbox>>,
+    ) -> BoxStream<'static, StoreResult<WatchEvent>> {
         let (tx, rx) = mpsc::unbounded();
         let start = {
             let mut namespaces = self.lock();
             let start = !namespaces.contains_key(&key.namespace);
-            namespaces
+            let lease = namespaces
                 .entry(key.namespace.clone())
                 .or_default()
-                .routes
+                .leases
                 .entry(key.name.clone())
-                .or_default()
-                .push(tx);
+                .or_default();
+            lease.routes.retain(|route| !route.tx.is_closed());
+            lease.routes.push(Route { tx, inbox });
             start
         };
         if start {
             let stream = self.store.watch(&key.namespace);
             actix::spawn(Arc::clone(self).pump(key.namespace.clone(), stream));
         }
-        rx.boxed()
+        rx.map(|routed| *routed).boxed()
     }
 
     /// How many namespaces are watched right now.
@@ -103,11 +258,11 @@ impl WatchHub {
                     let Some(ns) = namespaces.get_mut(&namespace) else {
                         return;
                     };
-                    match &event {
-                        WatchEvent::Applied(lease) => deliver(ns, &lease.name, &event),
-                        WatchEvent::Deleted { name } => deliver(ns, name, &event),
+                    match event {
+                        WatchEvent::Applied(lease) => applied(ns, lease),
+                        WatchEvent::Deleted { name } => deleted(ns, name),
                     }
-                    if ns.routes.is_empty() {
+                    if ns.leases.is_empty() {
                         // Nobody left to tell: close the watch. The next subscriber opens a new one.
                         namespaces.remove(&namespace);
                         return;
@@ -157,14 +312,22 @@ impl WatchHub {
         };
         match listed {
             Ok(Ok(leases)) => {
+                // Every subscriber gets its lease as listed, delivered (not parked): after a
+                // gap, what changed is unknown.
                 let mut listed: HashMap<&str, _> =
                     leases.iter().map(|l| (l.name.as_str(), l)).collect();
-                for (name, routes) in ns.routes.iter_mut() {
+                for (name, lease) in ns.leases.iter_mut() {
                     let event = match listed.remove(name.as_str()) {
-                        Some(lease) => WatchEvent::Applied(lease.clone()),
-                        None => WatchEvent::Deleted { name: name.clone() },
+                        Some(stored) => {
+                            lease.last = Last::of(stored);
+                            WatchEvent::Applied(stored.clone())
+                        }
+                        None => {
+                            lease.last = None;
+                            WatchEvent::Deleted { name: name.clone() }
+                        }
                     };
-                    routes.retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
+                    send_all(&mut lease.routes, Ok(event));
                 }
             }
             failed => {
@@ -173,13 +336,14 @@ impl WatchHub {
                     _ => error,
                 };
                 tracing::debug!(%namespace, %error, "re-sync by list failed; every actor re-reads");
-                for routes in ns.routes.values_mut() {
-                    routes.retain(|tx| tx.unbounded_send(Err(error.duplicate())).is_ok());
+                for lease in ns.leases.values_mut() {
+                    lease.last = None;
+                    send_all(&mut lease.routes, Err(error.duplicate()));
                 }
             }
         }
-        ns.routes.retain(|_, routes| !routes.is_empty());
-        if ns.routes.is_empty() {
+        ns.leases.retain(|_, lease| !lease.routes.is_empty());
+        if ns.leases.is_empty() {
             namespaces.remove(namespace);
             return false;
         }
@@ -187,12 +351,426 @@ impl WatchHub {
     }
 }
 
-fn deliver(ns: &mut Namespace, name: &str, event: &WatchEvent) {
-    let Some(routes) = ns.routes.get_mut(name) else {
+impl Last {
+    /// `None` if the version is not a number or nobody holds the lease (no event of a free
+    /// lease is a renewal).
+    fn of(stored: &StoredLease) -> Option<Last> {
+        Some(Last {
+            version: stored.resource_version.parse().ok()?,
+            digest: digest(&stored.record)?,
+        })
+    }
+}
+
+/// A lease was created or replaced: a renewal by the holder the subscribers know is parked
+/// for lease actors, anything else delivered.
+fn applied(ns: &mut Namespace, stored: StoredLease) {
+    let Some(lease) = ns.leases.get_mut(stored.name.as_str()) else {
         return;
     };
-    routes.retain(|tx| tx.unbounded_send(Ok(event.clone())).is_ok());
-    if routes.is_empty() {
-        ns.routes.remove(name);
+    if lease.routes.iter().all(|route| route.tx.is_closed()) {
+        ns.leases.remove(stored.name.as_str());
+        return;
+    }
+    if let Ok(version) = stored.resource_version.parse::<u64>()
+        && lease.routes.iter().all(|route| {
+            route
+                .inbox
+                .as_ref()
+                .is_some_and(|inbox| inbox.has_seen(version))
+        })
+    {
+        // Nobody to tell: the holder's own write coming back to its replica, the common case.
+        // What the hub knew of the lease is now behind, and what follows is no renewal of it.
+        lease.last = None;
+        return;
+    }
+    let this = Last::of(&stored);
+    let renewal = match (lease.last, this) {
+        (Some(last), Some(this)) => this.digest == last.digest && this.version > last.version,
+        _ => false,
+    };
+    let version = this.map(|this| this.version);
+    // An older version (a replay) does not replace what is known of a newer one.
+    if lease
+        .last
+        .is_none_or(|last| version.is_none_or(|v| v > last.version))
+    {
+        lease.last = this;
+    }
+    match (renewal, version) {
+        (true, Some(version)) => park(&mut lease.routes, stored, version),
+        _ => send_all(&mut lease.routes, Ok(WatchEvent::Applied(stored))),
+    }
+}
+
+fn deleted(ns: &mut Namespace, name: String) {
+    let Some(lease) = ns.leases.get_mut(name.as_str()) else {
+        return;
+    };
+    lease.last = None;
+    send_all(
+        &mut lease.routes,
+        Ok(WatchEvent::Deleted { name: name.clone() }),
+    );
+    if lease.routes.is_empty() {
+        ns.leases.remove(name.as_str());
+    }
+}
+
+/// Parks a renewal for the lease actors that have not seen it, stamped with the instant it
+/// arrived, and delivers it to observers.
+fn park(routes: &mut Vec<Route>, stored: StoredLease, version: u64) {
+    let stored = Arc::new(stored);
+    let mut at = None;
+    for route in routes.iter() {
+        match &route.inbox {
+            Some(inbox) if inbox.has_seen(version) => {}
+            Some(inbox) => inbox.park(&stored, version, *at.get_or_insert_with(now)),
+            None => {
+                let _ = route
+                    .tx
+                    .unbounded_send(Box::new(Ok(WatchEvent::Applied((*stored).clone()))));
+            }
+        }
+    }
+    routes.retain(|route| !route.tx.is_closed());
+}
+
+/// Sends `item` to every route that has not seen it (dropping what was parked before it),
+/// then drops the routes whose receiver is gone. Each route but the last gets a copy and the
+/// last the item itself: a lease has one actor per replica, so the usual event is passed on
+/// without a copy.
+fn send_all(routes: &mut Vec<Route>, item: StoreResult<WatchEvent>) {
+    let version = match &item {
+        Ok(WatchEvent::Applied(lease)) => Some(lease.resource_version.parse::<u64>().ok()),
+        // Whatever was parked is superseded: the lease is gone.
+        Ok(WatchEvent::Deleted { .. }) => Some(None),
+        // What was parked was still seen; the actor re-reads anyway.
+        Err(_) => None,
+    };
+    let copy = |item: &StoreResult<WatchEvent>| match item {
+        Ok(event) => Ok(event.clone()),
+        Err(error) => Err(error.duplicate()),
+    };
+    let mut held: Option<&Route> = None;
+    for route in routes.iter() {
+        if let Some(inbox) = &route.inbox {
+            match version {
+                Some(Some(version)) if inbox.has_seen(version) => {
+                    inbox.clear_up_to(Some(version));
+                    continue;
+                }
+                Some(version) => inbox.clear_up_to(version),
+                None => {}
+            }
+        }
+        if let Some(previous) = held.replace(route) {
+            let _ = previous.tx.unbounded_send(Box::new(copy(&item)));
+        }
+    }
+    if let Some(last) = held {
+        let _ = last.tx.unbounded_send(Box::new(item));
+    }
+    routes.retain(|route| !route.tx.is_closed());
+}
+
+/// A digest of every field of `record` but `renewTime`; `None` if nobody holds it. (Every
+/// field is named, so a field added to the record is digested until said otherwise.)
+fn digest(record: &LeaseRecord) -> Option<u64> {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let LeaseRecord {
+        holder_identity,
+        lease_duration_seconds,
+        acquire_time,
+        renew_time: _,
+        lease_transitions,
+        strategy,
+        preferred_holder,
+        successor,
+        handoff_request,
+    } = record;
+    record.holder()?;
+    Some(
+        BuildHasherDefault::<crate::hash::FxHasher>::default().hash_one((
+            holder_identity,
+            lease_duration_seconds,
+            acquire_time,
+            lease_transitions,
+            strategy,
+            preferred_holder,
+            successor,
+            handoff_request,
+        )),
+    )
+}
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn key() -> LeaseKey {
+        LeaseKey::new("default", "s.election.x")
+    }
+
+    fn held_by(id: &str, transitions: i32) -> LeaseRecord {
+        LeaseRecord {
+            holder_identity: Some(id.into()),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(transitions),
+            renew_time: Some(SystemTime::UNIX_EPOCH),
+            ..Default::default()
+        }
+    }
+
+    fn renewed(stored: &StoredLease, secs: u64) -> LeaseRecord {
+        LeaseRecord {
+            renew_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+            ..stored.record.clone()
+        }
+    }
+
+    /// Lets the hub's pump forward what the store sent.
+    async fn pump() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The next event a stream has ready, if any.
+    fn ready(stream: &mut BoxStream<'static, StoreResult<WatchEvent>>) -> Option<StoredLease> {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(WatchEvent::Applied(lease)))) => Some(lease),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => None,
+        }
+    }
+
+    #[actix::test]
+    async fn renewals_are_parked_for_lease_actors_and_delivered_to_observers() {
+        tokio::time::pause();
+        let store = MemoryStore::new();
+        let hub = WatchHub::new(
+            Arc::new(store.clone()),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        );
+        let (mut actor, parked) = hub.watch_lease(&key());
+        let mut observer = hub.watch(&key());
+
+        // The first version is news to everyone.
+        let v1 = store.create(&key(), held_by("a", 0)).await.unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), Some(v1.clone()));
+        assert_eq!(ready(&mut observer), Some(v1.clone()));
+
+        // A renewal by the same holder: the observer gets it; the actor is not woken, the
+        // renewal waits in its slot with the instant it arrived.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let arrived = now();
+        let v2 = store
+            .replace(&key(), renewed(&v1, 2), &v1.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(ready(&mut observer), Some(v2.clone()));
+        assert_eq!(ready(&mut actor), None, "not woken by a renewal");
+        let held = parked.take().expect("parked");
+        assert_eq!((*held.lease).clone(), v2);
+        assert_eq!(held.at, arrived, "stamped on arrival, not when taken");
+        assert!(parked.take().is_none(), "taken once");
+
+        // Two renewals in a row: only the newer is kept.
+        let v3 = store
+            .replace(&key(), renewed(&v2, 3), &v2.resource_version)
+            .await
+            .unwrap();
+        let v4 = store
+            .replace(&key(), renewed(&v3, 4), &v3.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), None);
+        assert_eq!(parked.take().map(|p| (*p.lease).clone()), Some(v4.clone()));
+
+        // Anything but `renewTime` is delivered, and supersedes a parked renewal.
+        let v5 = store
+            .replace(&key(), renewed(&v4, 5), &v4.resource_version)
+            .await
+            .unwrap();
+        let requested = LeaseRecord {
+            handoff_request: Some("b".into()),
+            ..v5.record.clone()
+        };
+        let v6 = store
+            .replace(&key(), requested, &v5.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), Some(v6.clone()), "a handoff request");
+        assert!(parked.take().is_none(), "superseded by the delivered event");
+        for want in [v3, v4, v5, v6.clone()] {
+            assert_eq!(
+                ready(&mut observer),
+                Some(want),
+                "observers get every event"
+            );
+        }
+
+        // A new holder, a new term under the same holder, and a release are all delivered.
+        let v7 = store
+            .replace(&key(), held_by("b", 1), &v6.resource_version)
+            .await
+            .unwrap();
+        let v8 = store
+            .replace(&key(), held_by("b", 2), &v7.resource_version)
+            .await
+            .unwrap();
+        let released = LeaseRecord {
+            holder_identity: None,
+            ..v8.record.clone()
+        };
+        let v9 = store
+            .replace(&key(), released, &v8.resource_version)
+            .await
+            .unwrap();
+        // A free lease whose `renewTime` changes is not a renewal: nobody holds it.
+        let v10 = store
+            .replace(&key(), renewed(&v9, 10), &v9.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        for want in [v7, v8, v9, v10] {
+            assert_eq!(ready(&mut actor), Some(want.clone()));
+            assert_eq!(ready(&mut observer), Some(want));
+        }
+        assert!(parked.take().is_none());
+    }
+
+    #[actix::test]
+    async fn what_the_actor_has_seen_is_neither_delivered_nor_parked() {
+        let store = MemoryStore::new();
+        let hub = WatchHub::new(
+            Arc::new(store.clone()),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        );
+        let (mut actor, inbox) = hub.watch_lease(&key());
+        let mut observer = hub.watch(&key());
+        let v1 = store.create(&key(), held_by("a", 0)).await.unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), Some(v1.clone()));
+        assert_eq!(ready(&mut observer), Some(v1.clone()));
+
+        // The holder's own writes: it learns each version from the write's answer first.
+        let v2 = store
+            .replace(&key(), held_by("a", 1), &v1.resource_version)
+            .await
+            .unwrap();
+        inbox.set_seen(Some(&v2.resource_version));
+        let v3 = store
+            .replace(&key(), renewed(&v2, 3), &v2.resource_version)
+            .await
+            .unwrap();
+        inbox.set_seen(Some(&v3.resource_version));
+        pump().await;
+        assert_eq!(ready(&mut actor), None, "a new term it wrote itself");
+        assert!(inbox.take().is_none(), "a renewal it wrote itself");
+        for want in [v2, v3.clone()] {
+            assert_eq!(
+                ready(&mut observer),
+                Some(want),
+                "observers get every event"
+            );
+        }
+
+        // Newer versions are news again; after a restart (nothing seen) so is everything.
+        let v4 = store
+            .replace(&key(), renewed(&v3, 4), &v3.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        assert_eq!(inbox.take().map(|p| (*p.lease).clone()), Some(v4.clone()));
+        inbox.set_seen(None);
+        let v5 = store
+            .replace(&key(), held_by("b", 2), &v4.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), Some(v5));
+    }
+
+    #[actix::test]
+    async fn after_versions_only_its_actor_has_seen_the_next_event_is_delivered() {
+        let store = MemoryStore::new();
+        let hub = WatchHub::new(
+            Arc::new(store.clone()),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        );
+        let (mut actor, inbox) = hub.watch_lease(&key());
+        let v1 = store.create(&key(), held_by("a", 0)).await.unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), Some(v1.clone()));
+        // The holder writes a handoff request it has seen; the hub skips it without learning
+        // what changed...
+        let requested = LeaseRecord {
+            handoff_request: Some("b".into()),
+            ..v1.record.clone()
+        };
+        let v2 = store
+            .replace(&key(), requested, &v1.resource_version)
+            .await
+            .unwrap();
+        inbox.set_seen(Some(&v2.resource_version));
+        pump().await;
+        assert_eq!(ready(&mut actor), None);
+        // ...so a write that undoes it, though it digests like v1, is delivered at once, not
+        // parked as a renewal of v1.
+        let v3 = store
+            .replace(&key(), v1.record.clone(), &v2.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), Some(v3.clone()));
+        assert!(inbox.take().is_none());
+        // Renewals of what was delivered are parked again.
+        let v4 = store
+            .replace(&key(), renewed(&v3, 4), &v3.resource_version)
+            .await
+            .unwrap();
+        pump().await;
+        assert_eq!(ready(&mut actor), None);
+        assert_eq!(inbox.take().map(|p| (*p.lease).clone()), Some(v4));
+    }
+
+    #[test]
+    fn a_parked_renewal_survives_an_older_replay_and_is_dropped_on_deletion() {
+        let inbox = Inbox::default();
+        let lease = Arc::new(StoredLease {
+            name: "x".into(),
+            record: held_by("a", 0),
+            resource_version: "7".into(),
+        });
+        let at = now();
+        inbox.park(&lease, 7, at);
+        inbox.park(&lease, 5, at);
+        inbox.clear_up_to(Some(6));
+        assert_eq!(
+            inbox.take().map(|p| p.version),
+            Some(7),
+            "an older version neither replaces nor clears a newer parked one"
+        );
+        inbox.park(&lease, 8, at);
+        inbox.clear_up_to(Some(8));
+        assert!(inbox.take().is_none(), "the same version delivered");
+        inbox.park(&lease, 9, at);
+        inbox.clear_up_to(None);
+        assert!(inbox.take().is_none(), "deleted");
     }
 }

@@ -151,3 +151,37 @@ async fn a_lost_watch_is_caught_up_by_one_list_per_replica_not_a_get_per_lease()
         d.shutdown().await.unwrap();
     }
 }
+
+/// The hub does not wake a follower for its leader's renewals (it parks them); the follower
+/// still judges expiry from the instant the last renewal *arrived*: it takes over exactly one
+/// lease duration after it, not after the renewal before (when it was last woken).
+#[actix::test]
+async fn a_follower_not_woken_by_renewals_takes_over_one_lease_duration_after_the_last() {
+    tokio::time::pause();
+    let store = MemoryStore::new();
+    let fa = dsync::testing::FaultyStore::new(store.clone());
+    let a = Dsync::with_config(fa.clone(), dsync::testing::paused_config("pod-a")).unwrap();
+    let b = Dsync::with_config(store.clone(), dsync::testing::paused_config("pod-b")).unwrap();
+    let ea = a.election("x").unwrap();
+    ea.elected().await.unwrap();
+    let eb = b.election("x").unwrap();
+    let mut status = eb.watch_status();
+    status
+        .wait_for(|s| s.leader.as_deref() == Some("pod-a"))
+        .await
+        .unwrap();
+    // Seven renewals (every 2 s), then the leader is cut off mid-way to the next one.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let last_renewal = ea.status().renewed_at.expect("leading");
+    let lease = a.config().timing.lease_duration();
+    fa.partition();
+    eb.elected().await.unwrap();
+    // (tokio's timers round up to the millisecond.)
+    let taken = Instant::now().into_std() - last_renewal;
+    assert!(
+        taken >= lease && taken <= lease + Duration::from_millis(1),
+        "taken over {taken:?} after the last renewal arrived, not one lease duration ({lease:?})"
+    );
+    a.shutdown().await.ok();
+    b.shutdown().await.unwrap();
+}

@@ -241,14 +241,13 @@ impl Face for ElectionFace {
     fn restarting(&mut self, _core: &Core) {}
 
     fn settle(&mut self, core: &mut Core, _waiting: &Waiting) -> bool {
-        let now = now();
         match (core.machine.holder(), self.leaderless_since) {
             (None, None) if core.machine.observed().is_some() => {
-                self.leaderless_since = Some(now);
+                self.leaderless_since = Some(now());
             }
             (Some(_), Some(since)) => {
                 core.metrics
-                    .leaderless(now.saturating_duration_since(since));
+                    .leaderless(now().saturating_duration_since(since));
                 self.leaderless_since = None;
             }
             _ => {}

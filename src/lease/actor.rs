@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::metrics::LeaseMetrics;
 use crate::store::{LeaseKey, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
 use crate::term::{Term, TermId, now};
-use crate::watch::WatchHub;
+use crate::watch::{Inbox, WatchHub};
 use crate::work::ActorId;
 
 /// Where the term lifecycle stands.
@@ -266,6 +266,9 @@ pub(crate) struct Core {
     watched: Option<TermId>,
     timer: Option<(SpawnHandle, Instant)>,
     watch_handle: Option<SpawnHandle>,
+    /// Where the watch hub notes what we have seen and parks the renewals it did not wake
+    /// us for (taken at every step).
+    inbox: Arc<Inbox>,
     predecessor: Option<Recipient<Stop>>,
     /// Waiting for the predecessor to finish: no store calls yet.
     blocked: bool,
@@ -274,6 +277,34 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// Enters the lease's span for one wake-up, if any subscriber records it. Without one the
+    /// span is disabled, and entering it would only pass "enter"/"exit" lines on to the `log`
+    /// crate (tracing's `log` feature, which a dependency turns on) on every renewal.
+    fn enter_span(&self) -> Option<tracing::span::EnteredSpan> {
+        (!self.span.is_disabled()).then(|| self.span.clone().entered())
+    }
+
+    /// Tells the watch hub which version we hold now.
+    fn note_seen(&self) {
+        let version = self.machine.lease().map(|l| l.resource_version.as_str());
+        self.inbox.set_seen(version);
+    }
+
+    /// Observes the renewal the hub parked for us, if any, as of the instant it arrived: expiry
+    /// is judged as if it had been delivered then.
+    fn take_parked(&mut self) {
+        let Some(parked) = self.inbox.take() else {
+            return;
+        };
+        let lease = Arc::unwrap_or_clone(parked.lease);
+        if self
+            .machine
+            .on_watch(parked.at, Ok(WatchEvent::Applied(lease)))
+        {
+            self.note_seen();
+        }
+    }
+
     fn new(p: LeaseParams) -> Self {
         let span = tracing::info_span!(
             "lease",
@@ -298,6 +329,7 @@ impl Core {
             watched: None,
             timer: None,
             watch_handle: None,
+            inbox: Arc::default(),
             blocked: p.predecessor.is_some(),
             predecessor: p.predecessor,
             handoff: None,
@@ -500,6 +532,16 @@ impl Core {
     }
 }
 
+/// When the actor's timer must fire for `waiting`. Not while a call is in flight: the call's
+/// own timeout never runs past the claim's renew deadline (`Call::timeout`), so its answer, or
+/// its timeout, wakes the actor by then, and a renewal costs one timer, not three.
+fn timer_for(waiting: &Waiting) -> Option<Instant> {
+    match waiting {
+        Waiting::InFlight { .. } => None,
+        waiting => waiting.until(),
+    }
+}
+
 /// The actor behind every election and lock: one lease, one [`Face`].
 pub(crate) struct LeaseActor<F: Face> {
     core: Core,
@@ -523,7 +565,8 @@ impl<F: Face> LeaseActor<F> {
         if self.core.is_stopped() {
             return;
         }
-        let _span = self.core.span.clone().entered();
+        let _span = self.core.enter_span();
+        self.core.take_parked();
         for _ in 0..4 {
             let now = now();
             self.core.check_drain_timeout(now);
@@ -536,7 +579,7 @@ impl<F: Face> LeaseActor<F> {
             } else {
                 self.step(now, ctx)
             };
-            self.arm(ctx, waiting.until(), now);
+            self.arm(ctx, timer_for(&waiting), now);
             self.core.check_handoff();
             let finished = self.maybe_finish_stop(ctx);
             self.tell_face(ctx);
@@ -552,6 +595,14 @@ impl<F: Face> LeaseActor<F> {
                 break;
             }
         }
+    }
+
+    /// Subscribes to the lease's changes through the watch hub.
+    fn watch(&mut self, ctx: &mut Context<Self>) {
+        let (stream, inbox) = self.core.shared.watches.watch_lease(&self.core.key);
+        self.core.inbox = inbox;
+        self.core.note_seen();
+        self.core.watch_handle = Some(ctx.add_stream(stream));
     }
 
     fn step(&mut self, now: Instant, ctx: &mut Context<Self>) -> Waiting {
@@ -616,18 +667,28 @@ impl<F: Face> LeaseActor<F> {
         core.end_term(EndReason::Lost(reason));
     }
 
-    /// Arms the one timer for the machine's next instant (or the drain timeout).
+    /// Makes sure the one timer fires by the machine's next instant (or the drain timeout).
+    ///
+    /// A timer already armed for no later than that instant is kept: firing early only makes
+    /// the machine decide again (a pure function of the time: it answers "wait" and the timer
+    /// is armed for the later instant then). A follower's expiry moves with every renewal it
+    /// observes; moving its timer each time would cost a timer per renewal, where keeping it
+    /// costs one wake-up per lease duration.
     fn arm(&mut self, ctx: &mut Context<Self>, until: Option<Instant>, now: Instant) {
         let until = match (until, self.core.drain_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         if let Some((handle, at)) = self.core.timer {
-            if Some(at) == until {
-                return;
+            match until {
+                Some(until) if at > until => {
+                    ctx.cancel_future(handle);
+                    self.core.timer = None;
+                }
+                // Fires no later than needed, or nothing is due: a wake-up that finds nothing
+                // to do is cheaper than cancelling a timer.
+                _ => return,
             }
-            ctx.cancel_future(handle);
-            self.core.timer = None;
         }
         if let Some(at) = until {
             let handle = ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
@@ -648,13 +709,23 @@ impl<F: Face> LeaseActor<F> {
         let key = &self.core.key;
         tracing::trace!(lease = %key, op = op.verb(), ?request, "calling the store");
         let store = &self.core.shared.store;
-        let fut: BoxFuture<'static, StoreResult<StoredLease>> = match request {
+        let mut fut: BoxFuture<'static, StoreResult<StoredLease>> = match request {
             Request::Get => store.get(key),
             Request::Create(record) => store.create(key, record),
             Request::Replace { record, version } => store.replace(key, record, &version),
         };
+        // A store that answers at once (the memory store) needs no timer: a renewal should not
+        // pay for a timeout it cannot hit. (Polled once here; a pending call is polled again,
+        // with the actor's waker, under its timeout.)
+        if let Some(result) = futures::FutureExt::now_or_never(&mut fut) {
+            ctx.spawn(actix::fut::ready(result).map(
+                move |result, act: &mut Self, ctx: &mut Context<Self>| {
+                    act.complete(seq, op, result, ctx);
+                },
+            ));
+            return;
+        }
         let verb = op.verb();
-        let started = now();
         // The operation's name is only spelled out if the call times out (from the actor's
         // own key, when the answer is handled): a renewal should cost one write, not a copy
         // of the key and a string as well.
@@ -666,7 +737,7 @@ impl<F: Face> LeaseActor<F> {
                     after: timeout,
                 })
             });
-            act.complete(seq, op, started, result, ctx);
+            act.complete(seq, op, result, ctx);
         }));
     }
 
@@ -674,15 +745,15 @@ impl<F: Face> LeaseActor<F> {
         &mut self,
         seq: u64,
         op: Op,
-        started: Instant,
         result: StoreResult<StoredLease>,
         ctx: &mut Context<Self>,
     ) {
-        let _span = self.core.span.clone().entered();
+        let _span = self.core.enter_span();
         let now = now();
         let Some(outcome) = self.core.machine.on_result(now, seq, result) else {
             return; // a call of an earlier incarnation
         };
+        self.core.note_seen();
         tracing::trace!(lease = %self.core.key, op = op.verb(), ?outcome, "store answered");
         match outcome {
             Outcome::Read => self.core.last_error = None,
@@ -697,9 +768,11 @@ impl<F: Face> LeaseActor<F> {
             }
             Outcome::Renewed => {
                 self.core.last_error = None;
+                let claim = self.core.machine.claim().expect("renewed a claim");
+                // The claim counts from the instant the write was started.
                 self.core
                     .metrics
-                    .renewed(now.saturating_duration_since(started));
+                    .renewed(now.saturating_duration_since(claim.renewed_at));
                 let deadline = self.core.machine.deadline().expect("renewed a claim");
                 if let Some(term) = self.core.term()
                     && !term.extend(deadline)
@@ -888,8 +961,7 @@ impl<F: Face> Actor for LeaseActor<F> {
                 act.drive(ctx);
             }));
         }
-        self.core.watch_handle =
-            Some(ctx.add_stream(self.core.shared.watches.watch(&self.core.key)));
+        self.watch(ctx);
         self.drive(ctx);
     }
 }
@@ -919,6 +991,7 @@ impl<F: Face> StreamHandler<StoreResult<WatchEvent>> for LeaseActor<F> {
             tracing::debug!(lease = %self.core.key, %error, "watch error; re-reading");
         }
         if self.core.machine.on_watch(now(), item) {
+            self.core.note_seen();
             self.drive(ctx);
         }
     }
@@ -938,8 +1011,7 @@ impl<F: Face> StreamHandler<StoreResult<WatchEvent>> for LeaseActor<F> {
             if act.core.is_stopped() {
                 return;
             }
-            act.core.watch_handle =
-                Some(ctx.add_stream(act.core.shared.watches.watch(&act.core.key)));
+            act.watch(ctx);
             act.drive(ctx);
         });
         self.drive(ctx);

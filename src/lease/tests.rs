@@ -1231,6 +1231,25 @@ fn watched_versions_are_ordered_numerically() {
     assert!(is_newer("1", None));
     assert!(is_newer("b", Some("a")), "non-numeric: anything different");
     assert!(!is_newer("a", Some("a")));
+    // Numbers of any length, leading zeros, the same number spelled twice.
+    assert!(is_newer(
+        "100000000000000000000",
+        Some("99999999999999999999")
+    ));
+    assert!(!is_newer(
+        "99999999999999999999",
+        Some("100000000000000000000")
+    ));
+    assert!(is_newer("12", Some("011")));
+    assert!(!is_newer("011", Some("12")));
+    assert!(!is_newer("007", Some("7")));
+    assert!(!is_newer("0", Some("0")));
+    assert!(is_newer("1", Some("0")));
+    assert!(is_newer("21", Some("12")), "same length: by digits");
+    assert!(!is_newer("12", Some("21")));
+    // A sign or a space is not a number: compared for equality only.
+    assert!(is_newer("+5", Some("6")));
+    assert!(is_newer("", Some("1")));
 }
 
 // ---- scenarios against a compare-and-swap store -----------------------------------------

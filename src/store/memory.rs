@@ -13,7 +13,6 @@
 //! memory store runs no election controller: whoever writes those fields (a test, with
 //! [`MemoryStore::put`]) plays its part.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::channel::mpsc;
@@ -21,6 +20,7 @@ use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::{BoxStream, StreamExt};
 
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use crate::hash::FastMap;
 use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 
 /// Counts of the calls a [`MemoryStore`] has served, for tests and benchmarks.
@@ -42,37 +42,56 @@ pub struct StoreStats {
 
 #[derive(Default)]
 struct Inner {
-    leases: HashMap<LeaseKey, StoredLease>,
+    leases: FastMap<LeaseKey, StoredLease>,
     /// Watchers by namespace. Each has its own queue, as the API server keeps per watcher, so
     /// a burst of writes is never lost; closed watchers are dropped on the next write.
-    watchers: HashMap<String, Vec<mpsc::UnboundedSender<WatchEvent>>>,
+    watchers: FastMap<String, Vec<mpsc::UnboundedSender<WatchEvent>>>,
     revision: u64,
     stats: StoreStats,
 }
 
 impl Inner {
+    /// Writes `record` as the lease's next version, whether it exists or not.
     fn commit(&mut self, key: &LeaseKey, record: LeaseRecord) -> StoredLease {
-        self.revision += 1;
-        let stored = StoredLease {
-            name: key.name.clone(),
-            record,
-            resource_version: self.revision.to_string(),
-        };
-        // In place when the lease exists (a replace): the key is not copied again.
-        match self.leases.get_mut(key) {
-            Some(slot) => *slot = stored.clone(),
+        let Inner {
+            leases,
+            watchers,
+            revision,
+            ..
+        } = self;
+        match leases.get_mut(key) {
+            Some(slot) => write(slot, record, revision, watchers, &key.namespace),
             None => {
-                self.leases.insert(key.clone(), stored.clone());
+                let slot = leases.entry(key.clone()).or_insert(StoredLease {
+                    name: key.name.clone(),
+                    record: LeaseRecord::default(),
+                    resource_version: String::new(),
+                });
+                write(slot, record, revision, watchers, &key.namespace)
             }
         }
-        if let Some(watchers) = self.watchers.get_mut(&key.namespace) {
-            watchers.retain(|tx| {
-                tx.unbounded_send(WatchEvent::Applied(stored.clone()))
-                    .is_ok()
-            });
-        }
-        stored
     }
+}
+
+/// Writes `record` into `slot` as the store's next revision and tells the namespace's
+/// watchers. In place: the record is moved in and the version's buffer reused, so a renewal
+/// costs the store one copy for its caller and one per watcher.
+fn write(
+    slot: &mut StoredLease,
+    record: LeaseRecord,
+    revision: &mut u64,
+    watchers: &mut FastMap<String, Vec<mpsc::UnboundedSender<WatchEvent>>>,
+    namespace: &str,
+) -> StoredLease {
+    use std::fmt::Write as _;
+    *revision += 1;
+    slot.record = record;
+    slot.resource_version.clear();
+    let _ = write!(slot.resource_version, "{revision}");
+    if let Some(watchers) = watchers.get_mut(namespace) {
+        watchers.retain(|tx| tx.unbounded_send(WatchEvent::Applied(slot.clone())).is_ok());
+    }
+    slot.clone()
 }
 
 /// An in-process [`LeaseStore`], shareable between any number of `Dsync` replicas.
@@ -167,18 +186,23 @@ impl MemoryStore {
         resource_version: &str,
     ) -> StoreResult<StoredLease> {
         let mut inner = self.lock();
-        inner.stats.replaces += 1;
-        validate(key, &record)?;
-        let current = match inner.leases.get(key) {
-            Some(current) => current,
-            None => {
-                return Err(StoreError::NotFound {
-                    lease: key.to_string(),
-                });
-            }
+        let Inner {
+            leases,
+            watchers,
+            revision,
+            stats,
+        } = &mut *inner;
+        stats.replaces += 1;
+        // One lookup. The name of a lease that exists was checked when it was created.
+        let Some(current) = leases.get_mut(key) else {
+            validate(key, &record)?;
+            return Err(StoreError::NotFound {
+                lease: key.to_string(),
+            });
         };
+        validate_record(key, &record)?;
         if current.resource_version != resource_version {
-            inner.stats.conflicts += 1;
+            stats.conflicts += 1;
             return Err(StoreError::Conflict {
                 lease: key.to_string(),
             });
@@ -188,7 +212,7 @@ impl MemoryStore {
             // version, no watch event).
             return Ok(current.clone());
         }
-        Ok(inner.commit(key, record))
+        Ok(write(current, record, revision, watchers, &key.namespace))
     }
 }
 
@@ -212,6 +236,17 @@ fn validate(key: &LeaseKey, record: &LeaseRecord) -> StoreResult<()> {
             key.name
         ));
     }
+    validate_record(key, record)
+}
+
+/// The API server's validation of a Lease's spec.
+fn validate_record(key: &LeaseKey, record: &LeaseRecord) -> StoreResult<()> {
+    let invalid = |message: String| {
+        Err(StoreError::Invalid {
+            lease: key.to_string(),
+            message,
+        })
+    };
     if let Some(d) = record.lease_duration_seconds
         && d <= 0
     {

@@ -534,6 +534,21 @@ mod tests {
         }
     }
 
+    /// Replaces the lease `after` was read as with `record`.
+    async fn write(store: &MemoryStore, after: &StoredLease, record: LeaseRecord) -> StoredLease {
+        store
+            .replace(&key(), record, &after.resource_version)
+            .await
+            .unwrap()
+    }
+
+    fn handoff_to(stored: &StoredLease, to: &str) -> LeaseRecord {
+        LeaseRecord {
+            handoff_request: Some(to.into()),
+            ..stored.record.clone()
+        }
+    }
+
     /// Lets the hub's pump forward what the store sent.
     async fn pump() {
         for _ in 0..20 {
@@ -542,7 +557,7 @@ mod tests {
     }
 
     /// The next event a stream has ready, if any.
-    fn ready(stream: &mut BoxStream<'static, StoreResult<WatchEvent>>) -> Option<StoredLease> {
+    fn ready(stream: &mut Events) -> Option<StoredLease> {
         match stream.next().now_or_never() {
             Some(Some(Ok(WatchEvent::Applied(lease)))) => Some(lease),
             Some(other) => panic!("unexpected {other:?}"),
@@ -550,32 +565,60 @@ mod tests {
         }
     }
 
-    #[actix::test]
-    async fn renewals_are_parked_for_lease_actors_and_delivered_to_observers() {
-        tokio::time::pause();
+    type Events = BoxStream<'static, StoreResult<WatchEvent>>;
+
+    /// A hub on a memory store with a lease actor's subscription (and an observer's, if
+    /// asked for), after the lease's first version (held by "a"), which each of them got.
+    struct Fixture {
+        store: MemoryStore,
+        actor: Events,
+        inbox: Arc<Inbox>,
+        observer: Option<Events>,
+        v1: StoredLease,
+    }
+
+    async fn fixture(with_observer: bool) -> Fixture {
         let store = MemoryStore::new();
         let hub = WatchHub::new(
             Arc::new(store.clone()),
             Duration::from_secs(2),
             Duration::from_secs(10),
         );
-        let (mut actor, parked) = hub.watch_lease(&key());
-        let mut observer = hub.watch(&key());
-
+        let (mut actor, inbox) = hub.watch_lease(&key());
+        let mut observer = with_observer.then(|| hub.watch(&key()));
         // The first version is news to everyone.
         let v1 = store.create(&key(), held_by("a", 0)).await.unwrap();
         pump().await;
         assert_eq!(ready(&mut actor), Some(v1.clone()));
-        assert_eq!(ready(&mut observer), Some(v1.clone()));
+        if let Some(observer) = &mut observer {
+            assert_eq!(ready(observer), Some(v1.clone()));
+        }
+        Fixture {
+            store,
+            actor,
+            inbox,
+            observer,
+            v1,
+        }
+    }
+
+    #[actix::test]
+    async fn renewals_are_parked_for_lease_actors_and_delivered_to_observers() {
+        tokio::time::pause();
+        let Fixture {
+            store,
+            mut actor,
+            inbox: parked,
+            observer,
+            v1,
+        } = fixture(true).await;
+        let mut observer = observer.expect("asked for");
 
         // A renewal by the same holder: the observer gets it; the actor is not woken, the
         // renewal waits in its slot with the instant it arrived.
         tokio::time::advance(Duration::from_secs(2)).await;
         let arrived = now();
-        let v2 = store
-            .replace(&key(), renewed(&v1, 2), &v1.resource_version)
-            .await
-            .unwrap();
+        let v2 = write(&store, &v1, renewed(&v1, 2)).await;
         pump().await;
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(ready(&mut observer), Some(v2.clone()));
@@ -586,31 +629,15 @@ mod tests {
         assert!(parked.take().is_none(), "taken once");
 
         // Two renewals in a row: only the newer is kept.
-        let v3 = store
-            .replace(&key(), renewed(&v2, 3), &v2.resource_version)
-            .await
-            .unwrap();
-        let v4 = store
-            .replace(&key(), renewed(&v3, 4), &v3.resource_version)
-            .await
-            .unwrap();
+        let v3 = write(&store, &v2, renewed(&v2, 3)).await;
+        let v4 = write(&store, &v3, renewed(&v3, 4)).await;
         pump().await;
         assert_eq!(ready(&mut actor), None);
         assert_eq!(parked.take().map(|p| (*p.lease).clone()), Some(v4.clone()));
 
         // Anything but `renewTime` is delivered, and supersedes a parked renewal.
-        let v5 = store
-            .replace(&key(), renewed(&v4, 5), &v4.resource_version)
-            .await
-            .unwrap();
-        let requested = LeaseRecord {
-            handoff_request: Some("b".into()),
-            ..v5.record.clone()
-        };
-        let v6 = store
-            .replace(&key(), requested, &v5.resource_version)
-            .await
-            .unwrap();
+        let v5 = write(&store, &v4, renewed(&v4, 5)).await;
+        let v6 = write(&store, &v5, handoff_to(&v5, "b")).await;
         pump().await;
         assert_eq!(ready(&mut actor), Some(v6.clone()), "a handoff request");
         assert!(parked.take().is_none(), "superseded by the delivered event");
@@ -623,27 +650,15 @@ mod tests {
         }
 
         // A new holder, a new term under the same holder, and a release are all delivered.
-        let v7 = store
-            .replace(&key(), held_by("b", 1), &v6.resource_version)
-            .await
-            .unwrap();
-        let v8 = store
-            .replace(&key(), held_by("b", 2), &v7.resource_version)
-            .await
-            .unwrap();
+        let v7 = write(&store, &v6, held_by("b", 1)).await;
+        let v8 = write(&store, &v7, held_by("b", 2)).await;
         let released = LeaseRecord {
             holder_identity: None,
             ..v8.record.clone()
         };
-        let v9 = store
-            .replace(&key(), released, &v8.resource_version)
-            .await
-            .unwrap();
+        let v9 = write(&store, &v8, released).await;
         // A free lease whose `renewTime` changes is not a renewal: nobody holds it.
-        let v10 = store
-            .replace(&key(), renewed(&v9, 10), &v9.resource_version)
-            .await
-            .unwrap();
+        let v10 = write(&store, &v9, renewed(&v9, 10)).await;
         pump().await;
         for want in [v7, v8, v9, v10] {
             assert_eq!(ready(&mut actor), Some(want.clone()));
@@ -654,29 +669,19 @@ mod tests {
 
     #[actix::test]
     async fn what_the_actor_has_seen_is_neither_delivered_nor_parked() {
-        let store = MemoryStore::new();
-        let hub = WatchHub::new(
-            Arc::new(store.clone()),
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-        );
-        let (mut actor, inbox) = hub.watch_lease(&key());
-        let mut observer = hub.watch(&key());
-        let v1 = store.create(&key(), held_by("a", 0)).await.unwrap();
-        pump().await;
-        assert_eq!(ready(&mut actor), Some(v1.clone()));
-        assert_eq!(ready(&mut observer), Some(v1.clone()));
+        let Fixture {
+            store,
+            mut actor,
+            inbox,
+            observer,
+            v1,
+        } = fixture(true).await;
+        let mut observer = observer.expect("asked for");
 
         // The holder's own writes: it learns each version from the write's answer first.
-        let v2 = store
-            .replace(&key(), held_by("a", 1), &v1.resource_version)
-            .await
-            .unwrap();
+        let v2 = write(&store, &v1, held_by("a", 1)).await;
         inbox.set_seen(Some(&v2.resource_version));
-        let v3 = store
-            .replace(&key(), renewed(&v2, 3), &v2.resource_version)
-            .await
-            .unwrap();
+        let v3 = write(&store, &v2, renewed(&v2, 3)).await;
         inbox.set_seen(Some(&v3.resource_version));
         pump().await;
         assert_eq!(ready(&mut actor), None, "a new term it wrote itself");
@@ -690,60 +695,39 @@ mod tests {
         }
 
         // Newer versions are news again; after a restart (nothing seen) so is everything.
-        let v4 = store
-            .replace(&key(), renewed(&v3, 4), &v3.resource_version)
-            .await
-            .unwrap();
+        let v4 = write(&store, &v3, renewed(&v3, 4)).await;
         pump().await;
         assert_eq!(inbox.take().map(|p| (*p.lease).clone()), Some(v4.clone()));
         inbox.set_seen(None);
-        let v5 = store
-            .replace(&key(), held_by("b", 2), &v4.resource_version)
-            .await
-            .unwrap();
+        let v5 = write(&store, &v4, held_by("b", 2)).await;
         pump().await;
         assert_eq!(ready(&mut actor), Some(v5));
     }
 
     #[actix::test]
     async fn after_versions_only_its_actor_has_seen_the_next_event_is_delivered() {
-        let store = MemoryStore::new();
-        let hub = WatchHub::new(
-            Arc::new(store.clone()),
-            Duration::from_secs(2),
-            Duration::from_secs(10),
-        );
-        let (mut actor, inbox) = hub.watch_lease(&key());
-        let v1 = store.create(&key(), held_by("a", 0)).await.unwrap();
-        pump().await;
-        assert_eq!(ready(&mut actor), Some(v1.clone()));
+        // No observer: with one, the hub never skips an event.
+        let Fixture {
+            store,
+            mut actor,
+            inbox,
+            v1,
+            ..
+        } = fixture(false).await;
         // The holder writes a handoff request it has seen; the hub skips it without learning
         // what changed...
-        let requested = LeaseRecord {
-            handoff_request: Some("b".into()),
-            ..v1.record.clone()
-        };
-        let v2 = store
-            .replace(&key(), requested, &v1.resource_version)
-            .await
-            .unwrap();
+        let v2 = write(&store, &v1, handoff_to(&v1, "b")).await;
         inbox.set_seen(Some(&v2.resource_version));
         pump().await;
         assert_eq!(ready(&mut actor), None);
         // ...so a write that undoes it, though it digests like v1, is delivered at once, not
         // parked as a renewal of v1.
-        let v3 = store
-            .replace(&key(), v1.record.clone(), &v2.resource_version)
-            .await
-            .unwrap();
+        let v3 = write(&store, &v2, v1.record.clone()).await;
         pump().await;
         assert_eq!(ready(&mut actor), Some(v3.clone()));
         assert!(inbox.take().is_none());
         // Renewals of what was delivered are parked again.
-        let v4 = store
-            .replace(&key(), renewed(&v3, 4), &v3.resource_version)
-            .await
-            .unwrap();
+        let v4 = write(&store, &v3, renewed(&v3, 4)).await;
         pump().await;
         assert_eq!(ready(&mut actor), None);
         assert_eq!(inbox.take().map(|p| (*p.lease).clone()), Some(v4));

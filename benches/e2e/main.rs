@@ -9,7 +9,9 @@
 //! Environment: `DSYNC_E2E_TIMING` (`lease/renew/retry` seconds, default `15/10/2`),
 //! `DSYNC_E2E_LOAD_LEASES` (default 1000), `DSYNC_E2E_LATENCY_LEASES` (default 100),
 //! `DSYNC_E2E_WINDOW` (seconds, default 30), `DSYNC_E2E_CRASHES` (latency rounds, each ending in a
-//! kill; default 3), `DSYNC_E2E_VERBOSE` (print every sample). The report is printed and written to
+//! kill; default 3), `DSYNC_E2E_VERBOSE` (print every sample), `DSYNC_E2E_DSYNC_PEER` (the binary
+//! to run as the dsync peer, default this one: give an older build of this bench to measure an
+//! older dsync with today's phases). The report is printed and written to
 //! `target/e2e/report.md`.
 //!
 //! Every replica is a process of its own: the Go peer (`benches/peers/clientgo`) or this binary in

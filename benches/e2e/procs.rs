@@ -106,7 +106,11 @@ impl Run {
         let mut command = match imp {
             Impl::ClientGo => Command::new(&self.clientgo),
             Impl::Dsync => {
-                let mut c = Command::new(std::env::current_exe().unwrap());
+                // An older build of this bench speaks the same peer protocol.
+                let peer = std::env::var_os("DSYNC_E2E_DSYNC_PEER")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| std::env::current_exe().unwrap());
+                let mut c = Command::new(peer);
                 c.env("DSYNC_E2E_PEER", "1");
                 c
             }

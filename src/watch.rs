@@ -372,7 +372,8 @@ fn applied(ns: &mut Namespace, stored: StoredLease) {
         ns.leases.remove(stored.name.as_str());
         return;
     }
-    if let Ok(version) = stored.resource_version.parse::<u64>()
+    let version = stored.resource_version.parse::<u64>().ok();
+    if let Some(version) = version
         && lease.routes.iter().all(|route| {
             route
                 .inbox
@@ -385,11 +386,14 @@ fn applied(ns: &mut Namespace, stored: StoredLease) {
         lease.last = None;
         return;
     }
-    let this = Last::of(&stored);
+    let this = version
+        .zip(digest(&stored.record))
+        .map(|(version, digest)| Last { version, digest });
     let renewal = match (lease.last, this) {
         (Some(last), Some(this)) => this.digest == last.digest && this.version > last.version,
         _ => false,
     };
+    // Only a held lease's version counts from here (as `Last::of` would have it).
     let version = this.map(|this| this.version);
     // An older version (a replay) does not replace what is known of a newer one.
     if lease

@@ -216,14 +216,17 @@ impl MemoryStore {
     }
 }
 
+/// The API server's answer to an invalid Lease.
+fn invalid(key: &LeaseKey, message: String) -> StoreResult<()> {
+    Err(StoreError::Invalid {
+        lease: key.to_string(),
+        message,
+    })
+}
+
 /// The API server's validation of a Lease, as far as dsync's writes can violate it.
 fn validate(key: &LeaseKey, record: &LeaseRecord) -> StoreResult<()> {
-    let invalid = |message: String| {
-        Err(StoreError::Invalid {
-            lease: key.to_string(),
-            message,
-        })
-    };
+    let invalid = |message| invalid(key, message);
     if !is_dns1123_label(&key.namespace) {
         return invalid(format!(
             "metadata.namespace: Invalid value: {:?}: must be a DNS-1123 label",
@@ -241,12 +244,7 @@ fn validate(key: &LeaseKey, record: &LeaseRecord) -> StoreResult<()> {
 
 /// The API server's validation of a Lease's spec.
 fn validate_record(key: &LeaseKey, record: &LeaseRecord) -> StoreResult<()> {
-    let invalid = |message: String| {
-        Err(StoreError::Invalid {
-            lease: key.to_string(),
-            message,
-        })
-    };
+    let invalid = |message| invalid(key, message);
     if let Some(d) = record.lease_duration_seconds
         && d <= 0
     {

@@ -8,14 +8,27 @@
 //! A watch that fails or ends is re-synced by the hub, once per namespace, not by every
 //! actor: with ten thousand leases, ten thousand GETs per replica at the moment an API server
 //! comes back would be the load spike that keeps it down. When the store's stream yields an
-//! error or ends, the hub lists the namespace once ([`LeaseStore::list`]) and hands each actor
-//! its lease as listed (an actor already at that version ignores it; a lease missing from the
-//! list comes as `Deleted`, after which that actor reads it). A store whose watch replays every
-//! lease by itself after an error ([`LeaseStore::watch_replays_state`]: `KubeStore`, whose
-//! watcher re-lists) needs no list of ours. An ended stream is reopened after a retry period.
-//! Only if the list fails are the actors told of the error, and each re-reads its own lease:
-//! watches only make dsync faster, correctness never depends on them.
+//! error or ends, the hub lists the namespace ([`LeaseStore::list`]) and hands each actor its
+//! lease as listed (an actor already at that version ignores it; a lease missing from the list
+//! comes as `Deleted`, after which that actor reads it). A list that fails for a reason that
+//! may pass (the server is down, restarting, slow) is retried, soon at first and then a
+//! retry period apart, until it succeeds: while the server is down, every call fails alike.
+//! Only if the list is refused for good (forbidden, not supported, for a renew deadline: an API
+//! server that has just started refuses everything until its authorizer has loaded the RBAC
+//! rules) are the actors told of the error, and each re-reads its own lease. A store whose watch replays every lease by itself
+//! after an error ([`LeaseStore::watch_replays_state`]) needs no list of ours. An ended stream
+//! is reopened after a retry period.
 //!
+//! From the moment the hub sees the watch fail until the list has been delivered, the
+//! namespace is *behind* ([`Inbox::watch_current`]): a lease that looks unchanged to an actor
+//! may have changed unseen. An actor that would take a lease because it looks expired (or
+//! free, or missing) waits for the list instead, and reads the lease itself only if no list
+//! comes within a lease duration (see `Machine::watch_behind`). Without that, a follower whose
+//! lease expired by its own observation during an API server outage would try to take it the
+//! moment the server is back, racing the leader's first renewal: a write and a re-read per
+//! lease. Watches only make dsync faster: correctness never depends on them (every write is a
+//! compare-and-swap).
+
 //! # Renewals are parked, not delivered
 //!
 //! Most events are renewals: the holder every actor of the lease already knows wrote a new
@@ -61,6 +74,32 @@ pub(crate) struct Inbox {
     /// Whether `parked` may hold something: the actor looks at every step, and most steps
     /// find nothing, so they need not take the lock to see that.
     full: AtomicBool,
+    /// Whether the namespace's watch is whole (see [`Inbox::watch_current`]).
+    sync: Arc<Sync>,
+}
+
+/// Whether a namespace's watch has missed nothing: counts of the losses the hub has seen and
+/// of those it has caught up (a list delivered to every subscriber). Shared by the namespace's
+/// inboxes, read at every step of each actor, written once per loss.
+#[derive(Debug, Default)]
+struct Sync {
+    lost: AtomicU64,
+    caught_up: AtomicU64,
+}
+
+impl Sync {
+    /// Notes a loss; the namespace is behind until [`caught_up`](Self::caught_up).
+    fn lose(&self) -> u64 {
+        self.lost.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn catch_up(&self, loss: u64) {
+        self.caught_up.fetch_max(loss, Ordering::AcqRel);
+    }
+
+    fn current(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire) >= self.lost.load(Ordering::Acquire)
+    }
 }
 
 /// A renewal the hub did not wake the actor for.
@@ -86,6 +125,14 @@ impl Inbox {
     /// Whether the actor already holds `version` or a later one: it would drop the event.
     fn has_seen(&self, version: u64) -> bool {
         version <= self.seen.load(Ordering::Relaxed)
+    }
+
+    /// Whether the namespace's watch has missed nothing since it was opened or last caught up.
+    /// `false` from the moment the hub sees the watch fail until its list has brought every
+    /// lease again: meanwhile a change to the lease may have gone unseen, so a lease that looks
+    /// unchanged may not be. (An actor that is not woken learns it at its next step.)
+    pub fn watch_current(&self) -> bool {
+        self.sync.current()
     }
 
     /// Takes the parked renewal, if any.
@@ -167,6 +214,8 @@ struct Last {
 struct Namespace {
     /// Subscribers by lease name.
     leases: FastMap<String, Lease>,
+    /// Whether the watch is whole, shared with every inbox of the namespace.
+    sync: Arc<Sync>,
 }
 
 /// Shares one watch per namespace among all of a replica's lease actors.
@@ -201,7 +250,7 @@ impl WatchHub {
     /// Every change to one lease (for observers). Opens the namespace's watch if nobody
     /// watches it yet; the pump runs on the calling arbiter.
     pub fn watch(self: &Arc<Self>, key: &LeaseKey) -> BoxStream<'static, StoreResult<WatchEvent>> {
-        self.subscribe(key, None)
+        self.subscribe(key, false).0
     }
 
     /// Changes to one lease, for its lease actor: renewals by the holder it already knows are
@@ -211,34 +260,42 @@ impl WatchHub {
         self: &Arc<Self>,
         key: &LeaseKey,
     ) -> (BoxStream<'static, StoreResult<WatchEvent>>, Arc<Inbox>) {
-        let inbox = Arc::new(Inbox::default());
-        (self.subscribe(key, Some(Arc::clone(&inbox))), inbox)
+        let (stream, inbox) = self.subscribe(key, true);
+        (stream, inbox.expect("asked for"))
     }
 
     fn subscribe(
         self: &Arc<Self>,
         key: &LeaseKey,
-        inbox: Option<Arc<Inbox>>,
-    ) -> BoxStream<'static, StoreResult<WatchEvent>> {
+        with_inbox: bool,
+    ) -> (
+        BoxStream<'static, StoreResult<WatchEvent>>,
+        Option<Arc<Inbox>>,
+    ) {
         let (tx, rx) = mpsc::unbounded();
-        let start = {
+        let (start, inbox) = {
             let mut namespaces = self.lock();
             let start = !namespaces.contains_key(&key.namespace);
-            let lease = namespaces
-                .entry(key.namespace.clone())
-                .or_default()
-                .leases
-                .entry(key.name.clone())
-                .or_default();
+            let ns = namespaces.entry(key.namespace.clone()).or_default();
+            let inbox = with_inbox.then(|| {
+                Arc::new(Inbox {
+                    sync: Arc::clone(&ns.sync),
+                    ..Inbox::default()
+                })
+            });
+            let lease = ns.leases.entry(key.name.clone()).or_default();
             lease.routes.retain(|route| !route.tx.is_closed());
-            lease.routes.push(Route { tx, inbox });
-            start
+            lease.routes.push(Route {
+                tx,
+                inbox: inbox.clone(),
+            });
+            (start, inbox)
         };
         if start {
             let stream = self.store.watch(&key.namespace);
             actix::spawn(Arc::clone(self).pump(key.namespace.clone(), stream));
         }
-        rx.map(|routed| *routed).boxed()
+        (rx.map(|routed| *routed).boxed(), inbox)
     }
 
     /// How many namespaces are watched right now.
@@ -276,6 +333,10 @@ impl WatchHub {
                 None => {
                     // The store ended the watch: open a new one (after a pause, so a store that
                     // ends every watch at once is not hammered), then re-sync what it missed.
+                    // Behind from now on, not only once the pause is over.
+                    if let Some(ns) = self.lock().get(&namespace) {
+                        ns.sync.lose();
+                    }
                     tokio::time::sleep(self.reopen_after).await;
                     if !self.is_watched(&namespace) {
                         return;
@@ -297,50 +358,132 @@ impl WatchHub {
         self.lock().contains_key(namespace)
     }
 
-    /// Brings every actor of `namespace` up to date after the watch missed events (`error`
-    /// says why): by one list, or by the store's own replay, or, when the list fails, by
-    /// telling each actor, which then reads its own lease. Whether anyone still listens.
-    async fn resync(&self, namespace: &str, error: StoreError) -> bool {
-        if self.store.watch_replays_state() {
-            // The stream itself brings every lease again.
-            return self.is_watched(namespace);
-        }
-        let listed = tokio::time::timeout(self.list_timeout, self.store.list(namespace)).await;
+    /// Whether anyone still listens to `namespace`; forgets it if nobody does.
+    fn listening(&self, namespace: &str) -> bool {
         let mut namespaces = self.lock();
         let Some(ns) = namespaces.get_mut(namespace) else {
             return false;
         };
-        match listed {
-            Ok(Ok(leases)) => {
-                // Every subscriber gets its lease as listed, delivered (not parked): after a
-                // gap, what changed is unknown.
-                let mut listed: HashMap<&str, _> =
-                    leases.iter().map(|l| (l.name.as_str(), l)).collect();
-                for (name, lease) in ns.leases.iter_mut() {
-                    let event = match listed.remove(name.as_str()) {
-                        Some(stored) => {
-                            lease.last = Last::of(stored);
-                            WatchEvent::Applied(stored.clone())
-                        }
-                        None => {
-                            lease.last = None;
-                            WatchEvent::Deleted { name: name.clone() }
-                        }
-                    };
-                    send_all(&mut lease.routes, Ok(event));
-                }
+        ns.leases.retain(|_, lease| {
+            lease.routes.retain(|route| !route.tx.is_closed());
+            !lease.routes.is_empty()
+        });
+        if ns.leases.is_empty() {
+            namespaces.remove(namespace);
+            return false;
+        }
+        true
+    }
+
+    /// Brings every actor of `namespace` up to date after the watch missed events (`error`
+    /// says why), and tells them through their inboxes that the watch is whole again. By one
+    /// list, retried while it fails for a reason that may pass (the API server is down or
+    /// restarting: every call fails alike, so nobody gains by asking on their own, and a
+    /// thousand actors asking at once the moment it is back is the burst to avoid); meanwhile
+    /// the actors know the watch is behind ([`Inbox::watch_current`]) and take nothing they
+    /// only believe expired. Or by the store's own replay. If the list is refused for good
+    /// (forbidden, not supported, for as long as the list's own time limit: a refusal may be
+    /// a restarted API server's authorizer that has not loaded its rules yet), each actor is
+    /// told of the error and reads its own lease.
+    /// Whether anyone still listens.
+    async fn resync(&self, namespace: &str, error: StoreError) -> bool {
+        let Some(loss) = self.lock().get(namespace).map(|ns| ns.sync.lose()) else {
+            return false;
+        };
+        if self.store.watch_replays_state() {
+            // The stream itself brings every lease again, in order.
+            if let Some(ns) = self.lock().get(namespace) {
+                ns.sync.catch_up(loss);
             }
-            failed => {
-                let error = match failed {
-                    Ok(Err(list_error)) => list_error,
-                    _ => error,
+            return self.is_watched(namespace);
+        }
+        // The first retries come soon (a dropped connection is back at once), later ones a
+        // retry period apart: one list per replica and namespace costs the server little.
+        let mut pause = self.reopen_after / 8;
+        let mut refused_since = None;
+        loop {
+            let listed = tokio::time::timeout(self.list_timeout, self.store.list(namespace)).await;
+            if refused_since.is_none()
+                && matches!(&listed, Ok(Err(list_error)) if !list_error.is_transient())
+            {
+                // The server answers again (if only to refuse, as one that has just started
+                // does for a second): ask again soon, not a retry period on.
+                pause = self.reopen_after / 8;
+            }
+            let refused = match listed {
+                Ok(Ok(leases)) => return self.deliver_list(namespace, loss, &leases),
+                // An API server that has just started refuses (403) until its authorizer has
+                // loaded the RBAC rules: a refusal is final only once it has lasted.
+                Ok(Err(list_error))
+                    if !list_error.is_transient()
+                        && now()
+                            .saturating_duration_since(*refused_since.get_or_insert_with(now))
+                            >= self.list_timeout =>
+                {
+                    Some(list_error)
+                }
+                Ok(Err(list_error)) => {
+                    tracing::debug!(%namespace, %list_error, "re-sync by list failed; retrying");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%namespace, %error, "re-sync by list timed out; retrying");
+                    None
+                }
+            };
+            if let Some(refused) = refused {
+                tracing::debug!(%namespace, %error, %refused, "re-sync by list refused; every actor re-reads");
+                let mut namespaces = self.lock();
+                let Some(ns) = namespaces.get_mut(namespace) else {
+                    return false;
                 };
-                tracing::debug!(%namespace, %error, "re-sync by list failed; every actor re-reads");
+                ns.sync.catch_up(loss);
                 for lease in ns.leases.values_mut() {
                     lease.last = None;
-                    send_all(&mut lease.routes, Err(error.duplicate()));
+                    send_all(&mut lease.routes, Err(refused.duplicate()), false);
                 }
+                drop(namespaces);
+                return self.listening(namespace);
             }
+            if !self.listening(namespace) {
+                return false;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(self.reopen_after);
+        }
+    }
+
+    /// Hands every subscriber of `namespace` its lease as `leases` lists it (`Deleted` if it
+    /// is not there), delivered, not parked (after a gap, what changed is unknown), and to
+    /// every actor, even one that has seen that version: it learns that the watch is whole.
+    fn deliver_list(&self, namespace: &str, loss: u64, leases: &[StoredLease]) -> bool {
+        let mut namespaces = self.lock();
+        let Some(ns) = namespaces.get_mut(namespace) else {
+            return false;
+        };
+        // Marked before the events go out: an actor woken by one finds the watch whole.
+        ns.sync.catch_up(loss);
+        let mut listed: HashMap<&str, &StoredLease> =
+            leases.iter().map(|l| (l.name.as_str(), l)).collect();
+        for (name, lease) in ns.leases.iter_mut() {
+            let event = match listed.remove(name.as_str()) {
+                Some(stored) => {
+                    // What the watch brought meanwhile may be newer than the list.
+                    let this = Last::of(stored);
+                    if lease
+                        .last
+                        .is_none_or(|last| this.is_none_or(|this| this.version > last.version))
+                    {
+                        lease.last = this;
+                    }
+                    WatchEvent::Applied(stored.clone())
+                }
+                None => {
+                    lease.last = None;
+                    WatchEvent::Deleted { name: name.clone() }
+                }
+            };
+            send_all(&mut lease.routes, Ok(event), true);
         }
         ns.leases.retain(|_, lease| !lease.routes.is_empty());
         if ns.leases.is_empty() {
@@ -404,7 +547,7 @@ fn applied(ns: &mut Namespace, stored: StoredLease) {
     }
     match (renewal, version) {
         (true, Some(version)) => park(&mut lease.routes, stored, version),
-        _ => send_all(&mut lease.routes, Ok(WatchEvent::Applied(stored))),
+        _ => send_all(&mut lease.routes, Ok(WatchEvent::Applied(stored)), false),
     }
 }
 
@@ -416,6 +559,7 @@ fn deleted(ns: &mut Namespace, name: String) {
     send_all(
         &mut lease.routes,
         Ok(WatchEvent::Deleted { name: name.clone() }),
+        false,
     );
     if lease.routes.is_empty() {
         ns.leases.remove(name.as_str());
@@ -441,11 +585,11 @@ fn park(routes: &mut Vec<Route>, stored: StoredLease, version: u64) {
     routes.retain(|route| !route.tx.is_closed());
 }
 
-/// Sends `item` to every route that has not seen it (dropping what was parked before it),
-/// then drops the routes whose receiver is gone. Each route but the last gets a copy and the
-/// last the item itself: a lease has one actor per replica, so the usual event is passed on
-/// without a copy.
-fn send_all(routes: &mut Vec<Route>, item: StoreResult<WatchEvent>) {
+/// Sends `item` to every route that has not seen it (with `everyone`, to every route),
+/// dropping what was parked before it, then drops the routes whose receiver is gone. Each
+/// route but the last gets a copy and the last the item itself: a lease has one actor per
+/// replica, so the usual event is passed on without a copy.
+fn send_all(routes: &mut Vec<Route>, item: StoreResult<WatchEvent>, everyone: bool) {
     let version = match &item {
         Ok(WatchEvent::Applied(lease)) => Some(lease.resource_version.parse::<u64>().ok()),
         // Whatever was parked is superseded: the lease is gone.
@@ -463,7 +607,9 @@ fn send_all(routes: &mut Vec<Route>, item: StoreResult<WatchEvent>) {
             match version {
                 Some(Some(version)) if inbox.has_seen(version) => {
                     inbox.clear_up_to(Some(version));
-                    continue;
+                    if !everyone {
+                        continue;
+                    }
                 }
                 Some(version) => inbox.clear_up_to(version),
                 None => {}
@@ -760,5 +906,136 @@ mod tests {
         inbox.park(&lease, 9, at);
         inbox.clear_up_to(None);
         assert!(inbox.take().is_none(), "deleted");
+    }
+}
+
+/// The re-sync after a watch loss, on a store whose calls fail for a while.
+#[cfg(all(test, feature = "testing"))]
+mod resync_tests {
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::record::LeaseRecord;
+    use crate::store::MemoryStore;
+    use crate::testing::{Call, FaultyStore};
+
+    fn key() -> LeaseKey {
+        LeaseKey::new("default", "s.election.x")
+    }
+
+    async fn pump() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A hub over `faults`, a lease actor's subscription that has seen the lease's first
+    /// version, and that version.
+    async fn subscribed(
+        faults: &FaultyStore,
+        store: &MemoryStore,
+    ) -> (
+        Arc<WatchHub>,
+        BoxStream<'static, StoreResult<WatchEvent>>,
+        Arc<Inbox>,
+        StoredLease,
+    ) {
+        let hub = WatchHub::new(
+            Arc::new(faults.clone()),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+        );
+        let (mut actor, inbox) = hub.watch_lease(&key());
+        let record = LeaseRecord {
+            holder_identity: Some("a".into()),
+            lease_duration_seconds: Some(15),
+            ..Default::default()
+        };
+        let v1 = store.create(&key(), record).await.unwrap();
+        pump().await;
+        assert!(matches!(
+            actor.next().now_or_never(),
+            Some(Some(Ok(WatchEvent::Applied(_))))
+        ));
+        inbox.set_seen(Some(&v1.resource_version));
+        assert!(inbox.watch_current());
+        (hub, actor, inbox, v1)
+    }
+
+    /// While the list fails for a reason that may pass, the hub retries it and tells the
+    /// actors nothing (each would read its own lease: the burst when the server is back); the
+    /// inbox says the watch is behind. The list that succeeds goes to every actor, even one
+    /// that has seen that version (it learns the watch is whole), and only then is the watch
+    /// current again.
+    #[actix::test]
+    async fn a_failing_list_is_retried_and_the_one_that_succeeds_reaches_every_actor() {
+        tokio::time::pause();
+        let store = MemoryStore::new();
+        let faults = FaultyStore::new(store.clone());
+        let (_hub, mut actor, inbox, v1) = subscribed(&faults, &store).await;
+
+        faults.fail_always(Call::List, || StoreError::Unavailable {
+            message: "connection refused".into(),
+            source: None,
+        });
+        faults.drop_watches();
+        pump().await;
+        assert!(!inbox.watch_current(), "behind from the moment it is lost");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let lists = faults.calls(Call::List);
+        assert!(
+            (15..=20).contains(&lists),
+            "retried soon, then every retry period: {lists} lists in 28 s"
+        );
+        assert!(
+            actor.next().now_or_never().is_none(),
+            "the actors are told nothing while the list fails"
+        );
+        assert!(!inbox.watch_current());
+
+        faults.clear();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            faults.calls(Call::List),
+            lists + 1,
+            "one list once it works"
+        );
+        assert!(inbox.watch_current());
+        match actor.next().now_or_never() {
+            Some(Some(Ok(WatchEvent::Applied(listed)))) => assert_eq!(listed, v1),
+            other => panic!("expected the listed lease, got {other:?}"),
+        }
+    }
+
+    /// A list refused (forbidden) is retried for the list's time limit (an API server that has
+    /// just started refuses until its authorizer has loaded the RBAC rules), then taken as
+    /// final: every actor is told of the error, and reads its own lease; the hub no longer
+    /// holds the actors back.
+    #[actix::test]
+    async fn a_list_refused_for_a_renew_deadline_sends_every_actor_to_read_its_own_lease() {
+        tokio::time::pause();
+        let store = MemoryStore::new();
+        let faults = FaultyStore::new(store.clone());
+        let (_hub, mut actor, inbox, _v1) = subscribed(&faults, &store).await;
+
+        faults.fail_always(Call::List, || StoreError::Forbidden {
+            verb: "list".into(),
+            resource: "leases".into(),
+            message: "denied".into(),
+        });
+        faults.drop_watches();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(faults.calls(Call::List) > 1, "retried at first");
+        assert!(actor.next().now_or_never().is_none(), "nobody told yet");
+        assert!(!inbox.watch_current());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let lists = faults.calls(Call::List);
+        assert!(matches!(
+            actor.next().now_or_never(),
+            Some(Some(Err(StoreError::Forbidden { .. })))
+        ));
+        assert!(inbox.watch_current(), "the actors are on their own");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(faults.calls(Call::List), lists, "then no longer retried");
     }
 }

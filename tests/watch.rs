@@ -185,3 +185,160 @@ async fn a_follower_not_woken_by_renewals_takes_over_one_lease_duration_after_th
     a.shutdown().await.ok();
     b.shutdown().await.unwrap();
 }
+
+/// Replica a (`faults[0]`) leads `n` elections and replica b follows them all.
+async fn lead_and_follow(
+    n: usize,
+) -> (
+    MemoryStore,
+    [dsync::testing::FaultyStore; 2],
+    [Dsync; 2],
+    Vec<dsync::Election>,
+    Vec<dsync::Election>,
+) {
+    use dsync::testing::FaultyStore;
+    let store = MemoryStore::new();
+    let faults = [
+        FaultyStore::new(store.clone()),
+        FaultyStore::new(store.clone()),
+    ];
+    let replicas = [
+        Dsync::with_config(faults[0].clone(), dsync::testing::paused_config("pod-a")).unwrap(),
+        Dsync::with_config(faults[1].clone(), dsync::testing::paused_config("pod-b")).unwrap(),
+    ];
+    let mut led = Vec::new();
+    for i in 0..n {
+        led.push(replicas[0].election(&format!("e{i}")).unwrap());
+    }
+    for e in &led {
+        within(Duration::from_secs(60), "a leads", e.elected())
+            .await
+            .unwrap();
+    }
+    let mut followed = Vec::new();
+    for i in 0..n {
+        followed.push(replicas[1].election(&format!("e{i}")).unwrap());
+    }
+    for e in &followed {
+        let mut rx = e.watch_status();
+        within(
+            Duration::from_secs(60),
+            "b follows",
+            rx.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
+        )
+        .await
+        .unwrap();
+    }
+    (store, faults, replicas, led, followed)
+}
+
+/// The API server goes away as a crash or restart looks to a replica: every call fails at once
+/// (connection refused) and the watch drops; watches reopened meanwhile deliver nothing.
+fn outage(f: &dsync::testing::FaultyStore) {
+    f.fail_always(dsync::testing::Call::Any, || {
+        dsync::StoreError::Unavailable {
+            message: "connection refused".into(),
+            source: None,
+        }
+    });
+    f.silence_watches();
+    f.drop_watches();
+}
+
+/// Issue 16 (outage): an API server outage shorter than the renew deadline. The leader keeps
+/// every lease (same term); when the server is back, each replica catches up with one list;
+/// nobody reads a lease on its own, during the outage or after, and the follower writes
+/// nothing. (Before, the failed re-sync list told every actor, and each then read its own
+/// lease every retry period: a GET per lease per replica the moment the server was back.)
+#[actix::test]
+async fn an_outage_shorter_than_the_renew_deadline_costs_one_list_per_replica() {
+    use dsync::testing::Call;
+    tokio::time::pause();
+    let n = 200;
+    let (_store, faults, replicas, led, followed) = lead_and_follow(n).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let tokens: Vec<_> = led
+        .iter()
+        .map(|e| e.status().term.map(|t| t.fencing_token()))
+        .collect();
+    let calls = |f: &dsync::testing::FaultyStore| {
+        [Call::Get, Call::Create, Call::Replace, Call::List].map(|c| f.calls(c))
+    };
+    let before = faults.each_ref().map(calls);
+
+    for f in &faults {
+        outage(f);
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = faults.each_ref().map(calls);
+    for f in &faults {
+        f.clear();
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = faults.each_ref().map(calls);
+
+    for r in 0..2 {
+        let gets = after[r][0] - before[r][0];
+        let lists = after[r][3] - during[r][3];
+        println!("replica {r}: {gets} GET(s), {lists} list(s) after the server came back");
+        assert_eq!(gets, 0, "replica {r}: no lease read on its own");
+        assert_eq!(lists, 1, "replica {r}: one list once the server is back");
+    }
+    let follower_writes = (after[1][1] - before[1][1]) + (after[1][2] - before[1][2]);
+    assert_eq!(follower_writes, 0, "the follower tried to take nothing");
+    for (i, e) in led.iter().enumerate() {
+        assert!(e.is_leader(), "a still leads e{i}");
+        assert_eq!(
+            e.status().term.map(|t| t.fencing_token()),
+            tokens[i],
+            "e{i}: the same term"
+        );
+    }
+    // The follower sees the leader again and would still take over at once on a handoff.
+    for e in &followed {
+        assert_eq!(e.status().leader.as_deref(), Some("pod-a"));
+    }
+    for d in &replicas {
+        d.shutdown().await.unwrap();
+    }
+}
+
+/// A follower whose shared watch is down past the expiry of the lease it follows (the API
+/// server is away for longer than a lease duration) takes nothing while the watch is behind:
+/// the leader may have renewed unseen. Once the server is back, one list brings the news;
+/// here the leader is gone (crashed meanwhile), so the follower takes every lease then, each
+/// with one write that succeeds, without a read or a conflict.
+#[actix::test]
+async fn a_follower_whose_watch_is_down_past_expiry_takes_nothing_until_it_catches_up() {
+    use dsync::testing::Call;
+    tokio::time::pause();
+    let n = 200;
+    let (store, faults, replicas, _led, followed) = lead_and_follow(n).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let writes = |f: &dsync::testing::FaultyStore| f.calls(Call::Create) + f.calls(Call::Replace);
+    let before = (writes(&faults[1]), faults[1].calls(Call::Get));
+
+    // The leader crashes; the follower's API server goes away for longer than a lease
+    // duration, so every lease expires by the follower's observation meanwhile.
+    faults[0].partition();
+    outage(&faults[1]);
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    assert_eq!(
+        (
+            writes(&faults[1]) - before.0,
+            faults[1].calls(Call::Get) - before.1
+        ),
+        (0, 0),
+        "no write and no read while the watch is behind"
+    );
+    let conflicts = store.stats().conflicts;
+    faults[1].clear();
+    for e in &followed {
+        within(Duration::from_secs(10), "b takes over", e.elected())
+            .await
+            .unwrap();
+    }
+    assert_eq!(faults[1].calls(Call::Get) - before.1, 0, "no lease read");
+    assert_eq!(store.stats().conflicts, conflicts, "no write lost a race");
+    replicas[1].shutdown().await.unwrap();
+}

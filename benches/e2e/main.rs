@@ -11,7 +11,9 @@
 //! `DSYNC_E2E_WINDOW` (seconds, default 30), `DSYNC_E2E_CRASHES` (latency rounds, each ending in a
 //! kill; default 3), `DSYNC_E2E_VERBOSE` (print every sample), `DSYNC_E2E_DSYNC_PEER` (the binary
 //! to run as the dsync peer, default this one: give an older build of this bench to measure an
-//! older dsync with today's phases). The report is printed and written to
+//! older dsync with today's phases), `DSYNC_E2E_OUTAGE_DOWN_MS` (how long the outage phase keeps
+//! the API server killed before starting it again; default a third of the renew deadline). The
+//! report is printed and written to
 //! `target/e2e/report.md`.
 //!
 //! Every replica is a process of its own: the Go peer (`benches/peers/clientgo`) or this binary in
@@ -95,6 +97,14 @@ fn main() {
     let rounds = env_or("DSYNC_E2E_CRASHES", if quick { 1 } else { 3usize });
     let mass_leases = env_or("DSYNC_E2E_MASS_LEASES", if quick { 20 } else { 1000usize });
     let window = Duration::from_secs(env_or("DSYNC_E2E_WINDOW", if quick { 5 } else { 30u64 }));
+    // How long the API server stays killed before it is started again (it is away longer:
+    // it takes seconds to be ready). A third of the renew deadline by default, so leaders may
+    // keep their leases; longer than the lease duration to see followers judge leases expired
+    // while the watch is down.
+    let outage_down = Duration::from_millis(env_or(
+        "DSYNC_E2E_OUTAGE_DOWN_MS",
+        timing.renew_deadline.as_millis() as u64 / 3,
+    ));
 
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e");
     std::fs::create_dir_all(&out_dir).unwrap();
@@ -155,7 +165,7 @@ fn main() {
                 &audit,
                 mass_leases,
                 timing,
-                timing.renew_deadline / 3,
+                outage_down,
             ),
         ));
     }

@@ -33,6 +33,9 @@ pub struct LoadResult {
     /// API requests per minute per election of the leader, the follower.
     pub leader_rpm: f64,
     pub follower_rpm: f64,
+    /// The follower's requests in the window other than its watch (a replica's one shared
+    /// watch, which kube's watcher reopens every few minutes: per replica, not per election).
+    pub follower_lease_requests: u64,
     /// Requests by (user agent, verb, response code), as text.
     pub verbs: String,
 }
@@ -115,8 +118,13 @@ pub fn mass_phase(
 pub struct OutageResult {
     /// Elections, led by A and followed by B.
     pub leases: usize,
-    /// How long the API server was down (s).
+    /// How long the bench waited before starting the API server again (s).
     pub down: f64,
+    /// How long it was away, from the kill until it was ready again (s).
+    pub away: f64,
+    /// Terms the leader lost across the outage (its renew deadline passed), whether or not
+    /// it won the lease back.
+    pub terms_lost: usize,
     /// Requests in the phase's namespace in the 10 s after the server was back: A's, B's.
     pub leader_requests: u64,
     pub follower_requests: u64,
@@ -144,9 +152,12 @@ pub fn outage_phase(
     let ns = lead_and_follow(run, imp, ready, "outage", "out", leases);
     run.pass(timing.retry_period * 2);
     let led: HashSet<String> = run.state.leads[&0].clone();
+    let lost_before = run.state.terms_lost.get(&0).copied().unwrap_or(0);
+    let killed = Instant::now();
     harness.kill();
     run.pass(down);
     let back = harness.start_again();
+    let away = killed.elapsed();
     if back.port != ready.port {
         eprintln!(
             "e2e: the API server came back on port {} instead of {}: the peers cannot reach it",
@@ -161,6 +172,7 @@ pub fn outage_phase(
         .leads
         .get(&0)
         .map_or(0, |l| l.intersection(&led).count());
+    let terms_lost = run.state.terms_lost.get(&0).copied().unwrap_or(0) - lost_before;
     let (a, b) = (run.peers[0].name.clone(), run.peers[1].name.clone());
     run.finish();
     let counts = audit_counts(audit, from, to, &ns);
@@ -174,6 +186,8 @@ pub fn outage_phase(
     OutageResult {
         leases,
         down: down.as_secs_f64(),
+        away: away.as_secs_f64(),
+        terms_lost,
         leader_requests: of(&a),
         follower_requests: of(&b),
         verbs: counts
@@ -275,6 +289,11 @@ pub fn load_phase(
         apiserver_cpu,
         leader_rpm: per(&run.peers[0].name.clone()),
         follower_rpm: per(&run.peers[1].name.clone()),
+        follower_lease_requests: counts
+            .iter()
+            .filter(|((a, verb, _), _)| *a == run.peers[1].name && verb != "watch")
+            .map(|(_, n)| *n)
+            .sum(),
         verbs,
     };
     run.finish();

@@ -59,6 +59,8 @@ pub struct State {
     pub elected_at: HashMap<String, (usize, i128)>,
     /// When each lease's `stop` was received (Unix ns).
     pub stopping_at: HashMap<String, i128>,
+    /// How many terms each peer has lost (`lost` lines), whether or not it won the lease back.
+    pub terms_lost: HashMap<usize, usize>,
 }
 
 /// The peers of one phase and their events, all on one channel.
@@ -153,6 +155,7 @@ impl Run {
                 s.elected_at.entry(lease).or_insert((peer, unix_nanos(at)));
             }
             Line::Lost { lease, .. } => {
+                *s.terms_lost.entry(peer).or_default() += 1;
                 s.leads.entry(peer).or_default().remove(&lease);
             }
             Line::Leader { lease, .. } => {

@@ -305,6 +305,16 @@ impl Core {
         }
     }
 
+    /// Tells the machine whether the shared watch is behind (it failed and the hub has not
+    /// caught it up yet): a lease that looks expired then may have been renewed unseen.
+    fn check_watch(&mut self) {
+        if self.inbox.watch_current() {
+            self.machine.watch_current();
+        } else {
+            self.machine.watch_behind(now());
+        }
+    }
+
     fn new(p: LeaseParams) -> Self {
         let span = tracing::info_span!(
             "lease",
@@ -567,6 +577,7 @@ impl<F: Face> LeaseActor<F> {
         }
         let _span = self.core.enter_span();
         self.core.take_parked();
+        self.core.check_watch();
         for _ in 0..4 {
             let now = now();
             self.core.check_drain_timeout(now);
@@ -992,6 +1003,10 @@ impl<F: Face> StreamHandler<StoreResult<WatchEvent>> for LeaseActor<F> {
         }
         if self.core.machine.on_watch(now(), item) {
             self.core.note_seen();
+            self.drive(ctx);
+        } else if self.core.machine.is_behind() {
+            // The hub's list, of a version we have: the watch has caught up, so what we
+            // observed is current; decide on it.
             self.drive(ctx);
         }
     }

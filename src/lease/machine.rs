@@ -274,6 +274,9 @@ struct InFlight {
     started: Instant,
     /// The version a replace is based on.
     base: Option<String>,
+    /// A read made because the watch stayed behind too long (see `behind`): if it fails, we
+    /// wait for the watch again instead of reading until it succeeds.
+    confirming: bool,
 }
 
 /// Every decision about one lease: see [`crate::lease`] for the rules it keeps.
@@ -324,6 +327,16 @@ pub struct Machine {
     assigned: bool,
     /// Our claim has been told to yield to a preferred holder (asked once per claim).
     yielding: bool,
+    /// Since when we know the watch is behind ([`watch_behind`](Machine::watch_behind)): a
+    /// record that looks unchanged may have changed unseen, so we take no lease on its
+    /// strength until the watch catches up, or (after a lease duration) we read it.
+    behind: Option<Instant>,
+    /// Since when a lease we would take has waited for the watch to catch up (see `behind`):
+    /// a lease duration on, we read it ourselves.
+    blocked_since: Option<Instant>,
+    /// When the last successful read was sent: while the watch is behind, a read sent after
+    /// the lease expired (by our observation) confirms that it did, so it may be taken.
+    read_at: Option<Instant>,
 }
 
 impl Machine {
@@ -350,7 +363,31 @@ impl Machine {
             successor: None,
             assigned: false,
             yielding: false,
+            behind: None,
+            blocked_since: None,
+            read_at: None,
         }
+    }
+
+    /// The shared watch is behind (it failed and has not been caught up): from `now` on,
+    /// a lease that looks expired, free or missing is not taken on that strength. We wait for
+    /// the watch ([`watch_current`](Self::watch_current)), and if it is still behind a lease
+    /// duration after we first wanted the lease, read the lease ourselves. (After an API server outage, the moment it is
+    /// back, a follower would otherwise race the leader's first renewal, and lose: a write and
+    /// a re-read per lease, where one list per replica brings the news.)
+    pub fn watch_behind(&mut self, now: Instant) {
+        self.behind.get_or_insert(now);
+    }
+
+    /// The shared watch has caught up: what it brought is current.
+    pub fn watch_current(&mut self) {
+        self.behind = None;
+        self.blocked_since = None;
+    }
+
+    /// Whether we wait for the shared watch to catch up.
+    pub fn is_behind(&self) -> bool {
+        self.behind.is_some()
     }
 
     /// Our holder identity.
@@ -505,6 +542,8 @@ impl Machine {
         self.refresh = false;
         self.recheck = None;
         self.invalid = None;
+        self.read_at = None;
+        self.blocked_since = None;
     }
 
     /// Decides the next step.
@@ -649,12 +688,36 @@ impl Machine {
         if let Some(until) = expiry
             && now < until
         {
+            self.blocked_since = None;
             let until = self.retry_after.map_or(until, |r| r.max(until));
             return Step::Wait(following(self, until));
         }
         if let Some(until) = self.backed_off(now) {
             return Step::Wait(following(self, until));
         }
+        if let Some(since) = self.behind
+            && self
+                .read_at
+                .is_none_or(|read| read < expiry.map_or(since, |e| e.max(since)))
+        {
+            // The watch missed something, and no read since the lease expired (or since we
+            // knew) says otherwise: it may have been renewed unseen. Wait for the hub's list
+            // (it wakes us), or read it ourselves if none comes in time: a lease duration
+            // after we first wanted the lease (counted from then, not from when we learnt the
+            // watch was behind, so that the followers and the holders whose terms an outage
+            // ended do not all read at the same moment).
+            let blocked = *self.blocked_since.get_or_insert(now);
+            let until = blocked + self.timing.lease_duration();
+            if now < until {
+                return Step::Wait(following(self, until));
+            }
+            let call = self.call(now, Op::Read, Request::Get);
+            if let Some(in_flight) = self.in_flight.as_mut() {
+                in_flight.confirming = true;
+            }
+            return Step::Call(call);
+        }
+        self.blocked_since = None;
         // Missing: create it. Free, expired, or naming us and ours to reclaim: take it, as a
         // new term with a new fencing token.
         let (record, request_of) = match self.lease() {
@@ -773,6 +836,7 @@ impl Machine {
             op,
             started: now,
             base,
+            confirming: false,
         });
         let limit = self.timing.renew_deadline();
         let timeout = match self.deadline() {
@@ -820,7 +884,11 @@ impl Machine {
             return None;
         }
         let InFlight {
-            op, started, base, ..
+            op,
+            started,
+            base,
+            confirming,
+            ..
         } = self.in_flight.take().expect("checked");
         Some(match result {
             Ok(stored) => self.on_success(now, op, started, base, stored),
@@ -838,6 +906,7 @@ impl Machine {
             Err(StoreError::NotFound { .. }) if op != Op::Create => {
                 if op == Op::Read {
                     self.read_done();
+                    self.read_at = Some(started);
                 }
                 self.observe(None, now);
                 Outcome::Read
@@ -855,7 +924,11 @@ impl Machine {
                     self.refusals += 1;
                 }
                 self.retry_after = Some(now + self.backoff(transient));
-                if op == Op::Read {
+                if confirming {
+                    // Nothing is lost (what we observed stands): wait for the watch again,
+                    // rather than read every retry period while the server is down.
+                    self.blocked_since = Some(now);
+                } else if op == Op::Read {
                     // Read again (after the backoff) only if someone still needs it.
                     self.stale = true;
                     self.refresh = false;
@@ -899,6 +972,8 @@ impl Machine {
         match op {
             Op::Read => {
                 self.read_done();
+                // As of when it was sent: the answer may describe any moment since.
+                self.read_at = Some(started);
                 Outcome::Read
             }
             Op::Create | Op::Acquire => {

@@ -23,6 +23,12 @@
 //! * **Every write waits its backoff**, releases included: a holder retries every retry period
 //!   until its deadline; anyone else doubles the wait per consecutive failure up to the lease
 //!   duration (a successful read does not end a streak of failed writes).
+//! * **Nothing is taken on news the watch may have missed.** While the owner's shared watch is
+//!   behind ([`Machine::watch_behind`] until [`Machine::watch_current`]), a lease that looks
+//!   expired, free or missing is not taken: the holder may have renewed unseen. The machine
+//!   waits for the watch, and if it is still behind a lease duration after the lease was
+//!   first wanted, reads the lease (a read sent after the expiry confirms it). A read that fails then is not retried every
+//!   retry period: it waits for the watch again. Holders renew regardless.
 //! * **Observations never move backwards.** A read or write answer older than what a watch event
 //!   already showed is not taken.
 //! * **One identity, one holder.** A record naming us that we hold no claim on is taken back at

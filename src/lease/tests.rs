@@ -364,6 +364,118 @@ fn a_held_lease_is_followed_until_its_duration_after_our_observation() {
     assert_eq!(record_of(&call).lease_transitions, Some(3));
 }
 
+/// The shared watch failed and has not caught up: a lease that looks expired may have been
+/// renewed unseen (an API server outage, a leader renewing the moment it is back). It is not
+/// taken on that strength: the machine waits for the watch (`watch_current`), and then takes
+/// it, on the news the watch brought.
+#[test]
+fn a_lease_that_looks_expired_while_the_watch_is_behind_waits_for_the_watch() {
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(2))),
+    );
+    w.m.watch_behind(w.at(5.0));
+    let waiting = |w: &Sim, until: f64| Waiting::Following {
+        holder: OTHER.into(),
+        until: w.at(until),
+    };
+    assert_eq!(w.wait(5.0, Want::Acquire), waiting(&w, 15.0));
+    // Expired by our observation, but we may have missed a renewal: wait for the watch, up to
+    // a lease duration after we would have taken it.
+    assert_eq!(w.wait(15.0, Want::Acquire), waiting(&w, 30.0));
+    assert_eq!(w.wait(19.0, Want::Acquire), waiting(&w, 30.0));
+    // The watch catches up, bringing nothing newer: the lease did expire; take it.
+    w.m.watch_current();
+    let call = w.call(19.0, Want::Acquire);
+    assert_eq!(call.op, Op::Acquire);
+
+    // The same, but the watch brings the holder's renewal: follow it, write nothing.
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(2))),
+    );
+    w.m.watch_behind(w.at(5.0));
+    assert_eq!(w.wait(16.0, Want::Acquire), waiting(&w, 31.0));
+    let renewed = versioned(Some(OTHER), Some(15), Some(2), "8");
+    assert!(w.m.on_watch(w.at(17.0), Ok(WatchEvent::Applied(renewed))));
+    w.m.watch_current();
+    assert_eq!(w.wait(17.0, Want::Acquire), waiting(&w, 32.0));
+}
+
+/// A watch that stays behind for a lease duration after the lease expired: the machine reads
+/// the lease itself (the hub may never catch up, say its list is too slow), and takes it if
+/// the read confirms the expiry. A read that fails (the server is still down) is not retried
+/// every retry period: the machine waits for the watch another lease duration.
+#[test]
+fn a_watch_behind_for_a_lease_duration_is_replaced_by_one_read() {
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(2))),
+    );
+    w.m.watch_behind(w.at(1.0));
+    let following = |w: &Sim, until: f64| Waiting::Following {
+        holder: OTHER.into(),
+        until: w.at(until),
+    };
+    assert_eq!(w.wait(16.0, Want::Acquire), following(&w, 31.0));
+    let call = w.call(31.0, Want::Acquire);
+    assert_eq!(call.op, Op::Read, "a lease duration blocked: read");
+    assert!(matches!(
+        w.answer(31.5, Err(unavailable())),
+        Outcome::Retry { .. }
+    ));
+    assert_eq!(
+        w.wait(33.5, Want::Acquire),
+        following(&w, 46.5),
+        "no read every retry period while the server is down"
+    );
+    let call = w.call(46.5, Want::Acquire);
+    assert_eq!(call.op, Op::Read);
+    assert!(matches!(
+        w.answer(46.5, Ok(lease(Some(OTHER), Some(15), Some(2)))),
+        Outcome::Read
+    ));
+    let call = w.call(46.5, Want::Acquire);
+    assert_eq!(call.op, Op::Acquire, "the read confirmed the expiry");
+    assert!(w.m.is_behind(), "the watch itself is still behind");
+
+    // A read that shows a renewal is followed; at the next expiry the wait starts again.
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(2))),
+    );
+    w.m.watch_behind(w.at(1.0));
+    assert_eq!(w.wait(16.0, Want::Acquire), following(&w, 31.0));
+    assert_eq!(w.call(31.0, Want::Acquire).op, Op::Read);
+    let renewed = versioned(Some(OTHER), Some(15), Some(2), "8");
+    assert!(matches!(w.answer(31.0, Ok(renewed)), Outcome::Read));
+    assert_eq!(w.wait(31.0, Want::Acquire), following(&w, 46.0));
+    assert_eq!(
+        w.wait(46.0, Want::Acquire),
+        following(&w, 61.0),
+        "expired again, unconfirmed: wait for the watch again"
+    );
+    assert_eq!(w.call(61.0, Want::Acquire).op, Op::Read);
+}
+
+/// A holder renews whatever the watch says: its compare-and-swap is the check.
+#[test]
+fn a_holder_renews_while_the_watch_is_behind() {
+    let mut w = Sim::new();
+    w.hold(0.0, 3);
+    w.m.watch_behind(w.at(0.5));
+    let call = w.call(2.0, Want::Acquire);
+    assert_eq!(call.op, Op::Renew);
+}
+
 #[test]
 fn the_holders_declared_duration_is_used_not_ours() {
     for (declared, expires) in [(Some(60), 60.0), (Some(5), 5.0), (None, 15.0)] {

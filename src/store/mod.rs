@@ -265,7 +265,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Whether this store's watch, after it yields an error, brings every lease of the
     /// namespace again by itself (as an `Applied` event each), so a watcher needs no
     /// [`list`](Self::list) to catch up. `false` (the default): after an error, dsync lists the
-    /// namespace once. `KubeStore` says `true`: kube's watcher re-lists after an error.
+    /// namespace once, and until the list is in, dsync's lease actors take no lease that
+    /// merely looks expired (it may have been renewed unseen). Say `true` only if the stream
+    /// itself, after every error, brings every lease before anything newer. `KubeStore` says
+    /// `false`: kube's watcher resumes from the last version it saw, which replays what
+    /// changed but never says when it has caught up.
     fn watch_replays_state(&self) -> bool {
         false
     }

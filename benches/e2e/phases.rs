@@ -125,7 +125,8 @@ pub struct OutageResult {
     /// Terms the leader lost across the outage (its renew deadline passed), whether or not
     /// it won the lease back.
     pub terms_lost: usize,
-    /// Requests in the phase's namespace in the 10 s after the server was back: A's, B's.
+    /// Requests in the phase's namespace from the kill until 10 s after the server was ready
+    /// again (none while it is down): A's, B's.
     pub leader_requests: u64,
     pub follower_requests: u64,
     /// The same, by (peer, verb, code), as text.
@@ -136,8 +137,8 @@ pub struct OutageResult {
 
 /// Outage: A leads `leases`, B follows; the API server is killed (SIGKILL, as a crash) and
 /// started again on the same data after `down` (shorter than the renew deadline, so leaders
-/// may keep their leases); counts every request of each peer in the 10 s after it is back:
-/// what catching up after a lost watch costs.
+/// may keep their leases); counts every request of each peer from its return until 10 s after
+/// it is ready: what catching up after a lost watch costs.
 #[allow(clippy::too_many_arguments)] // one phase: each is a knob of it
 pub fn outage_phase(
     run: &mut Run,
@@ -153,6 +154,9 @@ pub fn outage_phase(
     run.pass(timing.retry_period * 2);
     let led: HashSet<String> = run.state.leads[&0].clone();
     let lost_before = run.state.terms_lost.get(&0).copied().unwrap_or(0);
+    // Counted from the kill: a restarting API server answers (and audits) requests for a
+    // while before it reports ready, and the burst of a return is in that while.
+    let from = file_len(audit);
     let killed = Instant::now();
     harness.kill();
     run.pass(down);
@@ -164,7 +168,6 @@ pub fn outage_phase(
             back.port, ready.port
         );
     }
-    let from = file_len(audit);
     run.pass(Duration::from_secs(10));
     let to = file_len(audit);
     let still_led = run

@@ -125,7 +125,7 @@ pub fn render(
         format!("| {label} | {} | {} |", f(&outages[0].1), f(&outages[1].1))
     };
     line(outage(
-        "API server outage: requests in the 10 s after it returned, leader / follower",
+        "API server outage: requests from its return until 10 s after it was ready, leader / follower",
         &|r| format!("{} / {}", r.leader_requests, r.follower_requests),
     ));
     line(outage(
@@ -184,8 +184,8 @@ pub fn render(
     line(format!(
         "\nOutage: {} elections led by one process and followed by another; the API server is \
          killed (SIGKILL) and started again on the same data after {:.1} s (it is away longer: \
-         the row above counts until it is ready); requests counted from its audit log for 10 s \
-         once it is back. An outage longer than the renew deadline (counted from the leader's \
+         the row above counts until it is ready); requests counted from its audit log from its \
+         return (it answers before it reports ready) until 10 s after it is ready. An outage longer than the renew deadline (counted from the leader's \
          last renewal) ends the leader's terms by design.",
         outages[0].1.leases, outages[0].1.down
     ));

@@ -10,6 +10,21 @@ use dsync::testing::{settle, within};
 use dsync::{Dsync, MemoryStore};
 use tokio::time::Instant;
 
+/// Replicas pod-a and pod-b on one memory store, each through a `FaultyStore` of its own.
+fn two_faulty_replicas() -> (MemoryStore, [dsync::testing::FaultyStore; 2], [Dsync; 2]) {
+    use dsync::testing::FaultyStore;
+    let store = MemoryStore::new();
+    let faults = [
+        FaultyStore::new(store.clone()),
+        FaultyStore::new(store.clone()),
+    ];
+    let replicas = [
+        Dsync::with_config(faults[0].clone(), dsync::testing::paused_config("pod-a")).unwrap(),
+        Dsync::with_config(faults[1].clone(), dsync::testing::paused_config("pod-b")).unwrap(),
+    ];
+    (store, faults, replicas)
+}
+
 /// Waits until each election of `elections` (pairs of replicas a, b at 2k, 2k + 1) has a
 /// leader, as replica a sees it.
 async fn every_pair_has_a_leader(elections: &[dsync::Election]) {
@@ -104,17 +119,9 @@ async fn each_namespace_gets_its_own_watch() {
 /// keeps it down); and the shared watch still hands over at once afterwards.
 #[actix::test]
 async fn a_lost_watch_is_caught_up_by_one_list_per_replica_not_a_get_per_lease() {
-    use dsync::testing::{Call, FaultyStore};
+    use dsync::testing::Call;
     tokio::time::pause();
-    let store = MemoryStore::new();
-    let faults = [
-        FaultyStore::new(store.clone()),
-        FaultyStore::new(store.clone()),
-    ];
-    let replicas = [
-        Dsync::with_config(faults[0].clone(), dsync::testing::paused_config("pod-a")).unwrap(),
-        Dsync::with_config(faults[1].clone(), dsync::testing::paused_config("pod-b")).unwrap(),
-    ];
+    let (store, faults, replicas) = two_faulty_replicas();
     let mut elections = Vec::new();
     for i in 0..1000 {
         for d in &replicas {
@@ -196,16 +203,7 @@ async fn lead_and_follow(
     Vec<dsync::Election>,
     Vec<dsync::Election>,
 ) {
-    use dsync::testing::FaultyStore;
-    let store = MemoryStore::new();
-    let faults = [
-        FaultyStore::new(store.clone()),
-        FaultyStore::new(store.clone()),
-    ];
-    let replicas = [
-        Dsync::with_config(faults[0].clone(), dsync::testing::paused_config("pod-a")).unwrap(),
-        Dsync::with_config(faults[1].clone(), dsync::testing::paused_config("pod-b")).unwrap(),
-    ];
+    let (store, faults, replicas) = two_faulty_replicas();
     let mut led = Vec::new();
     for i in 0..n {
         led.push(replicas[0].election(&format!("e{i}")).unwrap());

@@ -364,46 +364,51 @@ fn a_held_lease_is_followed_until_its_duration_after_our_observation() {
     assert_eq!(record_of(&call).lease_transitions, Some(3));
 }
 
+/// A machine that read at 0 a lease `OTHER` holds for 15 s, and learnt at `behind` that the
+/// watch is behind.
+fn behind_follower(behind: f64) -> Sim {
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(lease(Some(OTHER), Some(15), Some(2))),
+    );
+    w.m.watch_behind(w.at(behind));
+    w
+}
+
+/// Following `OTHER` until `until`.
+fn following(w: &Sim, until: f64) -> Waiting {
+    Waiting::Following {
+        holder: OTHER.into(),
+        until: w.at(until),
+    }
+}
+
 /// The shared watch failed and has not caught up: a lease that looks expired may have been
 /// renewed unseen (an API server outage, a leader renewing the moment it is back). It is not
 /// taken on that strength: the machine waits for the watch (`watch_current`), and then takes
 /// it, on the news the watch brought.
 #[test]
 fn a_lease_that_looks_expired_while_the_watch_is_behind_waits_for_the_watch() {
-    let mut w = Sim::new();
-    w.read(
-        0.0,
-        Want::Acquire,
-        Some(lease(Some(OTHER), Some(15), Some(2))),
-    );
-    w.m.watch_behind(w.at(5.0));
-    let waiting = |w: &Sim, until: f64| Waiting::Following {
-        holder: OTHER.into(),
-        until: w.at(until),
-    };
-    assert_eq!(w.wait(5.0, Want::Acquire), waiting(&w, 15.0));
+    let mut w = behind_follower(5.0);
+    assert_eq!(w.wait(5.0, Want::Acquire), following(&w, 15.0));
     // Expired by our observation, but we may have missed a renewal: wait for the watch, up to
     // a lease duration after we would have taken it.
-    assert_eq!(w.wait(15.0, Want::Acquire), waiting(&w, 30.0));
-    assert_eq!(w.wait(19.0, Want::Acquire), waiting(&w, 30.0));
+    assert_eq!(w.wait(15.0, Want::Acquire), following(&w, 30.0));
+    assert_eq!(w.wait(19.0, Want::Acquire), following(&w, 30.0));
     // The watch catches up, bringing nothing newer: the lease did expire; take it.
     w.m.watch_current();
     let call = w.call(19.0, Want::Acquire);
     assert_eq!(call.op, Op::Acquire);
 
     // The same, but the watch brings the holder's renewal: follow it, write nothing.
-    let mut w = Sim::new();
-    w.read(
-        0.0,
-        Want::Acquire,
-        Some(lease(Some(OTHER), Some(15), Some(2))),
-    );
-    w.m.watch_behind(w.at(5.0));
-    assert_eq!(w.wait(16.0, Want::Acquire), waiting(&w, 31.0));
+    let mut w = behind_follower(5.0);
+    assert_eq!(w.wait(16.0, Want::Acquire), following(&w, 31.0));
     let renewed = versioned(Some(OTHER), Some(15), Some(2), "8");
     assert!(w.m.on_watch(w.at(17.0), Ok(WatchEvent::Applied(renewed))));
     w.m.watch_current();
-    assert_eq!(w.wait(17.0, Want::Acquire), waiting(&w, 32.0));
+    assert_eq!(w.wait(17.0, Want::Acquire), following(&w, 32.0));
 }
 
 /// A watch that stays behind for a lease duration after the lease expired: the machine reads
@@ -412,17 +417,7 @@ fn a_lease_that_looks_expired_while_the_watch_is_behind_waits_for_the_watch() {
 /// every retry period: the machine waits for the watch another lease duration.
 #[test]
 fn a_watch_behind_for_a_lease_duration_is_replaced_by_one_read() {
-    let mut w = Sim::new();
-    w.read(
-        0.0,
-        Want::Acquire,
-        Some(lease(Some(OTHER), Some(15), Some(2))),
-    );
-    w.m.watch_behind(w.at(1.0));
-    let following = |w: &Sim, until: f64| Waiting::Following {
-        holder: OTHER.into(),
-        until: w.at(until),
-    };
+    let mut w = behind_follower(1.0);
     assert_eq!(w.wait(16.0, Want::Acquire), following(&w, 31.0));
     let call = w.call(31.0, Want::Acquire);
     assert_eq!(call.op, Op::Read, "a lease duration blocked: read");
@@ -446,13 +441,7 @@ fn a_watch_behind_for_a_lease_duration_is_replaced_by_one_read() {
     assert!(w.m.is_behind(), "the watch itself is still behind");
 
     // A read that shows a renewal is followed; at the next expiry the wait starts again.
-    let mut w = Sim::new();
-    w.read(
-        0.0,
-        Want::Acquire,
-        Some(lease(Some(OTHER), Some(15), Some(2))),
-    );
-    w.m.watch_behind(w.at(1.0));
+    let mut w = behind_follower(1.0);
     assert_eq!(w.wait(16.0, Want::Acquire), following(&w, 31.0));
     assert_eq!(w.call(31.0, Want::Acquire).op, Op::Read);
     let renewed = versioned(Some(OTHER), Some(15), Some(2), "8");

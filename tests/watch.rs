@@ -340,3 +340,127 @@ async fn a_follower_whose_watch_is_down_past_expiry_takes_nothing_until_it_catch
     assert_eq!(store.stats().conflicts, conflicts, "no write lost a race");
     replicas[1].shutdown().await.unwrap();
 }
+
+/// The real API server variant of the lost-watch test, counted by the server (its audit log,
+/// by user agent): with 200 elections led by one replica and followed by another, both
+/// replicas' watches are cut; each catches up with one list of its own, reads no lease, and
+/// opens one new watch. (kube's watcher, opened anew, makes a list of its own first: two
+/// lists per replica in all.)
+#[actix::test]
+async fn on_the_api_server_a_lost_watch_costs_one_list_per_replica_counted_by_its_audit_log() {
+    use std::collections::BTreeMap;
+
+    use dsync::testing::{Call, FaultyStore};
+    use support::audit::{audit_counts_since, launch_audited};
+
+    let (harness, log) = launch_audited();
+    let ready = harness.ready();
+    let ns = support::apiserver::namespace_on(&ready).await;
+    let replica = |agent: &'static str| {
+        let kubeconfig = ready.leaseuser.clone();
+        let ns = ns.clone();
+        async move {
+            let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+            let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .unwrap();
+            config.headers.push((
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static(agent),
+            ));
+            let store = FaultyStore::new(dsync::KubeStore::new(
+                kube::Client::try_from(config).unwrap(),
+            ));
+            let d = Dsync::with_config(
+                store.clone(),
+                dsync::Config::default()
+                    .with_namespace(&*ns)
+                    .with_identity(agent),
+            )
+            .unwrap();
+            (store, d)
+        }
+    };
+    let (fa, a) = replica("watch-a").await;
+    let (fb, b) = replica("watch-b").await;
+    let n = 200;
+    let led: Vec<_> = (0..n)
+        .map(|i| a.election(&format!("e{i}")).unwrap())
+        .collect();
+    for e in &led {
+        within(Duration::from_secs(60), "a leads", e.elected())
+            .await
+            .unwrap();
+    }
+    let followed: Vec<_> = (0..n)
+        .map(|i| b.election(&format!("e{i}")).unwrap())
+        .collect();
+    for e in &followed {
+        let mut rx = e.watch_status();
+        within(
+            Duration::from_secs(60),
+            "b follows",
+            rx.wait_for(|s| s.leader.as_deref() == Some("watch-a")),
+        )
+        .await
+        .unwrap();
+    }
+
+    // The follower knows the leader from the watch before its own first reads return: wait
+    // until the server has logged all of them, so that what follows the cut is the cut's.
+    let logged_reads = || {
+        audit_counts_since(&log, &ns, std::time::UNIX_EPOCH)
+            .iter()
+            .filter(|((a, v, _), _)| a == "watch-b" && v == "get")
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    within(Duration::from_secs(30), "b's first reads", async {
+        while logged_reads() < n as u64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let cut = std::time::SystemTime::now();
+    let lists = [fa.calls(Call::List), fb.calls(Call::List)];
+    fa.drop_watches();
+    fb.drop_watches();
+    // Each hub reopens its watch after a retry period and lists the namespace once.
+    for (f, before) in [(&fa, lists[0]), (&fb, lists[1])] {
+        within(
+            Duration::from_secs(30),
+            "the re-sync list",
+            f.called(Call::List, before + 1),
+        )
+        .await;
+    }
+    // Nothing else is to come: watch two more retry periods (renewals go on).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let counts = audit_counts_since(&log, &ns, cut);
+    let of = |agent: &str, verb: &str| -> u64 {
+        counts
+            .iter()
+            .filter(|((a, v, _), _)| a == agent && v == verb)
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let seen: BTreeMap<_, _> = counts.iter().collect();
+    println!("requests after the cut, as the API server logged them: {seen:?}");
+    for agent in ["watch-a", "watch-b"] {
+        assert_eq!(
+            (of(agent, "list"), of(agent, "get"), of(agent, "watch")),
+            (2, 0, 1),
+            "{agent}: the hub's list and the new watcher's, no read, one new watch"
+        );
+    }
+    assert_eq!(
+        of("watch-b", "update") + of("watch-b", "create"),
+        0,
+        "the follower wrote nothing"
+    );
+    for e in &led {
+        assert!(e.is_leader());
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

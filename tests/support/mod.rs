@@ -17,4 +17,4 @@ pub mod cli;
 pub mod kubefault;
 pub mod rbac;
 #[allow(unused_imports)] // not every test binary uses both
-pub use dsync_harness::{apiserver, gopeer};
+pub use dsync_harness::{apiserver, audit, gopeer};

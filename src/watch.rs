@@ -403,47 +403,28 @@ impl WatchHub {
         let mut refused_since = None;
         loop {
             let listed = tokio::time::timeout(self.list_timeout, self.store.list(namespace)).await;
-            if refused_since.is_none()
-                && matches!(&listed, Ok(Err(list_error)) if !list_error.is_transient())
-            {
-                // The server answers again (if only to refuse, as one that has just started
-                // does for a second): ask again soon, not a retry period on.
-                pause = self.reopen_after / 8;
-            }
-            let refused = match listed {
+            match listed {
                 Ok(Ok(leases)) => return self.deliver_list(namespace, loss, &leases),
                 // An API server that has just started refuses (403) until its authorizer has
                 // loaded the RBAC rules: a refusal is final only once it has lasted.
-                Ok(Err(list_error))
-                    if !list_error.is_transient()
-                        && now()
-                            .saturating_duration_since(*refused_since.get_or_insert_with(now))
-                            >= self.list_timeout =>
-                {
-                    Some(list_error)
+                Ok(Err(refused)) if !refused.is_transient() => {
+                    let at = now();
+                    let since = *refused_since.get_or_insert_with(|| {
+                        // The server answers again, if only to refuse: ask again soon.
+                        pause = self.reopen_after / 8;
+                        at
+                    });
+                    if at.saturating_duration_since(since) >= self.list_timeout {
+                        return self.give_up(namespace, loss, &error, refused);
+                    }
+                    tracing::debug!(%namespace, %refused, "re-sync by list refused; retrying");
                 }
                 Ok(Err(list_error)) => {
                     tracing::debug!(%namespace, %list_error, "re-sync by list failed; retrying");
-                    None
                 }
                 Err(_) => {
                     tracing::debug!(%namespace, %error, "re-sync by list timed out; retrying");
-                    None
                 }
-            };
-            if let Some(refused) = refused {
-                tracing::debug!(%namespace, %error, %refused, "re-sync by list refused; every actor re-reads");
-                let mut namespaces = self.lock();
-                let Some(ns) = namespaces.get_mut(namespace) else {
-                    return false;
-                };
-                ns.sync.catch_up(loss);
-                for lease in ns.leases.values_mut() {
-                    lease.last = None;
-                    send_all(&mut lease.routes, Err(refused.duplicate()), false);
-                }
-                drop(namespaces);
-                return self.listening(namespace);
             }
             if !self.listening(namespace) {
                 return false;
@@ -451,6 +432,25 @@ impl WatchHub {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(self.reopen_after);
         }
+    }
+
+    /// The list is refused for good: every actor is told, and reads its own lease; the
+    /// namespace counts as caught up (the hub no longer holds the actors back). Whether
+    /// anyone still listens.
+    fn give_up(&self, namespace: &str, loss: u64, error: &StoreError, refused: StoreError) -> bool {
+        tracing::debug!(%namespace, %error, %refused, "re-sync by list refused; every actor re-reads");
+        {
+            let mut namespaces = self.lock();
+            let Some(ns) = namespaces.get_mut(namespace) else {
+                return false;
+            };
+            ns.sync.catch_up(loss);
+            for lease in ns.leases.values_mut() {
+                lease.last = None;
+                send_all(&mut lease.routes, Err(refused.duplicate()), false);
+            }
+        }
+        self.listening(namespace)
     }
 
     /// Hands every subscriber of `namespace` its lease as `leases` lists it (`Deleted` if it
@@ -485,12 +485,8 @@ impl WatchHub {
             };
             send_all(&mut lease.routes, Ok(event), true);
         }
-        ns.leases.retain(|_, lease| !lease.routes.is_empty());
-        if ns.leases.is_empty() {
-            namespaces.remove(namespace);
-            return false;
-        }
-        true
+        drop(namespaces);
+        self.listening(namespace)
     }
 }
 

@@ -204,30 +204,39 @@ async fn lead_and_follow(
     Vec<dsync::Election>,
 ) {
     let (store, faults, replicas) = two_faulty_replicas();
-    let mut led = Vec::new();
-    for i in 0..n {
-        led.push(replicas[0].election(&format!("e{i}")).unwrap());
-    }
+    let (led, followed) = lead_then_follow(&replicas[0], &replicas[1], "pod-a", n).await;
+    (store, faults, replicas, led, followed)
+}
+
+/// Elections e0..e`n`: `a` (identity `leader`) leads them all, then `b` follows them all.
+async fn lead_then_follow(
+    a: &Dsync,
+    b: &Dsync,
+    leader: &str,
+    n: usize,
+) -> (Vec<dsync::Election>, Vec<dsync::Election>) {
+    let led: Vec<_> = (0..n)
+        .map(|i| a.election(&format!("e{i}")).unwrap())
+        .collect();
     for e in &led {
         within(Duration::from_secs(60), "a leads", e.elected())
             .await
             .unwrap();
     }
-    let mut followed = Vec::new();
-    for i in 0..n {
-        followed.push(replicas[1].election(&format!("e{i}")).unwrap());
-    }
+    let followed: Vec<_> = (0..n)
+        .map(|i| b.election(&format!("e{i}")).unwrap())
+        .collect();
     for e in &followed {
         let mut rx = e.watch_status();
         within(
             Duration::from_secs(60),
             "b follows",
-            rx.wait_for(|s| s.leader.as_deref() == Some("pod-a")),
+            rx.wait_for(|s| s.leader.as_deref() == Some(leader)),
         )
         .await
         .unwrap();
     }
-    (store, faults, replicas, led, followed)
+    (led, followed)
 }
 
 /// The API server goes away as a crash or restart looks to a replica: every call fails at once
@@ -384,27 +393,7 @@ async fn on_the_api_server_a_lost_watch_costs_one_list_per_replica_counted_by_it
     let (fa, a) = replica("watch-a").await;
     let (fb, b) = replica("watch-b").await;
     let n = 200;
-    let led: Vec<_> = (0..n)
-        .map(|i| a.election(&format!("e{i}")).unwrap())
-        .collect();
-    for e in &led {
-        within(Duration::from_secs(60), "a leads", e.elected())
-            .await
-            .unwrap();
-    }
-    let followed: Vec<_> = (0..n)
-        .map(|i| b.election(&format!("e{i}")).unwrap())
-        .collect();
-    for e in &followed {
-        let mut rx = e.watch_status();
-        within(
-            Duration::from_secs(60),
-            "b follows",
-            rx.wait_for(|s| s.leader.as_deref() == Some("watch-a")),
-        )
-        .await
-        .unwrap();
-    }
+    let (led, _followed) = lead_then_follow(&a, &b, "watch-a", n).await;
 
     // The follower knows the leader from the watch before its own first reads return: wait
     // until the server has logged all of them, so that what follows the cut is the cut's.

@@ -372,9 +372,10 @@ impl Machine {
     /// The shared watch is behind (it failed and has not been caught up): from `now` on,
     /// a lease that looks expired, free or missing is not taken on that strength. We wait for
     /// the watch ([`watch_current`](Self::watch_current)), and if it is still behind a lease
-    /// duration after we first wanted the lease, read the lease ourselves. (After an API server outage, the moment it is
-    /// back, a follower would otherwise race the leader's first renewal, and lose: a write and
-    /// a re-read per lease, where one list per replica brings the news.)
+    /// duration after we first wanted the lease, read the lease ourselves. (After an API
+    /// server outage, the moment it is back, a follower would otherwise race the leader's
+    /// first renewal, and lose: a write and a re-read per lease, where one list per replica
+    /// brings the news.)
     pub fn watch_behind(&mut self, now: Instant) {
         self.behind.get_or_insert(now);
     }
@@ -712,9 +713,7 @@ impl Machine {
                 return Step::Wait(following(self, until));
             }
             let call = self.call(now, Op::Read, Request::Get);
-            if let Some(in_flight) = self.in_flight.as_mut() {
-                in_flight.confirming = true;
-            }
+            self.in_flight.as_mut().expect("just made").confirming = true;
             return Step::Call(call);
         }
         self.blocked_since = None;
@@ -905,8 +904,7 @@ impl Machine {
             // A 404 on create means the namespace is missing: a definite failure (below).
             Err(StoreError::NotFound { .. }) if op != Op::Create => {
                 if op == Op::Read {
-                    self.read_done();
-                    self.read_at = Some(started);
+                    self.read_done(started);
                 }
                 self.observe(None, now);
                 Outcome::Read
@@ -942,10 +940,13 @@ impl Machine {
         })
     }
 
-    fn read_done(&mut self) {
+    /// A read sent at `started` has answered.
+    fn read_done(&mut self, started: Instant) {
         self.stale = false;
         self.refresh = false;
         self.recheck = None;
+        // As of when it was sent: the answer may describe any moment since.
+        self.read_at = Some(started);
     }
 
     fn on_success(
@@ -971,9 +972,7 @@ impl Machine {
         }
         match op {
             Op::Read => {
-                self.read_done();
-                // As of when it was sent: the answer may describe any moment since.
-                self.read_at = Some(started);
+                self.read_done(started);
                 Outcome::Read
             }
             Op::Create | Op::Acquire => {

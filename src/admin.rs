@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::lease::{released, token_of, with_handoff_request};
+use crate::lease::{force_released, released, token_of, with_handoff_request};
 use crate::record::{LeaseKey, LeaseRecord, StoredLease};
 use crate::store::{LeaseStore, StoreError, StoreResult};
 
@@ -52,6 +52,8 @@ pub struct HandoffRequested {
 pub(crate) struct Admin {
     pub(crate) store: Arc<dyn LeaseStore>,
     pub(crate) call_timeout: Duration,
+    /// The lease duration a force release declares when the record declares none.
+    pub(crate) lease_duration: Duration,
 }
 
 /// What to do with the lease as read.
@@ -72,7 +74,9 @@ impl Admin {
     }
 
     /// See [`Dsync::force_release`](crate::Dsync::force_release).
-    pub(crate) async fn force_release(&self, key: &LeaseKey) -> Result<ForceReleased> {
+    /// `now`: free at once ([`released`]), for a holder known to be dead; otherwise free after
+    /// the holder's lease duration for dsync candidates ([`force_released`]).
+    pub(crate) async fn force_release(&self, key: &LeaseKey, now: bool) -> Result<ForceReleased> {
         self.rewrite(key, "force-release", |lease| {
             let record = &lease.record;
             let answer = ForceReleased {
@@ -80,8 +84,10 @@ impl Admin {
                 previous_holder: record.holder().map(str::to_owned),
                 fencing_token: token_of(record),
             };
+            let at = SystemTime::now();
             Ok(match record.holder() {
-                Some(_) => Decision::Write(released(record, SystemTime::now()), answer),
+                Some(_) if now => Decision::Write(released(record, at), answer),
+                Some(_) => Decision::Write(force_released(record, self.lease_duration, at), answer),
                 None => Decision::Done(answer),
             })
         })

@@ -201,6 +201,7 @@ impl Dsync {
             store,
             watches,
             directory: registry.clone(),
+            floors: Default::default(),
         });
         Dsync {
             inner: Arc::new(Inner {
@@ -466,18 +467,22 @@ impl Dsync {
             .await
     }
 
-    /// Ends whatever term holds `lease`, as an operator: writes the lease free (no holder,
-    /// `leaseTransitions` kept, so the next holder's fencing token is higher; the record a
-    /// release writes), a compare-and-swap on the version just read. `lease` may be in any
-    /// namespace and need not be one of this replica's (or dsync's: a client-go Lease is
-    /// released the same way).
+    /// Ends whatever term holds `lease`, as an operator, **without letting anyone in before
+    /// the old term has surely ended** (rule `operator-release-grace`): writes the lease free
+    /// (no holder, `leaseTransitions` kept, so the next holder's fencing token is higher) but
+    /// declaring the holder's full lease duration, a compare-and-swap on the version just read.
+    /// dsync candidates leave such a record alone for that long after they see it, as if it
+    /// still named the holder: a holder cut off from the API server, which cannot learn of
+    /// the release, has passed its renew deadline (and ended its term) by then. A holder that
+    /// can reach the server learns of it from its watch or its next renewal (a conflict) and
+    /// is deposed (superseded) at once. client-go peers do not wait: to them it is a free
+    /// lease. `lease` may be in any namespace and need not be one of this replica's (or
+    /// dsync's: a client-go Lease is released the same way).
     ///
-    /// The holder is not asked: it learns of the loss from its watch, or at its next renewal
-    /// (a conflict), and ends its term then; a dsync holder is deposed (superseded) and cancels
-    /// its term. Until it does, it may still believe it holds the lease while another replica
-    /// has taken it: work guarded by the term should check the fencing token where it writes.
-    /// Use it for a holder that is stuck or gone, not as a handoff
-    /// ([`request_handoff`](Self::request_handoff) is the orderly way for an election).
+    /// Use it for a holder that is stuck, not as a handoff
+    /// ([`request_handoff`](Self::request_handoff) is the orderly way for an election). For a
+    /// holder known to be dead (its pod is gone), [`force_release_now`](Self::force_release_now)
+    /// frees the lease at once.
     ///
     /// * Nobody holds it: nothing is written; `previous_holder` is `None`.
     /// * A write that meets a concurrent one (the holder renewing) reads again and decides
@@ -489,7 +494,19 @@ impl Dsync {
     pub async fn force_release(&self, lease: &LeaseKey) -> Result<ForceReleased> {
         let key = lease.clone();
         let admin = self.admin()?;
-        self.on_lease_thread(async move { admin.force_release(&key).await })
+        self.on_lease_thread(async move { admin.force_release(&key, false).await })
+            .await
+    }
+
+    /// Like [`force_release`](Self::force_release), but the lease is free **at once** (the
+    /// record a holder's own release writes, declaring one second): the next candidate takes
+    /// it at once, while the old holder, if it is alive and cut off from the API server,
+    /// still believes it holds the lease until its renew deadline. Only for a holder known
+    /// to be dead (its pod and process are gone); otherwise two terms may be live together.
+    pub async fn force_release_now(&self, lease: &LeaseKey) -> Result<ForceReleased> {
+        let key = lease.clone();
+        let admin = self.admin()?;
+        self.on_lease_thread(async move { admin.force_release(&key, true).await })
             .await
     }
 
@@ -534,6 +551,7 @@ impl Dsync {
         Ok(Admin {
             store: self.inner.shared.store.clone(),
             call_timeout: self.inner.config.timing.renew_deadline(),
+            lease_duration: self.inner.config.timing.lease_duration(),
         })
     }
 

@@ -14,6 +14,8 @@
 //! | `dsync_renew_duration_seconds` | histogram | `lease` | latency of each successful renewal write (elections and locks) |
 //! | `dsync_conflicts_total` | counter | `lease` | writes that lost a compare-and-swap (409; elections and locks) |
 //! | `dsync_handoffs_total` | counter | `lease` | handoffs this replica completed (its release naming the successor was written) |
+//! | `dsync_identity_twins_total` | counter | `lease` | times a record naming this replica's identity changed while this replica held no claim on it: another live process carries the same identity (rule `one-identity`) |
+//! | `dsync_versions_went_back_total` | counter | `lease` | reads that answered with a version older than one already seen (an etcd restore; rule `restore-resync`) |
 //! | `dsync_leaderless_seconds_total` | counter | `lease` | time an election was observed without a leader |
 //! | `dsync_semaphore_permits_held` | gauge | `semaphore` | semaphores: permits this replica's callers hold now (`semaphore` is `namespace/<scope>.semaphore.<name>`; each slot's Lease also has the `dsync_lock_*` series) |
 //! | `dsync_semaphore_waiters` | gauge | `semaphore` | semaphores: this replica's callers waiting in `acquire` now |
@@ -100,6 +102,8 @@ mod enabled {
         renew: Family<Labels, Histogram, fn() -> Histogram>,
         conflicts: Family<Labels, Counter>,
         handoffs: Family<Labels, Counter>,
+        twins: Family<Labels, Counter>,
+        went_back: Family<Labels, Counter>,
         leaderless: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
         master_status: Family<ClientGoLabels, Gauge>,
         semaphore_held: Family<SemaphoreLabels, Gauge>,
@@ -131,6 +135,8 @@ mod enabled {
                 renew: Family::new_with_constructor(new_histogram),
                 conflicts: Family::default(),
                 handoffs: Family::default(),
+                twins: Family::default(),
+                went_back: Family::default(),
                 leaderless: Family::default(),
                 master_status: Family::default(),
                 semaphore_held: Family::default(),
@@ -179,6 +185,16 @@ mod enabled {
                 "handoffs",
                 "Handoffs this replica completed (its release naming the successor was written)",
                 inner.handoffs.clone(),
+            );
+            r.register(
+                "identity_twins",
+                "Times a record naming this replica changed while it held no claim: another live process with the same identity",
+                inner.twins.clone(),
+            );
+            r.register(
+                "versions_went_back",
+                "Reads answered with a version older than one already seen (an etcd restore)",
+                inner.went_back.clone(),
             );
             r.register(
                 "leaderless_seconds",
@@ -359,6 +375,18 @@ mod enabled {
             }
         }
 
+        pub fn twin(&self) {
+            if let Some(r) = &self.metrics {
+                r.metrics.inner.twins.get_or_create(&r.labels).inc();
+            }
+        }
+
+        pub fn went_back(&self) {
+            if let Some(r) = &self.metrics {
+                r.metrics.inner.went_back.get_or_create(&r.labels).inc();
+            }
+        }
+
         pub fn leaderless(&self, for_: Duration) {
             if let Some(r) = &self.metrics {
                 r.metrics
@@ -388,6 +416,8 @@ impl LeaseMetrics {
     pub fn renewed(&self, _took: std::time::Duration) {}
     pub fn conflict(&self) {}
     pub fn handed_off(&self) {}
+    pub fn twin(&self) {}
+    pub fn went_back(&self) {}
     pub fn leaderless(&self, _for: std::time::Duration) {}
 }
 

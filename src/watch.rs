@@ -197,6 +197,34 @@ struct Route {
 struct Lease {
     routes: Vec<Route>,
     last: Option<Last>,
+    /// The highest numeric version the watch or a list has brought for this lease (0: none).
+    /// One object's versions never go back, unless the store itself did (an etcd restore).
+    top: u64,
+}
+
+impl Lease {
+    /// Notes `version` as brought for this lease; `true` if it is older than one already
+    /// brought: the store went back in time (rule `restore-resync`), and the actors, whose
+    /// observations are all newer than anything it says now, must read what it says.
+    fn went_back(&mut self, version: Option<u64>) -> bool {
+        let Some(version) = version else {
+            return false;
+        };
+        let back = version < self.top;
+        self.top = version;
+        back
+    }
+}
+
+/// What the actors of a lease whose versions went back are told: an error, so each reads the
+/// lease and takes the answer as the truth (see `Machine`'s rule `restore-resync`).
+fn went_back_error(name: &str) -> StoreError {
+    StoreError::Unavailable {
+        message: format!(
+            "the versions of lease {name} went back (an etcd restore?): re-reading it"
+        ),
+        source: None,
+    }
 }
 
 /// What the hub keeps of a lease's last version to tell a renewal from a change: the version
@@ -467,6 +495,12 @@ impl WatchHub {
             leases.iter().map(|l| (l.name.as_str(), l)).collect();
         for (name, lease) in ns.leases.iter_mut() {
             let event = match listed.remove(name.as_str()) {
+                Some(stored) if lease.went_back(stored.resource_version.parse().ok()) => {
+                    tracing::warn!(lease = %name, version = %stored.resource_version, "the list brought an older version than before: the store went back in time");
+                    lease.last = None;
+                    send_all(&mut lease.routes, Err(went_back_error(name)), true);
+                    continue;
+                }
                 Some(stored) => {
                     // What the watch brought meanwhile may be newer than the list.
                     let this = Last::of(stored);
@@ -512,6 +546,12 @@ fn applied(ns: &mut Namespace, stored: StoredLease) {
         return;
     }
     let version = stored.resource_version.parse::<u64>().ok();
+    if lease.went_back(version) {
+        tracing::warn!(lease = %stored.name, version = %stored.resource_version, "the watch brought an older version than before: the store went back in time");
+        lease.last = None;
+        send_all(&mut lease.routes, Err(went_back_error(&stored.name)), true);
+        return;
+    }
     if let Some(version) = version
         && lease.routes.iter().all(|route| {
             route

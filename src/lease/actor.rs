@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::face::{EndReason, Face, Recovery};
-use super::{Call, Machine, Op, Outcome, Request, Step, StepDownReason, Waiting, Want};
+use super::{Alert, Call, Machine, Op, Outcome, Request, Step, StepDownReason, Waiting, Want};
 use crate::error::{Error, Result};
 use crate::metrics::LeaseMetrics;
 use crate::store::{LeaseKey, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
@@ -232,6 +232,38 @@ pub(crate) struct Shared {
     pub store: Arc<dyn LeaseStore>,
     pub watches: Arc<WatchHub>,
     pub directory: Arc<dyn Directory>,
+    /// The highest fencing token this process has seen per lease, shared by all its actors
+    /// (rule `token-never-back`): a lease actor of a new handle, or one restarted, starts from
+    /// what the process already knows, across deletes.
+    pub floors: TokenFloors,
+}
+
+/// The highest fencing token seen per lease by one process (see [`Shared::floors`]).
+#[derive(Debug, Default)]
+pub(crate) struct TokenFloors(std::sync::Mutex<crate::hash::FastMap<LeaseKey, i32>>);
+
+impl TokenFloors {
+    fn map(&self) -> std::sync::MutexGuard<'_, crate::hash::FastMap<LeaseKey, i32>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The highest token seen on `key`, if any.
+    pub fn get(&self, key: &LeaseKey) -> Option<i32> {
+        self.map().get(key).copied()
+    }
+
+    /// Notes `token` as seen on `key`.
+    pub fn raise(&self, key: &LeaseKey, token: i32) {
+        let mut map = self.map();
+        match map.get_mut(key) {
+            Some(floor) => *floor = (*floor).max(token),
+            None => {
+                map.insert(key.clone(), token);
+            }
+        }
+    }
 }
 
 /// Everything a lease actor is made from.
@@ -274,6 +306,8 @@ pub(crate) struct Core {
     blocked: bool,
     /// A handoff to another replica, from its start until its release is written.
     handoff: Option<Handoff>,
+    /// The token floor last published to [`Shared::floors`].
+    published_floor: Option<i32>,
 }
 
 impl Core {
@@ -282,6 +316,43 @@ impl Core {
     /// crate (tracing's `log` feature, which a dependency turns on) on every renewal.
     fn enter_span(&self) -> Option<tracing::span::EnteredSpan> {
         (!self.span.is_disabled()).then(|| self.span.clone().entered())
+    }
+
+    /// Publishes a raised token floor to the process's other actors, and reports what the
+    /// machine noticed (a twin, versions going backwards).
+    fn report(&mut self) {
+        let floor = self.machine.token_floor();
+        if floor > self.published_floor {
+            self.published_floor = floor;
+            if let Some(floor) = floor {
+                self.shared.floors.raise(&self.key, floor);
+            }
+        }
+        for alert in self.machine.take_alerts() {
+            match alert {
+                Alert::Twin { token } => {
+                    self.metrics.twin();
+                    tracing::error!(
+                        lease = %self.key,
+                        identity = %self.identity(),
+                        token,
+                        "another live process holds this lease under our identity (rule \
+                         one-identity); identities must be unique per process. Not taking it \
+                         while it is renewed"
+                    );
+                }
+                Alert::VersionsWentBack { seen, now } => {
+                    self.metrics.went_back();
+                    tracing::warn!(
+                        lease = %self.key,
+                        seen = %seen,
+                        now = %now,
+                        "the store's versions went back (an etcd restore?); re-synced from a \
+                         read, fencing tokens keep rising (rule restore-resync)"
+                    );
+                }
+            }
+        }
     }
 
     /// Tells the watch hub which version we hold now.
@@ -322,9 +393,15 @@ impl Core {
             identity = %p.shared.identity,
             token = tracing::field::Empty
         );
+        let mut machine = Machine::new(p.shared.identity.clone(), p.shared.timing);
+        let published_floor = p.shared.floors.get(&p.key);
+        if let Some(floor) = published_floor {
+            machine.raise_floor(floor);
+        }
         Core {
             id: ActorId::next(),
-            machine: Machine::new(p.shared.identity.clone(), p.shared.timing),
+            machine,
+            published_floor,
             key: p.key,
             metrics: p.metrics,
             restarts: 0,
@@ -578,6 +655,7 @@ impl<F: Face> LeaseActor<F> {
         let _span = self.core.enter_span();
         self.core.take_parked();
         self.core.check_watch();
+        self.core.report();
         for _ in 0..4 {
             let now = now();
             self.core.check_drain_timeout(now);

@@ -323,7 +323,7 @@ pub struct Machine {
     successor: Option<Arc<str>>,
     /// While we hold no claim: the API server's election controller has just named us the
     /// holder of a coordinated lease (we saw its holder change to us), so the record may be
-    /// taken at once even when `reclaim` is off (see `observe` and `may_take_ours`).
+    /// taken at once even when `reclaim` is off (see `observe` and `expiry`).
     assigned: bool,
     /// Our claim has been told to yield to a preferred holder (asked once per claim).
     yielding: bool,
@@ -337,6 +337,42 @@ pub struct Machine {
     /// When the last successful read was sent: while the watch is behind, a read sent after
     /// the lease expired (by our observation) confirms that it did, so it may be taken.
     read_at: Option<Instant>,
+    /// The highest fencing token seen on this lease (any record observed, any token handed
+    /// out), across deletes, restores and actor restarts: the next acquisition writes more
+    /// (rule `token-never-back`).
+    floor: Option<i32>,
+    /// A lease that was held when we last saw it and has since disappeared (deleted by an
+    /// administrator, or lost in a restore) expires at this instant, as the held record would
+    /// have: its holder may still be live (rule `deleted-held-waits`). Kept across restarts.
+    vanished: Option<Instant>,
+    /// The token of our latest claim: a record naming us with it is our own late write, not a
+    /// twin's.
+    last_token: Option<i32>,
+    /// Something the owner should report (a twin, versions going backwards), taken once.
+    alerts: Vec<Alert>,
+}
+
+/// Something the machine noticed that its owner should report (log and count); the machine
+/// has already acted on it. Taken with [`Machine::take_alerts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Alert {
+    /// A record naming us changed while we held no claim on it, under a token that is not
+    /// ours: another live process carries our identity (rule `one-identity`). We do not take
+    /// it while it lives.
+    Twin {
+        /// Its fencing token.
+        token: i32,
+    },
+    /// A read answered with a version older than one we had already seen, though it was sent
+    /// after we saw it: the store went back in time (an etcd restore). The read is taken as
+    /// the truth; fencing tokens still never go back (rule `restore-resync`).
+    VersionsWentBack {
+        /// The version we had seen.
+        seen: String,
+        /// The older version the store answered with.
+        now: String,
+    },
 }
 
 impl Machine {
@@ -366,7 +402,28 @@ impl Machine {
             behind: None,
             blocked_since: None,
             read_at: None,
+            floor: None,
+            vanished: None,
+            last_token: None,
+            alerts: Vec::new(),
         }
+    }
+
+    /// The highest fencing token seen on this lease, if any: the next acquisition writes a
+    /// higher one, whatever the record then says (rule `token-never-back`).
+    pub fn token_floor(&self) -> Option<i32> {
+        self.floor
+    }
+
+    /// Raises the token floor to `token` (what other machines of this process have seen of
+    /// the lease, across handles and deletes). Never lowers it.
+    pub fn raise_floor(&mut self, token: i32) {
+        self.floor = Some(self.floor.map_or(token, |f| f.max(token)));
+    }
+
+    /// Takes what the machine noticed that its owner should report.
+    pub fn take_alerts(&mut self) -> Vec<Alert> {
+        std::mem::take(&mut self.alerts)
     }
 
     /// The shared watch is behind (it failed and has not been caught up): from `now` on,
@@ -504,9 +561,11 @@ impl Machine {
 
     /// Takes over a record that names us while we hold no claim, as left by an earlier
     /// process of ours, so that it can be released (a lock's `unlock` does this, as the Go
-    /// package's did). The claim counts from when we first saw that record, the most others
-    /// can have waited. `false` (nothing changes) unless the observation is fresh, names us,
-    /// may be reclaimed and is young enough to be within a renew deadline.
+    /// package's did). Only a record we have seen unchanged for at least a renew deadline: a
+    /// process that held it then has stepped down by now (rule `one-identity`; a younger
+    /// record may be a live twin's). The claim ends a retry period before others may take
+    /// the lease by expiry (a lease duration after the record last changed). `false` (nothing
+    /// changes) unless the observation is fresh, names us, may be reclaimed and is old enough.
     pub fn adopt(&mut self, now: Instant) -> bool {
         if self.claim.is_some() || !self.reclaim || !self.is_fresh() {
             return false;
@@ -520,13 +579,24 @@ impl Machine {
         if lease.record.holder() != Some(&*self.identity) {
             return false;
         }
-        if now >= observed.changed_at + self.timing.renew_deadline() {
+        let t = &self.timing;
+        if now < observed.changed_at + t.renew_deadline() {
+            return false;
+        }
+        // The claim's deadline (renewed_at + renew deadline) is a retry period before the
+        // record expires for others; past it, there is nothing left to release.
+        let Some(renewed_at) = (observed.changed_at + t.lease_duration())
+            .checked_sub(t.retry_period() + t.renew_deadline())
+        else {
+            return false;
+        };
+        if now >= renewed_at + t.renew_deadline() {
             return false;
         }
         self.claim = Some(Claim {
             token: token_of(&lease.record),
-            acquired_at: observed.changed_at,
-            renewed_at: observed.changed_at,
+            acquired_at: renewed_at,
+            renewed_at,
         });
         self.yielding = false;
         true
@@ -557,13 +627,11 @@ impl Machine {
                 return Step::StepDown(reason);
             }
             self.claim = None;
-            if let StepDownReason::Superseded { holder: Some(h) } = &reason
-                && **h == *self.identity
-            {
-                // Another live process carries our identity. Taking the lease back at once
-                // would flip it between us in a hot loop: wait for it to expire instead.
-                self.reclaim = false;
-            }
+            // Never take our own record back right after stepping down (rule `one-identity`):
+            // another live process may carry our identity (taking the lease back at once would
+            // flip it between us), and a record our own late write left is ours no more. It
+            // is judged by expiry like anyone else's.
+            self.reclaim = false;
             return Step::StepDown(reason);
         }
         if self.in_flight.is_some() {
@@ -669,7 +737,8 @@ impl Machine {
                     return Step::Wait(Waiting::Invalid { reason, until });
                 }
             },
-            None => None,
+            // Missing: free, unless it was held when it disappeared (see `observe`).
+            None => self.vanished,
         };
         self.invalid = None;
         self.recheck = None;
@@ -719,10 +788,20 @@ impl Machine {
         self.blocked_since = None;
         // Missing: create it. Free, expired, or naming us and ours to reclaim: take it, as a
         // new term with a new fencing token.
+        let floor = self.floor;
         let (record, request_of) = match self.lease() {
-            None => (acquired(None, &self.identity, &self.timing, wall_now), None),
+            None => (
+                acquired(None, floor, &self.identity, &self.timing, wall_now),
+                None,
+            ),
             Some(lease) => (
-                acquired(Some(&lease.record), &self.identity, &self.timing, wall_now),
+                acquired(
+                    Some(&lease.record),
+                    floor,
+                    &self.identity,
+                    &self.timing,
+                    wall_now,
+                ),
                 Some(lease.resource_version.clone()),
             ),
         };
@@ -743,28 +822,45 @@ impl Machine {
         {
             return Err(format!("spec.leaseTransitions is negative ({t})"));
         }
+        let declared = match record.lease_duration_seconds {
+            Some(secs) if secs > 0 => Some(Duration::from_secs(secs as u64)),
+            _ => None,
+        };
         let Some(holder) = record.holder() else {
-            // Free; but a lease handed to someone else is left to it for the duration the
-            // handoff declared (one lease duration): the grace in which a live successor takes
-            // it, after which a dead one no longer blocks anybody.
+            // Free. A holder's release declares one second (dsync's and client-go's) or no
+            // duration (the Go package's unlock): free at once. A lease handed to someone else
+            // is left to it for the duration the handoff declared (one lease duration): the
+            // grace in which a live successor takes it, after which a dead one no longer
+            // blocks anybody. Any other free record declaring longer was cleared by someone
+            // who is not its holder (a force release, an administrator's edit): its holder
+            // may still think it holds it, so it is left for that long, as if it still named
+            // the holder (rule `operator-release-grace`).
             return Ok(match record.handed_to() {
-                Some(successor) if successor != &*self.identity => {
-                    let grace = match record.lease_duration_seconds {
-                        Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
-                        _ => self.timing.lease_duration(),
-                    };
-                    Some(observed.changed_at + grace)
+                Some(successor) if successor == &*self.identity => None,
+                Some(_) => {
+                    Some(observed.changed_at + declared.unwrap_or(self.timing.lease_duration()))
                 }
-                _ => None,
+                None => declared
+                    .filter(|d| *d > Duration::from_secs(1))
+                    .map(|d| observed.changed_at + d),
             });
         };
-        if holder == &*self.identity && self.may_take_ours(record) {
-            return Ok(None);
+        if holder == &*self.identity {
+            if self.assigned && record.coordinated() {
+                // The election controller has just named us: ours at once.
+                return Ok(None);
+            }
+            if self.reclaim {
+                // Left by an earlier process of ours (a restart), or by a live twin with our
+                // identity: ours once it has not changed for a renew deadline, since a live
+                // holder would have renewed (or stepped down) by then (rule `one-identity`).
+                return Ok(Some(observed.changed_at + self.timing.renew_deadline()));
+            }
         }
         let duration = match record.lease_duration_seconds {
             // A holder that declares no duration gets ours, like a peer with our timing.
             None => self.timing.lease_duration(),
-            Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+            Some(_) if declared.is_some() => declared.expect("checked"),
             Some(secs) => {
                 return Err(format!(
                     "spec.leaseDurationSeconds is {secs}; it must be greater than 0"
@@ -796,14 +892,6 @@ impl Machine {
             holder: holder.map(str::to_owned),
             until,
         })
-    }
-
-    /// Whether a record naming us, while we hold no claim, may be taken at once: left by an
-    /// earlier process of ours (`reclaim`), or just assigned to us by the election controller
-    /// of a coordinated lease. (A same-identity process that took the lease from us is neither:
-    /// its record names us before and after, so it is judged by expiry.)
-    fn may_take_ours(&self, record: &LeaseRecord) -> bool {
-        self.reclaim || (self.assigned && record.coordinated())
     }
 
     /// The end of a backoff still running at `now`.
@@ -852,13 +940,48 @@ impl Machine {
 
     /// Takes a new observation. Also notes whether the holder just changed to us while we
     /// hold no claim (`assigned`): on a coordinated lease only the election controller writes
-    /// that change.
+    /// that change. Raises the token floor; remembers when a held lease that disappeared
+    /// expires (`vanished`); notices a twin.
     fn observe(&mut self, lease: Option<StoredLease>, now: Instant) {
         let names_us =
             |l: Option<&StoredLease>| l.and_then(|l| l.record.holder()) == Some(&*self.identity);
         let before = self.observed.as_ref().map(|o| names_us(o.lease.as_ref()));
         let after = names_us(lease.as_ref());
         self.assigned = self.claim.is_none() && after && (self.assigned || before == Some(false));
+        match &lease {
+            Some(stored) => {
+                self.vanished = None;
+                let token = token_of(&stored.record);
+                self.raise_floor(token);
+                let changed = self.observed.as_ref().and_then(Observed::version)
+                    != Some(stored.resource_version.as_str());
+                if self.claim.is_none()
+                    && after
+                    && before == Some(true)
+                    && changed
+                    && self.last_token != Some(token)
+                    && !stored.record.coordinated()
+                {
+                    self.alerts.push(Alert::Twin { token });
+                }
+            }
+            None => {
+                // Deleted (or restored away): if it was held, its holder may still be live and
+                // think it holds it. It expires as the held record would have.
+                if let Some(Observed {
+                    lease: Some(previous),
+                    changed_at,
+                }) = &self.observed
+                    && previous.record.holder().is_some()
+                {
+                    let declared = match previous.record.lease_duration_seconds {
+                        Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+                        _ => self.timing.lease_duration(),
+                    };
+                    self.vanished = Some(*changed_at + declared);
+                }
+            }
+        }
         self.observed = Some(Observed::update(self.observed.as_ref(), lease, now));
     }
 
@@ -969,6 +1092,18 @@ impl Machine {
         let token = token_of(&stored.record);
         if !self.is_older(&stored.resource_version) {
             self.observe(Some(stored), now);
+        } else if op == Op::Read
+            && let Some(observed) = self.observed.as_ref().filter(|o| o.changed_at <= started)
+        {
+            // Sent after we saw a newer version, the read can only be older if the store went
+            // back in time (an etcd restore): what it says now is the truth, as first seen now
+            // (rule `restore-resync`). Tokens do not follow it back: the floor stays.
+            self.alerts.push(Alert::VersionsWentBack {
+                seen: observed.version().unwrap_or_default().to_owned(),
+                now: stored.resource_version.clone(),
+            });
+            self.observed = None;
+            self.observe(Some(stored), now);
         }
         match op {
             Op::Read => {
@@ -976,6 +1111,8 @@ impl Machine {
                 Outcome::Read
             }
             Op::Create | Op::Acquire => {
+                self.last_token = Some(token);
+                self.raise_floor(token);
                 self.claim = Some(Claim {
                     token,
                     acquired_at: started,
@@ -1044,15 +1181,22 @@ pub fn token_of(record: &LeaseRecord) -> i32 {
     record.lease_transitions.unwrap_or(0)
 }
 
+/// The record that takes the lease for `identity`: the next fencing token is above both the
+/// record's (`previous`) and every token this process has seen on the lease (`floor`), so it
+/// never goes back, whatever was done to the Lease meanwhile (deleted, edited, restored; rule
+/// `token-never-back`). A lease never seen is created with 0.
 fn acquired(
     previous: Option<&LeaseRecord>,
+    floor: Option<i32>,
     identity: &str,
     timing: &Timing,
     now: SystemTime,
 ) -> LeaseRecord {
-    let transitions = match previous {
-        None => 0,
-        Some(prev) => prev.lease_transitions.unwrap_or(0).saturating_add(1),
+    let next = |t: i32| t.saturating_add(1);
+    let transitions = match (previous.map(token_of), floor) {
+        (None, None) => 0,
+        (Some(t), None) | (None, Some(t)) => next(t),
+        (Some(a), Some(b)) => next(a.max(b)),
     };
     LeaseRecord {
         holder_identity: Some(identity.to_owned()),
@@ -1103,6 +1247,28 @@ pub(crate) fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
         successor: None,
         handoff_request: None,
         ..current.clone()
+    }
+}
+
+/// What an operator's [`Dsync::force_release`](crate::Dsync::force_release) writes over
+/// somebody else's term: free (no holder, transitions kept), but declaring the holder's full
+/// lease duration (at least two seconds), so dsync candidates leave it alone for that long
+/// after they see it, as if it still named the holder: the holder, which may be cut off from
+/// the store and still think it holds the lease, has passed its renew deadline by then (rule
+/// `operator-release-grace`; see `Machine::expiry`). `fallback`: the duration to declare when
+/// the record declares none.
+pub(crate) fn force_released(
+    current: &LeaseRecord,
+    fallback: Duration,
+    now: SystemTime,
+) -> LeaseRecord {
+    let declared = match current.lease_duration_seconds {
+        Some(secs) if secs > 1 => secs,
+        _ => i32::try_from(fallback.as_secs()).unwrap_or(i32::MAX).max(2),
+    };
+    LeaseRecord {
+        lease_duration_seconds: Some(declared),
+        ..released(current, now)
     }
 }
 

@@ -49,10 +49,10 @@ pub(crate) mod face;
 mod machine;
 
 pub use machine::{
-    Call, Claim, Machine, Observed, Op, Outcome, Request, Step, StepDownReason, Waiting, Want,
-    token_of,
+    Alert, Call, Claim, Machine, Observed, Op, Outcome, Request, Step, StepDownReason, Waiting,
+    Want, token_of,
 };
-pub(crate) use machine::{released, with_handoff_request};
+pub(crate) use machine::{force_released, released, with_handoff_request};
 
 #[cfg(test)]
 mod tests;

@@ -486,13 +486,69 @@ fn the_holders_declared_duration_is_used_not_ours() {
 }
 
 #[test]
-fn a_fresh_machine_takes_a_lease_naming_it_at_once_as_a_new_term() {
-    // This identity restarted: the record is ours from before. A new term, a new token.
+fn one_identity_a_fresh_machine_takes_a_lease_naming_it_once_unchanged_for_a_renew_deadline() {
+    // This identity restarted, or a twin with our identity is live: the record names us. Not
+    // at once (a live twin would hold it with us), but once nobody has renewed it for a renew
+    // deadline, by which a live holder would have renewed or stepped down. A new term, a new
+    // token.
     let mut w = Sim::new();
     w.read(0.0, Want::Acquire, Some(lease(Some(ME), Some(15), Some(6))));
-    let call = w.call(0.0, Want::Acquire);
+    assert_eq!(
+        w.wait(0.0, Want::Acquire),
+        Waiting::Following {
+            holder: ME.into(),
+            until: w.at(10.0)
+        }
+    );
+    let call = w.call(10.0, Want::Acquire);
     assert_eq!(call.op, Op::Acquire);
     assert_eq!(record_of(&call).lease_transitions, Some(7));
+}
+
+#[test]
+fn one_identity_a_holder_that_stepped_down_does_not_take_its_record_back_early() {
+    // Our renewals failed until the renew deadline: we stepped down. The record still names
+    // us (our last renewal). It is judged by expiry, a lease duration after it last changed,
+    // not a renew deadline: never right after we stepped down ourselves.
+    let mut w = Sim::new();
+    w.hold(0.0, 1);
+    assert_eq!(
+        w.next(10.0, Want::Acquire),
+        Step::StepDown(StepDownReason::RenewDeadlineExceeded)
+    );
+    assert_eq!(
+        w.wait(10.0, Want::Acquire),
+        Waiting::Following {
+            holder: ME.into(),
+            until: w.at(15.0)
+        }
+    );
+    let call = w.call(15.0, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(2));
+}
+
+#[test]
+fn one_identity_a_record_naming_us_that_keeps_changing_is_a_twin_never_taken() {
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(ME), Some(15), Some(6), "7")),
+    );
+    assert!(w.m.take_alerts().is_empty(), "a first look proves nothing");
+    // The twin renews every 2 s: the record never stays unchanged for a renew deadline.
+    for (i, t) in [2.0, 4.0, 6.0, 8.0, 10.0, 12.0].into_iter().enumerate() {
+        let renewed = versioned(Some(ME), Some(15), Some(6), &(8 + i).to_string());
+        assert!(w.m.on_watch(w.at(t), Ok(WatchEvent::Applied(renewed))));
+        assert!(matches!(
+            w.next(t, Want::Acquire),
+            Step::Wait(Waiting::Following { .. })
+        ));
+    }
+    let alerts = w.m.take_alerts();
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
+    assert!(alerts.iter().all(|a| *a == Alert::Twin { token: 6 }));
+    assert!(!w.m.holding());
 }
 
 #[test]
@@ -558,7 +614,7 @@ fn garbage_records_are_invalid_never_written_and_read_again_later() {
             Step::Wait(Waiting::Invalid { .. })
         ));
         // A retry period later it is read again (someone may have repaired it).
-        w.read(2.0, Want::Acquire, Some(lease(None, Some(15), Some(1))));
+        w.read(2.0, Want::Acquire, Some(lease(None, Some(1), Some(1))));
         assert_eq!(w.call(2.0, Want::Acquire).op, Op::Acquire, "repaired");
         assert_eq!(w.m.invalid(), None);
     }
@@ -934,25 +990,37 @@ fn abandon_drops_the_claim_without_writing_and_the_record_is_then_judged_by_expi
 }
 
 #[test]
-fn adopt_claims_a_record_left_by_an_earlier_process_so_it_can_be_released() {
+fn one_identity_adopt_claims_a_record_left_by_an_earlier_process_so_it_can_be_released() {
     let mut w = Sim::new();
     assert!(!w.m.adopt(w.at(0.0)), "nothing observed");
     w.m.refresh();
     w.read(0.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
-    assert!(w.m.adopt(w.at(1.0)));
-    assert_eq!(w.m.deadline(), Some(w.at(10.0)), "from when we saw it");
-    assert_eq!(w.call(1.0, Want::Release).op, Op::Release);
+    assert!(
+        !w.m.adopt(w.at(1.0)),
+        "young: a live twin may be renewing it"
+    );
+    w.m.refresh();
+    w.read(10.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
+    assert!(w.m.adopt(w.at(10.0)), "unchanged for a renew deadline");
+    assert_eq!(
+        w.m.deadline(),
+        Some(w.at(13.0)),
+        "a retry period before others may take it (15 s after we saw it)"
+    );
+    assert_eq!(w.call(10.0, Want::Release).op, Op::Release);
 
     let mut other = Sim::new();
     other.m.refresh();
     other.read(0.0, Want::Keep, Some(lease(Some(OTHER), Some(15), Some(3))));
-    assert!(!other.m.adopt(other.at(1.0)), "not ours");
+    assert!(!other.m.adopt(other.at(11.0)), "not ours");
     let mut stale = Sim::new();
     stale.m.refresh();
     stale.read(0.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
+    stale.m.refresh();
+    stale.read(13.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
     assert!(
-        !stale.m.adopt(stale.at(10.0)),
-        "too old to be within a deadline"
+        !stale.m.adopt(stale.at(13.0)),
+        "too old: others may take it soon"
     );
 }
 
@@ -1415,7 +1483,7 @@ fn play(sim: &mut Sim, store: &mut Cas, t: f64, want: Want, steps: usize) -> (Ve
 }
 
 #[test]
-fn two_processes_with_one_identity_do_not_flip_the_lease_in_a_hot_loop() {
+fn one_identity_two_processes_with_one_identity_never_hold_together() {
     // A misconfiguration (or a force-deleted StatefulSet pod still running): both think the
     // record naming "me" is theirs. The old rule took it back at once and the two flipped it
     // 841 times in 3 s. Now the superseded one waits for expiry: one more term, not hundreds.
@@ -1438,9 +1506,15 @@ fn two_processes_with_one_identity_do_not_flip_the_lease_in_a_hot_loop() {
         }
         t += 0.1;
     }
-    // p1 acquires; p2 (fresh) reclaims its "own" record once; p1, superseded by its identity,
-    // then waits for expiry, which never comes while p2 renews.
-    assert_eq!(terms, 2, "terms in 60 s");
+    // p1 acquires; p2 (fresh) sees its "own" record change every renewal: a twin. It never
+    // takes it (rule `one-identity`): one term, and p2 reports the twin.
+    assert_eq!(terms, 1, "terms in 60 s");
+    assert!(
+        p2.m.take_alerts()
+            .iter()
+            .any(|a| matches!(a, Alert::Twin { .. })),
+        "the twin is reported"
+    );
     assert!(store.writes < 60, "{} writes: renewals only", store.writes);
 }
 
@@ -1598,4 +1672,267 @@ fn an_operators_records_release_by_the_same_rules_or_only_add_the_request() {
         held,
         "nothing else changes"
     );
+}
+
+// ---- operator actions: deletes, edits, force releases, restores (issue 23) ---------------
+
+#[test]
+fn token_never_back_a_deleted_lease_is_created_above_every_token_seen() {
+    // We saw the lease at token 6, free (released): a delete of a free lease frees it at
+    // once, but the create carries 7, not 0.
+    let mut w = Sim::new();
+    w.read(0.0, Want::Acquire, Some(lease(None, Some(1), Some(6))));
+    assert!(w.m.on_watch(
+        w.at(0.5),
+        Ok(WatchEvent::Deleted {
+            name: "s.election.x".into()
+        })
+    ));
+    w.read(0.5, Want::Acquire, None);
+    let call = w.call(0.5, Want::Acquire);
+    assert_eq!(call.op, Op::Create);
+    assert_eq!(record_of(&call).lease_transitions, Some(7));
+    assert_eq!(w.m.token_floor(), Some(6));
+}
+
+#[test]
+fn token_never_back_an_edit_that_lowers_transitions_never_lowers_the_next_token() {
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), Some(15), Some(9), "7")),
+    );
+    // An administrator's `kubectl apply` resets the transitions (and the holder is gone).
+    let edited = versioned(None, Some(1), Some(0), "8");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(edited))));
+    let call = w.call(1.0, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(10), "above 9");
+    let stored = written(&call, "9");
+    assert!(matches!(
+        w.answer(1.0, Ok(stored)),
+        Outcome::Acquired { token: 10 }
+    ));
+}
+
+#[test]
+fn token_never_back_a_new_machine_starts_from_the_floor_its_process_knows() {
+    let mut w = Sim::new();
+    w.m.raise_floor(41);
+    w.m.raise_floor(3);
+    assert_eq!(w.m.token_floor(), Some(41), "never lowered");
+    w.read(0.0, Want::Acquire, None);
+    let call = w.call(0.0, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(42));
+    // A lease never seen by anyone of this process starts at 0 (the documented limit: the
+    // server-side Lease guard covers a process that never saw the old Lease).
+    let mut fresh = Sim::new();
+    fresh.read(0.0, Want::Acquire, None);
+    let call = fresh.call(0.0, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(0));
+}
+
+#[test]
+fn deleted_held_waits_a_deleted_lease_that_was_held_expires_as_the_held_record_would() {
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), Some(15), Some(6), "7")),
+    );
+    // Renewed at 4 s; deleted by an administrator at 5 s. The holder may be cut off and
+    // still live until its renew deadline: not free before 4 + 15 = 19 s.
+    let renewed = versioned(Some(OTHER), Some(15), Some(6), "8");
+    assert!(w.m.on_watch(w.at(4.0), Ok(WatchEvent::Applied(renewed))));
+    assert!(w.m.on_watch(
+        w.at(5.0),
+        Ok(WatchEvent::Deleted {
+            name: "s.election.x".into()
+        })
+    ));
+    w.read(5.0, Want::Acquire, None);
+    assert_eq!(
+        w.wait(5.0, Want::Acquire),
+        Waiting::Backoff { until: w.at(19.0) }
+    );
+    // An actor restart forgets the observation, not the vanished holder.
+    w.m.reset();
+    w.read(6.0, Want::Acquire, None);
+    assert!(matches!(
+        w.next(18.9, Want::Acquire),
+        Step::Wait(Waiting::Backoff { .. })
+    ));
+    let call = w.call(19.0, Want::Acquire);
+    assert_eq!(call.op, Op::Create);
+    assert_eq!(record_of(&call).lease_transitions, Some(7), "not 0");
+}
+
+#[test]
+fn deleted_held_waits_our_own_deleted_lease_is_not_recreated_at_once() {
+    let mut w = Sim::new();
+    w.hold(0.0, 3);
+    assert!(w.m.on_watch(
+        w.at(1.0),
+        Ok(WatchEvent::Deleted {
+            name: "s.election.x".into()
+        })
+    ));
+    w.read(1.0, Want::Acquire, None);
+    assert_eq!(
+        w.next(1.0, Want::Acquire),
+        Step::StepDown(StepDownReason::LeaseDeleted)
+    );
+    assert_eq!(
+        w.wait(1.0, Want::Acquire),
+        Waiting::Backoff { until: w.at(15.0) }
+    );
+    let call = w.call(15.0, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(4));
+}
+
+#[test]
+fn operator_release_grace_a_force_released_lease_is_left_for_the_declared_duration() {
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), Some(15), Some(6), "7")),
+    );
+    let forced = StoredLease {
+        record: force_released(&lease(Some(OTHER), Some(15), Some(6)).record, s(15), w.wall),
+        ..versioned(None, None, None, "8")
+    };
+    assert_eq!(forced.record.holder(), None);
+    assert_eq!(forced.record.lease_duration_seconds, Some(15));
+    assert_eq!(forced.record.lease_transitions, Some(6));
+    assert!(w.m.on_watch(w.at(3.0), Ok(WatchEvent::Applied(forced))));
+    assert_eq!(
+        w.wait(3.0, Want::Acquire),
+        Waiting::Backoff { until: w.at(18.0) }
+    );
+    let call = w.call(18.0, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(7));
+    // The immediate variant (and any holder's own release) declares one second: free at once.
+    let mut now = Sim::new();
+    now.read(0.0, Want::Acquire, Some(lease(None, Some(1), Some(6))));
+    assert_eq!(now.call(0.0, Want::Acquire).op, Op::Acquire);
+    // So does the Go package's unlock, which clears the duration.
+    let mut go = Sim::new();
+    go.read(0.0, Want::Acquire, Some(lease(None, None, Some(6))));
+    assert_eq!(go.call(0.0, Want::Acquire).op, Op::Acquire);
+}
+
+#[test]
+fn operator_release_grace_an_edit_that_clears_the_holder_is_left_for_its_duration() {
+    // `kubectl edit` removing holderIdentity keeps the 15 s duration: the holder may not have
+    // noticed yet.
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), Some(15), Some(2), "7")),
+    );
+    let cleared = versioned(None, Some(15), Some(2), "8");
+    assert!(w.m.on_watch(w.at(2.0), Ok(WatchEvent::Applied(cleared))));
+    assert_eq!(
+        w.wait(2.0, Want::Acquire),
+        Waiting::Backoff { until: w.at(17.0) }
+    );
+}
+
+#[test]
+fn operator_release_grace_the_holder_of_a_force_released_lease_steps_down() {
+    let mut w = Sim::new();
+    w.hold(0.0, 2);
+    let forced = StoredLease {
+        record: force_released(&lease(Some(ME), Some(15), Some(2)).record, s(15), w.wall),
+        ..versioned(None, None, None, "9")
+    };
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(forced))));
+    assert_eq!(
+        w.next(1.0, Want::Acquire),
+        Step::StepDown(StepDownReason::Superseded { holder: None })
+    );
+}
+
+#[test]
+fn one_identity_an_edit_naming_a_live_replica_is_not_taken_before_a_renew_deadline() {
+    // An administrator writes our name as holder (or a twin did): we did not write it, so it
+    // is taken only once unchanged for a renew deadline, by which its real writer's term is
+    // over.
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), Some(15), Some(2), "7")),
+    );
+    let edited = versioned(Some(ME), Some(15), Some(2), "8");
+    assert!(w.m.on_watch(w.at(1.0), Ok(WatchEvent::Applied(edited))));
+    assert_eq!(
+        w.wait(1.0, Want::Acquire),
+        Waiting::Following {
+            holder: ME.into(),
+            until: w.at(11.0)
+        }
+    );
+    let call = w.call(11.0, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(3));
+}
+
+#[test]
+fn restore_resync_a_read_older_than_what_was_seen_is_taken_as_the_truth() {
+    // We hold at version 9 with token 5; etcd is restored to a snapshot where the lease is at
+    // version 4, held by OTHER with token 3. Our renewal conflicts; the re-read, sent after we
+    // saw version 9, answers version 4: the store went back.
+    let mut w = Sim::new();
+    w.hold(0.0, 5);
+    let call = w.call(2.0, Want::Keep);
+    assert_eq!(call.op, Op::Renew);
+    assert!(matches!(w.answer(2.1, Err(conflict())), Outcome::Conflict));
+    let restored = versioned(Some(OTHER), Some(15), Some(3), "4");
+    w.read(2.2, Want::Keep, Some(restored));
+    let alerts = w.m.take_alerts();
+    assert_eq!(
+        alerts,
+        vec![Alert::VersionsWentBack {
+            seen: "8".into(),
+            now: "4".into()
+        }]
+    );
+    assert_eq!(
+        w.next(2.2, Want::Acquire),
+        Step::StepDown(StepDownReason::Superseded {
+            holder: Some(OTHER.into())
+        })
+    );
+    // OTHER's restored record expires a lease duration after we first saw it; then we take
+    // it with a token above everything we ever saw (5), not above the restored 3.
+    assert!(matches!(
+        w.next(17.1, Want::Acquire),
+        Step::Wait(Waiting::Following { .. })
+    ));
+    let call = w.call(17.2, Want::Acquire);
+    assert_eq!(record_of(&call).lease_transitions, Some(6));
+}
+
+#[test]
+fn restore_resync_a_read_that_a_watch_event_overtook_is_still_ignored() {
+    // The read was sent before the watch brought version 9: its older answer is no restore.
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), Some(15), Some(1), "7")),
+    );
+    w.m.refresh();
+    let call = w.call(1.0, Want::Acquire);
+    assert_eq!(call.op, Op::Read);
+    let newer = versioned(Some(OTHER), Some(15), Some(1), "9");
+    assert!(w.m.on_watch(w.at(1.5), Ok(WatchEvent::Applied(newer))));
+    assert!(matches!(
+        w.answer(2.0, Ok(versioned(Some(OTHER), Some(15), Some(1), "8"))),
+        Outcome::Read
+    ));
+    assert!(w.m.take_alerts().is_empty());
+    assert_eq!(w.m.lease().unwrap().resource_version, "9");
 }

@@ -94,6 +94,23 @@ fn write(
     slot.clone()
 }
 
+/// A copy of a [`MemoryStore`]'s leases and revision ([`MemoryStore::snapshot`]), to put back
+/// with [`MemoryStore::restore`]: an etcd snapshot and restore, in which versions go back.
+#[derive(Clone)]
+pub struct MemorySnapshot {
+    leases: FastMap<LeaseKey, StoredLease>,
+    revision: u64,
+}
+
+impl std::fmt::Debug for MemorySnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySnapshot")
+            .field("leases", &self.leases.len())
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
 /// An in-process [`LeaseStore`], shareable between any number of `Dsync` replicas.
 ///
 /// Cloning is cheap and every clone sees the same leases.
@@ -139,6 +156,74 @@ impl MemoryStore {
     pub fn put(&self, key: &LeaseKey, record: LeaseRecord) -> StoreResult<StoredLease> {
         validate(key, &record)?;
         Ok(self.lock().commit(key, record))
+    }
+
+    /// Deletes a lease, as an administrator's `kubectl delete lease` would: no version check;
+    /// the deletion takes a revision and watchers see [`WatchEvent::Deleted`]. `NotFound` if
+    /// it does not exist. (dsync itself never deletes a lease; a deleted lease that was held
+    /// is taken only as an expired one would be, and with a higher fencing token: rules
+    /// `deleted-held-waits` and `token-never-back`.)
+    pub fn delete(&self, key: &LeaseKey) -> StoreResult<()> {
+        let mut inner = self.lock();
+        if inner.leases.remove(key).is_none() {
+            return Err(StoreError::NotFound {
+                lease: key.to_string(),
+            });
+        }
+        inner.revision += 1;
+        let event = WatchEvent::Deleted {
+            name: key.name.clone(),
+        };
+        if let Some(watchers) = inner.watchers.get_mut(&key.namespace) {
+            watchers.retain(|tx| tx.unbounded_send(event.clone()).is_ok());
+        }
+        Ok(())
+    }
+
+    /// Every lease and the revision, as an etcd snapshot keeps them, for
+    /// [`restore`](Self::restore).
+    pub fn snapshot(&self) -> MemorySnapshot {
+        let inner = self.lock();
+        MemorySnapshot {
+            leases: inner.leases.clone(),
+            revision: inner.revision,
+        }
+    }
+
+    /// Puts the store back to `snapshot`, leases and revision, as an etcd restore does:
+    /// versions go back, and later writes reuse version numbers. Watchers see each restored
+    /// lease again (with its older version) and a deletion for each lease the snapshot does
+    /// not have, as a watch that re-lists after the restore would. dsync re-syncs from this
+    /// (rule `restore-resync`); its fencing tokens do not go back (rule `token-never-back`).
+    pub fn restore(&self, snapshot: &MemorySnapshot) {
+        let mut inner = self.lock();
+        let Inner {
+            leases,
+            watchers,
+            revision,
+            ..
+        } = &mut *inner;
+        let gone: Vec<LeaseKey> = leases
+            .keys()
+            .filter(|key| !snapshot.leases.contains_key(*key))
+            .cloned()
+            .collect();
+        *leases = snapshot.leases.clone();
+        *revision = snapshot.revision;
+        let mut restored: Vec<(&LeaseKey, &StoredLease)> = leases.iter().collect();
+        restored.sort_by(|a, b| a.0.cmp(b.0));
+        let events = restored
+            .into_iter()
+            .map(|(key, lease)| (key, WatchEvent::Applied(lease.clone())))
+            .chain(gone.iter().map(|key| {
+                let name = key.name.clone();
+                (key, WatchEvent::Deleted { name })
+            }));
+        for (key, event) in events {
+            if let Some(watchers) = watchers.get_mut(&key.namespace) {
+                watchers.retain(|tx| tx.unbounded_send(event.clone()).is_ok());
+            }
+        }
     }
 
     fn get_now(&self, key: &LeaseKey) -> StoreResult<StoredLease> {

@@ -92,7 +92,7 @@ pub mod memory;
 
 #[cfg(feature = "kube")]
 pub use self::kube::KubeStore;
-pub use memory::MemoryStore;
+pub use memory::{MemorySnapshot, MemoryStore};
 
 /// What a store operation failed with.
 #[derive(Debug, thiserror::Error)]

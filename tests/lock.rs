@@ -445,12 +445,20 @@ async fn a_dropped_handle_releases_its_lock(env: Env) {
 
 async fn a_lock_left_by_an_earlier_incarnation_can_be_unlocked(env: Env) {
     // The seed's Unlock cleared any lease held under this pod's name; so does ours when this
-    // replica holds nothing locally (e.g. after a restart with the same identity).
+    // replica holds nothing locally (e.g. after a restart with the same identity), once the
+    // record has not changed for a renew deadline: before that it may be a live twin's (rule
+    // `one-identity`).
     let (old, fa) = env.faulty_replica("pod-a").await;
     old.lock("x").unwrap().lock().await.unwrap();
     fa.partition(); // the old process dies holding it
     let new = env.replica("pod-a").await;
     let l = new.lock("x").unwrap();
+    let err = l.unlock().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidState { reason, .. } if reason.contains("renew deadline")),
+        "{err:?}"
+    );
+    tokio::time::sleep(env.renew()).await;
     l.unlock().await.unwrap();
     assert_eq!(holder_in_store(&env, &l).await, None);
     new.shutdown().await.unwrap();

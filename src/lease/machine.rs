@@ -563,8 +563,9 @@ impl Machine {
     /// process of ours, so that it can be released (a lock's `unlock` does this, as the Go
     /// package's did). Only a record we have seen unchanged for at least a renew deadline: a
     /// process that held it then has stepped down by now (rule `one-identity`; a younger
-    /// record may be a live twin's). The claim ends a retry period before others may take
-    /// the lease by expiry (a lease duration after the record last changed). `false` (nothing
+    /// record may be a live twin's). The claim is only ever released, by compare-and-swap on
+    /// the version we saw (no term is handed out for it), so it counts from `now`: if anyone
+    /// took the lease meanwhile, the release conflicts and we step down. `false` (nothing
     /// changes) unless the observation is fresh, names us, may be reclaimed and is old enough.
     pub fn adopt(&mut self, now: Instant) -> bool {
         if self.claim.is_some() || !self.reclaim || !self.is_fresh() {
@@ -576,35 +577,29 @@ impl Machine {
         let Some(lease) = &observed.lease else {
             return false;
         };
-        if lease.record.holder() != Some(&*self.identity) {
-            return false;
-        }
-        let t = &self.timing;
-        if now < observed.changed_at + t.renew_deadline() {
-            return false;
-        }
-        // The claim's deadline (renewed_at + renew deadline) is a retry period before the
-        // record expires for others; past it, there is nothing left to release.
-        let Some(renewed_at) = (observed.changed_at + t.lease_duration())
-            .checked_sub(t.retry_period() + t.renew_deadline())
-        else {
-            return false;
-        };
-        if now >= renewed_at + t.renew_deadline() {
+        if lease.record.holder() != Some(&*self.identity)
+            || now < observed.changed_at + self.timing.renew_deadline()
+        {
             return false;
         }
         self.claim = Some(Claim {
             token: token_of(&lease.record),
-            acquired_at: renewed_at,
-            renewed_at,
+            acquired_at: now,
+            renewed_at: now,
         });
         self.yielding = false;
         true
     }
 
     /// Forgets the lease (an actor restart: its calls and timers are gone). Keeps the failure
-    /// streak and its backoff, and whether records naming us may be reclaimed.
+    /// streak and its backoff, the token floor, when a vanished lease expires, and whether
+    /// records naming us may be reclaimed (not if we held a claim: that is a step-down).
     pub fn reset(&mut self) {
+        if self.claim.is_some() {
+            // Our term ended with the restart: a record naming us is ours no more (rule
+            // `one-identity`).
+            self.reclaim = false;
+        }
         self.observed = None;
         self.claim = None;
         self.successor = None;

@@ -1004,8 +1004,8 @@ fn one_identity_adopt_claims_a_record_left_by_an_earlier_process_so_it_can_be_re
     assert!(w.m.adopt(w.at(10.0)), "unchanged for a renew deadline");
     assert_eq!(
         w.m.deadline(),
-        Some(w.at(13.0)),
-        "a retry period before others may take it (15 s after we saw it)"
+        Some(w.at(20.0)),
+        "only released (by compare-and-swap): counts from now"
     );
     assert_eq!(w.call(10.0, Want::Release).op, Op::Release);
 
@@ -1013,14 +1013,15 @@ fn one_identity_adopt_claims_a_record_left_by_an_earlier_process_so_it_can_be_re
     other.m.refresh();
     other.read(0.0, Want::Keep, Some(lease(Some(OTHER), Some(15), Some(3))));
     assert!(!other.m.adopt(other.at(11.0)), "not ours");
-    let mut stale = Sim::new();
-    stale.m.refresh();
-    stale.read(0.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
-    stale.m.refresh();
-    stale.read(13.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
+    let mut stepped_down = Sim::new();
+    stepped_down.m.forbid_reclaim();
+    stepped_down.m.refresh();
+    stepped_down.read(0.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
+    stepped_down.m.refresh();
+    stepped_down.read(11.0, Want::Keep, Some(lease(Some(ME), Some(15), Some(3))));
     assert!(
-        !stale.m.adopt(stale.at(13.0)),
-        "too old: others may take it soon"
+        !stepped_down.m.adopt(stepped_down.at(11.0)),
+        "not after our own claim on it ended"
     );
 }
 

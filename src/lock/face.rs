@@ -136,11 +136,17 @@ impl LockFace {
                     adopted = true;
                     self.unlocking.push(reply);
                 }
-                Some(h) => {
-                    let _ = reply.send(Err(Error::NotLockHolder {
-                        lock: lock.clone(),
-                        holder: Some(h.clone()),
-                        identity: identity.clone(),
+                Some(_) => {
+                    // Named us, but changed within a renew deadline: it may be the record of a
+                    // live process with our identity (rule `one-identity`).
+                    let _ = reply.send(Err(Error::InvalidState {
+                        lease: lock.clone(),
+                        reason: format!(
+                            "held under this replica's identity {identity:?} by no handle of \
+                             this process; it is released by `unlock` only once it has not \
+                             changed for a renew deadline (another live process may share \
+                             the identity)"
+                        ),
                     }));
                 }
             }

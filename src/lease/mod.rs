@@ -9,33 +9,48 @@
 //!
 //! # Rules
 //!
-//! * **Expiry by local observation.** A lease held by someone else may be taken over once its
+//! * **Expiry by local observation** (`local-expiry`). A lease held by someone else may be taken over once its
 //!   record has not changed for its `leaseDurationSeconds`, measured from when *we* first saw the
 //!   current version ([`Observed::changed_at`]). The holder's `renewTime` is another machine's
 //!   wall clock and is never used, so clock skew between replicas cannot cause two leaders.
-//! * **Compare-and-swap on every write.** Every write names the version it is based on; a
+//! * **Compare-and-swap on every write** (`cas-writes`). Every write names the version it is based on; a
 //!   conflict means "re-read and decide again".
-//! * **Holders step down first.** A holder renews every `retry_period`. If it has not completed a
+//! * **Holders step down first** (`holder-steps-down-first`). A holder renews every `retry_period`. If it has not completed a
 //!   renewal within `renew_deadline` of the start of its last successful one, it steps down.
 //!   Others wait at least `lease_duration > renew_deadline` from a moment *after* that write
 //!   started, so the old term has ended before a new one can begin. A renewal answered without
 //!   a new version wrote nothing, so it does not extend the claim.
-//! * **Every write waits its backoff**, releases included: a holder retries every retry period
+//! * **Every write waits its backoff** (`write-backoff`), releases included: a holder retries every retry period
 //!   until its deadline; anyone else doubles the wait per consecutive failure up to the lease
 //!   duration (a successful read does not end a streak of failed writes).
-//! * **Nothing is taken on news the watch may have missed.** While the owner's shared watch is
+//! * **Nothing is taken on news the watch may have missed** (`watch-behind`). While the owner's shared watch is
 //!   behind ([`Machine::watch_behind`] until [`Machine::watch_current`]), a lease that looks
 //!   expired, free or missing is not taken: the holder may have renewed unseen. The machine
 //!   waits for the watch, and if it is still behind a lease duration after the lease was
 //!   first wanted, reads the lease (a read sent after the expiry confirms it). A read that fails then is not retried every
 //!   retry period: it waits for the watch again. Holders renew regardless.
-//! * **Observations never move backwards.** A read or write answer older than what a watch event
-//!   already showed is not taken.
-//! * **One identity, one holder.** A record naming us that we hold no claim on is taken back at
-//!   once only by a fresh process (ours, restarted). Once another live process with our
-//!   identity has superseded us, such records are judged by expiry like anyone else's.
-//! * **Fencing.** Every acquisition increments `leaseTransitions`; the new value is the term's
-//!   fencing token, so tokens of successive terms strictly increase.
+//! * **Observations never move backwards** (`restore-resync`). A read or write answer older
+//!   than what a watch event already showed is not taken, unless the read was *sent* after
+//!   we saw the newer version: then the store itself went back in time (an etcd restore),
+//!   and the read is the truth ([`Alert::VersionsWentBack`]). The watch hub does the same for
+//!   events and lists older than what it brought before: it sends the lease's actors to read.
+//! * **One identity, one holder** (`one-identity`). A record naming us that we hold no claim
+//!   on is taken only once we have seen it unchanged for a renew deadline (a live holder
+//!   would have renewed or stepped down by then), and never after our own claim on it ended
+//!   (a step-down, an actor restart, an abandoned drain): then it is judged by expiry like
+//!   anyone else's. One that keeps changing under a token not ours is a twin
+//!   ([`Alert::Twin`]), never taken while it is renewed.
+//! * **Fencing** (`fencing-tokens`, `token-never-back`). Every acquisition increments
+//!   `leaseTransitions`; the new value is the term's fencing token, so tokens of successive
+//!   terms strictly increase. The machine remembers the highest token it has seen
+//!   ([`Machine::token_floor`], seeded with what the process's other actors saw) and writes
+//!   above it, whatever the record says after a delete, an edit or a restore.
+//! * **A deleted Lease that was held waits** (`deleted-held-waits`): it may be created again
+//!   only when the record it replaced would have expired, as its holder may still be live.
+//! * **Operator releases leave a grace** (`operator-release-grace`): a free record declaring
+//!   more than one second was cleared by someone other than its holder (a force release, an
+//!   edit) and is left for that duration, as if it still named the holder. A handoff's
+//!   release is such a record too, except for its successor.
 //! * **Coordinated leases** (`spec.strategy` set; see
 //!   [Coordinated leader election](crate::election#coordinated-leader-election)): the API
 //!   server's election controller picks the holder. Such a lease is never acquired unless it

@@ -126,6 +126,8 @@ struct Faults {
     response_latency: Duration,
     skew: Option<ClockSkew>,
     tamper: Option<Tamper>,
+    /// Versions are reported this much lower than the inner store's (see `rewind_versions`).
+    rewind: u64,
     /// get, create, replace, list, watch.
     calls: [u64; 5],
     watch_generation: u64,
@@ -374,6 +376,20 @@ impl FaultyStore {
         self.change(|f| f.tamper = Some(tamper));
     }
 
+    /// From now on, every version this store reports (answers, lists, watch events) is `by`
+    /// lower than the inner store's, and the versions it is given to write on are raised by
+    /// `by` again, so compare-and-swap still works: to its replica the store has gone back
+    /// in time, as after an etcd restore to an older snapshot (versions go back; the records
+    /// stay as they are). Open watches are cut (a restore breaks them), so the replica
+    /// re-syncs. Cumulative; not undone by [`clear`](Self::clear) (a restore is not undone
+    /// either). Versions must be decimal numbers; one at or below `by` is reported as `0`.
+    pub fn rewind_versions(&self, by: u64) {
+        self.change(|f| {
+            f.rewind += by;
+            f.watch_generation += 1;
+        });
+    }
+
     /// How many calls of a kind reached this wrapper (including failed and hanging ones).
     /// [`Call::Any`] counts `get`, `create`, `replace` and `list` together.
     pub fn calls(&self, call: Call) -> u64 {
@@ -428,7 +444,7 @@ impl FaultyStore {
         }
         let injected = faults.take_queued(call);
         let (request, response) = (faults.request_latency, faults.response_latency);
-        let (skew, tamper) = (faults.skew, faults.tamper.clone());
+        let (skew, tamper, rewind) = (faults.skew, faults.tamper.clone(), faults.rewind);
         drop(faults);
         let (error, before) = match injected {
             Some((when, make)) => (Some(make(&lease)), when == When::Before),
@@ -443,7 +459,7 @@ impl FaultyStore {
         } else {
             (None, Some(forward))
         };
-        if response.is_zero() && tamper.is_none() && later.is_none() {
+        if response.is_zero() && tamper.is_none() && rewind == 0 && later.is_none() {
             // No extra await points: the call behaves exactly like the inner store's.
             return match (error, now) {
                 (Some(error), None) => futures::future::ready(Err(error)).boxed(),
@@ -473,9 +489,14 @@ impl FaultyStore {
             if !response.is_zero() {
                 tokio::time::sleep(response).await;
             }
-            match tamper {
+            let result = match tamper {
                 Some(tamper) => result.map(|reply| reply.tampered(&tamper)),
                 None => result,
+            };
+            match rewind {
+                0 => result,
+                by => result
+                    .map(|reply| reply.tampered(&(Arc::new(move |l| rewound(l, by)) as Tamper))),
             }
         }
         .boxed()
@@ -496,6 +517,23 @@ impl Reply for StoredLease {
 impl Reply for Vec<StoredLease> {
     fn tampered(self, tamper: &Tamper) -> Self {
         self.into_iter().map(|lease| tamper(lease)).collect()
+    }
+}
+
+/// `lease` with its version `by` lower (see [`FaultyStore::rewind_versions`]).
+fn rewound(mut lease: StoredLease, by: u64) -> StoredLease {
+    if let Ok(v) = lease.resource_version.parse::<u64>() {
+        lease.resource_version = v.saturating_sub(by).to_string();
+    }
+    lease
+}
+
+/// A version given to the wrapper, as the inner store knows it (see
+/// [`FaultyStore::rewind_versions`]).
+fn unwound(version: &str, by: u64) -> String {
+    match version.parse::<u64>() {
+        Ok(v) if by > 0 && v > 0 => (v + by).to_string(),
+        _ => version.to_owned(),
     }
 }
 
@@ -534,7 +572,7 @@ impl LeaseStore for FaultyStore {
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let inner = self.inner.clone();
         let owned = key.clone();
-        let version = resource_version.to_owned();
+        let version = unwound(resource_version, self.lock().rewind);
         self.intercept(Call::Replace, key.to_string(), move |skew| {
             inner.replace(&owned, skew_record(skew, record), &version)
         })
@@ -589,15 +627,21 @@ impl LeaseStore for FaultyStore {
                         if now.silent {
                             continue;
                         }
-                        let (latency, tamper) = {
+                        let (latency, tamper, rewind) = {
                             let f = faults.lock().unwrap_or_else(|p| p.into_inner());
-                            (f.response_latency, f.tamper.clone())
+                            (f.response_latency, f.tamper.clone(), f.rewind)
                         };
                         let event = match (tamper, event) {
                             (Some(tamper), Ok(WatchEvent::Applied(lease))) => {
                                 Ok(WatchEvent::Applied(tamper(lease)))
                             }
                             (_, other) => other,
+                        };
+                        let event = match event {
+                            Ok(WatchEvent::Applied(lease)) if rewind > 0 => {
+                                Ok(WatchEvent::Applied(rewound(lease, rewind)))
+                            }
+                            other => other,
                         };
                         if tx.send((Instant::now() + latency, event)).is_err() {
                             return;

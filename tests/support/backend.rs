@@ -359,6 +359,22 @@ impl Env {
         }
     }
 
+    /// An administrator's delete (`kubectl delete lease`): `MemoryStore::delete`, or a real
+    /// DELETE on the API server.
+    pub async fn delete(&self, key: &LeaseKey) {
+        match &self.backend {
+            Backend::Memory(m) => m.delete(key).unwrap(),
+            Backend::Kube { admin, .. } => {
+                use k8s_openapi::api::coordination::v1::Lease;
+                let api: kube::Api<Lease> =
+                    kube::Api::namespaced(super::apiserver::client(admin).await, &key.namespace);
+                api.delete(&key.name, &Default::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("deleting {key}: {e}"));
+            }
+        }
+    }
+
     /// An administrator's edit (kubectl edit): writes `record` over whatever is there.
     /// `MemoryStore::put`; on kube a PUT on the current resourceVersion, again on a 409 (the
     /// holder may renew between our read and our write).

@@ -37,10 +37,11 @@ async fn token_never_back_and_deleted_held_waits_when_a_held_lease_is_deleted(en
     let (a, fa) = env.faulty_replica("pod-a").await;
     let b = env.replica("pod-b").await;
     let log = TermLog::default();
-    let (ea, eb) = (a.election("x").unwrap(), b.election("x").unwrap());
+    let ea = a.election("x").unwrap();
     log.record("pod-a", &ea).unwrap();
-    log.record("pod-b", &eb).unwrap();
     let first = leads(&env, "a leads", &ea).await;
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
     env.sees_leader(&eb, "pod-a").await;
     fa.partition();
     env.delete(&ea.lease()).await;
@@ -105,10 +106,11 @@ async fn operator_release_grace_force_release_of_a_cut_off_leader_never_makes_tw
     let (a, fa) = env.faulty_replica("pod-a").await;
     let (b, op) = (env.replica("pod-b").await, env.replica("operator").await);
     let log = TermLog::default();
-    let (ea, eb) = (a.election("x").unwrap(), b.election("x").unwrap());
+    let ea = a.election("x").unwrap();
     log.record("pod-a", &ea).unwrap();
-    log.record("pod-b", &eb).unwrap();
     let first = leads(&env, "a leads", &ea).await;
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
     env.sees_leader(&eb, "pod-a").await;
     fa.partition();
     let released = op.force_release(&ea.lease()).await.unwrap();
@@ -133,8 +135,9 @@ async fn operator_release_grace_force_release_now_frees_the_lease_at_once(env: E
     // For a holder known dead: the next candidate takes the lease at once.
     let (a, fa) = env.faulty_replica("pod-a").await;
     let (b, op) = (env.replica("pod-b").await, env.replica("operator").await);
-    let (ea, eb) = (a.election("x").unwrap(), b.election("x").unwrap());
+    let ea = a.election("x").unwrap();
     let first = leads(&env, "a leads", &ea).await;
+    let eb = b.election("x").unwrap();
     env.sees_leader(&eb, "pod-a").await;
     fa.partition();
     drop(ea);
@@ -161,10 +164,11 @@ async fn one_identity_an_edit_naming_another_live_replica_never_makes_two_holder
     let (a, fa) = env.faulty_replica("pod-a").await;
     let b = env.replica("pod-b").await;
     let log = TermLog::default();
-    let (ea, eb) = (a.election("x").unwrap(), b.election("x").unwrap());
+    let ea = a.election("x").unwrap();
     log.record("pod-a", &ea).unwrap();
-    log.record("pod-b", &eb).unwrap();
     let first = leads(&env, "a leads", &ea).await;
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
     env.sees_leader(&eb, "pod-a").await;
     fa.partition();
     env.edit(&ea.lease(), |r| r.holder_identity = Some("pod-b".into()))
@@ -184,10 +188,11 @@ async fn restore_resync_leaders_are_reestablished_when_versions_go_back(env: Env
     let (a, fa) = env.faulty_replica("pod-a").await;
     let (b, fb) = env.faulty_replica("pod-b").await;
     let log = TermLog::default();
-    let (ea, eb) = (a.election("x").unwrap(), b.election("x").unwrap());
+    let ea = a.election("x").unwrap();
     log.record("pod-a", &ea).unwrap();
-    log.record("pod-b", &eb).unwrap();
     let first = leads(&env, "a leads", &ea).await;
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
     env.sees_leader(&eb, "pod-a").await;
     // A few renewals first, so that the versions go back to versions that existed.
     tokio::time::sleep(env.retry() * 3).await;

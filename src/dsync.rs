@@ -498,6 +498,16 @@ impl Dsync {
             .await
     }
 
+    /// The highest fencing token this process has seen on `lease` (held by anyone, through
+    /// any handle, across deletes, edits and restores), if it has seen the lease at all. Its
+    /// next term on the lease gets a higher token, whatever the Lease then says (rule
+    /// `token-never-back`). `None`: no lease actor of this process has seen it, so this
+    /// process could not tell if the Lease were deleted and created again from 0 (the limit
+    /// the server-side Lease guard in `deploy/fencing/` closes).
+    pub fn fencing_floor(&self, lease: &LeaseKey) -> Option<i32> {
+        self.inner.shared.floors.get(lease)
+    }
+
     /// Like [`force_release`](Self::force_release), but the lease is free **at once** (the
     /// record a holder's own release writes, declaring one second): the next candidate takes
     /// it at once, while the old holder, if it is alive and cut off from the API server,

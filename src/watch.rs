@@ -216,15 +216,33 @@ impl Lease {
     }
 }
 
-/// What the actors of a lease whose versions went back are told: an error, so each reads the
-/// lease and takes the answer as the truth (see `Machine`'s rule `restore-resync`).
-fn went_back_error(name: &str) -> StoreError {
-    StoreError::Unavailable {
+/// The store went back in time: every lease of the namespace did.
+fn restore(ns: &mut Namespace) {
+    for (name, lease) in ns.leases.iter_mut() {
+        went_back(lease, name);
+    }
+}
+
+/// Tells every subscriber of a lease whose versions went back: an error, so each reads the
+/// lease and takes the answer as the truth (see `Machine`'s rule `restore-resync`). What was
+/// parked goes first: a renewal from before the restore carries a version that now names
+/// another record (a write on it could land on a record its writer never saw).
+fn went_back(lease: &mut Lease, name: &str) {
+    lease.last = None;
+    // Its history starts again from the store's new past.
+    lease.top = 0;
+    for route in &lease.routes {
+        if let Some(inbox) = &route.inbox {
+            inbox.clear_up_to(None);
+        }
+    }
+    let error = StoreError::Unavailable {
         message: format!(
             "the versions of lease {name} went back (an etcd restore?): re-reading it"
         ),
         source: None,
-    }
+    };
+    send_all(&mut lease.routes, Err(error), true);
 }
 
 /// What the hub keeps of a lease's last version to tell a renewal from a change: the version
@@ -493,14 +511,22 @@ impl WatchHub {
         ns.sync.catch_up(loss);
         let mut listed: HashMap<&str, &StoredLease> =
             leases.iter().map(|l| (l.name.as_str(), l)).collect();
+        // One lease listed older than the watch brought it means the store went back: every
+        // lease of the namespace did (some without an event to show it).
+        let mut restored = false;
+        for (name, lease) in ns.leases.iter_mut() {
+            if let Some(stored) = listed.get(name.as_str()) {
+                restored |= lease.went_back(stored.resource_version.parse().ok());
+            }
+        }
+        if restored {
+            tracing::warn!(%namespace, "the list brought older versions than the watch: the store went back in time");
+            restore(ns);
+            drop(namespaces);
+            return self.listening(namespace);
+        }
         for (name, lease) in ns.leases.iter_mut() {
             let event = match listed.remove(name.as_str()) {
-                Some(stored) if lease.went_back(stored.resource_version.parse().ok()) => {
-                    tracing::warn!(lease = %name, version = %stored.resource_version, "the list brought an older version than before: the store went back in time");
-                    lease.last = None;
-                    send_all(&mut lease.routes, Err(went_back_error(name)), true);
-                    continue;
-                }
                 Some(stored) => {
                     // What the watch brought meanwhile may be newer than the list.
                     let this = Last::of(stored);
@@ -548,10 +574,12 @@ fn applied(ns: &mut Namespace, stored: StoredLease) {
     let version = stored.resource_version.parse::<u64>().ok();
     if lease.went_back(version) {
         tracing::warn!(lease = %stored.name, version = %stored.resource_version, "the watch brought an older version than before: the store went back in time");
-        lease.last = None;
-        send_all(&mut lease.routes, Err(went_back_error(&stored.name)), true);
+        restore(ns);
         return;
     }
+    let Some(lease) = ns.leases.get_mut(stored.name.as_str()) else {
+        return;
+    };
     if let Some(version) = version
         && lease.routes.iter().all(|route| {
             route

@@ -62,14 +62,14 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use dsync::config::DEFAULT_DRAIN_TIMEOUT;
-use dsync::store::{LeaseStore, StoreError};
+use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError};
 use dsync::testing::{Call, ClockSkew, FaultyStore, TermLog, within};
 use dsync::{
     Config, Dsync, Elected, Election, Error, KubeStore, LeaseThread, Lock, MemoryStore, Term,
     TermId, Timing,
 };
 use support::apiserver::{Harness, namespace};
-use support::backend::{KUBE_CALL_TIMEOUT, kube_timing};
+use support::backend::{KUBE_CALL_TIMEOUT, kube_store, kube_timing};
 use support::kubefault::{Fault, KubeFaults};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -118,6 +118,8 @@ trait Chaos {
     fn fail_always(&self, call: Call, forbidden: bool);
     /// Every `call` hangs from now on, until `heal` or `clear`.
     fn stall(&self, call: Call);
+    /// Versions go back by `by` from now on (an etcd restore; `FaultyStore::rewind_versions`).
+    fn rewind_versions(&self, by: u64);
     /// Drops every injected failure: queued, persistent and stalls.
     fn clear(&self);
 }
@@ -170,6 +172,9 @@ impl Chaos for FaultyStore {
     fn stall(&self, call: Call) {
         FaultyStore::stall(self, call);
     }
+    fn rewind_versions(&self, by: u64) {
+        FaultyStore::rewind_versions(self, by);
+    }
     fn clear(&self) {
         FaultyStore::clear(self);
     }
@@ -213,6 +218,9 @@ impl Chaos for KubeChaos {
     }
     fn stall(&self, call: Call) {
         self.store.stall(call);
+    }
+    fn rewind_versions(&self, by: u64) {
+        self.store.rewind_versions(by);
     }
     fn clear(&self) {
         self.http.clear();
@@ -1267,15 +1275,40 @@ struct Seed {
     /// Spawned fault timers (clearing faults that last), aborted at the end.
     timers: Vec<JoinHandle<()>>,
     election_slots: Vec<Arc<Mutex<Option<Election>>>>,
+    /// Live processes sharing the identity of another (twins), shut down before the heal.
+    twins: Vec<Process>,
+    /// A lease an administrator deleted or reset, and the token it had: until the lease
+    /// carries a higher one again, no new process starts (one that never saw the lease could
+    /// not know its token: the documented limit of rule `token-never-back`).
+    fragile: Option<(LeaseKey, i32)>,
+    /// Whether the versions went back already (once per seed).
+    rewound: bool,
 }
 
 impl Seed {
     /// Starts a new process of replica `index` (with its lock worker, unless `worker` is
     /// false).
     async fn start_process(&mut self, index: usize, worker: bool) -> Process {
+        self.start_process_as(index, worker, None).await
+    }
+
+    /// Like `start_process`; with `twin_of`, the process carries that identity (a second live
+    /// process with one identity) and is known to the oracle as `<identity>~twin<n>`.
+    async fn start_process_as(
+        &mut self,
+        index: usize,
+        worker: bool,
+        twin_of: Option<String>,
+    ) -> Process {
         let generation = self.generations[index];
         self.generations[index] += 1;
-        let id = format!("r{index}g{generation}");
+        let (id, identity) = match twin_of {
+            Some(identity) => (format!("{identity}~twin{generation}"), identity),
+            None => {
+                let id = format!("r{index}g{generation}");
+                (id.clone(), id)
+            }
+        };
         let (chaos, store, client_thread) = link(&self.backend, &self.store).await;
         self.chaos.push(chaos.clone());
         // Each process's wall clock is off by up to ten minutes, either way.
@@ -1301,7 +1334,7 @@ impl Seed {
             store,
             Config::default()
                 .with_namespace(&*self.namespace)
-                .with_identity(&*id)
+                .with_identity(&*identity)
                 .with_timing(self.ctx.timing)
                 .with_drain_timeout(drain)
                 .with_lease_thread(thread),
@@ -1493,6 +1526,9 @@ impl Seed {
     /// is down.
     async fn shut_down_or_restart(&mut self, r: usize) {
         if self.processes[r].is_shut() {
+            if self.is_fragile().await {
+                return;
+            }
             self.restart(r, true).await;
             return;
         }
@@ -1507,6 +1543,166 @@ impl Seed {
             drain,
             async move { dsync.shutdown().await },
         );
+    }
+
+    /// The admin's view of the store (not behind any replica's faults).
+    async fn admin_store(&self) -> Arc<dyn LeaseStore> {
+        match &self.backend {
+            Backend::Memory => Arc::new(self.store.clone()),
+            Backend::Kube { admin, .. } => Arc::new(kube_store(admin).await),
+        }
+    }
+
+    fn lease_key(&self, lease: usize) -> LeaseKey {
+        let name = if lease == LOCK {
+            "unscoped.lock.shared".to_owned()
+        } else {
+            format!("unscoped.election.e{lease}")
+        };
+        LeaseKey::new(&*self.namespace, name)
+    }
+
+    /// Whether a lease an administrator deleted or reset still carries no token above the
+    /// one it had: then no new process may start (see `fragile`).
+    async fn is_fragile(&mut self) -> bool {
+        let Some((key, token)) = self.fragile.clone() else {
+            return false;
+        };
+        match self.admin_store().await.get(&key).await {
+            Ok(lease) if lease.record.lease_transitions.unwrap_or(0) > token => {
+                self.fragile = None;
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Every live process (twins too).
+    fn live(&self) -> impl Iterator<Item = &Process> {
+        self.processes
+            .iter()
+            .chain(self.twins.iter())
+            .filter(|p| !p.is_shut())
+    }
+
+    /// An operator's or the platform's action on a random lease: a delete, an edit (reset
+    /// the transitions and clear the holder, or name another holder), a force release, a twin
+    /// process with the identity of replica `r`, or the versions going back (an etcd
+    /// restore). A delete or reset is made only when every live process has seen the lease's
+    /// token (a process that never saw it cannot know it: the documented limit of rule
+    /// `token-never-back`, which the server-side Lease guard closes).
+    async fn operate(&mut self, r: usize) {
+        let lease = self.rng.below(LEASES as u64) as usize;
+        let key = self.lease_key(lease);
+        // Deletes and resets only of elections: the lock is taken again only at the end, by
+        // any process, maybe a new one.
+        let election = lease < ELECTIONS;
+        let store = self.admin_store().await;
+        let current = match store.get(&key).await {
+            Ok(current) => current,
+            Err(_) => return, // not created yet (or just deleted)
+        };
+        let token = current.record.lease_transitions.unwrap_or(0);
+        let all_saw = self
+            .live()
+            .all(|p| p.dsync.fencing_floor(&key).is_some_and(|f| f >= token));
+        let action = self.rng.below(6);
+        trace(format_args!("operator action {action} on {}", key.name));
+        match action {
+            0 if election && all_saw && self.fragile.is_none() => {
+                let deleted = match &self.backend {
+                    Backend::Memory => self.store.delete(&key).is_ok(),
+                    Backend::Kube { admin, .. } => {
+                        use k8s_openapi::api::coordination::v1::Lease;
+                        let api: kube::Api<Lease> = kube::Api::namespaced(
+                            support::apiserver::client(admin).await,
+                            &key.namespace,
+                        );
+                        api.delete(&key.name, &Default::default()).await.is_ok()
+                    }
+                };
+                if deleted {
+                    self.fragile = Some((key, token));
+                    self.ctx.bump("operator: lease deleted");
+                }
+            }
+            1 if election && all_saw && self.fragile.is_none() => {
+                let mut record = current.record.clone();
+                record.holder_identity = None;
+                record.lease_transitions = Some(0);
+                if store
+                    .replace(&key, record, &current.resource_version)
+                    .await
+                    .is_ok()
+                {
+                    self.fragile = Some((key, token));
+                    self.ctx.bump("operator: transitions reset, holder cleared");
+                }
+            }
+            2 => {
+                // Another replica's identity (maybe live), or one nobody has.
+                let n = self.processes.len();
+                let holder = match self.rng.below(n as u64 + 1) as usize {
+                    i if i < n => self.processes[i].id.clone(),
+                    _ => "pod-ghost".to_owned(),
+                };
+                let mut record = current.record.clone();
+                record.holder_identity = Some(holder);
+                if store
+                    .replace(&key, record, &current.resource_version)
+                    .await
+                    .is_ok()
+                {
+                    self.ctx.bump("operator: holder replaced");
+                }
+            }
+            3 => {
+                let process = &self.processes[r];
+                if !process.is_shut()
+                    && matches!(
+                        process.dsync.force_release(&key).await,
+                        Ok(dsync::admin::ForceReleased {
+                            previous_holder: Some(_),
+                            ..
+                        })
+                    )
+                {
+                    self.ctx.bump("operator: force release");
+                }
+            }
+            4 if !self.processes[r].is_shut() && !self.is_fragile().await => {
+                let identity = self.processes[r].id.clone();
+                let twin = self.start_process_as(r, false, Some(identity)).await;
+                trace(format_args!(
+                    "a twin of {} starts as {}",
+                    self.processes[r].id, twin.id
+                ));
+                self.twins.push(twin);
+                self.ctx.bump("operator: twin process started");
+            }
+            5 if !self.rewound => {
+                // Every live process sees the versions go back by the same amount, less than
+                // any version the namespace has.
+                let Ok(leases) = store.list(&self.namespace).await else {
+                    return;
+                };
+                let min = leases
+                    .iter()
+                    .filter_map(|l| l.resource_version.parse::<u64>().ok())
+                    .min()
+                    .unwrap_or(0);
+                let by = min.saturating_sub(1) / 2;
+                if by == 0 {
+                    return;
+                }
+                for process in self.processes.iter().chain(self.twins.iter()) {
+                    process.chaos.rewind_versions(by);
+                }
+                self.rewound = true;
+                self.ctx.bump("operator: versions went back");
+            }
+            _ => {}
+        }
     }
 
     async fn restart(&mut self, r: usize, worker: bool) {
@@ -1532,7 +1728,7 @@ impl Seed {
             let pause = self.ctx.scaled(&mut self.rng, pauses);
             sleep(pause).await;
             let r = self.rng.below(n) as usize;
-            let action = self.rng.below(19);
+            let action = self.rng.below(21);
             let chaos = self.processes[r].chaos.clone();
             trace(format_args!(
                 "step: {} action {action}",
@@ -1575,6 +1771,8 @@ impl Seed {
                 15 => self.stop_lock(r),
                 16 => self.shut_down_or_restart(r).await,
                 17 => self.hand_off(r),
+                // What operators and the platform do to a Lease.
+                18 | 19 => self.operate(r).await,
                 _ if self.backend.is_kube() => {
                     // The test's thread (the terms' work, the lock callers, replica 0's lease
                     // actors) stops for 1 to 1.5 lease durations: replica 0 cannot renew, the
@@ -1620,6 +1818,19 @@ impl Seed {
             chaos.clear();
             chaos.set_latency(Duration::ZERO);
         }
+        // Twins end first (the survivors' elections are checked for a leader below).
+        for twin in std::mem::take(&mut self.twins) {
+            twin.shut.store(true, Ordering::Relaxed);
+            let (id, drain, dsync) = (twin.id.clone(), twin.drain, twin.dsync.clone());
+            self.check_stop(
+                format!("the shutdown of twin {id}"),
+                id,
+                None,
+                drain,
+                async move { dsync.shutdown().await },
+            );
+            self.retired.push(twin);
+        }
         // Stops under way (from the schedule, from inside work) take effect first.
         within(
             bound,
@@ -1630,20 +1841,66 @@ impl Seed {
         for check in std::mem::take(&mut self.checks) {
             join_check(check).await;
         }
-        // A process that was shut down starts again; so does every stopped election.
-        for r in 0..self.processes.len() {
-            if self.processes[r].is_shut() {
-                self.restart(r, false).await;
+        // Every stopped election starts again: first in the live processes, and (if a lease
+        // was deleted or reset) once one of them has taken it again with a higher token, in
+        // the processes that were shut down and start again now (a new process cannot know
+        // the token of a lease it never saw: the limit of rule `token-never-back`).
+        for pass in [false, true] {
+            if pass
+                && self.is_fragile().await
+                && let Some((key, token)) = self.fragile.clone()
+                && self.live().next().is_none()
+            {
+                // Nobody who saw the lease is left to take it again: the operator puts it
+                // back as it was before (free, its token), as one restores a deleted object.
+                // (`is_fragile`: the lease is missing, or its token is at most `token`.)
+                let record = LeaseRecord {
+                    lease_transitions: Some(token),
+                    lease_duration_seconds: Some(1),
+                    ..LeaseRecord::default()
+                };
+                let store = self.admin_store().await;
+                match store.get(&key).await {
+                    Ok(current) => {
+                        store
+                            .replace(&key, record, &current.resource_version)
+                            .await
+                            .unwrap();
+                    }
+                    Err(_) => {
+                        store.create(&key, record).await.unwrap();
+                    }
+                }
+                self.fragile = None;
+                ctx.bump("operator: lease put back");
             }
-            for e in 0..ELECTIONS {
-                let run = self.processes[r].elections[e].as_ref();
-                if run.is_none_or(|run| !run.running()) {
+            if pass && self.fragile.is_some() {
+                let deadline = Instant::now() + bound;
+                while self.is_fragile().await {
                     assert!(
-                        run.is_none_or(ElectionRun::stop_took_effect),
-                        "a stop of {}'s e{e} has not answered",
-                        self.processes[r].id
+                        Instant::now() < deadline,
+                        "the lease deleted or reset was not taken again within {bound:?}"
                     );
-                    self.start_election_again(r, e);
+                    sleep(t.retry_period()).await;
+                }
+            }
+            for r in 0..self.processes.len() {
+                if self.processes[r].is_shut() != pass {
+                    continue;
+                }
+                if pass {
+                    self.restart(r, false).await;
+                }
+                for e in 0..ELECTIONS {
+                    let run = self.processes[r].elections[e].as_ref();
+                    if run.is_none_or(|run| !run.running()) {
+                        assert!(
+                            run.is_none_or(ElectionRun::stop_took_effect),
+                            "a stop of {}'s e{e} has not answered",
+                            self.processes[r].id
+                        );
+                        self.start_election_again(r, e);
+                    }
                 }
             }
         }
@@ -1710,7 +1967,13 @@ impl Seed {
         for slot in &self.election_slots {
             slot.lock().unwrap().take();
         }
-        for process in self.processes.drain(..).chain(self.retired.drain(..)) {
+        let twins = std::mem::take(&mut self.twins);
+        for process in self
+            .processes
+            .drain(..)
+            .chain(self.retired.drain(..))
+            .chain(twins)
+        {
             process.dsync_slot.lock().unwrap().take();
             if let Some(worker) = process.worker {
                 worker.abort();
@@ -1778,6 +2041,9 @@ async fn run_seed(seed: u64, backend: &Backend, totals: &mut Totals) {
         checks: Vec::new(),
         timers: Vec::new(),
         election_slots: Vec::new(),
+        twins: Vec::new(),
+        fragile: None,
+        rewound: false,
     };
     for r in 0..n {
         let process = s.start_process(r, true).await;

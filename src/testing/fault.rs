@@ -128,6 +128,9 @@ struct Faults {
     tamper: Option<Tamper>,
     /// Versions are reported this much lower than the inner store's (see `rewind_versions`).
     rewind: u64,
+    /// The versions reported since the rewind, and the inner store's versions they stand
+    /// for: only these are translated back on a write.
+    rewound: std::collections::HashMap<String, String>,
     /// get, create, replace, list, watch.
     calls: [u64; 5],
     watch_generation: u64,
@@ -377,12 +380,18 @@ impl FaultyStore {
     }
 
     /// From now on, every version this store reports (answers, lists, watch events) is `by`
-    /// lower than the inner store's, and the versions it is given to write on are raised by
-    /// `by` again, so compare-and-swap still works: to its replica the store has gone back
-    /// in time, as after an etcd restore to an older snapshot (versions go back; the records
-    /// stay as they are). Open watches are cut (a restore breaks them), so the replica
-    /// re-syncs. Cumulative; not undone by [`clear`](Self::clear) (a restore is not undone
-    /// either). Versions must be decimal numbers; one at or below `by` is reported as `0`.
+    /// lower than the inner store's, and a write on a version it reported since is made on
+    /// the inner version again, so compare-and-swap still works: to its replica the store
+    /// has gone back in time, as after an etcd restore to an older snapshot (versions go
+    /// back; the records stay as they are). A write on a version from before conflicts, as
+    /// on a restored store that no longer knows it. (On a store restored without bumping
+    /// its revisions, such an old version can match a *new* object's version, and a write
+    /// lands on a record its writer never saw: compare-and-swap cannot see it; the
+    /// server-side Lease guard refuses the token it would take back.) Open watches are cut
+    /// (a restore breaks them), so the replica re-syncs. Cumulative; not undone by
+    /// [`clear`](Self::clear) (a restore is not undone either). Versions must be decimal
+    /// numbers; they are reported with a leading zero (`042`: still the number 42, but not
+    /// the string of a version from before), and one at or below the rewind as `00`.
     pub fn rewind_versions(&self, by: u64) {
         self.change(|f| {
             f.rewind += by;
@@ -446,6 +455,7 @@ impl FaultyStore {
         let (request, response) = (faults.request_latency, faults.response_latency);
         let (skew, tamper, rewind) = (faults.skew, faults.tamper.clone(), faults.rewind);
         drop(faults);
+        let faults = self.faults.clone();
         let (error, before) = match injected {
             Some((when, make)) => (Some(make(&lease)), when == When::Before),
             None => (None, false),
@@ -495,8 +505,10 @@ impl FaultyStore {
             };
             match rewind {
                 0 => result,
-                by => result
-                    .map(|reply| reply.tampered(&(Arc::new(move |l| rewound(l, by)) as Tamper))),
+                by => result.map(|reply| {
+                    let faults = faults.clone();
+                    reply.tampered(&(Arc::new(move |l| rewound(&faults, l, by)) as Tamper))
+                }),
             }
         }
         .boxed()
@@ -520,20 +532,31 @@ impl Reply for Vec<StoredLease> {
     }
 }
 
-/// `lease` with its version `by` lower (see [`FaultyStore::rewind_versions`]).
-fn rewound(mut lease: StoredLease, by: u64) -> StoredLease {
+/// `lease` with its version `by` lower, noted in `faults` (see
+/// [`FaultyStore::rewind_versions`]).
+fn rewound(faults: &Mutex<Faults>, mut lease: StoredLease, by: u64) -> StoredLease {
     if let Ok(v) = lease.resource_version.parse::<u64>() {
-        lease.resource_version = v.saturating_sub(by).to_string();
+        // Written with a leading zero: the same number as a version from before the rewind
+        // (which a replica may still hold) but not the same string, so that a write on that
+        // older version conflicts instead of landing on this record.
+        let reported = format!("0{}", v.saturating_sub(by));
+        let inner = std::mem::replace(&mut lease.resource_version, reported.clone());
+        let mut faults = faults.lock().unwrap_or_else(|p| p.into_inner());
+        faults.rewound.insert(reported, inner);
     }
     lease
 }
 
-/// A version given to the wrapper, as the inner store knows it (see
-/// [`FaultyStore::rewind_versions`]).
-fn unwound(version: &str, by: u64) -> String {
-    match version.parse::<u64>() {
-        Ok(v) if by > 0 && v > 0 => (v + by).to_string(),
-        _ => version.to_owned(),
+/// A version given to the wrapper, as the inner store knows it: one reported since the
+/// rewind stands for its inner version; one from before stands for nothing the store knows
+/// (see [`FaultyStore::rewind_versions`]).
+fn unwound(faults: &Faults, version: &str) -> String {
+    if faults.rewind == 0 {
+        return version.to_owned();
+    }
+    match faults.rewound.get(version) {
+        Some(inner) => inner.clone(),
+        None => format!("{version}-from-before-the-restore"),
     }
 }
 
@@ -572,7 +595,7 @@ impl LeaseStore for FaultyStore {
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let inner = self.inner.clone();
         let owned = key.clone();
-        let version = unwound(resource_version, self.lock().rewind);
+        let version = unwound(&self.lock(), resource_version);
         self.intercept(Call::Replace, key.to_string(), move |skew| {
             inner.replace(&owned, skew_record(skew, record), &version)
         })
@@ -639,7 +662,7 @@ impl LeaseStore for FaultyStore {
                         };
                         let event = match event {
                             Ok(WatchEvent::Applied(lease)) if rewind > 0 => {
-                                Ok(WatchEvent::Applied(rewound(lease, rewind)))
+                                Ok(WatchEvent::Applied(rewound(&faults, lease, rewind)))
                             }
                             other => other,
                         };

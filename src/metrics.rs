@@ -14,7 +14,7 @@
 //! | `dsync_renew_duration_seconds` | histogram | `lease` | latency of each successful renewal write (elections and locks) |
 //! | `dsync_conflicts_total` | counter | `lease` | writes that lost a compare-and-swap (409; elections and locks) |
 //! | `dsync_handoffs_total` | counter | `lease` | handoffs this replica completed (its release naming the successor was written) |
-//! | `dsync_identity_twins_total` | counter | `lease` | times a record naming this replica's identity changed while this replica held no claim on it: another live process carries the same identity (rule `one-identity`) |
+//! | `dsync_identity_twins_total` | counter | `lease` | times this replica saw a record naming its identity change (taken at a step of its lease actor, not per renewal) while it held no claim on it: another live process carries the same identity (rule `one-identity`) |
 //! | `dsync_versions_went_back_total` | counter | `lease` | reads that answered with a version older than one already seen (an etcd restore; rule `restore-resync`) |
 //! | `dsync_leaderless_seconds_total` | counter | `lease` | time an election was observed without a leader |
 //! | `dsync_semaphore_permits_held` | gauge | `semaphore` | semaphores: permits this replica's callers hold now (`semaphore` is `namespace/<scope>.semaphore.<name>`; each slot's Lease also has the `dsync_lock_*` series) |

@@ -356,3 +356,51 @@ async fn semaphore_permits_held_waiters_and_acquisitions_are_recorded() {
     settle().await;
     d.shutdown().await.unwrap();
 }
+
+/// Rule `one-identity`: a twin (another live process with this replica's identity, renewing
+/// the lease) is counted, and never taken over while it renews. Rule `restore-resync`: a read
+/// answered with a version older than one already seen is counted.
+#[actix::test]
+async fn twins_and_versions_going_back_are_counted() {
+    tokio::time::pause();
+    let t = Timing::default();
+    let store = MemoryStore::new();
+    let live = Dsync::with_config(store.clone(), paused_config("twin")).unwrap();
+    let e1 = live.election("x").unwrap();
+    within(t.lease_duration(), "elected", e1.elected())
+        .await
+        .unwrap();
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let faults = FaultyStore::new(store.clone());
+    let twin = Dsync::with_config(faults.clone(), paused_config("twin"))
+        .unwrap()
+        .with_metrics(metrics)
+        .unwrap();
+    let e2 = twin.election("x").unwrap();
+    let lease = e2.lease().to_string();
+    tokio::time::sleep(t.lease_duration() * 2).await;
+    settle().await;
+    assert!(
+        !e2.is_leader(),
+        "the twin never takes the live holder's lease"
+    );
+    let twins = sample(&scrape(&registry), "dsync_identity_twins_total", &lease);
+    // (Counted each time the twin's actor takes a change of the record, not per renewal:
+    // renewals are parked for it and taken at its next step.)
+    assert!(twins >= 1.0, "{twins}");
+    // The store goes back in time: the twin's next read answers an older version.
+    let version: u64 = store
+        .peek(&e2.lease())
+        .unwrap()
+        .resource_version
+        .parse()
+        .unwrap();
+    faults.rewind_versions(version - 1);
+    tokio::time::sleep(t.lease_duration()).await;
+    settle().await;
+    let back = sample(&scrape(&registry), "dsync_versions_went_back_total", &lease);
+    assert!(back >= 1.0, "{back}");
+    live.shutdown().await.unwrap();
+    twin.shutdown().await.unwrap();
+}

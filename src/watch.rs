@@ -38,8 +38,11 @@
 //! So for a lease actor's subscription ([`WatchHub::watch_lease`]) the hub parks such an event
 //! in the actor's [`Inbox`] with the instant it arrived, and wakes nobody; any other event (a
 //! new holder, a release, a new term under the same name, a handoff request, any field but
-//! `renewTime`; a deletion, an error, a re-sync) is delivered at once and drops what was
-//! parked before it. The actor takes the parked renewal at the start of its every step
+//! `renewTime`; a deletion, an error, a re-sync) is delivered at once; a change drops what
+//! was parked before it, a deletion or an error does not (the actor takes the parked renewal
+//! before it: a deleted lease that was held expires a lease duration after its last renewal).
+//! When the store goes back in time, what was parked is dropped (its version now names
+//! another record). The actor takes the parked renewal at the start of its every step
 //! ([`Inbox::take`]) and observes it *as of its arrival*: expiry is judged from the local
 //! instant a version was first seen, so it is judged exactly as if the event had been
 //! delivered. A follower's timer wakes it at the expiry of what it saw, it takes the parked
@@ -656,10 +659,10 @@ fn park(routes: &mut Vec<Route>, stored: StoredLease, version: u64) {
 fn send_all(routes: &mut Vec<Route>, item: StoreResult<WatchEvent>, everyone: bool) {
     let version = match &item {
         Ok(WatchEvent::Applied(lease)) => Some(lease.resource_version.parse::<u64>().ok()),
-        // Whatever was parked is superseded: the lease is gone.
-        Ok(WatchEvent::Deleted { .. }) => Some(None),
-        // What was parked was still seen; the actor re-reads anyway.
-        Err(_) => None,
+        // What was parked stays: the actor takes it before the deletion (when the lease was
+        // last renewed is when a deleted lease that was held expires: rule
+        // `deleted-held-waits`). Likewise after an error; the actor re-reads anyway.
+        Ok(WatchEvent::Deleted { .. }) | Err(_) => None,
     };
     let copy = |item: &StoreResult<WatchEvent>| match item {
         Ok(event) => Ok(event.clone()),

@@ -1079,6 +1079,8 @@ impl<F: Face> StreamHandler<StoreResult<WatchEvent>> for LeaseActor<F> {
         if let Err(error) = &item {
             tracing::debug!(lease = %self.core.key, %error, "watch error; re-reading");
         }
+        // A renewal parked before this event is older: observed first, as of its arrival.
+        self.core.take_parked();
         if self.core.machine.on_watch(now(), item) {
             self.core.note_seen();
             self.drive(ctx);

@@ -960,22 +960,29 @@ impl Machine {
                     self.alerts.push(Alert::Twin { token });
                 }
             }
-            None => {
+            None => match &self.observed {
                 // Deleted (or restored away): if it was held, its holder may still be live and
                 // think it holds it. It expires as the held record would have.
-                if let Some(Observed {
+                Some(Observed {
                     lease: Some(previous),
                     changed_at,
-                }) = &self.observed
-                    && previous.record.holder().is_some()
-                {
-                    let declared = match previous.record.lease_duration_seconds {
-                        Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
-                        _ => self.timing.lease_duration(),
-                    };
-                    self.vanished = Some(*changed_at + declared);
+                }) => {
+                    if previous.record.holder().is_some() {
+                        let declared = match previous.record.lease_duration_seconds {
+                            Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+                            _ => self.timing.lease_duration(),
+                        };
+                        self.vanished = Some(*changed_at + declared);
+                    }
                 }
-            }
+                // Missing at our first look, though this process has seen the lease (a token
+                // floor): it was deleted, and whether it was held we cannot tell. As if it was,
+                // seen just now.
+                None if self.floor.is_some() && self.vanished.is_none() => {
+                    self.vanished = Some(now + self.timing.lease_duration());
+                }
+                _ => {}
+            },
         }
         self.observed = Some(Observed::update(self.observed.as_ref(), lease, now));
     }

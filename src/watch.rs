@@ -635,6 +635,7 @@ fn digest(record: &LeaseRecord) -> Option<u64> {
         preferred_holder,
         successor,
         handoff_request,
+        holder_pod,
     } = record;
     record.holder()?;
     Some(
@@ -647,6 +648,7 @@ fn digest(record: &LeaseRecord) -> Option<u64> {
             preferred_holder,
             successor,
             handoff_request,
+            holder_pod,
         )),
     )
 }
@@ -886,6 +888,7 @@ mod tests {
             name: "x".into(),
             record: held_by("a", 0),
             resource_version: "7".into(),
+            uid: None,
         });
         let at = now();
         inbox.park(&lease, 7, at);

@@ -337,6 +337,8 @@ pub struct Machine {
     /// When the last successful read was sent: while the watch is behind, a read sent after
     /// the lease expired (by our observation) confirms that it did, so it may be taken.
     read_at: Option<Instant>,
+    /// Our pod's name, written on the Lease with each acquisition (`dsync.io/holder-pod`).
+    holder_pod: Option<Arc<str>>,
 }
 
 impl Machine {
@@ -366,7 +368,15 @@ impl Machine {
             behind: None,
             blocked_since: None,
             read_at: None,
+            holder_pod: None,
         }
+    }
+
+    /// This machine, writing `pod` as the holder's pod with each acquisition (see
+    /// [`LeaseRecord::holder_pod`]).
+    pub fn with_holder_pod(mut self, pod: Option<Arc<str>>) -> Self {
+        self.holder_pod = pod;
+        self
     }
 
     /// The shared watch is behind (it failed and has not been caught up): from `now` on,
@@ -719,10 +729,20 @@ impl Machine {
         self.blocked_since = None;
         // Missing: create it. Free, expired, or naming us and ours to reclaim: take it, as a
         // new term with a new fencing token.
+        let pod = self.holder_pod.as_deref();
         let (record, request_of) = match self.lease() {
-            None => (acquired(None, &self.identity, &self.timing, wall_now), None),
+            None => (
+                acquired(None, &self.identity, pod, &self.timing, wall_now),
+                None,
+            ),
             Some(lease) => (
-                acquired(Some(&lease.record), &self.identity, &self.timing, wall_now),
+                acquired(
+                    Some(&lease.record),
+                    &self.identity,
+                    pod,
+                    &self.timing,
+                    wall_now,
+                ),
                 Some(lease.resource_version.clone()),
             ),
         };
@@ -1044,9 +1064,11 @@ pub fn token_of(record: &LeaseRecord) -> i32 {
     record.lease_transitions.unwrap_or(0)
 }
 
+/// A new term's record: `identity` (of pod `pod`, if known) holds it with the next token.
 fn acquired(
     previous: Option<&LeaseRecord>,
     identity: &str,
+    pod: Option<&str>,
     timing: &Timing,
     now: SystemTime,
 ) -> LeaseRecord {
@@ -1065,6 +1087,7 @@ fn acquired(
         // A new term settles any handoff: the successor has taken it, or nobody waits for it.
         successor: None,
         handoff_request: None,
+        holder_pod: pod.map(str::to_owned),
     }
 }
 
@@ -1102,6 +1125,7 @@ pub(crate) fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
         renew_time: Some(now),
         successor: None,
         handoff_request: None,
+        holder_pod: None,
         ..current.clone()
     }
 }

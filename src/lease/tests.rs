@@ -34,6 +34,7 @@ fn versioned(
             ..Default::default()
         },
         resource_version: version.into(),
+        uid: None,
     }
 }
 
@@ -148,6 +149,7 @@ fn written(call: &Call, version: &str) -> StoredLease {
         name: "s.election.x".into(),
         record,
         resource_version: version.into(),
+        uid: None,
     }
 }
 
@@ -1244,6 +1246,7 @@ fn a_controller_handover_between_two_replicas_keeps_tokens_increasing() {
             name: "s.election.x".into(),
             record,
             resource_version: store.revision.to_string(),
+            uid: None,
         });
     };
     let see = |sim: &mut Sim, store: &Cas, t: f64| {
@@ -1372,6 +1375,7 @@ impl Cas {
                 name: "s.election.x".into(),
                 record: record.clone(),
                 resource_version: this.revision.to_string(),
+                uid: None,
             };
             this.lease = Some(stored.clone());
             Ok(stored)

@@ -320,11 +320,7 @@ async fn write(
     fence: Option<&Term>,
     dry_run: bool,
 ) -> Result<ConfigMap, kube::Error> {
-    let mut patch = match fence {
-        Some(term) => fencing::merge_patch(term).unwrap(),
-        None => serde_json::json!({}),
-    };
-    patch["data"] = serde_json::json!({ "report": value });
+    let patch = report(value, fence);
     let params = PatchParams {
         dry_run,
         ..Default::default()
@@ -433,11 +429,7 @@ async fn fencing_lease_guard_refuses_delete_except_to_break_glass() {
 
 #[actix::test]
 async fn fencing_lease_guard_refuses_a_decrease_of_transitions() {
-    let ns = namespace().await;
-    lease_guard(&admin().await, &ns).await;
-    let store = admin_store().await;
-    let key = LeaseKey::new(&ns, "s.lock.x");
-    let v1 = store.create(&key, held_by("a", 3)).await.unwrap();
+    let (store, key, v1) = guarded_lease("s.lock.x").await;
     let lower = store
         .replace(&key, held_by("a", 2), &v1.resource_version)
         .await;
@@ -460,11 +452,7 @@ async fn fencing_lease_guard_refuses_a_decrease_of_transitions() {
 
 #[actix::test]
 async fn fencing_lease_guard_refuses_a_holder_change_without_a_raise() {
-    let ns = namespace().await;
-    lease_guard(&admin().await, &ns).await;
-    let store = admin_store().await;
-    let key = LeaseKey::new(&ns, "s.semaphore.pool.0");
-    let v1 = store.create(&key, held_by("a", 3)).await.unwrap();
+    let (store, key, v1) = guarded_lease("s.semaphore.pool.0").await;
     assert_forbidden(
         store
             .replace(&key, held_by("b", 3), &v1.resource_version)
@@ -493,6 +481,17 @@ async fn fencing_lease_guard_refuses_a_holder_change_without_a_raise() {
         .replace(&key, held_by("b", 4), &v3.resource_version)
         .await
         .unwrap();
+}
+
+/// A Lease `name` held by `a` with token 3, in a fresh namespace where the Lease guard is in
+/// effect; the admin's store.
+async fn guarded_lease(name: &str) -> (KubeStore, LeaseKey, StoredLease) {
+    let ns = namespace().await;
+    lease_guard(&admin().await, &ns).await;
+    let store = admin_store().await;
+    let key = LeaseKey::new(&ns, name);
+    let created = store.create(&key, held_by("a", 3)).await.unwrap();
+    (store, key, created)
 }
 
 fn held_by(holder: &str, transitions: i32) -> LeaseRecord {
@@ -565,6 +564,16 @@ impl LeaseStore for Refusals {
     }
 }
 
+/// Waits until `election`'s replica sees `leader` lead.
+async fn sees_leader(election: &dsync::Election, leader: &str) {
+    let mut status = election.watch_status();
+    let seen = status.wait_for(|s| s.leader.as_deref() == Some(leader));
+    within(LIMIT, &format!("{leader} seen leading"), seen)
+        .await
+        .map(drop)
+        .unwrap();
+}
+
 /// Everything dsync writes passes the Lease guard: elections with handoffs (asked by the
 /// leader and by an operator), stops and re-elections, locks (lock, unlock, `with_lock`,
 /// `try_lock`), a force release, semaphore permits, and the releases of a shutdown.
@@ -586,13 +595,7 @@ async fn fencing_lease_guard_admits_every_write_dsync_makes() {
     let ea = a.election("e").unwrap();
     let first = within(LIMIT, "a leads", ea.elected()).await.unwrap();
     let eb = b.election("e").unwrap();
-    let _ = within(LIMIT, "b campaigns", async {
-        eb.watch_status()
-            .wait_for(|s| s.leader.as_deref() == Some("pod-a"))
-            .await
-            .map(drop)
-    })
-    .await;
+    sees_leader(&eb, "pod-a").await;
     within(LIMIT, "a hands off", ea.handoff_to("pod-b.x1"))
         .await
         .unwrap();
@@ -601,13 +604,7 @@ async fn fencing_lease_guard_admits_every_write_dsync_makes() {
     within(LIMIT, "b stops", eb.stop()).await.unwrap();
     let third = within(LIMIT, "a leads again", ea.elected()).await.unwrap();
     let eb = b.election("e").unwrap();
-    let _ = within(LIMIT, "b follows", async {
-        eb.watch_status()
-            .wait_for(|s| s.leader.as_deref() == Some("pod-a"))
-            .await
-            .map(drop)
-    })
-    .await;
+    sees_leader(&eb, "pod-a").await;
     within(
         LIMIT,
         "an operator asks",
@@ -657,37 +654,43 @@ async fn fencing_lease_guard_admits_every_write_dsync_makes() {
 // ---------------------------------------------------------------------------------------------
 // The holder fence and the token fence.
 
-/// a holds the lock; b takes it over after an operator's force release. The deposed holder's
-/// late write must be refused: returns how long after b's grant that took, and whether the
-/// first attempt still got through (the lag of the API server's cache).
+/// Writes `patch` (a dry run) until refused by `policy` for `rule`, for at most
+/// [`PROPAGATION`]: a deposed holder's late write, which the fence refuses once the API
+/// server's cache has the Lease's change. Returns how long that took, and whether the first
+/// attempt still got through.
 async fn until_refused(
     maps: &Api<ConfigMap>,
-    fence: Option<&Term>,
+    patch: &serde_json::Value,
     policy: &str,
     rule: &str,
 ) -> (Duration, bool) {
     let start = Instant::now();
-    let mut first_admitted = false;
-    let mut attempt = 0;
-    loop {
-        match write(maps, PROTECTED, "late", fence, true).await {
-            Ok(_) => first_admitted |= attempt == 0,
-            Err(e) => {
-                let message =
-                    refusal(&e).unwrap_or_else(|| panic!("expected a 403 by {policy}, got {e}"));
-                assert!(
-                    message.contains(policy) && message.contains(rule),
-                    "{message}"
-                );
-                return (start.elapsed(), first_admitted);
-            }
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for attempt in 0.. {
+        let write = maps.patch(PROTECTED, &dry_run, &Patch::Merge(patch)).await;
+        if write.is_err() {
+            assert_refused(write, policy, rule);
+            return (start.elapsed(), attempt > 0);
         }
-        attempt += 1;
         assert!(
             start.elapsed() < PROPAGATION,
             "the deposed holder's writes were still admitted after {PROPAGATION:?}"
         );
     }
+    unreachable!()
+}
+
+/// `value` for the protected ConfigMap's `report`, with `term`'s fence if given.
+fn report(value: &str, term: Option<&Term>) -> serde_json::Value {
+    let mut patch = match term {
+        Some(term) => fencing::merge_patch(term).unwrap(),
+        None => serde_json::json!({}),
+    };
+    patch["data"] = serde_json::json!({ "report": value });
+    patch
 }
 
 #[actix::test]
@@ -740,7 +743,8 @@ async fn fencing_holder_fence_admits_only_the_pod_holding_the_lease() {
         .unwrap();
     within(LIMIT, "a's term ends", term_a.cancelled()).await;
     let (lb, _term_b) = within(LIMIT, "b locks", waiting).await.unwrap().unwrap();
-    let (lag, first) = until_refused(&maps_a, None, HOLDER_FENCE_POLICY, rule).await;
+    let (lag, first) =
+        until_refused(&maps_a, &report("late", None), HOLDER_FENCE_POLICY, rule).await;
     println!("holder fence: refused {lag:?} after b's grant (first attempt admitted: {first})");
     assert_refused(
         write(&maps_a, PROTECTED, "late", None, false).await,
@@ -805,7 +809,13 @@ async fn fencing_token_fence_admits_only_the_current_terms_fence() {
         .unwrap();
     within(LIMIT, "a's term ends", term_a.cancelled()).await;
     let (lb, term_b) = within(LIMIT, "b locks", waiting).await.unwrap().unwrap();
-    let (lag, first) = until_refused(&maps, Some(&term_a), TOKEN_FENCE_POLICY, rule).await;
+    let (lag, first) = until_refused(
+        &maps,
+        &report("late", Some(&term_a)),
+        TOKEN_FENCE_POLICY,
+        rule,
+    )
+    .await;
     println!("token fence: refused {lag:?} after b's grant (first attempt admitted: {first})");
     assert_refused(
         write(&maps, PROTECTED, "late", Some(&term_a), false).await,
@@ -862,6 +872,27 @@ async fn fencing_token_fence_admits_only_the_current_terms_fence() {
 // ---------------------------------------------------------------------------------------------
 // Figures for BENCHMARKS.md (printed, never asserted).
 
+/// Concurrent writers of the lag measurement's loaded phase.
+const LOAD_WRITERS: usize = 16;
+
+/// Renews a Lease of its own (created first) as fast as the API server answers, until
+/// `stop`; returns how many renewals it made.
+async fn renew_until(stop: Arc<std::sync::atomic::AtomicBool>, key: LeaseKey) -> usize {
+    let store = admin_store().await.with_call_timeout(LIMIT);
+    let mut lease = store.create(&key, held_by("load", 0)).await.unwrap();
+    let mut renewals = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut record = lease.record.clone();
+        record.lease_duration_seconds = Some(1 + (renewals % 2) as i32);
+        lease = store
+            .replace(&key, record, &lease.resource_version)
+            .await
+            .unwrap();
+        renewals += 1;
+    }
+    renewals
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
@@ -895,7 +926,7 @@ async fn fencing_measures_the_lag_and_the_admission_overhead() {
     let pods = Pods::new(&ns).await;
     let clients = [pods.pod("pod-a").await, pods.pod("pod-b").await];
     let names = ["pod-a", "pod-b"];
-    let store = admin_store().await;
+    let store = admin_store().await.with_call_timeout(LIMIT);
     let key = LeaseKey::new(&ns, "unscoped.lock.report");
     let mut lease = store
         .create(
@@ -926,47 +957,49 @@ async fn fencing_measures_the_lag_and_the_admission_overhead() {
             "data": {"report": value},
         })
     };
-    let dry_run = PatchParams {
-        dry_run: true,
-        ..Default::default()
-    };
-
-    let (mut through, mut lags) = (0, Vec::new());
-    for round in 0..rounds {
-        let (old, new) = (round % 2, (round + 1) % 2);
-        let stale = fence_of(&lease);
-        let next = LeaseRecord {
-            holder_pod: Some(names[new].into()),
-            ..held_by(names[new], lease.record.lease_transitions.unwrap() + 1)
-        };
-        lease = store
-            .replace(&key, next, &lease.resource_version)
-            .await
-            .unwrap();
-        let changed = Instant::now();
-        let maps = Api::<ConfigMap>::namespaced(clients[old].clone(), &ns);
-        let mut attempt = 0;
-        loop {
-            match maps
-                .patch(PROTECTED, &dry_run, &Patch::Merge(patch(&stale, "late")))
+    // Idle, then with writers loading the API server and the Lease informer the fences read:
+    // each of `LOAD_WRITERS` renews a Lease of its own (not one of dsync's names) in a loop.
+    for load in [0, LOAD_WRITERS] {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..load)
+            .map(|i| {
+                actix::spawn(renew_until(
+                    stop.clone(),
+                    LeaseKey::new(&ns, format!("load-{i}")),
+                ))
+            })
+            .collect();
+        let (mut through, mut lags) = (0, Vec::new());
+        for round in 0..rounds {
+            let (old, new) = (round % 2, (round + 1) % 2);
+            let stale = fence_of(&lease);
+            let next = LeaseRecord {
+                holder_pod: Some(names[new].into()),
+                ..held_by(names[new], lease.record.lease_transitions.unwrap() + 1)
+            };
+            lease = store
+                .replace(&key, next, &lease.resource_version)
                 .await
-            {
-                Ok(_) => through += usize::from(attempt == 0),
-                Err(e) => {
-                    refusal(&e).unwrap_or_else(|| panic!("{e}"));
-                    lags.push(changed.elapsed());
-                    break;
-                }
-            }
-            attempt += 1;
-            assert!(changed.elapsed() < PROPAGATION, "never refused");
+                .unwrap();
+            let maps = Api::<ConfigMap>::namespaced(clients[old].clone(), &ns);
+            // Either fence may refuse it first.
+            let (lag, admitted) =
+                until_refused(&maps, &patch(&stale, "late"), "dsync-", "rule").await;
+            through += usize::from(admitted);
+            lags.push(lag);
         }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut renewals = 0;
+        for writer in writers {
+            renewals += writer.await.unwrap();
+        }
+        println!(
+            "fencing lag, {load} Lease writers ({renewals} renewals meanwhile): the deposed pod's \
+             first write right after the Lease write got through in {through} of {rounds} \
+             rounds; refused after {}",
+            summary(lags)
+        );
     }
-    println!(
-        "fencing lag: the deposed pod's first write right after the Lease write got through in \
-         {through} of {rounds} rounds; refused after {}",
-        summary(lags)
-    );
 
     let holder = names
         .iter()

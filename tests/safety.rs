@@ -1886,7 +1886,8 @@ async fn randomized_faults_part_3() {
 /// faults through the kube fault layer, the faults that last through a `FaultyStore` around
 /// the `KubeStore`, and the test's thread really blocked. A bounded number of seeds
 /// (`DSYNC_SAFETY_KUBE_SEEDS`, default 3; `DSYNC_SAFETY_KUBE_SEED=S` replays one). A failure
-/// prints its seed.
+/// prints its seed. `DSYNC_SAFETY_KUBE_GUARD=1` installs the Lease guard of
+/// `deploy/fencing/` first.
 #[actix::test]
 async fn randomized_faults_on_the_real_apiserver() {
     // Only when asked: the subscriber is global, and the memory tests' injected faults (a
@@ -1907,6 +1908,13 @@ async fn randomized_faults_on_the_real_apiserver() {
             (0..n).collect()
         }
     };
+    if std::env::var_os("DSYNC_SAFETY_KUBE_GUARD").is_some() {
+        // The Lease guard of deploy/fencing/ in effect for every schedule: the same checks
+        // (no overlap, tokens increasing, a leader and the lock again once the faults heal)
+        // hold with it in place, under operator-like faults and all.
+        let admin = support::apiserver::client(&Harness::get().ready().admin).await;
+        support::fencing::lease_guard(&admin, &namespace().await).await;
+    }
     let watchers = Arbiter::new();
     let backend = Backend::Kube {
         admin: Harness::get().ready().admin,

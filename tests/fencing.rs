@@ -39,9 +39,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use support::apiserver::{Harness, client, namespace};
+use support::apiserver::{Harness, client, namespace, namespace_on};
 use support::backend::{KUBE_CALL_TIMEOUT, kube_timing};
-use support::fencing::{PROPAGATION, create_or_keep, install, lease_guard, poll, refusal};
+use support::fencing::{
+    PROPAGATION, create_or_keep, install, lease_guard, manifest, poll, refusal,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// The ServiceAccount of the test's pods.
@@ -492,6 +494,54 @@ async fn guarded_lease(name: &str) -> (KubeStore, LeaseKey, StoredLease) {
     let key = LeaseKey::new(&ns, name);
     let created = store.create(&key, held_by("a", 3)).await.unwrap();
     (store, key, created)
+}
+
+/// Coordinated Leases (`spec.strategy` set) get their holder from the API server's election
+/// controller, which does not raise the token: exempt from `holder-change-raises`, not from
+/// the other rules. On an API server of its own with the feature gate on (without it the
+/// server drops `spec.strategy`).
+#[actix::test]
+async fn fencing_lease_guard_exempts_coordinated_leases_from_the_holder_change_rule() {
+    let ready = Harness::coordinated().ready();
+    let ns = namespace_on(&ready).await;
+    lease_guard(&client(&ready.admin).await, &ns).await;
+    let store = KubeStore::new(client(&ready.admin).await).with_call_timeout(KUBE_CALL_TIMEOUT);
+    let coordinated = |holder: &str, transitions| LeaseRecord {
+        strategy: Some("OldestEmulationVersion".into()),
+        ..held_by(holder, transitions)
+    };
+    let key = LeaseKey::new(&ns, "s.election.x");
+    let v1 = store.create(&key, coordinated("a", 3)).await.unwrap();
+    assert!(v1.record.coordinated(), "the gate is on: {:?}", v1.record);
+    let v2 = store
+        .replace(&key, coordinated("b", 3), &v1.resource_version)
+        .await
+        .expect("the election controller's kind of write");
+    assert_forbidden(
+        store
+            .replace(&key, coordinated("b", 2), &v2.resource_version)
+            .await,
+        "rule transitions-never-decrease",
+    );
+}
+
+/// `deploy/fencing/example-binding.yaml` is what `dsync::fencing::binding` builds.
+#[test]
+fn fencing_example_binding_is_what_the_crate_builds() {
+    let lease = LeaseKey::new("demo", "unscoped.lock.report");
+    let protected = Protected::config_maps("demo").named(PROTECTED);
+    let docs = manifest("example-binding.yaml");
+    assert_eq!(docs.len(), 2);
+    for (doc, fence) in docs.into_iter().zip([Fence::Holder, Fence::Token]) {
+        let shipped: ValidatingAdmissionPolicyBinding = serde_yaml::from_value(doc).unwrap();
+        let name = shipped.metadata.name.clone().unwrap();
+        let built = fencing::binding(&name, fence, &lease, &protected);
+        assert_eq!(
+            serde_json::to_value(&shipped).unwrap(),
+            serde_json::to_value(&built).unwrap(),
+            "{name}"
+        );
+    }
 }
 
 fn held_by(holder: &str, transitions: i32) -> LeaseRecord {

@@ -1908,13 +1908,19 @@ async fn randomized_faults_on_the_real_apiserver() {
             (0..n).collect()
         }
     };
-    if std::env::var_os("DSYNC_SAFETY_KUBE_GUARD").is_some() {
-        // The Lease guard of deploy/fencing/ in effect for every schedule: the same checks
-        // (no overlap, tokens increasing, a leader and the lock again once the faults heal)
-        // hold with it in place, under operator-like faults and all.
-        let admin = support::apiserver::client(&Harness::get().ready().admin).await;
-        support::fencing::lease_guard(&admin, &namespace().await).await;
-    }
+    // With DSYNC_SAFETY_KUBE_GUARD, the Lease guard of deploy/fencing/ is in effect for every
+    // schedule: the same checks hold with it in place, and it refuses none of dsync's writes
+    // (counted by the API server's own metric, which its probe shows counting).
+    let guard = match std::env::var_os("DSYNC_SAFETY_KUBE_GUARD") {
+        Some(_) => {
+            let admin = support::apiserver::client(&Harness::get().ready().admin).await;
+            support::fencing::lease_guard(&admin, &namespace().await).await;
+            let probed = support::fencing::lease_guard_denials(&admin).await;
+            assert!(probed > 0, "the guard's refusal of its probe is counted");
+            Some((admin, probed))
+        }
+        None => None,
+    };
     let watchers = Arbiter::new();
     let backend = Backend::Kube {
         admin: Harness::get().ready().admin,
@@ -1922,6 +1928,13 @@ async fn randomized_faults_on_the_real_apiserver() {
     };
     run_seeds_on("real apiserver", seeds, backend).await;
     watchers.stop();
+    if let Some((admin, probed)) = guard {
+        let denials = support::fencing::lease_guard_denials(&admin).await;
+        assert_eq!(
+            denials, probed,
+            "the Lease guard refused some of dsync's writes"
+        );
+    }
 }
 
 /// Clock skew, on its own: two replicas whose wall clocks are ten minutes apart (each way).

@@ -116,3 +116,27 @@ pub fn refusal(error: &kube::Error) -> Option<String> {
         _ => None,
     }
 }
+
+/// How many requests the Lease guard has refused since the API server started (dry runs
+/// included), from its `apiserver_validating_admission_policy_check_total` metric.
+pub async fn lease_guard_denials(admin: &kube::Client) -> u64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let metrics = admin
+        .request_text(request)
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("apiserver_validating_admission_policy_check_total{")
+                && line.contains(&format!("policy=\"{LEASE_GUARD_POLICY}\""))
+                && line.contains("enforcement_action=\"deny\"")
+        })
+        .map(|line| {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("{line:?}: {e}")) as u64
+        })
+        .sum()
+}

@@ -397,6 +397,30 @@ async fn fencing_acquisitions_write_the_holder_pod_and_releases_remove_it() {
     a.shutdown().await.unwrap();
 }
 
+/// The `dsync` command suffixes its identities, which are then not pod names: it writes the
+/// pod name, from `KUBE_POD_NAME`, as the holder pod.
+#[cfg(feature = "cli")]
+#[actix::test]
+async fn fencing_the_command_line_tool_names_its_pod_not_its_identity() {
+    let cli = support::cli::Cli::admin().await;
+    let mut lock = cli.command(&["lock", "report", "--", "sleep", "60"]);
+    let _running = lock.env("KUBE_POD_NAME", "web-7d9f").spawn().unwrap();
+    let store = cli.store().await;
+    let key = LeaseKey::new(&cli.ns, "unscoped.lock.report");
+    let held = poll(LIMIT, "the command holds the lock", || {
+        let store = store.clone();
+        let key = key.clone();
+        async move {
+            let lease = store.get(&key).await.ok()?;
+            lease.record.holder().is_some().then_some(lease)
+        }
+    })
+    .await;
+    let holder = held.record.holder().unwrap();
+    assert!(holder.starts_with("web-7d9f-"), "{holder}");
+    assert_eq!(held.record.holder_pod.as_deref(), Some("web-7d9f"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The Lease guard.
 

@@ -817,9 +817,11 @@ async fn fencing_holder_fence_admits_only_the_pod_holding_the_lease() {
         .unwrap();
     within(LIMIT, "a's term ends", term_a.cancelled()).await;
     let (lb, _term_b) = within(LIMIT, "b locks", waiting).await.unwrap().unwrap();
-    let (lag, first) =
+    let (lag, admitted) =
         until_refused(&maps_a, &report("late", None), HOLDER_FENCE_POLICY, rule).await;
-    println!("holder fence: refused {lag:?} after b's grant (first attempt admitted: {first})");
+    println!(
+        "holder fence: refused {lag:?} after b's grant (a write admitted before that: {admitted})"
+    );
     assert_refused(
         write(&maps_a, PROTECTED, "late", None, false).await,
         HOLDER_FENCE_POLICY,
@@ -883,14 +885,16 @@ async fn fencing_token_fence_admits_only_the_current_terms_fence() {
         .unwrap();
     within(LIMIT, "a's term ends", term_a.cancelled()).await;
     let (lb, term_b) = within(LIMIT, "b locks", waiting).await.unwrap().unwrap();
-    let (lag, first) = until_refused(
+    let (lag, admitted) = until_refused(
         &maps,
         &report("late", Some(&term_a)),
         TOKEN_FENCE_POLICY,
         rule,
     )
     .await;
-    println!("token fence: refused {lag:?} after b's grant (first attempt admitted: {first})");
+    println!(
+        "token fence: refused {lag:?} after b's grant (a write admitted before that: {admitted})"
+    );
     assert_refused(
         write(&maps, PROTECTED, "late", Some(&term_a), false).await,
         TOKEN_FENCE_POLICY,

@@ -757,6 +757,21 @@ async fn until_refused(
     unreachable!()
 }
 
+/// Deposes the holder of `term`: `lock` (b's handle) waits for the lock, an operator
+/// force-releases it, the term ends, b gets the lock; returns b's term.
+async fn depose(operator: &Dsync, term: &Term, lock: &dsync::Lock) -> Term {
+    let next = lock.clone();
+    let waiting = actix::spawn(async move { next.lock().await });
+    within(LIMIT, "force release", operator.force_release(term.lease()))
+        .await
+        .unwrap();
+    within(LIMIT, "the holder's term ends", term.cancelled()).await;
+    within(LIMIT, "the next holder locks", waiting)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// `value` for the protected ConfigMap's `report`, with `term`'s fence if given.
 fn report(value: &str, term: Option<&Term>) -> serde_json::Value {
     let mut patch = match term {
@@ -811,12 +826,7 @@ async fn fencing_holder_fence_admits_only_the_pod_holding_the_lease() {
         .expect("the break-glass group writes");
 
     // a is deposed: an operator force-releases its lock, b takes it.
-    let waiting = actix::spawn(async move { lb.lock().await.map(|term| (lb, term)) });
-    within(LIMIT, "force release", op.force_release(&la.lease()))
-        .await
-        .unwrap();
-    within(LIMIT, "a's term ends", term_a.cancelled()).await;
-    let (lb, _term_b) = within(LIMIT, "b locks", waiting).await.unwrap().unwrap();
+    let _term_b = depose(&op, &term_a, &lb).await;
     let (lag, admitted) =
         until_refused(&maps_a, &report("late", None), HOLDER_FENCE_POLICY, rule).await;
     println!(
@@ -879,12 +889,7 @@ async fn fencing_token_fence_admits_only_the_current_terms_fence() {
     );
 
     // a is deposed: b's token is higher, a's fence is refused.
-    let waiting = actix::spawn(async move { lb.lock().await.map(|term| (lb, term)) });
-    within(LIMIT, "force release", op.force_release(&la.lease()))
-        .await
-        .unwrap();
-    within(LIMIT, "a's term ends", term_a.cancelled()).await;
-    let (lb, term_b) = within(LIMIT, "b locks", waiting).await.unwrap().unwrap();
+    let term_b = depose(&op, &term_a, &lb).await;
     let (lag, admitted) = until_refused(
         &maps,
         &report("late", Some(&term_a)),

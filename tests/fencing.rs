@@ -858,6 +858,35 @@ async fn fencing_holder_fence_admits_only_the_pod_holding_the_lease() {
     }
 }
 
+/// Without `dsync.io/holder-pod` (a replica that does not know its pod, a client-go peer),
+/// the holder fence compares the pod with `spec.holderIdentity`.
+#[actix::test]
+async fn fencing_holder_fence_goes_by_the_holder_identity_without_the_annotation() {
+    let ns = namespace().await;
+    let pods = Pods::new(&ns).await;
+    let maps = Api::<ConfigMap>::namespaced(pods.pod("pod-a").await, &ns);
+    let store = admin_store().await;
+    let key = LeaseKey::new(&ns, "unscoped.lock.report");
+    let held = store.create(&key, held_by("pod-a", 1)).await.unwrap();
+    assert_eq!(held.record.holder_pod, None);
+    pods.config_map(PROTECTED).await;
+    pods.bind(Fence::Holder, &key, PROTECTED).await;
+    write(&maps, PROTECTED, "by a", None, false)
+        .await
+        .expect("the pod named by holderIdentity writes");
+    store
+        .replace(&key, held_by("pod-b", 2), &held.resource_version)
+        .await
+        .unwrap();
+    until_refused(
+        &maps,
+        &report("late", None),
+        HOLDER_FENCE_POLICY,
+        "rule holder-pod-only",
+    )
+    .await;
+}
+
 #[actix::test]
 async fn fencing_token_fence_admits_only_the_current_terms_fence() {
     let ns = namespace().await;

@@ -66,8 +66,8 @@ pub const FENCE_ANNOTATION: &str = "dsync.io/fence";
 pub const BREAK_GLASS_GROUP: &str = "dsync:break-glass";
 
 /// The `userInfo.extra` key in which the API server names the pod a service-account token is
-/// bound to (every pod's projected token is; Kubernetes 1.32 and later, feature
-/// `ServiceAccountTokenPodNodeInfo`).
+/// bound to (every pod's projected token is): feature `ServiceAccountTokenPodNodeInfo`, on by
+/// default since Kubernetes 1.30, GA since 1.32.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 
 /// Name of the Lease guard's ValidatingAdmissionPolicy (and of its binding).

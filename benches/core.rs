@@ -20,6 +20,7 @@ fn lease(holder: &str, version: &str) -> StoredLease {
             ..Default::default()
         },
         resource_version: version.into(),
+        uid: None,
     }
 }
 
@@ -50,6 +51,7 @@ fn holding(t0: Instant, wall: SystemTime) -> Machine {
         name: "svc.election.bench".into(),
         record,
         resource_version: "8".into(),
+        uid: None,
     };
     m.on_result(t0, call.seq, Ok(stored));
     assert!(m.holding());

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `KUBE_NAMESPACE` | `default` |
 //! | `KUBE_LEASE_SCOPE` | `unscoped` |
-//! | `KUBE_POD_NAME` | 12 hex characters of a per-process UUID |
+//! | `KUBE_POD_NAME` | 12 hex characters of a per-process UUID (the identity); no pod name |
 //! | `KUBE_CONFIG_PATH` | none: the default kubeconfig (`$KUBECONFIG`, `~/.kube/config`), then the in-cluster service account |
 
 use std::path::PathBuf;
@@ -70,6 +70,13 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Where the lease actors run.
     pub lease_thread: LeaseThread,
+    /// The name of this replica's pod (`KUBE_POD_NAME`, from the downward API), when it is
+    /// known. Each acquisition writes it on the Lease as
+    /// [`HOLDER_POD_ANNOTATION`](crate::record::HOLDER_POD_ANNOTATION), for the server-side
+    /// holder fence ([`crate::fencing`]): it then names the holder's pod even where the
+    /// identity is not the pod name (e.g. the `dsync` command's suffixed identities).
+    /// `None` (the default without the variable): nothing is written.
+    pub pod_name: Option<String>,
 }
 
 impl Default for Config {
@@ -82,6 +89,7 @@ impl Default for Config {
             timing: Timing::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             lease_thread: LeaseThread::default(),
+            pod_name: None,
         }
     }
 }
@@ -104,6 +112,7 @@ impl Config {
             config.scope = scope;
         }
         if let Some(id) = get(ENV_POD_NAME) {
+            config.pod_name = Some(id.clone());
             config.identity = id;
         }
         config.kubeconfig_path = get(ENV_CONFIG_PATH).map(PathBuf::from);
@@ -147,13 +156,20 @@ impl Config {
         self
     }
 
+    /// Sets the name of this replica's pod (see [`Config::pod_name`]); unlike
+    /// [`with_identity`](Self::with_identity), it does not change the identity.
+    pub fn with_pod_name(mut self, pod: impl Into<String>) -> Self {
+        self.pod_name = Some(pod.into());
+        self
+    }
+
     /// Sets where the lease actors run (see [`LeaseThread`]).
     pub fn with_lease_thread(mut self, thread: LeaseThread) -> Self {
         self.lease_thread = thread;
         self
     }
 
-    /// Checks the namespace, scope, identity and drain timeout.
+    /// Checks the namespace, scope, identity, pod name and drain timeout.
     pub fn validate(&self) -> Result<(), Error> {
         if self.drain_timeout.is_zero() {
             return Err(Error::InvalidConfig {
@@ -179,7 +195,11 @@ impl Config {
                 key: ENV_SCOPE,
                 reason: format!("scope {:?}: {err}", self.scope),
             })?;
-        validate_identity(&self.identity)
+        validate_identity(&self.identity)?;
+        match &self.pod_name {
+            Some(pod) => validate_identity(pod),
+            None => Ok(()),
+        }
     }
 }
 
@@ -251,6 +271,7 @@ mod tests {
         assert_eq!(c.namespace, "prod");
         assert_eq!(c.scope, "billing");
         assert_eq!(c.identity, "billing-7d9f-x2");
+        assert_eq!(c.pod_name.as_deref(), Some("billing-7d9f-x2"));
         assert_eq!(c.kubeconfig_path, Some(PathBuf::from("/etc/kube/config")));
     }
 
@@ -279,6 +300,26 @@ mod tests {
                 other => panic!("{pairs:?}: expected InvalidConfig, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_pod_name_is_kept_when_the_identity_changes() {
+        let c = Config::from_lookup(lookup(&[("KUBE_POD_NAME", "web-1")]))
+            .unwrap()
+            .with_identity("web-1-lock-7f3a");
+        assert_eq!(c.pod_name.as_deref(), Some("web-1"));
+        assert_eq!(Config::default().pod_name, None);
+        assert!(
+            Config::default()
+                .with_pod_name(" web-1")
+                .validate()
+                .is_err()
+        );
+        let c = Config::default().with_pod_name("web-2");
+        assert_eq!(
+            (c.pod_name.as_deref(), c.identity.as_str()),
+            (Some("web-2"), process_identity())
+        );
     }
 
     #[test]

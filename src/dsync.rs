@@ -196,6 +196,7 @@ impl Dsync {
         }
         let shared = Arc::new(Shared {
             identity: config.identity.as_str().into(),
+            holder_pod: config.pod_name.as_deref().map(Arc::from),
             timing: config.timing,
             drain_timeout: config.drain_timeout,
             store,

@@ -98,6 +98,9 @@
 //! * [`admin`]: the operator actions on [`Dsync`] ([`Dsync::stored_leases`],
 //!   [`Dsync::force_release`], [`Dsync::request_handoff`]): a read and a compare-and-swap
 //!   write of records built by the lease machine's rules, no lease actor.
+//! * [`fencing`]: server-side fencing on Kubernetes: the annotations, names and bindings of
+//!   the ValidatingAdmissionPolicies in `deploy/fencing/` (Lease guard, holder fence, token
+//!   fence).
 //! * [`metrics`]: Prometheus metrics (feature `metrics`).
 //! * [`supervisor`]: the [`Supervisor`] actor and the registry of a [`Dsync`]'s lease actors,
 //!   one entry type for every face.
@@ -142,6 +145,7 @@ mod connect;
 mod dsync;
 pub mod election;
 mod error;
+pub mod fencing;
 mod hash;
 pub mod leader_only;
 pub mod lease;

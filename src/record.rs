@@ -58,6 +58,11 @@ pub struct LeaseRecord {
     /// A handoff asked for from outside the leader ([`HANDOFF_REQUEST_ANNOTATION`], e.g. with
     /// `kubectl annotate`): the dsync leader hands the lease to this identity, then clears it.
     pub handoff_request: Option<String>,
+    /// The pod of the holder ([`HOLDER_POD_ANNOTATION`]), for the server-side holder fence
+    /// (see [`crate::fencing`]) where the holder identity is not the pod name. Written with
+    /// each acquisition by a replica that knows its pod
+    /// ([`Config::pod_name`](crate::Config::pod_name)), kept by renewals, cleared by a release.
+    pub holder_pod: Option<String>,
 }
 
 /// The annotation a handoff's release writes on the Lease: the identity the lease was handed
@@ -69,6 +74,12 @@ pub const SUCCESSOR_ANNOTATION: &str = "dsync.io/preferred-holder";
 /// names: `kubectl annotate lease <name> dsync.io/handoff-to=<pod>`. The leader carries it
 /// out (ends its term, drains, then releases to that identity) and clears it.
 pub const HANDOFF_REQUEST_ANNOTATION: &str = "dsync.io/handoff-to";
+
+/// The annotation naming the pod of the Lease's holder, written with each acquisition by a
+/// replica that knows its pod name, and removed by a release. The holder fence of
+/// `deploy/fencing/` admits writes to protected objects only from this pod (or, without the
+/// annotation, from the pod named by `spec.holderIdentity`).
+pub const HOLDER_POD_ANNOTATION: &str = "dsync.io/holder-pod";
 
 impl LeaseRecord {
     /// The holder, treating an empty string as nobody (client-go writes `""` on release).
@@ -111,10 +122,17 @@ pub struct StoredLease {
     pub record: LeaseRecord,
     /// Opaque version (`metadata.resourceVersion`); changes on every write.
     pub resource_version: String,
+    /// The object's unique id (`metadata.uid`): one per created object, a new one after a
+    /// delete and create. `None` from a store that has no such id. A [`Term`](crate::Term)
+    /// carries it in its [fence](crate::Term::fence).
+    pub uid: Option<String>,
 }
 
 /// A change seen by [`LeaseStore::watch`](crate::store::LeaseStore::watch).
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Nearly every event is `Applied` (deletions are rare): boxing the lease would cost an
+// allocation per event on the renewal path to save bytes on the rare one.
+#[allow(clippy::large_enum_variant)]
 pub enum WatchEvent {
     /// The lease was created or replaced.
     Applied(StoredLease),

@@ -54,6 +54,8 @@ struct Inner {
     lease: LeaseKey,
     holder: String,
     fencing_token: i32,
+    /// The Lease object's `metadata.uid` when the term was granted (see [`Term::fence`]).
+    lease_uid: OnceLock<String>,
     started: SystemTime,
     cancel: CancellationToken,
     /// `valid_until` is stored as nanoseconds after this instant, so it fits an atomic.
@@ -102,6 +104,7 @@ impl Term {
                 lease,
                 holder,
                 fencing_token,
+                lease_uid: OnceLock::new(),
                 started: SystemTime::now(),
                 cancel: CancellationToken::new(),
                 base,
@@ -113,6 +116,15 @@ impl Term {
         };
         term.store_deadline(valid_until);
         term
+    }
+
+    /// This term, of the Lease object with `uid` (from the store's answer to the write that
+    /// granted it; `None` from a store without uids).
+    pub(crate) fn with_lease_uid(self, uid: Option<String>) -> Self {
+        if let Some(uid) = uid {
+            let _ = self.inner.lease_uid.set(uid);
+        }
+        self
     }
 
     fn store_deadline(&self, until: Instant) {
@@ -142,6 +154,25 @@ impl Term {
     /// every earlier term of the same lease, so external systems can reject stale writers.
     pub fn fencing_token(&self) -> i32 {
         self.inner.fencing_token
+    }
+
+    /// The Lease object's `metadata.uid` as of this term's grant, if the store has uids
+    /// (`KubeStore` and `MemoryStore` do). A Lease deleted and created again is another
+    /// object with another uid, whose `leaseTransitions` start again.
+    pub fn lease_uid(&self) -> Option<&str> {
+        self.inner.lease_uid.get().map(String::as_str)
+    }
+
+    /// The term's fence: `<lease uid>/<fencing token>`, the value of the
+    /// [`dsync.io/fence`](crate::fencing::FENCE_ANNOTATION) annotation that the token fence of
+    /// `deploy/fencing/` compares with the Lease's current `metadata.uid` and
+    /// `spec.leaseTransitions` (see [`crate::fencing`]). Unlike the fencing token alone it
+    /// also tells a Lease that was deleted and created again (whose tokens start again) from
+    /// the one the term held. `None` if the store gave no uid.
+    #[must_use]
+    pub fn fence(&self) -> Option<String> {
+        self.lease_uid()
+            .map(|uid| format!("{uid}/{}", self.inner.fencing_token))
     }
 
     /// Wall-clock time the term began (for display only).
@@ -299,6 +330,19 @@ mod tests {
         assert!(child.is_cancelled());
         assert_eq!(clone.fencing_token(), 4);
         assert_eq!(clone.holder(), "me");
+    }
+
+    #[test]
+    fn the_fence_is_the_lease_uid_and_the_token() {
+        assert_eq!(
+            term(Duration::from_secs(60)).fence(),
+            None,
+            "no uid: no fence"
+        );
+        let t = term(Duration::from_secs(60)).with_lease_uid(Some("9f1c-uid".into()));
+        assert_eq!(t.lease_uid(), Some("9f1c-uid"));
+        assert_eq!(t.fence().as_deref(), Some("9f1c-uid/4"));
+        assert_eq!(t.clone().fence(), t.fence(), "clones share it");
     }
 
     #[test]

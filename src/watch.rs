@@ -706,6 +706,7 @@ fn digest(record: &LeaseRecord) -> Option<u64> {
         preferred_holder,
         successor,
         handoff_request,
+        holder_pod,
     } = record;
     record.holder()?;
     Some(
@@ -718,6 +719,7 @@ fn digest(record: &LeaseRecord) -> Option<u64> {
             preferred_holder,
             successor,
             handoff_request,
+            holder_pod,
         )),
     )
 }
@@ -957,6 +959,7 @@ mod tests {
             name: "x".into(),
             record: held_by("a", 0),
             resource_version: "7".into(),
+            uid: None,
         });
         let at = now();
         inbox.park(&lease, 7, at);

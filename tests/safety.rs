@@ -2152,7 +2152,8 @@ async fn randomized_faults_part_3() {
 /// faults through the kube fault layer, the faults that last through a `FaultyStore` around
 /// the `KubeStore`, and the test's thread really blocked. A bounded number of seeds
 /// (`DSYNC_SAFETY_KUBE_SEEDS`, default 3; `DSYNC_SAFETY_KUBE_SEED=S` replays one). A failure
-/// prints its seed.
+/// prints its seed. `DSYNC_SAFETY_KUBE_GUARD=1` installs the Lease guard of
+/// `deploy/fencing/` first.
 #[actix::test]
 async fn randomized_faults_on_the_real_apiserver() {
     // Only when asked: the subscriber is global, and the memory tests' injected faults (a
@@ -2173,6 +2174,19 @@ async fn randomized_faults_on_the_real_apiserver() {
             (0..n).collect()
         }
     };
+    // With DSYNC_SAFETY_KUBE_GUARD, the Lease guard of deploy/fencing/ is in effect for every
+    // schedule: the same checks hold with it in place, and it refuses none of dsync's writes
+    // (counted by the API server's own metric, which its probe shows counting).
+    let guard = match std::env::var_os("DSYNC_SAFETY_KUBE_GUARD") {
+        Some(_) => {
+            let admin = support::apiserver::client(&Harness::get().ready().admin).await;
+            support::fencing::lease_guard(&admin, &namespace().await).await;
+            let probed = support::fencing::lease_guard_denials(&admin).await;
+            assert!(probed > 0, "the guard's refusal of its probe is counted");
+            Some((admin, probed))
+        }
+        None => None,
+    };
     let watchers = Arbiter::new();
     let backend = Backend::Kube {
         admin: Harness::get().ready().admin,
@@ -2180,6 +2194,13 @@ async fn randomized_faults_on_the_real_apiserver() {
     };
     run_seeds_on("real apiserver", seeds, backend).await;
     watchers.stop();
+    if let Some((admin, probed)) = guard {
+        let denials = support::fencing::lease_guard_denials(&admin).await;
+        assert_eq!(
+            denials, probed,
+            "the Lease guard refused some of dsync's writes"
+        );
+    }
 }
 
 /// Clock skew, on its own: two replicas whose wall clocks are ten minutes apart (each way).

@@ -227,6 +227,8 @@ pub(crate) trait Directory: Send + Sync {
 /// What every lease actor of one `Dsync` shares.
 pub(crate) struct Shared {
     pub identity: Arc<str>,
+    /// Our pod's name, written on the Lease with each acquisition (`Config::pod_name`).
+    pub holder_pod: Option<Arc<str>>,
     pub timing: crate::timing::Timing,
     pub drain_timeout: Duration,
     pub store: Arc<dyn LeaseStore>,
@@ -393,7 +395,8 @@ impl Core {
             identity = %p.shared.identity,
             token = tracing::field::Empty
         );
-        let mut machine = Machine::new(p.shared.identity.clone(), p.shared.timing);
+        let mut machine = Machine::new(p.shared.identity.clone(), p.shared.timing)
+            .with_holder_pod(p.shared.holder_pod.clone());
         let published_floor = p.shared.floors.get(&p.key);
         if let Some(floor) = published_floor {
             machine.raise_floor(floor);
@@ -918,12 +921,14 @@ impl<F: Face> LeaseActor<F> {
             return; // a campaign write that raced with a stop: released (nobody has a term)
         }
         let deadline = core.machine.deadline().expect("just acquired");
+        let uid = core.machine.lease().and_then(|lease| lease.uid.clone());
         let term = Term::new(
             core.key.clone(),
             core.identity().to_owned(),
             token,
             deadline,
-        );
+        )
+        .with_lease_uid(uid);
         // Recorded before the face hands the term out, so whoever receives it sees it counted.
         core.metrics.holding(true);
         if self.face.grant(&term, core, ctx) {

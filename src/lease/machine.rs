@@ -350,6 +350,8 @@ pub struct Machine {
     last_token: Option<i32>,
     /// Something the owner should report (a twin, versions going backwards), taken once.
     alerts: Vec<Alert>,
+    /// Our pod's name, written on the Lease with each acquisition (`dsync.io/holder-pod`).
+    holder_pod: Option<Arc<str>>,
 }
 
 /// Something the machine noticed that its owner should report (log and count); the machine
@@ -406,7 +408,16 @@ impl Machine {
             vanished: None,
             last_token: None,
             alerts: Vec::new(),
+            holder_pod: None,
         }
+    }
+
+    /// This machine, writing `pod` as the holder's pod with each acquisition (see
+    /// [`LeaseRecord::holder_pod`]).
+    #[must_use]
+    pub fn with_holder_pod(mut self, pod: Option<Arc<str>>) -> Self {
+        self.holder_pod = pod;
+        self
     }
 
     /// The highest fencing token seen on this lease, if any: the next acquisition writes a
@@ -784,9 +795,10 @@ impl Machine {
         // Missing: create it. Free, expired, or naming us and ours to reclaim: take it, as a
         // new term with a new fencing token.
         let floor = self.floor;
+        let pod = self.holder_pod.as_deref();
         let (record, request_of) = match self.lease() {
             None => (
-                acquired(None, floor, &self.identity, &self.timing, wall_now),
+                acquired(None, floor, &self.identity, pod, &self.timing, wall_now),
                 None,
             ),
             Some(lease) => (
@@ -794,6 +806,7 @@ impl Machine {
                     Some(&lease.record),
                     floor,
                     &self.identity,
+                    pod,
                     &self.timing,
                     wall_now,
                 ),
@@ -1183,7 +1196,7 @@ pub fn token_of(record: &LeaseRecord) -> i32 {
     record.lease_transitions.unwrap_or(0)
 }
 
-/// The record that takes the lease for `identity`: the next fencing token is above both the
+/// The record that takes the lease for `identity` (of pod `pod`, if known): the next fencing token is above both the
 /// record's (`previous`) and every token this process has seen on the lease (`floor`), so it
 /// never goes back, whatever was done to the Lease meanwhile (deleted, edited, restored; rule
 /// `token-never-back`). A lease never seen is created with 0.
@@ -1191,6 +1204,7 @@ fn acquired(
     previous: Option<&LeaseRecord>,
     floor: Option<i32>,
     identity: &str,
+    pod: Option<&str>,
     timing: &Timing,
     now: SystemTime,
 ) -> LeaseRecord {
@@ -1211,6 +1225,7 @@ fn acquired(
         // A new term settles any handoff: the successor has taken it, or nobody waits for it.
         successor: None,
         handoff_request: None,
+        holder_pod: pod.map(str::to_owned),
     }
 }
 
@@ -1248,6 +1263,7 @@ pub(crate) fn released(current: &LeaseRecord, now: SystemTime) -> LeaseRecord {
         renew_time: Some(now),
         successor: None,
         handoff_request: None,
+        holder_pod: None,
         ..current.clone()
     }
 }

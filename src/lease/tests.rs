@@ -34,6 +34,7 @@ fn versioned(
             ..Default::default()
         },
         resource_version: version.into(),
+        uid: None,
     }
 }
 
@@ -148,6 +149,7 @@ fn written(call: &Call, version: &str) -> StoredLease {
         name: "s.election.x".into(),
         record,
         resource_version: version.into(),
+        uid: None,
     }
 }
 
@@ -332,6 +334,30 @@ fn a_free_lease_is_acquired_at_once_with_transitions_plus_one() {
     let record = record_of(&call);
     assert_eq!(record.holder(), Some(ME));
     assert_eq!(record.lease_transitions, Some(5));
+}
+
+/// The holder fence of `deploy/fencing/` goes by the pod an acquisition names: written with
+/// each acquisition (the identity need not be the pod name), kept by renewals, cleared by
+/// the release.
+#[test]
+fn acquisitions_name_our_pod_renewals_keep_it_releases_clear_it() {
+    let mut w = Sim::with_identity("pod-a.lock-1");
+    w.m = Machine::new("pod-a.lock-1", Timing::default()).with_holder_pod(Some("pod-a".into()));
+    w.hold(0.0, 3);
+    let acquisition = w.m.lease().unwrap().record.clone();
+    assert_eq!(acquisition.holder_pod.as_deref(), Some("pod-a"));
+    let renewal = w.call(2.0, Want::Acquire);
+    assert_eq!(renewal.op, Op::Renew);
+    assert_eq!(record_of(&renewal).holder_pod.as_deref(), Some("pod-a"));
+    let stored = written(&renewal, "9");
+    w.answer(2.0, Ok(stored));
+    let release = w.call(3.0, Want::Release);
+    assert_eq!(release.op, Op::Release);
+    assert_eq!(record_of(&release).holder_pod, None);
+    // Without a pod name, nothing is written.
+    let mut w = Sim::new();
+    w.hold(0.0, 3);
+    assert_eq!(w.m.lease().unwrap().record.holder_pod, None);
 }
 
 #[test]
@@ -1313,6 +1339,7 @@ fn a_controller_handover_between_two_replicas_keeps_tokens_increasing() {
             name: "s.election.x".into(),
             record,
             resource_version: store.revision.to_string(),
+            uid: None,
         });
     };
     let see = |sim: &mut Sim, store: &Cas, t: f64| {
@@ -1441,6 +1468,7 @@ impl Cas {
                 name: "s.election.x".into(),
                 record: record.clone(),
                 resource_version: this.revision.to_string(),
+                uid: None,
             };
             this.lease = Some(stored.clone());
             Ok(stored)

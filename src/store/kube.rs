@@ -29,7 +29,7 @@ use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
-use crate::record::{HANDOFF_REQUEST_ANNOTATION, SUCCESSOR_ANNOTATION};
+use crate::record::{HANDOFF_REQUEST_ANNOTATION, HOLDER_POD_ANNOTATION, SUCCESSOR_ANNOTATION};
 
 /// Default limit for one API call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -362,12 +362,13 @@ fn to_lease(key: &LeaseKey, record: &LeaseRecord, resource_version: Option<Strin
     }
 }
 
-/// Writes the record's handoff annotations ([`SUCCESSOR_ANNOTATION`],
-/// [`HANDOFF_REQUEST_ANNOTATION`]) into `metadata`, removing those it does not carry.
+/// Writes the record's annotations ([`SUCCESSOR_ANNOTATION`], [`HANDOFF_REQUEST_ANNOTATION`],
+/// [`HOLDER_POD_ANNOTATION`]) into `metadata`, removing those it does not carry.
 fn set_annotations(metadata: &mut ObjectMeta, record: &LeaseRecord) {
     for (key, value) in [
         (SUCCESSOR_ANNOTATION, &record.successor),
         (HANDOFF_REQUEST_ANNOTATION, &record.handoff_request),
+        (HOLDER_POD_ANNOTATION, &record.holder_pod),
     ] {
         match value {
             Some(value) => {
@@ -398,9 +399,10 @@ fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
             .filter(|v| !v.is_empty())
             .cloned()
     };
-    let (successor, handoff_request) = (
+    let (successor, handoff_request, holder_pod) = (
         annotation(SUCCESSOR_ANNOTATION),
         annotation(HANDOFF_REQUEST_ANNOTATION),
+        annotation(HOLDER_POD_ANNOTATION),
     );
     let spec = lease.spec.unwrap_or_default();
     StoredLease {
@@ -415,8 +417,10 @@ fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
             preferred_holder: spec.preferred_holder,
             successor,
             handoff_request,
+            holder_pod,
         },
         resource_version: lease.metadata.resource_version.unwrap_or_default(),
+        uid: lease.metadata.uid,
     }
 }
 
@@ -475,17 +479,25 @@ mod tests {
             preferred_holder: None,
             successor: None,
             handoff_request: Some("pod-b".into()),
+            holder_pod: Some("pod-a-7d9f".into()),
         };
         let mut lease = to_lease(&key, &record, Some("42".into()));
         assert_eq!(
             lease.metadata.annotations.as_ref().unwrap()[HANDOFF_REQUEST_ANNOTATION],
             "pod-b"
         );
+        assert_eq!(
+            lease.metadata.annotations.as_ref().unwrap()[HOLDER_POD_ANNOTATION],
+            "pod-a-7d9f"
+        );
         assert_eq!(lease.metadata.resource_version.as_deref(), Some("42"));
+        lease.metadata.uid = Some("0b5e-uid".into());
         lease.spec.as_mut().unwrap().strategy = Some("OldestEmulationVersion".into());
         lease.spec.as_mut().unwrap().preferred_holder = Some("pod-b".into());
         let back = from_lease(&key, lease);
         assert_eq!(back.resource_version, "42");
+        assert_eq!(back.uid.as_deref(), Some("0b5e-uid"));
+        assert_eq!(back.record.holder_pod.as_deref(), Some("pod-a-7d9f"));
         assert_eq!(back.record.holder(), Some("pod-a"));
         assert_eq!(back.record.acquire_time, Some(now), "microseconds survive");
         assert_eq!(back.record.lease_transitions, Some(3));

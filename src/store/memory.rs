@@ -62,10 +62,12 @@ impl Inner {
         match leases.get_mut(key) {
             Some(slot) => write(slot, record, revision, watchers, &key.namespace),
             None => {
+                // A new object, a new uid (as the API server gives one per created object).
                 let slot = leases.entry(key.clone()).or_insert(StoredLease {
                     name: key.name.clone(),
                     record: LeaseRecord::default(),
                     resource_version: String::new(),
+                    uid: Some(uuid::Uuid::new_v4().to_string()),
                 });
                 write(slot, record, revision, watchers, &key.namespace)
             }
@@ -456,6 +458,23 @@ mod tests {
             Err(StoreError::AlreadyExists { .. })
         ));
         assert_eq!(s.get(&key()).await.unwrap().record.holder(), Some("a"));
+    }
+
+    #[tokio::test]
+    async fn each_created_object_has_a_uid_of_its_own_kept_by_replaces() {
+        let s = MemoryStore::new();
+        let v1 = s.create(&key(), held_by("a")).await.unwrap();
+        let uid = v1.uid.clone().expect("a uid");
+        let v2 = s
+            .replace(&key(), held_by("b"), &v1.resource_version)
+            .await
+            .unwrap();
+        assert_eq!(v2.uid.as_deref(), Some(&*uid), "the same object");
+        let other = s
+            .create(&LeaseKey::new("default", "s.lock.y"), held_by("a"))
+            .await
+            .unwrap();
+        assert_ne!(other.uid.as_deref(), Some(&*uid));
     }
 
     #[tokio::test]

@@ -823,5 +823,6 @@ fn full_record(holder: &str, transitions: i32) -> LeaseRecord {
         // dsync's handoff annotations (on Kubernetes: metadata.annotations) round-trip too.
         successor: Some("next-pod".into()),
         handoff_request: Some("requested-pod".into()),
+        holder_pod: Some("holder-pod".into()),
     }
 }

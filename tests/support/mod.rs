@@ -5,6 +5,7 @@
 //! * `backend`: one test body, two stores (`Env`, `on_both_stores!`);
 //! * `kubefault`: fault injection in a kube client's HTTP stack;
 //! * `rbac`: binding a shipped Role to the harness's user without rights;
+//! * `fencing`: installing the policies of `deploy/fencing/` and waiting for their effect;
 //! * `cli` (feature `cli`): the `dsync` command as a process, its output line by line;
 //! * `apiserver` (the real kube-apiserver harness, one per test binary) and `gopeer` (Go
 //!   client-go peers for the interop tests, on the line protocol the e2e bench also speaks)
@@ -14,6 +15,7 @@
 pub mod backend;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod fencing;
 pub mod kubefault;
 pub mod rbac;
 #[allow(unused_imports)] // not every test binary uses both

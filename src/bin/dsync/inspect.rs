@@ -695,6 +695,7 @@ mod tests {
                 ..Default::default()
             },
             resource_version: "7".into(),
+            uid: None,
         }
     }
 

@@ -275,7 +275,10 @@ impl Global {
         let config = Config::from_lookup(|key| flag(key).or_else(|| std::env::var(key).ok()))?;
         let timing = Timing::new(self.lease_duration, self.renew_deadline, self.retry_period)
             .map_err(|e| Failure::new(exit::DSYNC_FAILED, exit::chain(&dsync::Error::from(e))))?;
-        Ok(config.with_timing(timing))
+        let mut config = config.with_timing(timing);
+        // The identity came in under KUBE_POD_NAME's key; the pod is the real variable's.
+        config.pod_name = std::env::var(ENV_POD_NAME).ok().filter(|p| !p.is_empty());
+        Ok(config)
     }
 
     fn identity(&self, holder: Holder) -> String {

@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::exit;
+use crate::watchdog::{Watchdog, WatchdogError};
 
 /// How often an emptied-out group is checked for stragglers: nothing signals "the last
 /// process of a group exited" to a process that is not their parent.
@@ -41,6 +42,10 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The watchdog that kills the group if dsync dies could not be started: the command is
+    /// not run without it.
+    #[error("not running the command without a watchdog")]
+    Watchdog(#[source] WatchdogError),
 }
 
 impl SpawnError {
@@ -49,6 +54,7 @@ impl SpawnError {
         match self {
             SpawnError::NotFound { .. } => exit::NOT_FOUND,
             SpawnError::CannotExecute { .. } => exit::CANNOT_EXECUTE,
+            SpawnError::Watchdog(_) => exit::DSYNC_FAILED,
         }
     }
 }
@@ -60,16 +66,19 @@ pub struct Child {
     group: Pid,
     /// Set once the direct child has been waited for.
     status: Option<ExitStatus>,
+    /// Kills the group if dsync dies; disarmed by [`finish`](Self::finish).
+    watchdog: Option<Watchdog>,
 }
 
 impl Child {
     /// Starts `command` (program and arguments) with `env` added to dsync's environment, in a
-    /// new process group whose id is the child's pid. Standard input, output and error are
-    /// dsync's.
+    /// new process group whose id is the child's pid, guarded by a [`Watchdog`] that kills
+    /// the group if dsync dies. Standard input, output and error are dsync's.
     pub fn spawn(command: &[OsString], env: &[(String, String)]) -> Result<Child, SpawnError> {
         let (program, args) = command
             .split_first()
             .expect("clap requires a command after `--`");
+        let mut watchdog = Watchdog::start().map_err(SpawnError::Watchdog)?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -87,11 +96,27 @@ impl Child {
         let pid = process
             .id()
             .expect("a child that was just spawned has a pid");
+        let group = Pid::from_raw(pid as i32);
+        if let Err(e) = watchdog.arm(group.as_raw()) {
+            // Unguarded: it must not run. (Dropping `process` reaps it in the background.)
+            let _ = killpg(group, Signal::SIGKILL);
+            return Err(SpawnError::Watchdog(e));
+        }
         Ok(Child {
             process,
-            group: Pid::from_raw(pid as i32),
+            group,
             status: None,
+            watchdog: Some(watchdog),
         })
+    }
+
+    /// Once the group has been stopped (see [`stop`](Self::stop) and
+    /// [`stop_leftovers`](Self::stop_leftovers)): the watchdog is told to exit without
+    /// killing anything.
+    pub async fn finish(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm().await;
+        }
     }
 
     /// The process group id (the child's pid).

@@ -114,6 +114,7 @@ async fn supervise(
         }
         None => child.stop_leftovers(stop.signal, stop.kill_after).await,
     }
+    child.finish().await;
     if lost {
         Outcome::Lost(status)
     } else if interrupted.is_some() {

@@ -15,6 +15,7 @@
 //! - `main.rs`: flags, configuration, dispatch, exit.
 //! - `guard.rs`: `lock` and `run`: wait for a lease, run the command while it is held.
 //! - `child.rs`: the command in its own process group; stopping the whole group.
+//! - `watchdog.rs`: a process of dsync's own that kills the command's group if dsync dies.
 //! - `inspect.rs`: `status`, `observe`, `release`, `handoff`.
 //! - `ui.rs`: messages on stderr, progress while waiting.
 //! - `exit.rs`: exit codes; `duration.rs`: `5s`, `500ms`, `2m`.
@@ -26,6 +27,7 @@ mod exit;
 mod guard;
 mod inspect;
 mod ui;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -111,6 +113,10 @@ enum Command {
     Handoff(HandoffArgs),
     /// Follow an election (or a lock) and print every change of holder.
     Observe(ObserveArgs),
+    /// (internal) The watchdog of a command's process group: reads the group id on stdin and
+    /// SIGKILLs the group when stdin closes without `done` (dsync died).
+    #[command(name = watchdog::SUBCOMMAND, hide = true)]
+    Watchdog,
 }
 
 /// How the command's process group is stopped when the lease is lost.
@@ -313,6 +319,9 @@ async fn connect(config: Config, drain: Duration) -> Result<(Dsync, Arc<dyn Leas
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Watchdog = cli.command {
+        std::process::exit(watchdog::main());
+    }
     let ui = Ui::new(cli.global.quiet);
     init_tracing();
     child::become_subreaper();
@@ -385,6 +394,7 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
             finish(&dsync, &ui).await;
             result
         }
+        Command::Watchdog => unreachable!("the watchdog runs before any System"),
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::child::{self, Child, SpawnError};
 use crate::exit::{self, Failure};
 use crate::ui::{Interrupts, Progress, Ui};
-use crate::{LockArgs, RunArgs, StopArgs};
+use crate::{LockArgs, RunArgs, Stop};
 
 /// How a command that ran under a lease ended.
 #[derive(Debug)]
@@ -52,15 +52,27 @@ fn lease_env(lease: &LeaseKey, term: &Term, slot: Option<usize>) -> Vec<(String,
     env
 }
 
+/// When the group gets SIGKILL after the term ended: `kill_after` after the term's own end
+/// (its deadline, or when dsync ended it), not after this thread noticed: a late wake-up
+/// (a slow or starved thread) must not push SIGKILL towards the moment another holder may
+/// take the lease. With `--kill-after` within its bound, SIGKILL lands at the latest at the
+/// last renewal + renew deadline + kill-after <= lease duration - retry period.
+fn kill_deadline(term: &Term, kill_after: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    let ended = term.ended_at().map_or(now, Instant::from_std).min(now);
+    ended + kill_after
+}
+
 /// Runs `child` while `term` lasts. Returns once the child has exited and nothing is left in
-/// its process group: by itself; after the term ended (`stop.signal`, then SIGKILL after
-/// `stop.kill_after`); or after dsync was interrupted (the same signal forwarded, then SIGKILL
-/// after `stop.kill_after`).
+/// its process group: by itself; after the term ended (`stop.signal`, then SIGKILL
+/// `stop.kill_after` after the term's end); or after dsync was interrupted (the same signal
+/// forwarded, then SIGKILL after `stop.kill_after`). The group's watchdog is disarmed only
+/// then.
 async fn supervise(
     child: &mut Child,
     term: &Term,
     interrupts: &mut Interrupts,
-    stop: &StopArgs,
+    stop: &Stop,
     ui: &Ui,
     ended: &str,
 ) -> Outcome {
@@ -88,14 +100,16 @@ async fn supervise(
             }
             _ = term.cancelled(), if !lost => {
                 lost = true;
+                let deadline = kill_deadline(term, stop.kill_after);
                 if kill_at.is_none() {
                     ui.error(&format!(
                         "{ended} (fencing token {}) while the command ran: sending {} to its process group {}",
                         term.fencing_token(), stop.signal, child.group()
                     ));
                     child.signal(stop.signal);
-                    kill_at = Some(Instant::now() + stop.kill_after);
                 }
+                // Already stopping (interrupted): SIGKILL no later than the term's end allows.
+                kill_at = Some(kill_at.map_or(deadline, |at| at.min(deadline)));
             }
             _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
                 ui.error(&format!(
@@ -128,18 +142,20 @@ async fn supervise(
 pub async fn lock(
     dsync: &Dsync,
     args: &LockArgs,
+    stop: &Stop,
     mut interrupts: Interrupts,
     ui: &Ui,
 ) -> Result<i32, Failure> {
     match args.permits {
-        None => lock_one(dsync, args, &mut interrupts, ui).await,
-        Some(n) => lock_permit(dsync, args, n, &mut interrupts, ui).await,
+        None => lock_one(dsync, args, stop, &mut interrupts, ui).await,
+        Some(n) => lock_permit(dsync, args, stop, n, &mut interrupts, ui).await,
     }
 }
 
 async fn lock_one(
     dsync: &Dsync,
     args: &LockArgs,
+    stop: &Stop,
     interrupts: &mut Interrupts,
     ui: &Ui,
 ) -> Result<i32, Failure> {
@@ -191,6 +207,7 @@ async fn lock_one(
     guarded(
         Guarded {
             args,
+            stop,
             term: &term,
             lease: &lease,
             slot: None,
@@ -206,6 +223,7 @@ async fn lock_one(
 async fn lock_permit(
     dsync: &Dsync,
     args: &LockArgs,
+    stop: &Stop,
     permits: usize,
     interrupts: &mut Interrupts,
     ui: &Ui,
@@ -260,6 +278,7 @@ async fn lock_permit(
     let what = format!("slot {slot} of semaphore {:?}", args.name);
     let guard = Guarded {
         args,
+        stop,
         term: &term,
         lease: &lease,
         slot: Some(slot),
@@ -271,6 +290,7 @@ async fn lock_permit(
 /// A lock or a permit, granted: what the command runs under.
 struct Guarded<'a> {
     args: &'a LockArgs,
+    stop: &'a Stop,
     term: &'a Term,
     lease: &'a LeaseKey,
     slot: Option<usize>,
@@ -287,6 +307,7 @@ async fn guarded(
 ) -> Result<i32, Failure> {
     let Guarded {
         args,
+        stop,
         term,
         lease,
         slot,
@@ -301,7 +322,7 @@ async fn guarded(
     let outcome = match Child::spawn(&args.command, &env) {
         Ok(mut child) => {
             let ended = format!("lost {what}");
-            Ok(supervise(&mut child, term, interrupts, &args.stop, ui, &ended).await)
+            Ok(supervise(&mut child, term, interrupts, stop, ui, &ended).await)
         }
         Err(e) => Err(e),
     };
@@ -362,6 +383,7 @@ enum TermReport {
 pub async fn run(
     dsync: &Dsync,
     args: &RunArgs,
+    stop: &Stop,
     mut interrupts: Interrupts,
     ui: &Ui,
 ) -> Result<i32, Failure> {
@@ -370,7 +392,7 @@ pub async fn run(
     let (reports, mut reported) = mpsc::unbounded_channel::<TermReport>();
     let work = Arc::new(TermWork {
         command: args.command.clone(),
-        stop: args.stop.clone(),
+        stop: stop.clone(),
         ui: ui.clone(),
         what: what.clone(),
         interrupts: interrupts.clone(),
@@ -442,7 +464,7 @@ pub async fn run(
 /// What each term of `run` does: start the command, supervise it for the term.
 struct TermWork {
     command: Vec<OsString>,
-    stop: StopArgs,
+    stop: Stop,
     ui: Ui,
     what: String,
     interrupts: Interrupts,

@@ -13,7 +13,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::child::{self, Child, SpawnError};
 use crate::exit::{self, Failure};
-use crate::ui::{Interrupts, Progress, Ui};
+use crate::ui::{self, Interrupts, Progress, Ui};
 use crate::{LockArgs, RunArgs, Stop};
 
 /// How a command that ran under a lease ended.
@@ -65,9 +65,9 @@ fn kill_deadline(term: &Term, kill_after: std::time::Duration) -> Instant {
 
 /// Runs `child` while `term` lasts. Returns once the child has exited and nothing is left in
 /// its process group: by itself; after the term ended (`stop.signal`, then SIGKILL
-/// `stop.kill_after` after the term's end); or after dsync was interrupted (the same signal
-/// forwarded, then SIGKILL after `stop.kill_after`). The group's watchdog is disarmed only
-/// then.
+/// `stop.kill_after` after the term's end); or after dsync was interrupted (the signal
+/// forwarded, see [`ui::forwarded`], then SIGKILL after `stop.kill_after`). The group's
+/// watchdog is disarmed only then.
 async fn supervise(
     child: &mut Child,
     term: &Term,
@@ -82,7 +82,7 @@ async fn supervise(
     let mut interrupted: Option<Signal> = None;
     if let Some(signal) = interrupts.latest() {
         // Interrupted between the grant and the start of the command.
-        child.signal(signal);
+        child.signal(ui::forwarded(signal));
         interrupted = Some(signal);
         kill_at = Some(Instant::now() + stop.kill_after);
     }
@@ -93,8 +93,9 @@ async fn supervise(
             biased;
             status = child.wait() => break status,
             signal = interrupts.recv() => {
-                ui.info(&format!("{signal}: forwarding it to the command (process group {})", child.group()));
-                child.signal(signal);
+                let sent = ui::forwarded(signal);
+                ui.info(&format!("{signal}: sending {sent} to the command (process group {})", child.group()));
+                child.signal(sent);
                 interrupted.get_or_insert(signal);
                 kill_at.get_or_insert(Instant::now() + stop.kill_after);
             }

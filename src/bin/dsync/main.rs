@@ -418,8 +418,9 @@ fn init_tracing() {
 }
 
 async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
-    // Installed first: from here on SIGINT/SIGTERM are dsync's to act on (forward to the
-    // command, release the lease), not the default "die at once".
+    // Installed first: from here on SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGTSTP are dsync's
+    // to act on (forward to the command, release the lease), not the default "die at once"
+    // (or, for SIGTSTP, "stop renewing while the command runs on").
     let interrupts = ui::Interrupts::install()?;
     let global = &cli.global;
     match cli.command {

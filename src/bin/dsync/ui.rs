@@ -217,25 +217,52 @@ impl Progress {
     }
 }
 
-/// SIGINT and SIGTERM sent to dsync, published so that every part that runs a command can
-/// forward them to it. Each signal received bumps the channel, even the same one twice.
+/// The signal the command's group gets when dsync receives `received`: the same, except
+/// SIGTSTP (Ctrl-Z), which becomes SIGTERM: a suspended command would keep the lease held
+/// without working, and dsync does not let itself be suspended while it holds one.
+pub fn forwarded(received: Signal) -> Signal {
+    match received {
+        Signal::SIGTSTP => Signal::SIGTERM,
+        other => other,
+    }
+}
+
+/// The signals that end dsync's command (forwarded to its group, see [`forwarded`]) instead
+/// of killing, or suspending, dsync at once: SIGINT (Ctrl-C), SIGTERM, SIGHUP (a closed
+/// terminal, an ended ssh session), SIGQUIT (Ctrl-\\) and SIGTSTP (Ctrl-Z).
+pub const HANDLED: [Signal; 5] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGTSTP,
+];
+
+/// The [`HANDLED`] signals sent to dsync, published so that every part that runs a command
+/// can forward them to it. Each signal received bumps the channel, even the same one twice.
 #[derive(Debug, Clone)]
 pub struct Interrupts {
     rx: watch::Receiver<Option<Signal>>,
 }
 
 impl Interrupts {
-    /// Takes SIGINT and SIGTERM over from their default (terminate at once).
+    /// Takes the [`HANDLED`] signals over from their default.
     pub fn install() -> Result<Interrupts, Failure> {
-        let mut int = signal(SignalKind::interrupt()).map_err(cannot_listen)?;
-        let mut term = signal(SignalKind::terminate()).map_err(cannot_listen)?;
+        let mut streams = Vec::with_capacity(HANDLED.len());
+        for handled in HANDLED {
+            let stream = signal(SignalKind::from_raw(handled as i32)).map_err(cannot_listen)?;
+            streams.push((handled, stream));
+        }
         let (tx, rx) = watch::channel(None);
         tokio::task::spawn_local(async move {
             loop {
-                let received = tokio::select! {
-                    Some(()) = int.recv() => Signal::SIGINT,
-                    Some(()) = term.recv() => Signal::SIGTERM,
-                    else => return,
+                let next = streams.iter_mut().map(|(handled, stream)| {
+                    let handled = *handled;
+                    Box::pin(async move { stream.recv().await.map(|()| handled) })
+                });
+                let (received, _, _) = futures::future::select_all(next).await;
+                let Some(received) = received else {
+                    return;
                 };
                 tracing::debug!(%received, "signal");
                 if tx.send(Some(received)).is_err() {
@@ -297,6 +324,19 @@ mod tests {
             "held by pod-b"
         );
     }
+    #[test]
+    fn ctrl_z_ends_the_command_instead_of_suspending_it() {
+        assert_eq!(forwarded(Signal::SIGTSTP), Signal::SIGTERM);
+        for same in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            assert_eq!(forwarded(same), same);
+        }
+    }
+
     #[actix::test]
     async fn waiting_repeats_every_few_seconds_on_a_terminal_only() {
         tokio::time::pause();

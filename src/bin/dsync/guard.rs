@@ -179,6 +179,13 @@ async fn lock_one(
                     None => lock.lock().await,
                 }
             };
+            let failing = ui::report_failures(
+                ui,
+                &what,
+                args.give_up.give_up_after,
+                lock.watch_status(),
+                |s| s.last_error.clone(),
+            );
             // Dropping the wait (on a signal) hands a lock granted meanwhile straight back.
             let term = tokio::select! {
                 term = waited => term,
@@ -186,6 +193,10 @@ async fn lock_one(
                     ui.info(&format!("{signal}: stopped waiting for {what}"));
                     observer.stop().await;
                     return Ok(exit::signalled(signal));
+                }
+                failure = failing => {
+                    observer.stop().await;
+                    return Err(failure);
                 }
             };
             observer.stop().await;
@@ -258,6 +269,11 @@ async fn lock_permit(
                     None => semaphore.acquire().await,
                 }
             };
+            // Every slot is on the same API server: the first one's failures stand for all.
+            let slot = semaphore.watch_slot(0).expect("a semaphore has a slot 0");
+            let failing = ui::report_failures(ui, &what, args.give_up.give_up_after, slot, |s| {
+                s.last_error.clone()
+            });
             tokio::select! {
                 permit = waited => match permit {
                     Ok(permit) => permit,
@@ -270,6 +286,7 @@ async fn lock_permit(
                     ui.info(&format!("{signal}: stopped waiting for {what}"));
                     return Ok(exit::signalled(signal));
                 }
+                failure = failing => return Err(failure),
             }
         }
         Err(e) => return Err(e.into()),
@@ -418,8 +435,23 @@ pub async fn run(
             None => Some("no leader yet".into()),
         })
     };
+    let failing = ui::report_failures(
+        ui,
+        &what,
+        args.give_up.give_up_after,
+        election.watch_status(),
+        |s| s.last_error.clone(),
+    );
+    tokio::pin!(failing);
     let code = loop {
         tokio::select! {
+            failure = &mut failing => {
+                // Stopping ends a running term's command first (as on SIGTERM).
+                if let Err(e) = election.stop().await {
+                    ui.warn(&format!("stopping {what}: {}", exit::chain(&e)));
+                }
+                break Err(failure);
+            }
             report = reported.recv() => {
                 let Some(report) = report else {
                     return Err(Failure::new(exit::DSYNC_FAILED, format!("{what} stopped unexpectedly")));

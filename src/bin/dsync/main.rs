@@ -62,7 +62,8 @@ Exit codes:
   75               the lock or permit was not granted in time (--timeout, --try);
                    handoff: the new leader did not take over within --timeout
   76               the lease was lost while the command ran (its process group was stopped)
-  78               configuration, permission (RBAC) or API server error
+  78               configuration, permission (RBAC) or API server error; run, observe and a
+                   waiting lock: the API server kept failing for --give-up-after
   126, 127         the command could not be executed / was not found
 
 Environment:
@@ -208,6 +209,27 @@ impl StopArgs {
     }
 }
 
+/// When `run`, `observe` and a waiting `lock` give up on an API server that keeps failing.
+#[derive(Debug, Args, Clone)]
+struct GiveUpArgs {
+    /// Exit (code 78) once calls to the API server have failed for this long without a
+    /// success in between (forbidden, unreachable, timing out); each distinct failure is
+    /// printed on stderr when it first happens. `never`: keep trying
+    #[arg(long, value_parser = parse_give_up, default_value = "60s", value_name = "DUR")]
+    give_up_after: GiveUp,
+}
+
+/// `--give-up-after`: a duration, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GiveUp(pub Option<Duration>);
+
+fn parse_give_up(input: &str) -> Result<GiveUp, String> {
+    if input.trim().eq_ignore_ascii_case("never") {
+        return Ok(GiveUp(None));
+    }
+    duration::parse(input).map(|d| GiveUp(Some(d)))
+}
+
 #[derive(Debug, Args)]
 struct LockArgs {
     /// The lock: lease `<scope>.lock.NAME` (or `<scope>.semaphore.NAME.<i>` with -n)
@@ -223,6 +245,8 @@ struct LockArgs {
     permits: Option<usize>,
     #[command(flatten)]
     stop: StopArgs,
+    #[command(flatten)]
+    give_up: GiveUpArgs,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -237,6 +261,8 @@ struct RunArgs {
     once: bool,
     #[command(flatten)]
     stop: StopArgs,
+    #[command(flatten)]
+    give_up: GiveUpArgs,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -315,6 +341,8 @@ struct ObserveArgs {
     /// Output format: a line per change, or one JSON object per line
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+    #[command(flatten)]
+    give_up: GiveUpArgs,
 }
 
 fn parse_signal(input: &str) -> Result<Signal, String> {
@@ -661,6 +689,24 @@ mod tests {
             let t = [timing[0], timing[1], timing[2]].map(|d| duration::parse(d).unwrap());
             assert!(t[1] + stop.kill_after <= t[0] - t[2], "{timing:?}");
         }
+    }
+
+    #[test]
+    fn give_up_takes_a_duration_or_never() {
+        assert_eq!(parse_give_up("never"), Ok(GiveUp(None)));
+        assert_eq!(
+            parse_give_up("3s"),
+            Ok(GiveUp(Some(Duration::from_secs(3))))
+        );
+        assert!(parse_give_up("soon").is_err());
+        let cli = Cli::try_parse_from(["dsync", "observe", "x"]).unwrap();
+        let Command::Observe(args) = cli.command else {
+            panic!("not observe")
+        };
+        assert_eq!(
+            args.give_up.give_up_after,
+            GiveUp(Some(Duration::from_secs(60)))
+        );
     }
 
     #[test]

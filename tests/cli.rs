@@ -674,6 +674,10 @@ async fn cli_run_holds_as_a_new_identity_per_process() {
     assert_eq!(runs.len(), 2);
 }
 
+/// [`LOGS_ITS_TERM`], taking half a second to stop (within FAST's `--kill-after`, 1 s): a
+/// second command started as soon as the first one is told to stop would show as an overlap.
+const SLOW_TO_STOP: &str = r#"trap 'sleep 0.5; echo "end $DSYNC_FENCING_TOKEN" >> "$LOG"; exit 0' TERM; echo "start $DSYNC_FENCING_TOKEN $DSYNC_HOLDER" >> "$LOG"; echo "$DSYNC_HOLDER started"; while :; do sleep 0.05; done"#;
+
 #[actix_rt::test]
 async fn cli_one_identity_twice_never_runs_two_commands_at_once() {
     let cli = Cli::admin().await;
@@ -688,7 +692,7 @@ async fn cli_one_identity_twice_never_runs_two_commands_at_once() {
                 "--",
                 "sh",
                 "-c",
-                LOGS_ITS_TERM,
+                SLOW_TO_STOP,
             ]);
             cmd.env("LOG", &log);
             Proc::from(cmd, who)

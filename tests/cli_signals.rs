@@ -303,3 +303,32 @@ async fn cli_errors_are_told_once_each_and_run_and_observe_give_up_after_the_bou
         }
     }
 }
+
+/// A waiter makes no request while its watch runs; when the API server goes away the
+/// library retries its shared watch's list quietly and reads the lease itself only when the
+/// holder looks expired and no list came within a lease duration: that read's failure is
+/// the first the CLI can tell (about two lease durations; the library has no public view
+/// of its watch's failures).
+#[actix_rt::test]
+async fn cli_a_waiting_lock_tells_an_api_server_that_went_away_within_two_lease_durations() {
+    let cli = Cli::admin().await.with_timing(&[]);
+    let mut holder = cli.spawn(&["lock", "away", "--", "sh", "-c", "echo held; sleep 1000"]);
+    holder.stdout_line("held").await;
+    let proxy = Proxy::start(Harness::get().ready().port).await;
+    let cut_off = cli.as_user(&proxy.kubeconfig(&cli.kubeconfig));
+    let mut waiter = cut_off.spawn(&["lock", "away", "--give-up-after", "3s", "--", "true"]);
+    waiter.stderr_line("waiting for lock").await;
+    proxy.refuse();
+    let (told, gave_up, stderr) = told_and_gave_up(waiter, "(retrying; giving up after 3s)").await;
+    assert!(
+        told < Duration::from_secs(2 * 15 + 10),
+        "told after {told:?}: {stderr}"
+    );
+    assert!(
+        stderr.contains("kept failing for 3s (--give-up-after)"),
+        "{stderr}"
+    );
+    println!("a waiting lock, API server gone: told after {told:?}, gave up after {gave_up:?}");
+    holder.signal(Signal::SIGTERM);
+    holder.exit(LIMIT).await;
+}

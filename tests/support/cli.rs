@@ -375,10 +375,12 @@ pub fn unreachable(kubeconfig: &Path) -> PathBuf {
 
 /// A TCP proxy in front of the API server, for the replicas given its kubeconfig: `cut()`
 /// partitions them from the server (every connection, open or new, goes silent: nothing is
-/// forwarded and nothing is closed, as when the network drops packets).
+/// forwarded and nothing is closed, as when the network drops packets); `refuse()` closes
+/// every connection and refuses new ones (as when the server is down).
 pub struct Proxy {
     pub port: u16,
     cut: tokio::sync::watch::Sender<bool>,
+    refuse: tokio::sync::watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -387,10 +389,15 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let (refuse, refuse_rx) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
                 let (client, _) = listener.accept().await.unwrap();
+                if *refuse_rx.borrow() {
+                    drop(client);
+                    continue;
+                }
                 if *cut_rx.borrow() {
                     held.push(client); // silent: accepted, never answered
                     continue;
@@ -400,11 +407,20 @@ impl Proxy {
                     .unwrap();
                 let (cr, cw) = client.into_split();
                 let (ur, uw) = upstream.into_split();
-                tokio::spawn(pump(cr, uw, cut_rx.clone()));
-                tokio::spawn(pump(ur, cw, cut_rx.clone()));
+                tokio::spawn(pump(cr, uw, cut_rx.clone(), refuse_rx.clone()));
+                tokio::spawn(pump(ur, cw, cut_rx.clone(), refuse_rx.clone()));
             }
         });
-        Proxy { port, cut, accept }
+        Proxy {
+            port,
+            cut,
+            refuse,
+            accept,
+        }
+    }
+
+    pub fn refuse(&self) {
+        self.refuse.send_replace(true);
     }
 
     /// A copy of `kubeconfig` that goes through the proxy.
@@ -423,21 +439,24 @@ impl Drop for Proxy {
     }
 }
 
-async fn until_cut(cut: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = cut.wait_for(|c| *c).await;
+async fn until_set(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
 }
 
-/// Copies `from` to `to` until the proxy is cut; then holds both open and silent.
+/// Copies `from` to `to` until the proxy is cut (then holds both open and silent) or refuses
+/// (then closes both).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut cut: tokio::sync::watch::Receiver<bool>,
+    mut refuse: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         tokio::select! {
-            () = until_cut(&mut cut) => break,
+            () = until_set(&mut refuse) => return,
+            () = until_set(&mut cut) => break,
             read = from.read(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {

@@ -63,8 +63,15 @@ Exit codes:
                    handoff: the new leader did not take over within --timeout
   76               the lease was lost while the command ran (its process group was stopped)
   78               configuration, permission (RBAC) or API server error; run, observe and a
-                   waiting lock: the API server kept failing for --give-up-after
+                   waiting lock: the API server kept failing for --give-up-after; the
+                   command's watchdog could not be started
   126, 127         the command could not be executed / was not found
+
+Signals (lock, run):
+  SIGINT, SIGTERM, SIGHUP, SIGQUIT  forwarded to the command's process group
+  SIGTSTP (Ctrl-Z)                  sent to the group as SIGTERM (never suspended under a lease)
+  then SIGKILL after --kill-after; the lease is released once the group has exited. If dsync
+  itself dies (even by SIGKILL), a watchdog process SIGKILLs the group at once.
 
 Environment:
   KUBE_NAMESPACE, KUBE_LEASE_SCOPE, KUBE_POD_NAME, KUBE_CONFIG_PATH  (see the flags)
@@ -710,8 +717,17 @@ mod tests {
     }
 
     #[test]
-    fn help_names_the_log_variable() {
+    fn help_names_the_log_variable_the_signals_and_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        assert!(help.contains("RUST_LOG"), "{help}");
+        for needle in [
+            "RUST_LOG",
+            "SIGHUP",
+            "SIGTSTP",
+            "watchdog",
+            "--give-up-after",
+            "76",
+        ] {
+            assert!(help.contains(needle), "{needle}: {help}");
+        }
     }
 }

@@ -332,3 +332,60 @@ async fn cli_a_waiting_lock_tells_an_api_server_that_went_away_within_two_lease_
     holder.signal(Signal::SIGTERM);
     holder.exit(LIMIT).await;
 }
+
+/// `dsync __start -- CMD`, the first process of a command's group, started as dsync starts
+/// it (a process group of its own, here by `bash -m`, whose job it is): the pid, once it has
+/// stopped itself to wait for dsync's go.
+async fn stopped_starter(marker: &std::path::Path) -> (tokio::process::Child, i32) {
+    let script = format!(
+        "set -m; '{}' __start -- sh -c 'echo ran > {}' & echo $!; exec sleep 1000",
+        env!("CARGO_BIN_EXE_dsync"),
+        marker.display()
+    );
+    let mut parent = tokio::process::Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = lines(parent.stdout.take().unwrap());
+    let pid: i32 = out.next_line().await.unwrap().unwrap().parse().unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .trim_start()
+        .starts_with('T')
+    {
+        assert!(started.elapsed() < LIMIT, "dsync __start never stopped");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (parent, pid)
+}
+
+#[actix_rt::test]
+async fn cli_group_dies_with_dsync_even_before_the_watchdog_knows_the_group() {
+    // Continued (as dsync does once the watchdog is armed), the first process becomes CMD.
+    let ran = scratch("ran");
+    let (_parent, pid) = stopped_starter(&ran).await;
+    assert!(!ran.exists(), "the command ran before it was continued");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGCONT).unwrap();
+    all_gone(vec![pid]).await;
+    assert!(ran.exists(), "continued, it becomes the command");
+
+    // Its parent (dsync) dies before continuing it: the command never runs.
+    let never = scratch("ran");
+    let (mut parent, pid) = stopped_starter(&never).await;
+    parent.start_kill().unwrap();
+    parent.wait().await.unwrap();
+    let died = Instant::now();
+    all_gone(vec![pid]).await;
+    assert!(!never.exists(), "the command ran after its dsync died");
+    println!(
+        "dsync died before its command's group was guarded: the waiting process was gone \
+         {:?} later, the command never ran",
+        died.elapsed()
+    );
+}

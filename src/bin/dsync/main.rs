@@ -15,7 +15,8 @@
 //! - `main.rs`: flags, configuration, dispatch, exit.
 //! - `guard.rs`: `lock` and `run`: wait for a lease, run the command while it is held.
 //! - `child.rs`: the command in its own process group; stopping the whole group.
-//! - `watchdog.rs`: a process of dsync's own that kills the command's group if dsync dies.
+//! - `watchdog.rs`: a process of dsync's own that kills the command's group if dsync dies
+//!   (`dsync __watchdog`; `dsync __start` in `child.rs` starts the command once it is armed).
 //! - `inspect.rs`: `status`, `observe`, `release`, `handoff`.
 //! - `ui.rs`: messages on stderr, progress while waiting.
 //! - `exit.rs`: exit codes; `duration.rs`: `5s`, `500ms`, `2m`.
@@ -130,6 +131,14 @@ enum Command {
     /// SIGKILLs the group when stdin closes without `done` (dsync died).
     #[command(name = watchdog::SUBCOMMAND, hide = true)]
     Watchdog,
+    /// (internal) The first process of a command's group: waits, stopped, until the watchdog
+    /// guards the group, then becomes CMD.
+    #[command(name = child::START_SUBCOMMAND, hide = true)]
+    Start {
+        /// The command and its arguments
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
 }
 
 /// How the command's process group is stopped when the lease is lost.
@@ -425,8 +434,10 @@ async fn connect(config: Config, drain: Duration) -> Result<(Dsync, Arc<dyn Leas
 
 fn main() {
     let cli = Cli::parse();
-    if let Command::Watchdog = cli.command {
-        std::process::exit(watchdog::main());
+    match &cli.command {
+        Command::Watchdog => std::process::exit(watchdog::main()),
+        Command::Start { command } => std::process::exit(child::start_main(command)),
+        _ => {}
     }
     let ui = Ui::new(cli.global.quiet);
     init_tracing();
@@ -504,7 +515,9 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
             finish(&dsync, &ui).await;
             result
         }
-        Command::Watchdog => unreachable!("the watchdog runs before any System"),
+        Command::Watchdog | Command::Start { .. } => {
+            unreachable!("dsync's own processes run before any System")
+        }
     }
 }
 

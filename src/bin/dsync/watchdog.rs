@@ -10,8 +10,10 @@
 //! stopped the group itself it writes `done`, and the watchdog exits without killing
 //! anything; it also exits by itself once the group is empty.
 //!
-//! What it cannot cover: the moment between the command's start and dsync's write of its
-//! group id (the command's `exec` and one `write`).
+//! The command cannot run before the watchdog guards its group: the group's first process
+//! waits, stopped, until dsync has written the group id (see [`Child::spawn`]).
+//!
+//! [`Child::spawn`]: crate::child::Child::spawn
 
 use std::io::{self, BufRead, Write};
 use std::process::{ChildStdin, Stdio};
@@ -111,7 +113,7 @@ impl Watchdog {
 
 /// dsync's own executable: `/proc/self/exe` on Linux, which works even if the file was
 /// replaced or deleted since dsync started (an upgrade under a running dsync).
-fn own_executable() -> std::path::PathBuf {
+pub fn own_executable() -> std::path::PathBuf {
     if cfg!(target_os = "linux") {
         "/proc/self/exe".into()
     } else {

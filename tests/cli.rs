@@ -162,14 +162,7 @@ async fn a_lost_lock_stops_the_command_and_its_grandchildren_and_exits_with_the_
 #[actix_rt::test]
 async fn sigterm_reaches_the_command_and_the_lock_is_released_after_it_exits() {
     // A long lease: a waiter that got the lock by expiry would wait 10 s; by release, at once.
-    let cli = Cli::admin().await.with_timing(&[
-        "--lease-duration",
-        "10s",
-        "--renew-deadline",
-        "6s",
-        "--retry-period",
-        "1s",
-    ]);
+    let cli = Cli::admin().await.with_timing(&SLOW);
     let log = scratch("log");
     let first = r#"trap 'echo "end first" >> "$LOG"; exit 0' TERM; echo ready; while :; do sleep 0.05; done"#;
     let mut cmd = cli.command(&["lock", "shared", "--", "sh", "-c", first]);
@@ -642,4 +635,82 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
         .run(&["handoff", "nobody-runs-this", "--to", "pod-b"])
         .await;
     assert_eq!(nobody.code, Some(DSYNC_FAILED), "{nobody:?}");
+}
+
+/// Runs until SIGTERM; appends `start <token> <holder>` when it starts and `end <token>`
+/// when it stops, for [`check_no_overlap`].
+const LOGS_ITS_TERM: &str = r#"trap 'echo "end $DSYNC_FENCING_TOKEN" >> "$LOG"; exit 0' TERM; echo "start $DSYNC_FENCING_TOKEN $DSYNC_HOLDER" >> "$LOG"; echo "$DSYNC_HOLDER started"; while :; do sleep 0.05; done"#;
+
+#[actix_rt::test]
+async fn cli_run_holds_as_a_new_identity_per_process() {
+    let cli = Cli::admin().await;
+    let log = scratch("log");
+    let mut cmd = cli.command(&["run", "ids", "--", "sh", "-c", LOGS_ITS_TERM]);
+    cmd.env("LOG", &log);
+    let mut a = Proc::from(cmd, "a");
+    let first = a.stdout_line("started").await;
+    let mut cmd = cli.command(&["run", "ids", "--", "sh", "-c", LOGS_ITS_TERM]);
+    cmd.env("LOG", &log);
+    let mut b = Proc::from(cmd, "b");
+    b.stderr_line("campaigning").await;
+    a.signal(Signal::SIGTERM);
+    let (status, stderr) = a.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let second = b.stdout_line("started").await;
+    b.signal(Signal::SIGTERM);
+    b.exit(LIMIT).await;
+    let (first, second) = (
+        first.split_whitespace().next().unwrap(),
+        second.split_whitespace().next().unwrap(),
+    );
+    assert_ne!(first, second, "two processes, two identities");
+    let host = first.rsplit_once('-').unwrap().0;
+    assert_eq!(
+        second.rsplit_once('-').unwrap().0,
+        host,
+        "the host name (or KUBE_POD_NAME) and a random suffix: {first}, {second}"
+    );
+    let runs = check_no_overlap(&std::fs::read_to_string(&log).unwrap());
+    assert_eq!(runs.len(), 2);
+}
+
+/// [`LOGS_ITS_TERM`], taking half a second to stop (within FAST's `--kill-after`, 1 s): a
+/// second command started as soon as the first one is told to stop would show as an overlap.
+const SLOW_TO_STOP: &str = r#"trap 'sleep 0.5; echo "end $DSYNC_FENCING_TOKEN" >> "$LOG"; exit 0' TERM; echo "start $DSYNC_FENCING_TOKEN $DSYNC_HOLDER" >> "$LOG"; echo "$DSYNC_HOLDER started"; while :; do sleep 0.05; done"#;
+
+#[actix_rt::test]
+async fn cli_one_identity_twice_never_runs_two_commands_at_once() {
+    let cli = Cli::admin().await;
+    for sub in ["run", "lock"] {
+        let log = scratch("log");
+        let spawn = |who: &str| {
+            let mut cmd = cli.command(&[
+                "--identity",
+                "twin",
+                sub,
+                "twins",
+                "--",
+                "sh",
+                "-c",
+                SLOW_TO_STOP,
+            ]);
+            cmd.env("LOG", &log);
+            Proc::from(cmd, who)
+        };
+        let mut a = spawn("a");
+        a.stdout_line("twin started").await;
+        let mut b = spawn("b");
+        // b is up once it says what it does (waits or campaigns); then both run for three
+        // lease durations (3 s each), the window in which b could take a's lease for its own.
+        b.stderr_line("twins").await;
+        let window = tokio::time::timeout(Duration::from_secs(9), b.stdout_line("twin started"));
+        let b_started = window.await.is_ok();
+        for p in [a, b] {
+            p.signal(Signal::SIGTERM);
+            p.exit(LIMIT).await;
+        }
+        let log = std::fs::read_to_string(&log).unwrap();
+        let runs = check_no_overlap(&log);
+        println!("{sub}: one identity twice: {runs:?} (second started in the window: {b_started})");
+    }
 }

@@ -23,14 +23,26 @@ pub const LOST: i32 = 76;
 pub const DSYNC_FAILED: i32 = 78;
 pub const USAGE: i32 = 2;
 
-/// Short lease timing for most tests: lease 2 s, renew deadline 1.5 s, retry 0.5 s.
+/// Short lease timing for most tests: lease 3 s, renew deadline 1.5 s, retry 0.5 s (so
+/// `--kill-after` may be up to 1 s: lease - renew deadline - retry).
 pub const FAST: [&str; 6] = [
     "--lease-duration",
-    "2s",
+    "3s",
     "--renew-deadline",
     "1500ms",
     "--retry-period",
     "500ms",
+];
+
+/// A lease long enough that a waiter that got it by expiry would wait 10 s; by release, it
+/// gets it at once (renew deadline 6 s, retry 1 s: `--kill-after` defaults to 3 s).
+pub const SLOW: [&str; 6] = [
+    "--lease-duration",
+    "10s",
+    "--renew-deadline",
+    "6s",
+    "--retry-period",
+    "1s",
 ];
 
 /// The CLI, configured for one namespace and one harness user.
@@ -63,7 +75,21 @@ impl Cli {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsync"));
+        self.wrapped(&[], args)
+    }
+
+    /// `dsync ARGS` started by `wrapper` (e.g. `["setsid", "--ctty"]`): `wrapper[0]` is run
+    /// with the rest of `wrapper`, dsync's path, the timing and `args`.
+    pub fn wrapped(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let dsync = env!("CARGO_BIN_EXE_dsync");
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(dsync),
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(dsync);
+                cmd
+            }
+        };
         cmd.env_remove("KUBECONFIG")
             .env_remove("KUBE_POD_NAME")
             .env_remove("KUBE_LEASE_SCOPE")
@@ -278,4 +304,170 @@ impl Proc {
             args: vec![name.to_owned()],
         }
     }
+}
+
+/// Waits (polling every millisecond, up to [`LIMIT`]) until every process in `pids` is
+/// [`gone`], and returns when that was seen (wall clock, to compare with `date +%s%N` in a
+/// command).
+pub async fn all_gone(pids: Vec<i32>) -> std::time::SystemTime {
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        loop {
+            if pids.iter().all(|&pid| gone(pid)) {
+                return std::time::SystemTime::now();
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "processes {pids:?} still run after {LIMIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A command that checks, as it starts, that none of the processes in `$PIDS` is left (a
+/// zombie counts as gone), and prints `start <wall clock ns> alive:<those left>`.
+pub const CHECKS_GONE: &str = r#"alive=""; for p in $PIDS; do s=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -c1); case "$s" in ""|Z|X) ;; *) alive="$alive $p";; esac; done; echo "start $(date +%s%N) alive:$alive""#;
+
+/// What a [`CHECKS_GONE`] command printed: when it started, and which processes were left.
+pub fn checked(line: &str) -> (std::time::SystemTime, String) {
+    let rest = line.strip_prefix("start ").expect("a CHECKS_GONE line");
+    let (nanos, alive) = rest.split_once(" alive:").unwrap();
+    let nanos: u64 = nanos.parse().unwrap();
+    (
+        std::time::UNIX_EPOCH + Duration::from_nanos(nanos),
+        alive.trim().to_owned(),
+    )
+}
+
+/// `later - earlier`, signed, in milliseconds (for printing measured gaps).
+pub fn gap_ms(earlier: std::time::SystemTime, later: std::time::SystemTime) -> f64 {
+    match later.duration_since(earlier) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}
+
+/// A copy of `kubeconfig` whose clusters point at `server` instead.
+pub fn kubeconfig_for(kubeconfig: &Path, server: &str) -> PathBuf {
+    let mut doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    for cluster in doc["clusters"].as_sequence_mut().unwrap() {
+        cluster["cluster"]["server"] = server.into();
+    }
+    let path = scratch("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+/// A kubeconfig of `kubeconfig`'s user for an API server that is not there (a local port
+/// nothing listens on: connections are refused).
+pub fn unreachable(kubeconfig: &Path) -> PathBuf {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    kubeconfig_for(kubeconfig, &format!("https://127.0.0.1:{port}"))
+}
+
+/// A TCP proxy in front of the API server, for the replicas given its kubeconfig: `cut()`
+/// partitions them from the server (every connection, open or new, goes silent: nothing is
+/// forwarded and nothing is closed, as when the network drops packets); `refuse()` closes
+/// every connection and refuses new ones (as when the server is down).
+pub struct Proxy {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    refuse: tokio::sync::watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let (refuse, refuse_rx) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                if *refuse_rx.borrow() {
+                    drop(client);
+                    continue;
+                }
+                if *cut_rx.borrow() {
+                    held.push(client); // silent: accepted, never answered
+                    continue;
+                }
+                let upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port))
+                    .await
+                    .unwrap();
+                let (cr, cw) = client.into_split();
+                let (ur, uw) = upstream.into_split();
+                tokio::spawn(pump(cr, uw, cut_rx.clone(), refuse_rx.clone()));
+                tokio::spawn(pump(ur, cw, cut_rx.clone(), refuse_rx.clone()));
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            refuse,
+            accept,
+        }
+    }
+
+    pub fn refuse(&self) {
+        self.refuse.send_replace(true);
+    }
+
+    /// A copy of `kubeconfig` that goes through the proxy.
+    pub fn kubeconfig(&self, kubeconfig: &Path) -> PathBuf {
+        kubeconfig_for(kubeconfig, &format!("https://127.0.0.1:{}", self.port))
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn until_set(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
+}
+
+/// Copies `from` to `to` until the proxy is cut (then holds both open and silent) or refuses
+/// (then closes both).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+    mut refuse: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        tokio::select! {
+            () = until_set(&mut refuse) => return,
+            () = until_set(&mut cut) => break,
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+        }
+    }
+    // Cut: both ends stay open, and nothing more goes through.
+    let _held = (from, to);
+    std::future::pending::<()>().await;
 }

@@ -9,12 +9,17 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::signal::{Signal, kill, killpg, raise};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::exit;
+use crate::watchdog::{self, Watchdog, WatchdogError};
+
+/// The hidden subcommand that starts the command once the watchdog guards its group:
+/// `dsync __start -- CMD [ARGS]` (see [`start_main`]).
+pub const START_SUBCOMMAND: &str = "__start";
 
 /// How often an emptied-out group is checked for stragglers: nothing signals "the last
 /// process of a group exited" to a process that is not their parent.
@@ -41,6 +46,13 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The watchdog that kills the group if dsync dies could not be started: the command is
+    /// not run without it.
+    #[error("not running the command without a watchdog")]
+    Watchdog(#[source] WatchdogError),
+    /// dsync could not start the process that becomes the command (`dsync __start`).
+    #[error("cannot start the command's process")]
+    Start(#[source] io::Error),
 }
 
 impl SpawnError {
@@ -49,6 +61,7 @@ impl SpawnError {
         match self {
             SpawnError::NotFound { .. } => exit::NOT_FOUND,
             SpawnError::CannotExecute { .. } => exit::CANNOT_EXECUTE,
+            SpawnError::Watchdog(_) | SpawnError::Start(_) => exit::DSYNC_FAILED,
         }
     }
 }
@@ -60,38 +73,59 @@ pub struct Child {
     group: Pid,
     /// Set once the direct child has been waited for.
     status: Option<ExitStatus>,
+    /// Kills the group if dsync dies; disarmed by [`finish`](Self::finish).
+    watchdog: Option<Watchdog>,
 }
 
 impl Child {
     /// Starts `command` (program and arguments) with `env` added to dsync's environment, in a
-    /// new process group whose id is the child's pid. Standard input, output and error are
-    /// dsync's.
+    /// new process group whose id is the child's pid, guarded by a [`Watchdog`] that kills
+    /// the group if dsync dies. Standard input, output and error are dsync's.
+    ///
+    /// The group exists before the command runs: its first process is `dsync __start`, which
+    /// stops itself at once; the watchdog is told the group, and only then is the process
+    /// continued, to become the command (`exec`, same pid). If dsync dies before that, the
+    /// stopped process never runs the command: its group is orphaned with a stopped member,
+    /// so the kernel sends it SIGHUP (and it dies), and the watchdog kills it if armed.
     pub fn spawn(command: &[OsString], env: &[(String, String)]) -> Result<Child, SpawnError> {
-        let (program, args) = command
-            .split_first()
-            .expect("clap requires a command after `--`");
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
+        let mut watchdog = Watchdog::start().map_err(SpawnError::Watchdog)?;
+        let mut cmd = tokio::process::Command::new(watchdog::own_executable());
+        cmd.arg(START_SUBCOMMAND)
+            .arg("--")
+            .args(command)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             // If dsync itself dies, the group is killed rather than left running unguarded.
             .kill_on_drop(true);
-        let process = cmd.spawn().map_err(|source| {
-            let program = program.to_string_lossy().into_owned();
-            if source.kind() == io::ErrorKind::NotFound {
-                SpawnError::NotFound { program, source }
-            } else {
-                SpawnError::CannotExecute { program, source }
-            }
-        })?;
+        let process = cmd.spawn().map_err(SpawnError::Start)?;
         let pid = process
             .id()
             .expect("a child that was just spawned has a pid");
+        let group = Pid::from_raw(pid as i32);
+        let armed = stopped(group)
+            .map_err(SpawnError::Start)
+            .and_then(|()| watchdog.arm(group.as_raw()).map_err(SpawnError::Watchdog))
+            .and_then(|()| kill(group, Signal::SIGCONT).map_err(|e| SpawnError::Start(e.into())));
+        if let Err(e) = armed {
+            // Unguarded: it must not run. (Dropping `process` reaps it in the background.)
+            let _ = killpg(group, Signal::SIGKILL);
+            return Err(e);
+        }
         Ok(Child {
             process,
-            group: Pid::from_raw(pid as i32),
+            group,
             status: None,
+            watchdog: Some(watchdog),
         })
+    }
+
+    /// Once the group has been stopped (see [`stop`](Self::stop) and
+    /// [`stop_leftovers`](Self::stop_leftovers)): the watchdog is told to exit without
+    /// killing anything.
+    pub async fn finish(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm().await;
+        }
     }
 
     /// The process group id (the child's pid).
@@ -199,6 +233,47 @@ impl Child {
         );
         self.stop(Some(signal), Instant::now() + kill_after).await;
     }
+}
+
+/// Waits until `dsync __start` (process `pid`, just spawned) has stopped itself. Its status is
+/// left to be collected (`WNOWAIT`): tokio reaps the process when it exits.
+fn stopped(pid: Pid) -> io::Result<()> {
+    let flags = WaitPidFlag::WSTOPPED | WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::Stopped(..)) => return Ok(()),
+            Ok(status) => {
+                return Err(io::Error::other(format!(
+                    "it ended before it could be guarded: {status:?}"
+                )));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `dsync __start -- CMD [ARGS]`, the first process of the command's group: stops itself
+/// until dsync has armed the watchdog and continues it (see [`Child::spawn`]), then becomes
+/// the command. Returns only if that fails, with the shell's exit code for it.
+pub fn start_main(command: &[OsString]) -> i32 {
+    if let Err(e) = raise(Signal::SIGSTOP) {
+        eprintln!("dsync: error: cannot wait for the watchdog: {e}");
+        return exit::DSYNC_FAILED;
+    }
+    use std::os::unix::process::CommandExt;
+    let (program, args) = command
+        .split_first()
+        .expect("clap requires a command after `--`");
+    let source = std::process::Command::new(program).args(args).exec();
+    let program = program.to_string_lossy().into_owned();
+    let error = if source.kind() == io::ErrorKind::NotFound {
+        SpawnError::NotFound { program, source }
+    } else {
+        SpawnError::CannotExecute { program, source }
+    };
+    eprintln!("dsync: error: {}", exit::chain(&error));
+    error.exit_code()
 }
 
 /// Makes dsync the parent of the orphans its commands leave (Linux; elsewhere a no-op):

@@ -78,6 +78,23 @@ pub fn human(d: Duration) -> String {
     format!("{}d{:02}h", secs / 86_400, (secs % 86_400) / 3600)
 }
 
+/// A duration without rounding, for limits people compare with what they typed: `3s`, `1.5s`,
+/// `500ms`, `0s` (below a millisecond: Rust's own notation).
+pub fn exact(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return format!("{d:?}");
+    }
+    let ms = d.as_millis();
+    match (ms < 1000, ms % 1000 == 0) {
+        (true, _) => format!("{ms}ms"),
+        (false, true) => format!("{}s", ms / 1000),
+        (false, false) => format!("{}s", ms as f64 / 1000.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +129,10 @@ mod tests {
         assert_eq!(human(Duration::from_secs(185)), "3m05s");
         assert_eq!(human(Duration::from_secs(7800)), "2h10m");
         assert_eq!(human(Duration::from_secs(90_000)), "1d01h");
+        assert_eq!(exact(Duration::ZERO), "0s");
+        assert_eq!(exact(Duration::from_millis(500)), "500ms");
+        assert_eq!(exact(Duration::from_millis(3100)), "3.1s");
+        assert_eq!(exact(Duration::from_secs(15)), "15s");
+        assert_eq!(exact(Duration::from_micros(1500)), "1.5ms");
     }
 }

@@ -13,8 +13,8 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::child::{self, Child, SpawnError};
 use crate::exit::{self, Failure};
-use crate::ui::{Interrupts, Progress, Ui};
-use crate::{LockArgs, RunArgs, StopArgs};
+use crate::ui::{self, Interrupts, Progress, Ui};
+use crate::{LockArgs, RunArgs, Stop};
 
 /// How a command that ran under a lease ended.
 #[derive(Debug)]
@@ -52,15 +52,27 @@ fn lease_env(lease: &LeaseKey, term: &Term, slot: Option<usize>) -> Vec<(String,
     env
 }
 
+/// When the group gets SIGKILL after the term ended: `kill_after` after the term's own end
+/// (its deadline, or when dsync ended it), not after this thread noticed: a late wake-up
+/// (a slow or starved thread) must not push SIGKILL towards the moment another holder may
+/// take the lease. With `--kill-after` within its bound, SIGKILL lands at the latest at the
+/// last renewal + renew deadline + kill-after <= lease duration - retry period.
+fn kill_deadline(term: &Term, kill_after: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    let ended = term.ended_at().map_or(now, Instant::from_std).min(now);
+    ended + kill_after
+}
+
 /// Runs `child` while `term` lasts. Returns once the child has exited and nothing is left in
-/// its process group: by itself; after the term ended (`stop.signal`, then SIGKILL after
-/// `stop.kill_after`); or after dsync was interrupted (the same signal forwarded, then SIGKILL
-/// after `stop.kill_after`).
+/// its process group: by itself; after the term ended (`stop.signal`, then SIGKILL
+/// `stop.kill_after` after the term's end); or after dsync was interrupted (the signal
+/// forwarded, see [`ui::forwarded`], then SIGKILL after `stop.kill_after`). The group's
+/// watchdog is disarmed only then.
 async fn supervise(
     child: &mut Child,
     term: &Term,
     interrupts: &mut Interrupts,
-    stop: &StopArgs,
+    stop: &Stop,
     ui: &Ui,
     ended: &str,
 ) -> Outcome {
@@ -70,7 +82,7 @@ async fn supervise(
     let mut interrupted: Option<Signal> = None;
     if let Some(signal) = interrupts.latest() {
         // Interrupted between the grant and the start of the command.
-        child.signal(signal);
+        child.signal(ui::forwarded(signal));
         interrupted = Some(signal);
         kill_at = Some(Instant::now() + stop.kill_after);
     }
@@ -81,21 +93,24 @@ async fn supervise(
             biased;
             status = child.wait() => break status,
             signal = interrupts.recv() => {
-                ui.info(&format!("{signal}: forwarding it to the command (process group {})", child.group()));
-                child.signal(signal);
+                let sent = ui::forwarded(signal);
+                ui.info(&format!("{signal}: sending {sent} to the command (process group {})", child.group()));
+                child.signal(sent);
                 interrupted.get_or_insert(signal);
                 kill_at.get_or_insert(Instant::now() + stop.kill_after);
             }
             _ = term.cancelled(), if !lost => {
                 lost = true;
+                let deadline = kill_deadline(term, stop.kill_after);
                 if kill_at.is_none() {
                     ui.error(&format!(
                         "{ended} (fencing token {}) while the command ran: sending {} to its process group {}",
                         term.fencing_token(), stop.signal, child.group()
                     ));
                     child.signal(stop.signal);
-                    kill_at = Some(Instant::now() + stop.kill_after);
                 }
+                // Already stopping (interrupted): SIGKILL no later than the term's end allows.
+                kill_at = Some(kill_at.map_or(deadline, |at| at.min(deadline)));
             }
             _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
                 ui.error(&format!(
@@ -114,6 +129,7 @@ async fn supervise(
         }
         None => child.stop_leftovers(stop.signal, stop.kill_after).await,
     }
+    child.finish().await;
     if lost {
         Outcome::Lost(status)
     } else if interrupted.is_some() {
@@ -127,18 +143,20 @@ async fn supervise(
 pub async fn lock(
     dsync: &Dsync,
     args: &LockArgs,
+    stop: &Stop,
     mut interrupts: Interrupts,
     ui: &Ui,
 ) -> Result<i32, Failure> {
     match args.permits {
-        None => lock_one(dsync, args, &mut interrupts, ui).await,
-        Some(n) => lock_permit(dsync, args, n, &mut interrupts, ui).await,
+        None => lock_one(dsync, args, stop, &mut interrupts, ui).await,
+        Some(n) => lock_permit(dsync, args, stop, n, &mut interrupts, ui).await,
     }
 }
 
 async fn lock_one(
     dsync: &Dsync,
     args: &LockArgs,
+    stop: &Stop,
     interrupts: &mut Interrupts,
     ui: &Ui,
 ) -> Result<i32, Failure> {
@@ -161,6 +179,13 @@ async fn lock_one(
                     None => lock.lock().await,
                 }
             };
+            let failing = ui::report_failures(
+                ui,
+                &what,
+                args.give_up.give_up_after,
+                lock.watch_status(),
+                |s| s.last_error.clone(),
+            );
             // Dropping the wait (on a signal) hands a lock granted meanwhile straight back.
             let term = tokio::select! {
                 term = waited => term,
@@ -168,6 +193,10 @@ async fn lock_one(
                     ui.info(&format!("{signal}: stopped waiting for {what}"));
                     observer.stop().await;
                     return Ok(exit::signalled(signal));
+                }
+                failure = failing => {
+                    observer.stop().await;
+                    return Err(failure);
                 }
             };
             observer.stop().await;
@@ -190,6 +219,7 @@ async fn lock_one(
     guarded(
         Guarded {
             args,
+            stop,
             term: &term,
             lease: &lease,
             slot: None,
@@ -205,6 +235,7 @@ async fn lock_one(
 async fn lock_permit(
     dsync: &Dsync,
     args: &LockArgs,
+    stop: &Stop,
     permits: usize,
     interrupts: &mut Interrupts,
     ui: &Ui,
@@ -238,6 +269,11 @@ async fn lock_permit(
                     None => semaphore.acquire().await,
                 }
             };
+            // Every slot is on the same API server: the first one's failures stand for all.
+            let slot = semaphore.watch_slot(0).expect("a semaphore has a slot 0");
+            let failing = ui::report_failures(ui, &what, args.give_up.give_up_after, slot, |s| {
+                s.last_error.clone()
+            });
             tokio::select! {
                 permit = waited => match permit {
                     Ok(permit) => permit,
@@ -250,6 +286,7 @@ async fn lock_permit(
                     ui.info(&format!("{signal}: stopped waiting for {what}"));
                     return Ok(exit::signalled(signal));
                 }
+                failure = failing => return Err(failure),
             }
         }
         Err(e) => return Err(e.into()),
@@ -259,6 +296,7 @@ async fn lock_permit(
     let what = format!("slot {slot} of semaphore {:?}", args.name);
     let guard = Guarded {
         args,
+        stop,
         term: &term,
         lease: &lease,
         slot: Some(slot),
@@ -270,6 +308,7 @@ async fn lock_permit(
 /// A lock or a permit, granted: what the command runs under.
 struct Guarded<'a> {
     args: &'a LockArgs,
+    stop: &'a Stop,
     term: &'a Term,
     lease: &'a LeaseKey,
     slot: Option<usize>,
@@ -286,6 +325,7 @@ async fn guarded(
 ) -> Result<i32, Failure> {
     let Guarded {
         args,
+        stop,
         term,
         lease,
         slot,
@@ -300,7 +340,7 @@ async fn guarded(
     let outcome = match Child::spawn(&args.command, &env) {
         Ok(mut child) => {
             let ended = format!("lost {what}");
-            Ok(supervise(&mut child, term, interrupts, &args.stop, ui, &ended).await)
+            Ok(supervise(&mut child, term, interrupts, stop, ui, &ended).await)
         }
         Err(e) => Err(e),
     };
@@ -361,6 +401,7 @@ enum TermReport {
 pub async fn run(
     dsync: &Dsync,
     args: &RunArgs,
+    stop: &Stop,
     mut interrupts: Interrupts,
     ui: &Ui,
 ) -> Result<i32, Failure> {
@@ -369,7 +410,7 @@ pub async fn run(
     let (reports, mut reported) = mpsc::unbounded_channel::<TermReport>();
     let work = Arc::new(TermWork {
         command: args.command.clone(),
-        stop: args.stop.clone(),
+        stop: stop.clone(),
         ui: ui.clone(),
         what: what.clone(),
         interrupts: interrupts.clone(),
@@ -394,8 +435,23 @@ pub async fn run(
             None => Some("no leader yet".into()),
         })
     };
+    let failing = ui::report_failures(
+        ui,
+        &what,
+        args.give_up.give_up_after,
+        election.watch_status(),
+        |s| s.last_error.clone(),
+    );
+    tokio::pin!(failing);
     let code = loop {
         tokio::select! {
+            failure = &mut failing => {
+                // Stopping ends a running term's command first (as on SIGTERM).
+                if let Err(e) = election.stop().await {
+                    ui.warn(&format!("stopping {what}: {}", exit::chain(&e)));
+                }
+                break Err(failure);
+            }
             report = reported.recv() => {
                 let Some(report) = report else {
                     return Err(Failure::new(exit::DSYNC_FAILED, format!("{what} stopped unexpectedly")));
@@ -441,7 +497,7 @@ pub async fn run(
 /// What each term of `run` does: start the command, supervise it for the term.
 struct TermWork {
     command: Vec<OsString>,
-    stop: StopArgs,
+    stop: Stop,
     ui: Ui,
     what: String,
     interrupts: Interrupts,

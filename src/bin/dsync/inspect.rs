@@ -621,6 +621,14 @@ pub async fn observe(
         observer.lease()
     ));
     let mut changes = observer.watch();
+    let failing = crate::ui::report_failures(
+        ui,
+        &format!("observing {what} {:?}", args.name),
+        args.give_up.give_up_after,
+        observer.watch(),
+        |o| o.last_error.clone(),
+    );
+    tokio::pin!(failing);
     // Holder, token, expired, exists, failing: a line whenever one of them changes.
     type Shown = (Option<String>, Option<i32>, bool, bool, bool);
     let mut said: Option<Shown> = None;
@@ -672,6 +680,10 @@ pub async fn observe(
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { break },
             _ = interrupts.recv() => break,
+            failure = &mut failing => {
+                observer.stop().await;
+                return Err(failure);
+            }
         }
     }
     observer.stop().await;

@@ -15,6 +15,8 @@
 //! - `main.rs`: flags, configuration, dispatch, exit.
 //! - `guard.rs`: `lock` and `run`: wait for a lease, run the command while it is held.
 //! - `child.rs`: the command in its own process group; stopping the whole group.
+//! - `watchdog.rs`: a process of dsync's own that kills the command's group if dsync dies
+//!   (`dsync __watchdog`; `dsync __start` in `child.rs` starts the command once it is armed).
 //! - `inspect.rs`: `status`, `observe`, `release`, `handoff`.
 //! - `ui.rs`: messages on stderr, progress while waiting.
 //! - `exit.rs`: exit codes; `duration.rs`: `5s`, `500ms`, `2m`.
@@ -26,6 +28,7 @@ mod exit;
 mod guard;
 mod inspect;
 mod ui;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -44,7 +47,7 @@ use crate::ui::Ui;
 /// leader, and see who holds what.
 #[derive(Debug, Parser)]
 #[command(name = "dsync", version)]
-#[command(after_help = EXIT_CODES)]
+#[command(after_help = AFTER_HELP)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -52,15 +55,28 @@ struct Cli {
     command: Command,
 }
 
-const EXIT_CODES: &str = "\
+const AFTER_HELP: &str = "\
 Exit codes:
   (the command's)  lock, run: the command's own exit code (128+N if killed by signal N)
-  2                bad flags or arguments; release without --force
+  2                bad flags or arguments (also a --kill-after the lease timing cannot fit);
+                   release without --force
   75               the lock or permit was not granted in time (--timeout, --try);
                    handoff: the new leader did not take over within --timeout
   76               the lease was lost while the command ran (its process group was stopped)
-  78               configuration, permission (RBAC) or API server error
-  126, 127         the command could not be executed / was not found";
+  78               configuration, permission (RBAC) or API server error; run, observe and a
+                   waiting lock: the API server kept failing for --give-up-after; the
+                   command's watchdog could not be started
+  126, 127         the command could not be executed / was not found
+
+Signals (lock, run):
+  SIGINT, SIGTERM, SIGHUP, SIGQUIT  forwarded to the command's process group
+  SIGTSTP (Ctrl-Z)                  sent to the group as SIGTERM (never suspended under a lease)
+  then SIGKILL after --kill-after; the lease is released once the group has exited. If dsync
+  itself dies (even by SIGKILL), a watchdog process SIGKILLs the group at once.
+
+Environment:
+  KUBE_NAMESPACE, KUBE_LEASE_SCOPE, KUBE_POD_NAME, KUBE_CONFIG_PATH  (see the flags)
+  RUST_LOG         what dsync logs on stderr, e.g. RUST_LOG=dsync=debug (default: nothing)";
 
 /// Where the leases are and who this process is; every subcommand takes these.
 #[derive(Debug, Args)]
@@ -71,9 +87,9 @@ struct Global {
     /// Scope prefixed to lease names [env: KUBE_LEASE_SCOPE; default: unscoped]
     #[arg(long, global = true)]
     scope: Option<String>,
-    /// Holder identity, taken as given. Default: `run`: KUBE_POD_NAME, else the host name and
-    /// a random suffix; `lock`: KUBE_POD_NAME or the host name, and always a random suffix, so
-    /// two commands never take each other's lock for their own
+    /// Holder identity, taken as given. Default: KUBE_POD_NAME (else the host name) and a random
+    /// suffix, new for every process, so two commands never take each other's lease for their
+    /// own (`status` shows it; `handoff --to` names it)
     #[arg(long, global = true, value_name = "ID")]
     identity: Option<String>,
     /// Kubeconfig file [env: KUBE_CONFIG_PATH; default: $KUBECONFIG, ~/.kube/config, in-cluster]
@@ -111,6 +127,18 @@ enum Command {
     Handoff(HandoffArgs),
     /// Follow an election (or a lock) and print every change of holder.
     Observe(ObserveArgs),
+    /// (internal) The watchdog of a command's process group: reads the group id on stdin and
+    /// SIGKILLs the group when stdin closes without `done` (dsync died).
+    #[command(name = watchdog::SUBCOMMAND, hide = true)]
+    Watchdog,
+    /// (internal) The first process of a command's group: waits, stopped, until the watchdog
+    /// guards the group, then becomes CMD.
+    #[command(name = child::START_SUBCOMMAND, hide = true)]
+    Start {
+        /// The command and its arguments
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
 }
 
 /// How the command's process group is stopped when the lease is lost.
@@ -119,9 +147,103 @@ struct StopArgs {
     /// Signal for CMD's process group when the lease is lost or the term ends
     #[arg(long, value_parser = parse_signal, default_value = "SIGTERM", value_name = "SIG")]
     signal: Signal,
-    /// Send SIGKILL to the group if it has not exited this long after the first signal
-    #[arg(long, value_parser = duration::parse, default_value = "5s", value_name = "DUR")]
-    kill_after: Duration,
+    /// Send SIGKILL to the group if it has not exited this long after the first signal (or
+    /// after the term's end, if dsync noticed it late). At most lease duration - renew
+    /// deadline - retry period, so that SIGKILL lands a retry period before anyone else may
+    /// take the lease. [default: 5s, or that bound if shorter: 3s at the default timing]
+    #[arg(long, value_parser = duration::parse, value_name = "DUR")]
+    kill_after: Option<Duration>,
+}
+
+/// [`StopArgs`] checked against the lease timing.
+#[derive(Debug, Clone)]
+pub struct Stop {
+    /// The signal the group gets when the lease is lost or the term ends.
+    pub signal: Signal,
+    /// SIGKILL follows this long after the signal (or after the term's end).
+    pub kill_after: Duration,
+}
+
+/// `--kill-after` when none is given, unless the timing needs it shorter.
+const DEFAULT_KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// The longest `--kill-after` the timing allows: the holder steps down at the renew deadline
+/// (counted from its last successful renewal), others may take the lease a lease duration
+/// after it, and SIGKILL must land a retry period before that. `None`: no time at all.
+fn kill_after_bound(timing: &Timing) -> Option<Duration> {
+    timing
+        .lease_duration()
+        .checked_sub(timing.renew_deadline())?
+        .checked_sub(timing.retry_period())
+}
+
+impl StopArgs {
+    /// The stop rules for `timing`: `--kill-after` within [`kill_after_bound`] (a usage error
+    /// otherwise), by default the shorter of [`DEFAULT_KILL_AFTER`] and the bound.
+    fn check(&self, timing: &Timing) -> Result<Stop, Failure> {
+        let shown = |d: Duration| duration::exact(d);
+        let why = || {
+            format!(
+                "lease duration {} - renew deadline {} - retry period {}",
+                shown(timing.lease_duration()),
+                shown(timing.renew_deadline()),
+                shown(timing.retry_period())
+            )
+        };
+        let Some(bound) = kill_after_bound(timing) else {
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "this lease timing leaves no time to stop the command before another holder \
+                     may take the lease ({} is negative): lengthen --lease-duration or shorten \
+                     --renew-deadline or --retry-period",
+                    why()
+                ),
+            ));
+        };
+        let kill_after = match self.kill_after {
+            None => DEFAULT_KILL_AFTER.min(bound),
+            Some(given) if given > bound => {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!(
+                        "--kill-after {} is too long for this lease timing: at most {} ({}), so \
+                         that SIGKILL lands a retry period before another holder may take the \
+                         lease",
+                        shown(given),
+                        shown(bound),
+                        why()
+                    ),
+                ));
+            }
+            Some(given) => given,
+        };
+        Ok(Stop {
+            signal: self.signal,
+            kill_after,
+        })
+    }
+}
+
+/// When `run`, `observe` and a waiting `lock` give up on an API server that keeps failing.
+#[derive(Debug, Args, Clone)]
+struct GiveUpArgs {
+    /// Exit (code 78) once calls to the API server have failed for this long without a
+    /// success in between (forbidden, unreachable, timing out); each distinct failure is
+    /// printed on stderr when it first happens. `never`: keep trying
+    #[arg(long, value_parser = parse_give_up, default_value = "60s", value_name = "DUR")]
+    give_up_after: GiveUp,
+}
+
+/// `--give-up-after`: a duration, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GiveUp(pub Option<Duration>);
+
+fn parse_give_up(input: &str) -> Result<GiveUp, String> {
+    if input.trim().eq_ignore_ascii_case("never") {
+        return Ok(GiveUp(None));
+    }
+    duration::parse(input).map(|d| GiveUp(Some(d)))
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +261,8 @@ struct LockArgs {
     permits: Option<usize>,
     #[command(flatten)]
     stop: StopArgs,
+    #[command(flatten)]
+    give_up: GiveUpArgs,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -153,6 +277,8 @@ struct RunArgs {
     once: bool,
     #[command(flatten)]
     stop: StopArgs,
+    #[command(flatten)]
+    give_up: GiveUpArgs,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -210,7 +336,7 @@ struct ReleaseArgs {
 struct HandoffArgs {
     /// The election
     election: String,
-    /// Identity (pod name) of the replica that should lead
+    /// Identity of the replica that should lead (as `status` shows it, or its `--identity`)
     #[arg(long, value_name = "ID")]
     to: String,
     /// How long to wait for the new leader (exit code 75 when it runs out)
@@ -231,6 +357,8 @@ struct ObserveArgs {
     /// Output format: a line per change, or one JSON object per line
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
+    #[command(flatten)]
+    give_up: GiveUpArgs,
 }
 
 fn parse_signal(input: &str) -> Result<Signal, String> {
@@ -247,19 +375,9 @@ fn parse_signal(input: &str) -> Result<Signal, String> {
         .map_err(|_| format!("{input:?} is not a signal name (e.g. TERM, INT, HUP, SIGUSR1)"))
 }
 
-/// Which identity a subcommand holds leases as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Holder {
-    /// `--identity`, else `KUBE_POD_NAME`, else the host name and a random suffix.
-    Replica,
-    /// `--identity`, else (`KUBE_POD_NAME` or the host name) and a random suffix: two
-    /// commands in one pod must never take each other's lock as their own.
-    PerProcess,
-}
-
 impl Global {
     /// The library's configuration: flags first, then the environment, then defaults.
-    fn config(&self, holder: Holder) -> Result<Config, Failure> {
+    fn config(&self) -> Result<Config, Failure> {
         let flag = |key: &str| -> Option<String> {
             match key {
                 ENV_NAMESPACE => self.namespace.clone(),
@@ -268,32 +386,35 @@ impl Global {
                     .kubeconfig
                     .as_ref()
                     .map(|p| p.to_string_lossy().into_owned()),
-                ENV_POD_NAME => Some(self.identity(holder)),
+                ENV_POD_NAME => Some(self.identity()),
                 _ => None,
             }
         };
         let config = Config::from_lookup(|key| flag(key).or_else(|| std::env::var(key).ok()))?;
-        let timing = Timing::new(self.lease_duration, self.renew_deadline, self.retry_period)
-            .map_err(|e| Failure::new(exit::DSYNC_FAILED, exit::chain(&dsync::Error::from(e))))?;
-        let mut config = config.with_timing(timing);
+        let mut config = config.with_timing(self.timing()?);
         // The identity came in under KUBE_POD_NAME's key; the pod is the real variable's.
         config.pod_name = std::env::var(ENV_POD_NAME).ok().filter(|p| !p.is_empty());
         Ok(config)
     }
 
-    fn identity(&self, holder: Holder) -> String {
+    /// `--identity` as given, else `KUBE_POD_NAME` (or the host name) and a random suffix:
+    /// two processes, even in one pod, must never take each other's lease as their own.
+    fn identity(&self) -> String {
         if let Some(id) = self.identity.as_ref().filter(|id| !id.is_empty()) {
             return id.clone();
         }
-        let pod = std::env::var(ENV_POD_NAME).ok().filter(|p| !p.is_empty());
-        let suffix = || uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
-        match (holder, pod) {
-            (Holder::Replica, Some(pod)) => pod,
-            (_, pod) => {
-                let base = pod.unwrap_or_else(host_name);
-                format!("{base}-{}", suffix())
-            }
-        }
+        let base = std::env::var(ENV_POD_NAME)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(host_name);
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+        format!("{base}-{suffix}")
+    }
+
+    /// The lease timing the flags give (already checked by [`config`](Self::config)).
+    fn timing(&self) -> Result<Timing, Failure> {
+        Timing::new(self.lease_duration, self.renew_deadline, self.retry_period)
+            .map_err(|e| Failure::new(exit::DSYNC_FAILED, exit::chain(&dsync::Error::from(e))))
     }
 }
 
@@ -316,6 +437,11 @@ async fn connect(config: Config, drain: Duration) -> Result<(Dsync, Arc<dyn Leas
 
 fn main() {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Watchdog => std::process::exit(watchdog::main()),
+        Command::Start { command } => std::process::exit(child::start_main(command)),
+        _ => {}
+    }
     let ui = Ui::new(cli.global.quiet);
     init_tracing();
     child::become_subreaper();
@@ -329,7 +455,8 @@ fn main() {
     std::process::exit(code);
 }
 
-/// `RUST_LOG=dsync=debug dsync ...` shows what the library does; silent by default.
+/// `RUST_LOG=dsync=debug dsync ...` shows what the library does; silent by default (the
+/// variable is named in `--help`).
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
@@ -340,8 +467,9 @@ fn init_tracing() {
 }
 
 async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
-    // Installed first: from here on SIGINT/SIGTERM are dsync's to act on (forward to the
-    // command, release the lease), not the default "die at once".
+    // Installed first: from here on SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGTSTP are dsync's
+    // to act on (forward to the command, release the lease), not the default "die at once"
+    // (or, for SIGTSTP, "stop renewing while the command runs on").
     let interrupts = ui::Interrupts::install()?;
     let global = &cli.global;
     match cli.command {
@@ -349,16 +477,18 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
             if args.permits == Some(0) {
                 return Err(Failure::new(exit::USAGE, "-n/--permits must be at least 1"));
             }
-            let config = global.config(Holder::PerProcess)?;
-            let (dsync, _) = connect(config, drain_for(&args.stop)).await?;
-            let result = guard::lock(&dsync, &args, interrupts, &ui).await;
+            let config = global.config()?;
+            let stop = args.stop.check(&global.timing()?)?;
+            let (dsync, _) = connect(config, drain_for(&stop)).await?;
+            let result = guard::lock(&dsync, &args, &stop, interrupts, &ui).await;
             finish(&dsync, &ui).await;
             result
         }
         Command::Run(args) => {
-            let config = global.config(Holder::Replica)?;
-            let (dsync, _) = connect(config, drain_for(&args.stop)).await?;
-            let result = guard::run(&dsync, &args, interrupts, &ui).await;
+            let config = global.config()?;
+            let stop = args.stop.check(&global.timing()?)?;
+            let (dsync, _) = connect(config, drain_for(&stop)).await?;
+            let result = guard::run(&dsync, &args, &stop, interrupts, &ui).await;
             finish(&dsync, &ui).await;
             result
         }
@@ -388,21 +518,20 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
             finish(&dsync, &ui).await;
             result
         }
+        Command::Watchdog | Command::Start { .. } => {
+            unreachable!("dsync's own processes run before any System")
+        }
     }
 }
 
 /// A replica for the subcommands that hold nothing (`status`, `release`, `handoff`, `observe`).
 async fn inspector(global: &Global) -> Result<(Dsync, Arc<dyn LeaseStore>), Failure> {
-    connect(
-        global.config(Holder::Replica)?,
-        dsync::config::DEFAULT_DRAIN_TIMEOUT,
-    )
-    .await
+    connect(global.config()?, dsync::config::DEFAULT_DRAIN_TIMEOUT).await
 }
 
 /// The library waits this long for the guarded command after a term ends (the work of a
 /// `run` term is the command): the signal, `--kill-after`, then SIGKILL and a margin.
-fn drain_for(stop: &StopArgs) -> Duration {
+fn drain_for(stop: &Stop) -> Duration {
     stop.kill_after + Duration::from_secs(5)
 }
 
@@ -466,7 +595,7 @@ mod tests {
             panic!("not lock")
         };
         assert_eq!(args.permits, Some(3));
-        assert_eq!(args.stop.kill_after, Duration::from_secs(2));
+        assert_eq!(args.stop.kill_after, Some(Duration::from_secs(2)));
         assert_eq!(args.command, ["sh", "-c", "exit 3"].map(OsString::from));
     }
 
@@ -483,7 +612,7 @@ mod tests {
             "status",
         ])
         .unwrap();
-        let config = cli.global.config(Holder::PerProcess).unwrap();
+        let config = cli.global.config().unwrap();
         assert_eq!(
             (config.namespace.as_str(), config.scope.as_str()),
             ("jobs", "team")
@@ -502,16 +631,119 @@ mod tests {
             "status",
         ])
         .unwrap();
-        let failure = cli.global.config(Holder::Replica).unwrap_err();
+        let failure = cli.global.config().unwrap_err();
         assert_eq!(failure.code, exit::DSYNC_FAILED);
         assert!(failure.message.contains("renew"), "{}", failure.message);
     }
 
     #[test]
-    fn per_process_identities_differ() {
+    fn identities_differ_per_process_unless_given() {
         let cli = Cli::try_parse_from(["dsync", "status"]).unwrap();
-        let a = cli.global.identity(Holder::PerProcess);
-        let b = cli.global.identity(Holder::PerProcess);
-        assert_ne!(a, b);
+        assert_ne!(cli.global.identity(), cli.global.identity());
+        let cli = Cli::try_parse_from(["dsync", "--identity", "pod-a", "status"]).unwrap();
+        assert_eq!(cli.global.identity(), "pod-a");
+    }
+
+    fn stop_for(timing: [&str; 3], kill_after: Option<&str>) -> Result<Stop, Failure> {
+        let mut argv = vec![
+            "dsync",
+            "--lease-duration",
+            timing[0],
+            "--renew-deadline",
+            timing[1],
+            "--retry-period",
+            timing[2],
+            "lock",
+            "x",
+        ];
+        if let Some(k) = kill_after {
+            argv.extend(["--kill-after", k]);
+        }
+        argv.extend(["--", "true"]);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Lock(args) = cli.command else {
+            panic!("not lock")
+        };
+        args.stop.check(&cli.global.timing().unwrap())
+    }
+
+    #[test]
+    fn kill_after_lands_sigkill_a_retry_period_before_the_lease_can_be_taken() {
+        let secs = Duration::from_secs;
+        // The default timing (15/10/2) leaves 3 s: the default (5 s) shrinks to fit.
+        let stop = stop_for(["15s", "10s", "2s"], None).unwrap();
+        assert_eq!(stop.kill_after, secs(3));
+        assert_eq!(
+            stop_for(["15s", "10s", "2s"], Some("3s"))
+                .unwrap()
+                .kill_after,
+            secs(3)
+        );
+        assert_eq!(
+            stop_for(["60s", "20s", "5s"], None).unwrap().kill_after,
+            secs(5)
+        );
+        assert_eq!(
+            stop_for(["60s", "20s", "5s"], Some("35s"))
+                .unwrap()
+                .kill_after,
+            secs(35)
+        );
+        let refused = stop_for(["15s", "10s", "2s"], Some("3100ms")).unwrap_err();
+        assert_eq!(refused.code, exit::USAGE);
+        assert!(
+            refused.message.contains("--kill-after 3.1s") && refused.message.contains("at most 3s"),
+            "{}",
+            refused.message
+        );
+        // Exactly no room: SIGKILL with the signal.
+        let none = stop_for(["2s", "1500ms", "500ms"], None).unwrap();
+        assert_eq!(none.kill_after, Duration::ZERO);
+        let refused = stop_for(["2s", "1500ms", "800ms"], None).unwrap_err();
+        assert_eq!(refused.code, exit::USAGE);
+        assert!(refused.message.contains("no time"), "{}", refused.message);
+        // The rule itself, for every accepted value: renew + kill-after <= lease - retry.
+        for timing in [
+            ["15s", "10s", "2s"],
+            ["3s", "1500ms", "500ms"],
+            ["60s", "20s", "5s"],
+        ] {
+            let stop = stop_for(timing, None).unwrap();
+            let t = [timing[0], timing[1], timing[2]].map(|d| duration::parse(d).unwrap());
+            assert!(t[1] + stop.kill_after <= t[0] - t[2], "{timing:?}");
+        }
+    }
+
+    #[test]
+    fn give_up_takes_a_duration_or_never() {
+        assert_eq!(parse_give_up("never"), Ok(GiveUp(None)));
+        assert_eq!(
+            parse_give_up("3s"),
+            Ok(GiveUp(Some(Duration::from_secs(3))))
+        );
+        assert!(parse_give_up("soon").is_err());
+        let cli = Cli::try_parse_from(["dsync", "observe", "x"]).unwrap();
+        let Command::Observe(args) = cli.command else {
+            panic!("not observe")
+        };
+        assert_eq!(
+            args.give_up.give_up_after,
+            GiveUp(Some(Duration::from_secs(60)))
+        );
+    }
+
+    #[test]
+    fn help_names_the_log_variable_the_signals_and_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "RUST_LOG",
+            "SIGHUP",
+            "SIGTSTP",
+            "watchdog",
+            "--give-up-after",
+            "76",
+        ] {
+            assert!(help.contains(needle), "{needle}: {help}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::GiveUp;
 use crate::duration::human;
 use crate::exit::{self, Failure};
 
@@ -217,25 +218,52 @@ impl Progress {
     }
 }
 
-/// SIGINT and SIGTERM sent to dsync, published so that every part that runs a command can
-/// forward them to it. Each signal received bumps the channel, even the same one twice.
+/// The signal the command's group gets when dsync receives `received`: the same, except
+/// SIGTSTP (Ctrl-Z), which becomes SIGTERM: a suspended command would keep the lease held
+/// without working, and dsync does not let itself be suspended while it holds one.
+pub fn forwarded(received: Signal) -> Signal {
+    match received {
+        Signal::SIGTSTP => Signal::SIGTERM,
+        other => other,
+    }
+}
+
+/// The signals that end dsync's command (forwarded to its group, see [`forwarded`]) instead
+/// of killing, or suspending, dsync at once: SIGINT (Ctrl-C), SIGTERM, SIGHUP (a closed
+/// terminal, an ended ssh session), SIGQUIT (Ctrl-\\) and SIGTSTP (Ctrl-Z).
+pub const HANDLED: [Signal; 5] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGTSTP,
+];
+
+/// The [`HANDLED`] signals sent to dsync, published so that every part that runs a command
+/// can forward them to it. Each signal received bumps the channel, even the same one twice.
 #[derive(Debug, Clone)]
 pub struct Interrupts {
     rx: watch::Receiver<Option<Signal>>,
 }
 
 impl Interrupts {
-    /// Takes SIGINT and SIGTERM over from their default (terminate at once).
+    /// Takes the [`HANDLED`] signals over from their default.
     pub fn install() -> Result<Interrupts, Failure> {
-        let mut int = signal(SignalKind::interrupt()).map_err(cannot_listen)?;
-        let mut term = signal(SignalKind::terminate()).map_err(cannot_listen)?;
+        let mut streams = Vec::with_capacity(HANDLED.len());
+        for handled in HANDLED {
+            let stream = signal(SignalKind::from_raw(handled as i32)).map_err(cannot_listen)?;
+            streams.push((handled, stream));
+        }
         let (tx, rx) = watch::channel(None);
         tokio::task::spawn_local(async move {
             loop {
-                let received = tokio::select! {
-                    Some(()) = int.recv() => Signal::SIGINT,
-                    Some(()) = term.recv() => Signal::SIGTERM,
-                    else => return,
+                let next = streams.iter_mut().map(|(handled, stream)| {
+                    let handled = *handled;
+                    Box::pin(async move { stream.recv().await.map(|()| handled) })
+                });
+                let (received, _, _) = futures::future::select_all(next).await;
+                let Some(received) = received else {
+                    return;
                 };
                 tracing::debug!(%received, "signal");
                 if tx.send(Some(received)).is_err() {
@@ -260,6 +288,109 @@ impl Interrupts {
             }
             if let Some(signal) = *self.rx.borrow_and_update() {
                 return signal;
+            }
+        }
+    }
+}
+
+/// Store failures the library reports (the `last_error` of an election, a lock or an
+/// observer, cleared by its next success): each distinct one is told on stderr once while
+/// they last, and they end dsync after `--give-up-after`.
+#[derive(Debug)]
+pub struct Failures {
+    ui: Ui,
+    what: String,
+    give_up: GiveUp,
+    /// Since when calls have failed without a success in between.
+    since: Option<tokio::time::Instant>,
+    /// What was told since then.
+    told: Vec<String>,
+    last: Option<String>,
+}
+
+impl Failures {
+    /// Nothing failing yet; `what` names the lease (`election "controller"`).
+    pub fn new(ui: &Ui, what: &str, give_up: GiveUp) -> Self {
+        Failures {
+            ui: ui.clone(),
+            what: what.to_owned(),
+            give_up,
+            since: None,
+            told: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The latest error as of now (`None`: the last call succeeded).
+    pub fn update(&mut self, error: Option<&str>) {
+        match error {
+            None => {
+                if self.since.take().is_some() {
+                    self.ui
+                        .info(&format!("{}: the API server answers again", self.what));
+                }
+                self.told.clear();
+                self.last = None;
+            }
+            Some(error) => {
+                self.since.get_or_insert_with(tokio::time::Instant::now);
+                if !self.told.iter().any(|t| t == error) {
+                    let bound = match self.give_up.0 {
+                        Some(after) => format!("giving up after {}", human(after)),
+                        None => "never giving up".into(),
+                    };
+                    self.ui
+                        .error(&format!("{}: {error} (retrying; {bound})", self.what));
+                    self.told.push(error.to_owned());
+                }
+                self.last = Some(error.to_owned());
+            }
+        }
+    }
+
+    /// When to give up, while failing (never with `--give-up-after never`).
+    pub fn give_up_at(&self) -> Option<tokio::time::Instant> {
+        Some(self.since? + self.give_up.0?)
+    }
+
+    /// The failure to exit with when giving up.
+    pub fn gave_up(&self) -> Failure {
+        Failure::new(
+            exit::DSYNC_FAILED,
+            format!(
+                "{}: the API server kept failing for {} (--give-up-after): {}",
+                self.what,
+                human(self.give_up.0.unwrap_or_default()),
+                self.last.as_deref().unwrap_or("unknown error")
+            ),
+        )
+    }
+}
+
+/// Follows `status` (an election's, a lock's or an observer's), tells its store failures
+/// (see [`Failures`]) and returns the failure to exit with once they lasted
+/// `--give-up-after`; never returns otherwise.
+pub fn report_failures<T, F: Fn(&T) -> Option<String>>(
+    ui: &Ui,
+    what: &str,
+    give_up: GiveUp,
+    mut status: watch::Receiver<T>,
+    last_error: F,
+) -> impl Future<Output = Failure> + use<T, F> {
+    let mut failures = Failures::new(ui, what, give_up);
+    let mut open = true;
+    async move {
+        loop {
+            let error = last_error(&status.borrow_and_update());
+            failures.update(error.as_deref());
+            let give_up_at = failures.give_up_at();
+            tokio::select! {
+                changed = status.changed(), if open => open = changed.is_ok(),
+                _ = tokio::time::sleep_until(give_up_at.unwrap_or_else(tokio::time::Instant::now)), if give_up_at.is_some() => {
+                    return failures.gave_up();
+                }
+                // Closed and not failing: nothing more will come.
+                () = std::future::pending(), if !open && give_up_at.is_none() => {}
             }
         }
     }
@@ -297,6 +428,64 @@ mod tests {
             "held by pod-b"
         );
     }
+    #[actix::test]
+    async fn each_distinct_failure_is_told_once_and_gives_up_after_the_bound() {
+        tokio::time::pause();
+        let (ui, lines) = Ui::collecting(false);
+        let (tx, rx) = watch::channel(None::<String>);
+        let give_up = GiveUp(Some(Duration::from_secs(10)));
+        let reporter = tokio::task::spawn_local(async move {
+            report_failures(&ui, "election \"x\"", give_up, rx, Clone::clone).await
+        });
+        let forbidden = Some("forbidden to get leases".to_owned());
+        for _ in 0..5 {
+            // Retries with the same answer.
+            tx.send_replace(forbidden.clone());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tx.send_replace(Some("get timed out after 5s".into()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send_replace(None); // a success: the count starts over
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send_replace(forbidden.clone());
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!reporter.is_finished(), "gave up before 10 s of failures");
+        tx.send_replace(forbidden.clone());
+        let failure = tokio::time::timeout(Duration::from_secs(2), reporter)
+            .await
+            .expect("gives up 10 s after the failures began")
+            .unwrap();
+        assert_eq!(failure.code, exit::DSYNC_FAILED);
+        assert!(
+            failure.message.contains("forbidden") && failure.message.contains("10s"),
+            "{}",
+            failure.message
+        );
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(
+            lines,
+            [
+                "dsync: error: election \"x\": forbidden to get leases (retrying; giving up after 10s)",
+                "dsync: error: election \"x\": get timed out after 5s (retrying; giving up after 10s)",
+                "dsync: election \"x\": the API server answers again",
+                "dsync: error: election \"x\": forbidden to get leases (retrying; giving up after 10s)",
+            ]
+        );
+    }
+
+    #[test]
+    fn ctrl_z_ends_the_command_instead_of_suspending_it() {
+        assert_eq!(forwarded(Signal::SIGTSTP), Signal::SIGTERM);
+        for same in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            assert_eq!(forwarded(same), same);
+        }
+    }
+
     #[actix::test]
     async fn waiting_repeats_every_few_seconds_on_a_terminal_only() {
         tokio::time::pause();

@@ -714,3 +714,32 @@ async fn cli_one_identity_twice_never_runs_two_commands_at_once() {
         println!("{sub}: one identity twice: {runs:?} (second started in the window: {b_started})");
     }
 }
+
+/// Rule `operator-release-grace`: `release --force` writes the lease free with the holder's
+/// full lease duration (dsync candidates leave it alone that long: the holder may be cut off
+/// and still working); `--force --now` frees it at once; `--now` alone is a usage error.
+#[actix_rt::test]
+async fn operator_release_grace_release_force_leaves_a_grace_and_now_frees_at_once() {
+    let cli = Cli::admin().await;
+    let store = cli.store().await;
+    let key = LeaseKey::new(&cli.ns, "unscoped.lock.graced");
+    for (flags, declared) in [(&["--force"][..], 3), (&["--force", "--now"][..], 1)] {
+        let mut holder = cli.spawn(&["lock", "graced", "--", "sh", "-c", "echo held; sleep 30"]);
+        holder.stdout_line("held").await;
+        let mut args = vec!["release", "graced"];
+        args.extend_from_slice(flags);
+        let released = cli.run(&args).await;
+        assert_eq!(released.code, Some(0), "{released:?}");
+        let record = store.get(&key).await.unwrap().record;
+        assert_eq!(record.holder(), None, "{flags:?}");
+        assert_eq!(
+            record.lease_duration_seconds,
+            Some(declared),
+            "{flags:?}: {released:?}"
+        );
+        let (status, stderr) = holder.exit(Duration::from_secs(20)).await;
+        assert_eq!(status.code(), Some(LOST), "{stderr}");
+    }
+    let usage = cli.run(&["release", "graced", "--now"]).await;
+    assert_eq!(usage.code, Some(2), "{usage:?}");
+}

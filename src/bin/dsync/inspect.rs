@@ -456,10 +456,19 @@ pub async fn release(
     let key = resolve(dsync, store, &args.name, args.kind, args.slot).await?;
     if args.force {
         // The library reads, decides and writes (compare-and-swap) in one step.
-        let released = dsync.force_release(&key).await?;
+        let released = if args.now {
+            dsync.force_release_now(&key).await?
+        } else {
+            dsync.force_release(&key).await?
+        };
+        let when = if args.now {
+            "free at once"
+        } else {
+            "dsync candidates leave it for the holder's lease duration (--now: at once)"
+        };
         match released.previous_holder {
             Some(previous) => println!(
-                "released lease {key}: it was held by {previous} (fencing token {}); the next holder gets a higher token",
+                "released lease {key}: it was held by {previous} (fencing token {}); {when}; the next holder gets a higher token",
                 released.fencing_token
             ),
             None => ui.info(&format!("lease {key} is not held: nothing to release")),

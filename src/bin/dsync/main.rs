@@ -326,10 +326,15 @@ struct ReleaseArgs {
     /// The semaphore slot to release (implies --kind semaphore)
     #[arg(long, value_name = "I")]
     slot: Option<usize>,
-    /// Really clear the holder: its process may still be working, and the next holder will
-    /// not wait for it
+    /// Really clear the holder. dsync candidates still leave the lease alone for the holder's
+    /// lease duration (its process may be cut off and still working until its renew
+    /// deadline); client-go peers do not wait
     #[arg(long)]
     force: bool,
+    /// With --force: free the lease at once, for a holder known to be dead (its pod is gone);
+    /// a live holder would still be working while the next one starts
+    #[arg(long, requires = "force")]
+    now: bool,
 }
 
 #[derive(Debug, Args)]

@@ -9,8 +9,8 @@
 mod support;
 
 use dsync::store::{LeaseStore, StoredLease};
-use dsync::testing::{TermLog, within};
-use dsync::{Election, MemoryStore};
+use dsync::testing::{FaultyStore, TermLog, within};
+use dsync::{Dsync, Election, MemoryStore};
 use support::backend::{Backend, Env};
 
 crate::on_both_stores!(
@@ -30,20 +30,53 @@ async fn leads(env: &Env, what: &str, election: &Election) -> i32 {
         .fencing_token()
 }
 
-async fn token_never_back_and_deleted_held_waits_when_a_held_lease_is_deleted(env: Env) {
-    // The leader is cut off from the API server and still believes it leads (until its renew
-    // deadline) when an administrator deletes its Lease. Before: the follower created the
-    // Lease at once with token 0: two live terms, and the stale one held the higher token.
+/// pod-a leads election `x` (with token `first`), pod-b follows it, then pod-a is cut off
+/// from the store: it still believes it leads until its renew deadline.
+struct CutOff {
+    a: Dsync,
+    fa: FaultyStore,
+    b: Dsync,
+    ea: Election,
+    eb: Election,
+    log: TermLog,
+    first: i32,
+}
+
+async fn cut_off_leader(env: &Env) -> CutOff {
     let (a, fa) = env.faulty_replica("pod-a").await;
     let b = env.replica("pod-b").await;
     let log = TermLog::default();
     let ea = a.election("x").unwrap();
     log.record("pod-a", &ea).unwrap();
-    let first = leads(&env, "a leads", &ea).await;
+    let first = leads(env, "a leads", &ea).await;
     let eb = b.election("x").unwrap();
     log.record("pod-b", &eb).unwrap();
     env.sees_leader(&eb, "pod-a").await;
     fa.partition();
+    CutOff {
+        a,
+        fa,
+        b,
+        ea,
+        eb,
+        log,
+        first,
+    }
+}
+
+async fn token_never_back_and_deleted_held_waits_when_a_held_lease_is_deleted(env: Env) {
+    // The leader is cut off from the API server and still believes it leads (until its renew
+    // deadline) when an administrator deletes its Lease. Before: the follower created the
+    // Lease at once with token 0: two live terms, and the stale one held the higher token.
+    let CutOff {
+        a,
+        fa,
+        b,
+        ea,
+        eb,
+        log,
+        first,
+    } = cut_off_leader(&env).await;
     env.delete(&ea.lease()).await;
     let second = leads(&env, "b leads", &eb).await;
     assert!(second > first, "token {second} after {first}");
@@ -103,16 +136,16 @@ async fn operator_release_grace_force_release_of_a_cut_off_leader_never_makes_tw
 ) {
     // Before: the force release wrote a 1 s record and the follower took it at once, while the
     // cut-off leader's term lasted until its renew deadline.
-    let (a, fa) = env.faulty_replica("pod-a").await;
-    let (b, op) = (env.replica("pod-b").await, env.replica("operator").await);
-    let log = TermLog::default();
-    let ea = a.election("x").unwrap();
-    log.record("pod-a", &ea).unwrap();
-    let first = leads(&env, "a leads", &ea).await;
-    let eb = b.election("x").unwrap();
-    log.record("pod-b", &eb).unwrap();
-    env.sees_leader(&eb, "pod-a").await;
-    fa.partition();
+    let op = env.replica("operator").await;
+    let CutOff {
+        a,
+        fa,
+        b,
+        ea,
+        eb,
+        log,
+        first,
+    } = cut_off_leader(&env).await;
     let released = op.force_release(&ea.lease()).await.unwrap();
     assert_eq!(released.previous_holder.as_deref(), Some("pod-a"));
     let stored = env.peek(&ea.lease()).await.unwrap();
@@ -161,16 +194,15 @@ async fn one_identity_an_edit_naming_another_live_replica_never_makes_two_holder
     // An administrator writes pod-b as the holder while pod-a, cut off, still leads. pod-b
     // did not write that record: it takes it only once it has not changed for a renew
     // deadline, by which pod-a's term is over. Before: pod-b took it at once.
-    let (a, fa) = env.faulty_replica("pod-a").await;
-    let b = env.replica("pod-b").await;
-    let log = TermLog::default();
-    let ea = a.election("x").unwrap();
-    log.record("pod-a", &ea).unwrap();
-    let first = leads(&env, "a leads", &ea).await;
-    let eb = b.election("x").unwrap();
-    log.record("pod-b", &eb).unwrap();
-    env.sees_leader(&eb, "pod-a").await;
-    fa.partition();
+    let CutOff {
+        a,
+        fa,
+        b,
+        ea,
+        eb,
+        log,
+        first,
+    } = cut_off_leader(&env).await;
     env.edit(&ea.lease(), |r| r.holder_identity = Some("pod-b".into()))
         .await;
     let second = leads(&env, "b leads", &eb).await;

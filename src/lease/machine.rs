@@ -842,14 +842,17 @@ impl Machine {
             // blocks anybody. Any other free record declaring longer was cleared by someone
             // who is not its holder (a force release, an administrator's edit): its holder
             // may still think it holds it, so it is left for that long, as if it still named
-            // the holder (rule `operator-release-grace`).
+            // the holder (rule `operator-release-grace`). One that was never held (no acquire
+            // or renew time: created free) is free at once.
             return Ok(match record.handed_to() {
                 Some(successor) if successor == &*self.identity => None,
                 Some(_) => {
                     Some(observed.changed_at + declared.unwrap_or(self.timing.lease_duration()))
                 }
+                // (A record never held, with no times, was created free: free at once.)
                 None => declared
                     .filter(|d| *d > Duration::from_secs(1))
+                    .filter(|_| record.renew_time.is_some() || record.acquire_time.is_some())
                     .map(|d| observed.changed_at + d),
             });
         };

@@ -1866,12 +1866,18 @@ fn operator_release_grace_an_edit_that_clears_the_holder_is_left_for_its_duratio
         Want::Acquire,
         Some(versioned(Some(OTHER), Some(15), Some(2), "7")),
     );
-    let cleared = versioned(None, Some(15), Some(2), "8");
+    let mut cleared = versioned(None, Some(15), Some(2), "8");
+    cleared.record.renew_time = Some(w.wall);
     assert!(w.m.on_watch(w.at(2.0), Ok(WatchEvent::Applied(cleared))));
     assert_eq!(
         w.wait(2.0, Want::Acquire),
         Waiting::Backoff { until: w.at(17.0) }
     );
+    // A Lease created free (never held: no acquire or renew time) is free at once, whatever
+    // duration it declares.
+    let mut fresh = Sim::new();
+    fresh.read(0.0, Want::Acquire, Some(lease(None, Some(5), Some(0))));
+    assert_eq!(fresh.call(0.0, Want::Acquire).op, Op::Acquire);
 }
 
 #[test]

@@ -1,6 +1,11 @@
 //! `dsync lock` and `dsync run`: wait for a lease, run the command while it is held, stop the
 //! command's whole process group when the lease is lost (or dsync is told to stop), and give
 //! the lease up only after that group has exited.
+//!
+//! Safety rules (README "Safety rules" 13): `cli-kill-deadline` (SIGKILL lands at least a
+//! retry period before anyone else may take the lease: it is timed from the term's own end,
+//! and `--kill-after` is bounded by lease − renew deadline − retry period) and
+//! `cli-group-dies-with-dsync` (the watchdog in `watchdog.rs`).
 
 use std::ffi::OsString;
 use std::process::ExitStatus;

@@ -1,3 +1,5 @@
+//! Safety rule `cli-group-dies-with-dsync` (README "Safety rules" 13).
+//!
 //! The watchdog: the command's process group must not outlive dsync, even when dsync dies by
 //! SIGKILL (which runs no code of dsync's: no `kill_on_drop`, no signal handler).
 //!

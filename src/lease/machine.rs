@@ -982,14 +982,12 @@ impl Machine {
                 Some(Observed {
                     lease: Some(previous),
                     changed_at,
-                }) => {
-                    if previous.record.holder().is_some() {
-                        let declared = match previous.record.lease_duration_seconds {
-                            Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
-                            _ => self.timing.lease_duration(),
-                        };
-                        self.vanished = Some(*changed_at + declared);
-                    }
+                }) if previous.record.holder().is_some() => {
+                    let declared = match previous.record.lease_duration_seconds {
+                        Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
+                        _ => self.timing.lease_duration(),
+                    };
+                    self.vanished = Some(*changed_at + declared);
                 }
                 // Missing at our first look, though this process has seen the lease (a token
                 // floor): it was deleted, and whether it was held we cannot tell. As if it was,

@@ -513,3 +513,66 @@ async fn the_conformance_suite_catches_broken_stores() {
     // Without a way to delete, that rule is skipped by `run` and a violation by `check`.
     assert!(suite.check(Rule::WatchSeesDeletions).await.is_err());
 }
+
+/// The operator actions of the kit: edits go past the wrapper's faults (an administrator's
+/// `kubectl` is not behind this replica's partition) and keep the fields they do not name;
+/// `MemoryStore::delete` is seen by watchers; `rewind_versions` makes versions go back while
+/// compare-and-swap still works on what the wrapper reported.
+#[actix::test]
+async fn operator_edits_deletes_and_rewound_versions() {
+    tokio::time::pause();
+    let memory = MemoryStore::new();
+    let faulty = FaultyStore::new(memory.clone());
+    let mut record = held_by("pod-a");
+    record.lease_transitions = Some(7);
+    faulty.create(&key(), record).await.unwrap();
+    faulty.partition();
+    let reset = faulty.reset_transitions(&key()).await.unwrap();
+    assert_eq!(reset.record.lease_transitions, Some(0));
+    assert_eq!(reset.record.holder(), Some("pod-a"), "kept");
+    let replaced = faulty.replace_holder(&key(), "pod-b").await.unwrap();
+    assert_eq!(replaced.record.holder(), Some("pod-b"));
+    let cleared = faulty.clear_holder(&key()).await.unwrap();
+    assert_eq!(cleared.record.holder(), None);
+    assert_eq!(cleared.record.lease_duration_seconds, Some(15), "kept");
+    faulty.heal();
+
+    let before: u64 = memory
+        .peek(&key())
+        .unwrap()
+        .resource_version
+        .parse()
+        .unwrap();
+    faulty.rewind_versions(before - 1);
+    let seen = faulty.get(&key()).await.unwrap();
+    assert_eq!(
+        seen.resource_version.parse::<u64>().unwrap(),
+        1,
+        "went back"
+    );
+    let written = faulty
+        .replace(&key(), held_by("pod-c"), &seen.resource_version)
+        .await
+        .unwrap();
+    assert_eq!(written.record.holder(), Some("pod-c"));
+    // A version from before the rewind no longer stands for anything.
+    let stale = faulty
+        .replace(&key(), held_by("pod-d"), &before.to_string())
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+
+    let mut events = memory.watch("default");
+    memory.delete(&key()).unwrap();
+    assert!(matches!(
+        events.next().await,
+        Some(Ok(WatchEvent::Deleted { name })) if name == "x"
+    ));
+    assert!(matches!(
+        memory.delete(&key()),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(memory.peek(&key()).is_none());
+}

@@ -367,6 +367,56 @@ impl FaultyStore {
         self.change(|f| f.skew = skew);
     }
 
+    /// An administrator's edit of `key` (`kubectl edit`/`apply`), straight on the inner store,
+    /// past every fault of this wrapper: `edit` is applied to the record as it is now and
+    /// written on its version, again on a conflict (the holder may renew in between). The
+    /// operator actions dsync must survive (rules `token-never-back`,
+    /// `operator-release-grace`, `one-identity`) are edits such as [`reset_transitions`],
+    /// [`clear_holder`] and [`replace_holder`].
+    ///
+    /// [`reset_transitions`]: Self::reset_transitions
+    /// [`clear_holder`]: Self::clear_holder
+    /// [`replace_holder`]: Self::replace_holder
+    pub async fn edit(
+        &self,
+        key: &LeaseKey,
+        edit: impl Fn(&mut LeaseRecord),
+    ) -> StoreResult<StoredLease> {
+        loop {
+            let current = self.inner.get(key).await?;
+            let mut record = current.record.clone();
+            edit(&mut record);
+            match self
+                .inner
+                .replace(key, record, &current.resource_version)
+                .await
+            {
+                Err(StoreError::Conflict { .. }) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// An edit that sets `leaseTransitions` to 0 (a stale manifest applied again): the next
+    /// fencing token must still be above every one handed out.
+    pub async fn reset_transitions(&self, key: &LeaseKey) -> StoreResult<StoredLease> {
+        self.edit(key, |r| r.lease_transitions = Some(0)).await
+    }
+
+    /// An edit that removes the holder and keeps everything else (the lease duration and
+    /// times): the holder may not know yet, so candidates leave the lease alone for its
+    /// duration.
+    pub async fn clear_holder(&self, key: &LeaseKey) -> StoreResult<StoredLease> {
+        self.edit(key, |r| r.holder_identity = None).await
+    }
+
+    /// An edit that names `holder` as the holder (a live replica that did not write it, or
+    /// nobody): it takes such a record only once it has not changed for a renew deadline.
+    pub async fn replace_holder(&self, key: &LeaseKey, holder: &str) -> StoreResult<StoredLease> {
+        self.edit(key, |r| r.holder_identity = Some(holder.to_owned()))
+            .await
+    }
+
     /// Passes every lease this store returns (from `get`, `create`, `replace`, `list` and watch
     /// events) through `tamper` from now on, until [`clear`](Self::clear): a store that
     /// serves records nobody validated (a third-party store, an edit behind the API server's

@@ -30,6 +30,17 @@ async fn leads(env: &Env, what: &str, election: &Election) -> i32 {
         .fencing_token()
 }
 
+/// Waits until one of `a` and `b` leads; returns its token.
+async fn next_leader(env: &Env, a: &Election, b: &Election) -> i32 {
+    within(env.limit(), "a leader", async {
+        tokio::select! {
+            t = a.elected() => t.unwrap().fencing_token(),
+            t = b.elected() => t.unwrap().fencing_token(),
+        }
+    })
+    .await
+}
+
 /// pod-a leads election `x` (with token `first`), pod-b follows it, then pod-a is cut off
 /// from the store: it still believes it leads until its renew deadline.
 struct CutOff {
@@ -118,13 +129,7 @@ async fn token_never_back_when_an_edit_resets_transitions_and_clears_the_holder(
     .await;
     within(env.limit(), "a's term ends", term.cancelled()).await;
     // Someone leads again, with a token above every earlier one.
-    let after = within(env.limit(), "a new leader", async {
-        tokio::select! {
-            t = ea.elected() => t.unwrap().fencing_token(),
-            t = eb.elected() => t.unwrap().fencing_token(),
-        }
-    })
-    .await;
+    let after = next_leader(&env, &ea, &eb).await;
     assert!(after > before, "token {after} after {before}");
     log.check().unwrap();
     a.shutdown().await.unwrap();
@@ -292,13 +297,7 @@ async fn restore_resync_a_restored_memory_store_gets_a_leader_with_a_higher_toke
     let restored: StoredLease = store.get(&ea.lease()).await.unwrap();
     assert_eq!(restored.record.holder(), Some("pod-a"));
     tokio::time::sleep(env.leases(2)).await;
-    let after = within(env.limit(), "a leader", async {
-        tokio::select! {
-            t = ea.elected() => t.unwrap().fencing_token(),
-            t = eb.elected() => t.unwrap().fencing_token(),
-        }
-    })
-    .await;
+    let after = next_leader(&env, &ea, &eb).await;
     assert!(after > before, "token {after} after {before}");
     log.check().unwrap();
     a.shutdown().await.unwrap();

@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use super::{
     Callback, DeposeReason, Deposed, Elected, ElectionCommand, ElectionStatus, LeaderChanged,
 };
-use crate::lease::actor::{Core, HandoffOutcome, Internal, LeaseActor};
+use crate::lease::core::{Core, Internal, Reporter};
 use crate::lease::face::{EndReason, Face, Recovery};
+use crate::lease::lifecycle::HandoffOutcome;
 use crate::lease::{Op, Waiting};
 use crate::store::StoreError;
 use crate::term::{Term, now};
@@ -119,14 +120,9 @@ impl ElectionFace {
 /// Runs one `when_elected` callback for `term` as the term's guarded work, on the callback's
 /// own arbiter: the work is registered with the term before anything can end it, runs in the
 /// lease's work scope (so a stop from inside it is recognised), and a panic ends the term.
-fn spawn_work(
-    callback: &Arc<Callback>,
-    term: &Term,
-    core: &Core,
-    ctx: &mut Context<LeaseActor<ElectionFace>>,
-) {
+fn spawn_work(callback: &Arc<Callback>, term: &Term, core: &Core, reporter: &Reporter) {
     let token = term.work_token();
-    let notify = ctx.address();
+    let notify = reporter.recipient();
     let (term, actor, cb) = (term.clone(), core.id, callback.clone());
     let run = move || {
         let id = term.id();
@@ -160,12 +156,7 @@ impl Face for ElectionFace {
     const KIND: &'static str = "election";
     const HONOURS_HANDOFF_REQUESTS: bool = true;
 
-    fn command(
-        &mut self,
-        command: ElectionCommand,
-        core: &mut Core,
-        ctx: &mut Context<LeaseActor<Self>>,
-    ) {
+    fn command(&mut self, command: ElectionCommand, core: &mut Core, reporter: &Reporter) {
         match command {
             ElectionCommand::SubscribeElected(weak) => {
                 if let (Some(term), Some(recipient)) = (core.term(), weak.upgrade()) {
@@ -194,7 +185,7 @@ impl Face for ElectionFace {
                     return;
                 }
                 if let Some(term) = core.term() {
-                    spawn_work(&callback, term, core, ctx);
+                    spawn_work(&callback, term, core, reporter);
                 }
                 self.callbacks.push(callback);
             }
@@ -205,9 +196,9 @@ impl Face for ElectionFace {
         true
     }
 
-    fn grant(&mut self, term: &Term, core: &Core, ctx: &mut Context<LeaseActor<Self>>) -> bool {
+    fn grant(&mut self, term: &Term, core: &Core, reporter: &Reporter) -> bool {
         for callback in &self.callbacks {
-            spawn_work(callback, term, core, ctx);
+            spawn_work(callback, term, core, reporter);
         }
         self.elected.publish(&Elected { term: term.clone() });
         true

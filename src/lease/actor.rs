@@ -1,191 +1,30 @@
-//! The one lease actor: IO for the [`Machine`] and the term lifecycle, for every face.
+//! The one lease actor: IO for the lease [`Machine`](super::Machine) and the term
+//! [`Lifecycle`](super::lifecycle::Lifecycle), for every face.
 //!
-//! The actor executes what the machine decides (reads and compare-and-swap writes, each under
-//! a timeout; one timer, re-armed from the machine's next deadline; the shared watch) and owns
-//! the life of a term, written once for elections, locks and any later face:
-//!
-//! 1. **granted**: an acquisition succeeded and the face handed the [`Term`] to exactly one
-//!    receiver. If nobody takes it, it is released at once (never kept).
-//! 2. **serving**: every successful renewal moves the term's own deadline forward.
-//! 3. **ending** (stop, unlock, dropped handle, dropped grant, panicked work, step-down): the
-//!    term is cancelled *first*; its guarded work drains while renewals go on; then, if we
-//!    still hold the lease, one release write, backed off like any write. A stop whose drain
-//!    outlasts the drain timeout stops renewing and writes nothing: the lease expires as after
-//!    a crash, and the stop says which lease's work did not end.
-//! 4. **ended**: stop waiters are answered on every outcome of every call.
-//!
-//! A release is only ever written in the [`Phase::Vacant`] phase, that is with no live term:
-//! no write gives the lease up while a term of ours may still be running.
+//! The actor decides nothing. It performs the calls the machine asks for (reads and
+//! compare-and-swap writes, each under a timeout; one timer, re-armed from the machine's next
+//! deadline or the lifecycle's drain deadline; the shared watch), feeds their results back, and
+//! performs the effects the lifecycle returns that need the face or the actor's context:
+//! telling the face that a term ended, watching a drain, offering a new term, retiring and
+//! deregistering, restarting. Everything else (cancel first, mark lost, answer stops and
+//! handoffs) is done by [`Core`] as the lifecycle says.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use actix::prelude::*;
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use super::face::{EndReason, Face, Recovery};
-use super::{Alert, Call, Machine, Op, Outcome, Request, Step, StepDownReason, Waiting, Want};
-use crate::error::{Error, Result};
+pub(crate) use super::core::{Core, Directory, Internal, Reporter, Shared};
+use super::face::{Face, Recovery};
+use super::lifecycle::{Effect, Event};
+pub(crate) use super::lifecycle::{HandoffOutcome, StopOutcome};
+use super::{Call, Op, Outcome, Request, Step, StepDownReason, Waiting};
 use crate::metrics::LeaseMetrics;
-use crate::store::{LeaseKey, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
-use crate::term::{Term, TermId, now};
-use crate::watch::{Inbox, WatchHub};
+use crate::store::{LeaseKey, StoreError, StoreResult, StoredLease, WatchEvent};
+use crate::term::{Term, now};
 use crate::work::ActorId;
-
-/// Where the term lifecycle stands.
-enum Phase {
-    /// No term. If the machine holds a claim anyway (a grant nobody received, a term that has
-    /// drained), it is released.
-    Vacant,
-    /// A term is live.
-    Serving(Term),
-    /// The term is cancelled; its guarded work has not returned yet. Renewals go on.
-    Draining(Term),
-}
-
-/// How a stop ended, as told to whoever waited for it.
-#[derive(Debug)]
-pub(crate) enum StopOutcome {
-    /// Stopped; the lease was released (or was not ours).
-    Done,
-    /// The stop was called from the lease's own guarded work: it has begun and completes when
-    /// that work returns; not waited for.
-    Deferred,
-    /// The term's work did not return within the drain timeout: the lease was not released
-    /// and expires on its own.
-    DrainTimeout {
-        /// The drain timeout.
-        after: Duration,
-    },
-    /// The release could not be written; the lease expires on its own.
-    NotReleased(StoreError),
-}
-
-impl Clone for StopOutcome {
-    fn clone(&self) -> Self {
-        match self {
-            StopOutcome::Done => StopOutcome::Done,
-            StopOutcome::Deferred => StopOutcome::Deferred,
-            StopOutcome::DrainTimeout { after } => StopOutcome::DrainTimeout { after: *after },
-            StopOutcome::NotReleased(e) => StopOutcome::NotReleased(e.duplicate()),
-        }
-    }
-}
-
-impl StopOutcome {
-    /// The result a `stop` of `kind` `key` returns.
-    pub fn into_result(self, kind: &str, key: &LeaseKey) -> Result<()> {
-        match self {
-            StopOutcome::Done => Ok(()),
-            StopOutcome::Deferred => Err(Error::StopFromWork {
-                lease: key.to_string(),
-            }),
-            StopOutcome::DrainTimeout { after } => Err(Error::DrainTimeout {
-                lease: key.to_string(),
-                after,
-            }),
-            StopOutcome::NotReleased(error) => {
-                Err(Error::from_store(format!("release {kind} {key}"), error))
-            }
-        }
-    }
-}
-
-/// A handoff under way: the term has ended (or is draining); the release that names the
-/// successor is next.
-struct Handoff {
-    to: Arc<str>,
-    since: Instant,
-    waiters: Vec<oneshot::Sender<HandoffOutcome>>,
-}
-
-/// How a handoff ended, as told to whoever asked for it.
-#[derive(Debug)]
-pub(crate) enum HandoffOutcome {
-    /// The release naming the successor is written (or the successor is us already).
-    Done,
-    /// We hold no live term to hand off.
-    NotLeader,
-    /// Another handoff, to someone else, is under way.
-    InProgress(Arc<str>),
-    /// The lease is stopping or stopped.
-    Stopped,
-    /// The term's work did not return within the drain timeout: nothing was written, and the
-    /// lease expires on its own.
-    DrainTimeout(Duration),
-    /// The release could not be written; the lease expires on its own.
-    NotReleased(StoreError),
-    /// The lease was lost (a step-down) before the release could be written.
-    Lost,
-    /// Asked for from the term's own work: begun, not waited for.
-    Deferred,
-    /// The lease is coordinated: the API server's election controller picks its holder.
-    Coordinated,
-}
-
-impl Clone for HandoffOutcome {
-    fn clone(&self) -> Self {
-        match self {
-            HandoffOutcome::Done => HandoffOutcome::Done,
-            HandoffOutcome::NotLeader => HandoffOutcome::NotLeader,
-            HandoffOutcome::InProgress(to) => HandoffOutcome::InProgress(to.clone()),
-            HandoffOutcome::Stopped => HandoffOutcome::Stopped,
-            HandoffOutcome::DrainTimeout(after) => HandoffOutcome::DrainTimeout(*after),
-            HandoffOutcome::NotReleased(e) => HandoffOutcome::NotReleased(e.duplicate()),
-            HandoffOutcome::Lost => HandoffOutcome::Lost,
-            HandoffOutcome::Deferred => HandoffOutcome::Deferred,
-            HandoffOutcome::Coordinated => HandoffOutcome::Coordinated,
-        }
-    }
-}
-
-impl HandoffOutcome {
-    /// The result a handoff of `kind` `key` to `to` returns.
-    pub fn into_result(self, kind: &str, key: &LeaseKey, to: &str) -> Result<()> {
-        let lease = key.to_string();
-        match self {
-            HandoffOutcome::Done => Ok(()),
-            HandoffOutcome::NotLeader => Err(Error::NotLeader { lease }),
-            HandoffOutcome::InProgress(to) => Err(Error::HandoffInProgress {
-                lease,
-                to: to.to_string(),
-            }),
-            HandoffOutcome::Stopped => Err(Error::Stopped {
-                what: format!("{kind} {lease}"),
-            }),
-            HandoffOutcome::DrainTimeout(after) => Err(Error::DrainTimeout { lease, after }),
-            HandoffOutcome::NotReleased(error) => {
-                Err(Error::from_store(format!("hand off {kind} {lease}"), error))
-            }
-            HandoffOutcome::Coordinated => Err(Error::HandoffFailed {
-                lease,
-                to: to.to_owned(),
-                reason: "the lease is coordinated (spec.strategy): the API server's election \
-                         controller picks its holder"
-                    .into(),
-            }),
-            HandoffOutcome::Deferred => Err(Error::HandoffFromWork {
-                lease,
-                to: to.to_owned(),
-            }),
-            HandoffOutcome::Lost => Err(Error::HandoffFailed {
-                lease,
-                to: to.to_owned(),
-                reason: "the lease was lost before it could be handed off".into(),
-            }),
-        }
-    }
-}
-
-enum StopState {
-    Running,
-    Stopping {
-        waiters: Vec<oneshot::Sender<StopOutcome>>,
-        since: Instant,
-    },
-    Stopped(StopOutcome),
-}
 
 /// Stops a lease actor: cancel the term, drain its work, release, finish. Answered when done
 /// (or at once with [`StopOutcome::Deferred`] when `from_work`).
@@ -197,76 +36,10 @@ pub(crate) struct Stop {
     pub from_work: bool,
 }
 
-/// Reports from the term's surroundings to the actor.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub(crate) enum Internal {
-    /// Every piece of the term's guarded work has returned.
-    Drained(TermId),
-    /// A piece of the term's guarded work panicked.
-    WorkPanicked(TermId),
-    /// A lock grant was dropped before its caller received it.
-    GrantDropped(TermId),
-}
-
 /// A face's command, delivered to the face.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct FaceCommand<C>(pub C);
-
-/// Where a lease actor says that it is stopping and that it has stopped: the registry of the
-/// replica's [`Supervisor`](crate::Supervisor). A trait, so that this layer does not depend
-/// on the supervisor above it.
-pub(crate) trait Directory: Send + Sync {
-    /// A stop has begun: later requests for `key` must start a new actor, not get this one.
-    fn retire(&self, key: &LeaseKey, id: ActorId);
-    /// The actor has stopped: forget it.
-    fn remove(&self, key: &LeaseKey, id: ActorId);
-}
-
-/// What every lease actor of one `Dsync` shares.
-pub(crate) struct Shared {
-    pub identity: Arc<str>,
-    /// Our pod's name, written on the Lease with each acquisition (`Config::pod_name`).
-    pub holder_pod: Option<Arc<str>>,
-    pub timing: crate::timing::Timing,
-    pub drain_timeout: Duration,
-    pub store: Arc<dyn LeaseStore>,
-    pub watches: Arc<WatchHub>,
-    pub directory: Arc<dyn Directory>,
-    /// The highest fencing token this process has seen per lease, shared by all its actors
-    /// (rule `token-never-back`): a lease actor of a new handle, or one restarted, starts from
-    /// what the process already knows, across deletes.
-    pub floors: TokenFloors,
-}
-
-/// The highest fencing token seen per lease by one process (see [`Shared::floors`]).
-#[derive(Debug, Default)]
-pub(crate) struct TokenFloors(std::sync::Mutex<crate::hash::FastMap<LeaseKey, i32>>);
-
-impl TokenFloors {
-    fn map(&self) -> std::sync::MutexGuard<'_, crate::hash::FastMap<LeaseKey, i32>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The highest token seen on `key`, if any.
-    pub fn get(&self, key: &LeaseKey) -> Option<i32> {
-        self.map().get(key).copied()
-    }
-
-    /// Notes `token` as seen on `key`.
-    pub fn raise(&self, key: &LeaseKey, token: i32) {
-        let mut map = self.map();
-        match map.get_mut(key) {
-            Some(floor) => *floor = (*floor).max(token),
-            None => {
-                map.insert(key.clone(), token);
-            }
-        }
-    }
-}
 
 /// Everything a lease actor is made from.
 pub(crate) struct LeaseParams {
@@ -275,351 +48,6 @@ pub(crate) struct LeaseParams {
     pub metrics: LeaseMetrics,
     /// A stopping actor of the same lease in this replica: we start once it has finished.
     pub predecessor: Option<Recipient<Stop>>,
-}
-
-/// The face-independent state of a lease actor, lent to its face.
-pub(crate) struct Core {
-    pub id: ActorId,
-    pub key: LeaseKey,
-    pub machine: Machine,
-    pub metrics: LeaseMetrics,
-    pub restarts: u32,
-    /// The latest store error, cleared by the next success.
-    pub last_error: Option<String>,
-    shared: Arc<Shared>,
-    span: tracing::Span,
-    phase: Phase,
-    stop: StopState,
-    /// Terms that ended since the face was last told.
-    ended: Vec<(Term, EndReason)>,
-    /// Why the last attempt to release failed; reported to stop and unlock callers.
-    release_error: Option<Box<StoreError>>,
-    /// A term that was abandoned when its drain timed out (its work may still run).
-    abandoned: Option<Term>,
-    /// The draining term whose drain is being watched.
-    watched: Option<TermId>,
-    timer: Option<(SpawnHandle, Instant)>,
-    watch_handle: Option<SpawnHandle>,
-    /// Where the watch hub notes what we have seen and parks the renewals it did not wake
-    /// us for (taken at every step).
-    inbox: Arc<Inbox>,
-    predecessor: Option<Recipient<Stop>>,
-    /// Waiting for the predecessor to finish: no store calls yet.
-    blocked: bool,
-    /// A handoff to another replica, from its start until its release is written.
-    handoff: Option<Handoff>,
-    /// The token floor last published to [`Shared::floors`].
-    published_floor: Option<i32>,
-}
-
-impl Core {
-    /// Enters the lease's span for one wake-up, if any subscriber records it. Without one the
-    /// span is disabled, and entering it would only pass "enter"/"exit" lines on to the `log`
-    /// crate (tracing's `log` feature, which a dependency turns on) on every renewal.
-    fn enter_span(&self) -> Option<tracing::span::EnteredSpan> {
-        (!self.span.is_disabled()).then(|| self.span.clone().entered())
-    }
-
-    /// Publishes a raised token floor to the process's other actors, and reports what the
-    /// machine noticed (a twin, versions going backwards).
-    fn report(&mut self) {
-        let floor = self.machine.token_floor();
-        if floor > self.published_floor {
-            self.published_floor = floor;
-            if let Some(floor) = floor {
-                self.shared.floors.raise(&self.key, floor);
-            }
-        }
-        for alert in self.machine.take_alerts() {
-            match alert {
-                Alert::Twin { token } => {
-                    self.metrics.twin();
-                    tracing::error!(
-                        lease = %self.key,
-                        identity = %self.identity(),
-                        token,
-                        "another live process holds this lease under our identity (rule \
-                         one-identity); identities must be unique per process. Not taking it \
-                         while it is renewed"
-                    );
-                }
-                Alert::VersionsWentBack { seen, now } => {
-                    self.metrics.went_back();
-                    tracing::warn!(
-                        lease = %self.key,
-                        seen = %seen,
-                        now = %now,
-                        "the store's versions went back (an etcd restore?); re-synced from a \
-                         read, fencing tokens keep rising (rule restore-resync)"
-                    );
-                }
-            }
-        }
-    }
-
-    /// Tells the watch hub which version we hold now.
-    fn note_seen(&self) {
-        let version = self.machine.lease().map(|l| l.resource_version.as_str());
-        self.inbox.set_seen(version);
-    }
-
-    /// Observes the renewal the hub parked for us, if any, as of the instant it arrived: expiry
-    /// is judged as if it had been delivered then.
-    fn take_parked(&mut self) {
-        let Some(parked) = self.inbox.take() else {
-            return;
-        };
-        let lease = Arc::unwrap_or_clone(parked.lease);
-        if self
-            .machine
-            .on_watch(parked.at, Ok(WatchEvent::Applied(lease)))
-        {
-            self.note_seen();
-        }
-    }
-
-    /// Tells the machine whether the shared watch is behind (it failed and the hub has not
-    /// caught it up yet): a lease that looks expired then may have been renewed unseen.
-    fn check_watch(&mut self) {
-        if self.inbox.watch_current() {
-            self.machine.watch_current();
-        } else {
-            self.machine.watch_behind(now());
-        }
-    }
-
-    fn new(p: LeaseParams) -> Self {
-        let span = tracing::info_span!(
-            "lease",
-            lease = %p.key,
-            identity = %p.shared.identity,
-            token = tracing::field::Empty
-        );
-        let mut machine = Machine::new(p.shared.identity.clone(), p.shared.timing)
-            .with_holder_pod(p.shared.holder_pod.clone());
-        let published_floor = p.shared.floors.get(&p.key);
-        if let Some(floor) = published_floor {
-            machine.raise_floor(floor);
-        }
-        Core {
-            id: ActorId::next(),
-            machine,
-            published_floor,
-            key: p.key,
-            metrics: p.metrics,
-            restarts: 0,
-            last_error: None,
-            shared: p.shared,
-            span,
-            phase: Phase::Vacant,
-            stop: StopState::Running,
-            ended: Vec::new(),
-            release_error: None,
-            abandoned: None,
-            watched: None,
-            timer: None,
-            watch_handle: None,
-            inbox: Arc::default(),
-            blocked: p.predecessor.is_some(),
-            predecessor: p.predecessor,
-            handoff: None,
-        }
-    }
-
-    /// This replica's identity.
-    pub fn identity(&self) -> &str {
-        self.machine.identity()
-    }
-
-    /// The live term, if any.
-    pub fn term(&self) -> Option<&Term> {
-        match &self.phase {
-            Phase::Serving(term) => Some(term),
-            _ => None,
-        }
-    }
-
-    /// No term, and nothing held: whatever was ending has ended.
-    pub fn settled(&self) -> bool {
-        matches!(self.phase, Phase::Vacant) && !self.machine.holding()
-    }
-
-    /// A stop has begun (or finished).
-    pub fn is_stopping(&self) -> bool {
-        !matches!(self.stop, StopState::Running)
-    }
-
-    /// The actor has stopped for good.
-    pub fn is_stopped(&self) -> bool {
-        matches!(self.stop, StopState::Stopped(_))
-    }
-
-    /// Why the last release could not be written, if it could not.
-    pub fn release_error(&self) -> Option<&StoreError> {
-        self.release_error.as_deref()
-    }
-
-    /// Ends the live term: cancels it *first*, then lets its work drain; the lease is released
-    /// once the work has returned (if we still hold it then). No-op without a live term.
-    pub fn end_term(&mut self, reason: EndReason) {
-        if !matches!(self.phase, Phase::Serving(_)) {
-            return; // no live term (one that is draining keeps draining)
-        }
-        let Phase::Serving(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
-            unreachable!("checked above");
-        };
-        term.cancel();
-        if matches!(
-            reason,
-            EndReason::Lost(_) | EndReason::Expired | EndReason::Restarted
-        ) {
-            term.mark_lost();
-        }
-        self.metrics.holding(false);
-        // A new ending: what an earlier release failed with is no longer news.
-        self.release_error = None;
-        tracing::info!(lease = %self.key, identity = %self.identity(), term = %term.id(), ?reason, "term ended");
-        if term.has_work() {
-            // The actor watches the drain from its next step.
-            self.phase = Phase::Draining(term.clone());
-        }
-        self.ended.push((term, reason));
-    }
-
-    fn want<F: Face>(&self, face: &F) -> Want {
-        match &self.phase {
-            Phase::Serving(_) | Phase::Draining(_) => Want::Keep,
-            // A handoff's release is a release naming the successor (the machine knows whom).
-            Phase::Vacant if self.machine.holding() || self.is_stopping() => Want::Release,
-            // The work of a term abandoned at its drain timeout still runs: no new term until
-            // it has returned (its lease expires meanwhile; others take over).
-            Phase::Vacant if self.abandoned.as_ref().is_some_and(Term::has_work) => Want::Keep,
-            Phase::Vacant if face.wants(self) => Want::Acquire,
-            Phase::Vacant => Want::Keep,
-        }
-    }
-
-    fn drain_deadline(&self) -> Option<Instant> {
-        if !matches!(self.phase, Phase::Draining(_)) {
-            return None;
-        }
-        // A stop and a handoff both bound the drain; the earlier start counts.
-        let stopping = match &self.stop {
-            StopState::Stopping { since, .. } => Some(*since),
-            _ => None,
-        };
-        let handing_off = self.handoff.as_ref().map(|h| h.since);
-        let since = stopping.into_iter().chain(handing_off).min()?;
-        Some(since + self.shared.drain_timeout)
-    }
-
-    /// A stop whose drain took too long: stop renewing, write nothing, report the lease.
-    fn check_drain_timeout(&mut self, now: Instant) {
-        if self.drain_deadline().is_none_or(|d| now < d) {
-            return;
-        }
-        if !matches!(self.phase, Phase::Draining(_)) {
-            return;
-        }
-        let Phase::Draining(term) = std::mem::replace(&mut self.phase, Phase::Vacant) else {
-            unreachable!("checked above");
-        };
-        tracing::error!(
-            lease = %self.key,
-            term = %term.id(),
-            after = ?self.shared.drain_timeout,
-            "the term's work did not return within the drain timeout: not releasing the lease \
-             while it may still run; it expires after the lease duration"
-        );
-        term.mark_lost();
-        self.machine.abandon();
-        self.finish_handoff(HandoffOutcome::DrainTimeout(self.shared.drain_timeout));
-        // Kept while its work runs: a stop reports it, and no new term starts meanwhile
-        // (work of two terms never overlaps within one replica).
-        self.abandoned = Some(term);
-    }
-
-    /// Hands the lease to `to`: the term ends now (cancelled first, its work drained as a
-    /// stop drains it, renewals going on meanwhile), then one compare-and-swap release names
-    /// `to` as the successor. `reply` is answered once that release is written, or with why
-    /// it could not be.
-    pub fn begin_handoff(&mut self, to: Arc<str>, reply: oneshot::Sender<HandoffOutcome>) {
-        if let Some(handoff) = &mut self.handoff {
-            if handoff.to == to {
-                handoff.waiters.push(reply);
-            } else {
-                let _ = reply.send(HandoffOutcome::InProgress(handoff.to.clone()));
-            }
-            return;
-        }
-        if self.is_stopping() || self.is_stopped() {
-            let _ = reply.send(HandoffOutcome::Stopped);
-            return;
-        }
-        if !matches!(self.phase, Phase::Serving(_)) {
-            let _ = reply.send(HandoffOutcome::NotLeader);
-            return;
-        }
-        if *to == *self.identity() {
-            let _ = reply.send(HandoffOutcome::Done); // already there
-            return;
-        }
-        if self.machine.lease().is_some_and(|l| l.record.coordinated()) {
-            let _ = reply.send(HandoffOutcome::Coordinated);
-            return;
-        }
-        tracing::info!(lease = %self.key, identity = %self.identity(), %to, "handing off");
-        self.machine.hand_off_to(to.clone());
-        self.handoff = Some(Handoff {
-            to: to.clone(),
-            since: now(),
-            waiters: vec![reply],
-        });
-        self.end_term(EndReason::HandedOff { to: to.to_string() });
-    }
-
-    /// Carries out a handoff asked for on the lease itself (an annotation), if there is one.
-    fn handoff_if_requested(&mut self) {
-        let Some(to) = self.machine.handoff_requested() else {
-            return;
-        };
-        if self.handoff.is_some() || !matches!(self.phase, Phase::Serving(_)) {
-            return;
-        }
-        let to: Arc<str> = to.into();
-        tracing::info!(lease = %self.key, %to, "a handoff was requested on the lease");
-        let (reply, _) = oneshot::channel();
-        self.begin_handoff(to, reply);
-    }
-
-    /// Answers a handoff's callers; the handoff is over either way.
-    fn finish_handoff(&mut self, outcome: HandoffOutcome) {
-        let Some(handoff) = self.handoff.take() else {
-            return;
-        };
-        match &outcome {
-            HandoffOutcome::Done => {
-                self.metrics.handed_off();
-                tracing::info!(lease = %self.key, to = %handoff.to, "handed off");
-            }
-            other => tracing::warn!(lease = %self.key, to = %handoff.to, ?other, "handoff failed"),
-        }
-        for waiter in handoff.waiters {
-            let _ = waiter.send(outcome.clone());
-        }
-    }
-
-    /// A handoff whose lease was lost before its release (a step-down while the work drained,
-    /// an abandoned claim) cannot complete.
-    fn check_handoff(&mut self) {
-        if self.handoff.is_some()
-            && matches!(self.phase, Phase::Vacant)
-            && !self.machine.holding()
-            && !self.machine.in_flight()
-        {
-            self.finish_handoff(HandoffOutcome::Lost);
-        }
-    }
 }
 
 /// When the actor's timer must fire for `waiting`. Not while a call is in flight: the call's
@@ -636,13 +64,26 @@ fn timer_for(waiting: &Waiting) -> Option<Instant> {
 pub(crate) struct LeaseActor<F: Face> {
     core: Core,
     face: F,
+    timer: Option<(SpawnHandle, Instant)>,
+    watch_handle: Option<SpawnHandle>,
+    predecessor: Option<Recipient<Stop>>,
+    /// The lifecycle asked for a restart: performed once the current handler returns.
+    restart: bool,
 }
 
 impl<F: Face> LeaseActor<F> {
     pub fn new(params: LeaseParams, face: F) -> Self {
-        let mut core = Core::new(params);
+        let blocked = params.predecessor.is_some();
+        let mut core = Core::new(params.key, params.shared, params.metrics, blocked);
         core.metrics.face(F::KIND);
-        LeaseActor { core, face }
+        LeaseActor {
+            core,
+            face,
+            timer: None,
+            watch_handle: None,
+            predecessor: params.predecessor,
+            restart: false,
+        }
     }
 
     /// The actor's id (for work scopes).
@@ -650,7 +91,8 @@ impl<F: Face> LeaseActor<F> {
         self.core.id
     }
 
-    /// Takes the next steps: whatever the machine decides, then whatever the face can answer.
+    /// Takes the next steps: whatever the machine and the lifecycle decide, then whatever the
+    /// face can answer.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         if self.core.is_stopped() {
             return;
@@ -661,25 +103,30 @@ impl<F: Face> LeaseActor<F> {
         self.core.report();
         for _ in 0..4 {
             let now = now();
-            self.core.check_drain_timeout(now);
+            self.core.settle();
             if F::HONOURS_HANDOFF_REQUESTS {
-                self.core.handoff_if_requested();
+                self.handoff_if_requested();
             }
-            self.tell_face(ctx);
+            let mut answers = self.perform(ctx);
+            if self.restart {
+                return;
+            }
             let waiting = if self.core.blocked {
                 Waiting::Idle
             } else {
                 self.step(now, ctx)
             };
             self.arm(ctx, timer_for(&waiting), now);
-            self.core.check_handoff();
-            let finished = self.maybe_finish_stop(ctx);
-            self.tell_face(ctx);
+            self.core.settle();
+            answers.extend(self.perform(ctx));
+            if self.restart {
+                return;
+            }
             let again = self.face.settle(&mut self.core, &waiting);
-            if let Some((waiters, outcome)) = finished {
-                // Answered after the face has published its final status, so a caller that
-                // returns from `stop` sees it.
-                for waiter in waiters {
+            // Answered after the face has published its final status, so a caller that
+            // returns from `stop` sees it.
+            for outcome in answers {
+                for waiter in self.core.take_stop_waiters() {
                     let _ = waiter.send(outcome.clone());
                 }
             }
@@ -689,19 +136,107 @@ impl<F: Face> LeaseActor<F> {
         }
     }
 
+    /// Performs the lifecycle's queued effects that need the face or the actor; returns the
+    /// stop outcomes to answer once the face has settled.
+    fn perform(&mut self, ctx: &mut Context<Self>) -> Vec<StopOutcome> {
+        let mut answers = Vec::new();
+        while let Some(effect) = self.core.take_effect() {
+            match effect {
+                Effect::TellFace(term, reason) => {
+                    self.core.metrics.holding(false);
+                    tracing::info!(lease = %self.core.key, identity = %self.core.identity(), term = %term.id(), ?reason, "term ended");
+                    self.face.term_ended(&term, &reason, &self.core);
+                }
+                Effect::WatchDrain(term) => self.watch_drain(&term, ctx),
+                Effect::OfferTerm => self.grant(ctx),
+                Effect::Retire => {
+                    // From now on asking for this lease starts a new actor (which waits for us).
+                    self.core
+                        .shared
+                        .directory
+                        .retire(&self.core.key, self.core.id);
+                    self.face.stopping(&self.core);
+                }
+                Effect::Deregister => {
+                    if let Some((handle, _)) = self.timer.take() {
+                        ctx.cancel_future(handle);
+                    }
+                    if let Some(handle) = self.watch_handle.take() {
+                        ctx.cancel_future(handle);
+                    }
+                    self.core
+                        .shared
+                        .directory
+                        .remove(&self.core.key, self.core.id);
+                    // The actor stays as a tombstone answering `Stopped` until its last handle
+                    // is dropped (stopping it here would make the actix supervisor restart it).
+                    tracing::info!(lease = %self.core.key, identity = %self.core.identity(), "{} stopped", F::KIND);
+                }
+                Effect::AnswerStop(outcome) => answers.push(outcome),
+                Effect::Restart => {
+                    // Retrying in place would repeat the same answer: fail, and let the
+                    // supervisor restart us after the machine's backoff.
+                    self.restart = true;
+                    ctx.stop();
+                }
+                other => unreachable!("performed by the core: {other:?}"),
+            }
+        }
+        answers
+    }
+
+    /// Reports the drain of `term` once its guarded work has returned (at once if it has
+    /// none).
+    fn watch_drain(&mut self, term: &Term, ctx: &mut Context<Self>) {
+        if !term.has_work() {
+            self.core.feed(Event::Drained(term.id()));
+            return;
+        }
+        // Spawned on the arbiter, not the context, so an actor restart cannot lose it.
+        let (notify, drained, id) = (ctx.address(), term.drained(), term.id());
+        actix::spawn(async move {
+            drained.await;
+            notify.do_send(Internal::Drained(id));
+        });
+    }
+
+    /// Carries out a handoff asked for on the lease itself (an annotation), if there is one.
+    fn handoff_if_requested(&mut self) {
+        if self.core.lifecycle.handing_off() || self.core.term().is_none() {
+            return;
+        }
+        let Some(to) = self.core.machine.handoff_requested() else {
+            return;
+        };
+        let to: Arc<str> = to.into();
+        tracing::info!(lease = %self.core.key, %to, "a handoff was requested on the lease");
+        let (reply, _) = oneshot::channel();
+        self.core.begin_handoff(to, reply);
+    }
+
     /// Subscribes to the lease's changes through the watch hub.
     fn watch(&mut self, ctx: &mut Context<Self>) {
         let (stream, inbox) = self.core.shared.watches.watch_lease(&self.core.key);
         self.core.inbox = inbox;
         self.core.note_seen();
-        self.core.watch_handle = Some(ctx.add_stream(stream));
+        self.watch_handle = Some(ctx.add_stream(stream));
     }
 
     fn step(&mut self, now: Instant, ctx: &mut Context<Self>) -> Waiting {
         loop {
-            let want = self.core.want(&self.face);
+            let want = self.core.want(self.face.wants(&self.core));
+            // The machine writes the successor of the handoff under way, and nobody else.
+            self.core
+                .machine
+                .hand_off_to(self.core.lifecycle.successor().cloned());
             match self.core.machine.next(now, SystemTime::now(), want) {
-                Step::StepDown(reason) => self.step_down(reason),
+                Step::StepDown(reason) => {
+                    self.log_step_down(&reason);
+                    self.core.feed(Event::StepDown(reason));
+                    // Tell the face before deciding again.
+                    let answers = self.perform(ctx);
+                    debug_assert!(answers.is_empty(), "a step-down answers no stop");
+                }
                 Step::Call(call) => {
                     self.start(call, ctx);
                     return Waiting::InFlight {
@@ -713,35 +248,12 @@ impl<F: Face> LeaseActor<F> {
         }
     }
 
-    /// Tells the face which terms ended, and watches the drain of a term that is draining.
-    fn tell_face(&mut self, ctx: &mut Context<Self>) {
-        for (term, reason) in std::mem::take(&mut self.core.ended) {
-            self.face.term_ended(&term, &reason, &self.core);
-        }
-        if let Phase::Draining(term) = &self.core.phase
-            && self.core.watched != Some(term.id())
-        {
-            self.core.watched = Some(term.id());
-            // Spawned on the arbiter, not the context, so an actor restart cannot lose it.
-            let (notify, drained, id) = (ctx.address(), term.drained(), term.id());
-            actix::spawn(async move {
-                drained.await;
-                notify.do_send(Internal::Drained(id));
-            });
-        }
-    }
-
-    fn step_down(&mut self, reason: StepDownReason) {
-        let core = &mut self.core;
-        if let StepDownReason::PreferredHolder { holder } = reason {
-            // Not a loss: we still hold the lease. The term ends (cancelled first), its work
-            // drains while renewals go on, then the lease is released for the controller to
-            // hand to `holder`.
-            tracing::info!(lease = %core.key, preferred = %holder, "the election controller prefers another holder; ending the term, then releasing");
-            core.end_term(EndReason::PreferredHolder { holder });
-            return;
-        }
-        match &reason {
+    fn log_step_down(&self, reason: &StepDownReason) {
+        let core = &self.core;
+        match reason {
+            StepDownReason::PreferredHolder { holder } => {
+                tracing::info!(lease = %core.key, preferred = %holder, "the election controller prefers another holder; ending the term, then releasing");
+            }
             StepDownReason::Superseded { holder: Some(h) } if h == core.identity() => {
                 tracing::error!(
                     lease = %core.key,
@@ -752,11 +264,6 @@ impl<F: Face> LeaseActor<F> {
             }
             _ => tracing::info!(lease = %core.key, ?reason, "stepping down"),
         }
-        if let Phase::Draining(term) = &core.phase {
-            // The claim is gone while the work still drains: that work ran without the lease.
-            term.mark_lost();
-        }
-        core.end_term(EndReason::Lost(reason));
     }
 
     /// Makes sure the one timer fires by the machine's next instant (or the drain timeout).
@@ -771,11 +278,11 @@ impl<F: Face> LeaseActor<F> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if let Some((handle, at)) = self.core.timer {
+        if let Some((handle, at)) = self.timer {
             match until {
                 Some(until) if at > until => {
                     ctx.cancel_future(handle);
-                    self.core.timer = None;
+                    self.timer = None;
                 }
                 // Fires no later than needed, or nothing is due: a wake-up that finds nothing
                 // to do is cheaper than cancelling a timer.
@@ -784,10 +291,10 @@ impl<F: Face> LeaseActor<F> {
         }
         if let Some(at) = until {
             let handle = ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
-                act.core.timer = None;
+                act.timer = None;
                 act.drive(ctx);
             });
-            self.core.timer = Some((handle, at));
+            self.timer = Some((handle, at));
         }
     }
 
@@ -855,8 +362,9 @@ impl<F: Face> LeaseActor<F> {
             }
             Outcome::Acquired { token } => {
                 self.core.last_error = None;
-                self.core.release_error = None;
-                self.grant(token, ctx);
+                self.core.span.record("token", token);
+                tracing::info!(lease = %self.core.key, identity = %self.core.identity(), token, "acquired");
+                self.core.feed(Event::Acquired);
             }
             Outcome::Renewed => {
                 self.core.last_error = None;
@@ -865,23 +373,16 @@ impl<F: Face> LeaseActor<F> {
                 self.core
                     .metrics
                     .renewed(now.saturating_duration_since(claim.renewed_at));
-                let deadline = self.core.machine.deadline().expect("renewed a claim");
-                if let Some(term) = self.core.term()
-                    && !term.extend(deadline)
-                {
-                    // The term's own deadline passed before this renewal came back: it is
-                    // over, and terms never come back. We still hold the lease: release it.
-                    self.core.end_term(EndReason::Expired);
-                }
+                let until = self.core.machine.deadline().expect("renewed a claim");
+                self.core.feed(Event::Renewed { until });
             }
             Outcome::Unchanged => {
                 tracing::warn!(lease = %self.core.key, "a renewal was answered without a new version; not counting it");
             }
             Outcome::Released => {
                 self.core.last_error = None;
-                self.core.release_error = None;
                 tracing::info!(lease = %self.core.key, identity = %self.core.identity(), "released");
-                self.core.finish_handoff(HandoffOutcome::Done);
+                self.core.feed(Event::Released);
             }
             Outcome::Retry { op, error } | Outcome::Failed { op, error } => {
                 let transient = error.is_transient();
@@ -892,123 +393,43 @@ impl<F: Face> LeaseActor<F> {
                 }
                 self.core.last_error = Some(error.to_string());
                 if op == Op::Release {
-                    if !transient {
-                        // Retrying will not change the answer: leave the lease to expire.
-                        self.core.machine.abandon();
-                        self.core
-                            .finish_handoff(HandoffOutcome::NotReleased(error.duplicate()));
-                    }
-                    self.core.release_error = Some(Box::new(error.duplicate()));
+                    self.core.feed(Event::ReleaseFailed {
+                        error: error.duplicate(),
+                        transient,
+                    });
                 }
-                let recovery = self.face.call_failed(op, &error, transient, &self.core);
-                if recovery == Recovery::Restart && !self.core.is_stopping() {
-                    // Retrying in place would repeat the same answer: fail, and let the
-                    // supervisor restart us after the machine's backoff.
-                    ctx.stop();
-                    return;
+                if self.face.call_failed(op, &error, transient, &self.core) == Recovery::Restart {
+                    self.core.feed(Event::Refused { error });
                 }
             }
         }
         self.drive(ctx);
     }
 
-    /// We just acquired the lease: hand a term to the face, or give the lease back.
-    fn grant(&mut self, token: i32, ctx: &mut Context<Self>) {
+    /// We just acquired the lease and the lifecycle lets a term start: hand it to the face,
+    /// or give the lease back.
+    fn grant(&mut self, ctx: &mut Context<Self>) {
         let core = &mut self.core;
-        core.span.record("token", token);
-        tracing::info!(lease = %core.key, identity = %core.identity(), token, "acquired");
-        if core.is_stopping() || !matches!(core.phase, Phase::Vacant) {
-            return; // a campaign write that raced with a stop: released (nobody has a term)
-        }
-        let deadline = core.machine.deadline().expect("just acquired");
+        let (Some(claim), Some(deadline)) = (core.machine.claim(), core.machine.deadline()) else {
+            return; // the claim is gone already: no term
+        };
         let uid = core.machine.lease().and_then(|lease| lease.uid.clone());
         let term = Term::new(
             core.key.clone(),
             core.identity().to_owned(),
-            token,
+            claim.token,
             deadline,
         )
         .with_lease_uid(uid);
         // Recorded before the face hands the term out, so whoever receives it sees it counted.
         core.metrics.holding(true);
-        if self.face.grant(&term, core, ctx) {
-            core.phase = Phase::Serving(term);
+        let reporter = Reporter(ctx.address().recipient());
+        if self.face.grant(&term, &self.core, &reporter) {
+            self.core.feed(Event::Granted(term));
         } else {
             // Nobody took it: the term never started, and the lease goes back at once.
-            term.cancel();
-            core.metrics.holding(false);
-        }
-    }
-
-    /// Finishes a stop whose term has ended and whose lease is no longer held; returns the
-    /// waiters to answer.
-    fn maybe_finish_stop(
-        &mut self,
-        ctx: &mut Context<Self>,
-    ) -> Option<(Vec<oneshot::Sender<StopOutcome>>, StopOutcome)> {
-        let core = &mut self.core;
-        if !matches!(core.stop, StopState::Stopping { .. })
-            || !core.settled()
-            || core.machine.in_flight()
-        {
-            return None;
-        }
-        let outcome = match (&core.abandoned, core.release_error.take()) {
-            (Some(_), _) => StopOutcome::DrainTimeout {
-                after: core.shared.drain_timeout,
-            },
-            (None, Some(error)) => StopOutcome::NotReleased(*error),
-            (None, None) => StopOutcome::Done,
-        };
-        let StopState::Stopping { waiters, .. } =
-            std::mem::replace(&mut core.stop, StopState::Stopped(outcome.clone()))
-        else {
-            unreachable!("checked above");
-        };
-        if let Some((handle, _)) = core.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(handle) = core.watch_handle.take() {
-            ctx.cancel_future(handle);
-        }
-        core.shared.directory.remove(&core.key, core.id);
-        // The actor stays as a tombstone answering `Stopped` until its last handle is dropped
-        // (stopping it here would make the actix supervisor restart it).
-        tracing::info!(lease = %core.key, identity = %core.identity(), ?outcome, "{} stopped", F::KIND);
-        Some((waiters, outcome))
-    }
-
-    fn begin_stop(&mut self, reply: oneshot::Sender<StopOutcome>, from_work: bool) {
-        let core = &mut self.core;
-        match &mut core.stop {
-            StopState::Stopped(outcome) => {
-                let _ = reply.send(outcome.clone());
-            }
-            StopState::Stopping { waiters, .. } => {
-                if from_work {
-                    let _ = reply.send(StopOutcome::Deferred);
-                } else {
-                    waiters.push(reply);
-                }
-            }
-            StopState::Running => {
-                core.release_error = None;
-                let waiters = if from_work {
-                    // Waiting here would wait for ourselves: the stop goes ahead, unwatched.
-                    let _ = reply.send(StopOutcome::Deferred);
-                    Vec::new()
-                } else {
-                    vec![reply]
-                };
-                core.stop = StopState::Stopping {
-                    waiters,
-                    since: now(),
-                };
-                // From now on asking for this lease starts a new actor (which waits for us).
-                core.shared.directory.retire(&core.key, core.id);
-                self.face.stopping(core);
-                core.end_term(EndReason::Stopped);
-            }
+            self.core.metrics.holding(false);
+            self.core.feed(Event::NotTaken(term));
         }
     }
 }
@@ -1017,10 +438,10 @@ impl<F: Face> Drop for LeaseActor<F> {
     fn drop(&mut self) {
         // The actor is gone (stopped, its arbiter or System stopped, or it panicked): no term
         // of it may look alive.
-        if let Phase::Serving(term) | Phase::Draining(term) = &self.core.phase {
+        if let Some(term) = self.core.live_term() {
             term.cancel();
         }
-        if let Phase::Serving(_) = &self.core.phase {
+        if self.core.term().is_some() {
             self.core.metrics.holding(false);
         }
     }
@@ -1030,10 +451,11 @@ impl<F: Face> Actor for LeaseActor<F> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.restart = false;
         if self.core.is_stopped() {
             return;
         }
-        if let Some(predecessor) = self.core.predecessor.take() {
+        if let Some(predecessor) = self.predecessor.take() {
             tracing::debug!(lease = %self.core.key, "waiting for the stopping {} of this lease", F::KIND);
             let finished = async move {
                 let (tx, rx) = oneshot::channel();
@@ -1063,16 +485,17 @@ impl<F: Face> Actor for LeaseActor<F> {
 impl<F: Face> Supervised for LeaseActor<F> {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         // Our calls and timers are gone; so is any certainty about the lease. End the term
-        // (its work is told through cancellation and still drains before anything new starts)
-        // and start over with a fresh read, after the machine's backoff.
+        // (its work is told through cancellation and still drains before anything new
+        // starts; a draining term is marked lost: rule refusal-during-drain) and start over
+        // with a fresh read, after the machine's backoff.
         let core = &mut self.core;
         core.restarts += 1;
-        core.end_term(EndReason::Restarted);
+        core.feed(Event::Restarting);
         core.machine.reset();
-        core.timer = None;
-        core.watch_handle = None;
-        self.face.restarting(core);
-        tracing::warn!(lease = %core.key, restarts = core.restarts, "{} actor restarted", F::KIND);
+        self.timer = None;
+        self.watch_handle = None;
+        self.face.restarting(&self.core);
+        tracing::warn!(lease = %self.core.key, restarts = self.core.restarts, "{} actor restarted", F::KIND);
     }
 }
 
@@ -1122,7 +545,7 @@ impl<F: Face> Handler<Stop> for LeaseActor<F> {
     type Result = ();
 
     fn handle(&mut self, Stop { reply, from_work }: Stop, ctx: &mut Self::Context) {
-        self.begin_stop(reply, from_work);
+        self.core.begin_stop(reply, from_work);
         self.drive(ctx);
     }
 }
@@ -1133,22 +556,18 @@ impl<F: Face> Handler<Internal> for LeaseActor<F> {
     fn handle(&mut self, message: Internal, ctx: &mut Self::Context) {
         let core = &mut self.core;
         match message {
-            Internal::Drained(id) => {
-                if matches!(&core.phase, Phase::Draining(t) if t.id() == id) {
-                    core.phase = Phase::Vacant;
-                }
-            }
+            Internal::Drained(id) => core.feed(Event::Drained(id)),
             Internal::WorkPanicked(id) => {
                 if core.term().is_some_and(|t| t.id() == id) {
                     tracing::error!(lease = %core.key, term = %id, "guarded work panicked; ending the term");
-                    core.end_term(EndReason::WorkPanicked);
                 }
+                core.feed(Event::WorkPanicked(id));
             }
             Internal::GrantDropped(id) => {
                 if core.term().is_some_and(|t| t.id() == id) {
                     tracing::info!(lease = %core.key, term = %id, "nobody received the grant; giving the lease back");
-                    core.end_term(EndReason::GivenUp);
                 }
+                core.feed(Event::GrantDropped(id));
             }
         }
         self.drive(ctx);
@@ -1159,12 +578,12 @@ impl<F: Face> Handler<FaceCommand<F::Command>> for LeaseActor<F> {
     type Result = ();
 
     fn handle(&mut self, FaceCommand(command): FaceCommand<F::Command>, ctx: &mut Self::Context) {
+        let reporter = Reporter(ctx.address().recipient());
+        self.face.command(command, &mut self.core, &reporter);
         if !self.core.is_stopped() {
-            self.face.command(command, &mut self.core, ctx);
             self.drive(ctx);
         } else {
             // A tombstone: the face answers with `Stopped`.
-            self.face.command(command, &mut self.core, ctx);
             let waiting = Waiting::Idle;
             self.face.settle(&mut self.core, &waiting);
         }
@@ -1176,9 +595,7 @@ pub(crate) fn start<F: Face>(
     arbiter: &actix::ArbiterHandle,
     params: LeaseParams,
     face: F,
-) -> (Addr<LeaseActor<F>>, ActorId)
-where
-{
+) -> (Addr<LeaseActor<F>>, ActorId) {
     let actor = LeaseActor::new(params, face);
     let id = actor.id();
     let addr = actix::Supervisor::start_in_arbiter(arbiter, move |_| actor);

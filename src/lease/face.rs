@@ -1,47 +1,21 @@
 //! What a face adds to the one lease lifecycle.
 //!
-//! The [`LeaseActor`](super::actor::LeaseActor) owns everything elections and locks share: the
-//! machine, the term and its cancellation, the drain of its work, the release, stop and its
+//! The lease actor (with the [`Core`] it lends to faces) owns everything elections and locks
+//! share: the machine, the term and its cancellation, the drain of its work, the release, stop and its
 //! waiters, the watch, restarts. A face owns only what is its own: who receives a term
 //! (election subscribers and `when_elected` callbacks; a lock's queue of local callers), its
 //! commands, and its status. Faces never write to the store and never end a term by any other
-//! way than [`Core::end_term`](super::actor::Core::end_term), so the lifecycle rules hold for
-//! every face by construction.
+//! way than [`Core::give_up`] or [`Core::begin_handoff`], so the lifecycle rules hold for every
+//! face by construction. A face sees the [`Core`] and reports back through a [`Reporter`],
+//! never the actor: the lease layer has no import circle.
 
+use super::{Op, Waiting};
 use crate::error::Error;
-use crate::lease::{Op, StepDownReason, Waiting};
 use crate::store::StoreError;
 use crate::term::Term;
 
-use super::actor::{Core, LeaseActor};
-
-/// Why a term ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum EndReason {
-    /// The claim was lost without a release (deadline, superseded, deleted).
-    Lost(StepDownReason),
-    /// The term's own deadline passed before a renewal came back.
-    Expired,
-    /// The lease is being stopped (`stop`, shutdown).
-    Stopped,
-    /// The actor failed and is being restarted.
-    Restarted,
-    /// Its holder gave it up: `unlock`, a dropped handle, a grant nobody received.
-    GivenUp,
-    /// A piece of its guarded work panicked.
-    WorkPanicked,
-    /// The lease is being handed to another replica.
-    HandedOff {
-        /// The successor's identity.
-        to: String,
-    },
-    /// The lease is coordinated and the API server's election controller prefers another
-    /// holder: the term ends, its work drains, then the lease is released.
-    PreferredHolder {
-        /// The preferred holder.
-        holder: String,
-    },
-}
+pub(crate) use super::core::{Core, Reporter};
+pub(crate) use super::lifecycle::EndReason;
 
 /// What the actor does after a failed store call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,25 +40,15 @@ pub(crate) trait Face: Sized + Unpin + Send + 'static {
     const HONOURS_HANDOFF_REQUESTS: bool = false;
 
     /// Handles a command. State changes take effect in the step that follows.
-    fn command(
-        &mut self,
-        command: Self::Command,
-        core: &mut Core,
-        ctx: &mut actix::Context<LeaseActor<Self>>,
-    );
+    fn command(&mut self, command: Self::Command, core: &mut Core, reporter: &Reporter);
 
     /// Whether the face wants to hold the lease now (campaigning; a caller waiting).
     fn wants(&self, core: &Core) -> bool;
 
     /// The lease was acquired: hand `term` to its receiver. `false` if nobody takes it; then
-    /// the lease is released at once. (`ctx` gives the actor's address, for work and grants
-    /// that report back: panicked, dropped.)
-    fn grant(
-        &mut self,
-        term: &Term,
-        core: &Core,
-        ctx: &mut actix::Context<LeaseActor<Self>>,
-    ) -> bool;
+    /// the lease is released at once. (`reporter` is for work and grants that report back:
+    /// panicked, dropped.)
+    fn grant(&mut self, term: &Term, core: &Core, reporter: &Reporter) -> bool;
 
     /// The term ended (it is already cancelled); its work may still be draining.
     fn term_ended(&mut self, term: &Term, reason: &EndReason, core: &Core);

@@ -536,10 +536,12 @@ impl Machine {
         self.successor = None;
     }
 
-    /// Makes our next release a handoff to `to`: the release names it as the successor, whom
-    /// other dsync candidates leave the free lease to for one lease duration.
-    pub fn hand_off_to(&mut self, to: Arc<str>) {
-        self.successor = Some(to);
+    /// Makes our next release a handoff to `to` (or a plain release: `None`): the release
+    /// names it as the successor, whom other dsync candidates leave the free lease to for one
+    /// lease duration. Set before every step from the term lifecycle, which owns the handoff
+    /// (rule `handoff-ends-with-its-term`): the machine keeps no successor of its own.
+    pub fn hand_off_to(&mut self, to: Option<Arc<str>>) {
+        self.successor = to;
     }
 
     /// Whom our next release hands the lease to, if it is a handoff.

@@ -60,7 +60,9 @@
 //!   its claim, renewed while the work drains, then releases it.
 
 pub(crate) mod actor;
+pub(crate) mod core;
 pub(crate) mod face;
+pub(crate) mod lifecycle;
 mod machine;
 
 pub use machine::{

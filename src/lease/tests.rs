@@ -1553,7 +1553,7 @@ fn one_identity_two_processes_with_one_identity_never_hold_together() {
 fn a_handoff_release_names_the_successor_and_keeps_the_token_order() {
     let mut w = Sim::new();
     w.hold(0.0, 4);
-    w.m.hand_off_to("pod-b".into());
+    w.m.hand_off_to(Some("pod-b".into()));
     assert_eq!(w.m.successor(), Some("pod-b"));
     let call = w.call(0.5, Want::Release);
     assert_eq!(call.op, Op::Release);
@@ -1637,7 +1637,7 @@ fn a_handoff_requested_on_the_lease_is_reported_to_its_holder_only() {
         Some("pod-b"),
         "still our term: carry it out"
     );
-    w.m.hand_off_to("pod-b".into());
+    w.m.hand_off_to(Some("pod-b".into()));
     assert_eq!(w.m.handoff_requested(), None, "under way");
     // A follower does not act on it.
     let mut f = Sim::with_identity(OTHER);
@@ -1668,12 +1668,12 @@ fn a_renewal_clears_a_request_naming_us_and_keeps_one_naming_someone_else() {
 fn abandoning_or_resetting_forgets_the_successor() {
     let mut w = Sim::new();
     w.hold(0.0, 1);
-    w.m.hand_off_to("pod-b".into());
+    w.m.hand_off_to(Some("pod-b".into()));
     w.m.abandon();
     assert_eq!(w.m.successor(), None);
     let mut w = Sim::new();
     w.hold(0.0, 1);
-    w.m.hand_off_to("pod-b".into());
+    w.m.hand_off_to(Some("pod-b".into()));
     w.m.reset();
     assert_eq!(w.m.successor(), None);
 }

@@ -3,12 +3,11 @@
 
 use std::collections::VecDeque;
 
-use actix::AsyncContext;
 use tokio::sync::{oneshot, watch};
 
 use super::{Grant, LockCommand, LockStatus, Waiter};
 use crate::error::{Error, Result};
-use crate::lease::actor::{Core, LeaseActor};
+use crate::lease::core::{Core, Reporter};
 use crate::lease::face::{EndReason, Face, Recovery, stopped};
 use crate::lease::{Op, Waiting};
 use crate::store::StoreError;
@@ -88,7 +87,7 @@ impl LockFace {
             Some(holder) if holder.owner_id == owner_id => {
                 if !holder.ending {
                     holder.ending = true;
-                    core.end_term(EndReason::GivenUp);
+                    core.give_up();
                 }
                 // A second unlock of the same hold is answered with the first.
                 self.unlocking.push(reply);
@@ -183,12 +182,7 @@ impl Face for LockFace {
     type Command = LockCommand;
     const KIND: &'static str = "lock";
 
-    fn command(
-        &mut self,
-        command: LockCommand,
-        core: &mut Core,
-        _ctx: &mut actix::Context<LeaseActor<Self>>,
-    ) {
+    fn command(&mut self, command: LockCommand, core: &mut Core, _reporter: &Reporter) {
         match command {
             LockCommand::Acquire(waiter) => {
                 if core.is_stopping() {
@@ -233,7 +227,7 @@ impl Face for LockFace {
                 {
                     // Nobody can unlock it any more: end the term, then give the lease back.
                     holder.ending = true;
-                    core.end_term(EndReason::GivenUp);
+                    core.give_up();
                 }
             }
         }
@@ -243,12 +237,7 @@ impl Face for LockFace {
         self.queue.iter().any(Waiter::alive)
     }
 
-    fn grant(
-        &mut self,
-        term: &Term,
-        _core: &Core,
-        ctx: &mut actix::Context<LeaseActor<Self>>,
-    ) -> bool {
+    fn grant(&mut self, term: &Term, _core: &Core, reporter: &Reporter) -> bool {
         while let Some(waiter) = self.queue.pop_front() {
             if !waiter.alive() {
                 continue;
@@ -256,7 +245,7 @@ impl Face for LockFace {
             let grant = Grant {
                 term: term.clone(),
                 work: waiter.guarded.then(|| term.work_token()),
-                notify: Some(ctx.address().recipient()),
+                notify: Some(reporter.recipient()),
             };
             match waiter.reply.send(Ok(grant)) {
                 Ok(()) => {

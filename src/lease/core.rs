@@ -1,0 +1,408 @@
+//! The face-independent state of a lease actor, lent to its face: the lease [`Machine`], the
+//! term [`Lifecycle`], and the executor of the lifecycle's effects that need no actor (cancel a
+//! term, answer a caller). Effects that need the face or the actor's context are queued for
+//! the actor ([`Core::take_effects`]).
+//!
+//! Faces see this module, the lifecycle and the machine, never the actor: they report back
+//! through a [`Reporter`], so the lease layer has no import circle (checked by
+//! `tests/layering.rs`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::lifecycle::{Effect, Event, Facts, HandoffOutcome, Lifecycle, StopOutcome};
+use super::{Alert, Machine, Want};
+use crate::metrics::LeaseMetrics;
+use crate::store::{LeaseKey, LeaseStore, StoreError, WatchEvent};
+use crate::term::{Term, TermId, now};
+use crate::watch::{Inbox, WatchHub};
+use crate::work::ActorId;
+
+/// Reports from the term's surroundings to the actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub(crate) enum Internal {
+    /// Every piece of the term's guarded work has returned.
+    Drained(TermId),
+    /// A piece of the term's guarded work panicked.
+    WorkPanicked(TermId),
+    /// A lock grant was dropped before its caller received it.
+    GrantDropped(TermId),
+}
+
+/// How a face's term and work report back to their lease actor (work panicked, a grant
+/// dropped), without knowing the actor's type.
+#[derive(Clone)]
+pub(crate) struct Reporter(pub(crate) Recipient<Internal>);
+
+impl Reporter {
+    /// The recipient to give to work and grants that report later.
+    pub fn recipient(&self) -> Recipient<Internal> {
+        self.0.clone()
+    }
+}
+
+/// Where a lease actor says that it is stopping and that it has stopped: the registry of the
+/// replica's [`Supervisor`](crate::Supervisor). A trait, so that this layer does not depend
+/// on the supervisor above it.
+pub(crate) trait Directory: Send + Sync {
+    /// A stop has begun: later requests for `key` must start a new actor, not get this one.
+    fn retire(&self, key: &LeaseKey, id: ActorId);
+    /// The actor has stopped: forget it.
+    fn remove(&self, key: &LeaseKey, id: ActorId);
+}
+
+/// What every lease actor of one `Dsync` shares.
+pub(crate) struct Shared {
+    pub identity: Arc<str>,
+    /// Our pod's name, written on the Lease with each acquisition (`Config::pod_name`).
+    pub holder_pod: Option<Arc<str>>,
+    pub timing: crate::timing::Timing,
+    pub drain_timeout: Duration,
+    pub store: Arc<dyn LeaseStore>,
+    pub watches: Arc<WatchHub>,
+    pub directory: Arc<dyn Directory>,
+    /// The highest fencing token this process has seen per lease, shared by all its actors
+    /// (rule `token-never-back`): a lease actor of a new handle, or one restarted, starts from
+    /// what the process already knows, across deletes.
+    pub floors: TokenFloors,
+}
+
+/// The highest fencing token seen per lease by one process (see [`Shared::floors`]).
+#[derive(Debug, Default)]
+pub(crate) struct TokenFloors(std::sync::Mutex<crate::hash::FastMap<LeaseKey, i32>>);
+
+impl TokenFloors {
+    fn map(&self) -> std::sync::MutexGuard<'_, crate::hash::FastMap<LeaseKey, i32>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The highest token seen on `key`, if any.
+    pub fn get(&self, key: &LeaseKey) -> Option<i32> {
+        self.map().get(key).copied()
+    }
+
+    /// Notes `token` as seen on `key`.
+    pub fn raise(&self, key: &LeaseKey, token: i32) {
+        let mut map = self.map();
+        match map.get_mut(key) {
+            Some(floor) => *floor = (*floor).max(token),
+            None => {
+                map.insert(key.clone(), token);
+            }
+        }
+    }
+}
+
+/// The face-independent state of a lease actor, lent to its face.
+pub(crate) struct Core {
+    pub id: ActorId,
+    pub key: LeaseKey,
+    pub machine: Machine,
+    pub metrics: LeaseMetrics,
+    pub restarts: u32,
+    /// The latest store error, cleared by the next success.
+    pub last_error: Option<String>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) span: tracing::Span,
+    pub(super) lifecycle: Lifecycle,
+    /// Effects for the actor to perform (they need the face or the actor's context).
+    queue: VecDeque<Effect>,
+    stop_waiters: Vec<oneshot::Sender<StopOutcome>>,
+    handoff_waiters: Vec<oneshot::Sender<HandoffOutcome>>,
+    /// Where the watch hub notes what we have seen and parks the renewals it did not wake
+    /// us for (taken at every step).
+    pub(super) inbox: Arc<Inbox>,
+    /// Waiting for the predecessor to finish: no store calls yet.
+    pub(super) blocked: bool,
+    /// The token floor last published to [`Shared::floors`].
+    published_floor: Option<i32>,
+}
+
+impl Core {
+    pub(super) fn new(
+        key: LeaseKey,
+        shared: Arc<Shared>,
+        metrics: LeaseMetrics,
+        blocked: bool,
+    ) -> Self {
+        let span = tracing::info_span!(
+            "lease",
+            lease = %key,
+            identity = %shared.identity,
+            token = tracing::field::Empty
+        );
+        let mut machine = Machine::new(shared.identity.clone(), shared.timing)
+            .with_holder_pod(shared.holder_pod.clone());
+        let published_floor = shared.floors.get(&key);
+        if let Some(floor) = published_floor {
+            machine.raise_floor(floor);
+        }
+        Core {
+            id: ActorId::next(),
+            machine,
+            published_floor,
+            lifecycle: Lifecycle::new(shared.drain_timeout),
+            key,
+            metrics,
+            restarts: 0,
+            last_error: None,
+            shared,
+            span,
+            queue: VecDeque::new(),
+            stop_waiters: Vec::new(),
+            handoff_waiters: Vec::new(),
+            inbox: Arc::default(),
+            blocked,
+        }
+    }
+
+    /// This replica's identity.
+    pub fn identity(&self) -> &str {
+        self.machine.identity()
+    }
+
+    /// The live term, if any.
+    pub fn term(&self) -> Option<&Term> {
+        self.lifecycle.term()
+    }
+
+    /// No term, and nothing held: whatever was ending has ended.
+    pub fn settled(&self) -> bool {
+        self.lifecycle.vacant() && !self.machine.holding()
+    }
+
+    /// A stop has begun (or finished).
+    pub fn is_stopping(&self) -> bool {
+        self.lifecycle.is_stopping()
+    }
+
+    /// The actor has stopped for good.
+    pub fn is_stopped(&self) -> bool {
+        self.lifecycle.is_stopped()
+    }
+
+    /// Why the last release could not be written, if it could not.
+    pub fn release_error(&self) -> Option<&StoreError> {
+        self.lifecycle.release_error()
+    }
+
+    /// The face gives the live term up (unlock, a dropped handle): it is cancelled first, its
+    /// work drains, then the lease is released. No-op without a live term.
+    pub fn give_up(&mut self) {
+        self.feed(Event::GiveUp);
+    }
+
+    /// Hands the lease to `to`: the term ends now (cancelled first, its work drained as a
+    /// stop drains it, renewals going on meanwhile), then one compare-and-swap release names
+    /// `to` as the successor. `reply` is answered once that release is written, or with why
+    /// it could not be (rule `handoff-ends-with-its-term`).
+    pub fn begin_handoff(&mut self, to: Arc<str>, reply: oneshot::Sender<HandoffOutcome>) {
+        if !self.lifecycle.handing_off() && self.term().is_some() && *to != *self.identity() {
+            tracing::info!(lease = %self.key, identity = %self.identity(), %to, "handing off");
+        }
+        let effects = self.decide(Event::HandOff { to });
+        let mut reply = Some(reply);
+        for effect in effects {
+            match effect {
+                Effect::ReplyHandoff(outcome) => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Effect::AwaitHandoff => self.handoff_waiters.extend(reply.take()),
+                other => self.apply(other),
+            }
+        }
+    }
+
+    /// Begins a stop (or joins the one under way); `reply` is answered when it is done, or at
+    /// once with [`StopOutcome::Deferred`] when `from_work`.
+    pub(super) fn begin_stop(&mut self, reply: oneshot::Sender<StopOutcome>, from_work: bool) {
+        let effects = self.decide(Event::Stop { from_work });
+        let mut reply = Some(reply);
+        for effect in effects {
+            match effect {
+                Effect::ReplyStop(outcome) => {
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Effect::AwaitStop => self.stop_waiters.extend(reply.take()),
+                other => self.apply(other),
+            }
+        }
+    }
+
+    /// What the lease machine should aim for.
+    pub(super) fn want(&self, face_wants: bool) -> Want {
+        self.lifecycle.want(&facts_of(&self.machine), face_wants)
+    }
+
+    /// When the drain under way must have ended, if bounded.
+    pub(super) fn drain_deadline(&self) -> Option<Instant> {
+        self.lifecycle.drain_deadline()
+    }
+
+    fn decide(&mut self, event: Event) -> Vec<Effect> {
+        self.lifecycle
+            .handle(now(), event, &facts_of(&self.machine))
+    }
+
+    /// Feeds an event to the lifecycle and performs (or queues) its effects.
+    pub(super) fn feed(&mut self, event: Event) {
+        for effect in self.decide(event) {
+            self.apply(effect);
+        }
+    }
+
+    /// Lets the lifecycle decide what it can decide now (a drain past its deadline, a handoff
+    /// the store has settled, a finished stop), and performs it.
+    pub(super) fn settle(&mut self) {
+        for effect in self.lifecycle.settle(now(), &facts_of(&self.machine)) {
+            self.apply(effect);
+        }
+    }
+
+    /// The effects that need the face or the actor, in order.
+    pub(super) fn take_effect(&mut self) -> Option<Effect> {
+        self.queue.pop_front()
+    }
+
+    /// The callers of the stop, once it has finished.
+    pub(super) fn take_stop_waiters(&mut self) -> Vec<oneshot::Sender<StopOutcome>> {
+        std::mem::take(&mut self.stop_waiters)
+    }
+
+    /// Performs what needs neither the face nor the actor's context; queues the rest.
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::Cancel(term) => term.cancel(),
+            Effect::MarkLost(term) => term.mark_lost(),
+            Effect::Extend(term, until) => {
+                if !term.extend(until) {
+                    // The term's own deadline passed before this renewal came back: it is
+                    // over, and terms never come back. We still hold the lease: released.
+                    self.feed(Event::Expired(term.id()));
+                }
+            }
+            Effect::Abandon => self.machine.abandon(),
+            Effect::AnswerHandoff { to, outcome } => {
+                match &outcome {
+                    HandoffOutcome::Done => {
+                        self.metrics.handed_off();
+                        tracing::info!(lease = %self.key, %to, "handed off");
+                    }
+                    other => {
+                        tracing::warn!(lease = %self.key, %to, ?other, "handoff failed");
+                    }
+                }
+                for waiter in self.handoff_waiters.drain(..) {
+                    let _ = waiter.send(outcome.clone());
+                }
+            }
+            // No caller here (a stop or handoff fed as a plain event): nobody to answer.
+            Effect::ReplyStop(_)
+            | Effect::AwaitStop
+            | Effect::ReplyHandoff(_)
+            | Effect::AwaitHandoff => {}
+            other => self.queue.push_back(other),
+        }
+    }
+
+    /// Enters the lease's span for one wake-up, if any subscriber records it. Without one the
+    /// span is disabled, and entering it would only pass "enter"/"exit" lines on to the `log`
+    /// crate (tracing's `log` feature, which a dependency turns on) on every renewal.
+    pub(super) fn enter_span(&self) -> Option<tracing::span::EnteredSpan> {
+        (!self.span.is_disabled()).then(|| self.span.clone().entered())
+    }
+
+    /// Publishes a raised token floor to the process's other actors, and reports what the
+    /// machine noticed (a twin, versions going backwards).
+    pub(super) fn report(&mut self) {
+        let floor = self.machine.token_floor();
+        if floor > self.published_floor {
+            self.published_floor = floor;
+            if let Some(floor) = floor {
+                self.shared.floors.raise(&self.key, floor);
+            }
+        }
+        for alert in self.machine.take_alerts() {
+            match alert {
+                Alert::Twin { token } => {
+                    self.metrics.twin();
+                    tracing::error!(
+                        lease = %self.key,
+                        identity = %self.identity(),
+                        token,
+                        "another live process holds this lease under our identity (rule \
+                         one-identity); identities must be unique per process. Not taking it \
+                         while it is renewed"
+                    );
+                }
+                Alert::VersionsWentBack { seen, now } => {
+                    self.metrics.went_back();
+                    tracing::warn!(
+                        lease = %self.key,
+                        seen = %seen,
+                        now = %now,
+                        "the store's versions went back (an etcd restore?); re-synced from a \
+                         read, fencing tokens keep rising (rule restore-resync)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Tells the watch hub which version we hold now.
+    pub(super) fn note_seen(&self) {
+        let version = self.machine.lease().map(|l| l.resource_version.as_str());
+        self.inbox.set_seen(version);
+    }
+
+    /// Observes the renewal the hub parked for us, if any, as of the instant it arrived: expiry
+    /// is judged as if it had been delivered then.
+    pub(super) fn take_parked(&mut self) {
+        let Some(parked) = self.inbox.take() else {
+            return;
+        };
+        let lease = Arc::unwrap_or_clone(parked.lease);
+        if self
+            .machine
+            .on_watch(parked.at, Ok(WatchEvent::Applied(lease)))
+        {
+            self.note_seen();
+        }
+    }
+
+    /// Tells the machine whether the shared watch is behind (it failed and the hub has not
+    /// caught it up yet): a lease that looks expired then may have been renewed unseen.
+    pub(super) fn check_watch(&mut self) {
+        if self.inbox.watch_current() {
+            self.machine.watch_current();
+        } else {
+            self.machine.watch_behind(now());
+        }
+    }
+
+    /// The terms this actor may still have running (serving or draining), for its last rites.
+    pub(super) fn live_term(&self) -> Option<&Term> {
+        self.lifecycle.current()
+    }
+}
+
+/// What the lifecycle needs to know of `machine`.
+fn facts_of(machine: &Machine) -> Facts<'_> {
+    Facts {
+        identity: machine.identity(),
+        holding: machine.holding(),
+        in_flight: machine.in_flight(),
+        record: machine.lease().map(|lease| &lease.record),
+    }
+}

@@ -1,0 +1,203 @@
+//! The layering check: the lease core has no import circle, and nothing in it reaches up to
+//! the faces or the supervisor.
+//!
+//! Within `src/lease/`, each file may use only files of a lower layer:
+//!
+//! 0. the shared pure rules: `backoff.rs`, `follow.rs`;
+//! 1. `machine.rs`: the pure lease machine;
+//! 2. `lifecycle.rs`: the pure term lifecycle;
+//! 3. `core.rs`: the state lent to faces, executing the lifecycle's effects;
+//! 4. `face.rs`: what a face adds (sees the core, never the actor);
+//! 5. `actor.rs`: IO only.
+//!
+//! and no file under `src/lease/` uses a face (`election`, `lock`, `semaphore`) or anything built
+//! on them (`supervisor`, `dsync`, `observe`, `leader_only`, `admin`). The check reads the
+//! sources: `use` lines and paths through `super::` / `crate::`, not comments.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The layer of each file in `src/lease/` (lower may not use higher or equal-but-other).
+fn layer(module: &str) -> Option<u8> {
+    Some(match module {
+        "backoff" | "follow" => 0,
+        "machine" => 1,
+        "lifecycle" => 2,
+        "core" => 3,
+        "face" => 4,
+        "actor" => 5,
+        _ => return None,
+    })
+}
+
+/// Modules above the lease core.
+const ABOVE: &[&str] = &[
+    "election",
+    "lock",
+    "semaphore",
+    "supervisor",
+    "dsync",
+    "observe",
+    "leader_only",
+    "admin",
+];
+
+/// The source with comments removed (line comments and doc comments; the sources use no block
+/// comments).
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|line| match line.find("//") {
+            Some(at) => &line[..at],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What `lease/mod.rs` re-exports, by name: the module each name comes from.
+fn reexports(mod_rs: &str) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    let code = code(mod_rs);
+    for stmt in code.split(';') {
+        let stmt = stmt.trim();
+        let Some(rest) = stmt
+            .strip_prefix("pub use ")
+            .or_else(|| stmt.strip_prefix("pub(crate) use "))
+        else {
+            continue;
+        };
+        let Some((module, items)) = rest.split_once("::") else {
+            continue;
+        };
+        for item in items.trim_matches(|c| c == '{' || c == '}').split(',') {
+            let item = item.trim();
+            if !item.is_empty() {
+                names.insert(item.to_owned(), module.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// The sibling modules (in `src/lease/`) and the crate modules a file's code refers to.
+fn uses(code: &str, reexports: &BTreeMap<String, String>) -> (Vec<String>, Vec<String>) {
+    let mut siblings = Vec::new();
+    let mut crate_modules = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("super::").or_else(|| rest.find("crate::")) {
+        let (prefix, after) = rest[at..].split_at(if rest[at..].starts_with("super::") {
+            "super::".len()
+        } else {
+            "crate::".len()
+        });
+        let crate_path = prefix.starts_with("crate::");
+        // One name, or a `{...}` group of names.
+        let names: Vec<String> = if let Some(group) = after.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            group[..end]
+                .split(',')
+                .map(|n| n.split("::").next().unwrap_or("").trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect()
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            vec![after[..end].to_owned()]
+        };
+        for name in names {
+            if crate_path {
+                if name == "lease" {
+                    // crate::lease::X: a sibling.
+                    let tail = after.strip_prefix("lease::").unwrap_or("");
+                    let end = tail
+                        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .unwrap_or(tail.len());
+                    let sibling = &tail[..end];
+                    if !sibling.is_empty() {
+                        siblings.push(
+                            reexports
+                                .get(sibling)
+                                .cloned()
+                                .unwrap_or_else(|| sibling.to_owned()),
+                        );
+                    }
+                } else {
+                    crate_modules.push(name);
+                }
+            } else {
+                siblings.push(reexports.get(&name).cloned().unwrap_or(name));
+            }
+        }
+        rest = &rest[at + prefix.len()..];
+    }
+    (siblings, crate_modules)
+}
+
+#[test]
+fn the_lease_core_has_no_import_circle_and_does_not_reach_up() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lease");
+    let mod_rs = std::fs::read_to_string(dir.join("mod.rs")).expect("src/lease/mod.rs");
+    let reexports = reexports(&mod_rs);
+    let mut checked = 0;
+    let mut errors = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("src/lease") {
+        let path = entry.expect("a directory entry").path();
+        let Some(module) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".rs"))
+        else {
+            continue; // test folders (`lifecycle/tests.rs`) test their parent
+        };
+        if module == "mod" || module == "tests" {
+            continue;
+        }
+        let Some(own) = layer(module) else {
+            errors.push(format!(
+                "src/lease/{module}.rs has no layer: add it to tests/layering.rs"
+            ));
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).expect("a source file");
+        // Only the module's own code: its unit tests may use anything.
+        let text = text.split("#[cfg(test)]").next().unwrap_or("");
+        let (siblings, crate_modules) = uses(&code(text), &reexports);
+        for sibling in siblings {
+            if sibling == module {
+                continue;
+            }
+            match layer(&sibling) {
+                Some(theirs) if theirs < own => {}
+                Some(_) => errors.push(format!(
+                    "src/lease/{module}.rs uses {sibling}, which is not below it"
+                )),
+                None => {} // an item of mod.rs itself, or of an outer module
+            }
+        }
+        for name in crate_modules {
+            if ABOVE.contains(&name.as_str()) {
+                errors.push(format!(
+                    "src/lease/{module}.rs uses crate::{name}, which is built on the lease core"
+                ));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} files of src/lease checked");
+    assert!(errors.is_empty(), "layering broken:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn the_check_catches_a_circle() {
+    // The check itself can fail: a face module that uses the actor is caught.
+    let reexports = reexports("pub use machine::{Machine, Want};");
+    let (siblings, _) = uses(
+        "use super::actor::{Core, LeaseActor};\nuse super::{Machine, Want};",
+        &reexports,
+    );
+    assert_eq!(siblings, ["actor", "machine", "machine"]);
+    assert!(layer("actor") > layer("face"));
+    let (_, crate_modules) = uses("use crate::election::Election;", &reexports);
+    assert_eq!(crate_modules, ["election"]);
+}

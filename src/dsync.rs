@@ -4,14 +4,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::admin::{Admin, ForceReleased, HandoffRequested};
 use crate::config::{Config, LeaseThread, validate_identity};
-use crate::election::{Election, ElectionFace, ElectionStatus};
+use crate::election::Election;
 use crate::error::{Error, Result};
-use crate::lease::actor::{self, LeaseParams, Shared, Stop};
-use crate::lock::{Lock, LockFace, LockShared, LockStatus};
+use crate::lease::actor::{LeaseParams, Shared, Stop};
+use crate::lock::{Lock, LockShared};
 use crate::observe::{self, Observer};
 use crate::resource::{LeaseKind, NameError, Resource};
 use crate::semaphore::{MAX_PERMITS, Semaphore};
@@ -253,30 +253,12 @@ impl Dsync {
         let (resource, key) = self.prepare(resource, LeaseKind::Election)?;
         let inner = &self.inner;
         let entry = self.entry(&key, |predecessor| {
-            let (tx, rx) = watch::channel(ElectionStatus {
-                lease: key.clone(),
-                identity: inner.config.identity.clone(),
-                leader: None,
-                term: None,
-                valid_until: None,
-                renewed_at: None,
-                lease_duration: inner.config.timing.lease_duration(),
-                restarts: 0,
-                last_error: None,
-                invalid: None,
-                stopped: false,
-            });
             let params = self.params(&key, predecessor);
-            let (addr, id) = actor::start(&inner.arbiter, params, ElectionFace::new(tx));
-            Entry::Election(Election::new(resource.clone(), id, addr, rx))
+            crate::election::start_actor(&inner.arbiter, params, resource.clone(), &inner.config)
         })?;
-        match entry {
-            Entry::Election(election) => Ok(election),
-            Entry::Lock(l) if l.kind == LeaseKind::Semaphore => {
-                Err(self.taken(&key, "a semaphore"))
-            }
-            Entry::Lock(_) => Err(self.taken(&key, "a lock")),
-        }
+        entry
+            .handle::<Election>()
+            .ok_or_else(|| self.taken(&key, entry.lease_kind()))
     }
 
     /// A new handle on the lock `name` in the configured namespace and scope.
@@ -345,30 +327,13 @@ impl Dsync {
     fn lock_actor(&self, key: &LeaseKey, kind: LeaseKind) -> Result<LockShared> {
         let inner = &self.inner;
         let entry = self.entry(key, |predecessor| {
-            let (tx, rx) = watch::channel(LockStatus {
-                lease: key.clone(),
-                identity: inner.config.identity.clone(),
-                holder: None,
-                term: None,
-                waiters: 0,
-                last_error: None,
-                stopped: false,
-            });
             let params = self.params(key, predecessor);
-            let (addr, id) = actor::start(&inner.arbiter, params, LockFace::new(tx));
-            Entry::Lock(LockShared {
-                kind,
-                id,
-                addr,
-                status: rx,
-            })
+            crate::lock::start_actor(&inner.arbiter, params, kind, &inner.config)
         })?;
-        match entry {
-            Entry::Lock(shared) if shared.kind == kind => Ok(shared),
-            Entry::Lock(_) if kind == LeaseKind::Lock => Err(self.taken(key, "a semaphore")),
-            Entry::Lock(_) => Err(self.taken(key, "a lock")),
-            Entry::Election(_) => Err(self.taken(key, "an election")),
-        }
+        entry
+            .handle::<LockShared>()
+            .filter(|shared| shared.kind == kind)
+            .ok_or_else(|| self.taken(key, entry.lease_kind()))
     }
 
     /// An observe-only follower of the election `name` in the configured namespace and scope:
@@ -444,7 +409,9 @@ impl Dsync {
     pub async fn handoff(&self, name: &str, to: &str) -> Result<()> {
         let (_, key) = self.prepare(self.resource(name), LeaseKind::Election)?;
         match self.inner.registry.get(&key) {
-            Some(Entry::Election(election)) => election.handoff_to(to).await,
+            Some(entry) if let Some(election) = entry.handle::<Election>() => {
+                election.handoff_to(to).await
+            }
             _ => Err(Error::NotLeader {
                 lease: key.to_string(),
             }),
@@ -681,10 +648,14 @@ impl Dsync {
 
     /// Two resources named the same Lease object (a scope or name containing `.lock.` or
     /// `.election.`): one object cannot be both.
-    fn taken(&self, key: &LeaseKey, by: &str) -> Error {
+    fn taken(&self, key: &LeaseKey, by: LeaseKind) -> Error {
+        let article = if by == LeaseKind::Election { "an" } else { "a" };
         Error::InvalidState {
             lease: key.to_string(),
-            reason: format!("this Lease is already used by {by} of this replica"),
+            reason: format!(
+                "this Lease is already used by {article} {} of this replica",
+                by.as_str()
+            ),
         }
     }
 }

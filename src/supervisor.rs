@@ -25,55 +25,71 @@ use actix::prelude::*;
 use futures::future::join_all;
 use tokio::sync::oneshot;
 
-use crate::election::Election;
 use crate::error::Result;
 use crate::lease::actor::{Directory, Stop, StopOutcome};
-use crate::lock::LockShared;
 use crate::observe::Observer;
 use crate::resource::LeaseKind;
 use crate::store::LeaseKey;
 use crate::watch::WatchHub;
 use crate::work::ActorId;
 
-/// One lease actor in the registry: what handles are made from, whatever the face.
+/// One lease actor in the registry, whatever its face: what the registry needs (its id, lease,
+/// kind and how to stop it) and the face's own handle, which only that face's constructor
+/// reads back ([`Entry::handle`]). So the registry knows no face, and a new face needs no
+/// change here.
 #[derive(Clone)]
-pub(crate) enum Entry {
-    Election(Election),
-    Lock(LockShared),
+pub(crate) struct Entry {
+    id: ActorId,
+    key: LeaseKey,
+    kind: LeaseKind,
+    stopper: Recipient<Stop>,
+    handle: Arc<dyn std::any::Any + Send + Sync>,
 }
 
 impl Entry {
-    pub fn id(&self) -> ActorId {
-        match self {
-            Entry::Election(e) => e.actor_id(),
-            Entry::Lock(l) => l.id,
+    /// An entry for the actor `id` of `key`, of `kind`, stopped through `stopper`, carrying the
+    /// face's `handle`.
+    pub fn new<H: std::any::Any + Send + Sync>(
+        id: ActorId,
+        key: LeaseKey,
+        kind: LeaseKind,
+        stopper: Recipient<Stop>,
+        handle: H,
+    ) -> Self {
+        Entry {
+            id,
+            key,
+            kind,
+            stopper,
+            handle: Arc::new(handle),
         }
+    }
+
+    pub fn id(&self) -> ActorId {
+        self.id
     }
 
     pub fn key(&self) -> LeaseKey {
-        match self {
-            Entry::Election(e) => e.lease(),
-            Entry::Lock(l) => l.status.borrow().lease.clone(),
-        }
+        self.key.clone()
     }
 
     fn kind(&self) -> &'static str {
-        self.lease_kind().as_str()
+        self.kind.as_str()
     }
 
-    fn lease_kind(&self) -> LeaseKind {
-        match self {
-            Entry::Election(_) => LeaseKind::Election,
-            Entry::Lock(l) => l.kind,
-        }
+    /// What kind of lease the actor runs.
+    pub fn lease_kind(&self) -> LeaseKind {
+        self.kind
+    }
+
+    /// The face's handle, if the entry is of that face.
+    pub fn handle<H: std::any::Any + Clone>(&self) -> Option<H> {
+        self.handle.downcast_ref::<H>().cloned()
     }
 
     /// The actor, as a recipient of [`Stop`].
     pub fn stopper(&self) -> Recipient<Stop> {
-        match self {
-            Entry::Election(e) => e.addr().clone().recipient(),
-            Entry::Lock(l) => l.addr.clone().recipient(),
-        }
+        self.stopper.clone()
     }
 
     /// Stops the actor and waits for it (unless `from_work`), as a `Result`.
@@ -209,7 +225,7 @@ impl Registry {
         let elections = inner
             .entries
             .values()
-            .filter(|e| matches!(e, Entry::Election(_)))
+            .filter(|e| e.kind == LeaseKind::Election)
             .count();
         (elections, inner.entries.len() - elections)
     }

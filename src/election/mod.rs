@@ -61,7 +61,7 @@ use crate::config::validate_identity;
 use crate::error::{Error, Result};
 use crate::lease::StepDownReason;
 use crate::lease::actor::{FaceCommand, HandoffOutcome, LeaseActor, Stop, StopOutcome};
-use crate::resource::Resource;
+use crate::resource::{LeaseKind, Resource};
 use crate::store::LeaseKey;
 use crate::term::{Term, TermId, now};
 use crate::work::{self, ActorId};
@@ -69,6 +69,35 @@ use crate::work::{self, ActorId};
 mod face;
 
 pub(crate) use face::ElectionFace;
+
+/// Starts the lease actor of an election (the face's one registration in
+/// [`Dsync`](crate::Dsync)): its status channel, its face, and the registry's entry, whose
+/// handle is the [`Election`].
+pub(crate) fn start_actor(
+    arbiter: &actix::ArbiterHandle,
+    params: crate::lease::actor::LeaseParams,
+    resource: Resource,
+    config: &crate::config::Config,
+) -> crate::supervisor::Entry {
+    let key = params.key.clone();
+    let (tx, rx) = watch::channel(ElectionStatus {
+        lease: key.clone(),
+        identity: config.identity.clone(),
+        leader: None,
+        term: None,
+        valid_until: None,
+        renewed_at: None,
+        lease_duration: config.timing.lease_duration(),
+        restarts: 0,
+        last_error: None,
+        invalid: None,
+        stopped: false,
+    });
+    let (addr, id) = crate::lease::actor::start(arbiter, params, ElectionFace::new(tx));
+    let stopper = addr.clone().recipient();
+    let election = Election::new(resource, id, addr, rx);
+    crate::supervisor::Entry::new(id, key, LeaseKind::Election, stopper, election)
+}
 
 /// Sent to subscribers when this replica becomes leader.
 #[derive(Debug, Clone, Message)]
@@ -283,10 +312,6 @@ impl Election {
     /// The id of the election's actor (work scopes name it).
     pub(crate) fn actor_id(&self) -> ActorId {
         self.id
-    }
-
-    pub(crate) fn addr(&self) -> &Addr<LeaseActor<ElectionFace>> {
-        &self.addr
     }
 
     /// The resource this election is for.

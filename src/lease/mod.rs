@@ -1,11 +1,46 @@
-//! The lease core: a pure machine that decides, and one actor that executes.
+//! The lease core: two pure machines that decide, and one actor that executes.
 //!
 //! [`Machine`] holds every decision about one lease: when to read, when to create, acquire,
 //! renew or release, when to step down, how long to back off after a failure, which answers to
-//! believe. It does no IO and reads no clock, so every rule below is tested with plain
-//! `#[test]`s. The lease actor (one for every face: elections, locks) only performs the calls
-//! the machine asks for, feeds the results back, and runs the term lifecycle; that split (as in
-//! openraft's `engine` or kube-runtime's `watcher`) is what keeps the faces from drifting apart.
+//! believe. The term lifecycle (`lifecycle.rs`) holds every decision about a term: when it
+//! starts, how it ends (cancelled first), when its work has drained, when a stop or a handoff
+//! is answered and with what. Neither does IO or reads a clock, so every rule below is tested
+//! with plain `#[test]`s. The lease actor (one for every face: elections, locks) only performs
+//! the calls the machine asks for and the effects the lifecycle returns, and feeds the results
+//! back; that split (as in openraft's `engine` or kube-runtime's `watcher`) is what keeps the
+//! faces from drifting apart.
+//!
+//! # Layout
+//!
+//! Each file uses only the ones above it (checked by `tests/layering.rs`):
+//!
+//! * `machine.rs`: the lease machine, pure.
+//! * `lifecycle.rs`: the term lifecycle, pure: events in, effects out (rules
+//!   `holder-steps-down-first`, `drain-then-release`, `handoff-ends-with-its-term`,
+//!   `refusal-during-drain`, `never-give-up`).
+//! * `core.rs`: the state a face is lent (the machine, the lifecycle, metrics), which performs
+//!   the effects that need neither the face nor the actor (cancel, mark lost, answer callers),
+//!   and the `Reporter` through which a face's work reports back.
+//! * `face.rs`: the `Face` trait: what a face adds.
+//! * `actor.rs`: the one lease actor: store calls, the timer, the watch, and the effects that
+//!   need the face or the actor's context. IO only.
+//!
+//! # Adding a face
+//!
+//! A face (elections and locks are the two; semaphores are made of locks) lives in its own
+//! folder, `src/<face>/`:
+//!
+//! 1. `face.rs`: a type implementing `Face` (its commands, whom a term is granted to, what it
+//!    publishes), using only `lease::core`, `lease::face` and `lease::lifecycle`; it ends a term
+//!    only through `Core::give_up` or `Core::begin_handoff`, so the lifecycle's rules hold for
+//!    it by construction.
+//! 2. `mod.rs`: its public handle, which sends `FaceCommand`s and `Stop` to
+//!    `Addr<LeaseActor<YourFace>>`, and `start_actor`, which starts the actor with
+//!    `actor::start` and returns the registry's `Entry` (face-agnostic: it carries the handle,
+//!    which only the face reads back with `Entry::handle`). See `election::start_actor`.
+//! 3. One registration: a constructor on [`Dsync`](crate::Dsync) that calls
+//!    `Registry::entry` with that `start_actor` (and, if its Leases are named apart, a
+//!    `LeaseKind`). Nothing in `lease/` or the supervisor changes.
 //!
 //! # Rules
 //!
@@ -51,6 +86,11 @@
 //!   more than one second was cleared by someone other than its holder (a force release, an
 //!   edit) and is left for that duration, as if it still named the holder. A handoff's
 //!   release is such a record too, except for its successor.
+//! * **Term lifecycle** (`drain-then-release`, `handoff-ends-with-its-term`,
+//!   `refusal-during-drain`): see `lifecycle.rs`; a term is cancelled before any write that
+//!   gives its lease up, released only after its work returned, a handoff ends with its term on
+//!   every outcome, and a refusal during a drain marks the draining term lost before the claim
+//!   is dropped.
 //! * **Coordinated leases** (`spec.strategy` set; see
 //!   [Coordinated leader election](crate::election#coordinated-leader-election)): the API
 //!   server's election controller picks the holder. Such a lease is never acquired unless it

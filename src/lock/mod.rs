@@ -31,6 +31,36 @@ mod face;
 
 pub(crate) use face::LockFace;
 
+/// Starts the lease actor of a lock or a semaphore slot (`kind`; the face's one registration
+/// in [`Dsync`](crate::Dsync)): its status channel, its face, and the registry's entry, whose
+/// handle is the [`LockShared`].
+pub(crate) fn start_actor(
+    arbiter: &actix::ArbiterHandle,
+    params: crate::lease::actor::LeaseParams,
+    kind: LeaseKind,
+    config: &crate::config::Config,
+) -> crate::supervisor::Entry {
+    let key = params.key.clone();
+    let (tx, rx) = watch::channel(LockStatus {
+        lease: key.clone(),
+        identity: config.identity.clone(),
+        holder: None,
+        term: None,
+        waiters: 0,
+        last_error: None,
+        stopped: false,
+    });
+    let (addr, id) = crate::lease::actor::start(arbiter, params, LockFace::new(tx));
+    let stopper = addr.clone().recipient();
+    let shared = LockShared {
+        kind,
+        id,
+        addr,
+        status: rx,
+    };
+    crate::supervisor::Entry::new(id, key, kind, stopper, shared)
+}
+
 type LockAddr = Addr<LeaseActor<LockFace>>;
 
 fn next_id() -> u64 {

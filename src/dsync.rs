@@ -183,6 +183,7 @@ impl Dsync {
             store.clone(),
             config.timing.retry_period(),
             config.timing.renew_deadline(),
+            config.timing.lease_duration(),
         );
         let supervisor = Supervisor::new(registry.clone(), watches.clone(), arbiter.owned);
         let owned = supervisor.owns_thread();

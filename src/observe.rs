@@ -39,8 +39,14 @@
 //!
 //! An observer rides the replica's shared watch (one watch per namespace, shared with the
 //! replica's elections and locks): it reads the lease once when it starts and then learns of
-//! every change from the watch. **At steady state it makes no request at all.** It reads the
-//! lease again only when it has reason to doubt what it knows:
+//! every change from the watch. **At steady state it makes no request at all.** A watch that
+//! goes silent (open, delivering nothing) is caught by the replica's watch hub whatever the
+//! lease's state (rule `watch-behind`): when the namespace's watch has brought nothing for a
+//! lease duration, the hub lists the namespace once and hands the observer what the watch
+//! missed, so an observer of a free or missing lease learns a new holder within a lease
+//! duration of the takeover (a namespace where something is held is never that quiet: its
+//! renewals show the watch alive). It reads the lease again only when it has reason to doubt
+//! what it knows:
 //!
 //! * the watch failed or ended (an outage): it re-reads once and watches again after a retry
 //!   period, as the lease actors do;

@@ -28,6 +28,32 @@
 //! moment the server is back, racing the leader's first renewal: a write and a re-read per
 //! lease. Watches only make dsync faster: correctness never depends on them (every write is a
 //! compare-and-swap).
+//!
+//! # A watch that falls silent (rule `watch-behind`)
+//!
+//! A watch can also die without a word: the connection hangs, the stream stays open and
+//! delivers nothing (kube's client notices only at its read timeout, minutes later). A lease
+//! actor following a held lease would see its holder look expired and read it; but an observer
+//! of a free or missing lease, or a lock waiter, would wait for news that never comes. So the
+//! hub notices silence itself. What proves a watch alive is that it brings something: every
+//! held lease is renewed every retry period, and on a namespace where anything is held the
+//! watch is never quiet for long. On Kubernetes the watch asks for bookmarks (kube's watcher
+//! sets `allowWatchBookmarks`), but the watcher keeps them to itself (it only moves the
+//! version it resumes from), and the API server sends them about once a minute: they could not
+//! prove a watch alive within a lease duration anyway.
+//!
+//! When the namespace's watch has brought nothing at all (no event, no error) for a lease
+//! duration, the hub lists the namespace once ([`WatchHub`]'s *check*), and hands each
+//! subscriber what the watch has not brought, as if the watch had (a renewal is parked, a new
+//! holder delivered; a lease the hub had seen that is no longer listed comes as `Deleted`);
+//! what the watch did bring is not sent again. A lease the hub knew nothing of yet is handed
+//! over too (those who have seen its version skip it). If the list showed changes the watch had
+//! missed and the watch still brings nothing for another lease duration, the watch is dead: the
+//! hub opens a new one and re-syncs the namespace as after a failed watch (the namespace is
+//! behind until the list is in). So a live watch costs nothing while anything in its namespace
+//! is held; a quiet namespace (every lease free, missing or abandoned) costs one list per lease
+//! duration; and what a silently dead watch hides is known within a lease duration of the
+//! change (the list comes at most a lease duration after the last news).
 
 //! # Renewals are parked, not delivered
 //!
@@ -203,6 +229,8 @@ struct Lease {
     /// The highest numeric version the watch or a list has brought for this lease (0: none).
     /// One object's versions never go back, unless the store itself did (an etcd restore).
     top: u64,
+    /// Whether the lease exists as the watch or a list last said (`None`: nothing said yet).
+    present: Option<bool>,
 }
 
 impl Lease {
@@ -215,6 +243,7 @@ impl Lease {
         };
         let back = version < self.top;
         self.top = version;
+        self.present = Some(true);
         back
     }
 }
@@ -234,6 +263,7 @@ fn went_back(lease: &mut Lease, name: &str) {
     lease.last = None;
     // Its history starts again from the store's new past.
     lease.top = 0;
+    lease.present = None;
     for route in &lease.routes {
         if let Some(inbox) = &route.inbox {
             inbox.clear_up_to(None);
@@ -275,19 +305,26 @@ pub(crate) struct WatchHub {
     reopen_after: Duration,
     /// The limit of a re-sync's list (the renew deadline, as every lease call).
     list_timeout: Duration,
+    /// How long a watch may bring nothing at all before the hub checks it by a list (the
+    /// lease duration; rule `watch-behind`).
+    silent_after: Duration,
 }
 
 impl WatchHub {
+    /// A hub over `store`: an ended watch is reopened after `reopen_after`, a list may take
+    /// `list_timeout`, and a watch that brings nothing for `silent_after` is checked by a list.
     pub fn new(
         store: Arc<dyn LeaseStore>,
         reopen_after: Duration,
         list_timeout: Duration,
+        silent_after: Duration,
     ) -> Arc<Self> {
         Arc::new(WatchHub {
             store,
             namespaces: Mutex::default(),
             reopen_after,
             list_timeout,
+            silent_after,
         })
     }
 
@@ -357,8 +394,38 @@ impl WatchHub {
         namespace: String,
         mut stream: BoxStream<'static, StoreResult<WatchEvent>>,
     ) {
+        // When the watch last brought anything, or the hub last listed the namespace.
+        let mut heard = tokio::time::Instant::now();
+        // The last check found changes the watch had not brought, and it has brought nothing
+        // since.
+        let mut missed = false;
         loop {
-            let resync = match stream.next().await {
+            let next = tokio::time::timeout_at(heard + self.silent_after, stream.next()).await;
+            let Ok(next) = next else {
+                // Nothing at all for a lease duration (rule `watch-behind`).
+                if missed {
+                    tracing::warn!(%namespace, "the watch brought nothing for a lease duration after missing changes: opening a new one");
+                    missed = false;
+                    stream = self.store.watch(&namespace);
+                    let error = StoreError::Unavailable {
+                        message: format!("the watch on namespace {namespace} went silent"),
+                        source: None,
+                    };
+                    if !self.resync(&namespace, error).await {
+                        return;
+                    }
+                } else {
+                    match self.check(&namespace).await {
+                        Some(found) => missed = found,
+                        None => return,
+                    }
+                }
+                heard = tokio::time::Instant::now();
+                continue;
+            };
+            heard = tokio::time::Instant::now();
+            missed = false;
+            let resync = match next {
                 Some(Ok(event)) => {
                     let mut namespaces = self.lock();
                     let Some(ns) = namespaces.get_mut(&namespace) else {
@@ -400,7 +467,40 @@ impl WatchHub {
             if !self.resync(&namespace, resync).await {
                 return;
             }
+            heard = tokio::time::Instant::now();
         }
+    }
+
+    /// The watch of `namespace` has brought nothing for a lease duration: lists the
+    /// namespace and hands each subscriber what the watch has not brought, as the watch would
+    /// have (see the module docs). `Some(true)` if the watch had missed changes to leases the
+    /// hub knew, `Some(false)` if not (or the list failed: the next check is a lease duration
+    /// away); `None` if nobody listens any more.
+    async fn check(&self, namespace: &str) -> Option<bool> {
+        if !self.listening(namespace) {
+            return None;
+        }
+        let listed = tokio::time::timeout(self.list_timeout, self.store.list(namespace)).await;
+        let leases = match listed {
+            Ok(Ok(leases)) => leases,
+            Ok(Err(error)) => {
+                tracing::debug!(%namespace, %error, "checking a silent watch: the list failed");
+                return self.listening(namespace).then_some(false);
+            }
+            Err(_) => {
+                tracing::debug!(%namespace, "checking a silent watch: the list timed out");
+                return self.listening(namespace).then_some(false);
+            }
+        };
+        let missed = {
+            let mut namespaces = self.lock();
+            let ns = namespaces.get_mut(namespace)?;
+            caught_by_list(ns, leases)
+        };
+        if missed {
+            tracing::debug!(%namespace, "a list found changes the silent watch had not brought");
+        }
+        self.listening(namespace).then_some(missed)
     }
 
     fn is_watched(&self, namespace: &str) -> bool {
@@ -543,6 +643,7 @@ impl WatchHub {
                 }
                 None => {
                     lease.last = None;
+                    lease.present = Some(false);
                     WatchEvent::Deleted { name: name.clone() }
                 }
             };
@@ -618,11 +719,45 @@ fn applied(ns: &mut Namespace, stored: StoredLease) {
     }
 }
 
+/// Hands the subscribers of `ns` what `leases` (a list of the namespace) shows that the watch
+/// has not brought, as the watch would have: a changed lease as an event (a renewal parked),
+/// a lease the hub had seen that is gone as a deletion. Whether the watch had missed changes to
+/// leases the hub knew (a lease it knew nothing of is handed over, but proves nothing).
+fn caught_by_list(ns: &mut Namespace, leases: Vec<StoredLease>) -> bool {
+    let mut listed: HashMap<String, StoredLease> =
+        leases.into_iter().map(|l| (l.name.clone(), l)).collect();
+    let names: Vec<String> = ns.leases.keys().cloned().collect();
+    let mut missed = false;
+    for name in names {
+        let Some(lease) = ns.leases.get_mut(name.as_str()) else {
+            continue; // gone with a restore or a deletion nobody listened to
+        };
+        let known = lease.present.is_some();
+        match listed.remove(name.as_str()) {
+            Some(stored) => {
+                let brought = lease.present == Some(true)
+                    && stored.resource_version.parse::<u64>().ok() == Some(lease.top);
+                if !brought {
+                    missed |= known;
+                    applied(ns, stored);
+                }
+            }
+            None if lease.present == Some(true) => {
+                missed = true;
+                deleted(ns, name);
+            }
+            None => lease.present = Some(false),
+        }
+    }
+    missed
+}
+
 fn deleted(ns: &mut Namespace, name: String) {
     let Some(lease) = ns.leases.get_mut(name.as_str()) else {
         return;
     };
     lease.last = None;
+    lease.present = Some(false);
     send_all(
         &mut lease.routes,
         Ok(WatchEvent::Deleted { name: name.clone() }),
@@ -802,6 +937,7 @@ mod tests {
             Arc::new(store.clone()),
             Duration::from_secs(2),
             Duration::from_secs(10),
+            Duration::from_secs(15),
         );
         let (mut actor, inbox) = hub.watch_lease(&key());
         let mut observer = with_observer.then(|| hub.watch(&key()));
@@ -1014,6 +1150,7 @@ mod resync_tests {
             Arc::new(faults.clone()),
             Duration::from_secs(2),
             Duration::from_secs(10),
+            Duration::from_secs(15),
         );
         let (mut actor, inbox) = hub.watch_lease(&key());
         let record = LeaseRecord {
@@ -1075,6 +1212,73 @@ mod resync_tests {
             Some(Some(Ok(WatchEvent::Applied(listed)))) => assert_eq!(listed, v1),
             other => panic!("expected the listed lease, got {other:?}"),
         }
+    }
+
+    /// Rule `watch-behind`: a watch that brings nothing for a lease duration is checked by one
+    /// list, which hands over what the watch missed, as the watch would have; one that stays
+    /// silent for another lease duration after missing changes is replaced by a new watch and
+    /// a re-sync.
+    #[actix::test]
+    async fn a_silent_watch_is_checked_by_a_list_and_replaced_once_it_has_missed_changes() {
+        tokio::time::pause();
+        let store = MemoryStore::new();
+        let faults = FaultyStore::new(store.clone());
+        let (hub, mut actor, inbox, v1) = subscribed(&faults, &store).await;
+        let mut observer = hub.watch(&key());
+
+        // Quiet (nobody renews): a list every lease duration, which finds nothing new.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(faults.calls(Call::List), 2, "one list per lease duration");
+        assert!(
+            actor.next().now_or_never().is_none(),
+            "nothing to hand over"
+        );
+        assert!(observer.next().now_or_never().is_none());
+        assert_eq!(faults.calls(Call::Watch), 1, "the watch is kept");
+
+        // Silent, while the lease gets a new holder: the next check hands it over.
+        faults.silence_watches();
+        let record = LeaseRecord {
+            holder_identity: Some("b".into()),
+            lease_duration_seconds: Some(15),
+            lease_transitions: Some(1),
+            ..Default::default()
+        };
+        let v2 = store
+            .replace(&key(), record, &v1.resource_version)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        assert!(
+            observer.next().now_or_never().is_none(),
+            "not before the check"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(faults.calls(Call::List), 3);
+        for events in [&mut actor, &mut observer] {
+            match events.next().now_or_never() {
+                Some(Some(Ok(WatchEvent::Applied(listed)))) => assert_eq!(listed, v2),
+                other => panic!("expected the new holder, got {other:?}"),
+            }
+        }
+        inbox.set_seen(Some(&v2.resource_version));
+        assert_eq!(
+            faults.calls(Call::Watch),
+            1,
+            "a missed change alone proves little"
+        );
+
+        // Still nothing for another lease duration: the watch is dead. A new one, and a
+        // re-sync that reaches everyone.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(faults.calls(Call::Watch), 2, "a new watch");
+        assert_eq!(faults.calls(Call::List), 4, "and a re-sync");
+        assert!(inbox.watch_current());
+        assert!(matches!(
+            actor.next().now_or_never(),
+            Some(Some(Ok(WatchEvent::Applied(_))))
+        ));
+        assert_eq!(faults.calls(Call::Get), 0, "no read");
     }
 
     /// A list refused (forbidden) is retried for the list's time limit (an API server that has

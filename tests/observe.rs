@@ -21,6 +21,9 @@ use tokio::time::Instant;
 crate::on_both_stores!(
     an_observer_follows_an_election_through_stops_and_crashes_and_never_writes,
     an_observer_makes_no_requests_at_steady_state,
+    watch_behind_a_quiet_watch_costs_at_most_one_list_per_lease_duration,
+    watch_behind_observer_learns_holder_on_a_silent_watch_free_lease,
+    watch_behind_observer_learns_holder_on_a_silent_watch_missing_lease,
     an_observer_catches_up_after_a_cut_watch_and_after_a_silent_one,
     an_observer_follows_a_lock_across_replicas,
     an_observer_judges_expiry_by_its_own_observation_and_does_not_poll,
@@ -174,6 +177,10 @@ async fn an_observer_makes_no_requests_at_steady_state(env: Env) {
     let (o, fo) = env.faulty_replica("observer").await;
     let obs = o.observe("x").unwrap();
     let (_collector, mut changes) = subscribe(&obs);
+    // An election follower, on a replica of its own: its watch is as alive as the observer's.
+    let (f, ff) = env.faulty_replica("pod-f").await;
+    let ef = f.election("x").unwrap();
+    env.sees_leader(&ef, "pod-a").await;
     sees(&env, &obs, "pod-a", term.fencing_token()).await;
     assert_eq!(
         next_leader(&env, &obs, &mut changes).await.as_deref(),
@@ -187,11 +194,20 @@ async fn an_observer_makes_no_requests_at_steady_state(env: Env) {
         (1, 1),
         "one read and one watch to start"
     );
+    let follower = ff.calls(Call::Any);
 
-    // Four lease durations: the leader renews every retry period.
+    // Four lease durations: the leader renews every retry period, which shows both watches
+    // alive (rule `watch-behind`: no list to check them).
     tokio::time::sleep(env.leases(4)).await;
     assert_eq!(fo.calls(Call::Any), 1, "no request at steady state");
     assert_eq!(fo.calls(Call::Watch), 1, "the one watch stays open");
+    assert_eq!(
+        (ff.calls(Call::Any), ff.calls(Call::Watch)),
+        (follower, 1),
+        "the follower makes no request either"
+    );
+    assert!(!ef.is_leader());
+    f.shutdown().await.unwrap();
     let now = obs.observation();
     assert_eq!(now.holder.as_deref(), Some("pod-a"));
     assert_eq!(now.fencing_token, Some(term.fencing_token()));
@@ -208,6 +224,86 @@ async fn an_observer_makes_no_requests_at_steady_state(env: Env) {
     assert_eq!(writes(&fo), 0);
     a.shutdown().await.unwrap();
     o.shutdown().await.unwrap();
+}
+
+/// Rule `watch-behind` (issue 24): a namespace whose watch brings nothing at all for a lease
+/// duration (here: one free lease, nothing happening) costs the replica one list per lease
+/// duration, which proves the watch has missed nothing; no read, no new watch.
+async fn watch_behind_a_quiet_watch_costs_at_most_one_list_per_lease_duration(env: Env) {
+    let a = env.replica("pod-a").await;
+    let ea = a.election("x").unwrap();
+    within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    ea.stop().await.unwrap();
+    let (o, fo) = env.faulty_replica("observer").await;
+    let obs = o.observe("x").unwrap();
+    sees_nobody(&env, &obs).await;
+    settle().await;
+    let (gets, lists) = (fo.calls(Call::Get), fo.calls(Call::List));
+    assert_eq!(
+        (gets, lists, fo.calls(Call::Watch)),
+        (1, 0, 1),
+        "one read and one watch to start"
+    );
+    let rx = obs.watch();
+
+    tokio::time::sleep(env.leases(4)).await;
+    let probes = fo.calls(Call::List) - lists;
+    assert!(
+        (3..=4).contains(&probes),
+        "one list per lease duration of silence: {probes} in four"
+    );
+    assert_eq!(fo.calls(Call::Get), gets, "no read");
+    assert_eq!(fo.calls(Call::Watch), 1, "the live watch is kept");
+    assert!(!rx.has_changed().unwrap(), "nothing to tell the observer");
+    assert_eq!(writes(&fo), 0);
+    a.shutdown().await.unwrap();
+    o.shutdown().await.unwrap();
+}
+
+/// Rule `watch-behind` (issue 24, defect 4): the observer's shared watch goes silent (open,
+/// delivering nothing: a hung connection) while `lease` is free or missing, and another
+/// replica takes it. The replica's hub, having heard nothing for a lease duration, lists the
+/// namespace: the observer learns the new holder within a lease duration of the takeover,
+/// without a read of its own.
+async fn a_silent_watch_hides_no_new_holder(env: Env, name: &str) {
+    let (o, fo) = env.faulty_replica("observer").await;
+    let obs = o.observe(name).unwrap();
+    within(env.limit(), "synced", obs.synced()).await.unwrap();
+    settle().await;
+    fo.silence_watches();
+    let gets = fo.calls(Call::Get);
+
+    let b = env.replica("pod-b").await;
+    let eb = b.election(name).unwrap();
+    let term = within(env.limit(), "b leads", eb.elected()).await.unwrap();
+    let taken = Instant::now();
+    let seen = sees(&env, &obs, "pod-b", term.fencing_token()).await;
+    env.assert_timer(
+        taken.elapsed(),
+        Duration::ZERO,
+        env.lease(),
+        "learned within a lease duration of the takeover",
+    );
+    assert!(!seen.expired);
+    assert_eq!(fo.calls(Call::Get), gets, "told by the hub's list; no read");
+    assert_eq!(writes(&fo), 0);
+    fo.heal();
+    b.shutdown().await.unwrap();
+    o.shutdown().await.unwrap();
+}
+
+async fn watch_behind_observer_learns_holder_on_a_silent_watch_free_lease(env: Env) {
+    // Held and released: the lease exists, and nobody holds it.
+    let a = env.replica("pod-a").await;
+    let ea = a.election("x").unwrap();
+    within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    ea.stop().await.unwrap();
+    a.shutdown().await.unwrap();
+    a_silent_watch_hides_no_new_holder(env, "x").await;
+}
+
+async fn watch_behind_observer_learns_holder_on_a_silent_watch_missing_lease(env: Env) {
+    a_silent_watch_hides_no_new_holder(env, "never-created").await;
 }
 
 async fn an_observer_catches_up_after_a_cut_watch_and_after_a_silent_one(env: Env) {
@@ -283,11 +379,14 @@ async fn an_observer_catches_up_after_a_cut_watch_and_after_a_silent_one(env: En
     }
 
     // 3. Silent again, and never healed: the observer catches up when the holder it knows
-    //    looks expired by its own observation (one read confirms, and finds the new leader).
+    //    looks expired by its own observation (one read confirms, and finds the new leader),
+    //    or, at the same instant, by the hub's check of a watch that brought nothing for a
+    //    lease duration (one list: rule `watch-behind`), whichever comes first.
     let eb = b.election("x").unwrap();
     env.sees_leader(&eb, "pod-a").await;
     settle().await;
     let gets = fo.calls(Call::Get);
+    let lists = fo.calls(Call::List);
     fo.silence_watches();
     let last_seen = obs.observation().changed_at.unwrap();
     ea.stop().await.unwrap();
@@ -302,8 +401,12 @@ async fn an_observer_catches_up_after_a_cut_watch_and_after_a_silent_one(env: En
         env.lease(),
         "caught up at the expiry read",
     );
-    assert!(!seen.expired, "the read showed a new holder");
-    assert_eq!(fo.calls(Call::Get), gets + 1, "one read");
+    assert!(!seen.expired, "the read or the list showed a new holder");
+    let (read, listed) = (fo.calls(Call::Get) - gets, fo.calls(Call::List) - lists);
+    assert!(
+        read <= 1 && listed <= 1 && read + listed >= 1,
+        "one read or one list (or both, racing): {read} read(s), {listed} list(s)"
+    );
     fo.heal();
 
     assert_eq!(writes(&fo), 0);

@@ -833,9 +833,10 @@ impl WorkPlan {
         let serve = ctx.scaled(rng, 15_000);
         let ignores = rng.below(4) == 0;
         let linger = match rng.below(10) {
-            0..=4 => Duration::ZERO,
-            5..=8 => ctx.scaled(rng, 3_000),
-            // Longer than the drain timeout, sometimes.
+            0..=3 => Duration::ZERO,
+            4..=7 => ctx.scaled(rng, 3_000),
+            // Longer than the renew deadline or the drain timeout, sometimes: the lease may be
+            // lost while it drains.
             _ => ctx.scaled(rng, 20_000),
         };
         let from_work = match rng.below(stop_one_in) {
@@ -1565,10 +1566,17 @@ impl Seed {
     /// it may be a renewal during the drain or the release after it); or, a little after the
     /// handoff began (while its term's work may still drain, some of it for longer than the
     /// renew deadline), a partition, every write refused with 403 or 422, or every write
-    /// failing with 503 (the lease is lost during the drain), for a while.
+    /// failing with 503 (the lease is lost during the drain), for a while; that last one also
+    /// with every other replica cut off for longer, so that the replica handing off may be
+    /// the one to take the lease again after its drain.
     fn hand_off_under_fault(&mut self, r: usize) {
         let chaos = self.processes[r].chaos.clone();
-        let fault = self.rng.below(6);
+        let others: Vec<Arc<dyn Chaos>> = (0..self.processes.len())
+            .filter(|&i| i != r)
+            .map(|i| self.processes[i].chaos.clone())
+            .collect();
+        let fault = self.rng.below(7);
+        let others_for = self.ctx.scaled(&mut self.rng, 20_000);
         let inject_after = self.ctx.scaled(&mut self.rng, 4_000);
         let clear_after = self.ctx.scaled(&mut self.rng, 25_000);
         if fault == 0 {
@@ -1581,7 +1589,8 @@ impl Seed {
             2 => "handoff under fault: partition",
             3 => "handoff under fault: writes refused (403)",
             4 => "handoff under fault: writes refused (422)",
-            _ => "handoff under fault: writes fail (503), lease lost",
+            5 => "handoff under fault: writes fail (503), lease lost",
+            _ => "handoff under fault: writes fail (503), lease lost, others cut off",
         });
         if fault == 0 {
             return;
@@ -1601,9 +1610,20 @@ impl Seed {
                 4 => chaos.fail_always(Call::Replace, Refusal::Invalid),
                 _ => chaos.fail_always(Call::Replace, Refusal::Unavailable),
             }
+            if fault == 6 {
+                for other in &others {
+                    other.partition();
+                }
+            }
             sleep(clear_after).await;
             chaos.heal();
             chaos.clear();
+            if fault == 6 {
+                sleep(others_for).await;
+                for other in &others {
+                    other.heal();
+                }
+            }
         }));
     }
 
@@ -1622,7 +1642,9 @@ impl Seed {
             return;
         }
         let (id, dsync, ctx) = (process.id.clone(), process.dsync.clone(), self.ctx.clone());
-        let limit = ctx.stop_bound(process.drain);
+        // A read and a write per attempt, each bounded by the renew deadline.
+        let attempts = dsync::admin::ATTEMPTS as u32;
+        let limit = ctx.timing.renew_deadline() * 2 * attempts + ctx.slack + ctx.max_block;
         trace(format_args!(
             "{id} asks on the lease for a handoff of e{e} to {to}"
         ));
@@ -2075,6 +2097,19 @@ impl Seed {
                 .filter_map(|p| p.elections[e].as_ref().map(|run| run.election.clone()))
                 .collect();
             trace(format_args!("e{e}: {} replicas running", running.len()));
+            dsync::testing::leader_of(bound, &running).await;
+        }
+        // Calls left hanging from before the heal (stalls, partitions) end by their timeout,
+        // within a renew deadline; a leader whose renewal hung steps down then, and another is
+        // elected. From then on every leader's calls go through, so a shutdown that answers Ok
+        // has released what it held (checked at the end).
+        sleep(t.renew_deadline()).await;
+        for e in 0..ELECTIONS {
+            let running: Vec<Election> = self
+                .processes
+                .iter()
+                .filter_map(|p| p.elections[e].as_ref().map(|run| run.election.clone()))
+                .collect();
             dsync::testing::leader_of(bound, &running).await;
         }
         // The lock: nothing keeps it (a grant nobody received, a dropped handle's term).

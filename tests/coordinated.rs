@@ -16,8 +16,11 @@ mod support;
 
 use std::time::Duration;
 
-use dsync::store::{LeaseKey, LeaseRecord, LeaseStore};
-use dsync::testing::{TermLog, settle, within};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError};
+use dsync::testing::{Call, TermLog, settle, within};
 use dsync::{DeposeReason, Dsync, Election, LeaseKind, Term};
 use support::apiserver::Harness;
 use support::backend::Env;
@@ -32,6 +35,8 @@ crate::on_both_stores!(
     a_leader_preferred_away_is_deposed_drains_then_releases,
     candidates_never_acquire_a_coordinated_lease_and_take_it_when_assigned,
     a_try_lock_on_a_coordinated_lease_is_refused,
+    refusal_during_drain_403_of_a_preferred_holder_marks_the_draining_term_lost,
+    refusal_during_drain_422_of_a_preferred_holder_marks_the_draining_term_lost,
 );
 
 /// The election's lease key, without starting the election.
@@ -252,6 +257,116 @@ async fn a_try_lock_on_a_coordinated_lease_is_refused(env: Env) {
         "{err:?}"
     );
     d.shutdown().await.unwrap();
+}
+
+async fn refusal_during_drain_403_of_a_preferred_holder_marks_the_draining_term_lost(env: Env) {
+    refusal_during_the_drain_of_a_preferred_holder(env, || StoreError::Forbidden {
+        verb: "update".into(),
+        resource: "leases.coordination.k8s.io".into(),
+        message: "injected: the role was revoked".into(),
+    })
+    .await;
+}
+
+async fn refusal_during_drain_422_of_a_preferred_holder_marks_the_draining_term_lost(env: Env) {
+    refusal_during_the_drain_of_a_preferred_holder(env, || StoreError::Invalid {
+        lease: "x".into(),
+        message: "injected: rejected as invalid".into(),
+    })
+    .await;
+}
+
+/// Rule `refusal-during-drain` (issue 24): pod-a is preferred away; its term's work keeps
+/// running (until the test lets it return) while the lease stays pod-a's, renewed; then every
+/// renewal of pod-a's is refused (`refusal`). Once the lease has gone unrenewed for a lease
+/// duration, the controller (played by the test) assigns it to pod-b. pod-b may be elected
+/// while pod-a's work still runs only over a term that is marked lost.
+async fn refusal_during_the_drain_of_a_preferred_holder(
+    env: Env,
+    refusal: impl Fn() -> StoreError + Send + Sync + 'static,
+) {
+    let (a, fa) = env
+        .faulty_replica_with("pod-a", |c| c.with_drain_timeout(env.leases(4)))
+        .await;
+    let b = env.replica("pod-b").await;
+    let key = election_key(&a, "x");
+    let ea = a.election("x").unwrap();
+    let log = TermLog::default();
+    log.record("pod-a", &ea).unwrap();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let running = Arc::new(AtomicBool::new(false));
+    let first_work = std::sync::Mutex::new(Some((finish_rx, running.clone())));
+    ea.when_elected(move |term: Term| {
+        let first = first_work.lock().unwrap().take();
+        async move {
+            term.cancelled().await;
+            if let Some((finish, running)) = first {
+                running.store(true, Ordering::SeqCst);
+                let _ = finish.await;
+                running.store(false, Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap();
+    let term_a = within(env.limit(), "pod-a elected", ea.elected())
+        .await
+        .unwrap();
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
+    sees_leader(&env, &eb, Some("pod-a")).await;
+    let marked = env
+        .edit(&key, |r| {
+            r.strategy = Some(STRATEGY.into());
+            r.preferred_holder = Some("pod-b".into());
+        })
+        .await;
+    assert_eq!(marked.record.preferred(), Some("pod-b"), "the gate is on");
+    within(env.limit(), "pod-a's term cancelled", term_a.cancelled()).await;
+    settle().await;
+    assert!(running.load(Ordering::SeqCst), "the work drains");
+    let writes = fa.calls(Call::Replace);
+    fa.fail_always(Call::Replace, refusal);
+    within(
+        env.limit(),
+        "a renewal is refused",
+        fa.called(Call::Replace, writes + 1),
+    )
+    .await;
+    // The controller waits until the lease has not been renewed for a lease duration.
+    let before = env.peek(&key).await.unwrap();
+    tokio::time::sleep(env.lease() + env.retry()).await;
+    let after = env.peek(&key).await.unwrap();
+    assert_eq!(
+        after.resource_version, before.resource_version,
+        "nothing was written"
+    );
+    assert_eq!(after.record.holder(), Some("pod-a"));
+    env.edit(&key, |r| {
+        r.holder_identity = Some("pod-b".into());
+        r.preferred_holder = None;
+        r.lease_duration_seconds = Some(5);
+        r.acquire_time = None;
+    })
+    .await;
+    let term_b = within(env.limit(), "pod-b elected", eb.elected())
+        .await
+        .unwrap();
+    log.got("pod-b", &term_b);
+    assert!(term_b.fencing_token() > term_a.fencing_token());
+    let still_running = running.load(Ordering::SeqCst);
+    let lost = term_a.lost();
+    fa.clear();
+    let _ = finish_tx.send(());
+    assert!(
+        !still_running || lost,
+        "pod-b was elected (token {}) while pod-a's preferred-away term's work still runs, but \
+         that term (token {}) is not marked lost",
+        term_b.fencing_token(),
+        term_a.fencing_token()
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    log.assert_safe();
 }
 
 /// On the default server (gate off) the fields are dropped on every write: a leader whose

@@ -7,18 +7,33 @@
 //! is alive and campaigning, and an absent or dead successor blocks leadership for one lease
 //! duration at most. Every body runs on `MemoryStore` in paused time (exact instants) and on
 //! the real kube-apiserver.
+//!
+//! Issue 24 (found by random fault schedules), two rules:
+//!
+//! * `handoff-ends-with-its-term`: a handoff ends with the term it hands off, on every
+//!   outcome. A release that could not be written (calls cut off) leaves no successor behind
+//!   (a later stop is a plain stop, freeing the lease at once, and handoff requests on the
+//!   lease are honoured again); a release whose reply was lost is reported as the store shows
+//!   it; a lease lost while the work drains ends the handoff with an error saying so, and the
+//!   replica's next term and its stop know nothing of it.
+//! * `refusal-during-drain`: a renewal refused (403, 422) while a handed-off term's work
+//!   drains marks that term lost before the claim is dropped: whoever is elected while the work
+//!   still runs is elected over a term that says it may have lost the lease.
 #![cfg(feature = "testing")]
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dsync::record::HANDOFF_REQUEST_ANNOTATION;
-use dsync::testing::{TermLog, leader_of, within};
-use dsync::{DeposeReason, Error};
+use dsync::store::StoreError;
+use dsync::testing::{Call, FaultyStore, TermLog, leader_of, settle, within};
+use dsync::{DeposeReason, Dsync, Election, Error, Term};
 use support::backend::Env;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep};
 
 const ZERO: Duration = Duration::ZERO;
 
@@ -32,6 +47,13 @@ crate::on_both_stores!(
     a_handoff_asked_for_on_the_lease_is_carried_out_and_cleared,
     a_handoff_racing_a_crash_of_the_leader_never_gives_two_leaders,
     a_handoff_from_inside_the_work_returns_at_once_and_still_happens,
+    handoff_ends_with_its_term_failed_release_leaves_no_successor,
+    handoff_ends_with_its_term_failed_release_leaves_requests_honoured,
+    handoff_ends_with_its_term_lost_reply_is_read_back,
+    handoff_ends_with_its_term_lost_reply_to_an_absent_successor_then_a_plain_stop,
+    handoff_ends_with_its_term_lease_lost_while_draining,
+    refusal_during_drain_403_of_a_handoff_marks_the_draining_term_lost,
+    refusal_during_drain_422_of_a_handoff_marks_the_draining_term_lost,
 );
 
 async fn a_handoff_to_a_live_successor_elects_it_at_once_with_the_next_token(env: Env) {
@@ -369,4 +391,397 @@ async fn a_handoff_from_inside_the_work_returns_at_once_and_still_happens(env: E
     env.assert_between(start.elapsed(), ZERO, ZERO, "at once");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// Issue 24: `handoff-ends-with-its-term`, `refusal-during-drain`
+// ------------------------------------------------------------------------------------------
+
+/// What a regression test found wrong, reported together at the end (so one run shows every
+/// symptom of a defect, not only the first).
+#[derive(Default)]
+struct Wrong(Vec<String>);
+
+impl Wrong {
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            self.0.push(what.into());
+        }
+    }
+
+    fn assert_none(self) {
+        assert!(
+            self.0.is_empty(),
+            "{} things went wrong:\n- {}",
+            self.0.len(),
+            self.0.join("\n- ")
+        );
+    }
+}
+
+/// pod-a leads `x` alone; a handoff to `pod-gone` is attempted while every call of pod-a's
+/// hangs (cut off from the store; its watch goes on), so the release is never written and the
+/// handoff fails with the lease lost. Then the calls heal, and pod-a (still campaigning, alone)
+/// takes the lease again once it has expired. Returns pod-a, its election and both terms.
+async fn leader_again_after_a_failed_handoff(
+    env: &Env,
+    wrong: &mut Wrong,
+) -> (Dsync, FaultyStore, Election, Term, Term) {
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let ea = a.election("x").unwrap();
+    let first = within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    fa.stall(Call::Any);
+    let result = within(env.limit(), "the handoff", ea.handoff_to("pod-gone")).await;
+    wrong.check(
+        matches!(&result, Err(Error::HandoffFailed { .. })),
+        format!("a handoff whose release hung: {result:?}, expected HandoffFailed"),
+    );
+    assert!(!first.is_active(), "the handed-off term ended");
+    fa.heal();
+    let second = within(env.limit(), "a leads again", ea.elected())
+        .await
+        .unwrap();
+    assert_eq!(second.fencing_token(), first.fencing_token() + 1);
+    (a, fa, ea, first, second)
+}
+
+async fn handoff_ends_with_its_term_failed_release_leaves_no_successor(env: Env) {
+    let mut wrong = Wrong::default();
+    let (a, _fa, ea, _first, second) = leader_again_after_a_failed_handoff(&env, &mut wrong).await;
+    let key = ea.lease();
+    let b = env.replica("pod-b").await;
+    let eb = b.election("x").unwrap();
+    env.sees_leader(&eb, "pod-a").await;
+    // A plain stop of pod-a's new term: a plain release, which pod-b takes at once.
+    let start = Instant::now();
+    let stopped = within(env.limit(), "the stop", ea.stop()).await;
+    wrong.check(stopped.is_ok(), format!("the stop: {stopped:?}"));
+    assert!(!second.is_active());
+    let record = env.peek(&key).await.unwrap().record;
+    wrong.check(
+        record.handed_to().is_none(),
+        format!(
+            "a plain stop wrote a release naming {:?} as the successor (the failed handoff's), \
+             with a lease duration of {:?} s",
+            record.handed_to(),
+            record.lease_duration_seconds
+        ),
+    );
+    within(env.limit(), "b elected", eb.elected())
+        .await
+        .unwrap();
+    let elected = start.elapsed();
+    wrong.check(
+        elected <= env.slack(),
+        format!("pod-b was elected {elected:?} after the stop, not at once"),
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    wrong.assert_none();
+}
+
+async fn handoff_ends_with_its_term_failed_release_leaves_requests_honoured(env: Env) {
+    let mut wrong = Wrong::default();
+    let (a, _fa, ea, _first, second) = leader_again_after_a_failed_handoff(&env, &mut wrong).await;
+    let key = ea.lease();
+    let b = env.replica("pod-b").await;
+    let eb = b.election("x").unwrap();
+    env.sees_leader(&eb, "pod-a").await;
+    // An operator asks for a handoff to pod-b on the lease: pod-a carries it out.
+    let requested = b.request_handoff("x", "pod-b").await.unwrap();
+    assert_eq!(requested.holder, "pod-a");
+    let elected = tokio::time::timeout(env.leases(2), eb.elected()).await;
+    match elected {
+        Ok(term) => {
+            let term = term.unwrap();
+            assert!(!second.is_active());
+            assert_eq!(term.fencing_token(), second.fencing_token() + 1);
+            let record = env.peek(&key).await.unwrap().record;
+            assert_eq!(record.holder(), Some("pod-b"));
+            assert_eq!(record.handoff_request, None);
+        }
+        Err(_) => wrong.check(
+            false,
+            format!(
+                "the handoff requested on the lease was ignored for {:?}: pod-a still leads \
+                 (active: {}), the lease still asks for pod-b ({:?})",
+                env.leases(2),
+                second.is_active(),
+                env.peek(&key).await.unwrap().record.requested_handoff()
+            ),
+        ),
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    wrong.assert_none();
+}
+
+async fn handoff_ends_with_its_term_lost_reply_is_read_back(env: Env) {
+    // The release naming pod-b lands, but its reply is lost: the handoff did happen, and is
+    // reported as the store shows it.
+    let mut wrong = Wrong::default();
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let b = env.replica("pod-b").await;
+    let log = TermLog::default();
+    let ea = a.election("x").unwrap();
+    log.record("pod-a", &ea).unwrap();
+    let first = within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
+    env.sees_leader(&eb, "pod-a").await;
+    fa.lose_next_reply(Call::Replace);
+    let result = within(env.limit(), "the handoff", ea.handoff_to("pod-b")).await;
+    wrong.check(
+        result.is_ok(),
+        format!("the release naming pod-b landed (its reply was lost), but: {result:?}"),
+    );
+    assert!(!first.is_active());
+    let next = within(env.limit(), "b elected", eb.elected())
+        .await
+        .unwrap();
+    assert_eq!(next.fencing_token(), first.fencing_token() + 1);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    log.assert_safe();
+    wrong.assert_none();
+}
+
+async fn handoff_ends_with_its_term_lost_reply_to_an_absent_successor_then_a_plain_stop(env: Env) {
+    // The release naming pod-gone lands, its reply lost: the handoff is done (Ok). pod-gone
+    // never comes; pod-a, campaigning alone, takes the lease again after the grace. Its next
+    // stop is a plain stop: pod-b, campaigning by then, is elected at once.
+    let mut wrong = Wrong::default();
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let ea = a.election("x").unwrap();
+    let key = ea.lease();
+    let first = within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    fa.lose_next_reply(Call::Replace);
+    let result = within(env.limit(), "the handoff", ea.handoff_to("pod-gone")).await;
+    wrong.check(
+        result.is_ok(),
+        format!("the release naming pod-gone landed (its reply was lost), but: {result:?}"),
+    );
+    let record = env.peek(&key).await.unwrap().record;
+    assert_eq!(record.handed_to(), Some("pod-gone"), "the release landed");
+    let second = within(env.limit(), "a leads again", ea.elected())
+        .await
+        .unwrap();
+    assert_eq!(second.fencing_token(), first.fencing_token() + 1);
+    let b = env.replica("pod-b").await;
+    let eb = b.election("x").unwrap();
+    env.sees_leader(&eb, "pod-a").await;
+    let start = Instant::now();
+    let stopped = within(env.limit(), "the stop", ea.stop()).await;
+    wrong.check(stopped.is_ok(), format!("the stop: {stopped:?}"));
+    let record = env.peek(&key).await.unwrap().record;
+    wrong.check(
+        record.handed_to().is_none(),
+        format!(
+            "a plain stop wrote a release naming {:?} as the successor",
+            record.handed_to()
+        ),
+    );
+    within(env.limit(), "b elected", eb.elected())
+        .await
+        .unwrap();
+    let elected = start.elapsed();
+    wrong.check(
+        elected <= env.slack(),
+        format!("pod-b was elected {elected:?} after the stop, not at once"),
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    wrong.assert_none();
+}
+
+async fn handoff_ends_with_its_term_lease_lost_while_draining(env: Env) {
+    // The handed-off term's work returns two lease durations after its cancellation; its
+    // renewals fail meanwhile (503), so the lease is lost during the drain (the renew
+    // deadline passes). The handoff ends with that term: an error saying the lease was lost,
+    // by the time the work returns at the latest. pod-a, campaigning alone, then takes the
+    // lease again as a new term, and stopping that term (after the old handoff's drain
+    // timeout would have passed) is a plain stop that frees the lease.
+    let mut wrong = Wrong::default();
+    let linger = env.leases(2);
+    let (a, fa) = env
+        .faulty_replica_with("pod-a", |c| c.with_drain_timeout(env.leases(3)))
+        .await;
+    let ea = a.election("x").unwrap();
+    let key = ea.lease();
+    let (returned_tx, returned) = oneshot::channel();
+    let first_work = std::sync::Mutex::new(Some((returned_tx, fa.clone())));
+    ea.when_elected(move |term| {
+        let first = first_work.lock().unwrap().take();
+        async move {
+            term.cancelled().await;
+            if let Some((returned_tx, fa)) = first {
+                sleep(linger).await; // finishing up, long past its cancellation
+                fa.clear(); // the store answers again from now on
+                let _ = returned_tx.send(Instant::now());
+            }
+        }
+    })
+    .unwrap();
+    let first = within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    fa.fail_always(Call::Replace, || StoreError::Unavailable {
+        message: "injected: 503".into(),
+        source: None,
+    });
+    let t0 = Instant::now();
+    let handoff = {
+        let ea = ea.clone();
+        actix::spawn(async move { ea.handoff_to("pod-b").await })
+    };
+    within(env.limit(), "the work returns", returned)
+        .await
+        .unwrap();
+    assert!(first.lost(), "the lease was lost under the draining work");
+    let handed_off = tokio::time::timeout(env.retry() + env.slack(), handoff).await;
+    match &handed_off {
+        Ok(Ok(Err(e))) if e.to_string().contains("lost") => {}
+        Ok(Ok(other)) => wrong.check(
+            false,
+            format!("the handoff whose lease was lost during its drain returned {other:?}"),
+        ),
+        Ok(Err(join)) => panic!("{join}"),
+        Err(_) => wrong.check(
+            false,
+            format!(
+                "the handoff whose lease was lost during its drain had not returned {:?} after \
+                 it began (its work returned {:?} after)",
+                t0.elapsed(),
+                linger
+            ),
+        ),
+    }
+    // pod-a campaigns again (nobody else does): its next term.
+    let second = within(env.limit(), "a leads again", ea.elected())
+        .await
+        .unwrap();
+    assert_eq!(second.fencing_token(), first.fencing_token() + 1);
+    // It serves past the instant the old handoff's drain timeout would end, then stops.
+    sleep(env.leases(2)).await;
+    assert!(second.is_active());
+    let stopped = within(env.limit(), "the stop", ea.stop()).await;
+    wrong.check(
+        stopped.is_ok(),
+        format!("the stop of the next term: {stopped:?}, expected a plain stop (Ok)"),
+    );
+    let record = env.peek(&key).await.unwrap().record;
+    wrong.check(
+        record.holder() != Some("pod-a") && record.handed_to().is_none(),
+        format!(
+            "after the stop the lease names holder {:?}, successor {:?}",
+            record.holder(),
+            record.handed_to()
+        ),
+    );
+    a.shutdown().await.unwrap();
+    let holder = env.holder(&key).await;
+    wrong.check(
+        holder.as_deref() != Some("pod-a"),
+        "after pod-a's shutdown the lease still names it",
+    );
+    wrong.assert_none();
+}
+
+async fn refusal_during_drain_403_of_a_handoff_marks_the_draining_term_lost(env: Env) {
+    refusal_during_the_drain_of_a_handoff(env, || StoreError::Forbidden {
+        verb: "update".into(),
+        resource: "leases.coordination.k8s.io".into(),
+        message: "injected: the role was revoked".into(),
+    })
+    .await;
+}
+
+async fn refusal_during_drain_422_of_a_handoff_marks_the_draining_term_lost(env: Env) {
+    refusal_during_the_drain_of_a_handoff(env, || StoreError::Invalid {
+        lease: "x".into(),
+        message: "injected: rejected as invalid".into(),
+    })
+    .await;
+}
+
+/// pod-a hands `x` to pod-b; the handed-off term's work keeps running (until the test lets
+/// it return); every renewal of pod-a's is refused (`refusal`) meanwhile. pod-b may be
+/// elected while that work runs only over a term that is marked lost.
+async fn refusal_during_the_drain_of_a_handoff(
+    env: Env,
+    refusal: impl Fn() -> StoreError + Send + Sync + 'static,
+) {
+    let mut wrong = Wrong::default();
+    let (a, fa) = env
+        .faulty_replica_with("pod-a", |c| c.with_drain_timeout(env.leases(4)))
+        .await;
+    let b = env.replica("pod-b").await;
+    let log = TermLog::default();
+    let ea = a.election("x").unwrap();
+    log.record("pod-a", &ea).unwrap();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let running = Arc::new(AtomicBool::new(false));
+    let first_work = std::sync::Mutex::new(Some((finish_rx, running.clone())));
+    ea.when_elected(move |term| {
+        let first = first_work.lock().unwrap().take();
+        async move {
+            term.cancelled().await;
+            if let Some((finish, running)) = first {
+                running.store(true, Ordering::SeqCst);
+                let _ = finish.await;
+                running.store(false, Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap();
+    let first = within(env.limit(), "a leads", ea.elected()).await.unwrap();
+    let eb = b.election("x").unwrap();
+    log.record("pod-b", &eb).unwrap();
+    env.sees_leader(&eb, "pod-a").await;
+    let handoff = {
+        let ea = ea.clone();
+        actix::spawn(async move { ea.handoff_to("pod-b").await })
+    };
+    within(env.limit(), "the term is cancelled", first.cancelled()).await;
+    settle().await;
+    assert!(running.load(Ordering::SeqCst), "the work drains");
+    let writes = fa.calls(Call::Replace);
+    fa.fail_always(Call::Replace, refusal);
+    within(
+        env.limit(),
+        "a renewal is refused",
+        fa.called(Call::Replace, writes + 1),
+    )
+    .await;
+    settle().await;
+    match tokio::time::timeout(env.leases(2), eb.elected()).await {
+        Ok(next) => {
+            let next = next.unwrap();
+            log.got("pod-b", &next);
+            if running.load(Ordering::SeqCst) {
+                wrong.check(
+                    first.lost(),
+                    format!(
+                        "pod-b was elected (token {}) while pod-a's handed-off term's work still \
+                         runs, but that term (token {}) is not marked lost",
+                        next.fencing_token(),
+                        first.fencing_token()
+                    ),
+                );
+            }
+            assert!(next.fencing_token() > first.fencing_token());
+        }
+        Err(_) => {} // nobody elected while the work runs: safe
+    }
+    fa.clear();
+    let _ = finish_tx.send(());
+    let result = within(env.limit(), "the handoff returns", handoff)
+        .await
+        .unwrap();
+    wrong.check(
+        !first.is_active(),
+        format!("the handoff returned {result:?} while its term is active"),
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    log.assert_safe();
+    wrong.assert_none();
 }

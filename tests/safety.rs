@@ -113,9 +113,9 @@ trait Chaos {
     /// The next call fails with 503.
     fn fail_next_503(&self);
     fn drop_watches(&self);
-    /// Every `call` fails from now on, with 503 or with 403 Forbidden (a revoked role), until
-    /// `clear`.
-    fn fail_always(&self, call: Call, forbidden: bool);
+    /// Every `call` fails from now on, with 503, with 403 Forbidden (a revoked role) or with
+    /// 422 Invalid (an admission policy refusing the write), until `clear`.
+    fn fail_always(&self, call: Call, kind: Refusal);
     /// Every `call` hangs from now on, until `heal` or `clear`.
     fn stall(&self, call: Call);
     /// Versions go back by `by` from now on (an etcd restore; `FaultyStore::rewind_versions`).
@@ -124,20 +124,32 @@ trait Chaos {
     fn clear(&self);
 }
 
-fn persistent_error(forbidden: bool) -> impl Fn() -> StoreError + Send + 'static {
-    move || {
-        if forbidden {
-            StoreError::Forbidden {
-                verb: "update".into(),
-                resource: "leases.coordination.k8s.io".into(),
-                message: "injected: the role was revoked".into(),
-            }
-        } else {
-            StoreError::Unavailable {
-                message: "injected: 503, for a while".into(),
-                source: None,
-            }
-        }
+/// How calls fail for a while (`Chaos::fail_always`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// 503: transient, retried.
+    Unavailable,
+    /// 403: a definite refusal (a revoked role).
+    Forbidden,
+    /// 422: a definite refusal (an admission policy rejecting the record).
+    Invalid,
+}
+
+fn persistent_error(kind: Refusal) -> impl Fn() -> StoreError + Send + Sync + 'static {
+    move || match kind {
+        Refusal::Forbidden => StoreError::Forbidden {
+            verb: "update".into(),
+            resource: "leases.coordination.k8s.io".into(),
+            message: "injected: the role was revoked".into(),
+        },
+        Refusal::Invalid => StoreError::Invalid {
+            lease: "injected".into(),
+            message: "injected: rejected by an admission policy, for a while".into(),
+        },
+        Refusal::Unavailable => StoreError::Unavailable {
+            message: "injected: 503, for a while".into(),
+            source: None,
+        },
     }
 }
 
@@ -166,8 +178,8 @@ impl Chaos for FaultyStore {
     fn drop_watches(&self) {
         FaultyStore::drop_watches(self);
     }
-    fn fail_always(&self, call: Call, forbidden: bool) {
-        FaultyStore::fail_always(self, call, persistent_error(forbidden));
+    fn fail_always(&self, call: Call, kind: Refusal) {
+        FaultyStore::fail_always(self, call, persistent_error(kind));
     }
     fn stall(&self, call: Call) {
         FaultyStore::stall(self, call);
@@ -213,8 +225,8 @@ impl Chaos for KubeChaos {
     fn drop_watches(&self) {
         self.http.drop_watches();
     }
-    fn fail_always(&self, call: Call, forbidden: bool) {
-        self.store.fail_always(call, persistent_error(forbidden));
+    fn fail_always(&self, call: Call, kind: Refusal) {
+        self.store.fail_always(call, persistent_error(kind));
     }
     fn stall(&self, call: Call) {
         self.store.stall(call);
@@ -557,6 +569,26 @@ impl Works {
         let now = Instant::now();
         let mut running = self.running.lock().unwrap();
         for (_, r, l, other) in running.iter() {
+            // Another replica's term begins while the work of an ended term still runs: that
+            // term must say it may have lost the lease (rule `refusal-during-drain`: whatever
+            // dropped its claim, a refusal too, marked it lost first). In paused time only:
+            // on the real API server a blocked thread may hold back the actor that marks it.
+            if r != replica
+                && *l == lease
+                && ctx.slack.is_zero()
+                && !other.is_active()
+                && !other.lost()
+            {
+                ctx.fail(format!(
+                    "{replica}: work of {} term {} (token {}) starts while {r}'s work of term \
+                     {} (token {}) still runs, and that term has ended but is not marked lost",
+                    lease_label(lease),
+                    term.id(),
+                    term.fencing_token(),
+                    other.id(),
+                    other.fencing_token()
+                ));
+            }
             if r != replica || *l != lease || other.id() == term.id() {
                 continue;
             }
@@ -624,6 +656,9 @@ struct Ctx {
     /// How long the schedule has blocked the test's thread in all (nanoseconds): not counted
     /// against what must happen "at once" there.
     blocked: Arc<AtomicU64>,
+    /// Every shutdown of a process: its identity, and whether it answered `Ok` (then it
+    /// released whatever it held). One called from inside work counts as not `Ok`.
+    shutdowns: Arc<Mutex<Vec<(String, bool)>>>,
 }
 
 /// Counts a stop from inside work until it answers (or its work is dropped).
@@ -635,7 +670,24 @@ impl Drop for StopFromWorkGuard {
     }
 }
 
+/// `dsync.shutdown()`, its outcome noted in `ctx.shutdowns`.
+fn ctx_shutdown(ctx: &Ctx, dsync: Dsync) -> impl Future<Output = dsync::Result<()>> + 'static {
+    let ctx = ctx.clone();
+    async move {
+        let result = dsync.shutdown().await;
+        ctx.note_shutdown(dsync.identity(), result.is_ok());
+        result
+    }
+}
+
 impl Ctx {
+    fn note_shutdown(&self, identity: &str, ok: bool) {
+        self.shutdowns
+            .lock()
+            .unwrap()
+            .push((identity.to_owned(), ok));
+    }
+
     fn fail(&self, what: String) {
         trace(format_args!("FAILURE: {what}"));
         self.failures.lock().unwrap().push(what);
@@ -781,9 +833,10 @@ impl WorkPlan {
         let serve = ctx.scaled(rng, 15_000);
         let ignores = rng.below(4) == 0;
         let linger = match rng.below(10) {
-            0..=4 => Duration::ZERO,
-            5..=8 => ctx.scaled(rng, 3_000),
-            // Longer than the drain timeout, sometimes.
+            0..=3 => Duration::ZERO,
+            4..=7 => ctx.scaled(rng, 3_000),
+            // Longer than the renew deadline or the drain timeout, sometimes: the lease may be
+            // lost while it drains.
             _ => ctx.scaled(rng, 20_000),
         };
         let from_work = match rng.below(stop_one_in) {
@@ -911,6 +964,7 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
                         if let Some(dsync) = dsync {
                             trace(format_args!("{id}: e{e}'s work shuts its replica down"));
                             shut.store(true, Ordering::Relaxed);
+                            ctx.note_shutdown(dsync.identity(), false);
                             ctx.stop_from_work(true, lease_name, &term, drain, dsync.shutdown())
                                 .await;
                         }
@@ -1074,6 +1128,7 @@ async fn with_lock(env: &WorkerEnv, lock: &Lock, rng: &mut Rng) -> dsync::Result
                     env.id
                 ));
                 env.shut.store(true, Ordering::Relaxed);
+                ctx.note_shutdown(env.dsync.identity(), false);
                 ctx.stop_from_work(true, lease_name, &term, env.drain, env.dsync.shutdown())
                     .await;
             }
@@ -1460,13 +1515,26 @@ impl Seed {
             return;
         }
         let (id, election) = (process.id.clone(), run.election.clone());
+        let dsync = process.dsync.clone();
         let ctx = self.ctx.clone();
         let limit = ctx.stop_bound(process.drain);
+        // `Election::handoff_to`, or `Dsync::handoff` by name (the same handoff).
+        let by_name = self.rng.below(3) == 0;
         trace(format_args!("{id} hands e{e} to {to}"));
         self.checks.push(actix::spawn(async move {
             let t0 = Instant::now();
             let what = format!("{id}'s handoff of e{e} to {to}");
-            match tokio::time::timeout(limit, election.handoff_to(&to)).await {
+            let call = async {
+                if by_name {
+                    dsync.handoff(&format!("e{e}"), &to).await
+                } else {
+                    election.handoff_to(&to).await
+                }
+            };
+            // Every handoff returns, whatever happened to its term (rule
+            // `handoff-ends-with-its-term`): within the drain timeout and a release retried
+            // until its renew deadline, as a stop.
+            match tokio::time::timeout(limit, call).await {
                 Err(_) => ctx.fail(format!("{what}: no answer within {limit:?}")),
                 Ok(Err(e @ Error::HandoffFromWork { .. })) => {
                     ctx.fail(format!("{what}, not from any work: {e:?}"));
@@ -1476,6 +1544,8 @@ impl Seed {
                     ctx.bump(match &result {
                         Ok(()) => "handoff: done",
                         Err(Error::NotLeader { .. }) => "handoff: not the leader",
+                        Err(Error::HandoffInProgress { .. }) => "handoff: another in progress",
+                        Err(Error::DrainTimeout { .. }) => "handoff: drain timed out",
                         Err(_) => "handoff: failed",
                     });
                     if matches!(result, Ok(()) | Err(Error::DrainTimeout { .. })) && to != id {
@@ -1486,6 +1556,113 @@ impl Seed {
                             ));
                         }
                     }
+                }
+            }
+        }));
+    }
+
+    /// A handoff (see [`hand_off`](Self::hand_off)) while replica `r`'s link misbehaves: the
+    /// next write's reply is lost (before the handoff, so it may be the release, or later, so
+    /// it may be a renewal during the drain or the release after it); or, a little after the
+    /// handoff began (while its term's work may still drain, some of it for longer than the
+    /// renew deadline), a partition, every write refused with 403 or 422, or every write
+    /// failing with 503 (the lease is lost during the drain), for a while; that last one also
+    /// with every other replica cut off for longer, so that the replica handing off may be
+    /// the one to take the lease again after its drain.
+    fn hand_off_under_fault(&mut self, r: usize) {
+        let chaos = self.processes[r].chaos.clone();
+        let others: Vec<Arc<dyn Chaos>> = (0..self.processes.len())
+            .filter(|&i| i != r)
+            .map(|i| self.processes[i].chaos.clone())
+            .collect();
+        let fault = self.rng.below(7);
+        let others_for = self.ctx.scaled(&mut self.rng, 20_000);
+        let inject_after = self.ctx.scaled(&mut self.rng, 4_000);
+        let clear_after = self.ctx.scaled(&mut self.rng, 25_000);
+        if fault == 0 {
+            chaos.lose_next_response(Call::Replace);
+        }
+        self.hand_off(r);
+        self.ctx.bump(match fault {
+            0 => "handoff under fault: reply lost at once",
+            1 => "handoff under fault: reply lost later",
+            2 => "handoff under fault: partition",
+            3 => "handoff under fault: writes refused (403)",
+            4 => "handoff under fault: writes refused (422)",
+            5 => "handoff under fault: writes fail (503), lease lost",
+            _ => "handoff under fault: writes fail (503), lease lost, others cut off",
+        });
+        if fault == 0 {
+            return;
+        }
+        trace(format_args!(
+            "handoff fault {fault} in {inject_after:?} for {clear_after:?}"
+        ));
+        self.timers.push(actix::spawn(async move {
+            sleep(inject_after).await;
+            match fault {
+                1 => {
+                    chaos.lose_next_response(Call::Replace);
+                    return;
+                }
+                2 => chaos.partition(),
+                3 => chaos.fail_always(Call::Replace, Refusal::Forbidden),
+                4 => chaos.fail_always(Call::Replace, Refusal::Invalid),
+                _ => chaos.fail_always(Call::Replace, Refusal::Unavailable),
+            }
+            if fault == 6 {
+                for other in &others {
+                    other.partition();
+                }
+            }
+            sleep(clear_after).await;
+            chaos.heal();
+            chaos.clear();
+            if fault == 6 {
+                sleep(others_for).await;
+                for other in &others {
+                    other.heal();
+                }
+            }
+        }));
+    }
+
+    /// Replica `r` asks, on the lease, for a handoff of a random election to a live replica
+    /// or to an identity nobody has (`Dsync::request_handoff`, what
+    /// `kubectl annotate lease` does). Whatever it answers, it answers within its bound.
+    fn request_handoff(&mut self, r: usize) {
+        let e = self.rng.below(ELECTIONS as u64) as usize;
+        let n = self.processes.len();
+        let to = match self.rng.below(n as u64 + 1) as usize {
+            i if i < n => self.processes[i].id.clone(),
+            _ => "pod-gone".to_owned(),
+        };
+        let process = &self.processes[r];
+        if process.is_shut() {
+            return;
+        }
+        let (id, dsync, ctx) = (process.id.clone(), process.dsync.clone(), self.ctx.clone());
+        // A read and a write per attempt, each bounded by the renew deadline.
+        let attempts = dsync::admin::ATTEMPTS as u32;
+        let limit = ctx.timing.renew_deadline() * 2 * attempts + ctx.slack + ctx.max_block;
+        trace(format_args!(
+            "{id} asks on the lease for a handoff of e{e} to {to}"
+        ));
+        self.checks.push(actix::spawn(async move {
+            let name = format!("e{e}");
+            let call = dsync.request_handoff(&name, &to);
+            match tokio::time::timeout(limit, call).await {
+                Err(_) => ctx.fail(format!(
+                    "{id}'s request for a handoff of e{e} to {to}: no answer within {limit:?}"
+                )),
+                Ok(result) => {
+                    trace(format_args!(
+                        "{id}'s request for a handoff of e{e} to {to}: {result:?}"
+                    ));
+                    ctx.bump(match result {
+                        Ok(_) => "handoff requested on the lease",
+                        Err(_) => "handoff request: refused or failed",
+                    });
                 }
             }
         }));
@@ -1541,7 +1718,7 @@ impl Seed {
             id,
             None,
             drain,
-            async move { dsync.shutdown().await },
+            ctx_shutdown(&self.ctx, dsync),
         );
     }
 
@@ -1728,7 +1905,7 @@ impl Seed {
             let pause = self.ctx.scaled(&mut self.rng, pauses);
             sleep(pause).await;
             let r = self.rng.below(n) as usize;
-            let action = self.rng.below(21);
+            let action = self.rng.below(25);
             let chaos = self.processes[r].chaos.clone();
             trace(format_args!(
                 "step: {} action {action}",
@@ -1751,13 +1928,14 @@ impl Seed {
                 // Faults that last for a while: 503s, a revoked role, calls that hang.
                 9..=11 => {
                     match action {
-                        9 => chaos.fail_always(call, false),
-                        10 => chaos.fail_always(call, true),
+                        9 => chaos.fail_always(call, Refusal::Unavailable),
+                        10 if self.rng.below(2) == 0 => chaos.fail_always(call, Refusal::Invalid),
+                        10 => chaos.fail_always(call, Refusal::Forbidden),
                         _ => chaos.stall(call),
                     }
                     self.ctx.bump(match action {
                         9 => "fault: persistent 503s",
-                        10 => "fault: persistent Forbidden",
+                        10 => "fault: persistent Forbidden or Invalid",
                         _ => "fault: stalled calls",
                     });
                     let after = self.ctx.scaled(&mut self.rng, 30_000);
@@ -1773,6 +1951,11 @@ impl Seed {
                 17 => self.hand_off(r),
                 // What operators and the platform do to a Lease.
                 18 | 19 => self.operate(r).await,
+                // Handoffs while the store misbehaves: replies lost, partitions, refusals and
+                // leases lost while the handed-off term's work drains (rule
+                // `handoff-ends-with-its-term`, `refusal-during-drain`).
+                21..=23 => self.hand_off_under_fault(r),
+                24 => self.request_handoff(r),
                 _ if self.backend.is_kube() => {
                     // The test's thread (the terms' work, the lock callers, replica 0's lease
                     // actors) stops for 1 to 1.5 lease durations: replica 0 cannot renew, the
@@ -1827,7 +2010,7 @@ impl Seed {
                 id,
                 None,
                 drain,
-                async move { dsync.shutdown().await },
+                ctx_shutdown(&self.ctx, dsync),
             );
             self.retired.push(twin);
         }
@@ -1841,6 +2024,9 @@ impl Seed {
         for check in std::mem::take(&mut self.checks) {
             join_check(check).await;
         }
+        // No handoff asked for on a lease is left for the end: the shutdowns below are plain
+        // stops, and what they leave is checked.
+        self.clear_handoff_requests().await;
         // Every stopped election starts again: first in the live processes, and (if a lease
         // was deleted or reset) once one of them has taken it again with a higher token, in
         // the processes that were shut down and start again now (a new process cannot know
@@ -1913,6 +2099,19 @@ impl Seed {
             trace(format_args!("e{e}: {} replicas running", running.len()));
             dsync::testing::leader_of(bound, &running).await;
         }
+        // Calls left hanging from before the heal (stalls, partitions) end by their timeout,
+        // within a renew deadline; a leader whose renewal hung steps down then, and another is
+        // elected. From then on every leader's calls go through, so a shutdown that answers Ok
+        // has released what it held (checked at the end).
+        sleep(t.renew_deadline()).await;
+        for e in 0..ELECTIONS {
+            let running: Vec<Election> = self
+                .processes
+                .iter()
+                .filter_map(|p| p.elections[e].as_ref().map(|run| run.election.clone()))
+                .collect();
+            dsync::testing::leader_of(bound, &running).await;
+        }
         // The lock: nothing keeps it (a grant nobody received, a dropped handle's term).
         let r = self.rng.below(self.processes.len() as u64) as usize;
         let process = &self.processes[r];
@@ -1942,7 +2141,7 @@ impl Seed {
                 id,
                 None,
                 drain,
-                async move { dsync.shutdown().await },
+                ctx_shutdown(&self.ctx, dsync),
             );
         }
         for check in std::mem::take(&mut self.checks) {
@@ -1951,6 +2150,7 @@ impl Seed {
         trace(format_args!("shut down"));
         within(bound, "every term's work returns", ctx.works.idle()).await;
         within(bound, "every term ends", ctx.oracle.all_ended()).await;
+        self.check_released().await;
         let counts = ctx.oracle.check();
         let failures = ctx.failures.lock().unwrap().clone();
         assert!(
@@ -1960,6 +2160,62 @@ impl Seed {
             failures.join("\n")
         );
         counts
+    }
+
+    /// An operator removes every handoff request left on the elections' leases.
+    async fn clear_handoff_requests(&self) {
+        let store = self.admin_store().await;
+        for e in 0..ELECTIONS {
+            let key = self.lease_key(e);
+            loop {
+                let Ok(current) = store.get(&key).await else {
+                    break;
+                };
+                if current.record.handoff_request.is_none() {
+                    break;
+                }
+                let mut record = current.record.clone();
+                record.handoff_request = None;
+                match store.replace(&key, record, &current.resource_version).await {
+                    Err(StoreError::Conflict { .. }) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// After every process has shut down: no lease names a process whose shutdowns all
+    /// answered `Ok` (each released what it held; a drain that timed out or a release that
+    /// failed says so), and no election's lease was left released naming a successor (the last
+    /// writes were plain stops: a handoff that failed or was lost left nothing behind, rule
+    /// `handoff-ends-with-its-term`).
+    async fn check_released(&self) {
+        let mut clean: BTreeMap<String, bool> = BTreeMap::new();
+        for (identity, ok) in self.ctx.shutdowns.lock().unwrap().iter() {
+            *clean.entry(identity.clone()).or_insert(true) &= *ok;
+        }
+        let store = self.admin_store().await;
+        for lease in 0..LEASES {
+            let key = self.lease_key(lease);
+            let Ok(stored) = store.get(&key).await else {
+                continue;
+            };
+            let record = &stored.record;
+            match record.holder() {
+                Some(holder) if clean.get(holder) == Some(&true) => self.ctx.fail(format!(
+                    "after every replica shut down, {} still names {holder}, whose shutdown \
+                     returned Ok: {record:?}",
+                    lease_label(lease)
+                )),
+                None if lease < ELECTIONS && record.successor.is_some() => self.ctx.fail(format!(
+                    "after every replica shut down (plain shutdowns), {} is released naming \
+                         the successor {:?}: {record:?}",
+                    lease_label(lease),
+                    record.successor
+                )),
+                _ => {}
+            }
+        }
     }
 
     /// Breaks the cycles through the `when_elected` callbacks and ends the kube client threads.
@@ -2026,6 +2282,7 @@ async fn run_seed(seed: u64, backend: &Backend, totals: &mut Totals) {
         calm: Arc::default(),
         stopping_from_work: Arc::new(tokio::sync::watch::channel(0).0),
         blocked: Arc::default(),
+        shutdowns: Arc::default(),
     };
     let n = 2 + rng.below(3) as usize;
     let mut s = Seed {

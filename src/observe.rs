@@ -68,8 +68,8 @@ use tokio::sync::watch;
 
 use crate::election::LeaderChanged;
 use crate::error::{Error, Result};
+use crate::lease::Observed;
 use crate::lease::actor::Shared;
-use crate::lease::{Observed, token_of};
 use crate::record::is_newer;
 use crate::resource::{LeaseKind, Resource};
 use crate::store::{LeaseKey, StoreError, StoreResult, StoredLease, WatchEvent};
@@ -332,10 +332,7 @@ impl ObserverActor {
         let observed = self.observed.as_ref()?;
         let record = &observed.lease.as_ref()?.record;
         record.holder()?;
-        let duration = lease_duration(
-            record.lease_duration_seconds,
-            self.shared.timing.lease_duration(),
-        )?;
+        let duration = record.lease_duration(self.shared.timing.lease_duration())?;
         Some(observed.changed_at + duration)
     }
 
@@ -459,15 +456,11 @@ impl ObserverActor {
             synced,
             exists: lease.is_some(),
             holder: holder.clone(),
-            fencing_token: held.map(|l| token_of(&l.record)),
+            fencing_token: held.map(|l| l.record.token()),
             resource_version: lease.map(|l| l.resource_version.clone()),
             changed_at: self.observed.as_ref().map(|o| o.changed_at),
-            lease_duration: held.and_then(|l| {
-                lease_duration(
-                    l.record.lease_duration_seconds,
-                    self.shared.timing.lease_duration(),
-                )
-            }),
+            lease_duration: held
+                .and_then(|l| l.record.lease_duration(self.shared.timing.lease_duration())),
             expired: self.expired,
             last_error: self.last_error.clone(),
             stopped: self.stopped,
@@ -508,16 +501,6 @@ impl ObserverActor {
 }
 
 type BoxedWatch = futures::stream::BoxStream<'static, StoreResult<WatchEvent>>;
-
-/// A record's lease duration: its own, ours when it declares none, `None` when it is not
-/// positive (no API server accepts that).
-fn lease_duration(seconds: Option<i32>, ours: Duration) -> Option<Duration> {
-    match seconds {
-        None => Some(ours),
-        Some(secs) if secs > 0 => Some(Duration::from_secs(secs.unsigned_abs().into())),
-        Some(_) => None,
-    }
-}
 
 impl Actor for ObserverActor {
     type Context = Context<Self>;
@@ -634,14 +617,5 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Observer>();
         send_sync::<Observation>();
-    }
-
-    #[test]
-    fn a_record_without_a_positive_duration_never_expires() {
-        let ours = Duration::from_secs(15);
-        assert_eq!(lease_duration(None, ours), Some(ours));
-        assert_eq!(lease_duration(Some(3), ours), Some(Duration::from_secs(3)));
-        assert_eq!(lease_duration(Some(0), ours), None);
-        assert_eq!(lease_duration(Some(-5), ours), None);
     }
 }

@@ -594,7 +594,7 @@ impl Machine {
             return false;
         }
         self.claim = Some(Claim {
-            token: token_of(&lease.record),
+            token: lease.record.token(),
             acquired_at: now,
             renewed_at: now,
         });
@@ -830,10 +830,7 @@ impl Machine {
         {
             return Err(format!("spec.leaseTransitions is negative ({t})"));
         }
-        let declared = match record.lease_duration_seconds {
-            Some(secs) if secs > 0 => Some(Duration::from_secs(secs as u64)),
-            _ => None,
-        };
+        let declared = record.declared_duration();
         let Some(holder) = record.holder() else {
             // Free. A holder's release declares one second (dsync's and client-go's) or no
             // duration (the Go package's unlock): free at once. A lease handed to someone else
@@ -868,15 +865,12 @@ impl Machine {
                 return Ok(Some(observed.changed_at + self.timing.renew_deadline()));
             }
         }
-        let duration = match record.lease_duration_seconds {
-            // A holder that declares no duration gets ours, like a peer with our timing.
-            None => self.timing.lease_duration(),
-            Some(_) if declared.is_some() => declared.expect("checked"),
-            Some(secs) => {
-                return Err(format!(
-                    "spec.leaseDurationSeconds is {secs}; it must be greater than 0"
-                ));
-            }
+        // A holder that declares no duration gets ours, like a peer with our timing.
+        let Some(duration) = record.lease_duration(self.timing.lease_duration()) else {
+            let secs = record.lease_duration_seconds.unwrap_or_default();
+            return Err(format!(
+                "spec.leaseDurationSeconds is {secs}; it must be greater than 0"
+            ));
         };
         Ok(Some(observed.changed_at + duration))
     }
@@ -962,7 +956,7 @@ impl Machine {
         match &lease {
             Some(stored) => {
                 self.vanished = None;
-                let token = token_of(&stored.record);
+                let token = stored.record.token();
                 self.raise_floor(token);
                 let changed = self.observed.as_ref().and_then(Observed::version)
                     != Some(stored.resource_version.as_str());
@@ -983,10 +977,10 @@ impl Machine {
                     lease: Some(previous),
                     changed_at,
                 }) if previous.record.holder().is_some() => {
-                    let declared = match previous.record.lease_duration_seconds {
-                        Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
-                        _ => self.timing.lease_duration(),
-                    };
+                    let declared = previous
+                        .record
+                        .declared_duration()
+                        .unwrap_or(self.timing.lease_duration());
                     self.vanished = Some(*changed_at + declared);
                 }
                 // Missing at our first look, though this process has seen the lease (a token
@@ -1105,7 +1099,7 @@ impl Machine {
         if op.is_write() && !unchanged {
             self.conflicts = 0;
         }
-        let token = token_of(&stored.record);
+        let token = stored.record.token();
         if !self.is_older(&stored.resource_version) {
             self.observe(Some(stored), now);
         } else if op == Op::Read
@@ -1184,7 +1178,7 @@ impl Machine {
 /// Whether `record` still describes the term we hold: our identity and our fencing token.
 /// (A write of ours whose response was lost shows up as a new version of the same term.)
 fn is_our_term(record: &LeaseRecord, identity: &str, token: i32) -> bool {
-    record.holder() == Some(identity) && record.lease_transitions.unwrap_or(0) == token
+    record.holder() == Some(identity) && record.token() == token
 }
 
 /// The holder `record` prefers (`spec.preferredHolder`) if it is not us.
@@ -1192,9 +1186,10 @@ fn prefers_another<'r>(record: &'r LeaseRecord, identity: &str) -> Option<&'r st
     record.preferred().filter(|&p| p != identity)
 }
 
-/// The fencing token a record carries.
+/// The fencing token a record carries (kept for callers of `dsync::lease::token_of`; the
+/// rule lives in [`LeaseRecord::token`]).
 pub fn token_of(record: &LeaseRecord) -> i32 {
-    record.lease_transitions.unwrap_or(0)
+    record.token()
 }
 
 /// The record that takes the lease for `identity` (of pod `pod`, if known): the next fencing token is above both the
@@ -1210,7 +1205,7 @@ fn acquired(
     now: SystemTime,
 ) -> LeaseRecord {
     let next = |t: i32| t.saturating_add(1);
-    let transitions = match (previous.map(token_of), floor) {
+    let transitions = match (previous.map(LeaseRecord::token), floor) {
         (None, None) => 0,
         (Some(t), None) | (None, Some(t)) => next(t),
         (Some(a), Some(b)) => next(a.max(b)),

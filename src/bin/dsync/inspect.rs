@@ -42,11 +42,7 @@ impl Row {
     }
 
     fn duration(&self) -> Option<Duration> {
-        self.lease
-            .record
-            .lease_duration_seconds
-            .filter(|s| *s > 0)
-            .map(|s| Duration::from_secs(s as u64))
+        self.lease.record.declared_duration()
     }
 
     /// Whether the holder looks expired *by this machine's clock* against the holder's
@@ -427,10 +423,7 @@ fn change_line(event: &str, row: &Row, now: SystemTime, output: Output) -> Strin
                     "{h} looks expired to this observer (no change for {})",
                     row.duration().map(human).unwrap_or_default()
                 ),
-                (_, Some(h)) => format!(
-                    "holder {h} token {}",
-                    row.lease.record.lease_transitions.unwrap_or(0)
-                ),
+                (_, Some(h)) => format!("holder {h} token {}", row.lease.record.token()),
                 (_, None) => match row.lease.record.handed_to() {
                     Some(to) => format!("free, handed to {to}"),
                     None => "free".to_owned(),
@@ -489,7 +482,7 @@ pub async fn release(
             format!(
                 "lease {key} is held by {holder} (fencing token {}). Releasing it lets the next \
                  holder in while {holder} may still be working; run again with --force to do it",
-                current.record.lease_transitions.unwrap_or(0)
+                current.record.token()
             ),
         )),
     }

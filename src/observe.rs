@@ -70,6 +70,7 @@ use crate::election::LeaderChanged;
 use crate::error::{Error, Result};
 use crate::lease::Observed;
 use crate::lease::actor::Shared;
+use crate::lease::backoff::{Failure, Pace, Streak};
 use crate::record::is_newer;
 use crate::resource::{LeaseKind, Resource};
 use crate::store::{LeaseKey, StoreError, StoreResult, StoredLease, WatchEvent};
@@ -254,7 +255,7 @@ pub(crate) fn start(
         reading: false,
         read_again: false,
         events: 0,
-        failures: 0,
+        streak: Streak::default(),
         retry_at: None,
         timer: None,
         watch_handle: None,
@@ -294,8 +295,8 @@ pub(crate) struct ObserverActor {
     read_again: bool,
     /// Watch events taken so far (a read that saw no lease must not undo a newer event).
     events: u64,
-    /// Consecutive failed reads.
-    failures: u32,
+    /// Consecutive failed reads, and the backoff they earn.
+    streak: Streak,
     /// When to retry a failed read.
     retry_at: Option<Instant>,
     timer: Option<SpawnHandle>,
@@ -381,12 +382,12 @@ impl ObserverActor {
         let now = now();
         match result {
             Ok(lease) => {
-                self.failures = 0;
+                self.streak.after_success(false);
                 self.last_error = None;
                 self.take(Some(lease), now);
             }
             Err(StoreError::NotFound { .. }) => {
-                self.failures = 0;
+                self.streak.after_success(false);
                 self.last_error = None;
                 if events == self.events {
                     self.take(None, now);
@@ -397,21 +398,21 @@ impl ObserverActor {
             }
             Err(error) => {
                 tracing::warn!(lease = %self.key, %error, "observer: reading the lease failed; will retry");
-                self.failures += 1;
                 self.last_error = Some(error.to_string());
-                self.retry_at = Some(now + self.backoff());
+                let failure = Failure {
+                    write: false,
+                    transient: error.is_transient(),
+                };
+                let wait = self
+                    .streak
+                    .after_failure(failure, Pace::reader(&self.shared.timing));
+                self.retry_at = Some(now + wait);
             }
         }
         if self.read_again {
             self.read(ctx);
         }
         self.settle(ctx);
-    }
-
-    fn backoff(&self) -> Duration {
-        let retry = self.shared.timing.retry_period();
-        let factor = 1u32 << self.failures.saturating_sub(1).min(16);
-        (retry * factor).min(self.shared.timing.lease_duration().max(retry))
     }
 
     /// Decides whether the holder looks expired, arms the one timer, publishes.

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::backoff::{Failure, Pace, Streak};
 use crate::record::{LeaseRecord, StoredLease, WatchEvent, is_newer};
 use crate::store::StoreError;
 use crate::timing::Timing;
@@ -303,13 +304,8 @@ pub struct Machine {
     recheck: Option<Instant>,
     /// Why the observed record cannot be interpreted, as of the last decision.
     invalid: Option<String>,
-    /// Consecutive failed calls.
-    failures: u32,
-    /// Consecutive definite failures (forbidden, invalid): they back off exponentially.
-    refusals: u32,
-    /// The failures so far were all reads (a successful read then ends the streak; a
-    /// successful read does not end a streak of failed writes).
-    failed_reads_only: bool,
+    /// Consecutive failed calls, and the backoff they earn (rule `write-backoff`).
+    streak: Streak,
     /// Consecutive conflicts: the first is re-read and retried at once, later ones back off.
     conflicts: u32,
     /// No call before this instant.
@@ -392,9 +388,7 @@ impl Machine {
             refresh: false,
             recheck: None,
             invalid: None,
-            failures: 0,
-            refusals: 0,
-            failed_reads_only: false,
+            streak: Streak::default(),
             conflicts: 0,
             retry_after: None,
             reclaim: true,
@@ -518,7 +512,7 @@ impl Machine {
 
     /// Consecutive failed calls.
     pub fn failures(&self) -> u32 {
-        self.failures
+        self.streak.failures()
     }
 
     /// Asks for one fresh read before the next decision (`try_lock` decides on one).
@@ -904,19 +898,6 @@ impl Machine {
         self.retry_after.filter(|&t| now < t)
     }
 
-    /// How long to back off after a failure: a retry period, as client-go retries. A holder
-    /// keeps to that (its deadline bounds the attempts); anyone else doubles the wait per
-    /// consecutive definite refusal (forbidden, invalid), up to the lease duration, since
-    /// asking again soon would get the same answer.
-    fn backoff(&self, transient: bool) -> Duration {
-        let retry = self.timing.retry_period();
-        if self.claim.is_some() || transient {
-            return retry;
-        }
-        let factor = 1u32 << self.refusals.saturating_sub(1).min(16);
-        (retry * factor).min(self.timing.lease_duration().max(retry))
-    }
-
     fn call(&mut self, now: Instant, op: Op, request: Request) -> Call {
         self.seq += 1;
         let base = match &request {
@@ -1043,18 +1024,13 @@ impl Machine {
                 Outcome::Read
             }
             Err(error) => {
-                if self.failures == 0 {
-                    self.failed_reads_only = true;
-                }
-                self.failures += 1;
-                if op.is_write() {
-                    self.failed_reads_only = false;
-                }
                 let transient = error.is_transient();
-                if !transient {
-                    self.refusals += 1;
-                }
-                self.retry_after = Some(now + self.backoff(transient));
+                let failure = Failure {
+                    write: op.is_write(),
+                    transient,
+                };
+                let pace = Pace::lease(&self.timing, self.claim.is_some());
+                self.retry_after = Some(now + self.streak.after_failure(failure, pace));
                 if confirming {
                     // Nothing is lost (what we observed stands): wait for the watch again,
                     // rather than read every retry period while the server is down.
@@ -1090,9 +1066,7 @@ impl Machine {
         base: Option<String>,
         stored: StoredLease,
     ) -> Outcome {
-        if op.is_write() || self.failed_reads_only {
-            self.failures = 0;
-            self.refusals = 0;
+        if self.streak.after_success(op.is_write()) {
             self.retry_after = None;
         }
         let unchanged = base.as_deref() == Some(stored.resource_version.as_str());

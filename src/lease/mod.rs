@@ -60,6 +60,7 @@
 //!   its claim, renewed while the work drains, then releases it.
 
 pub(crate) mod actor;
+pub(crate) mod backoff;
 pub(crate) mod face;
 mod machine;
 

@@ -309,18 +309,13 @@ pub(crate) struct ObserverActor {
 
 impl ObserverActor {
     fn version(&self) -> Option<&str> {
-        self.observed
-            .as_ref()?
-            .lease
-            .as_ref()
-            .map(|l| l.resource_version.as_str())
+        self.observed.as_ref()?.version()
     }
 
     /// Takes what a read or an event showed, unless it is older than what we know.
     fn take(&mut self, lease: Option<StoredLease>, now: Instant) {
-        if let (Some(new), Some(current)) = (&lease, self.version())
-            && new.resource_version != current
-            && !is_newer(&new.resource_version, Some(current))
+        if let (Some(new), Some(observed)) = (&lease, &self.observed)
+            && observed.is_older(&new.resource_version)
         {
             return; // an answer a watch event has already overtaken
         }
@@ -330,11 +325,8 @@ impl ObserverActor {
     /// When the holder looks expired by our observation; `None` without a holder (or with a
     /// duration no API server accepts: such a record is never judged expired).
     fn deadline(&self) -> Option<Instant> {
-        let observed = self.observed.as_ref()?;
-        let record = &observed.lease.as_ref()?.record;
-        record.holder()?;
-        let duration = record.lease_duration(self.shared.timing.lease_duration())?;
-        Some(observed.changed_at + duration)
+        let ours = self.shared.timing.lease_duration();
+        self.observed.as_ref()?.expiry(Some(ours))
     }
 
     fn read(&mut self, ctx: &mut Context<Self>) {

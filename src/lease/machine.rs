@@ -10,42 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::backoff::{Failure, Pace, Streak};
+use super::follow::Observed;
 use crate::record::{LeaseRecord, StoredLease, WatchEvent, is_newer};
 use crate::store::StoreError;
 use crate::timing::Timing;
-
-/// What we last saw of the lease, and since when (local time) it has looked like this.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    /// The lease as read or watched; `None`: it does not exist.
-    pub lease: Option<StoredLease>,
-    /// When this process first saw the current version (local monotonic time).
-    pub changed_at: Instant,
-}
-
-impl Observed {
-    /// Folds a fresh read into the previous observation: `changed_at` moves only when the
-    /// version (or existence) differs from what was seen before.
-    pub fn update(previous: Option<&Observed>, lease: Option<StoredLease>, now: Instant) -> Self {
-        fn version(l: &Option<StoredLease>) -> Option<&str> {
-            l.as_ref().map(|l| l.resource_version.as_str())
-        }
-        match previous {
-            Some(prev) if version(&prev.lease) == version(&lease) => Observed {
-                lease,
-                changed_at: prev.changed_at,
-            },
-            _ => Observed {
-                lease,
-                changed_at: now,
-            },
-        }
-    }
-
-    fn version(&self) -> Option<&str> {
-        self.lease.as_ref().map(|l| l.resource_version.as_str())
-    }
-}
 
 /// Our own claim on the lease while we hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -838,13 +806,13 @@ impl Machine {
             return Ok(match record.handed_to() {
                 Some(successor) if successor == &*self.identity => None,
                 Some(_) => {
-                    Some(observed.changed_at + declared.unwrap_or(self.timing.lease_duration()))
+                    Some(observed.expires_at(declared.unwrap_or(self.timing.lease_duration())))
                 }
                 // (A record never held, with no times, was created free: free at once.)
                 None => declared
                     .filter(|d| *d > Duration::from_secs(1))
                     .filter(|_| record.renew_time.is_some() || record.acquire_time.is_some())
-                    .map(|d| observed.changed_at + d),
+                    .map(|d| observed.expires_at(d)),
             });
         };
         if holder == &*self.identity {
@@ -856,7 +824,7 @@ impl Machine {
                 // Left by an earlier process of ours (a restart), or by a live twin with our
                 // identity: ours once it has not changed for a renew deadline, since a live
                 // holder would have renewed (or stepped down) by then (rule `one-identity`).
-                return Ok(Some(observed.changed_at + self.timing.renew_deadline()));
+                return Ok(Some(observed.expires_at(self.timing.renew_deadline())));
             }
         }
         // A holder that declares no duration gets ours, like a peer with our timing.
@@ -866,7 +834,7 @@ impl Machine {
                 "spec.leaseDurationSeconds is {secs}; it must be greater than 0"
             ));
         };
-        Ok(Some(observed.changed_at + duration))
+        Ok(Some(observed.expires_at(duration)))
     }
 
     /// Coordinated leader election (KEP-4355): on a lease with `spec.strategy` the API
@@ -954,15 +922,12 @@ impl Machine {
             None => match &self.observed {
                 // Deleted (or restored away): if it was held, its holder may still be live and
                 // think it holds it. It expires as the held record would have.
-                Some(Observed {
-                    lease: Some(previous),
-                    changed_at,
-                }) if previous.record.holder().is_some() => {
+                Some(previous) if previous.holder().is_some() => {
                     let declared = previous
-                        .record
-                        .declared_duration()
+                        .record()
+                        .and_then(LeaseRecord::declared_duration)
                         .unwrap_or(self.timing.lease_duration());
-                    self.vanished = Some(*changed_at + declared);
+                    self.vanished = Some(previous.expires_at(declared));
                 }
                 // Missing at our first look, though this process has seen the lease (a token
                 // floor): it was deleted, and whether it was held we cannot tell. As if it was,
@@ -979,10 +944,7 @@ impl Machine {
     /// Whether `version` is older than what we have observed (a read or write answer that a
     /// watch event has already overtaken): it must not move the observation backwards.
     fn is_older(&self, version: &str) -> bool {
-        match self.observed.as_ref().and_then(Observed::version) {
-            Some(current) => version != current && !is_newer(version, Some(current)),
-            None => false,
-        }
+        self.observed.as_ref().is_some_and(|o| o.is_older(version))
     }
 
     /// Takes the result of call `seq`. `None` if that is not the call in flight (a result

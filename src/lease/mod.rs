@@ -62,11 +62,13 @@
 pub(crate) mod actor;
 pub(crate) mod backoff;
 pub(crate) mod face;
+mod follow;
 mod machine;
 
+pub use follow::{Observed, Versioned};
 pub use machine::{
-    Alert, Call, Claim, Machine, Observed, Op, Outcome, Request, Step, StepDownReason, Waiting,
-    Want, token_of,
+    Alert, Call, Claim, Machine, Op, Outcome, Request, Step, StepDownReason, Waiting, Want,
+    token_of,
 };
 pub(crate) use machine::{force_released, released, with_handoff_request};
 

@@ -248,6 +248,47 @@ struct InFlight {
     confirming: bool,
 }
 
+/// What we are to the lease: what only a holder has lives in [`Role::Holder`], what only a
+/// candidate has in [`Role::Candidate`], so that taking or ending a claim is one assignment
+/// and leaves nothing of the other role behind.
+#[derive(Debug, Clone)]
+enum Role {
+    /// We hold no claim.
+    Candidate {
+        /// The API server's election controller has just named us the holder of a coordinated
+        /// lease (we saw its holder change to us), so the record may be taken at once even
+        /// when `reclaim` is off (see `observe` and `expiry`).
+        assigned: bool,
+    },
+    /// We hold the lease.
+    Holder {
+        /// Our claim.
+        claim: Claim,
+        /// The claim has been told to yield to a preferred holder (asked once per claim).
+        yielding: bool,
+    },
+}
+
+impl Role {
+    /// A candidate that nobody has assigned the lease to.
+    const CANDIDATE: Role = Role::Candidate { assigned: false };
+
+    /// A holder of `claim`, not yet asked to yield.
+    fn holder(claim: Claim) -> Role {
+        Role::Holder {
+            claim,
+            yielding: false,
+        }
+    }
+
+    fn claim(&self) -> Option<&Claim> {
+        match self {
+            Role::Holder { claim, .. } => Some(claim),
+            Role::Candidate { .. } => None,
+        }
+    }
+}
+
 /// Every decision about one lease: see [`crate::lease`] for the rules it keeps.
 ///
 /// Fed what happened ([`on_result`](Machine::on_result) for a store call,
@@ -260,7 +301,8 @@ pub struct Machine {
     identity: Arc<str>,
     timing: Timing,
     observed: Option<Observed>,
-    claim: Option<Claim>,
+    /// Holder or candidate, with what only that role has.
+    role: Role,
     in_flight: Option<InFlight>,
     seq: u64,
     /// The observation may be out of date (after a conflict, a watch error, a failed read):
@@ -285,12 +327,6 @@ pub struct Machine {
     reclaim: bool,
     /// Whom our next release hands the lease to (a handoff), if anyone.
     successor: Option<Arc<str>>,
-    /// While we hold no claim: the API server's election controller has just named us the
-    /// holder of a coordinated lease (we saw its holder change to us), so the record may be
-    /// taken at once even when `reclaim` is off (see `observe` and `expiry`).
-    assigned: bool,
-    /// Our claim has been told to yield to a preferred holder (asked once per claim).
-    yielding: bool,
     /// Since when we know the watch is behind ([`watch_behind`](Machine::watch_behind)): a
     /// record that looks unchanged may have changed unseen, so we take no lease on its
     /// strength until the watch catches up, or (after a lease duration) we read it.
@@ -349,7 +385,7 @@ impl Machine {
             identity: identity.into(),
             timing,
             observed: None,
-            claim: None,
+            role: Role::CANDIDATE,
             in_flight: None,
             seq: 0,
             stale: true,
@@ -361,8 +397,6 @@ impl Machine {
             retry_after: None,
             reclaim: true,
             successor: None,
-            assigned: false,
-            yielding: false,
             behind: None,
             blocked_since: None,
             read_at: None,
@@ -448,19 +482,34 @@ impl Machine {
 
     /// Our claim, while we hold the lease.
     pub fn claim(&self) -> Option<&Claim> {
-        self.claim.as_ref()
+        self.role.claim()
     }
 
     /// Whether we hold the lease.
     pub fn holding(&self) -> bool {
-        self.claim.is_some()
+        self.claim().is_some()
     }
 
     /// The renew deadline of our claim: we step down then unless a renewal succeeds first.
     pub fn deadline(&self) -> Option<Instant> {
-        self.claim
-            .as_ref()
+        self.claim()
             .map(|c| c.renewed_at + self.timing.renew_deadline())
+    }
+
+    /// Our claim ended without a release (a step-down, an abandoned drain, an actor restart):
+    /// we are a candidate again, and a record naming us is ours no more (rule
+    /// `one-identity`): it is judged by expiry like anyone else's.
+    fn claim_lost(&mut self) {
+        self.drop_claim();
+        self.reclaim = false;
+    }
+
+    /// Drops our claim, if we hold one: we are a candidate nobody has assigned the lease to.
+    /// (A candidate stays as it is.)
+    fn drop_claim(&mut self) {
+        if self.holding() {
+            self.role = Role::CANDIDATE;
+        }
     }
 
     /// Whether a call is in flight.
@@ -493,8 +542,7 @@ impl Machine {
     /// that work may still run; for the same reason, a record naming us is no longer taken
     /// back at once.
     pub fn abandon(&mut self) {
-        self.claim = None;
-        self.reclaim = false;
+        self.claim_lost();
         self.successor = None;
     }
 
@@ -515,7 +563,7 @@ impl Machine {
     ///
     /// [`HANDOFF_REQUEST_ANNOTATION`]: crate::record::HANDOFF_REQUEST_ANNOTATION
     pub fn handoff_requested(&self) -> Option<&str> {
-        if self.claim.is_none() || self.successor.is_some() {
+        if self.claim().is_none() || self.successor.is_some() {
             return None;
         }
         let record = &self.lease()?.record;
@@ -541,7 +589,7 @@ impl Machine {
     /// took the lease meanwhile, the release conflicts and we step down. `false` (nothing
     /// changes) unless the observation is fresh, names us, may be reclaimed and is old enough.
     pub fn adopt(&mut self, now: Instant) -> bool {
-        if self.claim.is_some() || !self.reclaim || !self.is_fresh() {
+        if self.holding() || !self.reclaim || !self.is_fresh() {
             return false;
         }
         let Some(observed) = &self.observed else {
@@ -555,12 +603,11 @@ impl Machine {
         {
             return false;
         }
-        self.claim = Some(Claim {
+        self.role = Role::holder(Claim {
             token: lease.record.token(),
             acquired_at: now,
             renewed_at: now,
         });
-        self.yielding = false;
         true
     }
 
@@ -568,13 +615,11 @@ impl Machine {
     /// streak and its backoff, the token floor, when a vanished lease expires, and whether
     /// records naming us may be reclaimed (not if we held a claim: that is a step-down).
     pub fn reset(&mut self) {
-        if self.claim.is_some() {
-            // Our term ended with the restart: a record naming us is ours no more (rule
-            // `one-identity`).
-            self.reclaim = false;
+        if self.holding() {
+            // Our term ended with the restart.
+            self.claim_lost();
         }
         self.observed = None;
-        self.claim = None;
         self.successor = None;
         self.in_flight = None;
         self.stale = true;
@@ -591,15 +636,15 @@ impl Machine {
         if let Some(reason) = self.claim_ended(now) {
             if let StepDownReason::PreferredHolder { .. } = reason {
                 // The term ends; the claim stays (renewed while the work drains, then released).
-                self.yielding = true;
+                if let Role::Holder { yielding, .. } = &mut self.role {
+                    *yielding = true;
+                }
                 return Step::StepDown(reason);
             }
-            self.claim = None;
             // Never take our own record back right after stepping down (rule `one-identity`):
             // another live process may carry our identity (taking the lease back at once would
-            // flip it between us), and a record our own late write left is ours no more. It
-            // is judged by expiry like anyone else's.
-            self.reclaim = false;
+            // flip it between us), and a record our own late write left is ours no more.
+            self.claim_lost();
             return Step::StepDown(reason);
         }
         if self.in_flight.is_some() {
@@ -607,7 +652,7 @@ impl Machine {
                 until: self.deadline(),
             });
         }
-        let holding = self.claim.is_some();
+        let holding = self.holding();
         if !(holding || want == Want::Acquire || self.refresh) {
             return Step::Wait(Waiting::Idle);
         }
@@ -628,7 +673,9 @@ impl Machine {
 
     /// Whether our claim is over, and why.
     fn claim_ended(&self, now: Instant) -> Option<StepDownReason> {
-        let claim = self.claim.as_ref()?;
+        let Role::Holder { claim, yielding } = &self.role else {
+            return None;
+        };
         if now >= claim.renewed_at + self.timing.renew_deadline() {
             return Some(StepDownReason::RenewDeadlineExceeded);
         }
@@ -641,9 +688,7 @@ impl Machine {
                 holder: lease.record.holder().map(str::to_owned),
             });
         }
-        if !self.yielding
-            && let Some(holder) = prefers_another(&lease.record, &self.identity)
-        {
+        if !yielding && let Some(holder) = prefers_another(&lease.record, &self.identity) {
             return Some(StepDownReason::PreferredHolder {
                 holder: holder.to_owned(),
             });
@@ -653,7 +698,7 @@ impl Machine {
 
     fn next_holding(&mut self, now: Instant, wall_now: SystemTime, want: Want) -> Step {
         self.invalid = None;
-        let claim = self.claim.as_ref().expect("holding");
+        let claim = self.claim().expect("holding");
         let deadline = claim.renewed_at + self.timing.renew_deadline();
         // Built only when a write is decided: a holder is asked far more often than it writes.
         let current = |m: &Machine| {
@@ -816,7 +861,7 @@ impl Machine {
             });
         };
         if holder == &*self.identity {
-            if self.assigned && record.coordinated() {
+            if matches!(self.role, Role::Candidate { assigned: true }) && record.coordinated() {
                 // The election controller has just named us: ours at once.
                 return Ok(None);
             }
@@ -901,7 +946,10 @@ impl Machine {
             |l: Option<&StoredLease>| l.and_then(|l| l.record.holder()) == Some(&*self.identity);
         let before = self.observed.as_ref().map(|o| names_us(o.lease.as_ref()));
         let after = names_us(lease.as_ref());
-        self.assigned = self.claim.is_none() && after && (self.assigned || before == Some(false));
+        if let Role::Candidate { assigned } = &mut self.role {
+            *assigned = after && (*assigned || before == Some(false));
+        }
+        let holding = self.holding();
         match &lease {
             Some(stored) => {
                 self.vanished = None;
@@ -909,7 +957,7 @@ impl Machine {
                 self.raise_floor(token);
                 let changed = self.observed.as_ref().and_then(Observed::version)
                     != Some(stored.resource_version.as_str());
-                if self.claim.is_none()
+                if !holding
                     && after
                     && before == Some(true)
                     && changed
@@ -991,7 +1039,7 @@ impl Machine {
                     write: op.is_write(),
                     transient,
                 };
-                let pace = Pace::lease(&self.timing, self.claim.is_some());
+                let pace = Pace::lease(&self.timing, self.holding());
                 self.retry_after = Some(now + self.streak.after_failure(failure, pace));
                 if confirming {
                     // Nothing is lost (what we observed stands): wait for the watch again,
@@ -1059,13 +1107,11 @@ impl Machine {
             Op::Create | Op::Acquire => {
                 self.last_token = Some(token);
                 self.raise_floor(token);
-                self.claim = Some(Claim {
+                self.role = Role::holder(Claim {
                     token,
                     acquired_at: started,
                     renewed_at: started,
                 });
-                self.assigned = false;
-                self.yielding = false;
                 Outcome::Acquired { token }
             }
             Op::Renew if unchanged => {
@@ -1074,7 +1120,7 @@ impl Machine {
                 Outcome::Unchanged
             }
             Op::Renew => {
-                if let Some(claim) = self.claim.as_mut() {
+                if let Role::Holder { claim, .. } = &mut self.role {
                     claim.renewed_at = started;
                     Outcome::Renewed
                 } else {
@@ -1083,7 +1129,7 @@ impl Machine {
                 }
             }
             Op::Release => {
-                self.claim = None;
+                self.drop_claim();
                 self.successor = None;
                 Outcome::Released
             }

@@ -7,6 +7,16 @@
 //! the machine asks for, feeds the results back, and runs the term lifecycle; that split (as in
 //! openraft's `engine` or kube-runtime's `watcher`) is what keeps the faces from drifting apart.
 //!
+//! # Layout
+//!
+//! * `machine.rs`: [`Machine`], every decision about one lease.
+//! * `backoff.rs`: the one retry policy (rule `write-backoff`), for the machine, the observer
+//!   and [`LeaderOnly`](crate::LeaderOnly)'s restarts.
+//! * `follow.rs`: [`Observed`], the one follower of a lease by local observation (rule
+//!   `local-expiry`), for the machine, the observer and the CLI.
+//! * `actor.rs`: the one lease actor, IO only; `face.rs`: what a face (election, lock) adds.
+//! * `tests.rs`: the machine's rules as plain `#[test]`s.
+//!
 //! # Rules
 //!
 //! * **Expiry by local observation** (`local-expiry`). A lease held by someone else may be taken over once its

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::lease::{force_released, released, token_of, with_handoff_request};
+use crate::lease::{force_released, released, with_handoff_request};
 use crate::record::{LeaseKey, LeaseRecord, StoredLease};
 use crate::store::{LeaseStore, StoreError, StoreResult};
 
@@ -82,7 +82,7 @@ impl Admin {
             let answer = ForceReleased {
                 lease: key.clone(),
                 previous_holder: record.holder().map(str::to_owned),
-                fencing_token: token_of(record),
+                fencing_token: record.token(),
             };
             let at = SystemTime::now();
             Ok(match record.holder() {

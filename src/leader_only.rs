@@ -51,10 +51,11 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The delay before restart number `n` (1-based).
+    /// The delay before restart number `n` (1-based): `initial`, doubled per restart after
+    /// the first, at most `max` (the crate's one doubling rule, shared with the lease
+    /// machine and the observer).
     pub fn delay(&self, n: u32) -> Duration {
-        let factor = 2u32.saturating_pow(n.saturating_sub(1));
-        self.initial.saturating_mul(factor).min(self.max)
+        crate::lease::backoff::doubling(self.initial, n, self.max)
     }
 }
 

@@ -74,8 +74,9 @@ use tokio::sync::watch;
 
 use crate::election::LeaderChanged;
 use crate::error::{Error, Result};
+use crate::lease::Observed;
 use crate::lease::actor::Shared;
-use crate::lease::{Observed, token_of};
+use crate::lease::backoff::{Failure, Pace, Streak};
 use crate::record::is_newer;
 use crate::resource::{LeaseKind, Resource};
 use crate::store::{LeaseKey, StoreError, StoreResult, StoredLease, WatchEvent};
@@ -260,7 +261,7 @@ pub(crate) fn start(
         reading: false,
         read_again: false,
         events: 0,
-        failures: 0,
+        streak: Streak::default(),
         retry_at: None,
         timer: None,
         watch_handle: None,
@@ -300,8 +301,8 @@ pub(crate) struct ObserverActor {
     read_again: bool,
     /// Watch events taken so far (a read that saw no lease must not undo a newer event).
     events: u64,
-    /// Consecutive failed reads.
-    failures: u32,
+    /// Consecutive failed reads, and the backoff they earn.
+    streak: Streak,
     /// When to retry a failed read.
     retry_at: Option<Instant>,
     timer: Option<SpawnHandle>,
@@ -314,18 +315,13 @@ pub(crate) struct ObserverActor {
 
 impl ObserverActor {
     fn version(&self) -> Option<&str> {
-        self.observed
-            .as_ref()?
-            .lease
-            .as_ref()
-            .map(|l| l.resource_version.as_str())
+        self.observed.as_ref()?.version()
     }
 
     /// Takes what a read or an event showed, unless it is older than what we know.
     fn take(&mut self, lease: Option<StoredLease>, now: Instant) {
-        if let (Some(new), Some(current)) = (&lease, self.version())
-            && new.resource_version != current
-            && !is_newer(&new.resource_version, Some(current))
+        if let (Some(new), Some(observed)) = (&lease, &self.observed)
+            && observed.is_older(&new.resource_version)
         {
             return; // an answer a watch event has already overtaken
         }
@@ -335,14 +331,8 @@ impl ObserverActor {
     /// When the holder looks expired by our observation; `None` without a holder (or with a
     /// duration no API server accepts: such a record is never judged expired).
     fn deadline(&self) -> Option<Instant> {
-        let observed = self.observed.as_ref()?;
-        let record = &observed.lease.as_ref()?.record;
-        record.holder()?;
-        let duration = lease_duration(
-            record.lease_duration_seconds,
-            self.shared.timing.lease_duration(),
-        )?;
-        Some(observed.changed_at + duration)
+        let ours = self.shared.timing.lease_duration();
+        self.observed.as_ref()?.expiry(Some(ours))
     }
 
     fn read(&mut self, ctx: &mut Context<Self>) {
@@ -390,12 +380,12 @@ impl ObserverActor {
         let now = now();
         match result {
             Ok(lease) => {
-                self.failures = 0;
+                self.streak.after_success(false);
                 self.last_error = None;
                 self.take(Some(lease), now);
             }
             Err(StoreError::NotFound { .. }) => {
-                self.failures = 0;
+                self.streak.after_success(false);
                 self.last_error = None;
                 if events == self.events {
                     self.take(None, now);
@@ -406,21 +396,21 @@ impl ObserverActor {
             }
             Err(error) => {
                 tracing::warn!(lease = %self.key, %error, "observer: reading the lease failed; will retry");
-                self.failures += 1;
                 self.last_error = Some(error.to_string());
-                self.retry_at = Some(now + self.backoff());
+                let failure = Failure {
+                    write: false,
+                    transient: error.is_transient(),
+                };
+                let wait = self
+                    .streak
+                    .after_failure(failure, Pace::reader(&self.shared.timing));
+                self.retry_at = Some(now + wait);
             }
         }
         if self.read_again {
             self.read(ctx);
         }
         self.settle(ctx);
-    }
-
-    fn backoff(&self) -> Duration {
-        let retry = self.shared.timing.retry_period();
-        let factor = 1u32 << self.failures.saturating_sub(1).min(16);
-        (retry * factor).min(self.shared.timing.lease_duration().max(retry))
     }
 
     /// Decides whether the holder looks expired, arms the one timer, publishes.
@@ -465,15 +455,11 @@ impl ObserverActor {
             synced,
             exists: lease.is_some(),
             holder: holder.clone(),
-            fencing_token: held.map(|l| token_of(&l.record)),
+            fencing_token: held.map(|l| l.record.token()),
             resource_version: lease.map(|l| l.resource_version.clone()),
             changed_at: self.observed.as_ref().map(|o| o.changed_at),
-            lease_duration: held.and_then(|l| {
-                lease_duration(
-                    l.record.lease_duration_seconds,
-                    self.shared.timing.lease_duration(),
-                )
-            }),
+            lease_duration: held
+                .and_then(|l| l.record.lease_duration(self.shared.timing.lease_duration())),
             expired: self.expired,
             last_error: self.last_error.clone(),
             stopped: self.stopped,
@@ -514,16 +500,6 @@ impl ObserverActor {
 }
 
 type BoxedWatch = futures::stream::BoxStream<'static, StoreResult<WatchEvent>>;
-
-/// A record's lease duration: its own, ours when it declares none, `None` when it is not
-/// positive (no API server accepts that).
-fn lease_duration(seconds: Option<i32>, ours: Duration) -> Option<Duration> {
-    match seconds {
-        None => Some(ours),
-        Some(secs) if secs > 0 => Some(Duration::from_secs(secs.unsigned_abs().into())),
-        Some(_) => None,
-    }
-}
 
 impl Actor for ObserverActor {
     type Context = Context<Self>;
@@ -640,14 +616,5 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Observer>();
         send_sync::<Observation>();
-    }
-
-    #[test]
-    fn a_record_without_a_positive_duration_never_expires() {
-        let ours = Duration::from_secs(15);
-        assert_eq!(lease_duration(None, ours), Some(ours));
-        assert_eq!(lease_duration(Some(3), ours), Some(Duration::from_secs(3)));
-        assert_eq!(lease_duration(Some(0), ours), None);
-        assert_eq!(lease_duration(Some(-5), ours), None);
     }
 }

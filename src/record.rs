@@ -3,7 +3,7 @@
 //! crate.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Namespace and name of one Lease object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -111,6 +111,30 @@ impl LeaseRecord {
     pub fn preferred(&self) -> Option<&str> {
         self.preferred_holder.as_deref().filter(|h| !h.is_empty())
     }
+
+    /// The fencing token the record carries: `leaseTransitions`, 0 when unset.
+    pub fn token(&self) -> i32 {
+        self.lease_transitions.unwrap_or(0)
+    }
+
+    /// The lease duration the record declares (`leaseDurationSeconds`), if it is positive.
+    /// `None` when unset or not positive (no API server accepts that).
+    pub fn declared_duration(&self) -> Option<Duration> {
+        self.lease_duration_seconds
+            .filter(|secs| *secs > 0)
+            .map(|secs| Duration::from_secs(secs.unsigned_abs().into()))
+    }
+
+    /// How long the record's holder may go without a change before others may take over: its
+    /// declared duration, or `ours` when it declares none (a holder that declares nothing is
+    /// judged like a peer with our timing). `None` when it declares a duration that is not
+    /// positive: such a record is never judged expired.
+    pub fn lease_duration(&self, ours: Duration) -> Option<Duration> {
+        match self.lease_duration_seconds {
+            None => Some(ours),
+            Some(_) => self.declared_duration(),
+        }
+    }
 }
 
 /// A lease record as stored, with the version that guards the next write.
@@ -167,4 +191,39 @@ fn digits(s: &str) -> Option<&[u8]> {
     }
     let first = bytes.iter().position(|&b| b != b'0').unwrap_or(bytes.len());
     Some(&bytes[first..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_the_transitions_or_zero() {
+        let mut record = LeaseRecord::default();
+        assert_eq!(record.token(), 0);
+        record.lease_transitions = Some(7);
+        assert_eq!(record.token(), 7);
+    }
+
+    #[test]
+    fn a_record_without_a_positive_duration_declares_none_and_never_expires() {
+        let ours = Duration::from_secs(15);
+        let with = |secs| LeaseRecord {
+            lease_duration_seconds: secs,
+            ..LeaseRecord::default()
+        };
+        assert_eq!(with(None).declared_duration(), None);
+        assert_eq!(with(None).lease_duration(ours), Some(ours));
+        assert_eq!(
+            with(Some(3)).declared_duration(),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            with(Some(3)).lease_duration(ours),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(with(Some(0)).declared_duration(), None);
+        assert_eq!(with(Some(0)).lease_duration(ours), None);
+        assert_eq!(with(Some(-5)).lease_duration(ours), None);
+    }
 }

@@ -9,42 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::backoff::{Failure, Pace, Streak};
+use super::follow::Observed;
 use crate::record::{LeaseRecord, StoredLease, WatchEvent, is_newer};
 use crate::store::StoreError;
 use crate::timing::Timing;
-
-/// What we last saw of the lease, and since when (local time) it has looked like this.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    /// The lease as read or watched; `None`: it does not exist.
-    pub lease: Option<StoredLease>,
-    /// When this process first saw the current version (local monotonic time).
-    pub changed_at: Instant,
-}
-
-impl Observed {
-    /// Folds a fresh read into the previous observation: `changed_at` moves only when the
-    /// version (or existence) differs from what was seen before.
-    pub fn update(previous: Option<&Observed>, lease: Option<StoredLease>, now: Instant) -> Self {
-        fn version(l: &Option<StoredLease>) -> Option<&str> {
-            l.as_ref().map(|l| l.resource_version.as_str())
-        }
-        match previous {
-            Some(prev) if version(&prev.lease) == version(&lease) => Observed {
-                lease,
-                changed_at: prev.changed_at,
-            },
-            _ => Observed {
-                lease,
-                changed_at: now,
-            },
-        }
-    }
-
-    fn version(&self) -> Option<&str> {
-        self.lease.as_ref().map(|l| l.resource_version.as_str())
-    }
-}
 
 /// Our own claim on the lease while we hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +248,47 @@ struct InFlight {
     confirming: bool,
 }
 
+/// What we are to the lease: what only a holder has lives in [`Role::Holder`], what only a
+/// candidate has in [`Role::Candidate`], so that taking or ending a claim is one assignment
+/// and leaves nothing of the other role behind.
+#[derive(Debug, Clone)]
+enum Role {
+    /// We hold no claim.
+    Candidate {
+        /// The API server's election controller has just named us the holder of a coordinated
+        /// lease (we saw its holder change to us), so the record may be taken at once even
+        /// when `reclaim` is off (see `observe` and `expiry`).
+        assigned: bool,
+    },
+    /// We hold the lease.
+    Holder {
+        /// Our claim.
+        claim: Claim,
+        /// The claim has been told to yield to a preferred holder (asked once per claim).
+        yielding: bool,
+    },
+}
+
+impl Role {
+    /// A candidate that nobody has assigned the lease to.
+    const CANDIDATE: Role = Role::Candidate { assigned: false };
+
+    /// A holder of `claim`, not yet asked to yield.
+    fn holder(claim: Claim) -> Role {
+        Role::Holder {
+            claim,
+            yielding: false,
+        }
+    }
+
+    fn claim(&self) -> Option<&Claim> {
+        match self {
+            Role::Holder { claim, .. } => Some(claim),
+            Role::Candidate { .. } => None,
+        }
+    }
+}
+
 /// Every decision about one lease: see [`crate::lease`] for the rules it keeps.
 ///
 /// Fed what happened ([`on_result`](Machine::on_result) for a store call,
@@ -291,7 +301,8 @@ pub struct Machine {
     identity: Arc<str>,
     timing: Timing,
     observed: Option<Observed>,
-    claim: Option<Claim>,
+    /// Holder or candidate, with what only that role has.
+    role: Role,
     in_flight: Option<InFlight>,
     seq: u64,
     /// The observation may be out of date (after a conflict, a watch error, a failed read):
@@ -303,13 +314,8 @@ pub struct Machine {
     recheck: Option<Instant>,
     /// Why the observed record cannot be interpreted, as of the last decision.
     invalid: Option<String>,
-    /// Consecutive failed calls.
-    failures: u32,
-    /// Consecutive definite failures (forbidden, invalid): they back off exponentially.
-    refusals: u32,
-    /// The failures so far were all reads (a successful read then ends the streak; a
-    /// successful read does not end a streak of failed writes).
-    failed_reads_only: bool,
+    /// Consecutive failed calls, and the backoff they earn (rule `write-backoff`).
+    streak: Streak,
     /// Consecutive conflicts: the first is re-read and retried at once, later ones back off.
     conflicts: u32,
     /// No call before this instant.
@@ -321,12 +327,6 @@ pub struct Machine {
     reclaim: bool,
     /// Whom our next release hands the lease to (a handoff), if anyone.
     successor: Option<Arc<str>>,
-    /// While we hold no claim: the API server's election controller has just named us the
-    /// holder of a coordinated lease (we saw its holder change to us), so the record may be
-    /// taken at once even when `reclaim` is off (see `observe` and `expiry`).
-    assigned: bool,
-    /// Our claim has been told to yield to a preferred holder (asked once per claim).
-    yielding: bool,
     /// Since when we know the watch is behind ([`watch_behind`](Machine::watch_behind)): a
     /// record that looks unchanged may have changed unseen, so we take no lease on its
     /// strength until the watch catches up, or (after a lease duration) we read it.
@@ -385,22 +385,18 @@ impl Machine {
             identity: identity.into(),
             timing,
             observed: None,
-            claim: None,
+            role: Role::CANDIDATE,
             in_flight: None,
             seq: 0,
             stale: true,
             refresh: false,
             recheck: None,
             invalid: None,
-            failures: 0,
-            refusals: 0,
-            failed_reads_only: false,
+            streak: Streak::default(),
             conflicts: 0,
             retry_after: None,
             reclaim: true,
             successor: None,
-            assigned: false,
-            yielding: false,
             behind: None,
             blocked_since: None,
             read_at: None,
@@ -486,19 +482,34 @@ impl Machine {
 
     /// Our claim, while we hold the lease.
     pub fn claim(&self) -> Option<&Claim> {
-        self.claim.as_ref()
+        self.role.claim()
     }
 
     /// Whether we hold the lease.
     pub fn holding(&self) -> bool {
-        self.claim.is_some()
+        self.claim().is_some()
     }
 
     /// The renew deadline of our claim: we step down then unless a renewal succeeds first.
     pub fn deadline(&self) -> Option<Instant> {
-        self.claim
-            .as_ref()
+        self.claim()
             .map(|c| c.renewed_at + self.timing.renew_deadline())
+    }
+
+    /// Our claim ended without a release (a step-down, an abandoned drain, an actor restart):
+    /// we are a candidate again, and a record naming us is ours no more (rule
+    /// `one-identity`): it is judged by expiry like anyone else's.
+    fn claim_lost(&mut self) {
+        self.drop_claim();
+        self.reclaim = false;
+    }
+
+    /// Drops our claim, if we hold one: we are a candidate nobody has assigned the lease to.
+    /// (A candidate stays as it is.)
+    fn drop_claim(&mut self) {
+        if self.holding() {
+            self.role = Role::CANDIDATE;
+        }
     }
 
     /// Whether a call is in flight.
@@ -518,7 +529,7 @@ impl Machine {
 
     /// Consecutive failed calls.
     pub fn failures(&self) -> u32 {
-        self.failures
+        self.streak.failures()
     }
 
     /// Asks for one fresh read before the next decision (`try_lock` decides on one).
@@ -531,8 +542,7 @@ impl Machine {
     /// that work may still run; for the same reason, a record naming us is no longer taken
     /// back at once.
     pub fn abandon(&mut self) {
-        self.claim = None;
-        self.reclaim = false;
+        self.claim_lost();
         self.successor = None;
     }
 
@@ -555,7 +565,7 @@ impl Machine {
     ///
     /// [`HANDOFF_REQUEST_ANNOTATION`]: crate::record::HANDOFF_REQUEST_ANNOTATION
     pub fn handoff_requested(&self) -> Option<&str> {
-        if self.claim.is_none() || self.successor.is_some() {
+        if self.claim().is_none() || self.successor.is_some() {
             return None;
         }
         let record = &self.lease()?.record;
@@ -581,7 +591,7 @@ impl Machine {
     /// took the lease meanwhile, the release conflicts and we step down. `false` (nothing
     /// changes) unless the observation is fresh, names us, may be reclaimed and is old enough.
     pub fn adopt(&mut self, now: Instant) -> bool {
-        if self.claim.is_some() || !self.reclaim || !self.is_fresh() {
+        if self.holding() || !self.reclaim || !self.is_fresh() {
             return false;
         }
         let Some(observed) = &self.observed else {
@@ -595,12 +605,11 @@ impl Machine {
         {
             return false;
         }
-        self.claim = Some(Claim {
-            token: token_of(&lease.record),
+        self.role = Role::holder(Claim {
+            token: lease.record.token(),
             acquired_at: now,
             renewed_at: now,
         });
-        self.yielding = false;
         true
     }
 
@@ -608,13 +617,11 @@ impl Machine {
     /// streak and its backoff, the token floor, when a vanished lease expires, and whether
     /// records naming us may be reclaimed (not if we held a claim: that is a step-down).
     pub fn reset(&mut self) {
-        if self.claim.is_some() {
-            // Our term ended with the restart: a record naming us is ours no more (rule
-            // `one-identity`).
-            self.reclaim = false;
+        if self.holding() {
+            // Our term ended with the restart.
+            self.claim_lost();
         }
         self.observed = None;
-        self.claim = None;
         self.successor = None;
         self.in_flight = None;
         self.stale = true;
@@ -631,15 +638,15 @@ impl Machine {
         if let Some(reason) = self.claim_ended(now) {
             if let StepDownReason::PreferredHolder { .. } = reason {
                 // The term ends; the claim stays (renewed while the work drains, then released).
-                self.yielding = true;
+                if let Role::Holder { yielding, .. } = &mut self.role {
+                    *yielding = true;
+                }
                 return Step::StepDown(reason);
             }
-            self.claim = None;
             // Never take our own record back right after stepping down (rule `one-identity`):
             // another live process may carry our identity (taking the lease back at once would
-            // flip it between us), and a record our own late write left is ours no more. It
-            // is judged by expiry like anyone else's.
-            self.reclaim = false;
+            // flip it between us), and a record our own late write left is ours no more.
+            self.claim_lost();
             return Step::StepDown(reason);
         }
         if self.in_flight.is_some() {
@@ -647,7 +654,7 @@ impl Machine {
                 until: self.deadline(),
             });
         }
-        let holding = self.claim.is_some();
+        let holding = self.holding();
         if !(holding || want == Want::Acquire || self.refresh) {
             return Step::Wait(Waiting::Idle);
         }
@@ -668,7 +675,9 @@ impl Machine {
 
     /// Whether our claim is over, and why.
     fn claim_ended(&self, now: Instant) -> Option<StepDownReason> {
-        let claim = self.claim.as_ref()?;
+        let Role::Holder { claim, yielding } = &self.role else {
+            return None;
+        };
         if now >= claim.renewed_at + self.timing.renew_deadline() {
             return Some(StepDownReason::RenewDeadlineExceeded);
         }
@@ -681,9 +690,7 @@ impl Machine {
                 holder: lease.record.holder().map(str::to_owned),
             });
         }
-        if !self.yielding
-            && let Some(holder) = prefers_another(&lease.record, &self.identity)
-        {
+        if !yielding && let Some(holder) = prefers_another(&lease.record, &self.identity) {
             return Some(StepDownReason::PreferredHolder {
                 holder: holder.to_owned(),
             });
@@ -693,7 +700,7 @@ impl Machine {
 
     fn next_holding(&mut self, now: Instant, wall_now: SystemTime, want: Want) -> Step {
         self.invalid = None;
-        let claim = self.claim.as_ref().expect("holding");
+        let claim = self.claim().expect("holding");
         let deadline = claim.renewed_at + self.timing.renew_deadline();
         // Built only when a write is decided: a holder is asked far more often than it writes.
         let current = |m: &Machine| {
@@ -832,10 +839,7 @@ impl Machine {
         {
             return Err(format!("spec.leaseTransitions is negative ({t})"));
         }
-        let declared = match record.lease_duration_seconds {
-            Some(secs) if secs > 0 => Some(Duration::from_secs(secs as u64)),
-            _ => None,
-        };
+        let declared = record.declared_duration();
         let Some(holder) = record.holder() else {
             // Free. A holder's release declares one second (dsync's and client-go's) or no
             // duration (the Go package's unlock): free at once. A lease handed to someone else
@@ -849,17 +853,17 @@ impl Machine {
             return Ok(match record.handed_to() {
                 Some(successor) if successor == &*self.identity => None,
                 Some(_) => {
-                    Some(observed.changed_at + declared.unwrap_or(self.timing.lease_duration()))
+                    Some(observed.expires_at(declared.unwrap_or(self.timing.lease_duration())))
                 }
                 // (A record never held, with no times, was created free: free at once.)
                 None => declared
                     .filter(|d| *d > Duration::from_secs(1))
                     .filter(|_| record.renew_time.is_some() || record.acquire_time.is_some())
-                    .map(|d| observed.changed_at + d),
+                    .map(|d| observed.expires_at(d)),
             });
         };
         if holder == &*self.identity {
-            if self.assigned && record.coordinated() {
+            if matches!(self.role, Role::Candidate { assigned: true }) && record.coordinated() {
                 // The election controller has just named us: ours at once.
                 return Ok(None);
             }
@@ -867,20 +871,17 @@ impl Machine {
                 // Left by an earlier process of ours (a restart), or by a live twin with our
                 // identity: ours once it has not changed for a renew deadline, since a live
                 // holder would have renewed (or stepped down) by then (rule `one-identity`).
-                return Ok(Some(observed.changed_at + self.timing.renew_deadline()));
+                return Ok(Some(observed.expires_at(self.timing.renew_deadline())));
             }
         }
-        let duration = match record.lease_duration_seconds {
-            // A holder that declares no duration gets ours, like a peer with our timing.
-            None => self.timing.lease_duration(),
-            Some(_) if declared.is_some() => declared.expect("checked"),
-            Some(secs) => {
-                return Err(format!(
-                    "spec.leaseDurationSeconds is {secs}; it must be greater than 0"
-                ));
-            }
+        // A holder that declares no duration gets ours, like a peer with our timing.
+        let Some(duration) = record.lease_duration(self.timing.lease_duration()) else {
+            let secs = record.lease_duration_seconds.unwrap_or_default();
+            return Err(format!(
+                "spec.leaseDurationSeconds is {secs}; it must be greater than 0"
+            ));
         };
-        Ok(Some(observed.changed_at + duration))
+        Ok(Some(observed.expires_at(duration)))
     }
 
     /// Coordinated leader election (KEP-4355): on a lease with `spec.strategy` the API
@@ -910,19 +911,6 @@ impl Machine {
     /// The end of a backoff still running at `now`.
     fn backed_off(&self, now: Instant) -> Option<Instant> {
         self.retry_after.filter(|&t| now < t)
-    }
-
-    /// How long to back off after a failure: a retry period, as client-go retries. A holder
-    /// keeps to that (its deadline bounds the attempts); anyone else doubles the wait per
-    /// consecutive definite refusal (forbidden, invalid), up to the lease duration, since
-    /// asking again soon would get the same answer.
-    fn backoff(&self, transient: bool) -> Duration {
-        let retry = self.timing.retry_period();
-        if self.claim.is_some() || transient {
-            return retry;
-        }
-        let factor = 1u32 << self.refusals.saturating_sub(1).min(16);
-        (retry * factor).min(self.timing.lease_duration().max(retry))
     }
 
     fn call(&mut self, now: Instant, op: Op, request: Request) -> Call {
@@ -960,15 +948,18 @@ impl Machine {
             |l: Option<&StoredLease>| l.and_then(|l| l.record.holder()) == Some(&*self.identity);
         let before = self.observed.as_ref().map(|o| names_us(o.lease.as_ref()));
         let after = names_us(lease.as_ref());
-        self.assigned = self.claim.is_none() && after && (self.assigned || before == Some(false));
+        if let Role::Candidate { assigned } = &mut self.role {
+            *assigned = after && (*assigned || before == Some(false));
+        }
+        let holding = self.holding();
         match &lease {
             Some(stored) => {
                 self.vanished = None;
-                let token = token_of(&stored.record);
+                let token = stored.record.token();
                 self.raise_floor(token);
                 let changed = self.observed.as_ref().and_then(Observed::version)
                     != Some(stored.resource_version.as_str());
-                if self.claim.is_none()
+                if !holding
                     && after
                     && before == Some(true)
                     && changed
@@ -981,15 +972,12 @@ impl Machine {
             None => match &self.observed {
                 // Deleted (or restored away): if it was held, its holder may still be live and
                 // think it holds it. It expires as the held record would have.
-                Some(Observed {
-                    lease: Some(previous),
-                    changed_at,
-                }) if previous.record.holder().is_some() => {
-                    let declared = match previous.record.lease_duration_seconds {
-                        Some(secs) if secs > 0 => Duration::from_secs(secs as u64),
-                        _ => self.timing.lease_duration(),
-                    };
-                    self.vanished = Some(*changed_at + declared);
+                Some(previous) if previous.holder().is_some() => {
+                    let declared = previous
+                        .record()
+                        .and_then(LeaseRecord::declared_duration)
+                        .unwrap_or(self.timing.lease_duration());
+                    self.vanished = Some(previous.expires_at(declared));
                 }
                 // Missing at our first look, though this process has seen the lease (a token
                 // floor): it was deleted, and whether it was held we cannot tell. As if it was,
@@ -1006,10 +994,7 @@ impl Machine {
     /// Whether `version` is older than what we have observed (a read or write answer that a
     /// watch event has already overtaken): it must not move the observation backwards.
     fn is_older(&self, version: &str) -> bool {
-        match self.observed.as_ref().and_then(Observed::version) {
-            Some(current) => version != current && !is_newer(version, Some(current)),
-            None => false,
-        }
+        self.observed.as_ref().is_some_and(|o| o.is_older(version))
     }
 
     /// Takes the result of call `seq`. `None` if that is not the call in flight (a result
@@ -1051,18 +1036,13 @@ impl Machine {
                 Outcome::Read
             }
             Err(error) => {
-                if self.failures == 0 {
-                    self.failed_reads_only = true;
-                }
-                self.failures += 1;
-                if op.is_write() {
-                    self.failed_reads_only = false;
-                }
                 let transient = error.is_transient();
-                if !transient {
-                    self.refusals += 1;
-                }
-                self.retry_after = Some(now + self.backoff(transient));
+                let failure = Failure {
+                    write: op.is_write(),
+                    transient,
+                };
+                let pace = Pace::lease(&self.timing, self.holding());
+                self.retry_after = Some(now + self.streak.after_failure(failure, pace));
                 if confirming {
                     // Nothing is lost (what we observed stands): wait for the watch again,
                     // rather than read every retry period while the server is down.
@@ -1098,16 +1078,14 @@ impl Machine {
         base: Option<String>,
         stored: StoredLease,
     ) -> Outcome {
-        if op.is_write() || self.failed_reads_only {
-            self.failures = 0;
-            self.refusals = 0;
+        if self.streak.after_success(op.is_write()) {
             self.retry_after = None;
         }
         let unchanged = base.as_deref() == Some(stored.resource_version.as_str());
         if op.is_write() && !unchanged {
             self.conflicts = 0;
         }
-        let token = token_of(&stored.record);
+        let token = stored.record.token();
         if !self.is_older(&stored.resource_version) {
             self.observe(Some(stored), now);
         } else if op == Op::Read
@@ -1131,13 +1109,11 @@ impl Machine {
             Op::Create | Op::Acquire => {
                 self.last_token = Some(token);
                 self.raise_floor(token);
-                self.claim = Some(Claim {
+                self.role = Role::holder(Claim {
                     token,
                     acquired_at: started,
                     renewed_at: started,
                 });
-                self.assigned = false;
-                self.yielding = false;
                 Outcome::Acquired { token }
             }
             Op::Renew if unchanged => {
@@ -1146,7 +1122,7 @@ impl Machine {
                 Outcome::Unchanged
             }
             Op::Renew => {
-                if let Some(claim) = self.claim.as_mut() {
+                if let Role::Holder { claim, .. } = &mut self.role {
                     claim.renewed_at = started;
                     Outcome::Renewed
                 } else {
@@ -1155,7 +1131,7 @@ impl Machine {
                 }
             }
             Op::Release => {
-                self.claim = None;
+                self.drop_claim();
                 self.successor = None;
                 Outcome::Released
             }
@@ -1186,7 +1162,7 @@ impl Machine {
 /// Whether `record` still describes the term we hold: our identity and our fencing token.
 /// (A write of ours whose response was lost shows up as a new version of the same term.)
 fn is_our_term(record: &LeaseRecord, identity: &str, token: i32) -> bool {
-    record.holder() == Some(identity) && record.lease_transitions.unwrap_or(0) == token
+    record.holder() == Some(identity) && record.token() == token
 }
 
 /// The holder `record` prefers (`spec.preferredHolder`) if it is not us.
@@ -1194,9 +1170,10 @@ fn prefers_another<'r>(record: &'r LeaseRecord, identity: &str) -> Option<&'r st
     record.preferred().filter(|&p| p != identity)
 }
 
-/// The fencing token a record carries.
+/// The fencing token a record carries (kept for callers of `dsync::lease::token_of`; the
+/// rule lives in [`LeaseRecord::token`]).
 pub fn token_of(record: &LeaseRecord) -> i32 {
-    record.lease_transitions.unwrap_or(0)
+    record.token()
 }
 
 /// The record that takes the lease for `identity` (of pod `pod`, if known): the next fencing token is above both the
@@ -1212,7 +1189,7 @@ fn acquired(
     now: SystemTime,
 ) -> LeaseRecord {
     let next = |t: i32| t.saturating_add(1);
-    let transitions = match (previous.map(token_of), floor) {
+    let transitions = match (previous.map(LeaseRecord::token), floor) {
         (None, None) => 0,
         (Some(t), None) | (None, Some(t)) => next(t),
         (Some(a), Some(b)) => next(a.max(b)),

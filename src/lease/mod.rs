@@ -14,7 +14,12 @@
 //!
 //! Each file uses only the ones above it (checked by `tests/layering.rs`):
 //!
-//! * `machine.rs`: the lease machine, pure.
+//! * `backoff.rs`: the one retry policy (rule `write-backoff`), for the machine, the observer
+//!   and [`LeaderOnly`](crate::LeaderOnly)'s restarts.
+//! * `follow.rs`: [`Observed`], the one follower of a lease by local observation (rule
+//!   `local-expiry`), for the machine, the observer and the CLI.
+//! * `machine.rs`: [`Machine`], every decision about one lease, pure (its rules as plain
+//!   `#[test]`s in `tests.rs`).
 //! * `lifecycle.rs`: the term lifecycle, pure: events in, effects out (rules
 //!   `holder-steps-down-first`, `drain-then-release`, `handoff-ends-with-its-term`,
 //!   `refusal-during-drain`, `never-give-up`).
@@ -100,14 +105,17 @@
 //!   its claim, renewed while the work drains, then releases it.
 
 pub(crate) mod actor;
+pub(crate) mod backoff;
 pub(crate) mod core;
 pub(crate) mod face;
+mod follow;
 pub(crate) mod lifecycle;
 mod machine;
 
+pub use follow::{Observed, Versioned};
 pub use machine::{
-    Alert, Call, Claim, Machine, Observed, Op, Outcome, Request, Step, StepDownReason, Waiting,
-    Want, token_of,
+    Alert, Call, Claim, Machine, Op, Outcome, Request, Step, StepDownReason, Waiting, Want,
+    token_of,
 };
 pub(crate) use machine::{force_released, released, with_handoff_request};
 

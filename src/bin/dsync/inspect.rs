@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dsync::lease::{Observed, Versioned};
 use dsync::store::StreamExt;
 use dsync::{Dsync, Error, LeaseKey, LeaseKind, LeaseName, LeaseStore, StoredLease};
 use serde_json::{Value, json};
@@ -42,11 +43,7 @@ impl Row {
     }
 
     fn duration(&self) -> Option<Duration> {
-        self.lease
-            .record
-            .lease_duration_seconds
-            .filter(|s| *s > 0)
-            .map(|s| Duration::from_secs(s as u64))
+        self.lease.record.declared_duration()
     }
 
     /// Whether the holder looks expired *by this machine's clock* against the holder's
@@ -115,6 +112,17 @@ impl Row {
             "preferred_holder": record.preferred(),
             "resource_version": self.lease.resource_version,
         })
+    }
+}
+
+/// A row is followed by the lease's version ([`Observed`]).
+impl Versioned for Row {
+    fn version(&self) -> &str {
+        &self.lease.resource_version
+    }
+
+    fn record(&self) -> &dsync::LeaseRecord {
+        &self.lease.record
     }
 }
 
@@ -328,19 +336,31 @@ pub async fn status(
     }
 }
 
-/// What `status --watch` knows: every lease shown, with the instant this process saw its
-/// current version (expiry is judged from that, by this observer, as holders judge it).
+/// What `status --watch` knows: every lease shown, followed by [`Observed`] from the instant
+/// this process saw its current version (expiry is judged from that, by this observer, as
+/// holders judge it), and whether its expiry has been reported.
 struct Follow {
-    known: BTreeMap<String, (Row, Instant, bool)>,
+    known: BTreeMap<String, (Observed<Row>, bool)>,
+}
+
+/// The current instant on the library's clock. (Tokio's clock, so that tests can pause it; its
+/// instants are the standard library's.)
+fn local_now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 impl Follow {
     fn new(rows: Vec<Row>) -> Self {
-        let now = Instant::now();
+        let now = local_now();
         Follow {
             known: rows
                 .into_iter()
-                .map(|r| (r.key.name.clone(), (r, now, false)))
+                .map(|r| {
+                    (
+                        r.key.name.clone(),
+                        (Observed::update(None, Some(r), now), false),
+                    )
+                })
                 .collect(),
         }
     }
@@ -359,49 +379,51 @@ impl Follow {
                     return Vec::new();
                 };
                 let mut lines = Vec::new();
-                match self.known.get(&row.key.name) {
+                let previous = self.known.get(&row.key.name).map(|(o, _)| o);
+                match previous.and_then(|o| o.lease.as_ref()) {
                     // The watch's replay of what we listed.
-                    Some((old, _, _))
-                        if !dsync::record::is_newer(
-                            &row.lease.resource_version,
-                            Some(&old.lease.resource_version),
-                        ) =>
-                    {
+                    Some(old) if !dsync::record::is_newer(row.version(), Some(old.version())) => {
                         return lines;
                     }
                     // A renewal: nothing to print, but expiry counts from now again.
-                    Some((old, _, _)) if old.visible() == row.visible() => {}
+                    Some(old) if old.visible() == row.visible() => {}
                     _ => lines.push(change_line("changed", &row, now, output)),
                 }
-                self.known
-                    .insert(row.key.name.clone(), (row, Instant::now(), false));
+                let name = row.key.name.clone();
+                let observed = Observed::update(previous, Some(row), local_now());
+                self.known.insert(name, (observed, false));
                 lines
             }
-            dsync::store::WatchEvent::Deleted { name } => match self.known.remove(&name) {
-                Some((row, _, _)) => vec![change_line("deleted", &row, now, output)],
-                None => Vec::new(),
-            },
+            dsync::store::WatchEvent::Deleted { name } => {
+                match self.known.remove(&name).and_then(|(o, _)| o.lease) {
+                    Some(row) => vec![change_line("deleted", &row, now, output)],
+                    None => Vec::new(),
+                }
+            }
         }
     }
 
     /// When the next held lease would expire by this observer, if any.
+    /// (A lease that declares no duration is never judged expired: this observer has no
+    /// timing of its own to assume.)
     fn next_expiry(&self) -> Option<Instant> {
         self.known
             .values()
-            .filter(|(row, _, reported)| !reported && row.holder().is_some())
-            .filter_map(|(row, seen, _)| Some(*seen + row.duration()?))
+            .filter(|(_, reported)| !reported)
+            .filter_map(|(observed, _)| observed.expiry(None))
             .min()
+            .map(Instant::from_std)
     }
 
     fn expire(&mut self, output: Output) -> Vec<String> {
-        let now = Instant::now();
+        let now = local_now();
         let wall = SystemTime::now();
         let mut lines = Vec::new();
-        for (row, seen, reported) in self.known.values_mut() {
-            let Some(duration) = row.duration() else {
-                continue;
-            };
-            if !*reported && row.holder().is_some() && *seen + duration <= now {
+        for (observed, reported) in self.known.values_mut() {
+            if !*reported
+                && observed.expiry(None).is_some_and(|at| at <= now)
+                && let Some(row) = &observed.lease
+            {
                 *reported = true;
                 lines.push(change_line("expired", row, wall, output));
             }
@@ -427,10 +449,7 @@ fn change_line(event: &str, row: &Row, now: SystemTime, output: Output) -> Strin
                     "{h} looks expired to this observer (no change for {})",
                     row.duration().map(human).unwrap_or_default()
                 ),
-                (_, Some(h)) => format!(
-                    "holder {h} token {}",
-                    row.lease.record.lease_transitions.unwrap_or(0)
-                ),
+                (_, Some(h)) => format!("holder {h} token {}", row.lease.record.token()),
                 (_, None) => match row.lease.record.handed_to() {
                     Some(to) => format!("free, handed to {to}"),
                     None => "free".to_owned(),
@@ -489,7 +508,7 @@ pub async fn release(
             format!(
                 "lease {key} is held by {holder} (fencing token {}). Releasing it lets the next \
                  holder in while {holder} may still be working; run again with --force to do it",
-                current.record.lease_transitions.unwrap_or(0)
+                current.record.token()
             ),
         )),
     }

@@ -32,7 +32,10 @@ fn readme_ids(readme: &str) -> Vec<String> {
         }
     }
     let expected: Vec<u32> = (1..=numbers.len() as u32).collect();
-    assert_eq!(numbers, expected, "safety rules are numbered once, 1, 2, 3, ...");
+    assert_eq!(
+        numbers, expected,
+        "safety rules are numbered once, 1, 2, 3, ..."
+    );
     ids
 }
 
@@ -52,7 +55,11 @@ fn every_safety_rule_id_is_in_the_module_docs_and_in_test_names() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
     let ids = readme_ids(&readme);
-    assert!(ids.len() >= 16, "only {} rule ids found: {ids:?}", ids.len());
+    assert!(
+        ids.len() >= 16,
+        "only {} rule ids found: {ids:?}",
+        ids.len()
+    );
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
@@ -82,9 +89,7 @@ fn every_safety_rule_id_is_in_the_module_docs_and_in_test_names() {
             missing.push(format!("`{id}` is in no module doc (`//!`) under src/"));
         }
         let test_name = format!("fn {}", id.replace('-', "_"));
-        let in_tests = sources
-            .iter()
-            .any(|(_, text)| text.contains(&test_name));
+        let in_tests = sources.iter().any(|(_, text)| text.contains(&test_name));
         if !in_tests {
             missing.push(format!(
                 "`{id}` names no test (`{test_name}_...`) under src/ or tests/"
@@ -96,7 +101,8 @@ fn every_safety_rule_id_is_in_the_module_docs_and_in_test_names() {
 
 #[test]
 fn the_readme_parser_finds_ids_and_catches_a_missing_number() {
-    let readme = "\n## Safety rules\n\n1. **A** (`a-b`). text\n2. **B** (`c`,\n   `d`). text\n\n## Next\n";
+    let readme =
+        "\n## Safety rules\n\n1. **A** (`a-b`). text\n2. **B** (`c`,\n   `d`). text\n\n## Next\n";
     assert_eq!(readme_ids(readme), ["a-b", "c", "d"]);
     let gap = "\n## Safety rules\n\n1. **A** (`a`). x\n3. **B** (`b`). y\n";
     assert!(std::panic::catch_unwind(|| readme_ids(gap)).is_err());

@@ -170,7 +170,7 @@ fn based_on(call: &Call) -> &str {
 // ---- observation ------------------------------------------------------------------------
 
 #[test]
-fn observation_time_moves_only_when_the_version_changes() {
+fn local_expiry_observation_time_moves_only_when_the_version_changes() {
     let w = Sim::new();
     let first = Observed::update(None, Some(lease(Some(OTHER), Some(15), Some(0))), w.at(1.0));
     assert_eq!(first.changed_at, w.at(1.0));
@@ -193,7 +193,7 @@ fn observation_time_moves_only_when_the_version_changes() {
 }
 
 #[test]
-fn remote_renew_time_is_ignored() {
+fn local_expiry_remote_renew_time_is_ignored() {
     // The holder's wall clock says it renewed an hour ago (or in the future); only our
     // observation counts.
     for skew in [-3600i64, 3600] {
@@ -234,7 +234,7 @@ fn watch_events_older_than_what_we_know_are_ignored() {
 }
 
 #[test]
-fn read_results_never_move_the_observation_backwards() {
+fn restore_resync_read_results_never_move_the_observation_backwards() {
     // A read answered with version 8 after the watch has shown version 9: the read raced with
     // a write and lost. The observation keeps version 9 and its time.
     let mut w = Sim::new();
@@ -372,7 +372,7 @@ fn missing_transitions_count_as_zero() {
 }
 
 #[test]
-fn a_held_lease_is_followed_until_its_duration_after_our_observation() {
+fn local_expiry_a_held_lease_is_followed_until_its_duration_after_our_observation() {
     let mut w = Sim::new();
     w.read(
         3.0,
@@ -416,7 +416,7 @@ fn following(w: &Sim, until: f64) -> Waiting {
 /// taken on that strength: the machine waits for the watch (`watch_current`), and then takes
 /// it, on the news the watch brought.
 #[test]
-fn a_lease_that_looks_expired_while_the_watch_is_behind_waits_for_the_watch() {
+fn watch_behind_a_lease_that_looks_expired_while_the_watch_is_behind_waits_for_the_watch() {
     let mut w = behind_follower(5.0);
     assert_eq!(w.wait(5.0, Want::Acquire), following(&w, 15.0));
     // Expired by our observation, but we may have missed a renewal: wait for the watch, up to
@@ -442,7 +442,7 @@ fn a_lease_that_looks_expired_while_the_watch_is_behind_waits_for_the_watch() {
 /// the read confirms the expiry. A read that fails (the server is still down) is not retried
 /// every retry period: the machine waits for the watch another lease duration.
 #[test]
-fn a_watch_behind_for_a_lease_duration_is_replaced_by_one_read() {
+fn watch_behind_a_watch_behind_for_a_lease_duration_is_replaced_by_one_read() {
     let mut w = behind_follower(1.0);
     assert_eq!(w.wait(16.0, Want::Acquire), following(&w, 31.0));
     let call = w.call(31.0, Want::Acquire);
@@ -483,7 +483,7 @@ fn a_watch_behind_for_a_lease_duration_is_replaced_by_one_read() {
 
 /// A holder renews whatever the watch says: its compare-and-swap is the check.
 #[test]
-fn a_holder_renews_while_the_watch_is_behind() {
+fn watch_behind_a_holder_renews_while_the_watch_is_behind() {
     let mut w = Sim::new();
     w.hold(0.0, 3);
     w.m.watch_behind(w.at(0.5));
@@ -492,7 +492,7 @@ fn a_holder_renews_while_the_watch_is_behind() {
 }
 
 #[test]
-fn the_holders_declared_duration_is_used_not_ours() {
+fn local_expiry_the_holders_declared_duration_is_used_not_ours() {
     for (declared, expires) in [(Some(60), 60.0), (Some(5), 5.0), (None, 15.0)] {
         let mut w = Sim::new();
         w.read(
@@ -649,7 +649,7 @@ fn garbage_records_are_invalid_never_written_and_read_again_later() {
 // ---- holding ----------------------------------------------------------------------------
 
 #[test]
-fn a_holder_waits_a_retry_period_then_renews_on_the_cached_version() {
+fn cas_writes_a_holder_waits_a_retry_period_then_renews_on_the_cached_version() {
     let mut w = Sim::new();
     w.hold(0.0, 1);
     assert_eq!(w.m.deadline(), Some(w.at(10.0)));
@@ -687,7 +687,7 @@ fn renewal_keeps_the_acquire_time() {
 }
 
 #[test]
-fn failed_renewals_are_retried_each_retry_period_until_the_deadline() {
+fn write_backoff_failed_renewals_are_retried_each_retry_period_until_the_deadline() {
     let mut w = Sim::new();
     w.hold(0.0, 1);
     let mut renewals = Vec::new();
@@ -715,7 +715,7 @@ fn failed_renewals_are_retried_each_retry_period_until_the_deadline() {
 }
 
 #[test]
-fn a_holder_steps_down_at_the_deadline_even_with_a_call_in_flight() {
+fn holder_steps_down_first_at_the_deadline_even_with_a_call_in_flight() {
     let mut w = Sim::new();
     w.hold(0.0, 1);
     let call = w.call(2.0, Want::Keep);
@@ -738,7 +738,7 @@ fn a_holder_steps_down_at_the_deadline_even_with_a_call_in_flight() {
 }
 
 #[test]
-fn the_deadline_is_always_before_anyone_else_may_take_over() {
+fn holder_steps_down_first_the_deadline_is_always_before_anyone_else_may_take_over() {
     // Whenever we hold, another replica can only take over lease_duration after it saw our
     // latest successful write, which started no earlier than our renewed_at: our deadline
     // (renewed_at + renew_deadline) comes first.
@@ -804,7 +804,7 @@ fn a_new_version_of_our_own_term_is_still_ours() {
 }
 
 #[test]
-fn a_renewal_answered_without_a_new_version_does_not_extend_the_claim() {
+fn holder_steps_down_first_a_renewal_answered_without_a_new_version_does_not_extend_the_claim() {
     // Nothing was written, so nobody saw a renewal: counting it would let us outlive what
     // the others observe.
     let mut w = Sim::new();
@@ -849,7 +849,7 @@ fn a_holder_that_wants_to_release_writes_the_release() {
 }
 
 #[test]
-fn a_failing_release_waits_its_backoff_and_gives_up_at_the_deadline() {
+fn write_backoff_a_failing_release_waits_its_backoff_and_gives_up_at_the_deadline() {
     // Answered at once with 503 (or 429, or connection refused): the old machine retried
     // back to back, thousands of calls while the API server struggled.
     let mut w = Sim::new();
@@ -877,7 +877,7 @@ fn a_failing_release_waits_its_backoff_and_gives_up_at_the_deadline() {
 // ---- failures and backoff ---------------------------------------------------------------
 
 #[test]
-fn transient_failures_retry_every_retry_period() {
+fn write_backoff_transient_failures_retry_every_retry_period() {
     let mut w = Sim::new();
     for i in 0..5 {
         let t = f64::from(i) * 2.0;
@@ -897,7 +897,7 @@ fn transient_failures_retry_every_retry_period() {
 }
 
 #[test]
-fn refusals_back_off_exponentially_and_successful_reads_do_not_reset_them() {
+fn write_backoff_refusals_back_off_exponentially_and_successful_reads_do_not_reset_them() {
     // Persistent 403 on update with get allowed: reads succeed, every acquisition is refused.
     // The wait grows (2, 4, 8, 15, 15 s) instead of staying at one retry period.
     let mut w = Sim::new();
@@ -942,7 +942,7 @@ fn a_failed_read_ends_its_refresh() {
 }
 
 #[test]
-fn the_first_conflict_is_retried_at_once_and_the_next_ones_back_off() {
+fn cas_writes_the_first_conflict_is_retried_at_once_and_the_next_ones_back_off() {
     let mut w = Sim::new();
     w.read(0.0, Want::Acquire, Some(lease(None, None, Some(0))));
     assert_eq!(w.call(0.0, Want::Acquire).op, Op::Acquire);
@@ -1392,7 +1392,7 @@ fn a_controller_handover_between_two_replicas_keeps_tokens_increasing() {
 // ---- fencing and versions ---------------------------------------------------------------
 
 #[test]
-fn successive_acquisitions_have_strictly_increasing_tokens() {
+fn fencing_tokens_successive_acquisitions_have_strictly_increasing_tokens() {
     let mut store = Cas::default();
     let mut a = Sim::with_identity("a");
     let mut b = Sim::with_identity("b");

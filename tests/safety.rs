@@ -906,6 +906,9 @@ struct ElectionRun {
     /// The election as its work sees it; emptied at the end.
     slot: Arc<Mutex<Option<Election>>>,
     _witness: Addr<Witness>,
+    /// How much longer (ms) the work of the current term takes to return once its term has
+    /// ended: set by a handoff under fault, taken by that work.
+    slow_drain: Arc<AtomicU64>,
 }
 
 impl ElectionRun {
@@ -936,6 +939,8 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
     let (ctx, id, drain) = (ctx.clone(), process.id.clone(), process.drain);
     let (dsync_slot, shut) = (process.dsync_slot.clone(), process.shut.clone());
     let (stop_flags, election_slot) = ((stopping.clone(), stopped.clone()), slot.clone());
+    let slow_drain = Arc::<AtomicU64>::default();
+    let slow = slow_drain.clone();
     let lease_name = election.lease().to_string();
     election
         .when_elected(move |term| {
@@ -943,6 +948,7 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
             let (ctx, id, lease_name) = (ctx.clone(), id.clone(), lease_name.clone());
             let (dsync_slot, shut) = (dsync_slot.clone(), shut.clone());
             let (stop_flags, election_slot) = (stop_flags.clone(), election_slot.clone());
+            let slow = slow.clone();
             async move {
                 ctx.oracle.got(e, &id, &term);
                 let _work = ctx.works.start(&ctx, &id, e, &term, drain);
@@ -976,6 +982,13 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
                 }
                 // Wrapping up, whatever the term does.
                 sleep(plan.linger).await;
+                if !term.is_active() {
+                    let extra = slow.swap(0, Ordering::Relaxed);
+                    if extra > 0 {
+                        sleep(Duration::from_millis(extra)).await;
+                        ctx.bump("when_elected drained slowly after a handoff");
+                    }
+                }
                 if !plan.linger.is_zero() {
                     ctx.bump("when_elected lingered");
                 }
@@ -988,6 +1001,7 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
         stopped,
         slot,
         _witness: witness,
+        slow_drain,
     })
 }
 
@@ -1502,6 +1516,11 @@ impl Seed {
     /// for being called from work it is not called from.
     fn hand_off(&mut self, r: usize) {
         let e = self.rng.below(ELECTIONS as u64) as usize;
+        self.hand_off_election(r, e);
+    }
+
+    /// [`hand_off`](Self::hand_off) of election `e`.
+    fn hand_off_election(&mut self, r: usize, e: usize) {
         let n = self.processes.len();
         let to = match self.rng.below(n as u64 + 1) as usize {
             i if i < n => self.processes[i].id.clone(),
@@ -1576,13 +1595,34 @@ impl Seed {
             .map(|i| self.processes[i].chaos.clone())
             .collect();
         let fault = self.rng.below(7);
-        let others_for = self.ctx.scaled(&mut self.rng, 20_000);
+        let e = self.rng.below(ELECTIONS as u64) as usize;
+        let scale = self.ctx.scale;
+        let ms = |ms: u64| Duration::from_millis(ms).mul_f64(scale);
         let inject_after = self.ctx.scaled(&mut self.rng, 4_000);
-        let clear_after = self.ctx.scaled(&mut self.rng, 25_000);
+        let mut clear_after = self.ctx.scaled(&mut self.rng, 25_000);
+        // The handed-off term's work takes this much longer to return once cancelled: often
+        // past the renew deadline, so the lease may be lost while it drains.
+        let mut slow = self.ctx.scaled(&mut self.rng, 30_000);
+        let mut others_for = self.ctx.scaled(&mut self.rng, 20_000);
+        if fault == 6 {
+            // Writes fail past the renew deadline; the work returns after they heal; the
+            // others come back later still.
+            clear_after = ms(12_000) + self.ctx.scaled(&mut self.rng, 8_000);
+            slow = inject_after + clear_after + ms(3_000) + self.ctx.scaled(&mut self.rng, 5_000);
+            others_for = slow - inject_after - clear_after
+                + ms(5_000)
+                + self.ctx.scaled(&mut self.rng, 10_000);
+        }
+        if let Some(run) = &self.processes[r].elections[e]
+            && run.election.is_leader()
+        {
+            run.slow_drain
+                .store(slow.as_millis() as u64, Ordering::Relaxed);
+        }
         if fault == 0 {
             chaos.lose_next_response(Call::Replace);
         }
-        self.hand_off(r);
+        self.hand_off_election(r, e);
         self.ctx.bump(match fault {
             0 => "handoff under fault: reply lost at once",
             1 => "handoff under fault: reply lost later",

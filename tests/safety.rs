@@ -13,6 +13,13 @@
 //!   down (and later started again as a new process), all while `when_elected` futures and
 //!   `with_lock` bodies run, some of which ignore their cancellation for a while (longer than
 //!   the drain timeout, sometimes);
+//! * handoffs (`Election::handoff_to`, `Dsync::handoff`, and `Dsync::request_handoff` on the
+//!   lease) to a live replica, to the caller itself or to an identity nobody has, alone or
+//!   under a fault of their own: the next write's reply lost (at once, or later: a renewal
+//!   during the drain, or the release after it), a partition, every write refused with 403 or
+//!   422, or failing with 503 so that the lease is lost while the handed-off term's work
+//!   drains (that work then takes up to 30 s longer to return; with the other replicas cut off
+//!   for longer still, sometimes, so that the replica handing off may take its record back);
 //! * a blocked executor: on the real API server, the test's own thread (where the terms' work,
 //!   the lock callers and replica 0's lease actors run; the other replicas' run on dsync's own
 //!   threads) blocked for one to one and a half lease durations. In paused time nothing can
@@ -40,6 +47,14 @@
 //! outlived the drain timeout), stops and shutdowns answer within their bound with the
 //! documented errors and end every term they stop, a dropped handle's or a dropped grant's term
 //! ends at once, and no lock grant is ever kept by a caller that did not receive it.
+//!
+//! Issue 24 added (rules `handoff-ends-with-its-term`, `refusal-during-drain`): every handoff
+//! call returns within the bound of a stop (and a handoff request within its attempts' bound);
+//! in paused time, a term whose work still runs after it ended is marked lost
+//! (`Term::lost`) whenever another replica's term of that lease starts its work; and after
+//! every replica has shut down, no lease names a replica whose shutdowns all answered `Ok`,
+//! and no election's lease is left released naming a successor (the last writes were plain
+//! stops).
 //!
 //! `DSYNC_SAFETY_SEEDS=N` runs N memory seeds per test (default 250 per test, 1,000 in all);
 //! `DSYNC_SAFETY_SEED=S` replays one seed; `DSYNC_SAFETY_TRACE=1` prints the schedule (with
@@ -906,6 +921,9 @@ struct ElectionRun {
     /// The election as its work sees it; emptied at the end.
     slot: Arc<Mutex<Option<Election>>>,
     _witness: Addr<Witness>,
+    /// How much longer (ms) the work of the current term takes to return once its term has
+    /// ended: set by a handoff under fault, taken by that work.
+    slow_drain: Arc<AtomicU64>,
 }
 
 impl ElectionRun {
@@ -936,6 +954,8 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
     let (ctx, id, drain) = (ctx.clone(), process.id.clone(), process.drain);
     let (dsync_slot, shut) = (process.dsync_slot.clone(), process.shut.clone());
     let (stop_flags, election_slot) = ((stopping.clone(), stopped.clone()), slot.clone());
+    let slow_drain = Arc::<AtomicU64>::default();
+    let slow = slow_drain.clone();
     let lease_name = election.lease().to_string();
     election
         .when_elected(move |term| {
@@ -943,6 +963,7 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
             let (ctx, id, lease_name) = (ctx.clone(), id.clone(), lease_name.clone());
             let (dsync_slot, shut) = (dsync_slot.clone(), shut.clone());
             let (stop_flags, election_slot) = (stop_flags.clone(), election_slot.clone());
+            let slow = slow.clone();
             async move {
                 ctx.oracle.got(e, &id, &term);
                 let _work = ctx.works.start(&ctx, &id, e, &term, drain);
@@ -976,6 +997,13 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
                 }
                 // Wrapping up, whatever the term does.
                 sleep(plan.linger).await;
+                if !term.is_active() {
+                    let extra = slow.swap(0, Ordering::Relaxed);
+                    if extra > 0 {
+                        sleep(Duration::from_millis(extra)).await;
+                        ctx.bump("when_elected drained slowly after a handoff");
+                    }
+                }
                 if !plan.linger.is_zero() {
                     ctx.bump("when_elected lingered");
                 }
@@ -988,6 +1016,7 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
         stopped,
         slot,
         _witness: witness,
+        slow_drain,
     })
 }
 
@@ -1502,6 +1531,11 @@ impl Seed {
     /// for being called from work it is not called from.
     fn hand_off(&mut self, r: usize) {
         let e = self.rng.below(ELECTIONS as u64) as usize;
+        self.hand_off_election(r, e);
+    }
+
+    /// [`hand_off`](Self::hand_off) of election `e`.
+    fn hand_off_election(&mut self, r: usize, e: usize) {
         let n = self.processes.len();
         let to = match self.rng.below(n as u64 + 1) as usize {
             i if i < n => self.processes[i].id.clone(),
@@ -1576,13 +1610,34 @@ impl Seed {
             .map(|i| self.processes[i].chaos.clone())
             .collect();
         let fault = self.rng.below(7);
-        let others_for = self.ctx.scaled(&mut self.rng, 20_000);
+        let e = self.rng.below(ELECTIONS as u64) as usize;
+        let scale = self.ctx.scale;
+        let ms = |ms: u64| Duration::from_millis(ms).mul_f64(scale);
         let inject_after = self.ctx.scaled(&mut self.rng, 4_000);
-        let clear_after = self.ctx.scaled(&mut self.rng, 25_000);
+        let mut clear_after = self.ctx.scaled(&mut self.rng, 25_000);
+        // The handed-off term's work takes this much longer to return once cancelled: often
+        // past the renew deadline, so the lease may be lost while it drains.
+        let mut slow = self.ctx.scaled(&mut self.rng, 30_000);
+        let mut others_for = self.ctx.scaled(&mut self.rng, 20_000);
+        if fault == 6 {
+            // Writes fail past the renew deadline; the work returns after they heal; the
+            // others come back later still.
+            clear_after = ms(12_000) + self.ctx.scaled(&mut self.rng, 8_000);
+            slow = inject_after + clear_after + ms(3_000) + self.ctx.scaled(&mut self.rng, 5_000);
+            others_for = slow - inject_after - clear_after
+                + ms(5_000)
+                + self.ctx.scaled(&mut self.rng, 10_000);
+        }
+        if let Some(run) = &self.processes[r].elections[e]
+            && run.election.is_leader()
+        {
+            run.slow_drain
+                .store(slow.as_millis() as u64, Ordering::Relaxed);
+        }
         if fault == 0 {
             chaos.lose_next_response(Call::Replace);
         }
-        self.hand_off(r);
+        self.hand_off_election(r, e);
         self.ctx.bump(match fault {
             0 => "handoff under fault: reply lost at once",
             1 => "handoff under fault: reply lost later",

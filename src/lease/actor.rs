@@ -255,11 +255,14 @@ impl<F: Face> LeaseActor<F> {
                 tracing::info!(lease = %core.key, preferred = %holder, "the election controller prefers another holder; ending the term, then releasing");
             }
             StepDownReason::Superseded { holder: Some(h) } if h == core.identity() => {
-                tracing::error!(
+                // Most often our own write whose answer was lost (it landed after we gave up
+                // on it); a live twin is reported apart, by the machine (`Alert::Twin`).
+                tracing::warn!(
                     lease = %core.key,
                     identity = %h,
-                    "another process holds this lease under our identity; identities must be \
-                     unique per replica. Waiting for its lease to expire instead of taking it back"
+                    "the lease names us under a version we did not see written (a write whose \
+                     answer was lost, or another process with our identity); stepping down and \
+                     judging it by expiry (rule one-identity)"
                 );
             }
             _ => tracing::info!(lease = %core.key, ?reason, "stepping down"),

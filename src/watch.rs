@@ -399,9 +399,23 @@ impl WatchHub {
         // The last check found changes the watch had not brought, and it has brought nothing
         // since.
         let mut missed = false;
+        // One timer for the whole watch, re-armed lazily: an event only notes the instant
+        // (a timer per event would cost a timer-wheel insert and removal per renewal seen).
+        let silence = tokio::time::sleep_until(heard + self.silent_after);
+        tokio::pin!(silence);
         loop {
-            let next = tokio::time::timeout_at(heard + self.silent_after, stream.next()).await;
+            let next = tokio::select! {
+                biased;
+                next = stream.next() => Ok(next),
+                () = &mut silence => Err(()),
+            };
             let Ok(next) = next else {
+                let due = heard + self.silent_after;
+                if tokio::time::Instant::now() < due {
+                    // Something arrived since the timer was armed: not silent yet.
+                    silence.as_mut().reset(due);
+                    continue;
+                }
                 // Nothing at all for a lease duration (rule `watch-behind`).
                 if missed {
                     tracing::warn!(%namespace, "the watch brought nothing for a lease duration after missing changes: opening a new one");
@@ -421,6 +435,7 @@ impl WatchHub {
                     }
                 }
                 heard = tokio::time::Instant::now();
+                silence.as_mut().reset(heard + self.silent_after);
                 continue;
             };
             heard = tokio::time::Instant::now();

@@ -103,7 +103,7 @@ impl<F: Face> LeaseActor<F> {
         self.core.report();
         for _ in 0..4 {
             let now = now();
-            self.core.settle();
+            self.core.settle(now);
             if F::HONOURS_HANDOFF_REQUESTS {
                 self.handoff_if_requested();
             }
@@ -117,7 +117,7 @@ impl<F: Face> LeaseActor<F> {
                 self.step(now, ctx)
             };
             self.arm(ctx, timer_for(&waiting), now);
-            self.core.settle();
+            self.core.settle(now);
             answers.extend(self.perform(ctx));
             if self.restart {
                 return;

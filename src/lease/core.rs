@@ -114,6 +114,8 @@ pub(crate) struct Core {
     pub(super) lifecycle: Lifecycle,
     /// Effects for the actor to perform (they need the face or the actor's context).
     queue: VecDeque<Effect>,
+    /// The lifecycle's output buffer, reused from one decision to the next.
+    scratch: Vec<Effect>,
     stop_waiters: Vec<oneshot::Sender<StopOutcome>>,
     handoff_waiters: Vec<oneshot::Sender<HandoffOutcome>>,
     /// Where the watch hub notes what we have seen and parks the renewals it did not wake
@@ -156,6 +158,7 @@ impl Core {
             shared,
             span,
             queue: VecDeque::new(),
+            scratch: Vec::new(),
             stop_waiters: Vec::new(),
             handoff_waiters: Vec::new(),
             inbox: Arc::default(),
@@ -207,9 +210,9 @@ impl Core {
         if !self.lifecycle.handing_off() && self.term().is_some() && *to != *self.identity() {
             tracing::info!(lease = %self.key, identity = %self.identity(), %to, "handing off");
         }
-        let effects = self.decide(Event::HandOff { to });
+        let mut effects = self.decide(Event::HandOff { to });
         let mut reply = Some(reply);
-        for effect in effects {
+        for effect in effects.drain(..) {
             match effect {
                 Effect::ReplyHandoff(outcome) => {
                     if let Some(reply) = reply.take() {
@@ -220,14 +223,15 @@ impl Core {
                 other => self.apply(other),
             }
         }
+        self.keep(effects);
     }
 
     /// Begins a stop (or joins the one under way); `reply` is answered when it is done, or at
     /// once with [`StopOutcome::Deferred`] when `from_work`.
     pub(super) fn begin_stop(&mut self, reply: oneshot::Sender<StopOutcome>, from_work: bool) {
-        let effects = self.decide(Event::Stop { from_work });
+        let mut effects = self.decide(Event::Stop { from_work });
         let mut reply = Some(reply);
-        for effect in effects {
+        for effect in effects.drain(..) {
             match effect {
                 Effect::ReplyStop(outcome) => {
                     if let Some(reply) = reply.take() {
@@ -238,6 +242,7 @@ impl Core {
                 other => self.apply(other),
             }
         }
+        self.keep(effects);
     }
 
     /// What the lease machine should aim for.
@@ -251,23 +256,42 @@ impl Core {
     }
 
     fn decide(&mut self, event: Event) -> Vec<Effect> {
+        // The buffer is reused: a renewal's one effect costs no allocation. (Taken, so that an
+        // effect that feeds another event, rarely, gets a fresh one.)
+        let mut fx = std::mem::take(&mut self.scratch);
         self.lifecycle
-            .handle(now(), event, &facts_of(&self.machine))
+            .handle(now(), event, &facts_of(&self.machine), &mut fx);
+        fx
+    }
+
+    /// Performs `fx` in order and keeps the buffer for the next decision.
+    fn apply_all(&mut self, mut fx: Vec<Effect>) {
+        for effect in fx.drain(..) {
+            self.apply(effect);
+        }
+        self.keep(fx);
+    }
+
+    /// Keeps an emptied buffer for the next decision.
+    fn keep(&mut self, fx: Vec<Effect>) {
+        if self.scratch.capacity() == 0 {
+            self.scratch = fx;
+        }
     }
 
     /// Feeds an event to the lifecycle and performs (or queues) its effects.
     pub(super) fn feed(&mut self, event: Event) {
-        for effect in self.decide(event) {
-            self.apply(effect);
-        }
+        let fx = self.decide(event);
+        self.apply_all(fx);
     }
 
     /// Lets the lifecycle decide what it can decide now (a drain past its deadline, a handoff
     /// the store has settled, a finished stop), and performs it.
-    pub(super) fn settle(&mut self) {
-        for effect in self.lifecycle.settle(now(), &facts_of(&self.machine)) {
-            self.apply(effect);
-        }
+    pub(super) fn settle(&mut self, now: Instant) {
+        let mut fx = std::mem::take(&mut self.scratch);
+        self.lifecycle
+            .settle(now, &facts_of(&self.machine), &mut fx);
+        self.apply_all(fx);
     }
 
     /// The effects that need the face or the actor, in order.

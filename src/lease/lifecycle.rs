@@ -484,9 +484,9 @@ impl Lifecycle {
         Some(since + self.drain_timeout)
     }
 
-    /// Feeds one event; returns what to do.
-    pub fn handle(&mut self, now: Instant, event: Event, facts: &Facts<'_>) -> Vec<Effect> {
-        let mut fx = Vec::new();
+    /// Feeds one event; appends what to do to `fx` (a buffer the caller reuses: a renewal
+    /// should not cost an allocation).
+    pub fn handle(&mut self, now: Instant, event: Event, facts: &Facts<'_>, fx: &mut Vec<Effect>) {
         match event {
             Event::Acquired => {
                 if let Some(handoff) = self.handoff.take() {
@@ -516,22 +516,22 @@ impl Lifecycle {
             Event::Expired(id) => {
                 if self.term().is_some_and(|t| t.id() == id) {
                     // Over by its own deadline; we still hold the lease: it is released.
-                    self.end_term(EndReason::Expired, &mut fx);
+                    self.end_term(EndReason::Expired, fx);
                 }
             }
             Event::StepDown(StepDownReason::PreferredHolder { holder }) => {
                 // Not a loss: we still hold the lease. The term ends, its work drains while
                 // renewals go on, then the lease is released for the controller.
-                self.end_term(EndReason::PreferredHolder { holder }, &mut fx);
+                self.end_term(EndReason::PreferredHolder { holder }, fx);
             }
             Event::StepDown(reason) => {
                 if let Phase::Draining(term) = &self.phase {
                     // The claim is gone while the work still drains: it ran without the lease.
                     fx.push(Effect::MarkLost(term.clone()));
                 }
-                self.end_term(EndReason::Lost(reason), &mut fx);
+                self.end_term(EndReason::Lost(reason), fx);
                 // A handoff whose claim is gone is over; the store says how.
-                self.settle_lost_handoff(facts, &mut fx);
+                self.settle_lost_handoff(facts, fx);
             }
             Event::Drained(id) => {
                 if matches!(&self.phase, Phase::Draining(t) if t.id() == id) {
@@ -543,17 +543,17 @@ impl Lifecycle {
             }
             Event::WorkPanicked(id) => {
                 if self.term().is_some_and(|t| t.id() == id) {
-                    self.end_term(EndReason::WorkPanicked, &mut fx);
+                    self.end_term(EndReason::WorkPanicked, fx);
                 }
             }
             Event::GrantDropped(id) => {
                 if self.term().is_some_and(|t| t.id() == id) {
-                    self.end_term(EndReason::GivenUp, &mut fx);
+                    self.end_term(EndReason::GivenUp, fx);
                 }
             }
-            Event::GiveUp => self.end_term(EndReason::GivenUp, &mut fx),
-            Event::Stop { from_work } => self.stop(now, from_work, &mut fx),
-            Event::HandOff { to } => self.hand_off(now, to, facts, &mut fx),
+            Event::GiveUp => self.end_term(EndReason::GivenUp, fx),
+            Event::Stop { from_work } => self.stop(now, from_work, fx),
+            Event::HandOff { to } => self.hand_off(now, to, facts, fx),
             Event::Released => {
                 self.release_error = None;
                 if let Some(handoff) = self.handoff.take() {
@@ -577,24 +577,22 @@ impl Lifecycle {
                 if self.is_stopping() {
                     // A stop retries nothing it cannot do: the machine has backed off, and the
                     // stop is answered with what the store said.
-                    return fx;
+                    return;
                 }
-                self.lose_everything(HandoffOutcome::NotReleased(error), &mut fx);
+                self.lose_everything(HandoffOutcome::NotReleased(error), fx);
                 fx.push(Effect::Restart);
             }
-            Event::Restarting => self.lose_everything(HandoffOutcome::Lost, &mut fx),
+            Event::Restarting => self.lose_everything(HandoffOutcome::Lost, fx),
         }
-        fx
     }
 
     /// Decides what can be decided now that nothing new happened: a drain past its deadline,
     /// a handoff the store has settled, a stop that has finished. Call after every step.
-    pub fn settle(&mut self, now: Instant, facts: &Facts<'_>) -> Vec<Effect> {
-        let mut fx = Vec::new();
+    pub fn settle(&mut self, now: Instant, facts: &Facts<'_>, fx: &mut Vec<Effect>) {
         if self.drain_deadline().is_some_and(|d| now >= d) {
-            self.abandon_drain(&mut fx);
+            self.abandon_drain(fx);
         }
-        self.settle_lost_handoff(facts, &mut fx);
+        self.settle_lost_handoff(facts, fx);
         if matches!(self.stop, StopState::Stopping { .. })
             && self.vacant()
             && !facts.holding
@@ -621,7 +619,6 @@ impl Lifecycle {
             fx.push(Effect::Deregister);
             fx.push(Effect::AnswerStop(outcome));
         }
-        fx
     }
 
     /// Ends the live term: cancels it *first*, marks it lost if its claim may be gone, tells

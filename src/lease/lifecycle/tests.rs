@@ -52,7 +52,9 @@ impl World {
             in_flight: self.in_flight,
             record: self.record.as_ref(),
         };
-        describe(&self.l.handle(now, event, &facts))
+        let mut fx = Vec::new();
+        self.l.handle(now, event, &facts, &mut fx);
+        describe(&fx)
     }
 
     fn settle(&mut self, secs: u64) -> Vec<String> {
@@ -63,7 +65,9 @@ impl World {
             in_flight: self.in_flight,
             record: self.record.as_ref(),
         };
-        describe(&self.l.settle(now, &facts))
+        let mut fx = Vec::new();
+        self.l.settle(now, &facts, &mut fx);
+        describe(&fx)
     }
 
     fn want(&self, face_wants: bool) -> Want {

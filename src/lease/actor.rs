@@ -140,6 +140,9 @@ impl<F: Face> LeaseActor<F> {
     /// stop outcomes to answer once the face has settled.
     fn perform(&mut self, ctx: &mut Context<Self>) -> Vec<StopOutcome> {
         let mut answers = Vec::new();
+        if !self.core.has_effects() {
+            return answers; // a renewal's usual case
+        }
         while let Some(effect) = self.core.take_effect() {
             match effect {
                 Effect::TellFace(term, reason) => {
@@ -377,7 +380,7 @@ impl<F: Face> LeaseActor<F> {
                     .metrics
                     .renewed(now.saturating_duration_since(claim.renewed_at));
                 let until = self.core.machine.deadline().expect("renewed a claim");
-                self.core.feed(Event::Renewed { until });
+                self.core.renewed(until);
             }
             Outcome::Unchanged => {
                 tracing::warn!(lease = %self.core.key, "a renewal was answered without a new version; not counting it");

@@ -266,8 +266,10 @@ impl Core {
 
     /// Performs `fx` in order and keeps the buffer for the next decision.
     fn apply_all(&mut self, mut fx: Vec<Effect>) {
-        for effect in fx.drain(..) {
-            self.apply(effect);
+        if !fx.is_empty() {
+            for effect in fx.drain(..) {
+                self.apply(effect);
+            }
         }
         self.keep(fx);
     }
@@ -285,13 +287,33 @@ impl Core {
         self.apply_all(fx);
     }
 
+    /// A renewal was written: the serving term's deadline moves to `until`
+    /// ([`Event::Renewed`], on the lifecycle's fast path: no effect list per renewal).
+    pub(super) fn renewed(&mut self, until: Instant) {
+        let expired = match self.lifecycle.renewed() {
+            Some(term) if !term.extend(until) => term.id(),
+            _ => return,
+        };
+        // The term's own deadline passed before this renewal came back: it is over, and
+        // terms never come back. We still hold the lease: released.
+        self.feed(Event::Expired(expired));
+    }
+
     /// Lets the lifecycle decide what it can decide now (a drain past its deadline, a handoff
     /// the store has settled, a finished stop), and performs it.
     pub(super) fn settle(&mut self, now: Instant) {
+        if !self.lifecycle.unsettled() {
+            return;
+        }
         let mut fx = std::mem::take(&mut self.scratch);
         self.lifecycle
             .settle(now, &facts_of(&self.machine), &mut fx);
         self.apply_all(fx);
+    }
+
+    /// Whether effects wait for the actor.
+    pub(super) fn has_effects(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// The effects that need the face or the actor, in order.

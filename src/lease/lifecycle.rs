@@ -586,6 +586,22 @@ impl Lifecycle {
         }
     }
 
+    /// [`Event::Renewed`]'s decision without the effect list, for the path a lease actor
+    /// takes most: the serving term, whose deadline moves to the claim's new one (the one
+    /// [`Effect::Extend`] `handle` would return; `lifecycle::tests` checks they agree).
+    pub fn renewed(&self) -> Option<&Term> {
+        self.term()
+    }
+
+    /// Whether [`settle`](Self::settle) may have anything to decide: a drain, a handoff or a
+    /// stop under way. (A serving term's renewals skip it: they are most of what a lease
+    /// actor does.)
+    pub fn unsettled(&self) -> bool {
+        matches!(self.phase, Phase::Draining(_))
+            || self.handoff.is_some()
+            || matches!(self.stop, StopState::Stopping { .. })
+    }
+
     /// Decides what can be decided now that nothing new happened: a drain past its deadline,
     /// a handoff the store has settled, a stop that has finished. Call after every step.
     pub fn settle(&mut self, now: Instant, facts: &Facts<'_>, fx: &mut Vec<Effect>) {

@@ -565,3 +565,16 @@ fn drain_then_release_work_panicked_and_grants_dropped_end_only_their_own_term()
         ["cancel", "tell_face(WorkPanicked)", "watch_drain"]
     );
 }
+
+#[test]
+fn fencing_tokens_the_renewal_fast_path_agrees_with_the_event() {
+    let mut w = World::new();
+    assert!(w.l.renewed().is_none(), "no term: nothing to extend");
+    assert!(w.on(0, Event::Renewed { until: w.at(20) }).is_empty());
+    let term = w.serve();
+    assert_eq!(w.l.renewed().map(Term::id), Some(term.id()));
+    assert_eq!(w.on(1, Event::Renewed { until: w.at(20) }), ["extend"]);
+    w.on(2, Event::Stop { from_work: false });
+    assert!(w.l.renewed().is_none(), "a draining term is not extended");
+    assert!(w.on(3, Event::Renewed { until: w.at(20) }).is_empty());
+}

@@ -288,7 +288,7 @@ impl Core {
     }
 
     /// A renewal was written: the serving term's deadline moves to `until`
-    /// ([`Event::Renewed`], on the lifecycle's fast path: no effect list per renewal).
+    /// ([`Lifecycle::renewed`]: no effect list per renewal).
     pub(super) fn renewed(&mut self, until: Instant) {
         let expired = match self.lifecycle.renewed() {
             Some(term) if !term.extend(until) => term.id(),
@@ -331,13 +331,6 @@ impl Core {
         match effect {
             Effect::Cancel(term) => term.cancel(),
             Effect::MarkLost(term) => term.mark_lost(),
-            Effect::Extend(term, until) => {
-                if !term.extend(until) {
-                    // The term's own deadline passed before this renewal came back: it is
-                    // over, and terms never come back. We still hold the lease: released.
-                    self.feed(Event::Expired(term.id()));
-                }
-            }
             Effect::Abandon => self.machine.abandon(),
             Effect::AnswerHandoff { to, outcome } => {
                 match &outcome {

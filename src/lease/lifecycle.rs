@@ -240,12 +240,8 @@ pub(crate) enum Event {
     Granted(Term),
     /// Nobody took the offered term.
     NotTaken(Term),
-    /// A renewal was written: the claim now lasts until `until`.
-    Renewed {
-        /// The claim's new deadline.
-        until: Instant,
-    },
-    /// The serving term's own deadline had passed when its renewal came back.
+    /// The serving term's own deadline had passed when its renewal came back (see
+    /// [`Lifecycle::renewed`]).
     Expired(TermId),
     /// The lease machine stepped down.
     StepDown(StepDownReason),
@@ -299,9 +295,6 @@ pub(crate) enum Effect {
     /// Build a term for the acquisition just written and offer it to the face; report
     /// [`Event::Granted`] or [`Event::NotTaken`].
     OfferTerm,
-    /// Move the serving term's deadline to `until`; report [`Event::Expired`] if it has
-    /// already ended.
-    Extend(Term, Instant),
     /// Answer the caller of this stop only.
     ReplyStop(StopOutcome),
     /// The caller of this stop waits for its end.
@@ -508,11 +501,6 @@ impl Lifecycle {
                 }
             }
             Event::NotTaken(term) => fx.push(Effect::Cancel(term)),
-            Event::Renewed { until } => {
-                if let Phase::Serving(term) = &self.phase {
-                    fx.push(Effect::Extend(term.clone(), until));
-                }
-            }
             Event::Expired(id) => {
                 if self.term().is_some_and(|t| t.id() == id) {
                     // Over by its own deadline; we still hold the lease: it is released.
@@ -586,9 +574,10 @@ impl Lifecycle {
         }
     }
 
-    /// [`Event::Renewed`]'s decision without the effect list, for the path a lease actor
-    /// takes most: the serving term, whose deadline moves to the claim's new one (the one
-    /// [`Effect::Extend`] `handle` would return; `lifecycle::tests` checks they agree).
+    /// A renewal was written: the term whose deadline moves to the claim's new one (the
+    /// serving term; none while a term drains). The one event answered by a query rather than
+    /// an effect list: it is most of what a lease actor does, and its one effect (extend the
+    /// term, or learn that its own deadline has passed: [`Event::Expired`]) needs nothing else.
     pub fn renewed(&self) -> Option<&Term> {
         self.term()
     }

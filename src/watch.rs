@@ -395,28 +395,45 @@ impl WatchHub {
         mut stream: BoxStream<'static, StoreResult<WatchEvent>>,
     ) {
         // When the watch last brought anything, or the hub last listed the namespace.
+        // When the watch last brought anything, or the hub last listed the namespace.
         let mut heard = tokio::time::Instant::now();
         // The last check found changes the watch had not brought, and it has brought nothing
         // since.
         let mut missed = false;
-        // One timer for the whole watch, re-armed lazily: an event only notes the instant
-        // (a timer per event would cost a timer-wheel insert and removal per renewal seen).
+        // One timer for the whole watch, re-armed lazily when it fires after events came: a
+        // timer per event would cost a timer-wheel insert and removal per renewal seen.
         let silence = tokio::time::sleep_until(heard + self.silent_after);
         tokio::pin!(silence);
+        // Whether the timer has been polled since it was last armed (a timer registers the
+        // task's waker when polled; after that, checking that it has elapsed is enough).
+        let mut registered = false;
         loop {
-            let next = tokio::select! {
-                biased;
-                next = stream.next() => Ok(next),
-                () = &mut silence => Err(()),
-            };
+            let next = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(item) = stream.poll_next_unpin(cx) {
+                    return std::task::Poll::Ready(Ok(item));
+                }
+                let elapsed = if registered {
+                    silence.is_elapsed()
+                } else {
+                    registered = true;
+                    silence.as_mut().poll(cx).is_ready()
+                };
+                if elapsed {
+                    std::task::Poll::Ready(Err(()))
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
             let Ok(next) = next else {
+                registered = false;
                 let due = heard + self.silent_after;
                 if tokio::time::Instant::now() < due {
                     // Something arrived since the timer was armed: not silent yet.
                     silence.as_mut().reset(due);
                     continue;
                 }
-                // Nothing at all for a lease duration (rule `watch-behind`).
+                // Nothing at all for a silence period (rule `watch-behind`).
                 if missed {
                     tracing::warn!(%namespace, "the watch brought nothing for a lease duration after missing changes: opening a new one");
                     missed = false;

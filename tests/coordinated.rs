@@ -260,20 +260,11 @@ async fn a_try_lock_on_a_coordinated_lease_is_refused(env: Env) {
 }
 
 async fn refusal_during_drain_403_of_a_preferred_holder_marks_the_draining_term_lost(env: Env) {
-    refusal_during_the_drain_of_a_preferred_holder(env, || StoreError::Forbidden {
-        verb: "update".into(),
-        resource: "leases.coordination.k8s.io".into(),
-        message: "injected: the role was revoked".into(),
-    })
-    .await;
+    refusal_during_the_drain_of_a_preferred_holder(env, support::backend::refused_403).await;
 }
 
 async fn refusal_during_drain_422_of_a_preferred_holder_marks_the_draining_term_lost(env: Env) {
-    refusal_during_the_drain_of_a_preferred_holder(env, || StoreError::Invalid {
-        lease: "x".into(),
-        message: "injected: rejected as invalid".into(),
-    })
-    .await;
+    refusal_during_the_drain_of_a_preferred_holder(env, support::backend::refused_422).await;
 }
 
 /// Rule `refusal-during-drain` (issue 24): pod-a is preferred away; its term's work keeps

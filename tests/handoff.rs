@@ -686,20 +686,11 @@ async fn handoff_ends_with_its_term_lease_lost_while_draining(env: Env) {
 }
 
 async fn refusal_during_drain_403_of_a_handoff_marks_the_draining_term_lost(env: Env) {
-    refusal_during_the_drain_of_a_handoff(env, || StoreError::Forbidden {
-        verb: "update".into(),
-        resource: "leases.coordination.k8s.io".into(),
-        message: "injected: the role was revoked".into(),
-    })
-    .await;
+    refusal_during_the_drain_of_a_handoff(env, support::backend::refused_403).await;
 }
 
 async fn refusal_during_drain_422_of_a_handoff_marks_the_draining_term_lost(env: Env) {
-    refusal_during_the_drain_of_a_handoff(env, || StoreError::Invalid {
-        lease: "x".into(),
-        message: "injected: rejected as invalid".into(),
-    })
-    .await;
+    refusal_during_the_drain_of_a_handoff(env, support::backend::refused_422).await;
 }
 
 /// pod-a hands `x` to pod-b; the handed-off term's work keeps running (until the test lets

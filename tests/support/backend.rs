@@ -62,6 +62,23 @@ macro_rules! on_both_stores {
 
 /// The timing of the kube variant (and of tests/kube.rs): lease 2 s, renew deadline 1.5 s,
 /// retry 0.5 s.
+/// A renewal refused for good with 403 (an RBAC role revoked), as the store reports it.
+pub fn refused_403() -> StoreError {
+    StoreError::Forbidden {
+        verb: "update".into(),
+        resource: "leases.coordination.k8s.io".into(),
+        message: "injected: the role was revoked".into(),
+    }
+}
+
+/// A renewal refused for good with 422 (rejected as invalid), as the store reports it.
+pub fn refused_422() -> StoreError {
+    StoreError::Invalid {
+        lease: "x".into(),
+        message: "injected: rejected as invalid".into(),
+    }
+}
+
 pub fn kube_timing() -> Timing {
     Timing::new(
         Duration::from_secs(2),

@@ -114,8 +114,6 @@ pub(crate) struct Core {
     pub(super) lifecycle: Lifecycle,
     /// Effects for the actor to perform (they need the face or the actor's context).
     queue: VecDeque<Effect>,
-    /// The lifecycle's output buffer, reused from one decision to the next.
-    scratch: Vec<Effect>,
     stop_waiters: Vec<oneshot::Sender<StopOutcome>>,
     handoff_waiters: Vec<oneshot::Sender<HandoffOutcome>>,
     /// Where the watch hub notes what we have seen and parks the renewals it did not wake
@@ -158,7 +156,6 @@ impl Core {
             shared,
             span,
             queue: VecDeque::new(),
-            scratch: Vec::new(),
             stop_waiters: Vec::new(),
             handoff_waiters: Vec::new(),
             inbox: Arc::default(),
@@ -210,9 +207,9 @@ impl Core {
         if !self.lifecycle.handing_off() && self.term().is_some() && *to != *self.identity() {
             tracing::info!(lease = %self.key, identity = %self.identity(), %to, "handing off");
         }
-        let mut effects = self.decide(Event::HandOff { to });
+        let effects = self.decide(Event::HandOff { to });
         let mut reply = Some(reply);
-        for effect in effects.drain(..) {
+        for effect in effects {
             match effect {
                 Effect::ReplyHandoff(outcome) => {
                     if let Some(reply) = reply.take() {
@@ -223,15 +220,14 @@ impl Core {
                 other => self.apply(other),
             }
         }
-        self.keep(effects);
     }
 
     /// Begins a stop (or joins the one under way); `reply` is answered when it is done, or at
     /// once with [`StopOutcome::Deferred`] when `from_work`.
     pub(super) fn begin_stop(&mut self, reply: oneshot::Sender<StopOutcome>, from_work: bool) {
-        let mut effects = self.decide(Event::Stop { from_work });
+        let effects = self.decide(Event::Stop { from_work });
         let mut reply = Some(reply);
-        for effect in effects.drain(..) {
+        for effect in effects {
             match effect {
                 Effect::ReplyStop(outcome) => {
                     if let Some(reply) = reply.take() {
@@ -242,7 +238,6 @@ impl Core {
                 other => self.apply(other),
             }
         }
-        self.keep(effects);
     }
 
     /// What the lease machine should aim for.
@@ -256,28 +251,19 @@ impl Core {
     }
 
     fn decide(&mut self, event: Event) -> Vec<Effect> {
-        // The buffer is reused: a renewal's one effect costs no allocation. (Taken, so that an
-        // effect that feeds another event, rarely, gets a fresh one.)
-        let mut fx = std::mem::take(&mut self.scratch);
+        // A fresh list each time: events other than renewals (which take
+        // `Lifecycle::renewed`) are rare, and a kept buffer would cost every idle actor its
+        // capacity.
+        let mut fx = Vec::new();
         self.lifecycle
             .handle(now(), event, &facts_of(&self.machine), &mut fx);
         fx
     }
 
-    /// Performs `fx` in order and keeps the buffer for the next decision.
-    fn apply_all(&mut self, mut fx: Vec<Effect>) {
-        if !fx.is_empty() {
-            for effect in fx.drain(..) {
-                self.apply(effect);
-            }
-        }
-        self.keep(fx);
-    }
-
-    /// Keeps an emptied buffer for the next decision.
-    fn keep(&mut self, fx: Vec<Effect>) {
-        if self.scratch.capacity() == 0 {
-            self.scratch = fx;
+    /// Performs `fx` in order.
+    fn apply_all(&mut self, fx: Vec<Effect>) {
+        for effect in fx {
+            self.apply(effect);
         }
     }
 
@@ -305,7 +291,7 @@ impl Core {
         if !self.lifecycle.unsettled() {
             return;
         }
-        let mut fx = std::mem::take(&mut self.scratch);
+        let mut fx = Vec::new();
         self.lifecycle
             .settle(now, &facts_of(&self.machine), &mut fx);
         self.apply_all(fx);
@@ -318,7 +304,12 @@ impl Core {
 
     /// The effects that need the face or the actor, in order.
     pub(super) fn take_effect(&mut self) -> Option<Effect> {
-        self.queue.pop_front()
+        let effect = self.queue.pop_front();
+        if effect.is_none() && self.queue.capacity() > 0 {
+            // Twenty thousand idle actors should not each keep a queue's capacity.
+            self.queue = VecDeque::new();
+        }
+        effect
     }
 
     /// The callers of the stop, once it has finished.
@@ -342,7 +333,7 @@ impl Core {
                         tracing::warn!(lease = %self.key, %to, ?other, "handoff failed");
                     }
                 }
-                for waiter in self.handoff_waiters.drain(..) {
+                for waiter in std::mem::take(&mut self.handoff_waiters) {
                     let _ = waiter.send(outcome.clone());
                 }
             }

@@ -74,6 +74,14 @@ impl World {
         self.l.want(&self.facts(), face_wants)
     }
 
+    /// The stopped term's work returns and its release is written: the stop is answered.
+    fn finish_stop(&mut self, secs: u64, term: &Term) {
+        self.on(secs, Event::Drained(term.id()));
+        self.holding = false;
+        self.on(secs, Event::Released);
+        assert_eq!(self.settle(secs), ["deregister", "answer_stop(Done)"]);
+    }
+
     /// Acquires and grants a term (the actor's part done by hand).
     fn serve(&mut self) -> Term {
         self.holding = true;
@@ -193,10 +201,7 @@ fn never_give_up_a_stop_from_the_work_is_deferred_and_still_completes() {
         ["reply_stop(Deferred)"]
     );
     assert_eq!(w.on(1, Event::Stop { from_work: false }), ["await_stop"]);
-    w.on(2, Event::Drained(term.id()));
-    w.holding = false;
-    w.on(2, Event::Released);
-    assert_eq!(w.settle(2), ["deregister", "answer_stop(Done)"]);
+    w.finish_stop(2, &term);
 }
 
 #[test]
@@ -259,10 +264,7 @@ fn drain_then_release_no_new_term_while_abandoned_work_runs() {
     let term = w.serve();
     w.on(100, Event::Stop { from_work: false });
     assert_eq!(w.l.drain_deadline(), Some(w.at(100) + DRAIN));
-    w.on(101, Event::Drained(term.id()));
-    w.holding = false;
-    w.on(101, Event::Released);
-    assert_eq!(w.settle(101), ["deregister", "answer_stop(Done)"]);
+    w.finish_stop(101, &term);
 }
 
 #[test]

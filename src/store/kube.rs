@@ -9,7 +9,10 @@
 //!   server's message; anything else is `Unavailable` and retried.
 //! * Every call runs under a timeout (default 5 s, below the default renew deadline of 10 s).
 //! * At most [`DEFAULT_MAX_IN_FLIGHT`] calls are in flight per store, so a process with many
-//!   leases never bursts past the apiserver's in-flight limits (HTTP 429).
+//!   leases never bursts past the apiserver's in-flight limits (HTTP 429). Renewals and releases
+//!   have a lane of their own and go before the acquisitions, reads and lists waiting for a
+//!   place (rule `renewals-first`): a slow server does not cost a holder its term because
+//!   campaigns filled the queue.
 //! * All conversions between `SystemTime` and the API's `MicroTime` live in this file.
 //!
 //! RBAC: `get`, `create`, `update`, `list` and `watch` on `leases` in `coordination.k8s.io`
@@ -28,6 +31,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use super::limit::{Lane, Limiter};
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
 use crate::record::{HANDOFF_REQUEST_ANNOTATION, HOLDER_POD_ANNOTATION, SUCCESSOR_ANNOTATION};
 
@@ -48,9 +52,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 pub struct KubeStore {
     client: kube::Client,
     call_timeout: Duration,
-    /// Bounds the calls in flight (see [`DEFAULT_MAX_IN_FLIGHT`]).
-    in_flight: Arc<tokio::sync::Semaphore>,
-    max_in_flight: usize,
+    /// Bounds the calls in flight (see [`DEFAULT_MAX_IN_FLIGHT`]), renewals and releases first.
+    in_flight: Arc<Limiter>,
     /// The last object seen per lease, the base of the next PUT.
     seen: Arc<Mutex<HashMap<LeaseKey, Lease>>>,
 }
@@ -59,7 +62,7 @@ impl std::fmt::Debug for KubeStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeStore")
             .field("call_timeout", &self.call_timeout)
-            .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight", &self.in_flight.limit())
             .finish_non_exhaustive()
     }
 }
@@ -71,18 +74,17 @@ impl KubeStore {
         KubeStore {
             client,
             call_timeout: DEFAULT_CALL_TIMEOUT,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_IN_FLIGHT)),
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            in_flight: Limiter::new(DEFAULT_MAX_IN_FLIGHT),
             seen: Arc::default(),
         }
     }
 
     /// Sets how many API calls (get, create, update, list) may be in flight at once; more wait their
-    /// turn, and the wait counts towards the call's timeout. The watch is not counted.
+    /// turn (renewals and releases first), and the wait counts towards the call's timeout. The
+    /// watch is not counted.
     #[must_use]
     pub fn with_max_in_flight(mut self, limit: std::num::NonZeroUsize) -> Self {
-        self.max_in_flight = limit.get();
-        self.in_flight = Arc::new(tokio::sync::Semaphore::new(limit.get()));
+        self.in_flight = Limiter::new(limit.get());
         self
     }
 
@@ -97,11 +99,13 @@ impl KubeStore {
         Api::namespaced(self.client.clone(), &key.namespace)
     }
 
-    /// Runs one API call under the in-flight limit and the call timeout, mapping its errors.
+    /// Runs one API call under the in-flight limit (waiting in `lane`) and the call timeout,
+    /// mapping its errors.
     fn call<T, F>(
         &self,
         target: Target,
         verb: &'static str,
+        lane: Lane,
         fut: F,
     ) -> BoxFuture<'static, StoreResult<T>>
     where
@@ -109,10 +113,9 @@ impl KubeStore {
         F: Future<Output = Result<T, kube::Error>> + Send + 'static,
     {
         let limit = self.call_timeout;
-        let in_flight = self.in_flight.clone();
+        let enter = self.in_flight.enter(lane);
         let fut = async move {
-            // The semaphore is never closed, so acquiring cannot fail.
-            let _permit = in_flight.acquire_owned().await;
+            let _place = enter.await;
             fut.await
         };
         async move {
@@ -133,6 +136,7 @@ impl KubeStore {
         &self,
         key: &LeaseKey,
         verb: &'static str,
+        lane: Lane,
         fut: F,
     ) -> BoxFuture<'static, StoreResult<StoredLease>>
     where
@@ -140,7 +144,7 @@ impl KubeStore {
     {
         let key = key.clone();
         let seen = self.seen.clone();
-        self.call(Target::Lease(key.clone()), verb, fut)
+        self.call(Target::Lease(key.clone()), verb, lane, fut)
             .map(move |answer| answer.map(|lease| remember(&seen, &key, lease)))
             .boxed()
     }
@@ -166,7 +170,12 @@ impl LeaseStore for KubeStore {
     fn get(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let api = self.api(key);
         let name = key.name.clone();
-        self.call_one(key, "get", async move { api.get(&name).await })
+        self.call_one(
+            key,
+            "get",
+            Lane::Normal,
+            async move { api.get(&name).await },
+        )
     }
 
     fn create(
@@ -176,7 +185,7 @@ impl LeaseStore for KubeStore {
     ) -> BoxFuture<'static, StoreResult<StoredLease>> {
         let api = self.api(key);
         let lease = to_lease(key, &record, None);
-        self.call_one(key, "create", async move {
+        self.call_one(key, "create", Lane::Normal, async move {
             api.create(&PostParams::default(), &lease).await
         })
     }
@@ -196,6 +205,7 @@ impl LeaseStore for KubeStore {
             .get(key)
             .filter(|l| l.metadata.resource_version.as_deref() == Some(resource_version))
             .cloned();
+        let lane = lane_of(&record, base.as_ref());
         let mut lease = to_lease(key, &record, Some(resource_version.to_owned()));
         if let Some(base) = base {
             // Keep what others put on the object (labels, annotations, owners); dsync's own
@@ -207,7 +217,7 @@ impl LeaseStore for KubeStore {
             set_annotations(&mut metadata, &record);
             lease.metadata = metadata;
         }
-        self.call_one(key, "update", async move {
+        self.call_one(key, "update", lane, async move {
             api.replace(&name, &PostParams::default(), &lease).await
         })
     }
@@ -220,6 +230,7 @@ impl LeaseStore for KubeStore {
         self.call(
             Target::Namespace(namespace.to_owned()),
             "list",
+            Lane::Normal,
             async move { api.list(&ListParams::default()).await },
         )
         .map(move |answer| {
@@ -310,6 +321,26 @@ impl Iterator for WatchBackoff {
 impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = Self::FIRST;
+    }
+}
+
+/// The lane of a PUT of `record` on `base` (the object it replaces, if this store saw it): a
+/// release (no holder) or a renewal (the holder of `base` writes again) is
+/// [`Lane::Urgent`]; a takeover, or a write on an object this store has not seen, is not.
+///
+/// Told from the records rather than by the caller so that the [`LeaseStore`] trait stays what
+/// the API server offers: the store knows what it replaces.
+fn lane_of(record: &LeaseRecord, base: Option<&Lease>) -> Lane {
+    let Some(holder) = record.holder() else {
+        return Lane::Urgent;
+    };
+    let base_holder = base
+        .and_then(|b| b.spec.as_ref())
+        .and_then(|spec| spec.holder_identity.as_deref());
+    if base_holder == Some(holder) {
+        Lane::Urgent
+    } else {
+        Lane::Normal
     }
 }
 
@@ -556,6 +587,47 @@ mod tests {
         let stored = from_lease(&key, Lease::default());
         assert_eq!(stored.record.holder(), None);
         assert_eq!(stored.name, "l");
+    }
+
+    #[test]
+    fn renewals_first_renewals_and_releases_take_the_urgent_lane() {
+        let key = LeaseKey::new("ns", "l");
+        let held_by = |holder: &str| {
+            let record = LeaseRecord {
+                holder_identity: Some(holder.into()),
+                ..LeaseRecord::default()
+            };
+            to_lease(&key, &record, Some("7".into()))
+        };
+        let by_a = LeaseRecord {
+            holder_identity: Some("pod-a".into()),
+            ..LeaseRecord::default()
+        };
+        assert_eq!(
+            lane_of(&by_a, Some(&held_by("pod-a"))),
+            Lane::Urgent,
+            "a renewal"
+        );
+        assert_eq!(
+            lane_of(&LeaseRecord::default(), Some(&held_by("pod-a"))),
+            Lane::Urgent,
+            "a release"
+        );
+        assert_eq!(
+            lane_of(&by_a, Some(&held_by("pod-b"))),
+            Lane::Normal,
+            "a takeover"
+        );
+        assert_eq!(
+            lane_of(&by_a, Some(&held_by(""))),
+            Lane::Normal,
+            "an acquisition"
+        );
+        assert_eq!(
+            lane_of(&by_a, None),
+            Lane::Normal,
+            "a write on an unseen object"
+        );
     }
 
     fn api_error(code: u16, message: &str) -> kube::Error {

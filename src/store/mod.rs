@@ -88,6 +88,8 @@ pub use crate::record::{LeaseKey, LeaseRecord, StoredLease, WatchEvent};
 
 #[cfg(feature = "kube")]
 pub mod kube;
+#[cfg(feature = "kube")]
+mod limit;
 pub mod memory;
 
 #[cfg(feature = "kube")]

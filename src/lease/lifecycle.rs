@@ -416,6 +416,20 @@ impl Lifecycle {
         matches!(self.phase, Phase::Vacant)
     }
 
+    /// Whether an actor nobody uses any more may retire now (rule `idle-actors-retire`): only
+    /// when nothing of a term is left, neither serving, draining, nor abandoned while its work
+    /// still runs (a new actor could otherwise start a term beside it); no claim is held, no
+    /// call is in flight (its answer may be a claim), no handoff or stop is under way. The
+    /// retirement itself is a plain stop ([`Event::Stop`]), which has nothing to end.
+    pub fn may_retire(&self, facts: &Facts<'_>) -> bool {
+        matches!(self.stop, StopState::Running)
+            && self.vacant()
+            && self.abandoned.is_none()
+            && self.handoff.is_none()
+            && !facts.holding
+            && !facts.in_flight
+    }
+
     /// A stop has begun (or finished).
     pub fn is_stopping(&self) -> bool {
         !matches!(self.stop, StopState::Running)

@@ -517,34 +517,34 @@ impl WatchHub {
                     return;
                 }
                 Err(false) => {
-                registered = false;
-                let due = heard + self.silent_after;
-                if tokio::time::Instant::now() < due {
-                    // Something arrived since the timer was armed: not silent yet.
-                    silence.as_mut().reset(due);
+                    registered = false;
+                    let due = heard + self.silent_after;
+                    if tokio::time::Instant::now() < due {
+                        // Something arrived since the timer was armed: not silent yet.
+                        silence.as_mut().reset(due);
+                        continue;
+                    }
+                    // Nothing at all for a silence period (rule `watch-behind`).
+                    if missed {
+                        tracing::warn!(%namespace, "the watch brought nothing for a lease duration after missing changes: opening a new one");
+                        missed = false;
+                        stream = self.store.watch(&namespace);
+                        let error = StoreError::Unavailable {
+                            message: format!("the watch on namespace {namespace} went silent"),
+                            source: None,
+                        };
+                        if !self.resync(&namespace, error).await {
+                            return;
+                        }
+                    } else {
+                        match self.check(&namespace).await {
+                            Some(found) => missed = found,
+                            None => return,
+                        }
+                    }
+                    heard = tokio::time::Instant::now();
+                    silence.as_mut().reset(heard + self.silent_after);
                     continue;
-                }
-                // Nothing at all for a silence period (rule `watch-behind`).
-                if missed {
-                    tracing::warn!(%namespace, "the watch brought nothing for a lease duration after missing changes: opening a new one");
-                    missed = false;
-                    stream = self.store.watch(&namespace);
-                    let error = StoreError::Unavailable {
-                        message: format!("the watch on namespace {namespace} went silent"),
-                        source: None,
-                    };
-                    if !self.resync(&namespace, error).await {
-                        return;
-                    }
-                } else {
-                    match self.check(&namespace).await {
-                        Some(found) => missed = found,
-                        None => return,
-                    }
-                }
-                heard = tokio::time::Instant::now();
-                silence.as_mut().reset(heard + self.silent_after);
-                continue;
                 }
             };
             heard = tokio::time::Instant::now();

@@ -80,8 +80,15 @@ async fn locks_let_go_leave_nothing_behind(env: Env) {
         let term = lock.lock().await.unwrap();
         assert!(term.is_active());
         let during = kept(&d, &registry, &kube).await;
-        assert_eq!(during.running, (0, 1), "one lock actor while the handle lives");
-        assert!(during.series > baseline.series, "its series exist meanwhile");
+        assert_eq!(
+            during.running,
+            (0, 1),
+            "one lock actor while the handle lives"
+        );
+        assert!(
+            during.series > baseline.series,
+            "its series exist meanwhile"
+        );
         assert_eq!(during.watched_namespaces, 1);
         if kube.is_some() {
             assert_eq!(during.cached_leases, 1);
@@ -124,12 +131,16 @@ async fn semaphores_let_go_leave_nothing_behind(env: Env) {
         let permit = pool.acquire().await.unwrap();
         assert_eq!(d.running(), (0, 2));
         permit.release().await.unwrap();
-        let mut slots: Vec<_> = (0..2).map(|s| pool.watch_status(s).unwrap()).collect();
+        let mut slots: Vec<_> = (0..2).map(|s| pool.watch_slot(s).unwrap()).collect();
         drop(pool);
         for slot in &mut slots {
             slot.wait_for(|s| s.stopped).await.unwrap();
         }
-        assert_eq!(kept(&d, &registry, &kube).await, baseline, "after semaphore {i}");
+        assert_eq!(
+            kept(&d, &registry, &kube).await,
+            baseline,
+            "after semaphore {i}"
+        );
     }
     d.shutdown().await.unwrap();
 }
@@ -142,7 +153,11 @@ async fn stopped_elections_leave_nothing_behind(env: Env) {
         election.elected().await.unwrap();
         assert_eq!(d.running(), (1, 0));
         election.stop().await.unwrap();
-        assert_eq!(kept(&d, &registry, &kube).await, baseline, "after election {i}");
+        assert_eq!(
+            kept(&d, &registry, &kube).await,
+            baseline,
+            "after election {i}"
+        );
     }
     d.shutdown().await.unwrap();
 }

@@ -582,7 +582,10 @@ fn idle_actors_retire_only_when_nothing_of_a_term_is_left() {
     let mut w = World::new();
     assert!(w.l.may_retire(&w.facts()), "a fresh follower holds nothing");
     w.in_flight = true;
-    assert!(!w.l.may_retire(&w.facts()), "a call in flight may bring a claim");
+    assert!(
+        !w.l.may_retire(&w.facts()),
+        "a call in flight may bring a claim"
+    );
     w.in_flight = false;
     let term = w.serve();
     assert!(!w.l.may_retire(&w.facts()), "never while a term serves");
@@ -597,14 +600,20 @@ fn idle_actors_retire_only_when_nothing_of_a_term_is_left() {
     // term beside that work).
     let term = w.serve();
     w.on(3, to("pod-b"));
-    assert!(!w.l.may_retire(&w.facts()), "never while a handoff is under way");
+    assert!(
+        !w.l.may_retire(&w.facts()),
+        "never while a handoff is under way"
+    );
     w.settle(3 + DRAIN.as_secs());
     w.holding = false;
     assert!(!w.l.may_retire(&w.facts()), "abandoned work still runs");
     w.on(40, Event::Drained(term.id()));
     assert!(w.l.may_retire(&w.facts()));
     // Retiring is a plain stop with nothing to end: retire, then deregister at once.
-    assert_eq!(w.on(41, Event::Stop { from_work: false }), ["await_stop", "retire"]);
+    assert_eq!(
+        w.on(41, Event::Stop { from_work: false }),
+        ["await_stop", "retire"]
+    );
     assert_eq!(w.settle(41), ["deregister", "answer_stop(Done)"]);
     assert!(!w.l.may_retire(&w.facts()), "stopped already");
 }

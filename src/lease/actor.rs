@@ -119,7 +119,9 @@ impl<F: Face> LeaseActor<F> {
             if self.restart {
                 return;
             }
-            let waiting = if self.core.blocked {
+            // Once stopped (deregistered just now), no call may start: its answer would come
+            // to nobody, and the store would cache the lease again (`LeaseStore::forget`).
+            let waiting = if self.core.blocked || self.core.is_stopped() {
                 Waiting::Idle
             } else {
                 self.step(now, ctx)

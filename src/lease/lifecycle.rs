@@ -27,6 +27,10 @@
 //!   the actor, which drops its claim. The draining term is marked lost first (it is already
 //!   cancelled), so its work knows it may have run without the lease; the replica starts no
 //!   new term until that work has returned.
+//! * **Idle actors retire** (`idle-actors-retire`): an actor nobody uses may retire only when
+//!   nothing of a term is left (none serving, draining, or abandoned with its work running),
+//!   no claim is held and no call is in flight ([`Lifecycle::may_retire`]); it then stops as
+//!   any stop does.
 //! * **Every stop is answered** (`never-give-up`): once no term is live, nothing is held and
 //!   no call is in flight, a stop is answered: done, not released (with the store's error), or
 //!   drain timeout.

@@ -252,6 +252,13 @@ impl LeaseStore for KubeStore {
         .boxed()
     }
 
+    fn forget(&self, key: &LeaseKey) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), namespace);
         let seen = self.seen.clone();

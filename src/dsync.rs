@@ -11,6 +11,7 @@ use crate::config::{Config, LeaseThread, validate_identity};
 use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::lease::actor::{LeaseParams, Shared, Stop};
+use crate::lease::core::HandleClaim;
 use crate::lock::{Lock, LockShared};
 use crate::observe::{self, Observer};
 use crate::resource::{LeaseKind, NameError, Resource};
@@ -272,8 +273,8 @@ impl Dsync {
     /// A lock handle for an explicit resource (an empty namespace means the configured one).
     pub fn lock_for(&self, resource: Resource) -> Result<Lock> {
         let (resource, key) = self.prepare(resource, LeaseKind::Lock)?;
-        let shared = self.lock_actor(&key, LeaseKind::Lock)?;
-        Ok(Lock::new(resource, shared))
+        let (shared, claim) = self.lock_actor(&key, LeaseKind::Lock)?;
+        Ok(Lock::new(resource, shared, claim))
     }
 
     /// A handle on the semaphore `name` of `permits` permits, in the configured namespace and
@@ -307,8 +308,8 @@ impl Dsync {
         let slots = (0..permits)
             .map(|slot| {
                 let key = resource.semaphore_slot_key(slot);
-                let shared = self.lock_actor(&key, LeaseKind::Semaphore)?;
-                Ok(Lock::new(resource.clone(), shared))
+                let (shared, claim) = self.lock_actor(&key, LeaseKind::Semaphore)?;
+                Ok(Lock::new(resource.clone(), shared, claim))
             })
             .collect::<Result<Vec<_>>>()?;
         #[cfg(feature = "metrics")]
@@ -324,17 +325,22 @@ impl Dsync {
     }
 
     /// The lock-face lease actor of `key` (a lock's, or a semaphore slot's), started if there
-    /// is none.
-    fn lock_actor(&self, key: &LeaseKey, kind: LeaseKind) -> Result<LockShared> {
+    /// is none (or it retired), with a share of its use for one handle: it does not retire
+    /// while the claim lives (rule `idle-actors-retire`).
+    fn lock_actor(&self, key: &LeaseKey, kind: LeaseKind) -> Result<(LockShared, HandleClaim)> {
         let inner = &self.inner;
-        let entry = self.entry(key, |predecessor| {
-            let params = self.params(key, predecessor);
-            crate::lock::start_actor(&inner.arbiter, params, kind, &inner.config)
-        })?;
-        entry
+        let (entry, claim) = inner
+            .registry
+            .entry_claimed(key, |predecessor| {
+                let params = self.params(key, predecessor);
+                crate::lock::start_actor(&inner.arbiter, params, kind, &inner.config)
+            })
+            .ok_or_else(|| self.stopped())?;
+        let shared = entry
             .handle::<LockShared>()
             .filter(|shared| shared.kind == kind)
-            .ok_or_else(|| self.taken(key, entry.lease_kind()))
+            .ok_or_else(|| self.taken(key, entry.lease_kind()))?;
+        Ok((shared, claim))
     }
 
     /// An observe-only follower of the election `name` in the configured namespace and scope:
@@ -618,6 +624,7 @@ impl Dsync {
             shared: self.inner.shared.clone(),
             metrics,
             predecessor,
+            handles: Default::default(),
         }
     }
 

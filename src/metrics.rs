@@ -30,8 +30,12 @@
 //! | `leader_election_slowpath_total{name}` | `dsync_conflicts_total{lease}` | not exported under client-go's name: dsync never takes client-go's slow path (a renewal is one compare-and-swap; a conflict is counted here instead) |
 //!
 //! A lease's series are created (at 0) when its election or lock starts, so a follower
-//! reports 0 rather than nothing, and `sum(...) == 0` alerts see a missing leader. They keep
-//! their last value after the election or lock stops (0: a stop ends the term first).
+//! reports 0 rather than nothing, and `sum(...) == 0` alerts see a missing leader. They are
+//! removed when its lease actor stops (a stopped election, a lock or semaphore slot whose
+//! handles are gone and that retired): a service that uses ever new names does not grow its
+//! metrics without bound. A semaphore's own series go when its last handle and permit do.
+//! The counters of a lease used again start from 0 (Prometheus takes that for a counter
+//! reset).
 //!
 //! Hand the metrics to a replica with [`Dsync::with_metrics`](crate::Dsync::with_metrics).
 //! Without the feature the same calls exist and record nothing.
@@ -109,6 +113,9 @@ mod enabled {
         semaphore_held: Family<SemaphoreLabels, Gauge>,
         semaphore_waiters: Family<SemaphoreLabels, Gauge>,
         semaphore_acquisitions: Family<SemaphoreLabels, Counter>,
+        /// How many semaphore handles (and their permits) use each semaphore's series: they
+        /// are removed when the last goes.
+        semaphore_users: std::sync::Mutex<crate::hash::FastMap<String, usize>>,
     }
 
     /// dsync's metrics; see the [module docs](crate::metrics). Cheap to clone.
@@ -142,6 +149,7 @@ mod enabled {
                 semaphore_held: Family::default(),
                 semaphore_waiters: Family::default(),
                 semaphore_acquisitions: Family::default(),
+                semaphore_users: Default::default(),
             };
             registry.register(
                 "leader_election_master_status",
@@ -228,11 +236,19 @@ mod enabled {
                 semaphore: prefix.to_string(),
             };
             let m = &self.inner;
-            m.semaphore_held.get_or_create(&labels).set(0);
-            m.semaphore_waiters.get_or_create(&labels).set(0);
-            let _ = m.semaphore_acquisitions.get_or_create(&labels);
+            let mut users = m.semaphore_users.lock().unwrap_or_else(|p| p.into_inner());
+            let count = users.entry(labels.semaphore.clone()).or_insert(0);
+            if *count == 0 {
+                m.semaphore_held.get_or_create(&labels).set(0);
+                m.semaphore_waiters.get_or_create(&labels).set(0);
+                let _ = m.semaphore_acquisitions.get_or_create(&labels);
+            }
+            *count += 1;
             SemaphoreMetrics {
-                metrics: Some((self.clone(), labels)),
+                metrics: Some(Arc::new(SemaphoreSeries {
+                    metrics: self.clone(),
+                    labels,
+                })),
             }
         }
 
@@ -261,30 +277,59 @@ mod enabled {
         Lock,
     }
 
-    /// The metrics of one semaphore (labels resolved once).
+    /// One semaphore handle's use of the semaphore's series.
+    struct SemaphoreSeries {
+        metrics: Metrics,
+        labels: SemaphoreLabels,
+    }
+
+    impl Drop for SemaphoreSeries {
+        fn drop(&mut self) {
+            // The last handle (and permit) of the semaphore is gone, so are its slot actors
+            // (or they are retiring): its series go too.
+            let m = &self.metrics.inner;
+            let mut users = m.semaphore_users.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(count) = users.get_mut(&self.labels.semaphore) else {
+                return;
+            };
+            *count -= 1;
+            if *count == 0 {
+                users.remove(&self.labels.semaphore);
+                m.semaphore_held.remove(&self.labels);
+                m.semaphore_waiters.remove(&self.labels);
+                m.semaphore_acquisitions.remove(&self.labels);
+            }
+        }
+    }
+
+    /// The metrics of one semaphore (labels resolved once), while a handle or a permit of it
+    /// lives.
     #[derive(Clone, Default)]
     pub(crate) struct SemaphoreMetrics {
-        metrics: Option<(Metrics, SemaphoreLabels)>,
+        metrics: Option<Arc<SemaphoreSeries>>,
     }
 
     impl SemaphoreMetrics {
         /// One more (`+1`) or one fewer (`-1`) permit held.
         pub fn held(&self, delta: i64) {
-            if let Some((m, l)) = &self.metrics {
+            if let Some(s) = &self.metrics {
+                let (m, l) = (&s.metrics, &s.labels);
                 m.inner.semaphore_held.get_or_create(l).inc_by(delta);
             }
         }
 
         /// One more (`+1`) or one fewer (`-1`) caller waiting.
         pub fn waiting(&self, delta: i64) {
-            if let Some((m, l)) = &self.metrics {
+            if let Some(s) = &self.metrics {
+                let (m, l) = (&s.metrics, &s.labels);
                 m.inner.semaphore_waiters.get_or_create(l).inc_by(delta);
             }
         }
 
         /// A caller got a permit.
         pub fn acquired(&self) {
-            if let Some((m, l)) = &self.metrics {
+            if let Some(s) = &self.metrics {
+                let (m, l) = (&s.metrics, &s.labels);
                 m.inner.semaphore_acquisitions.get_or_create(l).inc();
             }
         }
@@ -326,6 +371,27 @@ mod enabled {
                     let _ = m.lock_transitions.get_or_create(l);
                 }
                 HolderFace::None => {}
+            }
+        }
+
+        /// The lease's actor has stopped: its series are removed (every face's), and nothing
+        /// more is recorded through this handle (a late call would create them again). A new
+        /// actor of the lease creates them again, at 0.
+        pub fn remove(&mut self) {
+            let Some(r) = self.metrics.take() else { return };
+            let (m, l) = (&r.metrics.inner, &r.labels);
+            m.is_leader.remove(l);
+            m.transitions.remove(l);
+            m.lock_held.remove(l);
+            m.lock_transitions.remove(l);
+            m.renew.remove(l);
+            m.conflicts.remove(l);
+            m.handoffs.remove(l);
+            m.twins.remove(l);
+            m.went_back.remove(l);
+            m.leaderless.remove(l);
+            if r.face == HolderFace::Election {
+                m.master_status.remove(&r.client_go);
             }
         }
 
@@ -412,6 +478,7 @@ pub(crate) struct LeaseMetrics;
 #[cfg(not(feature = "metrics"))]
 impl LeaseMetrics {
     pub fn face(&mut self, _kind: &str) {}
+    pub fn remove(&mut self) {}
     pub fn holding(&self, _holding: bool) {}
     pub fn renewed(&self, _took: std::time::Duration) {}
     pub fn conflict(&self) {}

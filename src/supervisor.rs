@@ -9,7 +9,10 @@
 //! campaigns again after a backoff that grows with every consecutive failure. The registry
 //! maps each lease to its one actor, so every handle for the same election or lock shares it;
 //! an actor that is stopping is *retired*: asking for its lease again starts a new actor,
-//! which waits until the old one has finished. The supervisor also owns the replica's watch
+//! which waits until the old one has finished. A lock actor (or semaphore slot's) that no
+//! handle reaches, with no claim and no waiter, retires by itself and frees everything it had
+//! (rule `idle-actors-retire`): the registry counts its handles ([`Registry::entry_claimed`])
+//! under its lock, so a handle is never given an actor that is retiring. The supervisor also owns the replica's watch
 //! hub: one store watch per namespace, fanned out to the actors of each lease, so a thousand
 //! elections cost one watch. [`Supervisor`] shuts everything down.
 //!
@@ -27,6 +30,7 @@ use tokio::sync::oneshot;
 
 use crate::error::Result;
 use crate::lease::actor::{Directory, Stop, StopOutcome};
+use crate::lease::core::{HandleClaim, Handles};
 use crate::observe::Observer;
 use crate::resource::LeaseKind;
 use crate::store::LeaseKey;
@@ -44,17 +48,20 @@ pub(crate) struct Entry {
     kind: LeaseKind,
     stopper: Recipient<Stop>,
     handle: Arc<dyn std::any::Any + Send + Sync>,
+    /// The face's handles that use the actor (a lock's), claimed under the registry's lock.
+    handles: Handles,
 }
 
 impl Entry {
     /// An entry for the actor `id` of `key`, of `kind`, stopped through `stopper`, carrying the
-    /// face's `handle`.
+    /// face's `handle`; `handles` counts the face's handles that keep the actor in use.
     pub fn new<H: std::any::Any + Send + Sync>(
         id: ActorId,
         key: LeaseKey,
         kind: LeaseKind,
         stopper: Recipient<Stop>,
         handle: H,
+        handles: Handles,
     ) -> Self {
         Entry {
             id,
@@ -62,6 +69,7 @@ impl Entry {
             kind,
             stopper,
             handle: Arc::new(handle),
+            handles,
         }
     }
 
@@ -164,6 +172,36 @@ impl Registry {
         Some(entry)
     }
 
+    /// Like [`entry`](Self::entry), taking a share of the actor's [`Handles`] under the
+    /// registry's lock: the actor cannot retire as unused until the claim is dropped (rule
+    /// `idle-actors-retire`).
+    pub fn entry_claimed(
+        &self,
+        key: &LeaseKey,
+        start: impl FnOnce(Option<Recipient<Stop>>) -> Entry,
+    ) -> Option<(Entry, HandleClaim)> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return None;
+        }
+        let entry = match inner.entries.get(key) {
+            Some(entry) => entry.clone(),
+            None => {
+                let predecessor = inner
+                    .retiring
+                    .iter()
+                    .rev()
+                    .find(|e| e.key() == *key)
+                    .map(Entry::stopper);
+                let entry = start(predecessor);
+                inner.entries.insert(key.clone(), entry.clone());
+                entry
+            }
+        };
+        let claim = entry.handles.claim();
+        Some((entry, claim))
+    }
+
     /// The live actor for `key`, if there is one (none is started).
     pub fn get(&self, key: &LeaseKey) -> Option<Entry> {
         self.lock().entries.get(key).cloned()
@@ -179,6 +217,9 @@ impl Registry {
         if let Some(observer) = inner.observers.get(key).filter(|o| !o.is_stopped()) {
             return Some(observer.clone());
         }
+        // Stopped observers of other leases go now: observing ever new names keeps nothing of
+        // the old ones (only a new observer pays for the sweep).
+        inner.observers.retain(|_, o| !o.is_stopped());
         let observer = start();
         inner.observers.insert(key.clone(), observer.clone());
         Some(observer)
@@ -247,6 +288,18 @@ impl Directory for Registry {
             inner.entries.remove(key);
         }
         inner.retiring.retain(|e| e.id() != id);
+    }
+
+    fn retire_unused(&self, key: &LeaseKey, id: ActorId) -> bool {
+        let mut inner = self.lock();
+        let unused = inner
+            .entries
+            .get(key)
+            .is_some_and(|e| e.id() == id && e.handles.count() == 0);
+        if unused && let Some(entry) = inner.entries.remove(key) {
+            inner.retiring.push(entry);
+        }
+        unused
     }
 }
 

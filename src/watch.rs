@@ -216,6 +216,7 @@ type Routed = Box<StoreResult<WatchEvent>>;
 
 /// One subscriber of a lease.
 struct Route {
+    id: u64,
     tx: mpsc::UnboundedSender<Routed>,
     /// `None`: an observer, which gets every event.
     inbox: Option<Arc<Inbox>>,
@@ -278,6 +279,21 @@ fn went_back(lease: &mut Lease, name: &str) {
     send_all(&mut lease.routes, Err(error), true);
 }
 
+/// Unsubscribes a route from the hub when the subscriber's stream is dropped.
+struct Unsubscribe {
+    hub: std::sync::Weak<WatchHub>,
+    key: LeaseKey,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.unsubscribe(&self.key, self.id);
+        }
+    }
+}
+
 /// What the hub keeps of a lease's last version to tell a renewal from a change: the version
 /// and a digest of every field but `renewTime`, not the record (at 100,000 leases a copy each
 /// would cost tens of MiB). Should two different records ever share a digest, the change is
@@ -295,6 +311,8 @@ struct Namespace {
     leases: FastMap<String, Lease>,
     /// Whether the watch is whole, shared with every inbox of the namespace.
     sync: Arc<Sync>,
+    /// Cancelled when the last subscriber goes: the pump closes the store's watch at once.
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// Shares one watch per namespace among all of a replica's lease actors.
@@ -359,7 +377,9 @@ impl WatchHub {
         Option<Arc<Inbox>>,
     ) {
         let (tx, rx) = mpsc::unbounded();
-        let (start, inbox) = {
+        static NEXT_ROUTE: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed);
+        let (start, inbox, closed) = {
             let mut namespaces = self.lock();
             let start = !namespaces.contains_key(&key.namespace);
             let ns = namespaces.entry(key.namespace.clone()).or_default();
@@ -372,16 +392,74 @@ impl WatchHub {
             let lease = ns.leases.entry(key.name.clone()).or_default();
             lease.routes.retain(|route| !route.tx.is_closed());
             lease.routes.push(Route {
+                id,
                 tx,
                 inbox: inbox.clone(),
             });
-            (start, inbox)
+            (start, inbox, ns.closed.clone())
         };
         if start {
             let stream = self.store.watch(&key.namespace);
-            actix::spawn(Arc::clone(self).pump(key.namespace.clone(), stream));
+            actix::spawn(Arc::clone(self).pump(key.namespace.clone(), stream, closed));
         }
-        (rx.map(|routed| *routed).boxed(), inbox)
+        // The subscription ends with the stream: whoever drops it (a stopped actor or
+        // observer) frees its place, and the namespace's watch closes with its last one.
+        let guard = Unsubscribe {
+            hub: Arc::downgrade(self),
+            key: key.clone(),
+            id,
+        };
+        let stream = rx.map(move |routed| {
+            let _ = &guard;
+            *routed
+        });
+        (stream.boxed(), inbox)
+    }
+
+    /// Removes the subscription `id` of `key` (and any whose receiver is gone); closes the
+    /// namespace's watch if nobody is left. The stopped lease actor calls it at once; the
+    /// stream's drop calls it again, idempotently.
+    pub fn unsubscribe(&self, key: &LeaseKey, id: u64) {
+        let mut namespaces = self.lock();
+        let Some(ns) = namespaces.get_mut(&key.namespace) else {
+            return;
+        };
+        if let Some(lease) = ns.leases.get_mut(key.name.as_str()) {
+            lease
+                .routes
+                .retain(|route| route.id != id && !route.tx.is_closed());
+            if lease.routes.is_empty() {
+                ns.leases.remove(key.name.as_str());
+            }
+        }
+        if ns.leases.is_empty()
+            && let Some(ns) = namespaces.remove(&key.namespace)
+        {
+            ns.closed.cancel();
+        }
+    }
+
+    /// The lease actor of `key` has stopped: its subscription (the one with `inbox`) is
+    /// removed now, not when actix gets round to dropping its stream.
+    pub fn forget(&self, key: &LeaseKey, inbox: &Arc<Inbox>) {
+        let id = {
+            let namespaces = self.lock();
+            namespaces
+                .get(&key.namespace)
+                .and_then(|ns| ns.leases.get(key.name.as_str()))
+                .and_then(|lease| {
+                    lease.routes.iter().find(|route| {
+                        route
+                            .inbox
+                            .as_ref()
+                            .is_some_and(|mine| Arc::ptr_eq(mine, inbox))
+                    })
+                })
+                .map(|route| route.id)
+        };
+        if let Some(id) = id {
+            self.unsubscribe(key, id);
+        }
     }
 
     /// How many namespaces are watched right now.
@@ -393,7 +471,11 @@ impl WatchHub {
         self: Arc<Self>,
         namespace: String,
         mut stream: BoxStream<'static, StoreResult<WatchEvent>>,
+        closed: tokio_util::sync::CancellationToken,
     ) {
+        // The last subscriber went: the store's watch is dropped with this future, now.
+        let closed = closed.cancelled_owned();
+        tokio::pin!(closed);
         // When the watch last brought anything, or the hub last listed the namespace.
         // When the watch last brought anything, or the hub last listed the namespace.
         let mut heard = tokio::time::Instant::now();
@@ -409,6 +491,9 @@ impl WatchHub {
         let mut registered = false;
         loop {
             let next = std::future::poll_fn(|cx| {
+                if closed.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(Err(true));
+                }
                 if let std::task::Poll::Ready(item) = stream.poll_next_unpin(cx) {
                     return std::task::Poll::Ready(Ok(item));
                 }
@@ -419,41 +504,48 @@ impl WatchHub {
                     silence.as_mut().poll(cx).is_ready()
                 };
                 if elapsed {
-                    std::task::Poll::Ready(Err(()))
+                    std::task::Poll::Ready(Err(false))
                 } else {
                     std::task::Poll::Pending
                 }
             })
             .await;
-            let Ok(next) = next else {
-                registered = false;
-                let due = heard + self.silent_after;
-                if tokio::time::Instant::now() < due {
-                    // Something arrived since the timer was armed: not silent yet.
-                    silence.as_mut().reset(due);
+            let next = match next {
+                Ok(next) => next,
+                Err(true) => {
+                    tracing::debug!(%namespace, "nobody watches the namespace any more: closing its watch");
+                    return;
+                }
+                Err(false) => {
+                    registered = false;
+                    let due = heard + self.silent_after;
+                    if tokio::time::Instant::now() < due {
+                        // Something arrived since the timer was armed: not silent yet.
+                        silence.as_mut().reset(due);
+                        continue;
+                    }
+                    // Nothing at all for a silence period (rule `watch-behind`).
+                    if missed {
+                        tracing::warn!(%namespace, "the watch brought nothing for a lease duration after missing changes: opening a new one");
+                        missed = false;
+                        stream = self.store.watch(&namespace);
+                        let error = StoreError::Unavailable {
+                            message: format!("the watch on namespace {namespace} went silent"),
+                            source: None,
+                        };
+                        if !self.resync(&namespace, error).await {
+                            return;
+                        }
+                    } else {
+                        match self.check(&namespace).await {
+                            Some(found) => missed = found,
+                            None => return,
+                        }
+                    }
+                    heard = tokio::time::Instant::now();
+                    silence.as_mut().reset(heard + self.silent_after);
                     continue;
                 }
-                // Nothing at all for a silence period (rule `watch-behind`).
-                if missed {
-                    tracing::warn!(%namespace, "the watch brought nothing for a lease duration after missing changes: opening a new one");
-                    missed = false;
-                    stream = self.store.watch(&namespace);
-                    let error = StoreError::Unavailable {
-                        message: format!("the watch on namespace {namespace} went silent"),
-                        source: None,
-                    };
-                    if !self.resync(&namespace, error).await {
-                        return;
-                    }
-                } else {
-                    match self.check(&namespace).await {
-                        Some(found) => missed = found,
-                        None => return,
-                    }
-                }
-                heard = tokio::time::Instant::now();
-                silence.as_mut().reset(heard + self.silent_after);
-                continue;
             };
             heard = tokio::time::Instant::now();
             missed = false;

@@ -636,6 +636,10 @@ impl LeaseStore for Refusals {
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
         self.inner.watch(namespace)
     }
+
+    fn forget(&self, key: &LeaseKey) {
+        self.inner.forget(key);
+    }
 }
 
 /// Waits until `election`'s replica sees `leader` lead.

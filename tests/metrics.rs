@@ -79,10 +79,24 @@ async fn leader_transitions_renewals_conflicts_and_leaderless_time_are_recorded(
         0.0
     );
 
+    // Stopped: every series of the lease is removed with its actor (rule
+    // `idle-actors-retire`: nothing kept per name forever).
     e.stop().await.unwrap();
-    let text = scrape(&registry);
-    assert_eq!(sample(&text, "dsync_is_leader", &lease), 0.0);
+    assert_eq!(
+        lease_samples(&scrape(&registry), &lease),
+        Vec::<String>::new()
+    );
     d.shutdown().await.unwrap();
+}
+
+/// The samples of `lease` in `text` (its client-go `name` series too).
+fn lease_samples(text: &str, lease: &str) -> Vec<String> {
+    let name = lease.split_once('/').map_or(lease, |(_, name)| name);
+    let (by_lease, by_name) = (format!("lease=\"{lease}\""), format!("name=\"{name}\""));
+    text.lines()
+        .filter(|l| !l.starts_with('#') && (l.contains(&by_lease) || l.contains(&by_name)))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The lines of the metric family `name` in `text` (`# HELP`, `# TYPE` and every sample,
@@ -180,9 +194,12 @@ async fn an_election_exposes_leadership_under_dsync_and_client_go_names() {
     assert_eq!(holder_families(&reg_a), expected);
     assert_eq!(holder_families(&reg_b), election_text(&lease, 0, 0));
 
-    // Stopped: 0 at once; the other replica takes over.
+    // Stopped: the series are gone with the actor; the other replica takes over.
     ea.stop().await.unwrap();
-    assert_eq!(holder_families(&reg_a), election_text(&lease, 0, 1));
+    assert_eq!(
+        lease_samples(&scrape(&reg_a), &lease.to_string()),
+        Vec::<String>::new()
+    );
     within(t.lease_duration(), "b elected", eb.elected())
         .await
         .unwrap();
@@ -209,7 +226,10 @@ async fn an_election_exposes_leadership_under_dsync_and_client_go_names() {
 
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    assert_eq!(holder_families(&reg_b), election_text(&lease, 0, 2));
+    assert_eq!(
+        lease_samples(&scrape(&reg_b), &lease.to_string()),
+        Vec::<String>::new()
+    );
 }
 
 #[actix::test]
@@ -353,7 +373,20 @@ async fn semaphore_permits_held_waiters_and_acquisitions_are_recorded() {
     sem.with_permit(|_| async {}).await.unwrap();
     assert_eq!(read("dsync_semaphore_acquisitions_total"), 4.0);
     assert_eq!(read("dsync_semaphore_permits_held"), 0.0);
-    settle().await;
+    // The last handle goes: the semaphore's series go, and its slots' once their actors
+    // have retired (rule `idle-actors-retire`).
+    let mut slots: Vec<_> = (0..2).map(|s| sem.watch_slot(s).unwrap()).collect();
+    drop(sem);
+    for slot in &mut slots {
+        slot.wait_for(|s| s.stopped).await.unwrap();
+    }
+    let text = scrape(&registry);
+    assert!(
+        !text
+            .lines()
+            .any(|l| !l.starts_with('#') && (l.contains("semaphore=") || l.contains("lease="))),
+        "{text}"
+    );
     d.shutdown().await.unwrap();
 }
 

@@ -229,6 +229,15 @@ impl Face for ElectionFace {
 
     fn stopping(&mut self, _core: &Core) {}
 
+    fn stopped(&mut self) {
+        // Nothing more will be published: the subscribers and callbacks (and what they
+        // capture) are dropped now, not when the last handle is.
+        self.elected.0.clear();
+        self.deposed.0.clear();
+        self.leader_changed.0.clear();
+        self.callbacks.clear();
+    }
+
     fn restarting(&mut self, _core: &Core) {}
 
     fn settle(&mut self, core: &mut Core, _waiting: &Waiting) -> bool {

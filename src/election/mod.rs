@@ -80,6 +80,7 @@ pub(crate) fn start_actor(
     config: &crate::config::Config,
 ) -> crate::supervisor::Entry {
     let key = params.key.clone();
+    let handles = params.handles.clone();
     let (tx, rx) = watch::channel(ElectionStatus {
         lease: key.clone(),
         identity: config.identity.clone(),
@@ -96,7 +97,7 @@ pub(crate) fn start_actor(
     let (addr, id) = crate::lease::actor::start(arbiter, params, ElectionFace::new(tx));
     let stopper = addr.clone().recipient();
     let election = Election::new(resource, id, addr, rx);
-    crate::supervisor::Entry::new(id, key, LeaseKind::Election, stopper, election)
+    crate::supervisor::Entry::new(id, key, LeaseKind::Election, stopper, election, handles)
 }
 
 /// Sent to subscribers when this replica becomes leader.

@@ -48,6 +48,8 @@ pub(crate) struct LeaseParams {
     pub metrics: LeaseMetrics,
     /// A stopping actor of the same lease in this replica: we start once it has finished.
     pub predecessor: Option<Recipient<Stop>>,
+    /// The face's handles that keep the actor in use (counted by the registry).
+    pub handles: super::core::Handles,
 }
 
 /// When the actor's timer must fire for `waiting`. Not while a call is in flight: the call's
@@ -74,7 +76,13 @@ pub(crate) struct LeaseActor<F: Face> {
 impl<F: Face> LeaseActor<F> {
     pub fn new(params: LeaseParams, face: F) -> Self {
         let blocked = params.predecessor.is_some();
-        let mut core = Core::new(params.key, params.shared, params.metrics, blocked);
+        let mut core = Core::new(
+            params.key,
+            params.shared,
+            params.metrics,
+            blocked,
+            params.handles,
+        );
         core.metrics.face(F::KIND);
         LeaseActor {
             core,
@@ -111,7 +119,9 @@ impl<F: Face> LeaseActor<F> {
             if self.restart {
                 return;
             }
-            let waiting = if self.core.blocked {
+            // Once stopped (deregistered just now), no call may start: its answer would come
+            // to nobody, and the store would cache the lease again (`LeaseStore::forget`).
+            let waiting = if self.core.blocked || self.core.is_stopped() {
                 Waiting::Idle
             } else {
                 self.step(now, ctx)
@@ -134,6 +144,31 @@ impl<F: Face> LeaseActor<F> {
                 break;
             }
         }
+        self.retire_if_unused(ctx);
+    }
+
+    /// Retires an actor that nobody uses any more (rule `idle-actors-retire`): no handle
+    /// reaches it, its face serves nobody, and the lifecycle has nothing of a term left. The
+    /// registry hands it out no more (checked under its lock, so a handle taken meanwhile
+    /// keeps it), and it stops as any stop does: with nothing to end, it deregisters at once.
+    /// Asking for the lease again starts a new actor.
+    fn retire_if_unused(&mut self, ctx: &mut Context<Self>) {
+        if self.core.is_stopping()
+            || self.core.handles.count() > 0
+            || !self.face.unused()
+            || !self.core.may_retire()
+            || !self
+                .core
+                .shared
+                .directory
+                .retire_unused(&self.core.key, self.core.id)
+        {
+            return;
+        }
+        tracing::debug!(lease = %self.core.key, "{} unused: retiring", F::KIND);
+        let (reply, _) = oneshot::channel();
+        self.core.begin_stop(reply, false);
+        self.drive(ctx);
     }
 
     /// Performs the lifecycle's queued effects that need the face or the actor; returns the
@@ -171,6 +206,7 @@ impl<F: Face> LeaseActor<F> {
                         .shared
                         .directory
                         .remove(&self.core.key, self.core.id);
+                    self.free();
                     // The actor stays as a tombstone answering `Stopped` until its last handle
                     // is dropped (stopping it here would make the actix supervisor restart it).
                     tracing::info!(lease = %self.core.key, identity = %self.core.identity(), "{} stopped", F::KIND);
@@ -186,6 +222,20 @@ impl<F: Face> LeaseActor<F> {
             }
         }
         answers
+    }
+
+    /// Frees what the stopped actor kept for its lease beyond itself: its metric series, its
+    /// place in the watch hub and the store's cache, its token floor by name (kept for a while,
+    /// then folded into the process's mark), the face's subscribers. A long-running service
+    /// that uses ever new names keeps nothing of the old ones (rule `idle-actors-retire`).
+    fn free(&mut self) {
+        let core = &mut self.core;
+        core.report(); // the last floor, published before it is retired
+        core.metrics.remove();
+        core.shared.watches.forget(&core.key, &core.inbox);
+        core.shared.store.forget(&core.key);
+        core.shared.floors.retire(&core.key);
+        self.face.stopped();
     }
 
     /// Reports the drain of `term` once its guarded work has returned (at once if it has
@@ -480,6 +530,8 @@ impl<F: Face> Actor for LeaseActor<F> {
                     act.core.machine.forbid_reclaim();
                 }
                 act.core.blocked = false;
+                // The predecessor removed the lease's series as it stopped: ours again.
+                act.core.metrics.face(F::KIND);
                 act.drive(ctx);
             }));
         }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -54,6 +55,9 @@ pub(crate) trait Directory: Send + Sync {
     fn retire(&self, key: &LeaseKey, id: ActorId);
     /// The actor has stopped: forget it.
     fn remove(&self, key: &LeaseKey, id: ActorId);
+    /// Retires the actor `id` of `key` if no handle uses it (its [`Handles`] count is zero),
+    /// atomically with the handing out of handles: `true` if it is retired now, and must stop.
+    fn retire_unused(&self, key: &LeaseKey, id: ActorId) -> bool;
 }
 
 /// What every lease actor of one `Dsync` shares.
@@ -72,31 +76,132 @@ pub(crate) struct Shared {
     pub floors: TokenFloors,
 }
 
-/// The highest fencing token seen per lease by one process (see [`Shared::floors`]).
-#[derive(Debug, Default)]
-pub(crate) struct TokenFloors(std::sync::Mutex<crate::hash::FastMap<LeaseKey, i32>>);
+/// How many floors of leases whose actor retired are kept by name ([`TokenFloors::retire`]);
+/// older ones are folded into the process-wide mark.
+pub(crate) const RETIRED_FLOORS_KEPT: usize = 4096;
+
+/// The highest fencing token seen per lease by one process (see [`Shared::floors`]), bounded
+/// (rule `idle-actors-retire`).
+///
+/// The floor of a lease with a live actor is kept by name. When its actor retires, the floor
+/// stays by name until [`RETIRED_FLOORS_KEPT`] later retirements have passed; then it is
+/// folded into one process-wide *mark*, the highest token of every lease forgotten. A lease
+/// with no floor by name starts above the mark ([`TokenFloors::mark`]), so tokens still never
+/// go back (rule `token-never-back`), but a service that locks a hundred thousand names keeps
+/// a few thousand floors, not a hundred thousand. The price, for forgotten names only: their
+/// tokens start above the mark rather than at the Lease's own count, and a forgotten name's
+/// Lease found missing is created at once (the process no longer knows it had seen it held;
+/// rule `deleted-held-waits` holds for the names it still knows).
+#[derive(Debug)]
+pub(crate) struct TokenFloors(std::sync::Mutex<Floors>);
+
+#[derive(Debug)]
+struct Floors {
+    by_name: crate::hash::FastMap<LeaseKey, i32>,
+    /// Leases whose actor retired, oldest first (a name may be here twice: it then goes at
+    /// its first turn, which is early, never unsafe).
+    retired: VecDeque<LeaseKey>,
+    /// The highest floor folded out of `by_name`.
+    mark: Option<i32>,
+    keep: usize,
+}
+
+impl Default for TokenFloors {
+    fn default() -> Self {
+        TokenFloors::keeping(RETIRED_FLOORS_KEPT)
+    }
+}
 
 impl TokenFloors {
-    fn map(&self) -> std::sync::MutexGuard<'_, crate::hash::FastMap<LeaseKey, i32>> {
+    /// Floors keeping `keep` retired leases by name.
+    pub fn keeping(keep: usize) -> Self {
+        TokenFloors(std::sync::Mutex::new(Floors {
+            by_name: Default::default(),
+            retired: VecDeque::new(),
+            mark: None,
+            keep,
+        }))
+    }
+
+    fn floors(&self) -> std::sync::MutexGuard<'_, Floors> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The highest token seen on `key`, if any.
+    /// The highest token seen on `key`, if this process still knows it by name.
     pub fn get(&self, key: &LeaseKey) -> Option<i32> {
-        self.map().get(key).copied()
+        self.floors().by_name.get(key).copied()
+    }
+
+    /// The highest token of every lease forgotten by name: the floor of any lease without one.
+    pub fn mark(&self) -> Option<i32> {
+        self.floors().mark
     }
 
     /// Notes `token` as seen on `key`.
     pub fn raise(&self, key: &LeaseKey, token: i32) {
-        let mut map = self.map();
-        match map.get_mut(key) {
+        let mut floors = self.floors();
+        match floors.by_name.get_mut(key) {
             Some(floor) => *floor = (*floor).max(token),
             None => {
-                map.insert(key.clone(), token);
+                floors.by_name.insert(key.clone(), token);
             }
         }
+    }
+
+    /// The actor of `key` retired: its floor may be folded into the mark once enough later
+    /// leases have retired.
+    pub fn retire(&self, key: &LeaseKey) {
+        let mut floors = self.floors();
+        if !floors.by_name.contains_key(key) {
+            return;
+        }
+        floors.retired.push_back(key.clone());
+        while floors.retired.len() > floors.keep {
+            let Some(oldest) = floors.retired.pop_front() else {
+                break;
+            };
+            if let Some(floor) = floors.by_name.remove(&oldest) {
+                floors.mark = floors.mark.max(Some(floor));
+            }
+        }
+    }
+
+    /// How many leases have a floor by name.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.floors().by_name.len()
+    }
+}
+
+/// The handles that keep a lease actor in use (a lock's [`Lock`](crate::Lock) handles),
+/// counted so that an actor nobody can reach any more retires (rule `idle-actors-retire`).
+/// Taken only under the registry's lock ([`Directory::retire_unused`] checks it there), so
+/// a handle is never given an actor that is retiring.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Handles(Arc<AtomicUsize>);
+
+impl Handles {
+    /// How many handles are alive.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// One more handle, until the returned claim is dropped.
+    pub fn claim(&self) -> HandleClaim {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        HandleClaim(self.0.clone())
+    }
+}
+
+/// One handle's share of [`Handles`]; dropping it gives the share back.
+#[derive(Debug)]
+pub(crate) struct HandleClaim(Arc<AtomicUsize>);
+
+impl Drop for HandleClaim {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -121,6 +226,8 @@ pub(crate) struct Core {
     pub(super) inbox: Arc<Inbox>,
     /// Waiting for the predecessor to finish: no store calls yet.
     pub(super) blocked: bool,
+    /// The face's handles in use (a lock's); an actor with none that is idle retires.
+    pub(super) handles: Handles,
     /// The token floor last published to [`Shared::floors`].
     published_floor: Option<i32>,
 }
@@ -131,6 +238,7 @@ impl Core {
         shared: Arc<Shared>,
         metrics: LeaseMetrics,
         blocked: bool,
+        handles: Handles,
     ) -> Self {
         let span = tracing::info_span!(
             "lease",
@@ -143,6 +251,9 @@ impl Core {
         let published_floor = shared.floors.get(&key);
         if let Some(floor) = published_floor {
             machine.raise_floor(floor);
+        } else if let Some(mark) = shared.floors.mark() {
+            // Forgotten by name (or never seen): above every token forgotten.
+            machine.raise_base(mark);
         }
         Core {
             id: ActorId::next(),
@@ -160,6 +271,7 @@ impl Core {
             handoff_waiters: Vec::new(),
             inbox: Arc::default(),
             blocked,
+            handles,
         }
     }
 
@@ -176,6 +288,12 @@ impl Core {
     /// No term, and nothing held: whatever was ending has ended.
     pub fn settled(&self) -> bool {
         self.lifecycle.vacant() && !self.machine.holding()
+    }
+
+    /// Whether the lifecycle lets this actor retire now, if nobody uses it
+    /// ([`Lifecycle::may_retire`]).
+    pub(super) fn may_retire(&self) -> bool {
+        !self.blocked && self.lifecycle.may_retire(&facts_of(&self.machine))
     }
 
     /// A stop has begun (or finished).
@@ -434,5 +552,50 @@ fn facts_of(machine: &Machine) -> Facts<'_> {
         holding: machine.holding(),
         in_flight: machine.in_flight(),
         record: machine.lease().map(|lease| &lease.record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> LeaseKey {
+        LeaseKey::new("ns", format!("l{i}"))
+    }
+
+    #[test]
+    fn idle_actors_retire_floors_are_bounded_and_tokens_never_go_back() {
+        let floors = TokenFloors::keeping(2);
+        for i in 0..5 {
+            floors.raise(&key(i), 10 + i as i32);
+        }
+        floors.raise(&key(9), 100); // a live actor's: never folded while it lives
+        for i in 0..5 {
+            floors.retire(&key(i));
+        }
+        assert_eq!(
+            floors.len(),
+            3,
+            "two retired leases kept by name, and the live one"
+        );
+        assert_eq!(
+            floors.get(&key(0)),
+            None,
+            "the oldest retired are forgotten by name"
+        );
+        assert_eq!(floors.get(&key(4)), Some(14), "the latest are kept by name");
+        assert_eq!(floors.get(&key(9)), Some(100));
+        // Forgotten names (and new ones) start above every token forgotten.
+        assert_eq!(floors.mark(), Some(12));
+        floors.retire(&key(9));
+        floors.retire(&key(4));
+        // l4 retired twice: forgotten at its first turn (early, never unsafe: the mark covers it).
+        assert_eq!(floors.mark(), Some(14));
+        assert_eq!(floors.get(&key(9)), Some(100));
+        assert_eq!(floors.len(), 1);
+        // A lease never seen by name is not counted as seen (no deleted-held wait), only based.
+        let mut machine = super::super::Machine::new("me", crate::timing::Timing::default());
+        machine.raise_base(floors.mark().unwrap());
+        assert_eq!(machine.token_floor(), None);
     }
 }

@@ -64,6 +64,16 @@ pub(crate) trait Face: Sized + Unpin + Send + 'static {
     /// incarnation.
     fn restarting(&mut self, core: &Core);
 
+    /// Whether the face serves nobody now: no caller waits, no local holder, nothing to
+    /// answer. An actor whose face is unused and that no handle reaches retires (rule
+    /// `idle-actors-retire`). Faces whose handles the registry keeps (elections) never are.
+    fn unused(&self) -> bool {
+        false
+    }
+
+    /// The actor has stopped for good: drop what the face keeps for others (subscribers).
+    fn stopped(&mut self) {}
+
     /// After every step: answer what can be answered now, publish status. `true` if the face
     /// changed something the lifecycle must act on (then the actor steps again).
     fn settle(&mut self, core: &mut Core, waiting: &Waiting) -> bool;

@@ -27,6 +27,10 @@
 //!   the actor, which drops its claim. The draining term is marked lost first (it is already
 //!   cancelled), so its work knows it may have run without the lease; the replica starts no
 //!   new term until that work has returned.
+//! * **Idle actors retire** (`idle-actors-retire`): an actor nobody uses may retire only when
+//!   nothing of a term is left (none serving, draining, or abandoned with its work running),
+//!   no claim is held and no call is in flight ([`Lifecycle::may_retire`]); it then stops as
+//!   any stop does.
 //! * **Every stop is answered** (`never-give-up`): once no term is live, nothing is held and
 //!   no call is in flight, a stop is answered: done, not released (with the store's error), or
 //!   drain timeout.
@@ -414,6 +418,20 @@ impl Lifecycle {
     /// No term serving or draining.
     pub fn vacant(&self) -> bool {
         matches!(self.phase, Phase::Vacant)
+    }
+
+    /// Whether an actor nobody uses any more may retire now (rule `idle-actors-retire`): only
+    /// when nothing of a term is left, neither serving, draining, nor abandoned while its work
+    /// still runs (a new actor could otherwise start a term beside it); no claim is held, no
+    /// call is in flight (its answer may be a claim), no handoff or stop is under way. The
+    /// retirement itself is a plain stop ([`Event::Stop`]), which has nothing to end.
+    pub fn may_retire(&self, facts: &Facts<'_>) -> bool {
+        matches!(self.stop, StopState::Running)
+            && self.vacant()
+            && self.abandoned.is_none()
+            && self.handoff.is_none()
+            && !facts.holding
+            && !facts.in_flight
     }
 
     /// A stop has begun (or finished).

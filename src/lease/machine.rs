@@ -341,6 +341,11 @@ pub struct Machine {
     /// out), across deletes, restores and actor restarts: the next acquisition writes more
     /// (rule `token-never-back`).
     floor: Option<i32>,
+    /// The process-wide mark of tokens of leases the process has forgotten by name
+    /// (`TokenFloors::mark`): the next acquisition writes more. Unlike `floor` it does not
+    /// mean that this lease was seen (a lease missing at first look is not taken for one
+    /// deleted while held).
+    base: Option<i32>,
     /// A lease that was held when we last saw it and has since disappeared (deleted by an
     /// administrator, or lost in a restore) expires at this instant, as the held record would
     /// have: its holder may still be live (rule `deleted-held-waits`). Kept across restarts.
@@ -401,6 +406,7 @@ impl Machine {
             blocked_since: None,
             read_at: None,
             floor: None,
+            base: None,
             vanished: None,
             last_token: None,
             alerts: Vec::new(),
@@ -426,6 +432,12 @@ impl Machine {
     /// the lease, across handles and deletes). Never lowers it.
     pub fn raise_floor(&mut self, token: i32) {
         self.floor = Some(self.floor.map_or(token, |f| f.max(token)));
+    }
+
+    /// Raises the base of the next token to above `token` (the process's mark of forgotten
+    /// leases) without counting the lease as seen. Never lowers it.
+    pub fn raise_base(&mut self, token: i32) {
+        self.base = self.base.max(Some(token));
     }
 
     /// Takes what the machine noticed that its owner should report.
@@ -803,7 +815,7 @@ impl Machine {
         self.blocked_since = None;
         // Missing: create it. Free, expired, or naming us and ours to reclaim: take it, as a
         // new term with a new fencing token.
-        let floor = self.floor;
+        let floor = self.floor.max(self.base);
         let pod = self.holder_pod.as_deref();
         let (record, request_of) = match self.lease() {
             None => (

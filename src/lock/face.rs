@@ -237,6 +237,13 @@ impl Face for LockFace {
         self.queue.iter().any(Waiter::alive)
     }
 
+    fn unused(&self) -> bool {
+        self.queue.is_empty()
+            && self.holder.is_none()
+            && self.unlocking.is_empty()
+            && self.unlock_checks.is_empty()
+    }
+
     fn grant(&mut self, term: &Term, _core: &Core, reporter: &Reporter) -> bool {
         while let Some(waiter) = self.queue.pop_front() {
             if !waiter.alive() {

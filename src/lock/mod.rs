@@ -8,6 +8,12 @@
 //!
 //! Ownership is per handle: the handle (or a clone of it) that locked is the one that may unlock.
 //! When a handle holding the lock is dropped, its term is cancelled and the lease released.
+//!
+//! A lock actor lives while a handle of it does (or it holds, or a caller waits): when the last
+//! handle is gone and nothing is held or awaited, it retires and frees everything it had (rule
+//! `idle-actors-retire`; its token floor is kept, see [`TokenFloors`](crate::lease::core)).
+//! Handles never outlive their actor, except after [`Lock::stop`]: asking
+//! [`Dsync::lock`](crate::Dsync::lock) again then starts a new one.
 
 use std::fmt;
 use std::future::Future;
@@ -22,6 +28,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::error::{Error, Result};
 use crate::lease::actor::{FaceCommand, Internal, LeaseActor, Stop, StopOutcome};
+use crate::lease::core::HandleClaim;
 use crate::resource::{LeaseKind, Resource};
 use crate::store::LeaseKey;
 use crate::term::Term;
@@ -41,6 +48,7 @@ pub(crate) fn start_actor(
     config: &crate::config::Config,
 ) -> crate::supervisor::Entry {
     let key = params.key.clone();
+    let handles = params.handles.clone();
     let (tx, rx) = watch::channel(LockStatus {
         lease: key.clone(),
         identity: config.identity.clone(),
@@ -58,7 +66,7 @@ pub(crate) fn start_actor(
         addr,
         status: rx,
     };
-    crate::supervisor::Entry::new(id, key, kind, stopper, shared)
+    crate::supervisor::Entry::new(id, key, kind, stopper, shared, handles)
 }
 
 type LockAddr = Addr<LeaseActor<LockFace>>;
@@ -71,9 +79,15 @@ fn next_id() -> u64 {
 /// Who may unlock: one per handle (shared by its clones) and one per `with_lock` call. When the
 /// last reference goes, the lock actor is told at once: a lock whose owner is gone can never be
 /// unlocked, so its term is ended and the lease given back.
+///
+/// A handle's own owner also carries the handle's share of the actor's use
+/// ([`HandleClaim`]): given back first, so when the actor hears that the owner is gone it
+/// knows whether any handle is left, and retires if none is and it is idle (rule
+/// `idle-actors-retire`).
 pub(crate) struct Owner {
     id: u64,
     addr: LockAddr,
+    claim: Option<HandleClaim>,
 }
 
 impl Owner {
@@ -81,6 +95,16 @@ impl Owner {
         Arc::new(Owner {
             id: next_id(),
             addr: addr.clone(),
+            claim: None,
+        })
+    }
+
+    /// A handle's owner, keeping its actor in use until it is dropped.
+    fn of_handle(addr: &LockAddr, claim: HandleClaim) -> Arc<Self> {
+        Arc::new(Owner {
+            id: next_id(),
+            addr: addr.clone(),
+            claim: Some(claim),
         })
     }
 
@@ -92,6 +116,7 @@ impl Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        drop(self.claim.take());
         self.addr
             .do_send(FaceCommand(LockCommand::OwnerGone { owner_id: self.id }));
     }
@@ -275,8 +300,10 @@ impl fmt::Debug for Lock {
 }
 
 impl Lock {
-    pub(crate) fn new(resource: Resource, shared: LockShared) -> Self {
-        let owner = Owner::new(&shared.addr);
+    /// A new handle on the actor of `shared`, keeping it in use by `claim` (taken from the
+    /// registry) while the handle or a clone of it lives.
+    pub(crate) fn new(resource: Resource, shared: LockShared, claim: HandleClaim) -> Self {
+        let owner = Owner::of_handle(&shared.addr, claim);
         Lock {
             resource,
             shared,

@@ -54,8 +54,12 @@ pub struct KubeStore {
     call_timeout: Duration,
     /// Bounds the calls in flight (see [`DEFAULT_MAX_IN_FLIGHT`]), renewals and releases first.
     in_flight: Arc<Limiter>,
-    /// The last object seen per lease, the base of the next PUT.
-    seen: Arc<Mutex<HashMap<LeaseKey, Lease>>>,
+    /// The last object seen per lease, the base of the next PUT: only for leases this
+    /// process calls `get`, `create` or `replace` on (a list or the watch updates an entry,
+    /// never adds one: other controllers' Leases are not kept). A deleted lease keeps its
+    /// entry, empty (its actor may write it again, on what the watch brings), until its actor
+    /// stops ([`LeaseStore::forget`]).
+    seen: Arc<Mutex<HashMap<LeaseKey, Option<Lease>>>>,
 }
 
 impl std::fmt::Debug for KubeStore {
@@ -145,8 +149,15 @@ impl KubeStore {
         let key = key.clone();
         let seen = self.seen.clone();
         self.call(Target::Lease(key.clone()), verb, lane, fut)
-            .map(move |answer| answer.map(|lease| remember(&seen, &key, lease)))
+            .map(move |answer| answer.map(|lease| remember(&seen, &key, lease, Cache::Add)))
             .boxed()
+    }
+
+    /// How many leases the store keeps an entry for, as the base of a PUT (for tests of what a
+    /// long-running process keeps).
+    #[doc(hidden)]
+    pub fn cached_leases(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -203,6 +214,7 @@ impl LeaseStore for KubeStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
+            .and_then(Option::as_ref)
             .filter(|l| l.metadata.resource_version.as_deref() == Some(resource_version))
             .cloned();
         let lane = lane_of(&record, base.as_ref());
@@ -241,7 +253,7 @@ impl LeaseStore for KubeStore {
                     .map(|lease| {
                         let key =
                             LeaseKey::new(&*owned, lease.metadata.name.clone().unwrap_or_default());
-                        remember(&seen, &key, lease)
+                        remember(&seen, &key, lease, Cache::UpdateOnly)
                     })
                     .collect();
                 leases.sort_by(|a, b| a.name.cmp(&b.name));
@@ -249,6 +261,13 @@ impl LeaseStore for KubeStore {
             })
         })
         .boxed()
+    }
+
+    fn forget(&self, key: &LeaseKey) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     fn watch(&self, namespace: &str) -> BoxStream<'static, StoreResult<WatchEvent>> {
@@ -264,11 +283,26 @@ impl LeaseStore for KubeStore {
                             &*namespace,
                             lease.metadata.name.clone().unwrap_or_default(),
                         );
-                        Some(Ok(WatchEvent::Applied(remember(&seen, &key, lease))))
+                        Some(Ok(WatchEvent::Applied(remember(
+                            &seen,
+                            &key,
+                            lease,
+                            Cache::UpdateOnly,
+                        ))))
                     }
-                    Ok(watcher::Event::Delete(lease)) => Some(Ok(WatchEvent::Deleted {
-                        name: lease.metadata.name.unwrap_or_default(),
-                    })),
+                    Ok(watcher::Event::Delete(lease)) => {
+                        let name = lease.metadata.name.unwrap_or_default();
+                        // Gone: no PUT can be based on it (a lease created again is read
+                        // again first).
+                        if let Some(entry) = seen
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_mut(&LeaseKey::new(&*namespace, name.clone()))
+                        {
+                            *entry = None;
+                        }
+                        Some(Ok(WatchEvent::Deleted { name }))
+                    }
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                     Err(error) => Some(Err(StoreError::Unavailable {
                         message: format!("watch on leases in namespace {namespace} failed"),
@@ -344,18 +378,36 @@ fn lane_of(record: &LeaseRecord, base: Option<&Lease>) -> Lane {
     }
 }
 
-/// Caches `lease` as the base of the next PUT and converts it.
-fn remember(seen: &Mutex<HashMap<LeaseKey, Lease>>, key: &LeaseKey, lease: Lease) -> StoredLease {
+/// Whether an answer may add a lease to the cache of PUT bases.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// An answer to a call for this lease: this process uses it.
+    Add,
+    /// A list or the watch, which bring every Lease of the namespace: only a lease already
+    /// cached is brought up to date.
+    UpdateOnly,
+}
+
+/// Caches `lease` as the base of the next PUT (as `cache` allows) and converts it.
+fn remember(
+    seen: &Mutex<HashMap<LeaseKey, Option<Lease>>>,
+    key: &LeaseKey,
+    lease: Lease,
+    cache: Cache,
+) -> StoredLease {
     let stored = from_lease(key, lease.clone());
     let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-    let newer = seen.get(key).is_none_or(|old| {
-        crate::record::is_newer(
+    let newer = match seen.get(key) {
+        Some(Some(old)) => crate::record::is_newer(
             &stored.resource_version,
             old.metadata.resource_version.as_deref(),
-        )
-    });
+        ),
+        // Used by this process, deleted since.
+        Some(None) => true,
+        None => cache == Cache::Add,
+    };
     if newer {
-        seen.insert(key.clone(), lease);
+        seen.insert(key.clone(), Some(lease));
     }
     stored
 }

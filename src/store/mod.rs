@@ -275,6 +275,15 @@ pub trait LeaseStore: Send + Sync + 'static {
     fn watch_replays_state(&self) -> bool {
         false
     }
+
+    /// This process's lease actor of `key` has stopped: drop whatever the store keeps for
+    /// that lease on dsync's behalf (`KubeStore` keeps the last object seen, as the base of
+    /// the next PUT). A long-running service that uses ever new lease names must not keep
+    /// something per name forever. The default keeps nothing and does nothing; a store that
+    /// wraps another passes it on.
+    fn forget(&self, key: &LeaseKey) {
+        let _ = key;
+    }
 }
 
 /// A shared store is a store: `Arc<MemoryStore>`, `Arc<dyn LeaseStore>`, ...
@@ -310,5 +319,9 @@ impl<S: LeaseStore + ?Sized> LeaseStore for std::sync::Arc<S> {
 
     fn watch_replays_state(&self) -> bool {
         (**self).watch_replays_state()
+    }
+
+    fn forget(&self, key: &LeaseKey) {
+        (**self).forget(key);
     }
 }

@@ -655,6 +655,10 @@ impl LeaseStore for FaultyStore {
         self.inner.watch_replays_state()
     }
 
+    fn forget(&self, key: &LeaseKey) {
+        self.inner.forget(key);
+    }
+
     fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {
         let inner = self.inner.clone();
         let owned = namespace.to_owned();

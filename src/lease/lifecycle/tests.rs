@@ -576,3 +576,44 @@ fn holder_steps_down_first_a_renewal_extends_only_the_serving_term() {
     w.on(2, Event::Stop { from_work: false });
     assert!(w.l.renewed().is_none(), "a draining term is not extended");
 }
+
+#[test]
+fn idle_actors_retire_only_when_nothing_of_a_term_is_left() {
+    let mut w = World::new();
+    assert!(w.l.may_retire(&w.facts()), "a fresh follower holds nothing");
+    w.in_flight = true;
+    assert!(
+        !w.l.may_retire(&w.facts()),
+        "a call in flight may bring a claim"
+    );
+    w.in_flight = false;
+    let term = w.serve();
+    assert!(!w.l.may_retire(&w.facts()), "never while a term serves");
+    w.on(1, Event::GiveUp);
+    assert!(!w.l.may_retire(&w.facts()), "never while its work drains");
+    w.on(1, Event::Drained(term.id()));
+    assert!(!w.l.may_retire(&w.facts()), "never while the claim is held");
+    w.holding = false;
+    w.on(2, Event::Released);
+    assert!(w.l.may_retire(&w.facts()), "released: nothing is left");
+    // A drain abandoned while its work still runs keeps the actor (no new actor may start a
+    // term beside that work).
+    let term = w.serve();
+    w.on(3, to("pod-b"));
+    assert!(
+        !w.l.may_retire(&w.facts()),
+        "never while a handoff is under way"
+    );
+    w.settle(3 + DRAIN.as_secs());
+    w.holding = false;
+    assert!(!w.l.may_retire(&w.facts()), "abandoned work still runs");
+    w.on(40, Event::Drained(term.id()));
+    assert!(w.l.may_retire(&w.facts()));
+    // Retiring is a plain stop with nothing to end: retire, then deregister at once.
+    assert_eq!(
+        w.on(41, Event::Stop { from_work: false }),
+        ["await_stop", "retire"]
+    );
+    assert_eq!(w.settle(41), ["deregister", "answer_stop(Done)"]);
+    assert!(!w.l.may_retire(&w.facts()), "stopped already");
+}

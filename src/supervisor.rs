@@ -11,7 +11,7 @@
 //! an actor that is stopping is *retired*: asking for its lease again starts a new actor,
 //! which waits until the old one has finished. A lock actor (or semaphore slot's) that no
 //! handle reaches, with no claim and no waiter, retires by itself and frees everything it had
-//! (rule `idle-actors-retire`): the registry counts its handles ([`Registry::entry_claimed`])
+//! (rule `idle-actors-retire`): the registry counts its handles (`Registry::entry_claimed`)
 //! under its lock, so a handle is never given an actor that is retiring. The supervisor also owns the replica's watch
 //! hub: one store watch per namespace, fanned out to the actors of each lease, so a thousand
 //! elections cost one watch. [`Supervisor`] shuts everything down.

@@ -11,7 +11,7 @@
 //!
 //! A lock actor lives while a handle of it does (or it holds, or a caller waits): when the last
 //! handle is gone and nothing is held or awaited, it retires and frees everything it had (rule
-//! `idle-actors-retire`; its token floor is kept, see [`TokenFloors`](crate::lease::core)).
+//! `idle-actors-retire`; its token floor is kept: rule `token-never-back` holds).
 //! Handles never outlive their actor, except after [`Lock::stop`]: asking
 //! [`Dsync::lock`](crate::Dsync::lock) again then starts a new one.
 

@@ -15,7 +15,9 @@
 //! at any time); `DSYNC_SOAK_GRANTS` (50,000) permits of one 16-permit semaphore per replica,
 //! each taken and dropped; every hour, one replica's watch is cut. After the churn and five quiet
 //! virtual minutes it prints, against a baseline taken after one warm-up round: live heap bytes
-//! and allocations (this binary's counting allocator), lease actors (`Dsync::running`),
+//! of the replicas and of the shared store apart (the store keeps every lease ever written, as
+//! etcd does; its share is measured as what a deep copy of it costs) and live allocations
+//! (this binary's counting allocator; these include the store's), lease actors (`Dsync::running`),
 //! supervisor entries (`Dsync::leases`), metric series (sample lines of the Prometheus text
 //! encoding), watched namespaces; and the same per virtual hour.
 //!
@@ -91,6 +93,9 @@ struct Replicas {
     b: Dsync,
     faults: [FaultyStore; 2],
     registry: Registry,
+    /// The shared store: the API server's part, measured apart (it keeps every lease ever
+    /// written, as etcd does; the process is what must not grow).
+    store: MemoryStore,
 }
 
 impl Replicas {
@@ -98,7 +103,10 @@ impl Replicas {
         let store = MemoryStore::new();
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let faults = [FaultyStore::new(store.clone()), FaultyStore::new(store)];
+        let faults = [
+            FaultyStore::new(store.clone()),
+            FaultyStore::new(store.clone()),
+        ];
         let replica = |faults: &FaultyStore, id: &str| {
             let shared: Arc<dyn LeaseStore> = Arc::new(faults.clone());
             Dsync::with_shared_store(shared, config(id))
@@ -110,15 +118,12 @@ impl Replicas {
             b: replica(&faults[1], "pod-b"),
             faults,
             registry,
+            store,
         }
     }
 
     fn replica(&self, i: u64) -> &Dsync {
-        if i.is_multiple_of(2) {
-            &self.a
-        } else {
-            &self.b
-        }
+        if i % 2 == 0 { &self.a } else { &self.b }
     }
 
     async fn sample(&self) -> Sample {
@@ -128,10 +133,16 @@ impl Replicas {
             .lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count();
+        // The store's share of the heap: what a deep copy of it costs.
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let snapshot = self.store.snapshot();
+        let store = LIVE_BYTES.load(Ordering::Relaxed) - before;
+        drop(snapshot);
         let (ea, la) = self.a.running();
         let (eb, lb) = self.b.running();
         Sample {
-            heap: LIVE_BYTES.load(Ordering::Relaxed),
+            store,
+            heap: LIVE_BYTES.load(Ordering::Relaxed) - store,
             allocations: LIVE_ALLOCATIONS.load(Ordering::Relaxed),
             actors: ea + la + eb + lb,
             entries: self.a.leases().await.len() + self.b.leases().await.len(),
@@ -143,6 +154,9 @@ impl Replicas {
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
+    /// Live heap bytes of the shared memory store (the API server's part).
+    store: i64,
+    /// Live heap bytes of everything else: the two replicas.
     heap: i64,
     allocations: i64,
     actors: usize,
@@ -154,8 +168,9 @@ struct Sample {
 impl Sample {
     fn row(&self, label: &str) -> String {
         format!(
-            "| {label} | {:.1} | {} | {} | {} | {} | {} |",
+            "| {label} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
             self.heap as f64 / 1024.0,
+            self.store as f64 / 1024.0,
             self.allocations,
             self.actors,
             self.entries,
@@ -165,7 +180,7 @@ impl Sample {
     }
 }
 
-const HEADER: &str = "| when | live heap (KiB) | live allocations | lease actors | supervisor entries | metric series | watched namespaces |\n|---|---|---|---|---|---|---|";
+const HEADER: &str = "| when | live heap, replicas (KiB) | the store's (KiB) | live allocations | lease actors | supervisor entries | metric series | watched namespaces |\n|---|---|---|---|---|---|---|---|";
 
 /// The churn of one step: lock names `locks`, semaphore grants `grants`, alternating replicas.
 async fn churn(
@@ -216,7 +231,7 @@ fn virtual_day() {
     let wall = StdInstant::now();
     dsync::testing::run_paused(async move {
         let r = Replicas::new(dsync::testing::paused_config);
-        let timing = r.a.config().timing.clone();
+        let timing = r.a.config().timing;
         let step = timing.retry_period();
         let steps_per_hour = (3600 / step.as_secs().max(1)).max(1);
         let total_steps = steps_per_hour * hours;
@@ -296,8 +311,9 @@ fn virtual_day() {
         let heap_growth = after.heap - baseline.heap;
         let allocations_growth = after.allocations - baseline.allocations;
         println!(
-            "growth after the day: live heap {heap_growth:+} bytes ({:+.1} bytes per lock name), live allocations {allocations_growth:+}, lease actors {:+}, supervisor entries {:+}, metric series {:+}, watched namespaces {:+}",
+            "growth after the day: replicas' live heap {heap_growth:+} bytes ({:+.1} bytes per lock name; the store's {:+} bytes), live allocations {allocations_growth:+}, lease actors {:+}, supervisor entries {:+}, metric series {:+}, watched namespaces {:+}",
             heap_growth as f64 / locks.max(1) as f64,
+            after.store - baseline.store,
             after.actors as i64 - baseline.actors as i64,
             after.entries as i64 - baseline.entries as i64,
             after.series as i64 - baseline.series as i64,

@@ -400,6 +400,7 @@ impl ObserverActor {
                 let failure = Failure {
                     write: false,
                     transient: error.is_transient(),
+                    retry_after: error.retry_after(),
                 };
                 let wait = self
                     .streak

@@ -4,8 +4,25 @@
 //! store call, writes and reads), the observer's reads ([`crate::observe`]) and the restarts
 //! of a [`LeaderOnly`](crate::LeaderOnly) actor (through [`doubling`]). Each caller keeps a
 //! [`Streak`] (or, for `LeaderOnly`, a count) and asks it how long to wait; none computes a
-//! wait of its own, so a change of policy (jitter, a server's `Retry-After`) is made here
-//! once, in [`Streak::after_failure`] and [`doubling`].
+//! wait of its own, so the policy is made here once, in [`Streak::after_failure`] and
+//! [`doubling`]:
+//!
+//! * a **holder** retries every retry period until its renew deadline (as client-go does):
+//!   waiting longer would only make it step down sooner;
+//! * a **candidate** meeting transient failures (timeouts, 5xx, 429) waits with exponential
+//!   backoff and *full jitter*: uniformly at random between a tenth of a retry period and
+//!   `retry · 2^(n−1)` (at most the lease duration), so that an outage is not met with a write
+//!   per lease per retry period, and replicas cut off together do not come back in step;
+//!   definite refusals (403, 422) double without jitter;
+//! * a **reader** doubles per failure;
+//! * a server that says how long to wait (`Retry-After`, [`StoreError::retry_after`]) is
+//!   obeyed by everyone: the wait is never shorter than what it asked (a holder's machine still
+//!   steps down at its deadline).
+//!
+//! The randomness is a small generator seeded per machine ([`Streak::seeded`]), so the lease
+//! machine stays a pure function of its inputs and its seed.
+//!
+//! [`StoreError::retry_after`]: crate::store::StoreError::retry_after
 
 use std::time::Duration;
 
@@ -27,6 +44,8 @@ pub(crate) struct Failure {
     /// Retrying may fix it (timeout, unavailable), as opposed to a definite refusal
     /// (forbidden, invalid) that asking again soon would only repeat.
     pub transient: bool,
+    /// How long the server asked us to wait, if it said (`Retry-After`).
+    pub retry_after: Option<Duration>,
 }
 
 /// Who is waiting, which decides how the wait grows.
@@ -86,6 +105,8 @@ impl Pace {
 /// A streak of consecutive failed calls, and the wait it earns.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Streak {
+    /// The jitter's generator state (splitmix64).
+    rng: u64,
     /// Consecutive failed calls.
     failures: u32,
     /// Consecutive definite refusals among them (what a candidate's wait doubles on).
@@ -97,6 +118,30 @@ pub(crate) struct Streak {
 }
 
 impl Streak {
+    /// A streak whose jitter draws from `seed` (replicas and leases with different seeds do
+    /// not retry in step).
+    pub(crate) fn seeded(seed: u64) -> Streak {
+        Streak {
+            rng: seed,
+            ..Streak::default()
+        }
+    }
+
+    /// A uniform draw from `[low, high]` (`low` if `high <= low`).
+    pub(crate) fn uniform(&mut self, low: Duration, high: Duration) -> Duration {
+        // splitmix64: tiny, and good enough to spread retries.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let span = high.saturating_sub(low).as_nanos() as u64;
+        if span == 0 {
+            return low;
+        }
+        low + Duration::from_nanos(z % (span + 1))
+    }
+
     /// Records a failed call and returns how long to wait before the next one, at `pace`.
     pub(crate) fn after_failure(&mut self, failure: Failure, pace: Pace) -> Duration {
         if self.failures == 0 {
@@ -109,13 +154,20 @@ impl Streak {
         if !failure.transient {
             self.refusals = self.refusals.saturating_add(1);
         }
-        // (Jitter, or a server's Retry-After, would be applied here, once for every caller.)
-        match pace {
+        let wait = match pace {
             Pace::Holder { retry } => retry,
-            Pace::Candidate { retry, .. } if failure.transient => retry,
+            // Full jitter, with a floor so that a retry is never immediate: a tenth of a retry
+            // period keeps a candidate's worst case at ten calls per period per lease, where
+            // no floor would let a run of small draws hammer a server that is struggling.
+            Pace::Candidate { retry, cap } if failure.transient => {
+                let transient = self.failures.saturating_sub(self.refusals);
+                let high = doubling(retry, transient, cap);
+                self.uniform(retry / 10, high)
+            }
             Pace::Candidate { retry, cap } => doubling(retry, self.refusals, cap),
             Pace::Reader { retry, cap } => doubling(retry, self.failures, cap),
-        }
+        };
+        wait.max(failure.retry_after.unwrap_or_default())
     }
 
     /// Records a successful call. A successful write ends the streak; a successful read ends
@@ -147,14 +199,17 @@ mod tests {
     const READ: Failure = Failure {
         write: false,
         transient: true,
+        retry_after: None,
     };
     const TIMEOUT: Failure = Failure {
         write: true,
         transient: true,
+        retry_after: None,
     };
     const FORBIDDEN: Failure = Failure {
         write: true,
         transient: false,
+        retry_after: None,
     };
 
     fn timing() -> Timing {
@@ -174,13 +229,16 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_retries_every_retry_period_whatever_the_failure() {
+    fn write_backoff_a_holder_retries_every_retry_period_whatever_the_failure() {
         let mut streak = Streak::default();
         for _ in 0..10 {
             let wait = streak.after_failure(FORBIDDEN, Pace::lease(&timing(), true));
             assert_eq!(wait, secs(2));
+            // Transient failures too: no growth, no jitter, the renewal keeps its schedule.
+            let wait = streak.after_failure(TIMEOUT, Pace::lease(&timing(), true));
+            assert_eq!(wait, secs(2));
         }
-        assert_eq!(streak.failures(), 10);
+        assert_eq!(streak.failures(), 20);
     }
 
     #[test]
@@ -191,9 +249,90 @@ mod tests {
             .map(|_| streak.after_failure(FORBIDDEN, pace))
             .collect();
         assert_eq!(waits, [secs(2), secs(4), secs(8), secs(15), secs(15)]);
-        // A transient failure is retried after a retry period, and does not double.
-        assert_eq!(streak.after_failure(TIMEOUT, pace), secs(2));
+        // A transient failure is jittered (the first of its kind within one retry period),
+        // and does not reset the refusals' doubling.
+        let wait = streak.after_failure(TIMEOUT, pace);
+        assert!(wait >= secs(2) / 10 && wait <= secs(2), "{wait:?}");
         assert_eq!(streak.after_failure(FORBIDDEN, pace), secs(15));
+    }
+
+    #[test]
+    fn write_backoff_a_candidate_backs_off_exponentially_with_full_jitter() {
+        let pace = Pace::lease(&timing(), false);
+        let (floor, cap) = (secs(2) / 10, secs(15));
+        // Over many streaks, the n-th wait stays within [floor, min(cap, 2 s · 2^(n-1))], and
+        // the draws spread over that range (full jitter: not bunched at either end).
+        for n in 1..=6u32 {
+            let high = doubling(secs(2), n, cap);
+            let waits: Vec<Duration> = (0..400u64)
+                .map(|seed| {
+                    let mut streak = Streak::seeded(seed);
+                    (1..n).for_each(|_| {
+                        streak.after_failure(TIMEOUT, pace);
+                    });
+                    streak.after_failure(TIMEOUT, pace)
+                })
+                .collect();
+            assert!(
+                waits.iter().all(|w| *w >= floor && *w <= high),
+                "n={n}: {waits:?}"
+            );
+            let below_half = waits.iter().filter(|w| **w < (floor + high) / 2).count();
+            assert!(
+                (100..=300).contains(&below_half),
+                "n={n}: {below_half} of 400 draws below the middle"
+            );
+        }
+        // The bound grows, up to the lease duration.
+        let mut streak = Streak::seeded(7);
+        let late: Vec<Duration> = (0..12)
+            .map(|_| streak.after_failure(TIMEOUT, pace))
+            .collect();
+        assert!(late.iter().all(|w| *w <= cap));
+        assert!(late[6..].iter().any(|w| *w > secs(4)), "{late:?}");
+    }
+
+    #[test]
+    fn write_backoff_replicas_with_different_seeds_do_not_retry_in_step() {
+        let pace = Pace::lease(&timing(), false);
+        let waits = |seed| {
+            let mut streak = Streak::seeded(seed);
+            (0..5)
+                .map(|_| streak.after_failure(TIMEOUT, pace))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(waits(1), waits(2));
+        assert_eq!(waits(3), waits(3), "a pure function of the seed");
+    }
+
+    #[test]
+    fn write_backoff_a_servers_retry_after_is_obeyed_by_everyone() {
+        let asked = |after| Failure {
+            retry_after: Some(after),
+            ..TIMEOUT
+        };
+        let candidate = Pace::lease(&timing(), false);
+        let holder = Pace::lease(&timing(), true);
+        // Longer than the policy's wait: honoured, by a candidate, a holder and a reader.
+        assert_eq!(
+            Streak::seeded(1).after_failure(asked(secs(9)), candidate),
+            secs(9)
+        );
+        assert_eq!(
+            Streak::default().after_failure(asked(secs(3)), holder),
+            secs(3)
+        );
+        assert_eq!(
+            Streak::default().after_failure(asked(secs(9)), Pace::reader(&timing())),
+            secs(9)
+        );
+        // Shorter: it does not shorten the policy's wait.
+        assert_eq!(
+            Streak::default().after_failure(asked(secs(1)), holder),
+            secs(2)
+        );
+        let wait = Streak::seeded(5).after_failure(asked(Duration::from_millis(1)), candidate);
+        assert!(wait >= secs(2) / 10, "{wait:?}");
     }
 
     #[test]

@@ -247,6 +247,7 @@ impl Core {
             token = tracing::field::Empty
         );
         let mut machine = Machine::new(shared.identity.clone(), shared.timing)
+            .with_jitter_for(&key.to_string())
             .with_holder_pod(shared.holder_pod.clone());
         let published_floor = shared.floors.get(&key);
         if let Some(floor) = published_floor {

@@ -316,6 +316,8 @@ pub struct Machine {
     invalid: Option<String>,
     /// Consecutive failed calls, and the backoff they earn (rule `write-backoff`).
     streak: Streak,
+    /// When the current streak of failed calls began (what tells an outage from a blip).
+    failing_since: Option<Instant>,
     /// Consecutive conflicts: the first is re-read and retried at once, later ones back off.
     conflicts: u32,
     /// No call before this instant.
@@ -386,8 +388,10 @@ impl Machine {
     /// A machine that knows nothing yet. (The identity is shared: a replica's machines all
     /// carry the same one.)
     pub fn new(identity: impl Into<Arc<str>>, timing: Timing) -> Self {
+        let identity: Arc<str> = identity.into();
+        let identity_seed = seed_of(&[identity.as_bytes()]);
         Machine {
-            identity: identity.into(),
+            identity,
             timing,
             observed: None,
             role: Role::CANDIDATE,
@@ -397,7 +401,8 @@ impl Machine {
             refresh: false,
             recheck: None,
             invalid: None,
-            streak: Streak::default(),
+            streak: Streak::seeded(identity_seed),
+            failing_since: None,
             conflicts: 0,
             retry_after: None,
             reclaim: true,
@@ -412,6 +417,14 @@ impl Machine {
             alerts: Vec::new(),
             holder_pod: None,
         }
+    }
+
+    /// This machine, its retry jitter seeded by `lease` as well as by the identity, so that
+    /// a replica's leases do not retry in step (rule `write-backoff`).
+    #[must_use]
+    pub fn with_jitter_for(mut self, lease: &str) -> Self {
+        self.streak = Streak::seeded(seed_of(&[self.identity.as_bytes(), lease.as_bytes()]));
+        self
     }
 
     /// This machine, writing `pod` as the holder's pod with each acquisition (see
@@ -1052,9 +1065,11 @@ impl Machine {
                 let failure = Failure {
                     write: op.is_write(),
                     transient,
+                    retry_after: error.retry_after(),
                 };
                 let pace = Pace::lease(&self.timing, self.holding());
                 self.retry_after = Some(now + self.streak.after_failure(failure, pace));
+                self.failing_since.get_or_insert(now);
                 if confirming {
                     // Nothing is lost (what we observed stands): wait for the watch again,
                     // rather than read every retry period while the server is down.
@@ -1092,6 +1107,20 @@ impl Machine {
     ) -> Outcome {
         if self.streak.after_success(op.is_write()) {
             self.retry_after = None;
+            // After an outage longer than a lease, every lease of every replica may be free or
+            // expired at once: the takeover waits a random part of a retry period, so that
+            // replicas × leases writes come back spread over it rather than in one burst
+            // (rule `write-backoff`). A short blip, a release seen through the watch, a crash
+            // failover: none of them waits.
+            if let Some(since) = self.failing_since.take()
+                && !self.holding()
+                && now.saturating_duration_since(since) >= self.timing.lease_duration()
+            {
+                let spread = self
+                    .streak
+                    .uniform(Duration::ZERO, self.timing.retry_period());
+                self.retry_after = Some(now + spread);
+            }
         }
         let unchanged = base.as_deref() == Some(stored.resource_version.as_str());
         if op.is_write() && !unchanged {
@@ -1302,4 +1331,12 @@ fn handed_off(current: &LeaseRecord, to: &str, timing: &Timing, now: SystemTime)
         successor: Some(to.to_owned()),
         ..released(current, now)
     }
+}
+
+/// A seed for the retry jitter from `parts` (a fixed hash: the machine stays deterministic).
+fn seed_of(parts: &[&[u8]]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
 }

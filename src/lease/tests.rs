@@ -462,7 +462,9 @@ fn watch_behind_a_watch_behind_for_a_lease_duration_is_replaced_by_one_read() {
         w.answer(46.5, Ok(lease(Some(OTHER), Some(15), Some(2)))),
         Outcome::Read
     ));
-    let call = w.call(46.5, Want::Acquire);
+    // The read confirmed the expiry; the server was down for 15 s, so the takeover waits a
+    // random part of a retry period (rule `write-backoff`).
+    let call = w.call(48.5, Want::Acquire);
     assert_eq!(call.op, Op::Acquire, "the read confirmed the expiry");
     assert!(w.m.is_behind(), "the watch itself is still behind");
 
@@ -877,23 +879,88 @@ fn write_backoff_a_failing_release_waits_its_backoff_and_gives_up_at_the_deadlin
 // ---- failures and backoff ---------------------------------------------------------------
 
 #[test]
-fn write_backoff_transient_failures_retry_every_retry_period() {
+fn write_backoff_transient_failures_back_off_exponentially_with_jitter() {
+    // A candidate meeting 503s waits a random time between a tenth of a retry period and
+    // 2 s · 2^(n-1) (at most the lease duration), not one retry period every time.
     let mut w = Sim::new();
-    for i in 0..5 {
-        let t = f64::from(i) * 2.0;
+    let mut t = 0.0;
+    for i in 0..6u32 {
         assert_eq!(w.call(t, Want::Acquire).op, Op::Read);
         assert!(matches!(
             w.answer(t, Err(unavailable())),
             Outcome::Retry { .. }
         ));
-        assert_eq!(
-            w.wait(t, Want::Acquire),
-            Waiting::Backoff {
-                until: w.at(t + 2.0)
-            }
+        let until = match w.wait(t, Want::Acquire) {
+            Waiting::Backoff { until } => until,
+            other => panic!("{other:?}"),
+        };
+        let waited = until.duration_since(w.at(t)).as_secs_f64();
+        let high = (2.0 * f64::from(1u32 << i)).min(15.0);
+        assert!(
+            (0.2..=high).contains(&waited),
+            "failure {}: waited {waited} s, bound {high} s",
+            i + 1
         );
+        t = until.duration_since(w.t0).as_secs_f64();
     }
-    assert_eq!(w.m.failures(), 5);
+    assert_eq!(w.m.failures(), 6);
+}
+
+#[test]
+fn write_backoff_takeover_after_a_long_outage_is_spread_over_a_retry_period() {
+    // Failing since 0 s; at 16 s (longer than the lease) a read works and shows the lease
+    // free: the takeover waits a random part of a retry period.
+    let mut w = Sim::new();
+    assert_eq!(w.call(0.0, Want::Acquire).op, Op::Read);
+    assert!(matches!(
+        w.answer(0.0, Err(unavailable())),
+        Outcome::Retry { .. }
+    ));
+    assert_eq!(w.call(16.0, Want::Acquire).op, Op::Read);
+    assert!(matches!(
+        w.answer(16.0, Ok(lease(None, None, Some(0)))),
+        Outcome::Read
+    ));
+    match w.wait(16.0, Want::Acquire) {
+        Waiting::Backoff { until } => {
+            assert!(until > w.at(16.0) && until <= w.at(18.0), "{until:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.call(18.0, Want::Acquire).op, Op::Acquire);
+
+    // A short blip: the takeover is not delayed.
+    let mut w = Sim::new();
+    assert_eq!(w.call(0.0, Want::Acquire).op, Op::Read);
+    assert!(matches!(
+        w.answer(0.0, Err(unavailable())),
+        Outcome::Retry { .. }
+    ));
+    assert_eq!(w.call(2.0, Want::Acquire).op, Op::Read);
+    assert!(matches!(
+        w.answer(2.0, Ok(lease(None, None, Some(0)))),
+        Outcome::Read
+    ));
+    assert_eq!(w.call(2.0, Want::Acquire).op, Op::Acquire, "at once");
+}
+
+#[test]
+fn write_backoff_a_servers_retry_after_holds_back_the_next_call() {
+    let mut w = Sim::new();
+    assert_eq!(w.call(0.0, Want::Acquire).op, Op::Read);
+    let throttled = StoreError::Unavailable {
+        message: "429".into(),
+        source: Some(Box::new(crate::store::RetryAfter(Duration::from_secs(12)))),
+    };
+    assert!(matches!(
+        w.answer(0.0, Err(throttled)),
+        Outcome::Retry { .. }
+    ));
+    assert_eq!(
+        w.wait(0.0, Want::Acquire),
+        Waiting::Backoff { until: w.at(12.0) },
+        "the server asked for 12 s"
+    );
 }
 
 #[test]

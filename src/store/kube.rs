@@ -691,6 +691,24 @@ mod tests {
     }
 
     #[test]
+    fn write_backoff_a_throttled_answer_carries_the_servers_wait() {
+        let target = Target::Lease(LeaseKey::new("ns", "l"));
+        let e = map_error(&target, "update", api_error(429, "slow down"));
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)), "429: 1 s");
+        let mut status = kube::core::Status {
+            code: 503,
+            message: "busy".into(),
+            ..Default::default()
+        };
+        status.details = Some(serde_json::from_str(r#"{"retryAfterSeconds": 7}"#).unwrap());
+        let e = map_error(&target, "get", kube::Error::Api(Box::new(status)));
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)), "the hint");
+        let e = map_error(&target, "get", api_error(503, "busy"));
+        assert_eq!(e.retry_after(), None, "no hint, no wait of the server's");
+    }
+
+    #[test]
     fn status_codes_map_to_store_errors() {
         let target = Target::Lease(LeaseKey::new("ns", "l"));
         assert!(matches!(

@@ -207,6 +207,39 @@ impl StoreError {
         }
     }
 
+    /// How long the server asked the caller to wait before trying again, if it said: a
+    /// [`RetryAfter`] source (what a store of your own, or the test kit, sets), or, from
+    /// `KubeStore`, the Status's `details.retryAfterSeconds`, and 1 s for an HTTP 429 without
+    /// it. (kube-apiserver's overload answers carry their wait in the `Retry-After` header,
+    /// which kube's `Error::Api` does not expose; they always ask for 1 s.) Every caller waits
+    /// at least this long before its next call (rule `write-backoff`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        let StoreError::Unavailable {
+            source: Some(source),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        if let Some(RetryAfter(after)) = source.downcast_ref::<RetryAfter>() {
+            return Some(*after);
+        }
+        #[cfg(feature = "kube")]
+        if let Some(::kube::Error::Api(status)) = source.downcast_ref::<::kube::Error>() {
+            let hinted = status
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|s| *s > 0);
+            return match hinted {
+                Some(seconds) => Some(Duration::from_secs(u64::from(seconds))),
+                None if status.code == 429 => Some(Duration::from_secs(1)),
+                None => None,
+            };
+        }
+        None
+    }
+
     /// Whether retrying the same call later may succeed (as opposed to a definite answer such as
     /// `Forbidden` or `Invalid`). Conflicts are not transient: they call for a re-read.
     pub fn is_transient(&self) -> bool {
@@ -218,6 +251,12 @@ impl StoreError {
         )
     }
 }
+
+/// A server's request to wait before the next call (HTTP `Retry-After`), as the source of a
+/// [`StoreError::Unavailable`]: see [`StoreError::retry_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server asked to retry after {0:?}")]
+pub struct RetryAfter(pub Duration);
 
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;

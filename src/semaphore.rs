@@ -12,7 +12,11 @@
 //! * [`Semaphore::try_acquire`] tries the slots one after the other (each on a fresh read, as
 //!   [`Lock::try_lock`]), starting one slot further on each call, and fails with
 //!   [`Error::NoFreeSlot`], listing each slot's holder, if none is free.
-//! * [`Semaphore::acquire`] queues on **every** slot at once and keeps the first grant; its
+//! * [`Semaphore::acquire`] first takes a slot that looks free in the replica's view and that
+//!   no local caller waits for: one read and **one write** per grant in the common case,
+//!   trying the free-looking slots from a random one so that replicas spread over the slots,
+//!   moving on only if the slot was taken meanwhile. Only when none is free does it queue on
+//!   **every** slot at once and keep the first grant; its
 //!   places in the other slots' queues are given up at once, and a grant that came at the same
 //!   moment is given back (its Lease released) at once. Every slot's Lease is in the replica's
 //!   one shared watch: a released slot is taken as soon as the release is seen, without polling.
@@ -260,7 +264,9 @@ impl Semaphore {
         Ok(self.permit(slot, owner, grant))
     }
 
-    /// Waits for a permit: queues on every slot at once and keeps the first slot granted.
+    /// Waits for a permit. A slot that looks free (and that no local caller waits for) is
+    /// taken with one write, trying the free-looking slots from a random one; if none is free,
+    /// it queues on every slot at once and keeps the first slot granted.
     /// Other replicas' permits are waited out: released ones at once, crashed holders' after
     /// the lease duration. This replica's callers are served first come, first served.
     ///
@@ -366,10 +372,40 @@ impl Semaphore {
         })
     }
 
-    /// Queues on every slot at once; the first grant wins. The other requests are dropped
+    /// The common case, one write: tries the slots that look free in this replica's view (its
+    /// shared watch) and that no local caller waits for, one at a time from a random slot (so
+    /// that replicas do not all go for slot 0), each on a fresh read, moving on only when it
+    /// was taken meanwhile. `None` if none was free: then the caller queues.
+    async fn take_a_free_one(&self, guarded: bool) -> Result<Option<(usize, Arc<Owner>, Grant)>> {
+        let slots = &self.inner.slots;
+        let start = (uuid::Uuid::new_v4().as_u128() % slots.len() as u128) as usize;
+        for k in 0..slots.len() {
+            let slot = (start + k) % slots.len();
+            let lock = &slots[slot];
+            let status = lock.status();
+            // Local callers in line are served first: a slot they wait for is not ours, and
+            // every waiting caller waits for every slot.
+            if status.holder.is_some() || status.waiters > 0 || status.stopped {
+                continue;
+            }
+            let owner = Owner::new(lock.addr());
+            match lock.acquire(&owner, true, guarded).await {
+                Ok(grant) => return Ok(Some((slot, owner, grant))),
+                Err(Error::AlreadyLocked { .. }) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes a slot that looks free, with one write (`take_a_free_one`); if none is, queues
+    /// on every slot at once and the first grant wins. The other requests are dropped
     /// with the losing futures: their places in line are given up (and their owners' drop
     /// tells the slot actors), and a grant among them that was already sent is given back.
     async fn wait_any(&self, guarded: bool) -> Result<(usize, Arc<Owner>, Grant)> {
+        if let Some(taken) = self.take_a_free_one(guarded).await? {
+            return Ok(taken);
+        }
         let _waiting = WaitingGuard::new(&self.inner.metrics);
         let mut pending: FuturesUnordered<_> = self
             .inner

@@ -27,6 +27,7 @@ crate::on_both_stores!(
     local_waiters_are_served_first_come_first_served,
     timeout_cancel_and_with_permit,
     shutdown_releases_permits_and_fails_waiters,
+    a_grant_is_one_write_and_burns_no_token,
 );
 
 fn no_free_slot(err: &Error) -> &[(usize, String)] {
@@ -506,5 +507,53 @@ async fn shutdown_releases_permits_and_fails_waiters(env: Env) {
         .await
         .unwrap();
     drop((p, pb));
+    b.shutdown().await.unwrap();
+}
+
+/// The common case costs one write: with free slots, `acquire` takes one of them (found in
+/// the replica's view, tried on a fresh read), not every free slot then all but one given
+/// back; no other slot's fencing token moves.
+async fn a_grant_is_one_write_and_burns_no_token(env: Env) {
+    use dsync::testing::Call;
+    let (b, _) = env.faulty_replica("pod-b").await;
+    let sb = b.semaphore("x", 8).unwrap();
+    // Another replica holds three of the eight slots.
+    let held: Vec<Permit> = futures::future::join_all((0..3).map(|_| free_slot(&sb)))
+        .await
+        .into_iter()
+        .collect();
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let sa = a.semaphore("x", 8).unwrap();
+    settle().await;
+    let token_of = async |slot: usize| {
+        env.peek(&sa.slots()[slot])
+            .await
+            .and_then(|l| l.record.lease_transitions)
+    };
+    let mut before = Vec::new();
+    for slot in 0..8 {
+        before.push(token_of(slot).await);
+    }
+    let writes = |f: &dsync::testing::FaultyStore| f.calls(Call::Create) + f.calls(Call::Replace);
+    let mut granted = Vec::new();
+    for n in 1..=5u64 {
+        let w0 = writes(&fa);
+        let permit = within(env.limit(), "a permit", sa.acquire()).await.unwrap();
+        assert_eq!(writes(&fa) - w0, 1, "grant {n}: one write");
+        assert!(!held.iter().any(|p| p.slot() == permit.slot()));
+        granted.push(permit);
+    }
+    let mut after = Vec::new();
+    for slot in 0..8 {
+        after.push(token_of(slot).await);
+    }
+    for slot in 0..8 {
+        let taken = granted.iter().any(|p| p.slot() == slot);
+        if !taken {
+            assert_eq!(after[slot], before[slot], "slot {slot}: no token burnt");
+        }
+    }
+    drop((granted, held));
+    a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

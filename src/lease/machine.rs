@@ -1111,8 +1111,11 @@ impl Machine {
             // expired at once: the takeover waits a random part of a retry period, so that
             // replicas × leases writes come back spread over it rather than in one burst
             // (rule `write-backoff`). A short blip, a release seen through the watch, a crash
-            // failover: none of them waits.
+            // failover: none of them waits. (Only a read's success is followed by a takeover:
+            // a write that worked, an acquisition among them, ends the streak without delay,
+            // and nothing a holder then writes, a release above all, may wait for a spread.)
             if let Some(since) = self.failing_since.take()
+                && op == Op::Read
                 && !self.holding()
                 && now.saturating_duration_since(since) >= self.timing.lease_duration()
             {

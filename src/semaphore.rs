@@ -392,6 +392,12 @@ impl Semaphore {
             match lock.acquire(&owner, true, guarded).await {
                 Ok(grant) => return Ok(Some((slot, owner, grant))),
                 Err(Error::AlreadyLocked { .. }) => continue,
+                // A try is one attempt; `acquire` waits. A failure that a later attempt may
+                // not meet (a timeout, a 503, a conflict, a reply lost after the write landed)
+                // sends the caller to the queue, where each slot's lease actor retries on its
+                // own backoff and finds out whether the write took: it must not fail a call
+                // that is meant to wait.
+                Err(error) if worth_waiting(&error) => return Ok(None),
                 Err(error) => return Err(error),
             }
         }
@@ -429,5 +435,17 @@ impl Semaphore {
                 what: format!("semaphore {}", self.inner.prefix),
             }),
         }
+    }
+}
+
+/// Whether a failed try on a slot is worth waiting out (transient, or a race a re-read
+/// settles) rather than an answer for the caller (stopped, forbidden, bad configuration).
+fn worth_waiting(error: &Error) -> bool {
+    match error {
+        Error::Timeout { .. } => true,
+        Error::Store { source, .. } => {
+            source.is_transient() || matches!(source, crate::StoreError::Conflict { .. })
+        }
+        _ => false,
     }
 }

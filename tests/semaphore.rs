@@ -28,6 +28,7 @@ crate::on_both_stores!(
     timeout_cancel_and_with_permit,
     shutdown_releases_permits_and_fails_waiters,
     a_grant_is_one_write_and_burns_no_token,
+    acquire_waits_out_a_failed_try_and_fails_on_a_definite_answer,
 );
 
 fn no_free_slot(err: &Error) -> &[(usize, String)] {
@@ -556,4 +557,65 @@ async fn a_grant_is_one_write_and_burns_no_token(env: Env) {
     drop((granted, held));
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// `acquire` waits; its first try at a free-looking slot is only one attempt. A try that
+/// meets a 503, or whose write landed but whose reply was lost, sends the caller to the
+/// queue (the slot actors retry on their backoff and find out what the write did): the
+/// caller gets a permit, and no slot is left held for nobody. A definite answer
+/// (`Forbidden`) fails the call instead of waiting forever.
+async fn acquire_waits_out_a_failed_try_and_fails_on_a_definite_answer(env: Env) {
+    use dsync::StoreError;
+    use dsync::testing::Call;
+    let (a, fa) = env.faulty_replica("pod-a").await;
+    let unavailable = || StoreError::Unavailable {
+        message: "injected 503".into(),
+        source: None,
+    };
+    // A 503 on the try's read.
+    let sa = a.semaphore("flaky", 2).unwrap();
+    fa.fail_next(Call::Get, unavailable);
+    let permit = within(env.limit(), "a permit after a 503", sa.acquire())
+        .await
+        .unwrap();
+    assert!(fa.calls(Call::Get) >= 1, "the try read the slot");
+    drop(permit);
+    all_free(&env, &sa).await;
+    // The try's write lands, its reply is lost.
+    let sb = a.semaphore("lost", 2).unwrap();
+    fa.lose_next_reply(Call::Create);
+    let permit = within(env.limit(), "a permit after a lost reply", sb.acquire())
+        .await
+        .unwrap();
+    within(env.limit(), "only the granted slot held", async {
+        loop {
+            let mut held = Vec::new();
+            for (slot, key) in sb.slots().iter().enumerate() {
+                if env.holder(key).await.as_deref() == Some("pod-a") {
+                    held.push(slot);
+                }
+            }
+            if held == [permit.slot()] {
+                return;
+            }
+            tokio::time::sleep(env.retry() / 4).await;
+        }
+    })
+    .await;
+    drop(permit);
+    all_free(&env, &sb).await;
+    // RBAC says no: an answer, not something to wait out.
+    let sc = a.semaphore("denied", 2).unwrap();
+    fa.fail_always(Call::Get, || StoreError::Forbidden {
+        verb: "get".into(),
+        resource: "leases".into(),
+        message: "injected".into(),
+    });
+    let denied = within(env.limit(), "a denied acquire", sc.acquire()).await;
+    assert!(
+        matches!(denied, Err(Error::Forbidden { ref verb, .. }) if verb == "get"),
+        "{denied:?}"
+    );
+    fa.clear();
+    a.shutdown().await.unwrap();
 }

@@ -246,6 +246,43 @@ struct InFlight {
     /// A read made because the watch stayed behind too long (see `behind`): if it fails, we
     /// wait for the watch again instead of reading until it succeeds.
     confirming: bool,
+    /// For an acquisition (create or acquire): the term its record starts, to recognise the
+    /// write if its answer is lost (see [`Machine::unsure`]).
+    writes: Option<Written>,
+}
+
+/// The term an acquisition writes: its fencing token and `acquireTime` (to the microsecond, as
+/// the API server keeps it). A twin with our identity that took the lease from the same
+/// record would write the same token, never the same instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    token: i32,
+    acquired_micros: Option<u128>,
+    /// When the write was sent: a claim it made counts from then.
+    started: Instant,
+}
+
+impl Written {
+    fn of(record: &LeaseRecord, started: Instant) -> Self {
+        Written {
+            token: record.token(),
+            acquired_micros: micros(record.acquire_time),
+            started,
+        }
+    }
+
+    /// Whether `record` is the one this write put there (and nothing has been written since
+    /// that changed the term).
+    fn is(&self, record: &LeaseRecord, identity: &str) -> bool {
+        record.holder() == Some(identity)
+            && record.token() == self.token
+            && micros(record.acquire_time) == self.acquired_micros
+    }
+}
+
+fn micros(time: Option<SystemTime>) -> Option<u128> {
+    time.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_micros())
 }
 
 /// What we are to the lease: what only a holder has lives in [`Role::Holder`], what only a
@@ -359,6 +396,12 @@ pub struct Machine {
     alerts: Vec<Alert>,
     /// Our pod's name, written on the Lease with each acquisition (`dsync.io/holder-pod`).
     holder_pod: Option<Arc<str>>,
+    /// An acquisition whose answer never came (a timeout, a dropped connection): it may have
+    /// landed. The next read tells (rule `lost-reply-recognised`): if the lease shows our
+    /// write, we hold it (a term if its deadline allows, else only to release it); otherwise
+    /// it did not land. Until that read, the machine reads even if nobody wants the lease,
+    /// so that a write nobody waits for any more is released, not left to expire.
+    unsure: Option<Written>,
 }
 
 /// Something the machine noticed that its owner should report (log and count); the machine
@@ -416,6 +459,7 @@ impl Machine {
             last_token: None,
             alerts: Vec::new(),
             holder_pod: None,
+            unsure: None,
         }
     }
 
@@ -680,7 +724,7 @@ impl Machine {
             });
         }
         let holding = self.holding();
-        if !(holding || want == Want::Acquire || self.refresh) {
+        if !(holding || want == Want::Acquire || self.refresh || self.unsure.is_some()) {
             return Step::Wait(Waiting::Idle);
         }
         let recheck_due = self.recheck.is_some_and(|t| now >= t);
@@ -944,12 +988,18 @@ impl Machine {
             Request::Replace { version, .. } => Some(version.clone()),
             _ => None,
         };
+        let writes = match (&request, op) {
+            (Request::Create(record), Op::Create)
+            | (Request::Replace { record, .. }, Op::Acquire) => Some(Written::of(record, now)),
+            _ => None,
+        };
         self.in_flight = Some(InFlight {
             seq: self.seq,
             op,
             started: now,
             base,
             confirming: false,
+            writes,
         });
         let limit = self.timing.renew_deadline();
         let timeout = match self.deadline() {
@@ -1038,6 +1088,7 @@ impl Machine {
             started,
             base,
             confirming,
+            writes,
             ..
         } = self.in_flight.take().expect("checked");
         Some(match result {
@@ -1062,6 +1113,11 @@ impl Machine {
             }
             Err(error) => {
                 let transient = error.is_transient();
+                if transient && let Some(written) = writes {
+                    // It may have landed: read (after the backoff) before anything else.
+                    self.unsure = Some(written);
+                    self.stale = true;
+                }
                 let failure = Failure {
                     write: op.is_write(),
                     transient,
@@ -1148,7 +1204,7 @@ impl Machine {
         match op {
             Op::Read => {
                 self.read_done(started);
-                Outcome::Read
+                self.recognise(now)
             }
             Op::Create | Op::Acquire => {
                 self.last_token = Some(token);
@@ -1179,6 +1235,42 @@ impl Machine {
                 self.successor = None;
                 Outcome::Released
             }
+        }
+    }
+
+    /// After a read, settles an acquisition whose answer was lost (`unsure`): if the lease
+    /// shows our write, we hold it from when the write was sent, a new term
+    /// ([`Outcome::Acquired`]) if its deadline has not passed, and otherwise a claim that is
+    /// only released (no term is handed out for it, as for [`adopt`](Self::adopt)). If it
+    /// shows anything else, the write did not land (or was overwritten): forgotten.
+    fn recognise(&mut self, now: Instant) -> Outcome {
+        let Some(written) = self.unsure.take() else {
+            return Outcome::Read;
+        };
+        let ours = self
+            .lease()
+            .is_some_and(|lease| written.is(&lease.record, &self.identity));
+        if !ours || self.holding() {
+            return Outcome::Read;
+        }
+        self.last_token = Some(written.token);
+        self.raise_floor(written.token);
+        if now < written.started + self.timing.renew_deadline() {
+            self.role = Role::holder(Claim {
+                token: written.token,
+                acquired_at: written.started,
+                renewed_at: written.started,
+            });
+            Outcome::Acquired {
+                token: written.token,
+            }
+        } else {
+            self.role = Role::holder(Claim {
+                token: written.token,
+                acquired_at: now,
+                renewed_at: now,
+            });
+            Outcome::Read
         }
     }
 

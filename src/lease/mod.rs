@@ -91,6 +91,11 @@
 //!   more than one second was cleared by someone other than its holder (a force release, an
 //!   edit) and is left for that duration, as if it still named the holder. A handoff's
 //!   release is such a record too, except for its successor.
+//! * **A lost acquisition reply is found out** (`lost-reply-recognised`). A create or
+//!   acquire that failed without an answer may have landed: the machine reads before
+//!   anything else, even if nothing is wanted, and a Lease showing that very write (our
+//!   identity, token and `acquireTime`) is ours from when the write was sent: a term
+//!   ([`Outcome::Acquired`]) within its renew deadline, else a claim that is only released.
 //! * **Term lifecycle** (`drain-then-release`, `handoff-ends-with-its-term`,
 //!   `refusal-during-drain`): see `lifecycle.rs`; a term is cancelled before any write that
 //!   gives its lease up, released only after its work returned, a handoff ends with its term on

@@ -2043,3 +2043,114 @@ fn restore_resync_a_read_that_a_watch_event_overtook_is_still_ignored() {
     assert!(w.m.take_alerts().is_empty());
     assert_eq!(w.m.lease().unwrap().resource_version, "9");
 }
+
+// ---- a lost acquisition reply (rule `lost-reply-recognised`) ------------------------------
+
+/// A read at `t` (expects it, whatever is wanted) answered with `stored`; the outcome.
+fn read_answer(w: &mut Sim, t: f64, want: Want, stored: StoredLease) -> Outcome {
+    let call = w.call(t, want);
+    assert_eq!(call.op, Op::Read, "{call:?}");
+    w.answer(t, Ok(stored))
+}
+
+#[test]
+fn lost_reply_recognised_an_acquisition_that_landed_is_a_term_from_when_it_was_sent() {
+    let mut w = Sim::new();
+    w.read(0.0, Want::Acquire, Some(lease(None, None, Some(4))));
+    let call = w.call(0.0, Want::Acquire);
+    assert_eq!(call.op, Op::Acquire);
+    let landed = written(&call, "8");
+    assert!(matches!(
+        w.answer(0.5, Err(unavailable())),
+        Outcome::Retry { .. }
+    ));
+    assert!(!w.m.holding());
+    // The next step is a read (after the backoff), not a second acquisition that would
+    // burn a token.
+    let Waiting::Backoff { until } = w.wait(0.5, Want::Acquire) else {
+        panic!("backs off first");
+    };
+    let t = until.duration_since(w.t0).as_secs_f64();
+    assert!(matches!(
+        read_answer(&mut w, t, Want::Acquire, landed),
+        Outcome::Acquired { token: 5 }
+    ));
+    assert!(w.m.holding());
+    assert_eq!(
+        w.m.deadline(),
+        Some(w.at(10.0)),
+        "counted from when the write was sent"
+    );
+}
+
+#[test]
+fn lost_reply_recognised_one_nobody_wants_any_more_is_read_and_released() {
+    // The caller went away (a dropped `try_lock`, a semaphore that took another slot): the
+    // write that landed is released, not left naming us until it expires.
+    let mut w = Sim::new();
+    w.read(0.0, Want::Acquire, None);
+    let call = w.call(0.0, Want::Acquire);
+    assert_eq!(call.op, Op::Create);
+    let landed = written(&call, "1");
+    // It timed out, past the renew deadline: no term can be handed out for it any more.
+    assert!(matches!(
+        w.answer(
+            10.0,
+            Err(StoreError::Timeout {
+                operation: "create".into(),
+                after: s(10),
+            })
+        ),
+        Outcome::Retry { .. }
+    ));
+    let Waiting::Backoff { until } = w.wait(10.0, Want::Keep) else {
+        panic!("reads after the backoff, though nobody wants the lease");
+    };
+    let t = until.duration_since(w.t0).as_secs_f64();
+    assert!(matches!(
+        read_answer(&mut w, t, Want::Keep, landed),
+        Outcome::Read
+    ));
+    assert!(w.m.holding(), "a claim, only to release it");
+    let release = w.call(t, Want::Release);
+    assert_eq!(release.op, Op::Release);
+    assert_eq!(based_on(&release), "1");
+    assert_eq!(record_of(&release).holder(), None);
+}
+
+#[test]
+fn lost_reply_recognised_only_our_own_write_not_a_twins_or_anyone_elses() {
+    for (what, stored) in [
+        (
+            "someone else took it",
+            versioned(Some(OTHER), Some(15), Some(5), "8"),
+        ),
+        // A twin with our identity, from the same record: same token, another instant.
+        ("a twin took it", {
+            let mut twin = versioned(Some(ME), Some(15), Some(5), "8");
+            twin.record.acquire_time = Some(SystemTime::UNIX_EPOCH + s(1_600_000_000));
+            twin
+        }),
+        ("it did not land", lease(None, None, Some(4))),
+    ] {
+        let mut w = Sim::new();
+        w.read(0.0, Want::Acquire, Some(lease(None, None, Some(4))));
+        let call = w.call(0.0, Want::Acquire);
+        assert_eq!(call.op, Op::Acquire);
+        w.answer(0.5, Err(unavailable()));
+        let Waiting::Backoff { until } = w.wait(0.5, Want::Keep) else {
+            panic!("{what}: reads after the backoff");
+        };
+        let t = until.duration_since(w.t0).as_secs_f64();
+        assert!(
+            matches!(read_answer(&mut w, t, Want::Keep, stored), Outcome::Read),
+            "{what}"
+        );
+        assert!(!w.m.holding(), "{what}");
+        assert_eq!(
+            w.wait(t, Want::Keep),
+            Waiting::Idle,
+            "{what}: settled, idle"
+        );
+    }
+}

@@ -187,14 +187,9 @@ impl<F: Face> LeaseActor<F> {
                 }
                 Effect::WatchDrain(term) => self.watch_drain(&term, ctx),
                 Effect::OfferTerm => self.grant(ctx),
-                Effect::Retire => {
-                    // From now on asking for this lease starts a new actor (which waits for us).
-                    self.core
-                        .shared
-                        .directory
-                        .retire(&self.core.key, self.core.id);
-                    self.face.stopping(&self.core);
-                }
+                // Already out of the registry (`Core::apply`): asking for this lease starts a
+                // new actor, which waits for us.
+                Effect::Retire => self.face.stopping(&self.core),
                 Effect::Deregister => {
                     if let Some((handle, _)) = self.timer.take() {
                         ctx.cancel_future(handle);

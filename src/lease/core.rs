@@ -440,6 +440,14 @@ impl Core {
     fn apply(&mut self, effect: Effect) {
         match effect {
             Effect::Cancel(term) => term.cancel(),
+            Effect::Retire => {
+                // Out of the registry now, before the term's cancellation (the next effect)
+                // wakes anyone: a caller that sees the term end and asks for the lease again
+                // must get a new actor, not this stopping one. The face's part waits for the
+                // actor.
+                self.shared.directory.retire(&self.key, self.id);
+                self.queue.push_back(Effect::Retire);
+            }
             Effect::MarkLost(term) => term.mark_lost(),
             Effect::Abandon => self.machine.abandon(),
             Effect::AnswerHandoff { to, outcome } => {

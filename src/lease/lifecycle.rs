@@ -317,7 +317,9 @@ pub(crate) enum Effect {
         outcome: HandoffOutcome,
     },
     /// A stop has begun: later requests for the lease must start a new actor; the face
-    /// answers what it can no longer serve.
+    /// answers what it can no longer serve. Emitted before the term is cancelled, and
+    /// performed in that order: whoever sees the term end and asks for the lease again gets
+    /// a new actor, never the stopping one.
     Retire,
     /// The stop is complete: forget the actor, stop its timer and watch.
     Deregister,

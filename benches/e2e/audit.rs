@@ -52,3 +52,61 @@ pub fn takeovers(
         .filter_map(|l| Some((acquired.get(l)? - last_renewal.get(l)?) as f64 / 1e6))
         .collect()
 }
+
+/// One lease request in the audit log, counted as [`audit_counts`] counts it (a watch when it
+/// starts, anything else when it completes).
+pub struct Request {
+    /// The client's User-Agent (the peer's name).
+    pub agent: String,
+    pub verb: String,
+    /// HTTP status of the answer.
+    pub code: i64,
+    /// When the server received it (Unix ns).
+    pub received: i128,
+}
+
+impl Request {
+    /// Whether it asked to write a Lease (`create`, `update`, `patch`): what a campaign costs
+    /// the API server and etcd, whatever the answer.
+    pub fn is_write(&self) -> bool {
+        matches!(self.verb.as_str(), "create" | "update" | "patch")
+    }
+}
+
+/// The requests in `namespace` from audit-log byte `from` on, each with the time the server
+/// received it: for counting per time window (by the server's clock, the same machine's).
+pub fn requests(log: &Path, from: u64, namespace: &str) -> Vec<Request> {
+    let mut file = std::fs::File::open(log).expect("audit log");
+    file.seek(SeekFrom::Start(from)).unwrap();
+    let mut buf = String::new();
+    file.read_to_string(&mut buf).unwrap();
+    let mut out = Vec::new();
+    for line in buf.lines() {
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if ev["objectRef"]["namespace"].as_str() != Some(namespace) {
+            continue;
+        }
+        let verb = ev["verb"].as_str().unwrap_or("?");
+        let stage = ev["stage"].as_str().unwrap_or("");
+        let counted = if verb == "watch" {
+            stage == "ResponseStarted"
+        } else {
+            stage == "ResponseComplete"
+        };
+        let received = ev["requestReceivedTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| t.as_nanosecond());
+        if let (true, Some(received)) = (counted, received) {
+            out.push(Request {
+                agent: ev["userAgent"].as_str().unwrap_or("?").to_owned(),
+                verb: verb.to_owned(),
+                code: ev["responseStatus"]["code"].as_i64().unwrap_or(0),
+                received,
+            });
+        }
+    }
+    out
+}

@@ -12,13 +12,15 @@
 //! kill; default 3), `DSYNC_E2E_VERBOSE` (print every sample), `DSYNC_E2E_DSYNC_PEER` (the binary
 //! to run as the dsync peer, default this one: give an older build of this bench to measure an
 //! older dsync with today's phases), `DSYNC_E2E_OUTAGE_DOWN_MS` (how long the outage phase keeps
-//! the API server killed before starting it again; default a third of the renew deadline). The
-//! report is printed and written to
+//! the API server killed before starting it again; default a third of the renew deadline),
+//! `DSYNC_E2E_FAULT_LEASES` (leases of the persistent-503 phase, default 100, quick 10),
+//! `DSYNC_E2E_FAULT_MS` (how long that phase refuses every lease request; default 4/3 of the
+//! lease duration: 20 s at 15/10/2). The report is printed and written to
 //! `target/e2e/report.md`.
 //!
 //! Every replica is a process of its own: the Go peer (`benches/peers/clientgo`) or this binary in
 //! peer mode (`DSYNC_E2E_PEER=1`, `peer.rs`). Both speak the same line protocol
-//! (`dsync_harness::protocol`), so the driver (`procs.rs`) treats them alike. Per implementation it runs two phases, each in a fresh namespace:
+//! (`dsync_harness::protocol`), so the driver (`procs.rs`) treats them alike. Per implementation it runs five phases, each in a fresh namespace:
 //!
 //! 1. **Load**: replica A leads N leases, replica B follows all of them. Over a steady window it
 //!    reads each process's CPU time and RSS from `/proc`, the apiserver process's CPU time, and
@@ -30,6 +32,18 @@
 //!    kill's phase moves that figure by up to a retry period, the failover is also measured
 //!    from the holder's last renewal to the next holder's acquisition, both as the API server's
 //!    audit log records them: the part that only the implementation decides.
+//! 3. **Mass handoff**: A leads N leases, B follows; A is told to stop them all at once (as on
+//!    SIGTERM); from then until B leads every lease, and the requests it took.
+//! 4. **Outage**: A leads N leases, B follows; the API server is killed and started again on the
+//!    same data; the requests of each replica from its return until 10 s after it is ready.
+//! 5. **Persistent 503**: A leads K leases, B follows; then, for longer than the lease duration,
+//!    every request on Leases in the phase's namespace is answered `503 Service Unavailable`
+//!    with `Retry-After: 1` (the harness's `<data-dir>/fault-503` file, a filter inside the
+//!    API server's audit filter, so the refused requests are in the audit log); then the fault
+//!    lifts. Reported per replica (holder A, follower B): writes and all requests per lease per
+//!    retry period during the fault (what a retry policy asks of an overloaded server); the
+//!    requests in the first second and first 5 s after the lift (the herd); leases led when it
+//!    lifted, how long until every lease had a leader again, and 429s after the lift.
 //!
 //! Event times are Unix-nanosecond wall-clock stamps taken by each process when the event
 //! happens; all processes run on one machine and share that clock.
@@ -106,6 +120,14 @@ fn main() {
         timing.renew_deadline.as_millis() as u64 / 3,
     ));
 
+    let fault_leases = env_or("DSYNC_E2E_FAULT_LEASES", if quick { 10 } else { 100usize });
+    // Longer than the lease duration, so that a holder's renew deadline passes and every
+    // lease expires during the fault: the lift then finds leases without a leader.
+    let fault = Duration::from_millis(env_or(
+        "DSYNC_E2E_FAULT_MS",
+        timing.lease_duration.as_millis() as u64 * 4 / 3,
+    ));
+
     let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/e2e");
     std::fs::create_dir_all(&out_dir).unwrap();
     let policy = out_dir.join("audit-policy.yaml");
@@ -125,6 +147,7 @@ fn main() {
     let mut latencies = Vec::new();
     let mut masses = Vec::new();
     let mut outages = Vec::new();
+    let mut faults = Vec::new();
     for imp in [Impl::Dsync, Impl::ClientGo] {
         loads.push((
             imp,
@@ -168,6 +191,18 @@ fn main() {
                 outage_down,
             ),
         ));
+        faults.push((
+            imp,
+            phases::persistent_503_phase(
+                &mut run,
+                imp,
+                &ready,
+                &audit,
+                fault_leases,
+                timing,
+                fault,
+            ),
+        ));
     }
 
     let report = report::render(
@@ -176,6 +211,7 @@ fn main() {
         &latencies,
         &masses,
         &outages,
+        &faults,
         rounds,
         latency_leases,
     );

@@ -1,7 +1,8 @@
 //! The phases run per implementation, each in fresh namespaces: load (a leader and a
 //! follower over a steady window: CPU, RSS, API requests), latency (graceful handoff and
-//! crash failover) and mass handoff (a leader of every lease told to stop all at once, as on
-//! SIGTERM in a rolling update).
+//! crash failover), mass handoff (a leader of every lease told to stop all at once, as on
+//! SIGTERM in a rolling update), outage (the API server killed and started again) and
+//! persistent 503 (every lease request refused for a while, then answered again).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -417,4 +418,149 @@ fn latency_round(
     result.handoff.extend(handoff);
     result.crash.extend(crash);
     result.takeover.extend(takeover);
+}
+
+/// Requests of one replica in one window of the persistent-503 phase.
+#[derive(Default, Clone, Copy)]
+pub struct Tally {
+    /// Lease writes (`create`, `update`, `patch`), whatever the answer.
+    pub writes: u64,
+    /// Every lease request (reads and watches too).
+    pub all: u64,
+}
+
+/// What the persistent-503 phase measured.
+pub struct FaultResult {
+    /// Elections, led by A and followed by B.
+    pub leases: usize,
+    /// The retry period (s): the unit of the per-lease rates.
+    pub retry: f64,
+    /// How long every lease request in the namespace was answered 503 (s, measured).
+    pub fault: f64,
+    /// Requests received during the fault: A's (the holder's), B's (the follower's).
+    pub during: [Tally; 2],
+    /// Requests received in the first second after the fault lifted, and in the first 5 s:
+    /// A's, B's.
+    pub first_second: [Tally; 2],
+    pub first_five: [Tally; 2],
+    /// Terms A lost during the fault (its renew deadline passed without a successful renewal).
+    pub terms_lost: usize,
+    /// Leases some replica still led (by its own account) when the fault lifted.
+    pub led_at_lift: usize,
+    /// From the lift until every lease had a leader again (ms); `None` if some lease had none
+    /// after 3 lease durations.
+    pub all_led_after: Option<f64>,
+    /// Answers 429 to requests received after the lift, until the phase's end.
+    pub too_many_after: u64,
+    /// Requests during the fault by (peer, verb, code), as text.
+    pub verbs: String,
+}
+
+impl FaultResult {
+    /// `n` requests during the fault, per lease per retry period.
+    pub fn per_lease_per_retry(&self, n: u64) -> f64 {
+        n as f64 / self.leases as f64 / (self.fault / self.retry)
+    }
+}
+
+/// Persistent 503: A leads `leases`, B follows; then for `fault` every request on Leases in the
+/// phase's namespace is answered `503` with `Retry-After: 1` (the harness's `fault-503` file,
+/// `tests/apiserver/README.md`), as an overloaded API server answers; then the fault lifts.
+/// Measures what each replica asks of the refusing server (a retry policy's cost), the burst
+/// when it answers again, and how long until every lease has a leader.
+pub fn persistent_503_phase(
+    run: &mut Run,
+    imp: Impl,
+    ready: &apiserver::Ready,
+    audit: &Path,
+    leases: usize,
+    timing: PeerTiming,
+    fault: Duration,
+) -> FaultResult {
+    let ns = lead_and_follow(run, imp, ready, "persistent 503", "f503", leases);
+    run.pass(timing.retry_period * 2);
+    let names: Vec<String> = run.state.leads[&0].iter().cloned().collect();
+    let lost_before = run.state.terms_lost.get(&0).copied().unwrap_or(0);
+    let from = file_len(audit);
+    let control = ready.data_dir.join("fault-503");
+    // Written whole and renamed: the server reads the file on each request and must never
+    // see it half written (an empty name refuses nothing).
+    let tmp = ready.data_dir.join("fault-503.tmp");
+    std::fs::write(&tmp, &ns).unwrap();
+    let started = unix_nanos(SystemTime::now());
+    std::fs::rename(&tmp, &control).unwrap();
+    run.pass(fault);
+    std::fs::remove_file(&control).unwrap();
+    let lifted = unix_nanos(SystemTime::now());
+    let led_by_someone = |s: &crate::procs::State| -> usize {
+        names
+            .iter()
+            .filter(|l| s.leads.values().any(|led| led.contains(*l)))
+            .count()
+    };
+    let led_at_lift = led_by_someone(&run.state);
+    let terms_lost = run.state.terms_lost.get(&0).copied().unwrap_or(0) - lost_before;
+    // Only `elected` after the lift tell when a lease got its leader back.
+    run.state.elected_at.clear();
+    let all_led = run.wait_until(timing.lease_duration * 3, |s| {
+        led_by_someone(s) == names.len()
+    });
+    let all_led_after = all_led.then(|| {
+        names
+            .iter()
+            .filter_map(|l| run.state.elected_at.get(l))
+            .map(|(_, at)| (at - lifted).max(0) as f64 / 1e6)
+            .fold(0.0, f64::max)
+    });
+    // The first 5 s after the lift are counted whatever happened by then.
+    let five = Duration::from_secs(5);
+    let since_lift = Duration::from_nanos((unix_nanos(SystemTime::now()) - lifted) as u64);
+    run.pass(five.saturating_sub(since_lift));
+    let (a, b) = (run.peers[0].name.clone(), run.peers[1].name.clone());
+    run.finish();
+    // The peers' graceful stop (releases) is after the 5 s: counted only in the 429s.
+    let requests = crate::audit::requests(audit, from, &ns);
+    let tally = |lo: i128, hi: i128| -> [Tally; 2] {
+        [&a, &b].map(|agent| {
+            let mut t = Tally::default();
+            for r in requests
+                .iter()
+                .filter(|r| &r.agent == agent && (lo..hi).contains(&r.received))
+            {
+                t.all += 1;
+                t.writes += u64::from(r.is_write());
+            }
+            t
+        })
+    };
+    let second = 1_000_000_000;
+    let mut verbs = std::collections::BTreeMap::new();
+    for r in requests
+        .iter()
+        .filter(|r| (started..lifted).contains(&r.received))
+    {
+        *verbs
+            .entry((r.agent.clone(), r.verb.clone(), r.code))
+            .or_insert(0u64) += 1;
+    }
+    FaultResult {
+        leases,
+        retry: timing.retry_period.as_secs_f64(),
+        fault: (lifted - started) as f64 / 1e9,
+        during: tally(started, lifted),
+        first_second: tally(lifted, lifted + second),
+        first_five: tally(lifted, lifted + 5 * second),
+        terms_lost,
+        led_at_lift,
+        all_led_after,
+        too_many_after: requests
+            .iter()
+            .filter(|r| r.received >= lifted && r.code == 429)
+            .count() as u64,
+        verbs: verbs
+            .iter()
+            .map(|((agent, verb, code), n)| format!("{agent} {verb} → {code}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }

@@ -2,7 +2,7 @@
 
 use dsync_harness::protocol::PeerTiming;
 
-use crate::phases::{LatencyResult, LoadResult, MassResult, OutageResult};
+use crate::phases::{FaultResult, LatencyResult, LoadResult, MassResult, OutageResult};
 use crate::procs::Impl;
 
 /// The value at rank `p` (0..=1) of `sorted`; NaN if it is empty.
@@ -36,12 +36,14 @@ fn machine() -> String {
 
 /// Prints the markdown report of both implementations (dsync first, then client-go, in `loads`
 /// and `latencies`) and returns it.
+#[allow(clippy::too_many_arguments)] // one result list per phase, and the knobs they share
 pub fn render(
     timing: PeerTiming,
     loads: &[(Impl, LoadResult)],
     latencies: &[(Impl, LatencyResult)],
     masses: &[(Impl, MassResult)],
     outages: &[(Impl, OutageResult)],
+    faults: &[(Impl, FaultResult)],
     rounds: usize,
     latency_leases: usize,
 ) -> String {
@@ -136,6 +138,54 @@ pub fn render(
         "API server outage: leases the leader lost / terms it lost (re-won or not)",
         &|r| format!("{} / {} of {}", r.leases_lost, r.terms_lost, r.leases),
     ));
+    let fault = |label: &str, f: &dyn Fn(&FaultResult) -> String| {
+        format!("| {label} | {} | {} |", f(&faults[0].1), f(&faults[1].1))
+    };
+    line(fault(
+        "persistent 503: writes / lease / retry period during the fault, holder / follower",
+        &|r| {
+            format!(
+                "{:.2} / {:.2}",
+                r.per_lease_per_retry(r.during[0].writes),
+                r.per_lease_per_retry(r.during[1].writes)
+            )
+        },
+    ));
+    line(fault(
+        "persistent 503: all requests / lease / retry period during the fault, holder / follower",
+        &|r| {
+            format!(
+                "{:.2} / {:.2}",
+                r.per_lease_per_retry(r.during[0].all),
+                r.per_lease_per_retry(r.during[1].all)
+            )
+        },
+    ));
+    line(fault(
+        "persistent 503: requests in the first 1 s / 5 s after the lift, holder + follower (writes)",
+        &|r| {
+            let sum =
+                |t: &[crate::phases::Tally; 2]| (t[0].all + t[1].all, t[0].writes + t[1].writes);
+            let (one, one_w) = sum(&r.first_second);
+            let (five, five_w) = sum(&r.first_five);
+            format!("{one} ({one_w}) / {five} ({five_w})")
+        },
+    ));
+    line(fault(
+        "persistent 503: leases led at the lift; until all led again (ms); 429s after",
+        &|r| {
+            format!(
+                "{} of {}; {}; {}",
+                r.led_at_lift,
+                r.leases,
+                r.all_led_after.map_or_else(
+                    || "not in 3 lease durations".into(),
+                    |ms| format!("{ms:.0}")
+                ),
+                r.too_many_after
+            )
+        },
+    ));
     line(row("leases the leader lost in the steady window", &|r| {
         format!("{} of {}", r.leases_lost, r.leases)
     }));
@@ -194,6 +244,32 @@ pub fn render(
             "- {} requests after the outage: {}",
             imp.name(),
             o.verbs
+        ));
+    }
+    line(format!(
+        "\nPersistent 503: {} elections led by one process (the holder) and followed by another; \
+         then for {:.1} s every request on Leases in their namespace is answered 503 with \
+         `Retry-After: 1` (a filter inside the API server's audit filter: refused requests are \
+         audited), then answered again. Requests counted from the audit log by the time the \
+         server received them; rates per lease per retry period ({:.1} s).",
+        faults[0].1.leases, faults[0].1.fault, faults[0].1.retry
+    ));
+    for (imp, f) in faults {
+        let t = |w: &[crate::phases::Tally; 2]| {
+            format!(
+                "holder {} ({} writes), follower {} ({} writes)",
+                w[0].all, w[0].writes, w[1].all, w[1].writes
+            )
+        };
+        line(format!(
+            "- {}: {:.1} s of 503s; the holder lost {} terms. First second after the lift: {}; \
+             first 5 s: {}. During the fault: {}",
+            imp.name(),
+            f.fault,
+            f.terms_lost,
+            t(&f.first_second),
+            t(&f.first_five),
+            f.verbs
         ));
     }
     let lease_ms = timing.lease_duration.as_secs_f64() * 1000.0;

@@ -27,6 +27,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -44,6 +45,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	genericrequest "k8s.io/apiserver/pkg/endpoints/request"
+	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -56,6 +59,9 @@ import (
 const (
 	leaseRoleName = "dsync-lease"
 	stateFile     = "harness-state.json"
+	// faultFile, in the data dir, names a namespace whose lease requests are answered 503
+	// while the file exists (see faultFilter).
+	faultFile = "fault-503"
 )
 
 // clientUser is a certificate-authenticated user for which a kubeconfig is written.
@@ -239,7 +245,7 @@ func run() error {
 
 	apiErrCh := make(chan error, 1)
 	apiDone := make(chan struct{})
-	if err := startAPIServer(ctx, apiArgs, apiListener, apiErrCh, apiDone); err != nil {
+	if err := startAPIServer(ctx, apiArgs, apiListener, filepath.Join(dir, faultFile), apiErrCh, apiDone); err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
 	stopAPIServer := func() {
@@ -448,7 +454,7 @@ func startEtcd(dir string, clientPort, peerPort int, noFsync bool) (*embed.Etcd,
 
 var errAPIServerExited = errors.New("kube-apiserver exited")
 
-func startAPIServer(ctx context.Context, args []string, l net.Listener, errCh chan<- error, done chan<- struct{}) error {
+func startAPIServer(ctx context.Context, args []string, l net.Listener, faultPath string, errCh chan<- error, done chan<- struct{}) error {
 	s := options.NewServerRunOptions()
 	fs := pflag.NewFlagSet("kube-apiserver", pflag.ContinueOnError)
 	for _, f := range s.Flags().FlagSets {
@@ -473,7 +479,7 @@ func startAPIServer(ctx context.Context, args []string, l net.Listener, errCh ch
 	}
 	go func() {
 		defer close(done)
-		err := app.Run(ctx, completed)
+		err := runAPIServer(ctx, completed, faultPath)
 		if err == nil && ctx.Err() == nil {
 			err = errAPIServerExited
 		} else if err != nil {
@@ -484,6 +490,58 @@ func startAPIServer(ctx context.Context, args []string, l net.Listener, errCh ch
 		}
 	}()
 	return nil
+}
+
+// runAPIServer is app.Run with one change: the fault filter (faultFilter) wrapped around
+// the aggregator's API handler, inside its filter chain. The aggregator is the outermost
+// server (it serves every request, delegating to kube-apiserver), and its chain's innermost
+// handler runs after authentication, audit and authorization: a refused request is audited
+// with its 503, and only requests that would have reached a Lease are refused.
+func runAPIServer(ctx context.Context, opts options.CompletedOptions, faultPath string) error {
+	config, err := app.NewConfig(opts)
+	if err != nil {
+		return err
+	}
+	gc := &config.Aggregator.GenericConfig.Config
+	buildChain := gc.BuildHandlerChainFunc
+	gc.BuildHandlerChainFunc = func(apiHandler http.Handler, c *genericapiserver.Config) http.Handler {
+		return buildChain(faultFilter(apiHandler, faultPath), c)
+	}
+	completed, err := config.Complete()
+	if err != nil {
+		return err
+	}
+	server, err := app.CreateServerChain(completed)
+	if err != nil {
+		return err
+	}
+	prepared, err := server.PrepareRun()
+	if err != nil {
+		return err
+	}
+	return prepared.Run(ctx)
+}
+
+// faultFilter answers every request on coordination.k8s.io leases in the namespace named by
+// the file at path (whitespace trimmed) with 503 Service Unavailable and Retry-After: 1, as
+// an overloaded apiserver does, for as long as the file exists. The file is read on each
+// lease request (not polled) so that the fault starts and lifts exactly when the file is
+// written and removed; without the file nothing changes. Watches already open stay open:
+// only new requests are refused.
+func faultFilter(next http.Handler, path string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		info, ok := genericrequest.RequestInfoFrom(req.Context())
+		if ok && info.IsResourceRequest && info.APIGroup == "coordination.k8s.io" && info.Resource == "leases" {
+			if b, err := os.ReadFile(path); err == nil && info.Namespace != "" && strings.TrimSpace(string(b)) == info.Namespace {
+				w.Header().Set("Content-Type", "application/json")
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, `{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"injected fault: `+faultFile+` names this namespace","reason":"ServiceUnavailable","details":{"retryAfterSeconds":1},"code":503}`+"\n")
+				return
+			}
+		}
+		next.ServeHTTP(w, req)
+	})
 }
 
 func waitReady(ctx context.Context, cfg *rest.Config, apiErrCh <-chan error) error {

@@ -1255,21 +1255,20 @@ impl Machine {
         }
         self.last_token = Some(written.token);
         self.raise_floor(written.token);
-        if now < written.started + self.timing.renew_deadline() {
-            self.role = Role::holder(Claim {
-                token: written.token,
-                acquired_at: written.started,
-                renewed_at: written.started,
-            });
+        // Within its renew deadline the claim counts from when the write was sent; past it,
+        // no term may start, and the claim (from now, like `adopt`'s) is only released.
+        let in_time = now < written.started + self.timing.renew_deadline();
+        let from = if in_time { written.started } else { now };
+        self.role = Role::holder(Claim {
+            token: written.token,
+            acquired_at: from,
+            renewed_at: from,
+        });
+        if in_time {
             Outcome::Acquired {
                 token: written.token,
             }
         } else {
-            self.role = Role::holder(Claim {
-                token: written.token,
-                acquired_at: now,
-                renewed_at: now,
-            });
             Outcome::Read
         }
     }

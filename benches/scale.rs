@@ -23,7 +23,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dsync::{Config, Dsync, LeaseKey, LeaseRecord, LeaseStore, LeaseThread, MemoryStore};
+use dsync::config::LeaseThread;
+use dsync::store::LeaseKey;
+use dsync::store::LeaseRecord;
+use dsync::{Config, Dsync, LeaseStore, MemoryStore};
 
 /// The system allocator, counting allocations: unlike CPU time on a shared machine, the
 /// number of allocations per renewal is the same from run to run.
@@ -148,7 +151,7 @@ fn main() {
         // that no start-up read falls into the steady window.
         for handle in &handles {
             let mut rx = handle.watch_status();
-            let _ = rx.wait_for(|s| s.leader.is_some()).await;
+            let _ = rx.wait_for(|s| s.holder.is_some()).await;
         }
         let setup = started.elapsed();
         let stats0 = store.stats();

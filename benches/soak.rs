@@ -109,7 +109,7 @@ impl Replicas {
         ];
         let replica = |faults: &FaultyStore, id: &str| {
             let shared: Arc<dyn LeaseStore> = Arc::new(faults.clone());
-            Dsync::with_shared_store(shared, config(id))
+            Dsync::with_config(shared, config(id))
                 .and_then(|d| d.with_metrics(metrics.clone()))
                 .expect("a replica")
         };
@@ -138,14 +138,13 @@ impl Replicas {
         let snapshot = self.store.snapshot();
         let store = LIVE_BYTES.load(Ordering::Relaxed) - before;
         drop(snapshot);
-        let (ea, la) = self.a.running();
-        let (eb, lb) = self.b.running();
+        let live = |d: &Dsync| d.leases().iter().filter(|e| !e.stopping).count();
         Sample {
             store,
             heap: LIVE_BYTES.load(Ordering::Relaxed) - store,
             allocations: LIVE_ALLOCATIONS.load(Ordering::Relaxed),
-            actors: ea + la + eb + lb,
-            entries: self.a.leases().await.len() + self.b.leases().await.len(),
+            actors: live(&self.a) + live(&self.b),
+            entries: self.a.leases().len() + self.b.leases().len(),
             series,
             namespaces: self.a.watched_namespaces() + self.b.watched_namespaces(),
         }

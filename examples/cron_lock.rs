@@ -16,8 +16,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dsync::lock::WithLockError;
 use dsync::testing::FaultyStore;
-use dsync::{Config, Dsync, Error, Lock, MemoryStore, Term, Timing, WithLockError};
+use dsync::{Config, Dsync, Error, Lock, MemoryStore, Term, Timing};
 use tokio::sync::watch;
 
 /// The downstream system the job writes to (a database, a bucket, an API). It keeps the

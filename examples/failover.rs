@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use dsync::testing::{FaultyStore, TermLog, leader_of};
-use dsync::{Config, Deposed, Dsync, Elected, LeaderChanged, MemoryStore, Timing};
+use dsync::{Config, Deposed, Dsync, Elected, HolderChanged, MemoryStore, Timing};
 use tokio::time::Instant;
 
 /// Short timings so the demo runs in seconds: lease 2 s, renew deadline 1.5 s, retry 0.5 s.
@@ -67,11 +67,11 @@ impl Handler<Deposed> for Printer {
     }
 }
 
-impl Handler<LeaderChanged> for Printer {
+impl Handler<HolderChanged> for Printer {
     type Result = ();
-    fn handle(&mut self, msg: LeaderChanged, _: &mut Context<Self>) {
-        if msg.leader.as_deref() != Some(self.replica.as_str()) {
-            let leader = msg.leader.as_deref().unwrap_or("nobody");
+    fn handle(&mut self, msg: HolderChanged, _: &mut Context<Self>) {
+        if msg.holder.as_deref() != Some(self.replica.as_str()) {
+            let leader = msg.holder.as_deref().unwrap_or("nobody");
             println!(
                 "{} {} sees leader: {leader}",
                 stamp(self.start),
@@ -105,7 +105,10 @@ async fn main() -> Result<(), dsync::Error> {
             start,
         }
         .start();
-        election.subscribe(&printer)?;
+        // One recipient per message type the printer handles.
+        election.subscribe(printer.clone().recipient::<Elected>())?;
+        election.subscribe(printer.clone().recipient::<Deposed>())?;
+        election.subscribe(printer.clone().recipient::<HolderChanged>())?;
         log.record(name, &election)?;
         // Leader-only work: runs while this replica leads, stops when its term is cancelled.
         election.when_elected(move |term| async move {

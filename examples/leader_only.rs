@@ -17,7 +17,8 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use dsync::{DeposeReason, Deposed, Dsync, Elected, MemoryStore, Term};
+use dsync::election::DeposeReason;
+use dsync::{Deposed, Dsync, Elected, MemoryStore, Term};
 use tokio::sync::mpsc;
 
 /// What the workers report to `main` (which checks the story; a real service would not).
@@ -115,8 +116,8 @@ fn start_worker(
     }
     .start();
     // Subscriptions are weak: keep the worker's address for as long as it should run.
-    election.subscribe_elected(worker.clone().recipient())?;
-    election.subscribe_deposed(worker.clone().recipient())?;
+    election.subscribe(worker.clone().recipient::<Elected>())?;
+    election.subscribe(worker.clone().recipient::<Deposed>())?;
     Ok((election, worker))
 }
 

@@ -8,30 +8,25 @@ use tokio::sync::oneshot;
 
 use crate::admin::{Admin, ForceReleased, HandoffRequested};
 use crate::config::{Config, LeaseThread, validate_identity};
-use crate::election::Election;
 use crate::error::{Error, Result};
 use crate::lease::actor::{LeaseParams, Shared, Stop};
-use crate::lease::core::HandleClaim;
-use crate::lock::{Lock, LockShared};
-use crate::observe::{self, Observer};
 use crate::resource::{LeaseKind, NameError, Resource};
-use crate::semaphore::{MAX_PERMITS, Semaphore};
 use crate::store::{LeaseKey, LeaseStore, StoredLease};
-use crate::supervisor::{Entry, LeaseEntry, ListLeases, Registry, Shutdown, Supervisor};
+use crate::supervisor::{Entry, LeaseEntry, Registry, Shutdown, Supervisor};
 use crate::watch::WatchHub;
 use crate::work;
 
-struct Inner {
-    config: Config,
+pub(crate) struct Inner {
+    pub(crate) config: Config,
     /// The lease actors of this replica, by lease (the supervisor's registry).
-    registry: Arc<Registry>,
+    pub(crate) registry: Arc<Registry>,
     /// What every lease actor of this replica shares (store, watches, registry, settings).
-    shared: Arc<Shared>,
-    supervisor: Addr<Supervisor>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) supervisor: Addr<Supervisor>,
     /// Where the lease actors run (see [`LeaseThread`]).
-    arbiter: ArbiterHandle,
+    pub(crate) arbiter: ArbiterHandle,
     #[cfg(feature = "metrics")]
-    metrics: std::sync::OnceLock<crate::metrics::Metrics>,
+    pub(crate) metrics: std::sync::OnceLock<crate::metrics::Metrics>,
 }
 
 /// One replica's access to elections and locks on a [`LeaseStore`].
@@ -42,7 +37,7 @@ struct Inner {
 /// Call [`shutdown`](Self::shutdown) before exiting so leases are released, not left to expire.
 #[derive(Clone)]
 pub struct Dsync {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl fmt::Debug for Dsync {
@@ -167,15 +162,11 @@ impl Dsync {
         Ok(Self::build(Arc::new(store), config, arbiter))
     }
 
-    /// A replica configured by `config` (see [`Config::from_env`]).
+    /// A replica configured by `config` (see [`Config::from_env`]). A store shared with other
+    /// code can be passed as an `Arc` (`Arc<S>` and `Arc<dyn LeaseStore>` are stores).
     pub fn with_config(store: impl LeaseStore, config: Config) -> Result<Self> {
-        Self::with_shared_store(Arc::new(store), config)
-    }
-
-    /// Like [`with_config`](Self::with_config) for a store already behind an `Arc`.
-    pub fn with_shared_store(store: Arc<dyn LeaseStore>, config: Config) -> Result<Self> {
         let arbiter = LeaseArbiter::new(&config)?;
-        Ok(Self::build(store, config, arbiter))
+        Ok(Self::build(Arc::new(store), config, arbiter))
     }
 
     fn build(store: Arc<dyn LeaseStore>, config: Config, arbiter: LeaseArbiter) -> Self {
@@ -243,159 +234,12 @@ impl Dsync {
         )
     }
 
-    /// The election `name` in the configured namespace and scope, campaigning from now on.
-    /// [`Error::BadResourceName`] (before anything is started) if the name is not valid; see
-    /// [`sanitize_name`](crate::sanitize_name). Asking twice gives handles on one election.
-    pub fn election(&self, name: &str) -> Result<Election> {
-        self.election_for(self.resource(name))
-    }
-
-    /// The election for an explicit resource (an empty namespace means the configured one).
-    pub fn election_for(&self, resource: Resource) -> Result<Election> {
-        let (resource, key) = self.prepare(resource, LeaseKind::Election)?;
-        let inner = &self.inner;
-        let entry = self.entry(&key, |predecessor| {
-            let params = self.params(&key, predecessor);
-            crate::election::start_actor(&inner.arbiter, params, resource.clone(), &inner.config)
-        })?;
-        entry
-            .handle::<Election>()
-            .ok_or_else(|| self.taken(&key, entry.lease_kind()))
-    }
-
-    /// A new handle on the lock `name` in the configured namespace and scope.
-    /// [`Error::BadResourceName`] if the name is not valid. Handles exclude each other, within
-    /// this replica as across replicas.
-    pub fn lock(&self, name: &str) -> Result<Lock> {
-        self.lock_for(self.resource(name))
-    }
-
-    /// A lock handle for an explicit resource (an empty namespace means the configured one).
-    pub fn lock_for(&self, resource: Resource) -> Result<Lock> {
-        let (resource, key) = self.prepare(resource, LeaseKind::Lock)?;
-        let (shared, claim) = self.lock_actor(&key, LeaseKind::Lock)?;
-        Ok(Lock::new(resource, shared, claim))
-    }
-
-    /// A handle on the semaphore `name` of `permits` permits, in the configured namespace and
-    /// scope: at most `permits` holders at a time across every replica, one Lease per permit
-    /// (`<scope>.semaphore.<name>.<i>`, `i` in `0..permits`); see [`semaphore`](crate::semaphore).
-    ///
-    /// [`Error::BadPermitCount`] if `permits` is 0 or above
-    /// [`MAX_PERMITS`](crate::semaphore::MAX_PERMITS), [`Error::BadResourceName`] if a slot's
-    /// Lease name would not be a valid object name (too long, bad characters), both before
-    /// anything is started. Handles exclude each other within this replica as across replicas;
-    /// replicas that ask for different `permits` share the slots they have in common (see
-    /// [Changing the number of permits](crate::semaphore#changing-the-number-of-permits)).
-    pub fn semaphore(&self, name: &str, permits: usize) -> Result<Semaphore> {
-        self.semaphore_for(self.resource(name), permits)
-    }
-
-    /// A semaphore handle for an explicit resource (an empty namespace means the configured
-    /// one); see [`semaphore`](Self::semaphore).
-    pub fn semaphore_for(&self, resource: Resource, permits: usize) -> Result<Semaphore> {
-        let resource = self.prepare_with(resource, |r| {
-            if permits == 0 || permits > MAX_PERMITS {
-                return Err(Error::BadPermitCount {
-                    semaphore: r.lease_key(LeaseKind::Semaphore).to_string(),
-                    permits,
-                    max: MAX_PERMITS,
-                });
-            }
-            r.validate_semaphore(permits).map_err(|e| bad_name(r, e))
-        })?;
-        let prefix = resource.lease_key(LeaseKind::Semaphore);
-        let slots = (0..permits)
-            .map(|slot| {
-                let key = resource.semaphore_slot_key(slot);
-                let (shared, claim) = self.lock_actor(&key, LeaseKind::Semaphore)?;
-                Ok(Lock::new(resource.clone(), shared, claim))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        #[cfg(feature = "metrics")]
-        let metrics = self
-            .inner
-            .metrics
-            .get()
-            .map(|m| m.semaphore(&prefix))
-            .unwrap_or_default();
-        #[cfg(not(feature = "metrics"))]
-        let metrics = crate::metrics::SemaphoreMetrics;
-        Ok(Semaphore::new(resource, prefix, slots, metrics))
-    }
-
-    /// The lock-face lease actor of `key` (a lock's, or a semaphore slot's), started if there
-    /// is none (or it retired), with a share of its use for one handle: it does not retire
-    /// while the claim lives (rule `idle-actors-retire`).
-    fn lock_actor(&self, key: &LeaseKey, kind: LeaseKind) -> Result<(LockShared, HandleClaim)> {
-        let inner = &self.inner;
-        let (entry, claim) = inner
-            .registry
-            .entry_claimed(key, |predecessor| {
-                let params = self.params(key, predecessor);
-                crate::lock::start_actor(&inner.arbiter, params, kind, &inner.config)
-            })
-            .ok_or_else(|| self.stopped())?;
-        let shared = entry
-            .handle::<LockShared>()
-            .filter(|shared| shared.kind == kind)
-            .ok_or_else(|| self.taken(key, entry.lease_kind()))?;
-        Ok((shared, claim))
-    }
-
-    /// An observe-only follower of the election `name` in the configured namespace and scope:
-    /// its holder, fencing token and [`LeaderChanged`](crate::LeaderChanged) messages, without
-    /// ever writing the lease (see [`observe`](crate::observe)). It rides this replica's shared
-    /// watch and makes no request at steady state; on Kubernetes it needs only `get`, `list`
-    /// and `watch` on `leases`. This replica may also campaign for the same election.
-    /// [`Error::BadResourceName`] (before anything is started) if the name is not valid;
-    /// [`Error::Stopped`] after [`shutdown`](Self::shutdown). Asking twice gives handles on
-    /// one observer.
-    pub fn observe(&self, name: &str) -> Result<Observer> {
-        self.observe_for(self.resource(name), LeaseKind::Election)
-    }
-
-    /// Like [`observe`](Self::observe), for the lock `name`.
-    pub fn observe_lock(&self, name: &str) -> Result<Observer> {
-        self.observe_for(self.resource(name), LeaseKind::Lock)
-    }
-
-    /// An observer of the `kind` lease of an explicit resource (an empty namespace means the
-    /// configured one).
-    ///
-    /// A semaphore is not one Lease but one per slot: [`LeaseKind::Semaphore`] is refused
-    /// with [`Error::InvalidState`] (a slot's holder is in its Lease,
-    /// [`Semaphore::holders`](crate::Semaphore::holders)).
-    pub fn observe_for(&self, resource: Resource, kind: LeaseKind) -> Result<Observer> {
-        if kind == LeaseKind::Semaphore {
-            return Err(Error::InvalidState {
-                lease: resource.lease_key(kind).to_string(),
-                reason: "a semaphore has one Lease per slot; there is no one Lease to observe"
-                    .into(),
-            });
-        }
-        let (resource, key) = self.prepare(resource, kind)?;
-        let inner = &self.inner;
-        inner
-            .registry
-            .observer(&key, || {
-                observe::start(
-                    &inner.arbiter,
-                    resource,
-                    kind,
-                    key.clone(),
-                    inner.shared.clone(),
-                )
-            })
-            .ok_or_else(|| self.stopped())
-    }
-
     /// Stops every election and lock of this replica: terms are cancelled, guarded work is
     /// awaited (up to the drain timeout each), leases are released; observers stop; then
     /// dsync's own lease thread ends. Later calls to `election`/`lock`/`observe` fail with
     /// [`Error::Stopped`]. Idempotent.
     ///
-    /// Returns the first error of the stops (see [`Election::stop`]). Called from inside the
+    /// Returns the first error of the stops (see [`Election::stop`](crate::Election::stop)). Called from inside the
     /// guarded work of one of them, it does not wait for that one (it could not finish before
     /// this call returns) and says so with [`Error::StopFromWork`]; it still takes effect.
     pub async fn shutdown(&self) -> Result<()> {
@@ -410,24 +254,9 @@ impl Dsync {
         rx.await.unwrap_or(Ok(()))
     }
 
-    /// Hands the election `name` (in the configured namespace and scope) to the replica whose
-    /// identity is `to`: [`Election::handoff_to`] on this replica's election. Starts nothing:
-    /// [`Error::NotLeader`] if this replica does not run that election (or does not lead it).
-    pub async fn handoff(&self, name: &str, to: &str) -> Result<()> {
-        let (_, key) = self.prepare(self.resource(name), LeaseKind::Election)?;
-        match self.inner.registry.get(&key) {
-            Some(entry) if let Some(election) = entry.handle::<Election>() => {
-                election.handoff_to(to).await
-            }
-            _ => Err(Error::NotLeader {
-                lease: key.to_string(),
-            }),
-        }
-    }
-
     /// Every Lease in the configured namespace as the store has it now, sorted by name: one
     /// snapshot ([`LeaseStore::list`]), whoever wrote them (dsync replicas of any scope,
-    /// client-go peers, anybody). [`LeaseName::parse`](crate::LeaseName::parse) tells which
+    /// client-go peers, anybody). [`LeaseName::parse`](crate::resource::LeaseName::parse) tells which
     /// are dsync's and what they are. On Kubernetes it needs `list` on `leases`
     /// ([`Error::Forbidden`] names the verb otherwise).
     ///
@@ -556,22 +385,18 @@ impl Dsync {
         rx.await.map_err(|_| self.stopped())?
     }
 
-    /// Every election and lock of this replica, live or still stopping, ordered by lease: the
-    /// [`Supervisor`]'s registry ([`ListLeases`]). Empty once shut down.
-    pub async fn leases(&self) -> Vec<LeaseEntry> {
-        self.inner
-            .supervisor
-            .send(ListLeases)
-            .await
-            .unwrap_or_default()
+    /// The lease actors this replica runs now (its elections, locks and semaphore slots, live
+    /// or still stopping), ordered by lease: the [`Supervisor`]'s registry. Empty once shut
+    /// down. What the *store* holds, whoever wrote it, is [`stored_leases`](Self::stored_leases).
+    pub fn leases(&self) -> Vec<LeaseEntry> {
+        self.inner.registry.list()
     }
 
-    /// Number of running elections and locks (each semaphore slot counts as a lock).
-    pub fn running(&self) -> (usize, usize) {
-        self.inner.registry.len()
-    }
-
-    fn prepare(&self, resource: Resource, kind: LeaseKind) -> Result<(Resource, LeaseKey)> {
+    pub(crate) fn prepare(
+        &self,
+        resource: Resource,
+        kind: LeaseKind,
+    ) -> Result<(Resource, LeaseKey)> {
         // Checked as the kind it is used as: the error quotes that kind's lease name, and a
         // lock name is not held to the (longer) election name's limit.
         let resource = self.prepare_with(resource, |r| {
@@ -583,7 +408,7 @@ impl Dsync {
 
     /// The resource in the configured namespace (if it names none), checked by `check`
     /// before anything is started; [`Error::Stopped`] once shut down.
-    fn prepare_with(
+    pub(crate) fn prepare_with(
         &self,
         mut resource: Resource,
         check: impl FnOnce(&Resource) -> Result<()>,
@@ -598,7 +423,7 @@ impl Dsync {
         Ok(resource)
     }
 
-    fn entry(
+    pub(crate) fn entry(
         &self,
         key: &LeaseKey,
         start: impl FnOnce(Option<Recipient<Stop>>) -> Entry,
@@ -609,7 +434,11 @@ impl Dsync {
             .ok_or_else(|| self.stopped())
     }
 
-    fn params(&self, key: &LeaseKey, predecessor: Option<Recipient<Stop>>) -> LeaseParams {
+    pub(crate) fn params(
+        &self,
+        key: &LeaseKey,
+        predecessor: Option<Recipient<Stop>>,
+    ) -> LeaseParams {
         #[cfg(feature = "metrics")]
         let metrics = self
             .inner
@@ -648,7 +477,7 @@ impl Dsync {
         self.inner.shared.watches.watched_namespaces()
     }
 
-    fn stopped(&self) -> Error {
+    pub(crate) fn stopped(&self) -> Error {
         Error::Stopped {
             what: format!("dsync {}", self.inner.config.identity),
         }
@@ -656,7 +485,7 @@ impl Dsync {
 
     /// Two resources named the same Lease object (a scope or name containing `.lock.` or
     /// `.election.`): one object cannot be both.
-    fn taken(&self, key: &LeaseKey, by: LeaseKind) -> Error {
+    pub(crate) fn taken(&self, key: &LeaseKey, by: LeaseKind) -> Error {
         let article = if by == LeaseKind::Election { "an" } else { "a" };
         Error::InvalidState {
             lease: key.to_string(),
@@ -669,7 +498,7 @@ impl Dsync {
 }
 
 /// A name that cannot be used, quoting the resource as given.
-fn bad_name(resource: &Resource, source: NameError) -> Error {
+pub(crate) fn bad_name(resource: &Resource, source: NameError) -> Error {
     Error::BadResourceName {
         resource: resource.to_string(),
         source,

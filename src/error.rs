@@ -162,7 +162,7 @@ pub enum Error {
     )]
     NoActixSystem,
 
-    /// dsync's own lease thread ([`LeaseThread::Dedicated`](crate::LeaseThread::Dedicated))
+    /// dsync's own lease thread ([`LeaseThread::Dedicated`](crate::config::LeaseThread::Dedicated))
     /// could not be started.
     #[error("cannot start dsync's lease thread")]
     LeaseThread {

@@ -33,24 +33,24 @@ use crate::work::{self, ActorId};
 /// Restart backoff of a [`LeaderOnly`] actor that stops by itself while its term is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
-pub struct Backoff {
+pub struct RestartBackoff {
     /// The first delay.
     pub initial: Duration,
     /// The cap: the delay doubles per consecutive failure up to this.
     pub max: Duration,
 }
 
-impl Default for Backoff {
+impl Default for RestartBackoff {
     /// 1 s, doubling, at most 30 s.
     fn default() -> Self {
-        Backoff {
+        RestartBackoff {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(30),
         }
     }
 }
 
-impl Backoff {
+impl RestartBackoff {
     /// The delay before restart number `n` (1-based): `initial`, doubled per restart after
     /// the first, at most `max` (the crate's one doubling rule, shared with the lease
     /// machine and the observer).
@@ -122,16 +122,16 @@ where
     A: Actor<Context = Context<A>>,
 {
     /// Runs `factory(term)` as an actor during every term of `election`, with the default
-    /// restart [`Backoff`].
+    /// restart [`RestartBackoff`].
     pub fn start<F>(election: &Election, factory: F) -> Result<Self>
     where
         F: Fn(Term) -> A + Send + Sync + 'static,
     {
-        Self::start_with(election, Backoff::default(), factory)
+        Self::start_with(election, RestartBackoff::default(), factory)
     }
 
     /// Like [`start`](Self::start), with a chosen restart backoff.
-    pub fn start_with<F>(election: &Election, backoff: Backoff, factory: F) -> Result<Self>
+    pub fn start_with<F>(election: &Election, backoff: RestartBackoff, factory: F) -> Result<Self>
     where
         F: Fn(Term) -> A + Send + Sync + 'static,
     {
@@ -181,7 +181,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn run_term<A, F>(
     term: Term,
     factory: Arc<F>,
-    backoff: Backoff,
+    backoff: RestartBackoff,
     slot: Arc<Mutex<Option<Addr<A>>>>,
     status: Arc<watch::Sender<LeaderOnlyStatus>>,
     lease: String,

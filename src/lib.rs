@@ -5,14 +5,14 @@
 //!
 //! * An [`Election`] campaigns for a lease, renews it while leader, steps down at the renew
 //!   deadline and campaigns again after any loss. Subscribers get [`Elected`] / [`Deposed`] /
-//!   [`LeaderChanged`] messages; [`Election::when_elected`] runs a future per [`Term`].
+//!   [`HolderChanged`] messages; [`Election::when_elected`] runs a future per [`Term`].
 //! * A [`Lock`] is held by one replica at a time, renewed while held, freed by `unlock` at once
 //!   or by the lease duration if its holder crashed. Local waiters are served in order.
 //! * A [`Semaphore`] ([`Dsync::semaphore`]) lets at most `n` holders in at once, one Lease per
 //!   permit, each held like a lock; a [`Permit`] carries its slot's [`Term`]. Local waiters are
 //!   served in order.
 //! * An [`Observer`] ([`Dsync::observe`], [`Dsync::observe_lock`]) follows an election or
-//!   lock without ever writing it: holder, fencing token, [`LeaderChanged`] messages, from the
+//!   lock without ever writing it: holder, fencing token, [`HolderChanged`] messages, from the
 //!   replica's shared watch (no request at steady state).
 //! * Every term carries a **fencing token** (the lease's `leaseTransitions`, incremented on every
 //!   acquisition) and a cancellation token that fires when the term ends.
@@ -62,6 +62,32 @@
 //! # }
 //! ```
 //!
+//! # The root API
+//!
+//! The crate root has what most programs name; everything else lives in its module
+//! ([`election::DeposeReason`], [`lock::LockStatus`], [`store::LeaseKey`], ...).
+//!
+//! | name | use it when |
+//! |---|---|
+//! | [`Dsync`] | always: one per process, created in `main`; the factory of every election, lock, semaphore and observer, and the operator actions |
+//! | [`Config`] | the identity, namespace, scope or timing is not the default (or comes from the environment: [`Config::from_env`]) |
+//! | [`Timing`] | lease duration, renew deadline and retry period differ from client-go's 15/10/2 s |
+//! | [`Election`] | one replica at a time should lead (run a controller, a scheduler, a singleton worker) |
+//! | [`Elected`], [`Deposed`], [`HolderChanged`] | an actor should be told when this replica gains or loses leadership, or who leads ([`Election::subscribe`]) |
+//! | [`Term`] | the work runs while a term lasts: wait for [`Term::cancelled`], pass [`Term::fencing_token`] to writes |
+//! | [`LeaderOnly`] | an actix actor should run only on the leader, restarted by the supervisor if it stops |
+//! | [`Lock`] | one replica at a time should run a piece of work (a report, a migration) |
+//! | [`Semaphore`], [`Permit`] | at most `n` replicas at a time should run it |
+//! | [`Observer`] | a replica should know who holds an election or lock without campaigning |
+//! | [`Supervisor`] | you need the actor that owns this replica's lease actors ([`Dsync::supervisor`]) |
+//! | [`Resource`] | the lease lives in another namespace or scope than the configured one (`Dsync::election_for`, ...) |
+//! | [`MASTER`] | the Go package's default election name, to share its lease |
+//! | [`sanitize_name`] | a name comes from user input and may not be a valid lease name |
+//! | [`MemoryStore`] | single process, examples and tests (the embedded default) |
+//! | [`KubeStore`] | production on Kubernetes (feature `kube`; usually built by [`Dsync::connect`]) |
+//! | [`LeaseStore`], [`StoreError`] | you write (or wrap) a backend |
+//! | [`Error`], [`Result`] | every fallible call |
+//!
 //! # Feature flags
 //!
 //! | feature | default | what it adds |
@@ -74,26 +100,29 @@
 //!
 //! Modules form layers; none imports from a layer above it.
 //!
-//! * Leaves: [`record`] (the lease records a store keeps: [`LeaseKey`], [`LeaseRecord`],
-//!   [`StoredLease`], version order), [`timing`] ([`Timing`] and its validation), `names`
+//! * Leaves: [`record`] (the lease records a store keeps: [`LeaseKey`](store::LeaseKey),
+//!   [`LeaseRecord`](store::LeaseRecord), [`StoredLease`](store::StoredLease), version order), [`timing`] ([`Timing`] and its validation), `names`
 //!   (DNS-1123 checks, [`sanitize_name`]) and `hash` (the cheap hasher of the maps a renewal
 //!   looks up).
 //! * [`resource`]: `Resource { namespace, scope, name }` and the lease names of each kind.
 //! * [`store`]: the [`LeaseStore`] trait and its errors, [`MemoryStore`] and `KubeStore`.
 //! * [`Error`]: the crate's error type (it does not depend on the configuration).
 //! * [`config`]: [`Config`] (from the environment), the drain timeout and where the lease
-//!   actors run ([`LeaseThread`]). (`connect` builds a `KubeStore` from it.)
+//!   actors run ([`LeaseThread`](config::LeaseThread)). (`connect` builds a `KubeStore` from it.)
 //! * [`lease`]: the pure [`Machine`](lease::Machine), which makes every decision about a lease
 //!   (when to read, create, acquire, renew, release or step down, how long to back off, which
 //!   answers to believe) with no IO and no clock of its own; and the one lease actor that
 //!   executes those decisions and runs the term lifecycle for every face.
+//! * [`election`], [`lock`], [`semaphore`] and [`observe`] are the faces; each plugs into the
+//!   face-agnostic entry point [`Dsync`] with its own factories (`Dsync::election`, ...),
+//!   written in its own module.
 //! * [`election`] and [`lock`]: the two faces of the lease actor and their handles. An
 //!   election adds subscribers and `when_elected` work; a lock adds a queue of local callers
 //!   and per-handle ownership.
 //! * [`semaphore`]: [`Semaphore`] and [`Permit`]: `n` slot Leases, each a lease actor with the
 //!   lock face; the semaphore adds only asking every slot at once and keeping the first grant.
 //! * [`observe`]: [`Observer`], an observe-only follower of an election or lock: holder,
-//!   fencing token and [`LeaderChanged`] from the shared watch, never a write.
+//!   fencing token and [`HolderChanged`] from the shared watch, never a write.
 //! * [`leader_only`]: [`LeaderOnly`], an actor that runs only while this replica leads.
 //! * [`admin`]: the operator actions on [`Dsync`] ([`Dsync::stored_leases`],
 //!   [`Dsync::force_release`], [`Dsync::request_handoff`]): a read and a compare-and-swap
@@ -130,7 +159,7 @@
 //!
 //! # Threads
 //!
-//! By default a [`Dsync`] runs its lease actors on a thread of its own ([`LeaseThread`]), so
+//! By default a [`Dsync`] runs its lease actors on a thread of its own ([`LeaseThread`](config::LeaseThread)), so
 //! application code that blocks a thread cannot delay renewals; `when_elected` work and
 //! [`LeaderOnly`] actors run on the arbiter that registered them. Every [`Term`] also ends at its
 //! own deadline (the renew deadline of its last renewal) even if nothing runs to cancel it.
@@ -165,19 +194,18 @@ pub mod timing;
 mod watch;
 mod work;
 
-pub use admin::{ForceReleased, HandoffRequested};
-pub use config::{Config, LeaseThread};
+pub use config::Config;
 pub use dsync::Dsync;
-pub use election::{DeposeReason, Deposed, Elected, Election, ElectionStatus, LeaderChanged};
+pub use election::{Deposed, Elected, Election, HolderChanged};
 pub use error::{Error, Result};
-pub use leader_only::{Backoff, LeaderOnly, LeaderOnlyStatus};
-pub use lock::{Lock, LockStatus, WithLockError};
-pub use observe::{Observation, Observer};
-pub use resource::{LeaseKind, LeaseName, MASTER, NameError, Resource, sanitize_name};
+pub use leader_only::LeaderOnly;
+pub use lock::Lock;
+pub use observe::Observer;
+pub use resource::{MASTER, Resource, sanitize_name};
 pub use semaphore::{Permit, Semaphore};
 #[cfg(feature = "kube")]
 pub use store::KubeStore;
-pub use store::{LeaseKey, LeaseRecord, LeaseStore, MemoryStore, StoreError, StoredLease};
-pub use supervisor::{LeaseEntry, ListLeases, Supervisor};
-pub use term::{Term, TermId};
-pub use timing::{Timing, TimingError};
+pub use store::{LeaseStore, MemoryStore, StoreError};
+pub use supervisor::Supervisor;
+pub use term::Term;
+pub use timing::Timing;

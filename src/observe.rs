@@ -4,7 +4,7 @@
 //! [`Dsync::observe`](crate::Dsync::observe) (an election) and
 //! [`Dsync::observe_lock`](crate::Dsync::observe_lock) (a lock) give the lease's current
 //! holder, its fencing token and when this replica last saw the lease change, as an
-//! [`Observation`] (a snapshot, or a [`watch::Receiver`]), and send [`LeaderChanged`] to
+//! [`Observation`] (a snapshot, or a [`watch::Receiver`]), and send [`HolderChanged`] to
 //! subscribed actors.
 //!
 //! ```
@@ -72,7 +72,7 @@ use actix::WeakRecipient;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::election::LeaderChanged;
+use crate::election::HolderChanged;
 use crate::error::{Error, Result};
 use crate::lease::Observed;
 use crate::lease::actor::Shared;
@@ -209,12 +209,12 @@ impl Observer {
         Ok(observation)
     }
 
-    /// Subscribes a recipient to [`LeaderChanged`]: it receives the current holder once the
+    /// Subscribes a recipient to [`HolderChanged`]: it receives the current holder once the
     /// lease has been read (at once if it has been), then every change of holder the observer
     /// sees, in order (a re-acquisition by the same holder is a new fencing token, not a new
     /// leader: see [`watch`](Self::watch)). The observer keeps only a weak reference: a
     /// stopped subscriber is dropped from the list. [`Error::Stopped`] once stopped.
-    pub fn subscribe(&self, recipient: Recipient<LeaderChanged>) -> Result<()> {
+    pub fn subscribe(&self, recipient: Recipient<HolderChanged>) -> Result<()> {
         if self.is_stopped() {
             return Err(self.stopped_error());
         }
@@ -279,7 +279,7 @@ pub(crate) fn start(
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Subscribe(WeakRecipient<LeaderChanged>);
+struct Subscribe(WeakRecipient<HolderChanged>);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -292,7 +292,7 @@ pub(crate) struct ObserverActor {
     status: watch::Sender<Observation>,
     /// The lease as last observed, and since when it has looked like this.
     observed: Option<Observed>,
-    subscribers: Vec<WeakRecipient<LeaderChanged>>,
+    subscribers: Vec<WeakRecipient<HolderChanged>>,
     /// The holder last sent to subscribers (`None`: nothing sent yet).
     published: Option<Option<String>>,
     /// A read is in flight.
@@ -481,9 +481,9 @@ impl ObserverActor {
         });
         if synced && self.published.as_ref() != Some(&holder) {
             self.published = Some(holder.clone());
-            let message = LeaderChanged {
+            let message = HolderChanged {
                 lease: self.key.clone(),
-                leader: holder,
+                holder,
             };
             self.subscribers.retain(|weak| match weak.upgrade() {
                 Some(recipient) => {
@@ -578,9 +578,9 @@ impl Handler<Subscribe> for ObserverActor {
             return;
         }
         if let (Some(leader), Some(recipient)) = (&self.published, weak.upgrade()) {
-            recipient.do_send(LeaderChanged {
+            recipient.do_send(HolderChanged {
                 lease: self.key.clone(),
-                leader: leader.clone(),
+                holder: leader.clone(),
             });
         }
         self.subscribers.push(weak);
@@ -605,6 +605,57 @@ impl Handler<StopObserver> for ObserverActor {
         self.publish();
         tracing::debug!(lease = %self.key, "observer stopped");
         ctx.stop();
+    }
+}
+
+// The observer face plugs into the face-agnostic entry point [`Dsync`]: its factories live here, with
+// the face, not in `dsync.rs`.
+impl crate::Dsync {
+    /// An observe-only follower of the election `name` in the configured namespace and scope:
+    /// its holder, fencing token and [`HolderChanged`](crate::HolderChanged) messages, without
+    /// ever writing the lease (see [`observe`](crate::observe)). It rides this replica's shared
+    /// watch and makes no request at steady state; on Kubernetes it needs only `get`, `list`
+    /// and `watch` on `leases`. This replica may also campaign for the same election.
+    /// [`Error::BadResourceName`] (before anything is started) if the name is not valid;
+    /// [`Error::Stopped`] after [`shutdown`](Self::shutdown). Asking twice gives handles on
+    /// one observer.
+    pub fn observe(&self, name: &str) -> Result<Observer> {
+        self.observe_for(self.resource(name), LeaseKind::Election)
+    }
+
+    /// Like [`observe`](Self::observe), for the lock `name`.
+    pub fn observe_lock(&self, name: &str) -> Result<Observer> {
+        self.observe_for(self.resource(name), LeaseKind::Lock)
+    }
+
+    /// An observer of the `kind` lease of an explicit resource (an empty namespace means the
+    /// configured one).
+    ///
+    /// A semaphore is not one Lease but one per slot: [`LeaseKind::Semaphore`] is refused
+    /// with [`Error::InvalidState`] (a slot's holder is in its Lease,
+    /// [`Semaphore::holders`](crate::Semaphore::holders)).
+    pub fn observe_for(&self, resource: Resource, kind: LeaseKind) -> Result<Observer> {
+        if kind == LeaseKind::Semaphore {
+            return Err(Error::InvalidState {
+                lease: resource.lease_key(kind).to_string(),
+                reason: "a semaphore has one Lease per slot; there is no one Lease to observe"
+                    .into(),
+            });
+        }
+        let (resource, key) = self.prepare(resource, kind)?;
+        let inner = &self.inner;
+        inner
+            .registry
+            .observer(&key, || {
+                start(
+                    &inner.arbiter,
+                    resource,
+                    kind,
+                    key.clone(),
+                    inner.shared.clone(),
+                )
+            })
+            .ok_or_else(|| self.stopped())
     }
 }
 

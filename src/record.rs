@@ -51,7 +51,7 @@ pub struct LeaseRecord {
     pub strategy: Option<String>,
     /// `spec.preferredHolder` (coordinated leader election); kept as found.
     pub preferred_holder: Option<String>,
-    /// The successor a leader handed the lease to ([`SUCCESSOR_ANNOTATION`]): written with the
+    /// The successor a leader handed the lease to ([`PREFERRED_HOLDER_ANNOTATION`]): written with the
     /// release of a handoff; other dsync candidates leave the free lease to it for one lease
     /// duration. Cleared by the next acquisition.
     pub successor: Option<String>,
@@ -68,7 +68,9 @@ pub struct LeaseRecord {
 /// The annotation a handoff's release writes on the Lease: the identity the lease was handed
 /// to. Other dsync candidates do not contend for the free lease for one lease duration (the
 /// grace in which the successor takes it); client-go peers do not know it and simply contend.
-pub const SUCCESSOR_ANNOTATION: &str = "dsync.io/preferred-holder";
+/// dsync's own annotation, read into [`LeaseRecord::successor`]; not the `spec.preferredHolder`
+/// of coordinated leader election ([`LeaseRecord::preferred_holder`]).
+pub const PREFERRED_HOLDER_ANNOTATION: &str = "dsync.io/preferred-holder";
 
 /// The annotation that asks the current dsync leader to hand its lease to the identity it
 /// names: `kubectl annotate lease <name> dsync.io/handoff-to=<pod>`. The leader carries it

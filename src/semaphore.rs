@@ -449,3 +449,58 @@ fn worth_waiting(error: &Error) -> bool {
         _ => false,
     }
 }
+
+// The semaphore face plugs into the face-agnostic entry point [`Dsync`]: its factories live here, with
+// the face, not in `dsync.rs`.
+impl crate::Dsync {
+    /// A handle on the semaphore `name` of `permits` permits, in the configured namespace and
+    /// scope: at most `permits` holders at a time across every replica, one Lease per permit
+    /// (`<scope>.semaphore.<name>.<i>`, `i` in `0..permits`); see [`semaphore`](crate::semaphore).
+    ///
+    /// [`Error::BadPermitCount`] if `permits` is 0 or above
+    /// [`MAX_PERMITS`](crate::semaphore::MAX_PERMITS), [`Error::BadResourceName`] if a slot's
+    /// Lease name would not be a valid object name (too long, bad characters), both before
+    /// anything is started. Handles exclude each other within this replica as across replicas;
+    /// replicas that ask for different `permits` share the slots they have in common (see
+    /// [Changing the number of permits](crate::semaphore#changing-the-number-of-permits)).
+    pub fn semaphore(&self, name: &str, permits: usize) -> Result<Semaphore> {
+        self.semaphore_for(self.resource(name), permits)
+    }
+
+    /// A semaphore handle for an explicit resource (an empty namespace means the configured
+    /// one); see [`semaphore`](Self::semaphore).
+    pub fn semaphore_for(&self, resource: Resource, permits: usize) -> Result<Semaphore> {
+        let resource = self.prepare_with(resource, |r| {
+            if permits == 0 || permits > MAX_PERMITS {
+                return Err(Error::BadPermitCount {
+                    semaphore: r
+                        .lease_key(crate::resource::LeaseKind::Semaphore)
+                        .to_string(),
+                    permits,
+                    max: MAX_PERMITS,
+                });
+            }
+            r.validate_semaphore(permits)
+                .map_err(|e| crate::dsync::bad_name(r, e))
+        })?;
+        let prefix = resource.lease_key(crate::resource::LeaseKind::Semaphore);
+        let slots = (0..permits)
+            .map(|slot| {
+                let key = resource.semaphore_slot_key(slot);
+                let (shared, claim) =
+                    self.lock_actor(&key, crate::resource::LeaseKind::Semaphore)?;
+                Ok(Lock::new(resource.clone(), shared, claim))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        #[cfg(feature = "metrics")]
+        let metrics = self
+            .inner
+            .metrics
+            .get()
+            .map(|m| m.semaphore(&prefix))
+            .unwrap_or_default();
+        #[cfg(not(feature = "metrics"))]
+        let metrics = crate::metrics::SemaphoreMetrics;
+        Ok(Semaphore::new(resource, prefix, slots, metrics))
+    }
+}

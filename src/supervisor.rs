@@ -5,7 +5,7 @@
 //! (`actix::Supervisor`), so an actor that fails (for example after a store error that retrying
 //! in place cannot fix) is restarted with the same address: handles keep working, the failed
 //! term is cancelled and reported as
-//! [`DeposeReason::Restarted`](crate::DeposeReason::Restarted), and the new incarnation
+//! [`DeposeReason::Restarted`](crate::election::DeposeReason::Restarted), and the new incarnation
 //! campaigns again after a backoff that grows with every consecutive failure. The registry
 //! maps each lease to its one actor, so every handle for the same election or lock shares it;
 //! an actor that is stopping is *retired*: asking for its lease again starts a new actor,
@@ -202,11 +202,6 @@ impl Registry {
         Some((entry, claim))
     }
 
-    /// The live actor for `key`, if there is one (none is started).
-    pub fn get(&self, key: &LeaseKey) -> Option<Entry> {
-        self.lock().entries.get(key).cloned()
-    }
-
     /// The observer of `key`, started by `start` if there is none (or it was stopped). `None`
     /// once closed.
     pub fn observer(&self, key: &LeaseKey, start: impl FnOnce() -> Observer) -> Option<Observer> {
@@ -243,7 +238,7 @@ impl Registry {
     }
 
     /// What is registered now, live and stopping, ordered by lease.
-    fn list(&self) -> Vec<LeaseEntry> {
+    pub(crate) fn list(&self) -> Vec<LeaseEntry> {
         let inner = self.lock();
         let live = inner.entries.values().map(|e| (e, false));
         let stopping = inner.retiring.iter().map(|e| (e, true));
@@ -257,18 +252,6 @@ impl Registry {
             .collect();
         list.sort_by(|a, b| (&a.lease, a.stopping).cmp(&(&b.lease, b.stopping)));
         list
-    }
-
-    /// Number of live elections and locks (semaphore slots counted as locks; retiring ones not
-    /// counted).
-    pub fn len(&self) -> (usize, usize) {
-        let inner = self.lock();
-        let elections = inner
-            .entries
-            .values()
-            .filter(|e| e.kind == LeaseKind::Election)
-            .count();
-        (elections, inner.entries.len() - elections)
     }
 }
 
@@ -349,7 +332,7 @@ pub struct LeaseEntry {
 }
 
 /// Asks the [`Supervisor`] which lease actors it runs: every election and lock of the replica,
-/// live or still stopping, ordered by lease. [`Dsync::leases`](crate::Dsync::leases) sends it.
+/// live or still stopping, ordered by lease. [`Dsync::leases`](crate::Dsync::leases) answers the same from any thread.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "Vec<LeaseEntry>")]
 pub struct ListLeases;

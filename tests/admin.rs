@@ -7,9 +7,11 @@
 mod support;
 
 use dsync::admin::ATTEMPTS;
+use dsync::resource::LeaseKind;
+use dsync::resource::LeaseName;
 use dsync::store::LeaseKey;
 use dsync::testing::{Call, within};
-use dsync::{Error, LeaseKind, LeaseName, StoreError};
+use dsync::{Error, StoreError};
 use support::backend::Env;
 
 crate::on_both_stores!(

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use dsync::resource::NameError;
 use dsync::store::{LeaseRecord, LeaseStore};
 use dsync::testing::{Call, FaultyStore, settle, within};
-use dsync::{
-    Config, Dsync, Error, MemoryStore, NameError, Resource, StoreError, Timing, TimingError,
-};
+use dsync::timing::TimingError;
+use dsync::{Config, Dsync, Error, MemoryStore, Resource, StoreError, Timing};
 use support::backend::Env;
 
 crate::on_both_stores!(
@@ -59,7 +59,7 @@ async fn invalid_names_get_a_typed_error_and_touch_nothing(env: Env) {
     // A scope is checked the same way, inside the lease name.
     let e = expect_bad_name("scope", d.election_for(Resource::new("", "Bad_Scope", "x")));
     assert!(matches!(e, NameError::InvalidName { .. }), "{e:?}");
-    assert_eq!(d.running(), (0, 0), "no actor was started");
+    assert_eq!(support::running(&d), (0, 0), "no actor was started");
     settle().await;
     for call in [Call::Get, Call::Create, Call::Replace] {
         assert_eq!(
@@ -96,7 +96,7 @@ async fn an_invalid_namespace_gets_a_typed_error_and_touches_nothing(env: Env) {
             "{ns}: {l:?}"
         );
     }
-    assert_eq!(d.running(), (0, 0));
+    assert_eq!(support::running(&d), (0, 0));
     settle().await;
     assert_eq!(store.calls(Call::Get) + store.calls(Call::Create), 0);
     d.shutdown().await.unwrap();

@@ -11,7 +11,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use dsync::{LeaseKey, LeaseStore};
+use dsync::LeaseStore;
+use dsync::store::LeaseKey;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::apiserver::{Harness, client};

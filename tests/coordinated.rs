@@ -19,9 +19,11 @@ use std::time::Duration;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use dsync::election::DeposeReason;
+use dsync::resource::LeaseKind;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError};
 use dsync::testing::{Call, TermLog, settle, within};
-use dsync::{DeposeReason, Dsync, Election, LeaseKind, Term};
+use dsync::{Dsync, Election, Term};
 use support::apiserver::Harness;
 use support::backend::Env;
 use tokio::sync::oneshot;
@@ -48,7 +50,7 @@ fn election_key(d: &Dsync, name: &str) -> LeaseKey {
 async fn sees_leader(env: &Env, election: &Election, leader: Option<&str>) {
     let mut rx = election.watch_status();
     within(env.limit(), "the leader is observed", async {
-        rx.wait_for(|s| s.leader.as_deref() == leader)
+        rx.wait_for(|s| s.holder.as_deref() == leader)
             .await
             .expect("the election is running");
     })

@@ -13,10 +13,10 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dsync::election::DeposeReason;
+use dsync::resource::NameError;
 use dsync::testing::{Call, SingleLeaderMonitor, TermLog, leader_of, settle, within};
-use dsync::{
-    Config, DeposeReason, Dsync, Election, Error, MemoryStore, NameError, StoreError, sanitize_name,
-};
+use dsync::{Config, Dsync, Election, Error, MemoryStore, StoreError, sanitize_name};
 use support::backend::Env;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -91,7 +91,7 @@ async fn invalid_names_are_rejected_before_any_side_effect(env: Env) {
         ),
         "{err:?}"
     );
-    assert_eq!(d.running(), (0, 0), "no actor was started");
+    assert_eq!(support::running(&d), (0, 0), "no actor was started");
     settle().await;
     assert_eq!(
         store.calls(Call::Create) + store.calls(Call::Get),
@@ -129,8 +129,8 @@ async fn two_replicas_exactly_one_leader_and_both_agree_who(env: Env) {
         "exactly one leader"
     );
     assert!(elections[i].is_leader(), "and still the same one");
-    assert_eq!(ea.leader().as_deref(), Some(leader));
-    assert_eq!(eb.leader().as_deref(), Some(leader));
+    assert_eq!(ea.holder().as_deref(), Some(leader));
+    assert_eq!(eb.holder().as_deref(), Some(leader));
     monitor.assert_single_leader();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
@@ -340,7 +340,7 @@ async fn a_deposed_leader_campaigns_again_never_one_shot(env: Env) {
     fa.heal();
     tokio::time::sleep(env.leases(2)).await;
     assert!(!ea.is_leader());
-    assert_eq!(ea.leader().as_deref(), Some("pod-b"), "A follows again");
+    assert_eq!(ea.holder().as_deref(), Some("pod-b"), "A follows again");
     // When B goes away, A must win again: elections never give up.
     eb.stop().await.unwrap();
     within(env.limit(), "a again", ea.elected()).await.unwrap();
@@ -567,7 +567,7 @@ async fn a_leader_renews_on_its_cached_version_without_reading(env: Env) {
     within(
         env.limit(),
         "b follows",
-        rx.wait_for(|s| s.leader.is_some()),
+        rx.wait_for(|s| s.holder.is_some()),
     )
     .await
     .unwrap();
@@ -655,13 +655,13 @@ async fn an_administrators_edit_of_the_lease_deposes_the_leader(env: Env) {
     within(
         env.limit(),
         "status names the forced holder",
-        status.wait_for(|s| s.leader.as_deref() == Some("forced")),
+        status.wait_for(|s| s.holder.as_deref() == Some("forced")),
     )
     .await
     .unwrap();
     drop(status);
     assert!(!ea.is_leader());
-    assert_eq!(ea.leader().as_deref(), Some("forced"));
+    assert_eq!(ea.holder().as_deref(), Some("forced"));
     let second = within(env.limit(), "a again", ea.elected()).await.unwrap();
     // Exactly one lease duration after it saw the edit.
     env.assert_timer(forced_at.elapsed(), env.lease(), env.lease(), "re-elected");
@@ -785,6 +785,10 @@ async fn asking_again_while_a_stop_is_finishing_gets_a_new_election_that_waits_f
         "the new term waited for the old work"
     );
     assert!(matches!(old.elected().await, Err(Error::Stopped { .. })));
-    assert_eq!(a.running(), (1, 0), "only the new election is registered");
+    assert_eq!(
+        support::running(&a),
+        (1, 0),
+        "only the new election is registered"
+    );
     a.shutdown().await.unwrap();
 }

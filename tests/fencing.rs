@@ -645,7 +645,7 @@ impl LeaseStore for Refusals {
 /// Waits until `election`'s replica sees `leader` lead.
 async fn sees_leader(election: &dsync::Election, leader: &str) {
     let mut status = election.watch_status();
-    let seen = status.wait_for(|s| s.leader.as_deref() == Some(leader));
+    let seen = status.wait_for(|s| s.holder.as_deref() == Some(leader));
     within(LIMIT, &format!("{leader} seen leading"), seen)
         .await
         .map(drop)

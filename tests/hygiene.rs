@@ -9,9 +9,10 @@ mod support;
 
 use std::sync::Arc;
 
+use dsync::Dsync;
 use dsync::metrics::Metrics;
+use dsync::resource::LeaseKind;
 use dsync::store::LeaseStore;
-use dsync::{Dsync, LeaseKind};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use support::backend::{Backend, Env, kube_store};
@@ -27,7 +28,7 @@ async fn replica(env: &Env) -> (Dsync, Registry, Option<Arc<dsync::KubeStore>>) 
     };
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let d = Dsync::with_shared_store(store, env.config("pod-a"))
+    let d = Dsync::with_config(store, env.config("pod-a"))
         .unwrap()
         .with_metrics(metrics)
         .unwrap();
@@ -54,8 +55,8 @@ async fn kept(d: &Dsync, registry: &Registry, kube: &Option<Arc<dsync::KubeStore
         .filter(|l| l.contains("lease=\"") || l.contains("semaphore=\"") || l.contains("name=\""))
         .count();
     Kept {
-        running: d.running(),
-        leases: d.leases().await.len(),
+        running: support::running(d),
+        leases: d.leases().len(),
         series,
         watched_namespaces: d.watched_namespaces(),
         cached_leases: kube.as_ref().map_or(0, |k| k.cached_leases()),
@@ -115,7 +116,7 @@ async fn locks_let_go_leave_nothing_behind(env: Env) {
     drop(a);
     b.try_lock().await.unwrap();
     b.unlock().await.unwrap();
-    assert_eq!(d.running(), (0, 1));
+    assert_eq!(support::running(&d), (0, 1));
     let mut status = b.watch_status();
     drop(b);
     status.wait_for(|s| s.stopped).await.unwrap();
@@ -129,7 +130,7 @@ async fn semaphores_let_go_leave_nothing_behind(env: Env) {
     for i in 0..NAMES / 2 {
         let pool = d.semaphore(&format!("pool-{i}"), 2).unwrap();
         let permit = pool.acquire().await.unwrap();
-        assert_eq!(d.running(), (0, 2));
+        assert_eq!(support::running(&d), (0, 2));
         permit.release().await.unwrap();
         let mut slots: Vec<_> = (0..2).map(|s| pool.watch_slot(s).unwrap()).collect();
         drop(pool);
@@ -151,7 +152,7 @@ async fn stopped_elections_leave_nothing_behind(env: Env) {
     for i in 0..NAMES {
         let election = d.election(&format!("leader-{i}")).unwrap();
         election.elected().await.unwrap();
-        assert_eq!(d.running(), (1, 0));
+        assert_eq!(support::running(&d), (1, 0));
         election.stop().await.unwrap();
         assert_eq!(
             kept(&d, &registry, &kube).await,
@@ -174,7 +175,7 @@ async fn idle_actors_retire_and_tokens_never_go_back(env: Env) {
     let mut status = lock.watch_status();
     drop(lock);
     status.wait_for(|s| s.stopped).await.unwrap();
-    assert_eq!(d.running(), (0, 0), "the actor retired");
+    assert_eq!(support::running(&d), (0, 0), "the actor retired");
     // The Lease is deleted (an operator, a restore): created again from 0 by the store, but
     // this process still knows the floor of "x".
     env.delete(&key).await;
@@ -183,7 +184,7 @@ async fn idle_actors_retire_and_tokens_never_go_back(env: Env) {
     let token = lock.lock().await.unwrap().fencing_token();
     assert!(token > last, "token {token} after {last}");
     lock.unlock().await.unwrap();
-    assert_eq!(d.leases().await.len(), 1);
-    assert_eq!(d.leases().await[0].kind, LeaseKind::Lock);
+    assert_eq!(d.leases().len(), 1);
+    assert_eq!(d.leases()[0].kind, LeaseKind::Lock);
     d.shutdown().await.unwrap();
 }

@@ -139,7 +139,7 @@ async fn dsync_and_client_go_share_a_lease_never_two_leaders_and_hand_over_both_
     within(LIMIT, "dsync sees the Go leader", async {
         let mut status = e1.watch_status();
         status
-            .wait_for(|s| s.leader.as_deref() == Some("go-1"))
+            .wait_for(|s| s.holder.as_deref() == Some("go-1"))
             .await
             .unwrap();
     })
@@ -225,7 +225,7 @@ async fn dsync_and_client_go_share_a_lease_never_two_leaders_and_hand_over_both_
     within(LIMIT, "dsync-3 sees go-2 lead", async {
         let mut status = e3.watch_status();
         status
-            .wait_for(|s| s.leader.as_deref() == Some("go-2"))
+            .wait_for(|s| s.holder.as_deref() == Some("go-2"))
             .await
             .unwrap();
     })

@@ -201,3 +201,116 @@ fn the_check_catches_a_circle() {
     let (_, crate_modules) = uses("use crate::election::Election;", &reexports);
     assert_eq!(crate_modules, ["election"]);
 }
+
+/// The faces (`election`, `lock`, `semaphore`, `observe`) that plug into the entry point.
+const FACES: &[&str] = &["election", "lock", "semaphore", "observe"];
+
+#[test]
+fn the_entry_point_is_face_agnostic_and_each_face_brings_its_factories() {
+    // `Dsync` (src/dsync.rs) knows no face: each face's module adds its own factories to it
+    // (`impl crate::Dsync { pub fn election(..) }` in src/election/mod.rs, ...), so a new face
+    // is a new module, not an edit of the entry point.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("src/dsync.rs")).unwrap();
+    let text = code(text.split("#[cfg(test)]").next().unwrap_or(""));
+    let (_, crate_modules) = uses(&text, &BTreeMap::new());
+    let faces: Vec<_> = crate_modules
+        .iter()
+        .filter(|m| FACES.contains(&m.as_str()))
+        .collect();
+    assert!(faces.is_empty(), "src/dsync.rs uses faces: {faces:?}");
+    for (face, file) in [
+        ("election", "src/election/mod.rs"),
+        ("lock", "src/lock/mod.rs"),
+        ("semaphore", "src/semaphore.rs"),
+        ("observe", "src/observe.rs"),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            text.contains("impl crate::Dsync {"),
+            "{file}: the {face} face's factories on Dsync are not in its module"
+        );
+    }
+}
+
+/// Every `.rs` file of the repository (sources, tests, examples, benches), not `target/`.
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name != "target" && !name.to_string_lossy().starts_with('.') {
+                rust_files(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_module_is_included_by_path() {
+    // A `#[path]` attribute compiles one file into two crates (a test including an example's
+    // module): each sees half of it as dead code, and a reader cannot tell which crate owns
+    // it. Examples carry their own tests instead (`[[example]] test = true`).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "examples", "benches"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 50, "only {} files found", files.len());
+    let attribute = ["#[", "path"].concat(); // not spelled out: this file would match
+    let offenders: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .any(|l| l.trim_start().starts_with(&attribute))
+        })
+        .collect();
+    assert!(offenders.is_empty(), "{offenders:?}");
+}
+
+#[test]
+fn the_root_api_is_small_and_each_name_says_when_to_use_it() {
+    // The crate root re-exports what most programs name (at most 30 names); every one of
+    // them has a row in the crate docs' "The root API" table saying when to use it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
+    let mut names = Vec::new();
+    for line in code(&lib).lines() {
+        let Some(rest) = line.trim().strip_prefix("pub use ") else {
+            continue;
+        };
+        let rest = rest.trim_end_matches(';');
+        let items = match rest.split_once('{') {
+            Some((_, list)) => list.trim_end_matches('}').split(',').collect::<Vec<_>>(),
+            None => vec![rest.rsplit("::").next().unwrap()],
+        };
+        names.extend(
+            items
+                .into_iter()
+                .map(|i| i.trim().rsplit("::").next().unwrap().to_owned())
+                .filter(|i| !i.is_empty()),
+        );
+    }
+    assert!(names.len() >= 10, "pub use lines not found: {names:?}");
+    assert!(names.len() <= 30, "{} root exports: {names:?}", names.len());
+    let table: Vec<&str> = lib
+        .lines()
+        .skip_while(|l| !l.starts_with("//! # The root API"))
+        .take_while(|l| !l.starts_with("//! # Feature flags"))
+        .filter(|l| l.starts_with("//! | [`"))
+        .collect();
+    for name in &names {
+        assert!(
+            table.iter().any(|row| row
+                .split(" | ")
+                .nth(1)
+                .unwrap_or("")
+                .contains(&format!("[`{name}`]"))),
+            "{name} has no row in the crate docs' root API table"
+        );
+    }
+}

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use dsync::leader_only::RestartBackoff;
 use dsync::testing::{leader_of, within};
-use dsync::{Backoff, LeaderOnly, Term};
+use dsync::{LeaderOnly, Term};
 use support::backend::Env;
 use tokio::time::Instant;
 
@@ -132,7 +133,7 @@ async fn restarts_with_backoff_when_it_dies_while_leader(env: Env) {
     let e = a.election("x").unwrap();
     let lives = Lives::default();
     let live_for = env.retry();
-    let backoff = Backoff {
+    let backoff = RestartBackoff {
         initial: env.retry(),
         max: env.retry() * 3,
     };

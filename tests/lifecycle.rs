@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use dsync::config::LeaseThread;
+use dsync::election::DeposeReason;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, WatchEvent};
 use dsync::testing::{Call, TermLog, settle, within};
-use dsync::{
-    Config, DeposeReason, Dsync, Election, Error, LeaderOnly, LeaseThread, MemoryStore, Term,
-};
+use dsync::{Config, Dsync, Election, Error, LeaderOnly, MemoryStore, Term};
 use futures::StreamExt;
 use support::backend::{Env, kube_timing};
 use tokio::sync::{mpsc, oneshot};
@@ -953,7 +953,7 @@ async fn a_term_ends_on_its_own_deadline_when_its_thread_is_starved() {
     within(
         REAL_LIMIT,
         "b follows",
-        status.wait_for(|s| s.leader.as_deref() == Some("a")),
+        status.wait_for(|s| s.holder.as_deref() == Some("a")),
     )
     .await
     .unwrap();
@@ -1064,10 +1064,10 @@ async fn the_supervisor_lists_every_lease_actor_live_and_stopping(env: Env) {
     // One registry entry type for every face; an actor told to stop stays listed (as
     // stopping) until its work has returned and its lease is released.
     let a = env.replica("pod-a").await;
-    assert_eq!(a.leases().await, vec![]);
+    assert_eq!(a.leases(), vec![]);
     let election = a.election("e").unwrap();
     let lock = a.lock("l").unwrap();
-    let listed = a.leases().await;
+    let listed = a.leases();
     let kinds: Vec<_> = listed
         .iter()
         .map(|l| (l.lease.clone(), l.kind, l.stopping))
@@ -1075,8 +1075,12 @@ async fn the_supervisor_lists_every_lease_actor_live_and_stopping(env: Env) {
     assert_eq!(
         kinds,
         vec![
-            (election.lease(), dsync::LeaseKind::Election, false),
-            (lock.lease(), dsync::LeaseKind::Lock, false),
+            (
+                election.lease(),
+                dsync::resource::LeaseKind::Election,
+                false
+            ),
+            (lock.lease(), dsync::resource::LeaseKind::Lock, false),
         ]
     );
     let (started_tx, started) = oneshot::channel();
@@ -1102,11 +1106,11 @@ async fn the_supervisor_lists_every_lease_actor_live_and_stopping(env: Env) {
     within(env.limit(), "body cancelled", cancelled)
         .await
         .unwrap();
-    let listed = a.leases().await;
+    let listed = a.leases();
     assert!(
-        listed
-            .iter()
-            .any(|l| l.lease == lock.lease() && l.kind == dsync::LeaseKind::Lock && l.stopping),
+        listed.iter().any(|l| l.lease == lock.lease()
+            && l.kind == dsync::resource::LeaseKind::Lock
+            && l.stopping),
         "{listed:?}"
     );
     finish.send(()).unwrap();
@@ -1115,9 +1119,9 @@ async fn the_supervisor_lists_every_lease_actor_live_and_stopping(env: Env) {
         .await
         .unwrap()
         .unwrap();
-    let listed = a.leases().await;
+    let listed = a.leases();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].lease, election.lease());
     a.shutdown().await.unwrap();
-    assert_eq!(a.leases().await, vec![]);
+    assert_eq!(a.leases(), vec![]);
 }

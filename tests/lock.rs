@@ -340,7 +340,7 @@ async fn with_lock_is_told_through_the_term_and_reports_the_loss_with_the_output
         })
         .await
         .unwrap_err();
-    let dsync::WithLockError::Lost {
+    let dsync::lock::WithLockError::Lost {
         lock,
         fencing_token,
         output: (lost_after, text, token),

@@ -123,7 +123,7 @@ const MASTER_STATUS_HELP: &str = "# HELP leader_election_master_status Gauge of 
     dsync_is_leader).\n# TYPE leader_election_master_status gauge\n";
 
 /// The exposition of an election's holder metrics: dsync's and client-go's.
-fn election_text(lease: &dsync::LeaseKey, leading: u8, transitions: u32) -> String {
+fn election_text(lease: &dsync::store::LeaseKey, leading: u8, transitions: u32) -> String {
     format!(
         "{MASTER_STATUS_HELP}leader_election_master_status{{name=\"{name}\"}} {leading}\n\
          # HELP dsync_is_leader 1 while this replica holds a term of the election.\n\
@@ -137,7 +137,7 @@ fn election_text(lease: &dsync::LeaseKey, leading: u8, transitions: u32) -> Stri
 }
 
 /// The exposition of a lock's holder metrics.
-fn lock_text(lease: &dsync::LeaseKey, held: u8, transitions: u32) -> String {
+fn lock_text(lease: &dsync::store::LeaseKey, held: u8, transitions: u32) -> String {
     format!(
         "# HELP dsync_lock_held 1 while this replica holds the lock.\n\
          # TYPE dsync_lock_held gauge\n\

@@ -12,8 +12,10 @@ mod support;
 use std::time::Duration;
 
 use actix::prelude::*;
+use dsync::observe::Observation;
+use dsync::resource::LeaseKind;
 use dsync::testing::{Call, settle, within};
-use dsync::{Dsync, Error, LeaderChanged, LeaseKind, Observation, Observer, Resource};
+use dsync::{Dsync, Error, HolderChanged, Observer, Resource};
 use support::backend::Env;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -31,39 +33,39 @@ crate::on_both_stores!(
     invalid_names_are_rejected_before_any_side_effect,
 );
 
-/// Receives `LeaderChanged` messages into a channel.
-struct Collector(mpsc::UnboundedSender<LeaderChanged>);
+/// Receives `HolderChanged` messages into a channel.
+struct Collector(mpsc::UnboundedSender<HolderChanged>);
 
 impl Actor for Collector {
     type Context = Context<Self>;
 }
 
-impl Handler<LeaderChanged> for Collector {
+impl Handler<HolderChanged> for Collector {
     type Result = ();
-    fn handle(&mut self, message: LeaderChanged, _: &mut Context<Self>) {
+    fn handle(&mut self, message: HolderChanged, _: &mut Context<Self>) {
         let _ = self.0.send(message);
     }
 }
 
 /// Subscribes a collector to `observer`; keep the address: subscriptions are weak.
-fn subscribe(observer: &Observer) -> (Addr<Collector>, mpsc::UnboundedReceiver<LeaderChanged>) {
+fn subscribe(observer: &Observer) -> (Addr<Collector>, mpsc::UnboundedReceiver<HolderChanged>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let addr = Collector(tx).start();
     observer.subscribe(addr.clone().recipient()).unwrap();
     (addr, rx)
 }
 
-/// The next `LeaderChanged` message's leader.
+/// The next `HolderChanged` message's leader.
 async fn next_leader(
     env: &Env,
     observer: &Observer,
-    rx: &mut mpsc::UnboundedReceiver<LeaderChanged>,
+    rx: &mut mpsc::UnboundedReceiver<HolderChanged>,
 ) -> Option<String> {
-    let message = within(env.limit(), "a LeaderChanged message", rx.recv())
+    let message = within(env.limit(), "a HolderChanged message", rx.recv())
         .await
         .expect("the collector is alive");
     assert_eq!(message.lease, observer.lease());
-    message.leader
+    message.holder
 }
 
 /// Waits until `observer` sees `holder` with fencing token `token`.
@@ -220,7 +222,7 @@ async fn an_observer_makes_no_requests_at_steady_state(env: Env) {
         !rx.has_changed().unwrap(),
         "renewals do not wake the observation's watchers"
     );
-    assert!(changes.try_recv().is_err(), "no LeaderChanged for renewals");
+    assert!(changes.try_recv().is_err(), "no HolderChanged for renewals");
     assert_eq!(writes(&fo), 0);
     a.shutdown().await.unwrap();
     o.shutdown().await.unwrap();
@@ -520,7 +522,11 @@ async fn a_replica_observes_an_election_it_campaigns_for_and_observers_stop(env:
     let obs = a.observe("x").unwrap();
     let term = within(env.limit(), "a leads", ea.elected()).await.unwrap();
     sees(&env, &obs, "pod-a", term.fencing_token()).await;
-    assert_eq!(a.running(), (1, 0), "an observer is not a lease actor");
+    assert_eq!(
+        support::running(&a),
+        (1, 0),
+        "an observer is not a lease actor"
+    );
     assert_eq!(a.watched_namespaces(), 1, "one watch, shared");
     let again = a.observe("x").unwrap();
     assert_eq!(

@@ -77,12 +77,11 @@ use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use dsync::config::DEFAULT_DRAIN_TIMEOUT;
+use dsync::config::LeaseThread;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError};
+use dsync::term::TermId;
 use dsync::testing::{Call, ClockSkew, FaultyStore, TermLog, within};
-use dsync::{
-    Config, Dsync, Elected, Election, Error, KubeStore, LeaseThread, Lock, MemoryStore, Term,
-    TermId, Timing,
-};
+use dsync::{Config, Dsync, Elected, Election, Error, KubeStore, Lock, MemoryStore, Term, Timing};
 use support::apiserver::{Harness, namespace};
 use support::backend::{KUBE_CALL_TIMEOUT, kube_store, kube_timing};
 use support::kubefault::{Fault, KubeFaults};
@@ -945,9 +944,7 @@ fn start_election(ctx: &Ctx, process: &Process, e: usize, rng: Rng) -> Option<El
         replica: process.id.clone(),
     }
     .start();
-    election
-        .subscribe_elected(witness.clone().recipient())
-        .ok()?;
+    election.subscribe(witness.clone().recipient()).ok()?;
     let (stopping, stopped) = (Arc::<AtomicBool>::default(), Arc::<AtomicBool>::default());
     let slot = Arc::new(Mutex::new(Some(election.clone())));
     let rng = Arc::new(Mutex::new(rng));
@@ -1189,7 +1186,7 @@ async fn with_lock(env: &WorkerEnv, lock: &Lock, rng: &mut Rng) -> dsync::Result
                     ));
                 }
             }
-            if matches!(result, Err(dsync::WithLockError::Lost { .. })) {
+            if matches!(result, Err(dsync::lock::WithLockError::Lost { .. })) {
                 ctx.bump("lock: with_lock reported its lock lost");
             }
             result.map_err(Error::from)
@@ -1549,22 +1546,13 @@ impl Seed {
             return;
         }
         let (id, election) = (process.id.clone(), run.election.clone());
-        let dsync = process.dsync.clone();
         let ctx = self.ctx.clone();
         let limit = ctx.stop_bound(process.drain);
-        // `Election::handoff_to`, or `Dsync::handoff` by name (the same handoff).
-        let by_name = self.rng.below(3) == 0;
         trace(format_args!("{id} hands e{e} to {to}"));
         self.checks.push(actix::spawn(async move {
             let t0 = Instant::now();
             let what = format!("{id}'s handoff of e{e} to {to}");
-            let call = async {
-                if by_name {
-                    dsync.handoff(&format!("e{e}"), &to).await
-                } else {
-                    election.handoff_to(&to).await
-                }
-            };
+            let call = election.handoff_to(&to);
             // Every handoff returns, whatever happened to its term (rule
             // `handoff-ends-with-its-term`): within the drain timeout and a release retried
             // until its renew deadline, as a stop.

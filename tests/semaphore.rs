@@ -9,8 +9,10 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dsync::resource::LeaseKind;
+use dsync::resource::NameError;
 use dsync::testing::{TermLog, settle, within};
-use dsync::{Error, LeaseKind, NameError, Permit, Semaphore};
+use dsync::{Error, Permit, Semaphore};
 use futures::FutureExt;
 use support::backend::Env;
 use tokio::time::Instant;
@@ -164,8 +166,8 @@ async fn bad_permit_counts_and_names_are_rejected_before_anything_starts(env: En
         Err(Error::InvalidState { .. })
     ));
     // Only the ten valid slots were started.
-    assert_eq!(d.running(), (0, 10));
-    let leases = d.leases().await;
+    assert_eq!(support::running(&d), (0, 10));
+    let leases = d.leases();
     assert!(
         leases.iter().all(|l| l.kind == LeaseKind::Semaphore),
         "{leases:?}"
@@ -460,7 +462,10 @@ async fn timeout_cancel_and_with_permit(env: Env) {
     let held = [sb.acquire().await.unwrap(), sb.acquire().await.unwrap()];
     let err = sa.with_try_permit(|_| async {}).await.unwrap_err();
     assert!(
-        matches!(&err, dsync::WithLockError::Lock(Error::NoFreeSlot { .. })),
+        matches!(
+            &err,
+            dsync::lock::WithLockError::Lock(Error::NoFreeSlot { .. })
+        ),
         "{err:?}"
     );
     let start = Instant::now();

@@ -33,7 +33,7 @@ async fn every_pair_has_a_leader(elections: &[dsync::Election]) {
         within(
             Duration::from_secs(60),
             "leader",
-            rx.wait_for(|s| s.leader.is_some()),
+            rx.wait_for(|s| s.holder.is_some()),
         )
         .await
         .unwrap();
@@ -174,7 +174,7 @@ async fn a_follower_not_woken_by_renewals_takes_over_one_lease_duration_after_th
     let eb = b.election("x").unwrap();
     let mut status = eb.watch_status();
     status
-        .wait_for(|s| s.leader.as_deref() == Some("pod-a"))
+        .wait_for(|s| s.holder.as_deref() == Some("pod-a"))
         .await
         .unwrap();
     // Seven renewals (every 2 s), then the leader is cut off mid-way to the next one.
@@ -231,7 +231,7 @@ async fn lead_then_follow(
         within(
             Duration::from_secs(60),
             "b follows",
-            rx.wait_for(|s| s.leader.as_deref() == Some(leader)),
+            rx.wait_for(|s| s.holder.as_deref() == Some(leader)),
         )
         .await
         .unwrap();
@@ -303,7 +303,7 @@ async fn an_outage_shorter_than_the_renew_deadline_costs_one_list_per_replica() 
     }
     // The follower sees the leader again and would still take over at once on a handoff.
     for e in &followed {
-        assert_eq!(e.status().leader.as_deref(), Some("pod-a"));
+        assert_eq!(e.status().holder.as_deref(), Some("pod-a"));
     }
     for d in &replicas {
         d.shutdown().await.unwrap();

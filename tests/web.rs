@@ -4,14 +4,12 @@
 //!   Role in `deploy/rbac.yaml`; the leader's process is killed (SIGKILL), then the next leader
 //!   is stopped gracefully (SIGTERM). Observed over HTTP: exactly one leader at a time, the
 //!   leader-only worker runs only there, health and readiness.
-//! * In one process on one `MemoryStore`: three instances of the same service code; the
-//!   leader is cut off from the store (a crash, as far as the others can tell).
+//!
+//! The same service in one process (three instances on one `MemoryStore`) is tested by the
+//! example itself: `examples/web/tests.rs`.
 #![cfg(feature = "testing")]
 
 mod support;
-
-#[path = "../examples/web/app.rs"]
-mod app;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -19,9 +17,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use app::LeaderInfo;
-use dsync::testing::FaultyStore;
-use dsync::{Config, Dsync, LeaseKey, MemoryStore};
 use k8s_openapi::api::rbac::v1::Role;
 use support::apiserver::{Harness, client, namespace};
 use support::backend::kube_timing;
@@ -29,29 +24,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The body of the example's `GET /leader`, as a client reads it.
+#[derive(Debug, serde::Deserialize)]
+struct LeaderInfo {
+    leader: Option<String>,
+    identity: String,
+    is_leader: bool,
+    term: Option<String>,
+    fencing_token: Option<i32>,
+    worker_running: bool,
+}
+
 /// `GET path` over plain HTTP/1.1: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let (code, _, body) = get_with_head(addr, path).await;
-    (code, body)
-}
-
-/// `POST path` (empty body) over plain HTTP/1.1: (status, body).
-async fn post(addr: SocketAddr, path: &str) -> (u16, String) {
-    let (code, _, body) = request(addr, "POST", path).await;
-    (code, body)
-}
-
-/// `GET path` over plain HTTP/1.1: (status, status line and headers, body).
-async fn get_with_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    request(addr, "GET", path).await
-}
-
-async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -63,44 +53,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, St
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("bad response from {addr}{path}: {text:?}"));
-    (code, head.to_owned(), body.to_owned())
-}
-
-/// The election's lease in namespace `ns` (the default scope).
-fn election_lease(ns: &str) -> LeaseKey {
-    LeaseKey::new(ns, format!("unscoped.election.{}", app::ELECTION))
-}
-
-/// `GET /metrics` (feature `metrics`): Prometheus text; the leader at `addrs[leader]` reports
-/// 1, the others 0, under dsync's name and under client-go's `leader_election_master_status`.
-#[cfg(feature = "metrics")]
-async fn check_metrics(addrs: &[SocketAddr], leader: usize, lease: &LeaseKey) {
-    for (i, addr) in addrs.iter().enumerate() {
-        let (code, head, body) = get_with_head(*addr, "/metrics").await;
-        assert_eq!(code, 200, "{body}");
-        let content_type = format!("content-type: {}", app::METRICS_CONTENT_TYPE);
-        assert!(head.to_ascii_lowercase().contains(&content_type), "{head}");
-        let v = u8::from(i == leader);
-        for sample in [
-            format!(
-                "leader_election_master_status{{name=\"{}\"}} {v}\n",
-                lease.name
-            ),
-            format!("dsync_is_leader{{lease=\"{lease}\"}} {v}\n"),
-            "# TYPE leader_election_master_status gauge\n".to_owned(),
-        ] {
-            assert!(body.contains(&sample), "{addr}: no {sample:?} in\n{body}");
-        }
-        assert!(body.ends_with("# EOF\n"), "{body}");
-    }
-}
-
-/// Without the `metrics` feature the service has no `/metrics`.
-#[cfg(not(feature = "metrics"))]
-async fn check_metrics(addrs: &[SocketAddr], _leader: usize, _lease: &LeaseKey) {
-    for addr in addrs {
-        assert_eq!(get(*addr, "/metrics").await.0, 404);
-    }
+    (code, body.to_owned())
 }
 
 async fn leader_info(addr: SocketAddr) -> LeaderInfo {
@@ -285,78 +238,4 @@ async fn without_kube_config_path_the_default_kubeconfig_is_used() {
     let leader = one_leader(&[replica.addr]).await;
     assert_eq!(leader, 0);
     assert_eq!(leader_info(replica.addr).await.identity, "web-env");
-}
-
-#[actix::test]
-async fn three_instances_on_one_memory_store_the_worker_runs_only_on_the_leader() {
-    let store = MemoryStore::new();
-    let mut instances = Vec::new();
-    for i in 0..3 {
-        let faults = FaultyStore::new(store.clone());
-        let dsync = Dsync::with_config(
-            faults.clone(),
-            Config::default()
-                .with_identity(format!("web-{i}"))
-                .with_timing(kube_timing()),
-        )
-        .unwrap();
-        let service = app::Service::start(dsync, Duration::from_secs(1)).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = service.serve(listener).unwrap();
-        let handle = server.handle();
-        actix::spawn(server);
-        instances.push((service, faults, handle, addr));
-    }
-    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.3).collect();
-    let first = one_leader(&addrs).await;
-    let lease = election_lease("default");
-    assert_eq!(instances[first].0.election.lease(), lease);
-    check_metrics(&addrs, first, &lease).await;
-
-    // A rolling update's hook moves leadership to a chosen pod.
-    let target = (first + 1) % 3;
-    let follower = (first + 2) % 3;
-    let (code, body) = post(addrs[follower], &format!("/leader/handoff?to=web-{target}")).await;
-    assert_eq!(code, 409, "only the leader hands off: {body}");
-    let (code, body) = post(addrs[first], "/leader/handoff?to=").await;
-    assert_eq!(code, 400, "{body}");
-    let (code, body) = post(addrs[first], &format!("/leader/handoff?to=web-{target}")).await;
-    assert_eq!(code, 200, "{body}");
-    let mut status = instances[target].0.election.watch_status();
-    tokio::time::timeout(LIMIT, status.wait_for(|s| s.is_leader()))
-        .await
-        .expect("the target leads")
-        .unwrap();
-    drop(status);
-    assert_eq!(one_leader(&addrs).await, target);
-    let first = target;
-
-    // Kill the leader's instance: cut off from the store, HTTP gone.
-    let (service, faults, handle, _) = instances.remove(first);
-    faults.partition();
-    handle.stop(false).await;
-    let mut status = service.worker.watch_status();
-    tokio::time::timeout(LIMIT, status.wait_for(|s| !s.running))
-        .await
-        .expect("the cut-off leader stops its worker at its renew deadline")
-        .unwrap();
-    let addrs: Vec<SocketAddr> = instances.iter().map(|i| i.3).collect();
-    let next = one_leader(&addrs).await;
-    check_metrics(&addrs, next, &lease).await;
-    assert!(
-        instances[next]
-            .0
-            .ticks
-            .load(std::sync::atomic::Ordering::Relaxed)
-            < 1000
-    );
-
-    for (service, _, handle, _) in instances {
-        handle.stop(true).await;
-        service.shutdown().await.unwrap();
-        assert!(!service.worker.status().running);
-    }
-    faults.heal();
-    service.shutdown().await.unwrap();
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::SystemTime;
 
 use actix::prelude::*;
-use dsync::{Config, Deposed, Dsync, Elected, LeaderChanged, Timing};
+use dsync::{Config, Deposed, Dsync, Elected, HolderChanged, Timing};
 use dsync_harness::protocol::{Command, Line, PeerArgs};
 
 /// Writes one protocol line to stdout, flushed.
@@ -40,10 +40,10 @@ impl Handler<Deposed> for Printer {
         });
     }
 }
-impl Handler<LeaderChanged> for Printer {
+impl Handler<HolderChanged> for Printer {
     type Result = ();
-    fn handle(&mut self, msg: LeaderChanged, _: &mut Context<Self>) {
-        if let Some(leader) = msg.leader {
+    fn handle(&mut self, msg: HolderChanged, _: &mut Context<Self>) {
+        if let Some(leader) = msg.holder {
             line(Line::Leader {
                 lease: msg.lease.name,
                 id: leader,
@@ -83,7 +83,11 @@ pub fn main(raw: Vec<String>) {
         let mut elections = HashMap::new();
         for name in args.leases.names() {
             let election = dsync.election(&name).expect("election");
-            election.subscribe(&printer).expect("subscribe");
+            election
+                .subscribe(printer.clone().recipient::<Elected>())
+                .and_then(|()| election.subscribe(printer.clone().recipient::<Deposed>()))
+                .and_then(|()| election.subscribe(printer.clone().recipient::<HolderChanged>()))
+                .expect("subscribe");
             elections.insert(election.lease().name, election);
         }
         line(Line::Ready);

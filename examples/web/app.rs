@@ -1,8 +1,7 @@
-//! The service of the `web` example, as a module the tests can include too
-//! (`tests/web.rs` uses `#[path]`): a leader-only background actor, and the HTTP endpoints
+//! The service of the `web` example: a leader-only background actor, and the HTTP endpoints
 //! `/leader`, `POST /leader/handoff?to=<pod>`, `/healthz`, `/readyz` and, with the `metrics`
-//! feature, `/metrics`.
-#![allow(dead_code)] // the example and the tests use different parts
+//! feature, `/metrics`. Its in-process tests are `tests.rs`, next to it; `tests/web.rs` runs
+//! the example's binary as processes.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -91,23 +90,28 @@ impl Service {
     /// The HTTP server on `listener`. Stops (gracefully) on SIGINT/SIGTERM or through its
     /// handle; then call [`Service::shutdown`].
     pub fn serve(&self, listener: TcpListener) -> std::io::Result<actix_web::dev::Server> {
-        let data = web::Data::new(self.clone());
-        Ok(HttpServer::new(move || {
-            let app = actix_web::App::new()
-                .app_data(data.clone())
-                .route("/leader", web::get().to(leader))
-                .route("/leader/handoff", web::post().to(handoff))
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz));
-            // Without the feature there is no such route: 404.
-            #[cfg(feature = "metrics")]
-            let app = app.route("/metrics", web::get().to(metrics));
-            app
-        })
-        .workers(2)
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run())
+        let service = self.clone();
+        Ok(
+            HttpServer::new(move || actix_web::App::new().configure(|c| service.routes(c)))
+                .workers(2)
+                .shutdown_timeout(5)
+                .listen(listener)?
+                .run(),
+        )
+    }
+
+    /// The service's routes and their shared state, for an `App` (the server's workers, or a
+    /// test's `actix_web::test::init_service`).
+    pub fn routes(&self, config: &mut web::ServiceConfig) {
+        config
+            .app_data(web::Data::new(self.clone()))
+            .route("/leader", web::get().to(leader))
+            .route("/leader/handoff", web::post().to(handoff))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz));
+        // Without the feature there is no such route: 404.
+        #[cfg(feature = "metrics")]
+        config.route("/metrics", web::get().to(metrics));
     }
 
     /// Cancels the term, waits for the leader-only worker to stop, releases the lease.
@@ -130,18 +134,21 @@ pub struct LeaderInfo {
     pub fencing_token: Option<i32>,
     /// Whether the leader-only worker runs here now.
     pub worker_running: bool,
+    /// How many times the leader-only worker ticked in this process.
+    pub ticks: u64,
 }
 
 async fn leader(service: web::Data<Service>) -> HttpResponse {
     let status = service.election.status();
     let term = status.term.clone().filter(Term::is_active);
     HttpResponse::Ok().json(LeaderInfo {
-        leader: status.leader.clone(),
+        leader: status.holder.clone(),
         identity: status.identity.clone(),
         is_leader: status.is_leader(),
         term: term.as_ref().map(|t| t.id().to_string()),
         fencing_token: term.as_ref().map(Term::fencing_token),
         worker_running: service.worker.status().running,
+        ticks: service.ticks.load(Ordering::Relaxed),
     })
 }
 
@@ -161,7 +168,7 @@ async fn handoff(service: web::Data<Service>, query: web::Query<HandoffQuery>) -
         Ok(()) => HttpResponse::Ok().body(format!("handed off to {}", query.to)),
         Err(err @ dsync::Error::NotLeader { .. }) => HttpResponse::Conflict().body(format!(
             "{err}; the leader is {:?}",
-            service.election.leader()
+            service.election.holder()
         )),
         Err(err @ dsync::Error::InvalidConfig { .. }) => {
             HttpResponse::BadRequest().body(err.to_string())

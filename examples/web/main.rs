@@ -21,6 +21,8 @@
 //! worker to stop and release the lease (so another replica takes over at once), then exit.
 
 mod app;
+#[cfg(test)]
+mod tests;
 
 use std::net::TcpListener;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use futures::FutureExt;
 use tokio::sync::watch;
 
 use super::{
-    Callback, DeposeReason, Deposed, Elected, ElectionCommand, ElectionStatus, LeaderChanged,
+    Callback, DeposeReason, Deposed, Elected, ElectionCommand, ElectionStatus, HolderChanged,
 };
 use crate::lease::core::{Core, Internal, Reporter};
 use crate::lease::face::{EndReason, Face, Recovery};
@@ -54,7 +54,7 @@ pub(crate) struct ElectionFace {
     status: watch::Sender<ElectionStatus>,
     elected: Subscribers<Elected>,
     deposed: Subscribers<Deposed>,
-    leader_changed: Subscribers<LeaderChanged>,
+    holder_changed: Subscribers<HolderChanged>,
     callbacks: Vec<Arc<Callback>>,
     last_leader: Option<String>,
     /// Since when the lease has been observed without a holder (for the metric).
@@ -67,7 +67,7 @@ impl ElectionFace {
             status,
             elected: Subscribers::new(),
             deposed: Subscribers::new(),
-            leader_changed: Subscribers::new(),
+            holder_changed: Subscribers::new(),
             callbacks: Vec::new(),
             last_leader: None,
             leaderless_since: None,
@@ -88,7 +88,7 @@ impl ElectionFace {
             let same = s.term.as_ref().map(Term::id) == term.map(Term::id)
                 && s.valid_until == valid_until
                 && s.renewed_at == renewed_at
-                && s.leader.as_deref() == leader
+                && s.holder.as_deref() == leader
                 && s.invalid.as_deref() == invalid
                 && s.last_error == core.last_error
                 && s.restarts == core.restarts
@@ -103,8 +103,8 @@ impl ElectionFace {
             }
             s.valid_until = valid_until;
             s.renewed_at = renewed_at;
-            if s.leader.as_deref() != leader {
-                s.leader = leader.map(str::to_owned);
+            if s.holder.as_deref() != leader {
+                s.holder = leader.map(str::to_owned);
             }
             if s.invalid.as_deref() != invalid {
                 s.invalid = invalid.map(str::to_owned);
@@ -165,7 +165,7 @@ impl Face for ElectionFace {
                 self.elected.0.push(weak);
             }
             ElectionCommand::SubscribeDeposed(weak) => self.deposed.0.push(weak),
-            ElectionCommand::SubscribeLeaderChanged(weak) => self.leader_changed.0.push(weak),
+            ElectionCommand::SubscribeHolderChanged(weak) => self.holder_changed.0.push(weak),
             ElectionCommand::HandOff {
                 to,
                 reply,
@@ -234,7 +234,7 @@ impl Face for ElectionFace {
         // capture) are dropped now, not when the last handle is.
         self.elected.0.clear();
         self.deposed.0.clear();
-        self.leader_changed.0.clear();
+        self.holder_changed.0.clear();
         self.callbacks.clear();
     }
 
@@ -255,9 +255,9 @@ impl Face for ElectionFace {
         if core.machine.holder() != self.last_leader.as_deref() {
             let leader = core.machine.holder().map(str::to_owned);
             self.last_leader.clone_from(&leader);
-            self.leader_changed.publish(&LeaderChanged {
+            self.holder_changed.publish(&HolderChanged {
                 lease: core.key.clone(),
-                leader,
+                holder: leader,
             });
         }
         self.publish_status(core);

@@ -2,7 +2,7 @@
 //!
 //! The actor campaigns for `<scope>.election.<name>`, renews while leader, steps down at the
 //! renew deadline and campaigns again after any loss: an election never gives up until it is
-//! stopped. Subscribers receive [`Elected`], [`Deposed`] and [`LeaderChanged`] messages;
+//! stopped. Subscribers receive [`Elected`], [`Deposed`] and [`HolderChanged`] messages;
 //! [`Election::when_elected`] runs a future per term, as the term's guarded work. The term
 //! lifecycle (cancel, drain, release, stop) is the one every face shares; see
 //! [`crate::lease`].
@@ -11,7 +11,7 @@
 //!
 //! [`Election::handoff_to`] moves leadership to a named replica: the term ends as a stop
 //! ends it (cancelled, its work drained), then one compare-and-swap release names the
-//! successor ([`SUCCESSOR_ANNOTATION`](crate::record::SUCCESSOR_ANNOTATION)). The successor
+//! successor ([`PREFERRED_HOLDER_ANNOTATION`](crate::record::PREFERRED_HOLDER_ANNOTATION)). The successor
 //! takes the free lease at once; other dsync candidates leave it to the successor for one
 //! lease duration, so a dead successor delays the election by that much at most. An operator
 //! can ask for the same with an annotation on the Lease
@@ -51,7 +51,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::WeakRecipient;
-use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use futures::FutureExt;
 use futures::future::LocalBoxFuture;
@@ -84,7 +83,7 @@ pub(crate) fn start_actor(
     let (tx, rx) = watch::channel(ElectionStatus {
         lease: key.clone(),
         identity: config.identity.clone(),
-        leader: None,
+        holder: None,
         term: None,
         valid_until: None,
         renewed_at: None,
@@ -125,11 +124,45 @@ pub struct Deposed {
 /// Sent to subscribers when the lease's recorded holder changes (including to or from us).
 #[derive(Debug, Clone, PartialEq, Eq, Message)]
 #[rtype(result = "()")]
-pub struct LeaderChanged {
+pub struct HolderChanged {
     /// The election's lease.
     pub lease: LeaseKey,
     /// The new holder; `None`: nobody.
-    pub leader: Option<String>,
+    pub holder: Option<String>,
+}
+
+/// A message an [`Election`] sends its subscribers ([`Election::subscribe`]): [`Elected`],
+/// [`Deposed`] or [`HolderChanged`]. Sealed: these three are all there is.
+pub trait ElectionEvent: Message<Result = ()> + Send + sealed::Sealed + 'static {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Elected {}
+    impl Sealed for super::Deposed {}
+    impl Sealed for super::HolderChanged {}
+}
+
+impl ElectionEvent for Elected {}
+impl ElectionEvent for Deposed {}
+impl ElectionEvent for HolderChanged {}
+
+impl ElectionCommand {
+    /// The subscription of `recipient` to the list of its message type (one of the three
+    /// [`ElectionEvent`]s, so one of the downcasts succeeds).
+    fn subscribe<M: ElectionEvent>(recipient: WeakRecipient<M>) -> Self {
+        let any: Box<dyn std::any::Any> = Box::new(recipient);
+        let any = match any.downcast::<WeakRecipient<Elected>>() {
+            Ok(r) => return ElectionCommand::SubscribeElected(*r),
+            Err(any) => any,
+        };
+        match any.downcast::<WeakRecipient<Deposed>>() {
+            Ok(r) => ElectionCommand::SubscribeDeposed(*r),
+            Err(any) => ElectionCommand::SubscribeHolderChanged(
+                *any.downcast::<WeakRecipient<HolderChanged>>()
+                    .unwrap_or_else(|_| unreachable!("ElectionEvent is sealed to three types")),
+            ),
+        }
+    }
 }
 
 /// Why a term ended.
@@ -204,7 +237,7 @@ pub struct ElectionStatus {
     /// This replica's identity.
     pub identity: String,
     /// The holder recorded in the lease when last observed.
-    pub leader: Option<String>,
+    pub holder: Option<String>,
     /// Our current term, while leader.
     pub term: Option<Term>,
     /// Until when our term is certainly valid (the renew deadline of the last renewal).
@@ -266,7 +299,7 @@ pub(crate) struct Callback {
 pub(crate) enum ElectionCommand {
     SubscribeElected(WeakRecipient<Elected>),
     SubscribeDeposed(WeakRecipient<Deposed>),
-    SubscribeLeaderChanged(WeakRecipient<LeaderChanged>),
+    SubscribeHolderChanged(WeakRecipient<HolderChanged>),
     WhenElected(Arc<Callback>),
     HandOff {
         to: Arc<str>,
@@ -330,13 +363,15 @@ impl Election {
         self.status.borrow().is_leader()
     }
 
-    /// The leader recorded in the lease when last observed (followers learn of changes from
-    /// the watch, so this is current up to the watch's delay).
-    pub fn leader(&self) -> Option<String> {
-        self.status.borrow().leader.clone()
+    /// The holder the lease names when last observed: the leader's identity, `None` when it
+    /// names nobody (followers learn of changes from the watch, so this is current up to the
+    /// watch's delay).
+    pub fn holder(&self) -> Option<String> {
+        self.status.borrow().holder.clone()
     }
 
-    /// The current leader as last observed, or [`Error::NoLeader`] when the lease names nobody
+    /// [`holder`](Self::holder) as a `Result` (the Go package's `CurrentLeader`): the current
+    /// leader as last observed, or [`Error::NoLeader`] when the lease names nobody
     /// (never held, released, or not read yet).
     /// [`Error::InvalidState`] when the lease record cannot be interpreted (see
     /// [`ElectionStatus::invalid`]).
@@ -348,7 +383,7 @@ impl Election {
                 reason: reason.clone(),
             });
         }
-        status.leader.clone().ok_or_else(|| Error::NoLeader {
+        status.holder.clone().ok_or_else(|| Error::NoLeader {
             lease: status.lease.to_string(),
         })
     }
@@ -395,14 +430,12 @@ impl Election {
         }
     }
 
-    /// Subscribes an actor to [`Elected`], [`Deposed`] and [`LeaderChanged`]: the actor must
-    /// implement `Handler` for all three. To receive only some of them, subscribe a
-    /// [`Recipient`] per message instead ([`subscribe_elected`](Self::subscribe_elected),
-    /// [`subscribe_deposed`](Self::subscribe_deposed),
-    /// [`subscribe_leader_changed`](Self::subscribe_leader_changed)).
+    /// Subscribes `recipient` to one kind of message: [`Elected`], [`Deposed`] or
+    /// [`HolderChanged`] (whichever `M` is). An actor that handles all three subscribes three
+    /// recipients (`addr.clone().recipient::<Elected>()`, ...).
     ///
     /// The election keeps only weak references: a stopped subscriber is dropped from the list.
-    /// A subscriber joining during our term receives `Elected` for it at once.
+    /// A subscriber to `Elected` joining during our term receives `Elected` for it at once.
     ///
     /// ```
     /// use actix::prelude::*;
@@ -427,38 +460,15 @@ impl Election {
     ///     let (tx, mut tokens) = tokio::sync::mpsc::unbounded_channel();
     ///     let addr = OnElected(tx).start();
     ///     // The election keeps a weak reference: keep `addr` for as long as it should listen.
-    ///     election.subscribe_elected(addr.clone().recipient())?;
+    ///     election.subscribe(addr.clone().recipient())?;
     ///     assert_eq!(tokens.recv().await, Some(0));
     ///     drop(addr);
     ///     dsync.shutdown().await
     /// })
     /// # }
     /// ```
-    pub fn subscribe<A>(&self, addr: &Addr<A>) -> Result<()>
-    where
-        A: Actor + Handler<Elected> + Handler<Deposed> + Handler<LeaderChanged>,
-        A::Context: ToEnvelope<A, Elected> + ToEnvelope<A, Deposed> + ToEnvelope<A, LeaderChanged>,
-    {
-        self.subscribe_elected(addr.clone().recipient())?;
-        self.subscribe_deposed(addr.clone().recipient())?;
-        self.subscribe_leader_changed(addr.clone().recipient())
-    }
-
-    /// Subscribes a recipient to [`Elected`] only.
-    pub fn subscribe_elected(&self, recipient: Recipient<Elected>) -> Result<()> {
-        self.command(ElectionCommand::SubscribeElected(recipient.downgrade()))
-    }
-
-    /// Subscribes a recipient to [`Deposed`] only.
-    pub fn subscribe_deposed(&self, recipient: Recipient<Deposed>) -> Result<()> {
-        self.command(ElectionCommand::SubscribeDeposed(recipient.downgrade()))
-    }
-
-    /// Subscribes a recipient to [`LeaderChanged`] only.
-    pub fn subscribe_leader_changed(&self, recipient: Recipient<LeaderChanged>) -> Result<()> {
-        self.command(ElectionCommand::SubscribeLeaderChanged(
-            recipient.downgrade(),
-        ))
+    pub fn subscribe<M: ElectionEvent>(&self, recipient: Recipient<M>) -> Result<()> {
+        self.command(ElectionCommand::subscribe(recipient.downgrade()))
     }
 
     /// Runs `f(term)` at the start of every term of this replica (at once if it leads now).
@@ -565,6 +575,30 @@ impl Election {
     }
 }
 
+// The election face plugs into the face-agnostic entry point [`Dsync`]: its factories live here, with
+// the face, not in `dsync.rs`.
+impl crate::Dsync {
+    /// The election `name` in the configured namespace and scope, campaigning from now on.
+    /// [`Error::BadResourceName`] (before anything is started) if the name is not valid; see
+    /// [`sanitize_name`](crate::sanitize_name). Asking twice gives handles on one election.
+    pub fn election(&self, name: &str) -> Result<Election> {
+        self.election_for(self.resource(name))
+    }
+
+    /// The election for an explicit resource (an empty namespace means the configured one).
+    pub fn election_for(&self, resource: Resource) -> Result<Election> {
+        let (resource, key) = self.prepare(resource, LeaseKind::Election)?;
+        let inner = &self.inner;
+        let entry = self.entry(&key, |predecessor| {
+            let params = self.params(&key, predecessor);
+            crate::election::start_actor(&inner.arbiter, params, resource.clone(), &inner.config)
+        })?;
+        entry
+            .handle::<Election>()
+            .ok_or_else(|| self.taken(&key, entry.lease_kind()))
+    }
+}
+
 #[cfg(test)]
 mod health_tests {
     use super::*;
@@ -582,7 +616,7 @@ mod health_tests {
             }),
             lease,
             identity: "pod-a".into(),
-            leader: Some("pod-a".into()),
+            holder: Some("pod-a".into()),
             valid_until: None,
             renewed_at,
             lease_duration: Duration::from_secs(15),

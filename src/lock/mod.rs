@@ -531,3 +531,44 @@ impl Lock {
         }
     }
 }
+
+// The lock face plugs into the face-agnostic entry point [`Dsync`]: its factories live here, with
+// the face, not in `dsync.rs`.
+impl crate::Dsync {
+    /// A new handle on the lock `name` in the configured namespace and scope.
+    /// [`Error::BadResourceName`] if the name is not valid. Handles exclude each other, within
+    /// this replica as across replicas.
+    pub fn lock(&self, name: &str) -> Result<Lock> {
+        self.lock_for(self.resource(name))
+    }
+
+    /// A lock handle for an explicit resource (an empty namespace means the configured one).
+    pub fn lock_for(&self, resource: Resource) -> Result<Lock> {
+        let (resource, key) = self.prepare(resource, LeaseKind::Lock)?;
+        let (shared, claim) = self.lock_actor(&key, LeaseKind::Lock)?;
+        Ok(Lock::new(resource, shared, claim))
+    }
+
+    /// The lock-face lease actor of `key` (a lock's, or a semaphore slot's), started if there
+    /// is none (or it retired), with a share of its use for one handle: it does not retire
+    /// while the claim lives (rule `idle-actors-retire`).
+    pub(crate) fn lock_actor(
+        &self,
+        key: &LeaseKey,
+        kind: LeaseKind,
+    ) -> Result<(LockShared, HandleClaim)> {
+        let inner = &self.inner;
+        let (entry, claim) = inner
+            .registry
+            .entry_claimed(key, |predecessor| {
+                let params = self.params(key, predecessor);
+                crate::lock::start_actor(&inner.arbiter, params, kind, &inner.config)
+            })
+            .ok_or_else(|| self.stopped())?;
+        let shared = entry
+            .handle::<LockShared>()
+            .filter(|shared| shared.kind == kind)
+            .ok_or_else(|| self.taken(key, entry.lease_kind()))?;
+        Ok((shared, claim))
+    }
+}

@@ -33,7 +33,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::limit::{Lane, Limiter};
 use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
-use crate::record::{HANDOFF_REQUEST_ANNOTATION, HOLDER_POD_ANNOTATION, SUCCESSOR_ANNOTATION};
+use crate::record::{
+    HANDOFF_REQUEST_ANNOTATION, HOLDER_POD_ANNOTATION, PREFERRED_HOLDER_ANNOTATION,
+};
 
 /// Default limit for one API call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -445,11 +447,11 @@ fn to_lease(key: &LeaseKey, record: &LeaseRecord, resource_version: Option<Strin
     }
 }
 
-/// Writes the record's annotations ([`SUCCESSOR_ANNOTATION`], [`HANDOFF_REQUEST_ANNOTATION`],
+/// Writes the record's annotations ([`PREFERRED_HOLDER_ANNOTATION`], [`HANDOFF_REQUEST_ANNOTATION`],
 /// [`HOLDER_POD_ANNOTATION`]) into `metadata`, removing those it does not carry.
 fn set_annotations(metadata: &mut ObjectMeta, record: &LeaseRecord) {
     for (key, value) in [
-        (SUCCESSOR_ANNOTATION, &record.successor),
+        (PREFERRED_HOLDER_ANNOTATION, &record.successor),
         (HANDOFF_REQUEST_ANNOTATION, &record.handoff_request),
         (HOLDER_POD_ANNOTATION, &record.holder_pod),
     ] {
@@ -483,7 +485,7 @@ fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
             .cloned()
     };
     let (successor, handoff_request, holder_pod) = (
-        annotation(SUCCESSOR_ANNOTATION),
+        annotation(PREFERRED_HOLDER_ANNOTATION),
         annotation(HANDOFF_REQUEST_ANNOTATION),
         annotation(HOLDER_POD_ANNOTATION),
     );
@@ -616,7 +618,7 @@ mod tests {
         set_annotations(&mut metadata, &handed);
         let annotations = metadata.annotations.as_ref().unwrap();
         assert_eq!(annotations["team"], "payments");
-        assert_eq!(annotations[SUCCESSOR_ANNOTATION], "pod-b");
+        assert_eq!(annotations[PREFERRED_HOLDER_ANNOTATION], "pod-b");
         assert!(
             !annotations.contains_key(HANDOFF_REQUEST_ANNOTATION),
             "settled"

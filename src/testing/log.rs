@@ -20,8 +20,10 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tokio::time::Instant;
 
+use crate::election::DeposeReason;
 use crate::store::LeaseKey;
-use crate::{DeposeReason, Deposed, Elected, Election, LeaderChanged, Term, TermId};
+use crate::term::TermId;
+use crate::{Deposed, Elected, Election, HolderChanged, Term};
 
 /// One term, in (virtual, when paused) time.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +151,7 @@ impl TermLog {
     }
 
     /// Subscribes a recorder for `replica` to `election`: its terms go into the log from
-    /// [`Elected`] to [`Deposed`] (with the reason), and its [`LeaderChanged`] messages into
+    /// [`Elected`] to [`Deposed`] (with the reason), and its [`HolderChanged`] messages into
     /// [`leader_changes`](Self::leader_changes). Must be called inside an actix System.
     pub fn record(&self, replica: &str, election: &Election) -> crate::Result<Addr<Recorder>> {
         let addr = Recorder {
@@ -157,7 +159,9 @@ impl TermLog {
             log: self.clone(),
         }
         .start();
-        election.subscribe(&addr)?;
+        election.subscribe(addr.clone().recipient::<Elected>())?;
+        election.subscribe(addr.clone().recipient::<Deposed>())?;
+        election.subscribe(addr.clone().recipient::<HolderChanged>())?;
         self.lock().recorders.push(addr.clone());
         Ok(addr)
     }
@@ -234,7 +238,7 @@ impl TermLog {
         self.lock().spans.clone()
     }
 
-    /// The leaders each recorded replica was told of ([`LeaderChanged`]), in order.
+    /// The leaders each recorded replica was told of ([`HolderChanged`]), in order.
     pub fn leader_changes(&self) -> Vec<(String, Option<String>)> {
         self.lock().leaders.clone()
     }
@@ -462,13 +466,13 @@ impl Handler<Deposed> for Recorder {
     }
 }
 
-impl Handler<LeaderChanged> for Recorder {
+impl Handler<HolderChanged> for Recorder {
     type Result = ();
-    fn handle(&mut self, msg: LeaderChanged, _: &mut Self::Context) {
+    fn handle(&mut self, msg: HolderChanged, _: &mut Self::Context) {
         self.log
             .lock()
             .leaders
-            .push((self.replica.clone(), msg.leader));
+            .push((self.replica.clone(), msg.holder));
     }
 }
 

@@ -25,7 +25,7 @@
 //! 2. Run the test in a current-thread actix System with the clock paused: `#[actix::test]`
 //!    and `tokio::time::pause()` as its first line, or [`run_paused`].
 //! 3. Give each replica [`paused_config`]: its lease actors must run on the test's own thread
-//!    ([`LeaseThread::Current`](crate::LeaseThread::Current)), because a paused clock belongs
+//!    ([`LeaseThread::Current`](crate::config::LeaseThread::Current)), because a paused clock belongs
 //!    to one runtime; the default runs them on a thread of their own, in real time.
 //! 4. Share one [`MemoryStore`](crate::MemoryStore) between the replicas, each behind its own
 //!    [`FaultyStore`], and play the faults.

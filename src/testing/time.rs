@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use crate::{Config, Election, LeaseThread};
+use crate::config::LeaseThread;
+use crate::{Config, Election};
 
 /// A replica's configuration for tests in paused time: identity `identity`, the default
 /// timing (15 s / 10 s / 2 s), and the lease actors on the caller's arbiter

@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dsync::config::LeaseThread;
 use dsync::store::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoredLease};
-use dsync::{Config, Dsync, KubeStore, LeaseThread, MemoryStore, Timing};
+use dsync::{Config, Dsync, KubeStore, MemoryStore, Timing};
 
 use super::apiserver::{Harness, client, namespace_on};
 use dsync::testing::FaultyStore;
@@ -263,7 +264,7 @@ impl Env {
         dsync::testing::within(
             self.limit(),
             "the follower sees the leader",
-            status.wait_for(|s| s.leader.as_deref() == Some(leader)),
+            status.wait_for(|s| s.holder.as_deref() == Some(leader)),
         )
         .await
         .unwrap();
@@ -309,7 +310,7 @@ impl Env {
     }
 
     pub async fn replica(&self, identity: &str) -> Dsync {
-        Dsync::with_shared_store(self.store().await, self.config(identity)).unwrap()
+        Dsync::with_config(self.store().await, self.config(identity)).unwrap()
     }
 
     /// A replica whose store can be cut off (crash, partition) or made to fail chosen calls,

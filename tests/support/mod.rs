@@ -20,3 +20,12 @@ pub mod kubefault;
 pub mod rbac;
 #[allow(unused_imports)] // not every test binary uses both
 pub use dsync_harness::{apiserver, audit, gopeer};
+
+/// How many elections and locks (semaphore slots counted as locks) `d` runs, not counting
+/// actors still stopping: from [`dsync::Dsync::leases`].
+pub fn running(d: &dsync::Dsync) -> (usize, usize) {
+    let live = d.leases().into_iter().filter(|e| !e.stopping);
+    let (elections, locks): (Vec<_>, Vec<_>) =
+        live.partition(|e| e.kind == dsync::resource::LeaseKind::Election);
+    (elections.len(), locks.len())
+}

@@ -11,7 +11,8 @@ use std::ffi::OsString;
 use std::process::ExitStatus;
 use std::sync::Arc;
 
-use dsync::{Dsync, Error, LeaseKey, Term};
+use dsync::store::LeaseKey;
+use dsync::{Dsync, Error, Term};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -434,7 +435,7 @@ pub async fn run(
     ui.info(&format!("campaigning for {what} as {}", dsync.identity()));
     let _progress = {
         let election = election.clone();
-        Progress::remind(ui, move || match election.leader() {
+        Progress::remind(ui, move || match election.holder() {
             _ if election.is_leader() => None,
             Some(leader) => Some(format!("{leader} leads")),
             None => Some("no leader yet".into()),

@@ -6,8 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dsync::lease::{Observed, Versioned};
+use dsync::resource::LeaseKind;
+use dsync::resource::LeaseName;
+use dsync::store::LeaseKey;
+use dsync::store::StoredLease;
 use dsync::store::StreamExt;
-use dsync::{Dsync, Error, LeaseKey, LeaseKind, LeaseName, LeaseStore, StoredLease};
+use dsync::{Dsync, Error, LeaseStore};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep_until};
 
@@ -121,7 +125,7 @@ impl Versioned for Row {
         &self.lease.resource_version
     }
 
-    fn record(&self) -> &dsync::LeaseRecord {
+    fn record(&self) -> &dsync::store::LeaseRecord {
         &self.lease.record
     }
 }
@@ -524,7 +528,7 @@ async fn resolve(
     slot: Option<usize>,
 ) -> Result<LeaseKey, Failure> {
     let resource = dsync.resource(name);
-    let bad_name = |e: dsync::NameError| Failure::new(exit::USAGE, e.to_string());
+    let bad_name = |e: dsync::resource::NameError| Failure::new(exit::USAGE, e.to_string());
     let kind = match (kind, slot) {
         (Some(Kind::Semaphore), None) => {
             return Err(Failure::new(exit::USAGE, "--kind semaphore needs --slot I"));
@@ -721,7 +725,7 @@ pub async fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dsync::LeaseRecord;
+    use dsync::store::LeaseRecord;
 
     fn lease(name: &str, holder: Option<&str>, renewed_ago: u64, now: SystemTime) -> StoredLease {
         StoredLease {

@@ -437,7 +437,7 @@ fn host_name() -> String {
 async fn connect(config: Config, drain: Duration) -> Result<(Dsync, Arc<dyn LeaseStore>), Failure> {
     let store: Arc<dyn LeaseStore> = Arc::new(KubeStore::from_config(&config).await?);
     let config = config.with_drain_timeout(drain);
-    Ok((Dsync::with_shared_store(store.clone(), config)?, store))
+    Ok((Dsync::with_config(store.clone(), config)?, store))
 }
 
 fn main() {

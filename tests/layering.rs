@@ -314,3 +314,28 @@ fn the_root_api_is_small_and_each_name_says_when_to_use_it() {
         );
     }
 }
+
+#[test]
+fn the_package_is_kube_dsync_and_the_library_dsync() {
+    // `dsync` on crates.io is another crate: users `cargo add kube-dsync` and still write
+    // `use dsync::...` (this file does, so the library's name is checked by compiling it).
+    assert_eq!(env!("CARGO_PKG_NAME"), "kube-dsync");
+    assert_eq!(dsync::MASTER, "master");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("[lib]\nname = \"dsync\"\n"),
+        "no [lib] name"
+    );
+    assert!(
+        manifest.contains("[[bin]]\nname = \"dsync\"\n"),
+        "no dsync binary"
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for line in [
+        "cargo add kube-dsync",
+        "cargo install kube-dsync --features cli",
+    ] {
+        assert!(readme.contains(line), "the README does not say `{line}`");
+    }
+}

@@ -1046,13 +1046,21 @@ impl Machine {
             }
             None => match &self.observed {
                 // Deleted (or restored away): if it was held, its holder may still be live and
-                // think it holds it. It expires as the held record would have.
+                // think it holds it. It expires as the held record would have if it had been
+                // renewed just before the delete: renewals we did not see (reads that failed,
+                // a watch that broke or fell silent) may have come after the last change we
+                // saw, so that change says nothing about when the holder last renewed. Only
+                // our own claim's last renewal is known exactly.
                 Some(previous) if previous.holder().is_some() => {
                     let declared = previous
                         .record()
                         .and_then(LeaseRecord::declared_duration)
                         .unwrap_or(self.timing.lease_duration());
-                    self.vanished = Some(previous.expires_at(declared));
+                    self.vanished = Some(if holding {
+                        previous.expires_at(declared)
+                    } else {
+                        now + declared
+                    });
                 }
                 // Missing at our first look, though this process has seen the lease (a token
                 // floor): it was deleted, and whether it was held we cannot tell. As if it was,

@@ -86,7 +86,9 @@
 //!   ([`Machine::token_floor`], seeded with what the process's other actors saw) and writes
 //!   above it, whatever the record says after a delete, an edit or a restore.
 //! * **A deleted Lease that was held waits** (`deleted-held-waits`): it may be created again
-//!   only when the record it replaced would have expired, as its holder may still be live.
+//!   only a lease duration after the delete was seen, as its holder may still be live and may
+//!   have renewed, unseen, just before the delete. (A replica's own deleted claim, whose last
+//!   renewal it knows, waits until that renewal's lease duration is over.)
 //! * **Operator releases leave a grace** (`operator-release-grace`): a free record declaring
 //!   more than one second was cleared by someone other than its holder (a force release, an
 //!   edit) and is left for that duration, as if it still named the holder. A handoff's

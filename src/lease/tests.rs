@@ -1834,7 +1834,7 @@ fn token_never_back_a_new_machine_starts_from_the_floor_its_process_knows() {
 }
 
 #[test]
-fn deleted_held_waits_a_deleted_lease_that_was_held_expires_as_the_held_record_would() {
+fn deleted_held_waits_a_deleted_lease_that_was_held_expires_a_lease_after_the_delete() {
     let mut w = Sim::new();
     w.read(
         0.0,
@@ -1842,7 +1842,8 @@ fn deleted_held_waits_a_deleted_lease_that_was_held_expires_as_the_held_record_w
         Some(versioned(Some(OTHER), Some(15), Some(6), "7")),
     );
     // Renewed at 4 s; deleted by an administrator at 5 s. The holder may be cut off and
-    // still live until its renew deadline: not free before 4 + 15 = 19 s.
+    // still live until its renew deadline, and it may have renewed unseen just before the
+    // delete: not free before 5 + 15 = 20 s.
     let renewed = versioned(Some(OTHER), Some(15), Some(6), "8");
     assert!(w.m.on_watch(w.at(4.0), Ok(WatchEvent::Applied(renewed))));
     assert!(w.m.on_watch(
@@ -1854,18 +1855,53 @@ fn deleted_held_waits_a_deleted_lease_that_was_held_expires_as_the_held_record_w
     w.read(5.0, Want::Acquire, None);
     assert_eq!(
         w.wait(5.0, Want::Acquire),
-        Waiting::Backoff { until: w.at(19.0) }
+        Waiting::Backoff { until: w.at(20.0) }
     );
     // An actor restart forgets the observation, not the vanished holder.
     w.m.reset();
     w.read(6.0, Want::Acquire, None);
     assert!(matches!(
-        w.next(18.9, Want::Acquire),
+        w.next(19.9, Want::Acquire),
         Step::Wait(Waiting::Backoff { .. })
     ));
-    let call = w.call(19.0, Want::Acquire);
+    let call = w.call(20.0, Want::Acquire);
     assert_eq!(call.op, Op::Create);
     assert_eq!(record_of(&call).lease_transitions, Some(7), "not 0");
+}
+
+#[test]
+fn deleted_held_waits_renewals_unseen_during_a_gap_count_up_to_the_delete() {
+    // Seed 406 of tests/safety.rs: a candidate saw the holder's record at 0 s, then its calls
+    // stalled while the holder renewed; the Lease was deleted at 100 s and the candidate's
+    // next read found it missing. The last change it saw (0 s) says nothing of the
+    // renewals it missed: the holder may have renewed at 99 s and be live until its deadline.
+    let mut w = Sim::new();
+    w.read(
+        0.0,
+        Want::Acquire,
+        Some(versioned(Some(OTHER), Some(15), Some(6), "7")),
+    );
+    // By our observation it expired at 15 s: our acquisition stalls and times out.
+    let call = w.call(15.0, Want::Acquire);
+    assert_eq!(call.op, Op::Acquire);
+    assert!(matches!(
+        w.answer(
+            25.0,
+            Err(StoreError::Timeout {
+                operation: "acquire".into(),
+                after: s(10),
+            })
+        ),
+        Outcome::Retry { .. }
+    ));
+    w.read(100.0, Want::Acquire, None);
+    assert_eq!(
+        w.wait(100.0, Want::Acquire),
+        Waiting::Backoff { until: w.at(115.0) }
+    );
+    let call = w.call(115.0, Want::Acquire);
+    assert_eq!(call.op, Op::Create);
+    assert_eq!(record_of(&call).lease_transitions, Some(7));
 }
 
 #[test]

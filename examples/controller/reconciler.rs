@@ -12,7 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 
@@ -231,9 +231,11 @@ pub async fn run(api: Api<ConfigMap>, term: Term) {
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(error) = result {
-                // Watch errors and failed reconciles: the controller retries them itself.
-                tracing::debug!(%error, "controller");
+            match result {
+                // Logged by `error_policy`, and retried.
+                Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+                // Watch errors: the controller backs off and watches again.
+                Err(error) => tracing::warn!(%error, "controller"),
             }
         })
         .await;

@@ -143,7 +143,7 @@ async fn an_up_to_date_map_is_left_alone_and_anything_else_is_rewritten() {
     assert!(status_patch(&unfenced, &term_a, "t1").unwrap().is_some());
 
     // The next leader takes it over with its own, higher fence.
-    let (b, _) = (Dsync::new(store.clone(), "pod-b").unwrap(), ());
+    let b = Dsync::new(store.clone(), "pod-b").unwrap();
     let election_b = b.election(super::reconciler::ELECTION).unwrap();
     a.shutdown().await.unwrap();
     let term_b = dsync::testing::within(LIMIT, "b elected", election_b.elected())

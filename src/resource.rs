@@ -121,7 +121,7 @@ pub enum NameError {
 /// assert_eq!(r.to_string(), "prod//reports");
 /// assert_eq!(r.election_name(), "unscoped.election.reports");
 /// assert!("prod/reports/".parse::<Resource>().is_err()); // empty name
-/// # Ok::<(), dsync::NameError>(())
+/// # Ok::<(), dsync::resource::NameError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Resource {
@@ -297,7 +297,9 @@ impl FromStr for Resource {
 /// possible; `Display` gives the Lease name again.
 ///
 /// ```
-/// use dsync::{LeaseKind, LeaseName, Resource};
+/// use dsync::Resource;
+/// use dsync::resource::LeaseKind;
+/// use dsync::resource::LeaseName;
 /// let parsed = LeaseName::parse("billing.semaphore.pool.3").unwrap();
 /// assert_eq!(parsed.kind, LeaseKind::Semaphore);
 /// assert_eq!((parsed.scope.as_str(), parsed.name.as_str(), parsed.slot), ("billing", "pool", Some(3)));

@@ -117,7 +117,8 @@ impl Timing {
     /// NaN and infinite values are [`TimingError::BadSeconds`], then as [`Timing::new`].
     ///
     /// ```
-    /// use dsync::{Timing, TimingError};
+    /// use dsync::Timing;
+    /// use dsync::timing::TimingError;
     /// let t = Timing::from_secs_f64(15.0, 10.0, 2.0).unwrap();
     /// assert_eq!(t, Timing::default());
     /// assert!(matches!(

@@ -66,10 +66,12 @@ pub enum NameError {
         /// Its length.
         len: usize,
     },
-    /// The lease name is not a lowercase DNS-1123 subdomain.
+    /// The lease name is not a lowercase DNS-1123 subdomain. ([`sanitize_name`] makes one
+    /// of any text; the message does not say so, as it also reaches users of the command
+    /// line, who have no such function.)
     #[error(
         "lease name {name:?} is not a DNS-1123 subdomain (lowercase a-z, 0-9, '-' and '.', \
-         starting and ending with an alphanumeric character); try sanitize_name()"
+         starting and ending with an alphanumeric character)"
     )]
     InvalidName {
         /// The offending lease name.
@@ -88,7 +90,7 @@ pub enum NameError {
     /// [`Dsync::lock`](crate::Dsync::lock), in a [`Resource`] or in the text parsed into
     /// one (`"scope/"`): almost always an unset variable. The Go package `tempcke/dsync`
     /// defaulted it to [`MASTER`]; here, ask for that name explicitly.
-    #[error("the {kind} name is empty; pass dsync::MASTER for the conventional default name")]
+    #[error("the {kind} name is empty")]
     EmptyName {
         /// `election`, `lock`, or `resource` (validated without a kind).
         kind: &'static str,

@@ -286,17 +286,21 @@ async fn bad_input_gets_usage_errors_and_missing_rights_the_permission_code() {
         .as_user(&cli.kubeconfig)
         .with_timing(&[])
         .run(&[
+            "lock",
+            "x",
             "--lease-duration",
             "1s",
             "--renew-deadline",
             "2s",
-            "lock",
-            "x",
             "--",
             "true",
         ])
         .await;
-    assert_eq!(bad_timing.code, Some(DSYNC_FAILED), "{bad_timing:?}");
+    assert_eq!(bad_timing.code, Some(USAGE), "{bad_timing:?}");
+    assert!(
+        bad_timing.stderr.contains("--renew-deadline"),
+        "{bad_timing:?}"
+    );
     assert!(bad_timing.stderr.contains("renew"), "{bad_timing:?}");
     let missing = cli.run(&["lock", "x", "--", "/no/such/program"]).await;
     assert_eq!(missing.code, Some(127), "{missing:?}");
@@ -530,9 +534,9 @@ const LEADER: &str = r#"trap 'echo "$DSYNC_HOLDER stops"; exit 0' TERM; echo "$D
 async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
     let cli = Cli::admin().await;
     let mut a = cli.spawn(&[
+        "run",
         "--identity",
         "pod-a",
-        "run",
         "work",
         "--",
         "sh",
@@ -541,9 +545,9 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
     ]);
     let first: i32 = last_number(&a.stdout_line("pod-a leads").await);
     let mut b = cli.spawn(&[
+        "run",
         "--identity",
         "pod-b",
-        "run",
         "work",
         "--",
         "sh",
@@ -588,9 +592,9 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
         .await;
     assert_eq!(once.code, Some(3), "{once:?}");
     let mut once = cli.spawn(&[
+        "run",
         "--identity",
         "pod-c",
-        "run",
         "batch",
         "--once",
         "--",
@@ -610,9 +614,9 @@ async fn run_follows_terms_and_handoff_moves_the_command_to_another_pod() {
     // A handoff to an identity that never takes over: the leader still hands over (and
     // campaigns again after the successor's grace); the CLI gives up after --timeout.
     let mut solo = cli.spawn(&[
+        "run",
         "--identity",
         "pod-c",
-        "run",
         "solo",
         "--",
         "sh",
@@ -686,9 +690,9 @@ async fn cli_one_identity_twice_never_runs_two_commands_at_once() {
         let log = scratch("log");
         let spawn = |who: &str| {
             let mut cmd = cli.command(&[
+                sub,
                 "--identity",
                 "twin",
-                sub,
                 "twins",
                 "--",
                 "sh",
@@ -743,4 +747,274 @@ async fn operator_release_grace_release_force_leaves_a_grace_and_now_frees_at_on
     }
     let usage = cli.run(&["release", "graced", "--now"]).await;
     assert_eq!(usage.code, Some(2), "{usage:?}");
+}
+
+/// `dsync ARGS` run without the harness (flags and help only), to its end.
+fn offline(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dsync"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_lists_the_environment_and_each_subcommand_only_its_own_flags() {
+    let top = String::from_utf8(offline(&["--help"]).stdout).unwrap();
+    for var in [
+        "KUBE_NAMESPACE",
+        "KUBE_LEASE_SCOPE",
+        "KUBE_POD_NAME",
+        "KUBE_CONFIG_PATH",
+        "KUBECONFIG",
+        "RUST_LOG",
+        "DSYNC_LEASE",
+        "DSYNC_NAMESPACE",
+        "DSYNC_HOLDER",
+        "DSYNC_FENCING_TOKEN",
+        "DSYNC_SLOT",
+    ] {
+        assert!(top.contains(var), "--help does not name {var}:\n{top}");
+    }
+    let help = |sub: &str| String::from_utf8(offline(&[sub, "--help"]).stdout).unwrap();
+    // Who holds and how long: only where a lease is held.
+    for sub in ["lock", "run"] {
+        let text = help(sub);
+        for flag in [
+            "--identity",
+            "--lease-duration",
+            "--kill-after",
+            "--command",
+            "--namespace",
+        ] {
+            assert!(
+                text.contains(flag),
+                "dsync {sub} --help has no {flag}:\n{text}"
+            );
+        }
+    }
+    assert!(help("lock").contains("--conflict-exit-code"));
+    for sub in ["status", "release", "handoff", "observe"] {
+        let text = help(sub);
+        for flag in [
+            "--identity",
+            "--lease-duration",
+            "--renew-deadline",
+            "--retry-period",
+            "--kill-after",
+            "--conflict-exit-code",
+        ] {
+            assert!(
+                !text.contains(flag),
+                "dsync {sub} --help lists {flag}, which does nothing there:\n{text}"
+            );
+        }
+        assert!(text.contains("--namespace"), "{sub}: {text}");
+    }
+    assert!(help("observe").contains("--semaphore"));
+}
+
+#[actix_rt::test]
+async fn conflict_exit_code_and_shell_mode_as_flock() {
+    let cli = Cli::admin().await;
+    let mut holder = cli.spawn(&["lock", "busy", "-c", "echo held; exec sleep 30"]);
+    holder.stdout_line("held").await;
+    // Busy: the chosen code instead of 75 (0 for a cron job), and the command does not run.
+    let skipped = cli
+        .run(&[
+            "lock",
+            "busy",
+            "--try",
+            "--conflict-exit-code",
+            "0",
+            "-c",
+            "echo ran",
+        ])
+        .await;
+    assert_eq!(skipped.code, Some(0), "{skipped:?}");
+    assert!(!skipped.stdout.contains("ran"), "{skipped:?}");
+    assert!(skipped.stderr.contains("held by"), "{skipped:?}");
+    let timed_out = cli
+        .run(&[
+            "lock",
+            "busy",
+            "--timeout",
+            "500ms",
+            "-E",
+            "9",
+            "--",
+            "true",
+        ])
+        .await;
+    assert_eq!(timed_out.code, Some(9), "{timed_out:?}");
+    let plain = cli.run(&["lock", "busy", "--try", "--", "true"]).await;
+    assert_eq!(plain.code, Some(TIMEOUT), "{plain:?}");
+    // -c: the string runs with sh -c, with dsync's variables, and its exit code passes through.
+    let shell = cli
+        .run(&["lock", "free", "-c", "echo \"in $DSYNC_LEASE\"; exit 3"])
+        .await;
+    assert_eq!(shell.code, Some(3), "{shell:?}");
+    assert!(shell.stdout.contains("in unscoped.lock.free"), "{shell:?}");
+    // A granted lock is not a conflict: the command's own code, even with -E.
+    let granted = cli
+        .run(&["lock", "free", "--try", "-E", "0", "-c", "exit 4"])
+        .await;
+    assert_eq!(granted.code, Some(4), "{granted:?}");
+    holder.signal(Signal::SIGTERM);
+    holder.exit(LIMIT).await;
+}
+
+#[actix_rt::test]
+async fn bad_flag_values_exit_2_naming_the_flag_and_messages_give_no_library_advice() {
+    let cli = Cli::admin().await;
+    let flag = cli.run(&["--namespace", "Not_A_Namespace", "status"]).await;
+    assert_eq!(flag.code, Some(USAGE), "{flag:?}");
+    assert!(flag.stderr.contains("--namespace"), "{flag:?}");
+    assert!(!flag.stderr.contains("KUBE_NAMESPACE"), "{flag:?}");
+    // From the environment it is a configuration error naming the variable.
+    let env = cli
+        .command(&["status"])
+        .env("KUBE_NAMESPACE", "Not_A_Namespace")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&env.stderr);
+    assert_eq!(env.status.code(), Some(DSYNC_FAILED), "{stderr}");
+    assert!(stderr.contains("KUBE_NAMESPACE"), "{stderr}");
+    for name in ["Not A Name", ""] {
+        let done = cli.run(&["lock", name, "--", "true"]).await;
+        assert_eq!(done.code, Some(USAGE), "{done:?}");
+        for advice in ["sanitize_name", "dsync::", "MASTER", "()"] {
+            assert!(
+                !done.stderr.contains(advice),
+                "library advice {advice:?}: {done:?}"
+            );
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
+    let cli = Cli::admin().await;
+    let done = cli
+        .command(&["status"])
+        .env("RUST_LOG", "dsync=debug,kube=debug")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("DEBUG"), "something was logged: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "ANSI escapes in a pipe: {stderr:?}"
+    );
+}
+
+#[actix_rt::test]
+async fn release_on_a_semaphore_suggests_slot_and_observe_follows_its_slots() {
+    let cli = Cli::admin().await;
+    let mut observer = cli.spawn(&["observe", "pool", "--semaphore"]);
+    let mut holder = cli.spawn(&[
+        "lock",
+        "pool",
+        "-n",
+        "2",
+        "--identity",
+        "sem-a",
+        "-c",
+        "echo \"held $DSYNC_SLOT\"; exec sleep 30",
+    ]);
+    let slot = last_number(&holder.stdout_line("held").await);
+    let line = observer.stdout_line("sem-a").await;
+    assert!(line.contains(&format!("pool[{slot}]")), "{line}");
+    let release = cli.run(&["release", "pool", "--force"]).await;
+    assert_eq!(release.code, Some(USAGE), "{release:?}");
+    assert!(
+        release.stderr.contains("--slot") && release.stderr.contains("sem-a"),
+        "{release:?}"
+    );
+    holder.signal(Signal::SIGTERM);
+    holder.exit(LIMIT).await;
+    let line = observer.stdout_line("free").await;
+    assert!(line.contains(&format!("pool[{slot}]")), "{line}");
+    observer.signal(Signal::SIGTERM);
+    let (status, stderr) = observer.exit(LIMIT).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[actix_rt::test]
+async fn status_shows_free_leases_as_free_since_and_a_change_it_cannot_show_not_at_all() {
+    let cli = Cli::admin().await;
+    let done = cli.run(&["lock", "once", "--", "true"]).await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let status = cli.run(&["status", "once"]).await;
+    let row = status
+        .stdout
+        .lines()
+        .find(|l| l.contains("once"))
+        .unwrap_or_else(|| panic!("{status:?}"))
+        .to_owned();
+    assert!(
+        row.contains("free since"),
+        "a free lease was not acquired: {row}"
+    );
+
+    let mut watch = cli.spawn(&["status", "--watch", "edited"]);
+    watch.stdout_line("EXPIRED").await; // the table's header: the watch is on
+    let mut holder = cli.spawn(&[
+        "lock",
+        "edited",
+        "--identity",
+        "edit-a",
+        "-c",
+        "echo held; exec sleep 30",
+    ]);
+    holder.stdout_line("held").await;
+    watch.stdout_line("holder edit-a").await;
+    // A change the line does not show (the declared duration, as an edit would make; the
+    // holder's next renewal writes its own back): no line that looks like the last one.
+    let store = cli.store().await;
+    let key = LeaseKey::new(&cli.ns, "unscoped.lock.edited");
+    let current = store.get(&key).await.unwrap();
+    let mut record = current.record.clone();
+    record.lease_duration_seconds = Some(record.lease_duration_seconds.unwrap_or(3) + 1);
+    store
+        .replace(&key, record, &current.resource_version)
+        .await
+        .unwrap();
+    holder.signal(Signal::SIGTERM);
+    holder.exit(LIMIT).await;
+    let lines = watch.stdout_until("free").await;
+    let held: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("holder edit-a"))
+        .collect();
+    assert!(held.is_empty(), "the same holder line again: {lines:?}");
+    watch.signal(Signal::SIGTERM);
+    watch.exit(LIMIT).await;
+}
+
+#[actix_rt::test]
+async fn the_waiting_line_never_names_the_waiter_itself() {
+    let cli = Cli::admin().await;
+    let mut holder = cli.spawn(&["lock", "queue", "-c", "echo held; exec sleep 1"]);
+    holder.stdout_line("held").await;
+    let waiter = cli
+        .run(&[
+            "lock",
+            "queue",
+            "--identity",
+            "waiter-b",
+            "--timeout",
+            "30s",
+            "-c",
+            "echo got",
+        ])
+        .await;
+    assert_eq!(waiter.code, Some(0), "{waiter:?}");
+    assert!(waiter.stdout.contains("got"), "{waiter:?}");
+    assert!(waiter.stderr.contains("waiting for"), "{waiter:?}");
+    assert!(!waiter.stderr.contains("held by waiter-b"), "{waiter:?}");
+    holder.exit(LIMIT).await;
 }

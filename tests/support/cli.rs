@@ -45,6 +45,35 @@ pub const SLOW: [&str; 6] = [
     "1s",
 ];
 
+/// `args` with the lease timing after the subcommand, for the subcommands that hold leases
+/// (`lock`, `run`: only they take timing flags); other subcommands as given.
+fn with_timing(args: &[&str], timing: &[String]) -> Vec<String> {
+    // The subcommand: the first word that is neither a flag nor a global flag's value.
+    let mut at = None;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i] {
+            "--namespace" | "--scope" | "--kubeconfig" => i += 2,
+            a if a.starts_with('-') => i += 1,
+            _ => {
+                at = Some(i);
+                break;
+            }
+        }
+    }
+    let at = at.filter(|at| args[*at] == "lock" || args[*at] == "run");
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if let Some(at) = at {
+        // Before any `--` (the command's own arguments).
+        if out[..at].iter().all(|a| a != "--") {
+            for (i, flag) in timing.iter().enumerate() {
+                out.insert(at + 1 + i, flag.clone());
+            }
+        }
+    }
+    out
+}
+
 /// The CLI, configured for one namespace and one harness user.
 pub struct Cli {
     pub ns: String,
@@ -96,8 +125,7 @@ impl Cli {
             .env_remove("RUST_LOG")
             .env("KUBE_CONFIG_PATH", &self.kubeconfig)
             .env("KUBE_NAMESPACE", &self.ns)
-            .args(&self.timing)
-            .args(args)
+            .args(with_timing(args, &self.timing))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -164,6 +192,28 @@ impl Proc {
 
     /// The next stdout line that contains `needle` (earlier lines are skipped). If the
     /// process ends first, the panic shows what it printed and how it exited.
+    /// Every stdout line up to and including the first containing `needle`.
+    pub async fn stdout_until(&mut self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(LIMIT, async {
+            while let Some(line) = self.out.next_line().await.unwrap() {
+                let done = line.contains(needle);
+                seen.push(line);
+                if done {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "dsync {:?} printed no {needle:?} within {LIMIT:?}: {seen:?}",
+            self.args
+        );
+        seen
+    }
+
     pub async fn stdout_line(&mut self, needle: &str) -> String {
         let mut skipped = Vec::new();
         let found = tokio::time::timeout(LIMIT, async {

@@ -178,7 +178,7 @@ async fn lock_one(
         }
         Err(Error::AlreadyLocked { .. }) => {
             let observer = dsync.observe_lock(&args.name)?;
-            let _progress = Progress::follow(ui, what.clone(), observer.watch());
+            let _progress = Progress::follow(ui, what.clone(), dsync.identity(), observer.watch());
             let waited = async {
                 match args.timeout {
                     Some(timeout) => lock.lock_timeout(timeout).await,
@@ -343,7 +343,7 @@ async fn guarded(
         term.fencing_token()
     ));
     let env = lease_env(lease, term, slot);
-    let outcome = match Child::spawn(&args.command, &env) {
+    let outcome = match Child::spawn(&args.command.argv(), &env) {
         Ok(mut child) => {
             let ended = format!("lost {what}");
             Ok(supervise(&mut child, term, interrupts, stop, ui, &ended).await)
@@ -415,7 +415,7 @@ pub async fn run(
     let what = format!("election {:?}", args.election);
     let (reports, mut reported) = mpsc::unbounded_channel::<TermReport>();
     let work = Arc::new(TermWork {
-        command: args.command.clone(),
+        command: args.command.argv(),
         stop: stop.clone(),
         ui: ui.clone(),
         what: what.clone(),

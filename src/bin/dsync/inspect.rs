@@ -105,7 +105,8 @@ impl Row {
             "slot": self.name.slot,
             "holder": self.holder(),
             "fencing_token": record.lease_transitions,
-            "acquired": record.acquire_time.map(timestamp),
+            "acquired": self.holder().and(record.acquire_time).map(timestamp),
+            "free_since": if self.holder().is_none() { record.renew_time.map(timestamp) } else { None },
             "renewed": record.renew_time.map(timestamp),
             "renewed_seconds_ago": record.renew_time.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_secs_f64()),
             "lease_duration_seconds": record.lease_duration_seconds,
@@ -173,8 +174,15 @@ pub fn table(rows: &[Row], now: SystemTime) -> String {
                 .lease_transitions
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "-".into()),
-            ago(record.acquire_time, now),
-            ago(record.renew_time, now),
+            // A free lease's times are its release's: when it became free, not an acquisition.
+            match row.holder() {
+                Some(_) => ago(record.acquire_time, now),
+                None => format!("free since {}", ago(record.renew_time, now)),
+            },
+            match row.holder() {
+                Some(_) => ago(record.renew_time, now),
+                None => "-".into(),
+            },
             row.duration().map(human).unwrap_or_else(|| "-".into()),
             match row.expired_by_clock(now) {
                 None => "-".into(),
@@ -230,12 +238,15 @@ pub struct Filter {
     pub scope: Option<String>,
     /// Only this election, lock or semaphore name.
     pub name: Option<String>,
+    /// Only this kind of lease.
+    pub kind: Option<LeaseKind>,
 }
 
 impl Filter {
     fn keeps(&self, row: &Row) -> bool {
         self.scope.as_ref().is_none_or(|s| *s == row.name.scope)
             && self.name.as_ref().is_none_or(|n| *n == row.name.name)
+            && self.kind.is_none_or(|k| k == row.name.kind)
     }
 }
 
@@ -283,6 +294,7 @@ pub async fn status(
     let filter = Filter {
         scope: scope_given.then(|| dsync.config().scope.clone()),
         name: args.name.clone(),
+        kind: None,
     };
     // The store's watch starts with a list of its own (and lists again after every
     // reconnect), so a change between our list and the watch is not missed: the replay of
@@ -345,6 +357,10 @@ pub async fn status(
 /// holders judge it), and whether its expiry has been reported.
 struct Follow {
     known: BTreeMap<String, (Observed<Row>, bool)>,
+    /// What was last printed of each lease (without its time): a change that shows the same
+    /// (a field the line does not show, e.g. a cleared handoff request) prints nothing, so a
+    /// lease never shows twice in a row alike.
+    printed: BTreeMap<String, String>,
 }
 
 /// The current instant on the library's clock. (Tokio's clock, so that tests can pause it; its
@@ -366,7 +382,27 @@ impl Follow {
                     )
                 })
                 .collect(),
+            printed: BTreeMap::new(),
         }
+    }
+
+    /// `line` unless it says what was last printed of `lease` (its time aside).
+    fn once(
+        printed: &mut BTreeMap<String, String>,
+        lease: &str,
+        line: String,
+        output: Output,
+    ) -> Option<String> {
+        let shown = match output {
+            // The time is the first word; JSON lines compare as the lease's visible fields do.
+            Output::Table => line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest),
+            Output::Json => return Some(line),
+        };
+        if printed.get(lease).map(String::as_str) == Some(shown) {
+            return None;
+        }
+        printed.insert(lease.to_owned(), shown.to_owned());
+        Some(line)
     }
 
     fn apply(
@@ -391,7 +427,10 @@ impl Follow {
                     }
                     // A renewal: nothing to print, but expiry counts from now again.
                     Some(old) if old.visible() == row.visible() => {}
-                    _ => lines.push(change_line("changed", &row, now, output)),
+                    _ => {
+                        let line = change_line("changed", &row, now, output);
+                        lines.extend(Self::once(&mut self.printed, &row.key.name, line, output));
+                    }
                 }
                 let name = row.key.name.clone();
                 let observed = Observed::update(previous, Some(row), local_now());
@@ -400,7 +439,12 @@ impl Follow {
             }
             dsync::store::WatchEvent::Deleted { name } => {
                 match self.known.remove(&name).and_then(|(o, _)| o.lease) {
-                    Some(row) => vec![change_line("deleted", &row, now, output)],
+                    Some(row) => {
+                        let line = change_line("deleted", &row, now, output);
+                        Self::once(&mut self.printed, &name, line, output)
+                            .into_iter()
+                            .collect()
+                    }
                     None => Vec::new(),
                 }
             }
@@ -422,17 +466,23 @@ impl Follow {
     fn expire(&mut self, output: Output) -> Vec<String> {
         let now = local_now();
         let wall = SystemTime::now();
-        let mut lines = Vec::new();
+        let mut expired = Vec::new();
         for (observed, reported) in self.known.values_mut() {
             if !*reported
                 && observed.expiry(None).is_some_and(|at| at <= now)
                 && let Some(row) = &observed.lease
             {
                 *reported = true;
-                lines.push(change_line("expired", row, wall, output));
+                expired.push((
+                    row.key.name.clone(),
+                    change_line("expired", row, wall, output),
+                ));
             }
         }
-        lines
+        expired
+            .into_iter()
+            .filter_map(|(name, line)| Self::once(&mut self.printed, &name, line, output))
+            .collect()
     }
 }
 
@@ -565,6 +615,21 @@ async fn resolve(
     }
     match found.len() {
         1 => Ok(found.remove(0)),
+        // A semaphore has no lease of its own name: one per slot. Say which to name.
+        0 if let Some(slots) = semaphore_slots(dsync, store, name).await? => Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "{name:?} is a semaphore: release one of its slots with --slot I ({})",
+                slots
+                    .iter()
+                    .map(|(slot, holder)| match holder {
+                        Some(h) => format!("slot {slot} held by {h}"),
+                        None => format!("slot {slot} free"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
         0 => Err(Failure::new(
             exit::DSYNC_FAILED,
             format!(
@@ -578,6 +643,30 @@ async fn resolve(
             format!("both a lock and an election are named {name:?}: say which with --kind"),
         )),
     }
+}
+
+/// The slots of the semaphore `name` (in the configured scope) that have a Lease, with their
+/// holders; `None` if it has none.
+async fn semaphore_slots(
+    dsync: &Dsync,
+    store: &Arc<dyn LeaseStore>,
+    name: &str,
+) -> Result<Option<Vec<(usize, Option<String>)>>, Failure> {
+    let config = dsync.config();
+    let listed = store
+        .list(&config.namespace)
+        .await
+        .map_err(|e| store_failure(&format!("list leases in namespace {}", config.namespace), e))?;
+    let filter = Filter {
+        scope: Some(config.scope.clone()),
+        name: Some(name.to_owned()),
+        kind: Some(LeaseKind::Semaphore),
+    };
+    let slots: Vec<(usize, Option<String>)> = rows(&config.namespace, listed, &filter)
+        .into_iter()
+        .filter_map(|r| Some((r.name.slot?, r.holder().map(str::to_owned))))
+        .collect();
+    Ok((!slots.is_empty()).then_some(slots))
 }
 
 /// `dsync handoff ELECTION --to ID`.
@@ -634,13 +723,87 @@ pub async fn handoff(
     outcome
 }
 
-/// `dsync observe NAME`.
-pub async fn observe(
+/// `dsync observe NAME --semaphore`: every slot's Lease of the semaphore (one per permit),
+/// from one list and the namespace's watch: a line per slot now, then a line whenever a
+/// slot's holder changes, it expires by this observer, or it is deleted.
+async fn observe_semaphore(
     dsync: &Dsync,
+    store: &Arc<dyn LeaseStore>,
     args: &ObserveArgs,
     mut interrupts: Interrupts,
     ui: &Ui,
 ) -> Result<i32, Failure> {
+    let config = dsync.config();
+    let namespace = config.namespace.clone();
+    let filter = Filter {
+        scope: Some(config.scope.clone()),
+        name: Some(args.name.clone()),
+        kind: Some(LeaseKind::Semaphore),
+    };
+    ui.info(&format!(
+        "observing semaphore {:?} (leases {}.semaphore.{}.<slot> in namespace {namespace})",
+        args.name, config.scope, args.name
+    ));
+    let mut changes = store.watch(&namespace);
+    let listed = store
+        .list(&namespace)
+        .await
+        .map_err(|e| store_failure(&format!("list leases in namespace {namespace}"), e))?;
+    let rows = rows(&namespace, listed, &filter);
+    let now = SystemTime::now();
+    if rows.is_empty() {
+        ui.info(&format!("semaphore {:?} has no slot yet", args.name));
+    }
+    for row in &rows {
+        println!("{}", change_line("listed", row, now, args.output));
+    }
+    let mut follow = Follow::new(rows);
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let expiry = follow.next_expiry();
+        tokio::select! {
+            event = changes.next() => match event {
+                None => return Err(Failure::new(exit::DSYNC_FAILED, "the watch on leases ended")),
+                Some(Err(e)) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if let Some(limit) = args.give_up.give_up_after.0
+                        && since.elapsed() >= limit
+                    {
+                        return Err(Failure::new(
+                            exit::DSYNC_FAILED,
+                            format!("observing semaphore {:?}: {}", args.name, exit::chain(&e)),
+                        ));
+                    }
+                    ui.warn(&format!("{}; retrying", exit::chain(&e)));
+                }
+                Some(Ok(event)) => {
+                    failing_since = None;
+                    for line in follow.apply(&namespace, event, &filter, args.output) {
+                        println!("{line}");
+                    }
+                }
+            },
+            _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                for line in follow.expire(args.output) {
+                    println!("{line}");
+                }
+            }
+            _ = interrupts.recv() => return Ok(exit::OK),
+        }
+    }
+}
+
+/// `dsync observe NAME`.
+pub async fn observe(
+    dsync: &Dsync,
+    store: &Arc<dyn LeaseStore>,
+    args: &ObserveArgs,
+    mut interrupts: Interrupts,
+    ui: &Ui,
+) -> Result<i32, Failure> {
+    if args.semaphore {
+        return observe_semaphore(dsync, store, args, interrupts, ui).await;
+    }
     let observer = if args.lock {
         dsync.observe_lock(&args.name)?
     } else {
@@ -755,6 +918,7 @@ mod tests {
         let all = Filter {
             scope: None,
             name: None,
+            kind: None,
         };
         let shown: Vec<String> = rows("ns", leases.clone(), &all)
             .iter()
@@ -771,11 +935,13 @@ mod tests {
         let team = Filter {
             scope: Some("team".into()),
             name: None,
+            kind: None,
         };
         assert_eq!(rows("ns", leases.clone(), &team).len(), 1);
         let nightly = Filter {
             scope: None,
             name: Some("nightly".into()),
+            kind: None,
         };
         assert_eq!(rows("ns", leases, &nightly)[0].name.kind, LeaseKind::Lock);
     }
@@ -794,6 +960,7 @@ mod tests {
             &Filter {
                 scope: None,
                 name: None,
+                kind: None,
             },
         );
         let by_name = |n: &str| rows.iter().find(|r| r.name.name == n).unwrap();
@@ -825,6 +992,7 @@ mod tests {
         let filter = Filter {
             scope: None,
             name: None,
+            kind: None,
         };
         let mut follow = Follow::new(rows("ns", vec![listed], &filter));
         assert!(follow.expire(Output::Table).is_empty());
@@ -849,6 +1017,7 @@ mod tests {
         let filter = Filter {
             scope: None,
             name: None,
+            kind: None,
         };
         let mut follow = Follow::new(rows("ns", vec![listed.clone()], &filter));
         let replay = dsync::store::WatchEvent::Applied(listed.clone());

@@ -58,9 +58,10 @@ struct Cli {
 const AFTER_HELP: &str = "\
 Exit codes:
   (the command's)  lock, run: the command's own exit code (128+N if killed by signal N)
-  2                bad flags or arguments (also a --kill-after the lease timing cannot fit);
-                   release without --force
-  75               the lock or permit was not granted in time (--timeout, --try);
+  2                bad flags or arguments, naming the flag (also a --kill-after the lease
+                   timing cannot fit); release without --force
+  75               the lock or permit was not granted in time (--timeout, --try; lock
+                   --conflict-exit-code N exits N instead, e.g. 0 for a cron job);
                    handoff: the new leader did not take over within --timeout
   76               the lease was lost while the command ran (its process group was stopped)
   78               configuration, permission (RBAC) or API server error; run, observe and a
@@ -74,11 +75,25 @@ Signals (lock, run):
   then SIGKILL after --kill-after; the lease is released once the group has exited. If dsync
   itself dies (even by SIGKILL), a watchdog process SIGKILLs the group at once.
 
-Environment:
-  KUBE_NAMESPACE, KUBE_LEASE_SCOPE, KUBE_POD_NAME, KUBE_CONFIG_PATH  (see the flags)
-  RUST_LOG         what dsync logs on stderr, e.g. RUST_LOG=dsync=debug (default: nothing)";
+Environment (read by dsync; a flag given wins):
+  KUBE_NAMESPACE       namespace of the leases (--namespace; default: default)
+  KUBE_LEASE_SCOPE     scope prefixed to lease names (--scope; default: unscoped)
+  KUBE_POD_NAME        base of the holder identity (lock, run --identity); also written on
+                       the Lease as the holder's pod, for the server-side holder fence
+  KUBE_CONFIG_PATH     kubeconfig file (--kubeconfig); else KUBECONFIG, ~/.kube/config,
+                       then the in-cluster service account
+  KUBECONFIG           the kubeconfig files, as kubectl reads them
+  RUST_LOG             what dsync logs on stderr, e.g. RUST_LOG=dsync=debug (default:
+                       nothing); plain text when stderr is not a terminal
 
-/// Where the leases are and who this process is; every subcommand takes these.
+Environment of CMD (lock, run), set by dsync:
+  DSYNC_LEASE          the Lease's name
+  DSYNC_NAMESPACE      its namespace
+  DSYNC_HOLDER         the holder identity
+  DSYNC_FENCING_TOKEN  the term's fencing token: pass it to writes that must be fenced
+  DSYNC_SLOT           the semaphore slot (lock -n)";
+
+/// Where the leases are; every subcommand takes these.
 #[derive(Debug, Args)]
 struct Global {
     /// Namespace of the leases [env: KUBE_NAMESPACE; default: default]
@@ -87,26 +102,57 @@ struct Global {
     /// Scope prefixed to lease names [env: KUBE_LEASE_SCOPE; default: unscoped]
     #[arg(long, global = true)]
     scope: Option<String>,
-    /// Holder identity, taken as given. Default: KUBE_POD_NAME (else the host name) and a random
-    /// suffix, new for every process, so two commands never take each other's lease for their
-    /// own (`status` shows it; `handoff --to` names it)
-    #[arg(long, global = true, value_name = "ID")]
-    identity: Option<String>,
     /// Kubeconfig file [env: KUBE_CONFIG_PATH; default: $KUBECONFIG, ~/.kube/config, in-cluster]
     #[arg(long, global = true, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
-    /// How long others wait after the holder's last renewal (whole seconds)
-    #[arg(long, global = true, value_parser = duration::parse, default_value = "15s", value_name = "DUR")]
-    lease_duration: Duration,
-    /// The holder gives the lease up if it could not renew for this long
-    #[arg(long, global = true, value_parser = duration::parse, default_value = "10s", value_name = "DUR")]
-    renew_deadline: Duration,
-    /// Pause between attempts to acquire or renew
-    #[arg(long, global = true, value_parser = duration::parse, default_value = "2s", value_name = "DUR")]
-    retry_period: Duration,
     /// Print nothing on stderr but errors
     #[arg(short, long, global = true)]
     quiet: bool,
+}
+
+/// Who holds, and the lease timing: only `lock` and `run` hold leases.
+#[derive(Debug, Args, Default)]
+struct HoldArgs {
+    /// Holder identity, taken as given. Default: KUBE_POD_NAME (else the host name) and a random
+    /// suffix, new for every process, so two commands never take each other's lease for their
+    /// own (`status` shows it; `handoff --to` names it)
+    #[arg(long, value_name = "ID")]
+    identity: Option<String>,
+    /// How long others wait after the holder's last renewal (whole seconds) [default: 15s]
+    #[arg(long, value_parser = duration::parse, value_name = "DUR")]
+    lease_duration: Option<Duration>,
+    /// The holder gives the lease up if it could not renew for this long [default: 10s]
+    #[arg(long, value_parser = duration::parse, value_name = "DUR")]
+    renew_deadline: Option<Duration>,
+    /// Pause between attempts to acquire or renew [default: 2s]
+    #[arg(long, value_parser = duration::parse, value_name = "DUR")]
+    retry_period: Option<Duration>,
+}
+
+/// The command to run: after `--`, or one shell string with `-c` (as flock's `-c`).
+#[derive(Debug, Args)]
+struct CommandArgs {
+    /// Run this string with `sh -c` (instead of CMD after `--`)
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "STRING",
+        conflicts_with = "command"
+    )]
+    shell: Option<String>,
+    /// The command and its arguments
+    #[arg(last = true, required_unless_present = "shell", value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+impl CommandArgs {
+    /// The argv to run: `sh -c STRING`, or CMD as given.
+    fn argv(&self) -> Vec<OsString> {
+        match &self.shell {
+            Some(script) => vec!["sh".into(), "-c".into(), script.into()],
+            None => self.command.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,7 +171,8 @@ enum Command {
     /// Ask the current leader of an election to hand it to another identity, and wait until
     /// that identity leads.
     Handoff(HandoffArgs),
-    /// Follow an election (or a lock) and print every change of holder.
+    /// Follow an election (or a lock, or a semaphore's slots) and print every change of
+    /// holder.
     Observe(ObserveArgs),
     /// (internal) The watchdog of a command's process group: reads the group id on stdin and
     /// SIGKILLs the group when stdin closes without `done` (dsync died).
@@ -259,13 +306,18 @@ struct LockArgs {
     /// A semaphore of N permits instead of a lock: at most N holders at once
     #[arg(short = 'n', long = "permits", value_name = "N")]
     permits: Option<usize>,
+    /// Exit with N (instead of 75) when the lock or permit was not granted in time
+    /// (--try, --timeout), as flock's -E: 0 lets a cron job skip a run quietly
+    #[arg(short = 'E', long, value_name = "N", value_parser = clap::value_parser!(u8))]
+    conflict_exit_code: Option<u8>,
+    #[command(flatten)]
+    hold: HoldArgs,
     #[command(flatten)]
     stop: StopArgs,
     #[command(flatten)]
     give_up: GiveUpArgs,
-    /// The command and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
+    #[command(flatten)]
+    command: CommandArgs,
 }
 
 #[derive(Debug, Args)]
@@ -276,12 +328,13 @@ struct RunArgs {
     #[arg(long)]
     once: bool,
     #[command(flatten)]
+    hold: HoldArgs,
+    #[command(flatten)]
     stop: StopArgs,
     #[command(flatten)]
     give_up: GiveUpArgs,
-    /// The command and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
+    #[command(flatten)]
+    command: CommandArgs,
 }
 
 /// Output formats of `status` and `observe`.
@@ -341,7 +394,7 @@ struct ReleaseArgs {
 struct HandoffArgs {
     /// The election
     election: String,
-    /// Identity of the replica that should lead (as `status` shows it, or its `--identity`)
+    /// Identity of the replica that should lead (its holder identity, as `status` shows it)
     #[arg(long, value_name = "ID")]
     to: String,
     /// How long to wait for the new leader (exit code 75 when it runs out)
@@ -357,8 +410,11 @@ struct ObserveArgs {
     /// The election (or lock, with --lock) to follow
     name: String,
     /// Follow a lock instead of an election
-    #[arg(long)]
+    #[arg(long, conflicts_with = "semaphore")]
     lock: bool,
+    /// Follow a semaphore instead: each of its slots (a line per slot holder change)
+    #[arg(long)]
+    semaphore: bool,
     /// Output format: a line per change, or one JSON object per line
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
@@ -381,27 +437,53 @@ fn parse_signal(input: &str) -> Result<Signal, String> {
 }
 
 impl Global {
-    /// The library's configuration: flags first, then the environment, then defaults.
-    fn config(&self) -> Result<Config, Failure> {
-        let flag = |key: &str| -> Option<String> {
-            match key {
-                ENV_NAMESPACE => self.namespace.clone(),
-                ENV_SCOPE => self.scope.clone(),
-                ENV_CONFIG_PATH => self
-                    .kubeconfig
+    /// The library's configuration: flags first, then the environment, then defaults; the
+    /// identity and timing of `hold` (defaults for the subcommands that hold nothing). A bad
+    /// flag value is a usage error naming the flag (exit 2); a bad environment value names
+    /// the variable (exit 78, configuration).
+    fn config(&self, hold: &HoldArgs) -> Result<Config, Failure> {
+        let flags: [(&str, &str, Option<String>); 4] = [
+            (ENV_NAMESPACE, "--namespace", self.namespace.clone()),
+            (ENV_SCOPE, "--scope", self.scope.clone()),
+            (
+                ENV_CONFIG_PATH,
+                "--kubeconfig",
+                self.kubeconfig
                     .as_ref()
                     .map(|p| p.to_string_lossy().into_owned()),
-                ENV_POD_NAME => Some(self.identity()),
-                _ => None,
+            ),
+            (ENV_POD_NAME, "--identity", hold.identity.clone()),
+        ];
+        let identity = hold.identity();
+        let config = Config::from_lookup(|key| {
+            if key == ENV_POD_NAME {
+                return Some(identity.clone());
             }
-        };
-        let config = Config::from_lookup(|key| flag(key).or_else(|| std::env::var(key).ok()))?;
-        let mut config = config.with_timing(self.timing()?);
+            flags
+                .iter()
+                .find(|(k, _, _)| *k == key)
+                .and_then(|(_, _, v)| v.clone())
+                .or_else(|| std::env::var(key).ok())
+        })
+        .map_err(|e| match &e {
+            dsync::Error::InvalidConfig { key, reason } => {
+                match flags.iter().find(|(k, _, v)| k == key && v.is_some()) {
+                    Some((_, flag, _)) => {
+                        Failure::new(exit::USAGE, format!("invalid value for {flag}: {reason}"))
+                    }
+                    None => Failure::from(e),
+                }
+            }
+            _ => Failure::from(e),
+        })?;
+        let mut config = config.with_timing(hold.timing()?);
         // The identity came in under KUBE_POD_NAME's key; the pod is the real variable's.
         config.pod_name = std::env::var(ENV_POD_NAME).ok().filter(|p| !p.is_empty());
         Ok(config)
     }
+}
 
+impl HoldArgs {
     /// `--identity` as given, else `KUBE_POD_NAME` (or the host name) and a random suffix:
     /// two processes, even in one pod, must never take each other's lease as their own.
     fn identity(&self) -> String {
@@ -416,10 +498,24 @@ impl Global {
         format!("{base}-{suffix}")
     }
 
-    /// The lease timing the flags give (already checked by [`config`](Self::config)).
+    /// The lease timing the flags give (client-go's 15/10/2 s by default). Values that do
+    /// not fit together are a usage error naming the flags (exit 2).
     fn timing(&self) -> Result<Timing, Failure> {
-        Timing::new(self.lease_duration, self.renew_deadline, self.retry_period)
-            .map_err(|e| Failure::new(exit::DSYNC_FAILED, exit::chain(&dsync::Error::from(e))))
+        let default = Timing::default();
+        Timing::new(
+            self.lease_duration.unwrap_or(default.lease_duration()),
+            self.renew_deadline.unwrap_or(default.renew_deadline()),
+            self.retry_period.unwrap_or(default.retry_period()),
+        )
+        .map_err(|e| {
+            Failure::new(
+                exit::USAGE,
+                format!(
+                    "--lease-duration, --renew-deadline and --retry-period do not fit together: {}",
+                    exit::chain(&e)
+                ),
+            )
+        })
     }
 }
 
@@ -465,9 +561,12 @@ fn main() {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    // Colours only for a person at a terminal: a pipe or a log file gets plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -482,16 +581,23 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
             if args.permits == Some(0) {
                 return Err(Failure::new(exit::USAGE, "-n/--permits must be at least 1"));
             }
-            let config = global.config()?;
-            let stop = args.stop.check(&global.timing()?)?;
+            let config = global.config(&args.hold)?;
+            let stop = args.stop.check(&args.hold.timing()?)?;
             let (dsync, _) = connect(config, drain_for(&stop)).await?;
             let result = guard::lock(&dsync, &args, &stop, interrupts, &ui).await;
             finish(&dsync, &ui).await;
-            result
+            // Not granted in time: the code the caller chose (flock's -E), if any.
+            match (result, args.conflict_exit_code) {
+                (Err(failure), Some(code)) if failure.code == exit::TIMEOUT => {
+                    ui.error(&failure.message);
+                    Ok(i32::from(code))
+                }
+                (result, _) => result,
+            }
         }
         Command::Run(args) => {
-            let config = global.config()?;
-            let stop = args.stop.check(&global.timing()?)?;
+            let config = global.config(&args.hold)?;
+            let stop = args.stop.check(&args.hold.timing()?)?;
             let (dsync, _) = connect(config, drain_for(&stop)).await?;
             let result = guard::run(&dsync, &args, &stop, interrupts, &ui).await;
             finish(&dsync, &ui).await;
@@ -518,8 +624,8 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
             result
         }
         Command::Observe(args) => {
-            let (dsync, _) = inspector(global).await?;
-            let result = inspect::observe(&dsync, &args, interrupts, &ui).await;
+            let (dsync, store) = inspector(global).await?;
+            let result = inspect::observe(&dsync, &store, &args, interrupts, &ui).await;
             finish(&dsync, &ui).await;
             result
         }
@@ -531,7 +637,11 @@ async fn dispatch(cli: Cli, ui: Ui) -> Result<i32, Failure> {
 
 /// A replica for the subcommands that hold nothing (`status`, `release`, `handoff`, `observe`).
 async fn inspector(global: &Global) -> Result<(Dsync, Arc<dyn LeaseStore>), Failure> {
-    connect(global.config()?, dsync::config::DEFAULT_DRAIN_TIMEOUT).await
+    connect(
+        global.config(&HoldArgs::default())?,
+        dsync::config::DEFAULT_DRAIN_TIMEOUT,
+    )
+    .await
 }
 
 /// The library waits this long for the guarded command after a term ends (the work of a
@@ -601,23 +711,27 @@ mod tests {
         };
         assert_eq!(args.permits, Some(3));
         assert_eq!(args.stop.kill_after, Some(Duration::from_secs(2)));
-        assert_eq!(args.command, ["sh", "-c", "exit 3"].map(OsString::from));
+        assert_eq!(
+            args.command.argv(),
+            ["sh", "-c", "exit 3"].map(OsString::from)
+        );
+    }
+
+    fn lock_args(argv: &[&str]) -> LockArgs {
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Lock(args) = cli.command else {
+            panic!("not lock")
+        };
+        args
     }
 
     #[test]
-    fn flags_win_over_the_environment_and_bad_timing_is_refused() {
-        let cli = Cli::try_parse_from([
-            "dsync",
-            "--namespace",
-            "jobs",
-            "--scope",
-            "team",
-            "--identity",
-            "me",
-            "status",
-        ])
-        .unwrap();
-        let config = cli.global.config().unwrap();
+    fn flags_win_over_the_environment_and_bad_values_name_the_flag() {
+        let cli =
+            Cli::try_parse_from(["dsync", "--namespace", "jobs", "--scope", "team", "status"])
+                .unwrap();
+        let hold = lock_args(&["dsync", "lock", "--identity", "me", "x", "--", "true"]).hold;
+        let config = cli.global.config(&hold).unwrap();
         assert_eq!(
             (config.namespace.as_str(), config.scope.as_str()),
             ("jobs", "team")
@@ -627,49 +741,81 @@ mod tests {
             "an explicit identity is taken as given"
         );
 
-        let cli = Cli::try_parse_from([
+        let args = lock_args(&[
             "dsync",
+            "lock",
+            "x",
             "--lease-duration",
             "5s",
             "--renew-deadline",
             "6s",
-            "status",
-        ])
-        .unwrap();
-        let failure = cli.global.config().unwrap_err();
-        assert_eq!(failure.code, exit::DSYNC_FAILED);
-        assert!(failure.message.contains("renew"), "{}", failure.message);
+            "--",
+            "true",
+        ]);
+        let failure = args.hold.timing().unwrap_err();
+        assert_eq!(failure.code, exit::USAGE);
+        assert!(
+            failure.message.contains("--renew-deadline"),
+            "{}",
+            failure.message
+        );
+
+        let cli =
+            Cli::try_parse_from(["dsync", "--namespace", "Not_A_Namespace", "status"]).unwrap();
+        let failure = cli.global.config(&HoldArgs::default()).unwrap_err();
+        assert_eq!(failure.code, exit::USAGE);
+        assert!(
+            failure.message.contains("--namespace"),
+            "{}",
+            failure.message
+        );
+        assert!(
+            !failure.message.contains("KUBE_NAMESPACE"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
     fn identities_differ_per_process_unless_given() {
-        let cli = Cli::try_parse_from(["dsync", "status"]).unwrap();
-        assert_ne!(cli.global.identity(), cli.global.identity());
-        let cli = Cli::try_parse_from(["dsync", "--identity", "pod-a", "status"]).unwrap();
-        assert_eq!(cli.global.identity(), "pod-a");
+        let hold = HoldArgs::default();
+        assert_ne!(hold.identity(), hold.identity());
+        let hold = lock_args(&["dsync", "lock", "--identity", "pod-a", "x", "--", "true"]).hold;
+        assert_eq!(hold.identity(), "pod-a");
+    }
+
+    #[test]
+    fn c_runs_a_shell_string_instead_of_cmd() {
+        let args = lock_args(&["dsync", "lock", "x", "-c", "echo hi; exit 3"]);
+        assert_eq!(
+            args.command.argv(),
+            ["sh", "-c", "echo hi; exit 3"].map(OsString::from)
+        );
+        assert!(Cli::try_parse_from(["dsync", "lock", "x", "-c", "true", "--", "true"]).is_err());
+        assert!(
+            Cli::try_parse_from(["dsync", "run", "x"]).is_err(),
+            "a command is needed"
+        );
     }
 
     fn stop_for(timing: [&str; 3], kill_after: Option<&str>) -> Result<Stop, Failure> {
         let mut argv = vec![
             "dsync",
+            "lock",
+            "x",
             "--lease-duration",
             timing[0],
             "--renew-deadline",
             timing[1],
             "--retry-period",
             timing[2],
-            "lock",
-            "x",
         ];
         if let Some(k) = kill_after {
             argv.extend(["--kill-after", k]);
         }
         argv.extend(["--", "true"]);
-        let cli = Cli::try_parse_from(argv).unwrap();
-        let Command::Lock(args) = cli.command else {
-            panic!("not lock")
-        };
-        args.stop.check(&cli.global.timing().unwrap())
+        let args = lock_args(&argv);
+        args.stop.check(&args.hold.timing().unwrap())
     }
 
     #[test]
@@ -742,6 +888,16 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         for needle in [
             "RUST_LOG",
+            "KUBE_NAMESPACE",
+            "KUBE_LEASE_SCOPE",
+            "KUBE_POD_NAME",
+            "KUBE_CONFIG_PATH",
+            "KUBECONFIG",
+            "DSYNC_FENCING_TOKEN",
+            "DSYNC_HOLDER",
+            "DSYNC_LEASE",
+            "DSYNC_SLOT",
+            "--conflict-exit-code",
             "SIGHUP",
             "SIGTSTP",
             "watchdog",

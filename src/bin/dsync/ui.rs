@@ -152,14 +152,24 @@ impl Drop for Progress {
     }
 }
 
+/// How long the lease may name this process's identity while it still waits before that is
+/// reported (as another process of the same identity holding it): our own grant lands faster.
+const TWIN_AFTER: Duration = Duration::from_secs(1);
+
 /// How often a terminal is reminded that we still wait.
 const REMIND_EVERY: Duration = Duration::from_secs(5);
 
 impl Progress {
     /// Follows `changes` (an observer of the lease waited for) and describes `what`
     /// (`lock "nightly"`).
-    pub fn follow(ui: &Ui, what: String, mut changes: watch::Receiver<Observation>) -> Progress {
+    pub fn follow(
+        ui: &Ui,
+        what: String,
+        own: &str,
+        mut changes: watch::Receiver<Observation>,
+    ) -> Progress {
         let ui = ui.clone();
+        let own = own.to_owned();
         let started = tokio::time::Instant::now();
         let task = tokio::task::spawn_local(async move {
             if ui.quiet() {
@@ -170,7 +180,12 @@ impl Progress {
                 tokio::time::interval_at(tokio::time::Instant::now() + REMIND_EVERY, REMIND_EVERY);
             loop {
                 let observation = changes.borrow_and_update().clone();
-                if observation.synced && said.as_ref() != Some(&observation.holder) {
+                // The lease naming this process's identity is, almost always, our own grant
+                // landing (this task ends with the wait, and "acquired" follows): it is said
+                // only if it lasts, as another process of the same identity holding it.
+                let ours = observation.holder.as_deref() == Some(own.as_str());
+                let twin = tokio::time::sleep(if ours { TWIN_AFTER } else { Duration::ZERO });
+                if observation.synced && !ours && said.as_ref() != Some(&observation.holder) {
                     ui.info(&format!(
                         "waiting for {what}: {}",
                         holder_phrase(&observation, Instant::now())
@@ -178,6 +193,13 @@ impl Progress {
                     said = Some(observation.holder.clone());
                 }
                 tokio::select! {
+                    _ = twin, if ours && observation.synced && said.as_ref() != Some(&observation.holder) => {
+                        ui.info(&format!(
+                            "waiting for {what}: {} (this identity, in another process)",
+                            holder_phrase(&observation, Instant::now())
+                        ));
+                        said = Some(observation.holder.clone());
+                    }
                     changed = changes.changed() => if changed.is_err() { return },
                     _ = remind.tick(), if ui.tty() => {
                         let observation = changes.borrow().clone();

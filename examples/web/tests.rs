@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use actix_web::App;
 use actix_web::dev::ServiceResponse;
 use actix_web::test::{self, TestRequest};
-use actix_web::{App, body::MessageBody};
 use dsync::testing::{FaultyStore, within};
 use dsync::{Config, Dsync, MemoryStore, Timing};
 
@@ -16,6 +16,21 @@ use crate::app::{ELECTION, LeaderInfo, Service};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// One instance: the service, its store's fault switch, and its HTTP routes as a test service.
+/// An instance's routes as actix-web's test service (`test::init_service`) gives them.
+trait Routes:
+    actix_web::dev::Service<actix_http::Request, Response = ServiceResponse, Error = actix_web::Error>
+{
+}
+
+impl<T> Routes for T where
+    T: actix_web::dev::Service<
+            actix_http::Request,
+            Response = ServiceResponse,
+            Error = actix_web::Error,
+        >
+{
+}
+
 struct Instance<S> {
     service: Service,
     faults: FaultyStore,
@@ -23,15 +38,7 @@ struct Instance<S> {
 }
 
 /// `method path` on an instance's routes: (status, body).
-async fn call<S, B>(http: &S, request: TestRequest) -> (u16, String)
-where
-    S: actix_web::dev::Service<
-            actix_http::Request,
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-        >,
-    B: MessageBody,
-{
+async fn call<S: Routes>(http: &S, request: TestRequest) -> (u16, String) {
     let response = http
         .call(request.to_request())
         .await
@@ -43,15 +50,7 @@ where
 
 /// Every instance's `/leader` until exactly one leads with its worker running and all agree on
 /// it; every sample has at most one leader and one running worker. Returns its index.
-async fn one_leader<S, B>(instances: &[Instance<S>]) -> usize
-where
-    S: actix_web::dev::Service<
-            actix_http::Request,
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-        >,
-    B: MessageBody,
-{
+async fn one_leader<S: Routes>(instances: &[Instance<S>]) -> usize {
     // In one process the elections' own status is the signal: wait until one of these
     // instances leads and every one names it, then check that the HTTP view agrees.
     let ids: Vec<String> = instances
@@ -193,15 +192,7 @@ async fn three_instances_on_one_memory_store_the_worker_runs_only_on_the_leader(
 /// `GET /metrics` (feature `metrics`): the leader reports 1, the others 0, under dsync's name
 /// and client-go's `leader_election_master_status`.
 #[cfg(feature = "metrics")]
-async fn check_metrics<S, B>(instances: &[Instance<S>], leader: usize)
-where
-    S: actix_web::dev::Service<
-            actix_http::Request,
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-        >,
-    B: MessageBody,
-{
+async fn check_metrics<S: Routes>(instances: &[Instance<S>], leader: usize) {
     for (i, instance) in instances.iter().enumerate() {
         let lease = instance.service.election.lease();
         let response = instance
@@ -237,15 +228,7 @@ where
 
 /// Without the `metrics` feature the service has no `/metrics`.
 #[cfg(not(feature = "metrics"))]
-async fn check_metrics<S, B>(instances: &[Instance<S>], _leader: usize)
-where
-    S: actix_web::dev::Service<
-            actix_http::Request,
-            Response = ServiceResponse<B>,
-            Error = actix_web::Error,
-        >,
-    B: MessageBody,
-{
+async fn check_metrics<S: Routes>(instances: &[Instance<S>], _leader: usize) {
     for instance in instances {
         assert_eq!(
             call(&instance.http, TestRequest::get().uri("/metrics"))

@@ -327,29 +327,24 @@ pub async fn status(
         return Ok(exit::OK);
     };
     let mut follow = Follow::new(rows);
-    loop {
-        let expiry = follow.next_expiry();
-        tokio::select! {
-            event = changes.next() => match event {
-                None => return Err(Failure::new(exit::DSYNC_FAILED, "the watch on leases ended")),
-                Some(Err(e)) => {
-                    // The watch retries by itself; say so once per error.
-                    eprintln!("dsync: warning: {}; retrying", exit::chain(&e));
-                }
-                Some(Ok(event)) => {
-                    for line in follow.apply(&namespace, event, &filter, args.output) {
-                        println!("{line}");
-                    }
-                }
-            },
-            _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
-                for line in follow.expire(args.output) {
-                    println!("{line}");
-                }
-            }
-            _ = interrupts.recv() => return Ok(exit::OK),
-        }
-    }
+    let watched = Watched {
+        namespace: &namespace,
+        filter: &filter,
+        output: args.output,
+        what: "status --watch",
+        give_up: None,
+    };
+    follow.follow(changes, watched, &mut interrupts).await
+}
+
+/// What a [`Follow`] prints, and when it gives up on a failing watch (`None`: never; each
+/// error is printed as it happens, the watch retries by itself).
+struct Watched<'a> {
+    namespace: &'a str,
+    filter: &'a Filter,
+    output: Output,
+    what: &'a str,
+    give_up: Option<crate::GiveUp>,
 }
 
 /// What `status --watch` knows: every lease shown, followed by [`Observed`] from the instant
@@ -383,6 +378,52 @@ impl Follow {
                 })
                 .collect(),
             printed: BTreeMap::new(),
+        }
+    }
+
+    /// Prints every change `changes` brings (and every expiry by this observer) until
+    /// interrupted, or until the watch has failed for `give_up` without a success.
+    async fn follow(
+        &mut self,
+        changes: &mut (
+                 impl futures::Stream<Item = Result<dsync::store::WatchEvent, dsync::StoreError>> + Unpin
+             ),
+        watched: Watched<'_>,
+        interrupts: &mut Interrupts,
+    ) -> Result<i32, Failure> {
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let expiry = self.next_expiry();
+            tokio::select! {
+                event = changes.next() => match event {
+                    None => return Err(Failure::new(exit::DSYNC_FAILED, "the watch on leases ended")),
+                    Some(Err(e)) => {
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        if let Some(crate::GiveUp(Some(limit))) = watched.give_up
+                            && since.elapsed() >= limit
+                        {
+                            return Err(Failure::new(
+                                exit::DSYNC_FAILED,
+                                format!("{}: {}", watched.what, exit::chain(&e)),
+                            ));
+                        }
+                        // The watch retries by itself; say so once per error.
+                        eprintln!("dsync: warning: {}; retrying", exit::chain(&e));
+                    }
+                    Some(Ok(event)) => {
+                        failing_since = None;
+                        for line in self.apply(watched.namespace, event, watched.filter, watched.output) {
+                            println!("{line}");
+                        }
+                    }
+                },
+                _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    for line in self.expire(watched.output) {
+                        println!("{line}");
+                    }
+                }
+                _ = interrupts.recv() => return Ok(exit::OK),
+            }
         }
     }
 
@@ -758,39 +799,15 @@ async fn observe_semaphore(
         println!("{}", change_line("listed", row, now, args.output));
     }
     let mut follow = Follow::new(rows);
-    let mut failing_since: Option<Instant> = None;
-    loop {
-        let expiry = follow.next_expiry();
-        tokio::select! {
-            event = changes.next() => match event {
-                None => return Err(Failure::new(exit::DSYNC_FAILED, "the watch on leases ended")),
-                Some(Err(e)) => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if let Some(limit) = args.give_up.give_up_after.0
-                        && since.elapsed() >= limit
-                    {
-                        return Err(Failure::new(
-                            exit::DSYNC_FAILED,
-                            format!("observing semaphore {:?}: {}", args.name, exit::chain(&e)),
-                        ));
-                    }
-                    ui.warn(&format!("{}; retrying", exit::chain(&e)));
-                }
-                Some(Ok(event)) => {
-                    failing_since = None;
-                    for line in follow.apply(&namespace, event, &filter, args.output) {
-                        println!("{line}");
-                    }
-                }
-            },
-            _ = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
-                for line in follow.expire(args.output) {
-                    println!("{line}");
-                }
-            }
-            _ = interrupts.recv() => return Ok(exit::OK),
-        }
-    }
+    let what = format!("observing semaphore {:?}", args.name);
+    let watched = Watched {
+        namespace: &namespace,
+        filter: &filter,
+        output: args.output,
+        what: &what,
+        give_up: Some(args.give_up.give_up_after),
+    };
+    follow.follow(&mut changes, watched, &mut interrupts).await
 }
 
 /// `dsync observe NAME`.

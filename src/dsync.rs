@@ -270,6 +270,31 @@ impl Dsync {
         self.lock_for(self.resource(name))
     }
 
+    /// Registers this replica as a candidate of `election` in Kubernetes' coordinated leader
+    /// election (KEP-4355): a `LeaseCandidate` named after this replica's identity, in the
+    /// election's namespace, for its lease, with `candidacy`'s versions and strategy. It is
+    /// renewed (at once when the API server's election controller pings it) and deleted when
+    /// the election stops. The controller then picks the lease's holder among the
+    /// candidates, and this election follows (see
+    /// [Coordinated leader election](crate::election#coordinated-leader-election)).
+    ///
+    /// [`Error::InvalidConfig`] (before anything is written) if `candidacy` is not valid or
+    /// the identity cannot name a `LeaseCandidate`. A candidate that cannot register (no
+    /// `coordination.k8s.io/v1beta1` API, no RBAC, a store that keeps no candidates) logs a
+    /// warning and says so in its [`status`](crate::election::Candidate::status).
+    pub fn candidate(
+        &self,
+        election: &Election,
+        candidacy: crate::election::Candidacy,
+    ) -> Result<crate::election::Candidate> {
+        crate::election::candidate::start(
+            self.inner.shared.store.clone(),
+            &self.inner.config,
+            election,
+            candidacy,
+        )
+    }
+
     /// A lock handle for an explicit resource (an empty namespace means the configured one).
     pub fn lock_for(&self, resource: Resource) -> Result<Lock> {
         let (resource, key) = self.prepare(resource, LeaseKind::Lock)?;

@@ -57,6 +57,8 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use tokio::sync::{oneshot, watch};
 
+pub use candidate::{Candidacy, Candidate, CandidateStatus};
+
 use crate::config::validate_identity;
 use crate::error::{Error, Result};
 use crate::lease::StepDownReason;
@@ -66,6 +68,7 @@ use crate::store::LeaseKey;
 use crate::term::{Term, TermId, now};
 use crate::work::{self, ActorId};
 
+pub mod candidate;
 mod face;
 
 pub(crate) use face::ElectionFace;

@@ -21,9 +21,16 @@
 //! # Coordinated leader election
 //!
 //! Kubernetes' coordinated leader election (KEP-4355) lets the API server's election
-//! controller pick a lease's holder: on a Lease with `spec.strategy` (e.g.
-//! `OldestEmulationVersion`) the controller writes `holderIdentity`, and sets
-//! `spec.preferredHolder` to ask the holder to give the lease up. dsync follows the rules of
+//! controller pick a lease's holder among the lease's `LeaseCandidate`s: on a Lease with
+//! `spec.strategy` (e.g. `OldestEmulationVersion`) the controller writes `holderIdentity`, and
+//! sets `spec.preferredHolder` to ask the holder to give the lease up. A replica becomes a
+//! candidate with [`Dsync::candidate`](crate::Dsync::candidate) and a [`Candidacy`] (binary
+//! and emulation versions, strategy): a `coordination.k8s.io/v1beta1` `LeaseCandidate` named
+//! after the replica's identity (the controller names the candidate it picks as the holder),
+//! renewed when the controller pings it and every 5 minutes, deleted when the election stops
+//! (see [`candidate`]). Until the controller has marked the Lease with a strategy, a dsync
+//! candidate campaigns as usual (client-go's coordinated mode waits for the controller from
+//! the start); the controller then moves the lease to its pick. dsync follows the rules of
 //! client-go's coordinated mode (`Coordinated: true`):
 //!
 //! * a leader whose lease names another preferred holder ends its term: it is cancelled
@@ -40,10 +47,13 @@
 //!   written by another process with our identity is still judged by expiry;
 //! * `preferredHolder` naming us or absent, and leases without `strategy`, change nothing.
 //!
-//! The `CoordinatedLeaderElection` feature gate is off by default in Kubernetes (beta in 1.36,
-//! with the `coordination.k8s.io/v1beta1` API); with it off the API server drops both fields
-//! and elections behave as without them. dsync registers no `LeaseCandidate`s: the controller
-//! elects among the lease's other (client-go) candidates.
+//! The `CoordinatedLeaderElection` feature gate is off by default in Kubernetes: alpha in
+//! 1.31–1.32 (`LeaseCandidate` in `v1alpha1`/`v1alpha2`, which dsync does not speak), beta
+//! since 1.33 with `coordination.k8s.io/v1beta1`. Turn it on on the kube-apiserver with
+//! `--feature-gates=CoordinatedLeaderElection=true` and
+//! `--runtime-config=coordination.k8s.io/v1beta1=true`; the controller then serves every
+//! namespace. With the gate off the API server drops both fields and elections behave as
+//! without them; a candidate cannot register and says so ([`CandidateStatus::error`]).
 
 use std::fmt;
 use std::future::Future;

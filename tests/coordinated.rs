@@ -672,3 +672,75 @@ async fn a_memory_candidate_is_kept_answers_pings_and_is_deleted_on_stop() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+/// One election, one dsync and one client-go candidate (client-go's coordinated mode,
+/// `Coordinated: true` with `leaderelection.NewCandidate`): the API server's controller picks
+/// between them and the other side follows. dsync leads first (the only candidate); client-go
+/// joins with an older emulation version, the controller prefers it, dsync hands over; when
+/// client-go stops, the controller gives the lease back to dsync. Never two leaders.
+#[actix::test]
+async fn the_controller_picks_between_a_dsync_and_a_client_go_candidate() {
+    use support::gopeer::{GoPeer, Line, PeerTiming};
+    let env = Env::kube_on(Harness::coordinated()).await;
+    within(env.watchdog(), "dsync and client-go", async {
+        let log = TermLog::default();
+        let d = env.replica("dsync-1").await;
+        let (e, _c) = candidate(&d, "1.36.0").await;
+        log.record("dsync-1", &e).unwrap();
+        let first = leads(&e, "dsync-1 leads").await;
+        let key = e.lease();
+
+        let t = env.timing();
+        let timing = PeerTiming::new(t.lease_duration(), t.renew_deadline(), t.retry_period());
+        let admin = &Harness::coordinated().ready().admin;
+        let mut go = GoPeer::client_go_coordinated(
+            admin,
+            &key.namespace,
+            "go-1",
+            &key.name,
+            timing,
+            "1.36.0",
+            "1.35.0",
+        )
+        .await;
+        go.expect(CONTROLLER, "go-1 elected", |l| {
+            matches!(l, Line::Elected { .. })
+        })
+        .await;
+        // client-go leads only once the controller assigned it the lease, which it does only
+        // after dsync released it: dsync's term is over.
+        assert!(
+            !first.is_active(),
+            "dsync's term ended before client-go's began"
+        );
+        assert!(!e.is_leader());
+        let held = env.store().await.get(&key).await.unwrap();
+        assert_eq!(held.record.holder(), Some("go-1"));
+        assert_eq!(held.record.strategy.as_deref(), Some(STRATEGY));
+        assert!(held.record.lease_transitions.unwrap_or(0) >= first.fencing_token());
+
+        // client-go stops (and releases): the controller gives the lease back to dsync, once
+        // client-go's stale candidate no longer answers its pings.
+        assert!(!e.is_leader(), "no two leaders");
+        go.send(&format!("stop {}", key.name));
+        go.expect(CONTROLLER, "go-1 released", |l| {
+            matches!(l, Line::Released { .. })
+        })
+        .await;
+        let again = leads(&e, "dsync-1 leads again").await;
+        assert!(again.fencing_token() > first.fencing_token());
+        let go_terms = go.terms(&key.name, None);
+        assert_eq!(go_terms.len(), 1, "{:?}", go.history);
+        assert!(go_terms[0].1.is_some(), "client-go's term ended");
+        d.shutdown().await.unwrap();
+        settle().await;
+        log.assert_safe();
+        assert_eq!(
+            log.spans()[0].reason,
+            Some(DeposeReason::PreferredHolder {
+                holder: "go-1".into()
+            })
+        );
+    })
+    .await;
+}

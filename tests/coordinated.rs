@@ -735,11 +735,17 @@ async fn the_controller_picks_between_a_dsync_and_a_client_go_candidate() {
         d.shutdown().await.unwrap();
         settle().await;
         log.assert_safe();
-        assert_eq!(
-            log.spans()[0].reason,
-            Some(DeposeReason::PreferredHolder {
-                holder: "go-1".into()
-            })
+        // Preferred away, as a rule; but the controller (its own clock, 2 s leases here)
+        // reassigns a lease it deems expired directly, which dsync sees as being superseded
+        // (seen once on a loaded machine).
+        let reason = log.spans()[0].reason.clone();
+        assert!(
+            matches!(
+                &reason,
+                Some(DeposeReason::PreferredHolder { holder })
+                    | Some(DeposeReason::Superseded { holder: Some(holder) }) if holder == "go-1"
+            ),
+            "{reason:?}"
         );
     })
     .await;

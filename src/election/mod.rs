@@ -21,9 +21,16 @@
 //! # Coordinated leader election
 //!
 //! Kubernetes' coordinated leader election (KEP-4355) lets the API server's election
-//! controller pick a lease's holder: on a Lease with `spec.strategy` (e.g.
-//! `OldestEmulationVersion`) the controller writes `holderIdentity`, and sets
-//! `spec.preferredHolder` to ask the holder to give the lease up. dsync follows the rules of
+//! controller pick a lease's holder among the lease's `LeaseCandidate`s: on a Lease with
+//! `spec.strategy` (e.g. `OldestEmulationVersion`) the controller writes `holderIdentity`, and
+//! sets `spec.preferredHolder` to ask the holder to give the lease up. A replica becomes a
+//! candidate with [`Dsync::candidate`](crate::Dsync::candidate) and a [`Candidacy`] (binary
+//! and emulation versions, strategy): a `coordination.k8s.io/v1beta1` `LeaseCandidate` named
+//! after the replica's identity (the controller names the candidate it picks as the holder),
+//! renewed when the controller pings it and every 5 minutes, deleted when the election stops
+//! (see [`candidate`]). Until the controller has marked the Lease with a strategy, a dsync
+//! candidate campaigns as usual (client-go's coordinated mode waits for the controller from
+//! the start); the controller then moves the lease to its pick. dsync follows the rules of
 //! client-go's coordinated mode (`Coordinated: true`):
 //!
 //! * a leader whose lease names another preferred holder ends its term: it is cancelled
@@ -40,10 +47,13 @@
 //!   written by another process with our identity is still judged by expiry;
 //! * `preferredHolder` naming us or absent, and leases without `strategy`, change nothing.
 //!
-//! The `CoordinatedLeaderElection` feature gate is off by default in Kubernetes (beta in 1.36,
-//! with the `coordination.k8s.io/v1beta1` API); with it off the API server drops both fields
-//! and elections behave as without them. dsync registers no `LeaseCandidate`s: the controller
-//! elects among the lease's other (client-go) candidates.
+//! The `CoordinatedLeaderElection` feature gate is off by default in Kubernetes: alpha in
+//! 1.31–1.32 (`LeaseCandidate` in `v1alpha1`/`v1alpha2`, which dsync does not speak), beta
+//! since 1.33 with `coordination.k8s.io/v1beta1`. Turn it on on the kube-apiserver with
+//! `--feature-gates=CoordinatedLeaderElection=true` and
+//! `--runtime-config=coordination.k8s.io/v1beta1=true`; the controller then serves every
+//! namespace. With the gate off the API server drops both fields and elections behave as
+//! without them; a candidate cannot register and says so ([`CandidateStatus::error`]).
 
 use std::fmt;
 use std::future::Future;
@@ -56,6 +66,8 @@ use futures::FutureExt;
 use futures::future::LocalBoxFuture;
 use tokio::sync::{oneshot, watch};
 
+pub use candidate::{Candidacy, Candidate, CandidateStatus};
+
 use crate::config::validate_identity;
 use crate::error::{Error, Result};
 use crate::lease::StepDownReason;
@@ -65,6 +77,7 @@ use crate::store::LeaseKey;
 use crate::term::{Term, TermId, now};
 use crate::work::{self, ActorId};
 
+pub mod candidate;
 mod face;
 
 pub(crate) use face::ElectionFace;
@@ -578,6 +591,27 @@ impl Election {
 // The election face plugs into the face-agnostic entry point [`Dsync`]: its factories live here, with
 // the face, not in `dsync.rs`.
 impl crate::Dsync {
+    /// Registers this replica as a candidate of `election` in Kubernetes' coordinated leader
+    /// election (KEP-4355): a `LeaseCandidate` named after this replica's identity, in the
+    /// election's namespace, for its lease, with `candidacy`'s versions and strategy. It is
+    /// renewed (at once when the API server's election controller pings it) and deleted when
+    /// the election stops. The controller then picks the lease's holder among the
+    /// candidates, and this election follows (see
+    /// [Coordinated leader election](crate::election#coordinated-leader-election)).
+    ///
+    /// [`Error::InvalidConfig`] (before anything is written) if `candidacy` is not valid or
+    /// the identity cannot name a `LeaseCandidate`. A candidate that cannot register (no
+    /// `coordination.k8s.io/v1beta1` API, no RBAC, a store that keeps no candidates) logs a
+    /// warning and says so in its [`status`](crate::election::Candidate::status).
+    pub fn candidate(&self, election: &Election, candidacy: Candidacy) -> Result<Candidate> {
+        candidate::start(
+            self.inner.shared.store.clone(),
+            &self.inner.config,
+            election,
+            candidacy,
+        )
+    }
+
     /// The election `name` in the configured namespace and scope, campaigning from now on.
     /// [`Error::BadResourceName`] (before anything is started) if the name is not valid; see
     /// [`sanitize_name`](crate::sanitize_name). Asking twice gives handles on one election.

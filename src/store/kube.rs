@@ -28,11 +28,14 @@ use futures::stream::{BoxStream, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::limit::{Lane, Limiter};
-use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use super::{
+    CandidateRecord, LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredCandidate,
+    StoredLease, WatchEvent,
+};
 use crate::record::{
     HANDOFF_REQUEST_ANNOTATION, HOLDER_POD_ANNOTATION, PREFERRED_HOLDER_ANNOTATION,
 };
@@ -105,6 +108,10 @@ impl KubeStore {
         Api::namespaced(self.client.clone(), &key.namespace)
     }
 
+    fn candidates(&self, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &lease_candidate_resource())
+    }
+
     /// Runs one API call under the in-flight limit (waiting in `lane`) and the call timeout,
     /// mapping its errors.
     fn call<T, F>(
@@ -168,6 +175,10 @@ impl KubeStore {
 enum Target {
     Lease(LeaseKey),
     Namespace(String),
+    /// A `LeaseCandidate` (coordinated leader election).
+    Candidate(LeaseKey),
+    /// The `LeaseCandidate`s of a namespace.
+    Candidates(String),
 }
 
 impl std::fmt::Display for Target {
@@ -175,6 +186,10 @@ impl std::fmt::Display for Target {
         match self {
             Target::Lease(key) => write!(f, "lease {key}"),
             Target::Namespace(namespace) => write!(f, "leases in namespace {namespace}"),
+            Target::Candidate(key) => write!(f, "leasecandidate {key}"),
+            Target::Candidates(namespace) => {
+                write!(f, "leasecandidates in namespace {namespace}")
+            }
         }
     }
 }
@@ -314,6 +329,97 @@ impl LeaseStore for KubeStore {
                 futures::future::ready(item)
             })
             .boxed()
+    }
+
+    fn get_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let api = self.candidates(&key.namespace);
+        let (name, owned) = (key.name.clone(), key.clone());
+        let call = self.call(
+            Target::Candidate(key.clone()),
+            "get",
+            Lane::Normal,
+            async move { api.get(&name).await },
+        );
+        async move { from_candidate(&owned, call.await?) }.boxed()
+    }
+
+    fn create_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let api = self.candidates(&key.namespace);
+        let object = to_candidate(key, &record, None);
+        let owned = key.clone();
+        let call = self.call(
+            Target::Candidate(key.clone()),
+            "create",
+            Lane::Normal,
+            async move { api.create(&PostParams::default(), &object).await },
+        );
+        async move { from_candidate(&owned, call.await?) }.boxed()
+    }
+
+    fn replace_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let api = self.candidates(&key.namespace);
+        let object = to_candidate(key, &record, Some(resource_version.to_owned()));
+        let (name, owned) = (key.name.clone(), key.clone());
+        let call = self.call(
+            Target::Candidate(key.clone()),
+            "update",
+            Lane::Normal,
+            async move { api.replace(&name, &PostParams::default(), &object).await },
+        );
+        async move { from_candidate(&owned, call.await?) }.boxed()
+    }
+
+    fn delete_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<()>> {
+        let api = self.candidates(&key.namespace);
+        let name = key.name.clone();
+        self.call(
+            Target::Candidate(key.clone()),
+            "delete",
+            Lane::Normal,
+            async move {
+                api.delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+            },
+        )
+    }
+
+    fn list_candidates(
+        &self,
+        namespace: &str,
+    ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
+        let api = self.candidates(namespace);
+        let owned = namespace.to_owned();
+        let call = self.call(
+            Target::Candidates(namespace.to_owned()),
+            "list",
+            Lane::Normal,
+            async move { api.list(&ListParams::default()).await },
+        );
+        async move {
+            let list = call.await?;
+            let mut found = list
+                .items
+                .into_iter()
+                .map(|o| {
+                    let key =
+                        LeaseKey::new(owned.clone(), o.metadata.name.clone().unwrap_or_default());
+                    from_candidate(&key, o)
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            found.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+            Ok(found)
+        }
+        .boxed()
     }
 }
 
@@ -509,6 +615,83 @@ fn from_lease(key: &LeaseKey, lease: Lease) -> StoredLease {
     }
 }
 
+/// `coordination.k8s.io/v1beta1` `LeaseCandidate`, the version the API server's election
+/// controller reads in Kubernetes 1.33 to 1.36. A dynamic object, so that the library needs
+/// no k8s-openapi version feature (the typed `LeaseCandidate` exists only behind one).
+fn lease_candidate_resource() -> ApiResource {
+    ApiResource {
+        group: "coordination.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "coordination.k8s.io/v1beta1".into(),
+        kind: "LeaseCandidate".into(),
+        plural: "leasecandidates".into(),
+    }
+}
+
+fn micro_json(t: Option<SystemTime>) -> serde_json::Value {
+    to_micro(t)
+        .and_then(|m| serde_json::to_value(m).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn micro_from_json(v: Option<&serde_json::Value>) -> Option<SystemTime> {
+    let v = v.filter(|v| !v.is_null())?;
+    from_micro(serde_json::from_value::<MicroTime>(v.clone()).ok())
+}
+
+/// The object to create or (with `resource_version`) to replace.
+fn to_candidate(
+    key: &LeaseKey,
+    record: &CandidateRecord,
+    resource_version: Option<String>,
+) -> DynamicObject {
+    let mut object =
+        DynamicObject::new(&key.name, &lease_candidate_resource()).within(&key.namespace);
+    object.metadata.resource_version = resource_version;
+    let mut spec = serde_json::json!({
+        "leaseName": record.lease_name,
+        "binaryVersion": record.binary_version,
+        "emulationVersion": record.emulation_version,
+        "strategy": record.strategy,
+    });
+    for (field, t) in [
+        ("renewTime", record.renew_time),
+        ("pingTime", record.ping_time),
+    ] {
+        let value = micro_json(t);
+        if !value.is_null() {
+            spec[field] = value;
+        }
+    }
+    object.data = serde_json::json!({ "spec": spec });
+    object
+}
+
+fn from_candidate(key: &LeaseKey, object: DynamicObject) -> StoreResult<StoredCandidate> {
+    let spec = object.data.get("spec").ok_or_else(|| StoreError::Invalid {
+        lease: format!("leasecandidate {key}"),
+        message: "the object has no spec".into(),
+    })?;
+    let text = |field: &str| {
+        spec.get(field)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok(StoredCandidate {
+        key: key.clone(),
+        record: CandidateRecord {
+            lease_name: text("leaseName"),
+            binary_version: text("binaryVersion"),
+            emulation_version: text("emulationVersion"),
+            strategy: text("strategy"),
+            renew_time: micro_from_json(spec.get("renewTime")),
+            ping_time: micro_from_json(spec.get("pingTime")),
+        },
+        resource_version: object.metadata.resource_version.unwrap_or_default(),
+    })
+}
+
 fn map_error(target: &Target, verb: &str, error: kube::Error) -> StoreError {
     let (lease, resource) = match target {
         Target::Lease(key) => (
@@ -518,6 +701,14 @@ fn map_error(target: &Target, verb: &str, error: kube::Error) -> StoreError {
         Target::Namespace(namespace) => (
             namespace.clone(),
             format!("leases.coordination.k8s.io in namespace {namespace:?}"),
+        ),
+        Target::Candidate(key) => (
+            format!("leasecandidate {key}"),
+            format!("leasecandidates.coordination.k8s.io {:?}", key.to_string()),
+        ),
+        Target::Candidates(namespace) => (
+            namespace.clone(),
+            format!("leasecandidates.coordination.k8s.io in namespace {namespace:?}"),
         ),
     };
     match error {

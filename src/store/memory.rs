@@ -19,7 +19,10 @@ use futures::channel::mpsc;
 use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::{BoxStream, StreamExt};
 
-use super::{LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent};
+use super::{
+    CandidateRecord, LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredCandidate,
+    StoredLease, WatchEvent,
+};
 use crate::hash::FastMap;
 use crate::names::{is_dns1123_label, is_dns1123_subdomain};
 
@@ -43,6 +46,10 @@ pub struct StoreStats {
 #[derive(Default)]
 struct Inner {
     leases: FastMap<LeaseKey, StoredLease>,
+    /// The `LeaseCandidate`s (coordinated leader election), kept so that tests and users of
+    /// the memory store see them, and can play the API server's election controller from
+    /// them. They share the revision counter with the leases, as objects of one etcd do.
+    candidates: FastMap<LeaseKey, StoredCandidate>,
     /// Watchers by namespace. Each has its own queue, as the API server keeps per watcher, so
     /// a burst of writes is never lost; closed watchers are dropped on the next write.
     watchers: FastMap<String, Vec<mpsc::UnboundedSender<WatchEvent>>>,
@@ -278,6 +285,7 @@ impl MemoryStore {
             watchers,
             revision,
             stats,
+            ..
         } = &mut *inner;
         stats.replaces += 1;
         // One lookup. The name of a lease that exists was checked when it was created.
@@ -417,6 +425,98 @@ impl LeaseStore for MemoryStore {
             .or_default()
             .push(tx);
         rx.map(Ok).boxed()
+    }
+
+    fn get_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let found = self.lock().candidates.get(key).cloned();
+        future::ready(found.ok_or_else(|| StoreError::NotFound {
+            lease: format!("leasecandidate {key}"),
+        }))
+        .boxed()
+    }
+
+    fn create_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let mut inner = self.lock();
+        let answer = if inner.candidates.contains_key(key) {
+            Err(StoreError::AlreadyExists {
+                lease: format!("leasecandidate {key}"),
+            })
+        } else {
+            inner.revision += 1;
+            let stored = StoredCandidate {
+                key: key.clone(),
+                record,
+                resource_version: inner.revision.to_string(),
+            };
+            inner.candidates.insert(key.clone(), stored.clone());
+            Ok(stored)
+        };
+        future::ready(answer).boxed()
+    }
+
+    fn replace_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let mut inner = self.lock();
+        let current = inner
+            .candidates
+            .get(key)
+            .map(|c| c.resource_version.clone());
+        let answer = match current {
+            None => Err(StoreError::NotFound {
+                lease: format!("leasecandidate {key}"),
+            }),
+            Some(v) if v != resource_version => Err(StoreError::Conflict {
+                lease: format!("leasecandidate {key}"),
+            }),
+            Some(_) => {
+                inner.revision += 1;
+                let stored = StoredCandidate {
+                    key: key.clone(),
+                    record,
+                    resource_version: inner.revision.to_string(),
+                };
+                inner.candidates.insert(key.clone(), stored.clone());
+                Ok(stored)
+            }
+        };
+        future::ready(answer).boxed()
+    }
+
+    fn delete_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<()>> {
+        let mut inner = self.lock();
+        let answer = match inner.candidates.remove(key) {
+            Some(_) => {
+                inner.revision += 1;
+                Ok(())
+            }
+            None => Err(StoreError::NotFound {
+                lease: format!("leasecandidate {key}"),
+            }),
+        };
+        future::ready(answer).boxed()
+    }
+
+    fn list_candidates(
+        &self,
+        namespace: &str,
+    ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
+        let mut found: Vec<StoredCandidate> = self
+            .lock()
+            .candidates
+            .values()
+            .filter(|c| c.key.namespace == namespace)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| a.key.name.cmp(&b.key.name));
+        future::ready(Ok(found)).boxed()
     }
 }
 

@@ -85,7 +85,9 @@ pub use futures::future::{BoxFuture, FutureExt};
 pub use futures::stream::{BoxStream, StreamExt};
 
 pub use crate::record::{LeaseKey, LeaseRecord, StoredLease, WatchEvent};
+pub use candidate::{CandidateRecord, StoredCandidate};
 
+pub mod candidate;
 #[cfg(feature = "kube")]
 pub mod kube;
 #[cfg(feature = "kube")]
@@ -323,6 +325,57 @@ pub trait LeaseStore: Send + Sync + 'static {
     fn forget(&self, key: &LeaseKey) {
         let _ = key;
     }
+
+    /// Reads the `LeaseCandidate` `key` (coordinated leader election, see
+    /// [`candidate`]). [`StoreError::NotFound`] when it does not exist. The default answers
+    /// that the store keeps no candidates ([`StoreError::Unavailable`]): a store that cannot
+    /// keep them says so, it never pretends to.
+    fn get_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        futures::future::ready(Err(no_candidates(key))).boxed()
+    }
+
+    /// Creates the `LeaseCandidate` `key`. [`StoreError::AlreadyExists`] when it exists.
+    fn create_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let _ = record;
+        futures::future::ready(Err(no_candidates(key))).boxed()
+    }
+
+    /// Replaces the `LeaseCandidate` `key` if its version is still `resource_version`;
+    /// [`StoreError::Conflict`] otherwise.
+    fn replace_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        let _ = (record, resource_version);
+        futures::future::ready(Err(no_candidates(key))).boxed()
+    }
+
+    /// Deletes the `LeaseCandidate` `key`. [`StoreError::NotFound`] when it does not exist.
+    fn delete_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<()>> {
+        futures::future::ready(Err(no_candidates(key))).boxed()
+    }
+
+    /// Every `LeaseCandidate` of `namespace`, sorted by name.
+    fn list_candidates(
+        &self,
+        namespace: &str,
+    ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
+        futures::future::ready(Err(no_candidates(&LeaseKey::new(namespace, "*")))).boxed()
+    }
+}
+
+/// The answer of a store that keeps no `LeaseCandidate`s.
+fn no_candidates(key: &LeaseKey) -> StoreError {
+    StoreError::Unavailable {
+        message: format!("this store keeps no LeaseCandidates (asked for {key})"),
+        source: None,
+    }
 }
 
 /// A shared store is a store: `Arc<MemoryStore>`, `Arc<dyn LeaseStore>`, ...
@@ -362,5 +415,37 @@ impl<S: LeaseStore + ?Sized> LeaseStore for std::sync::Arc<S> {
 
     fn forget(&self, key: &LeaseKey) {
         (**self).forget(key);
+    }
+
+    fn get_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        (**self).get_candidate(key)
+    }
+
+    fn create_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        (**self).create_candidate(key, record)
+    }
+
+    fn replace_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        (**self).replace_candidate(key, record, resource_version)
+    }
+
+    fn delete_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<()>> {
+        (**self).delete_candidate(key)
+    }
+
+    fn list_candidates(
+        &self,
+        namespace: &str,
+    ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
+        (**self).list_candidates(namespace)
     }
 }

@@ -21,7 +21,8 @@ use futures::stream::{BoxStream, StreamExt};
 use tokio::time::Instant;
 
 use crate::store::{
-    LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredLease, WatchEvent,
+    CandidateRecord, LeaseKey, LeaseRecord, LeaseStore, StoreError, StoreResult, StoredCandidate,
+    StoredLease, WatchEvent,
 };
 
 /// Which store call a fault applies to, and which calls [`FaultyStore::calls`] counts.
@@ -657,6 +658,39 @@ impl LeaseStore for FaultyStore {
 
     fn forget(&self, key: &LeaseKey) {
         self.inner.forget(key);
+    }
+
+    // LeaseCandidates pass through: the faults are about leases.
+    fn get_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        self.inner.get_candidate(key)
+    }
+
+    fn create_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        self.inner.create_candidate(key, record)
+    }
+
+    fn replace_candidate(
+        &self,
+        key: &LeaseKey,
+        record: CandidateRecord,
+        resource_version: &str,
+    ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
+        self.inner.replace_candidate(key, record, resource_version)
+    }
+
+    fn delete_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<()>> {
+        self.inner.delete_candidate(key)
+    }
+
+    fn list_candidates(
+        &self,
+        namespace: &str,
+    ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
+        self.inner.list_candidates(namespace)
     }
 
     fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {

@@ -8,6 +8,12 @@
 //
 //	clientgo-peer --kubeconfig F --namespace NS --identity ID --leases a,b,c [timing flags]
 //	clientgo-peer ... --lease-prefix p --count N      (leases p0 .. p{N-1})
+//	clientgo-peer ... --leases a --coordinated --binary-version 1.36.0 --emulation-version 1.35.0
+//
+// With --coordinated (one Lease only: the LeaseCandidate is named after the identity) the peer
+// runs client-go's coordinated mode (KEP-4355, LeaderElectionConfig{Coordinated: true}): it
+// registers a LeaseCandidate (leaderelection.NewCandidate, strategy OldestEmulationVersion) and
+// leads only when the API server's election controller assigns it the Lease.
 //
 // Output (stdout; times are Unix nanoseconds of the local wall clock, which all processes on one
 // machine share):
@@ -38,6 +44,7 @@ import (
 	"sync"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -72,6 +79,9 @@ func main() {
 		renewDeadline = flag.Duration("renew-deadline", 10*time.Second, "RenewDeadline")
 		retryPeriod   = flag.Duration("retry-period", 2*time.Second, "RetryPeriod")
 		userAgent     = flag.String("user-agent", "", "User-Agent of this client (default: clientgo-peer/<identity>)")
+		coordinated   = flag.Bool("coordinated", false, "coordinated leader election: register a LeaseCandidate, lead only when assigned")
+		binaryVersion = flag.String("binary-version", "", "LeaseCandidate binaryVersion (with --coordinated)")
+		emulationVer  = flag.String("emulation-version", "", "LeaseCandidate emulationVersion (with --coordinated)")
 	)
 	flag.Parse()
 	out := &output{w: bufio.NewWriter(os.Stdout)}
@@ -91,6 +101,9 @@ func main() {
 	}
 	if len(names) == 0 {
 		fail("no Leases: give --leases or --lease-prefix with --count")
+	}
+	if *coordinated && (len(names) != 1 || *binaryVersion == "" || *emulationVer == "") {
+		fail("--coordinated needs exactly one Lease, --binary-version and --emulation-version")
 	}
 	// client-go logs lease errors through klog; keep them on stderr, terse.
 	klog.InitFlags(nil)
@@ -127,6 +140,7 @@ func main() {
 			RenewDeadline:   *renewDeadline,
 			RetryPeriod:     *retryPeriod,
 			ReleaseOnCancel: true,
+			Coordinated:     *coordinated,
 			Name:            name,
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(context.Context) { out.line("elected %s %d", name, now()) },
@@ -136,6 +150,15 @@ func main() {
 		})
 		if err != nil {
 			fail("election %s: %v", name, err)
+		}
+		if *coordinated {
+			candidate, waitForSync, err := leaderelection.NewCandidate(client, *namespace, *identity, name,
+				*binaryVersion, *emulationVer, coordinationv1.OldestEmulationVersion)
+			if err != nil {
+				fail("candidate %s: %v", name, err)
+			}
+			go candidate.Run(ctx)
+			waitForSync.WaitForCacheSync(ctx.Done())
 		}
 		wg.Add(1)
 		go func() {

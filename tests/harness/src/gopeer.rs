@@ -53,7 +53,6 @@ impl GoPeer {
         leases: &[&str],
         timing: PeerTiming,
     ) -> GoPeer {
-        let bin = clientgo_bin();
         let args = PeerArgs {
             kubeconfig: kubeconfig.to_owned(),
             namespace: namespace.to_owned(),
@@ -62,8 +61,45 @@ impl GoPeer {
             leases: Leases::Names(leases.iter().map(|l| l.to_string()).collect()),
             timing,
         };
+        Self::start(identity, args.to_args()).await
+    }
+
+    /// Starts the client-go peer in coordinated mode (KEP-4355) for `lease`: it registers a
+    /// `LeaseCandidate` named `identity` with these versions (strategy
+    /// `OldestEmulationVersion`) and leads only when the API server's election controller
+    /// assigns it the lease. The kubeconfig's user needs `leasecandidates` rights.
+    pub async fn client_go_coordinated(
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        lease: &str,
+        timing: PeerTiming,
+        binary_version: &str,
+        emulation_version: &str,
+    ) -> GoPeer {
+        let mut args = PeerArgs {
+            kubeconfig: kubeconfig.to_owned(),
+            namespace: namespace.to_owned(),
+            identity: identity.to_owned(),
+            user_agent: identity.to_owned(),
+            leases: Leases::Names(vec![lease.to_owned()]),
+            timing,
+        }
+        .to_args();
+        args.extend([
+            "--coordinated".to_owned(),
+            "--binary-version".to_owned(),
+            binary_version.to_owned(),
+            "--emulation-version".to_owned(),
+            emulation_version.to_owned(),
+        ]);
+        Self::start(identity, args).await
+    }
+
+    async fn start(identity: &str, args: Vec<String>) -> GoPeer {
+        let bin = clientgo_bin();
         let mut child = Command::new(&bin)
-            .args(args.to_args())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // client-go's klog chatter; failures come as `error` lines on stdout.

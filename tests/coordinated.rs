@@ -752,3 +752,67 @@ async fn the_controller_picks_between_a_dsync_and_a_client_go_candidate() {
     })
     .await;
 }
+
+/// A candidate that cannot register says so: on the default server (gate off) the
+/// `leasecandidates` resource is not served; the candidate reports the error in its status
+/// (and logs it), and the election runs on as a plain one.
+#[actix::test]
+async fn a_candidate_that_cannot_register_reports_it() {
+    let env = Env::kube_on(Harness::get()).await;
+    within(env.watchdog(), "gate off", async {
+        let d = env.replica("pod-a").await;
+        let e = d.election("x").unwrap();
+        let c = d.candidate(&e, Candidacy::new("1.36.0", "1.36.0")).unwrap();
+        let mut rx = c.watch_status();
+        let status = within(
+            env.limit(),
+            "the error is reported",
+            rx.wait_for(|s| s.error.is_some()),
+        )
+        .await
+        .unwrap()
+        .clone();
+        assert!(!status.registered, "{status:?}");
+        assert!(
+            status.error.as_deref().unwrap().contains("leasecandidate"),
+            "{status:?}"
+        );
+        within(env.limit(), "elected as a plain lease", e.elected())
+            .await
+            .unwrap();
+        assert!(!c.status().registered);
+        d.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// The Role shipped in `deploy/rbac.yaml` is enough for a candidate: a user bound only to it
+/// registers, is elected by the controller, and withdraws.
+#[actix::test]
+async fn the_shipped_role_lets_a_candidate_register_and_withdraw() {
+    let env = Env::kube_on(Harness::coordinated()).await;
+    within(env.watchdog(), "shipped role", async {
+        let ready = Harness::coordinated().ready();
+        let namespace = election_key(&env.replica("probe").await, "x").namespace;
+        let admin = support::apiserver::client(&ready.admin).await;
+        let role = support::rbac::shipped_role("rbac.yaml");
+        support::rbac::bind_to_norights(admin, &namespace, &role, "test-candidate").await;
+        let store = support::backend::kube_store(&ready.norights).await;
+        let d = Dsync::with_config(store, env.config("pod-a")).unwrap();
+        let (e, c) = candidate(&d, "1.36.0").await;
+        leads(&e, "pod-a leads").await;
+        d.shutdown().await.unwrap();
+        let mut rx = c.watch_status();
+        let status = within(CONTROLLER, "withdrawn", rx.wait_for(|s| s.withdrawn))
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(status.error, None, "deleted with the Role's rights");
+        assert!(
+            candidates_of(&env, &env.replica("probe").await)
+                .await
+                .is_empty()
+        );
+    })
+    .await;
+}

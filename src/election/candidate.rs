@@ -306,8 +306,11 @@ impl Task {
     ) {
         let mut last: Option<StoredCandidate> = None;
         let mut next_renewal = tokio::time::Instant::now();
+        // Every `Candidate` handle dropped: the candidacy runs on with the election (only an
+        // explicit `withdraw` or the election's end withdraws it).
+        let mut handles = true;
         loop {
-            if election.borrow().stopped || *withdraw.borrow() {
+            if election.borrow().stopped || (handles && *withdraw.borrow()) {
                 break;
             }
             match self.step(&mut last, &mut next_renewal).await {
@@ -327,7 +330,10 @@ impl Task {
                     let _ = changed;
                     break;
                 }
-                _ = withdraw.wait_for(|w| *w) => break,
+                asked = withdraw.wait_for(|w| *w), if handles => match asked {
+                    Ok(_) => break,
+                    Err(_) => handles = false,
+                },
                 _ = tokio::time::sleep(self.candidacy.poll) => {}
             }
         }

@@ -32,6 +32,7 @@ const DEFAULT_RENEW_EVERY: Duration = Duration::from_secs(5 * 60);
 ///
 /// [`Dsync::candidate`]: crate::Dsync::candidate
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
 pub struct Candidacy {
     binary_version: String,
     emulation_version: String,

@@ -99,8 +99,37 @@ async fn one_leader(addrs: &[SocketAddr]) -> usize {
     }
 }
 
-/// The example binary, built by `cargo test` (which builds examples) next to this test.
+/// The example's binary, next to this test. `cargo test` builds the example only as its own
+/// test (`[[example]] test = true`: `examples/web/tests.rs`), so the binary is built here, by
+/// the cargo that runs this test, with this test's features (the same build, so only the
+/// example is linked). Cargo holds no lock while tests run.
 fn example_binary() -> PathBuf {
+    let features: Vec<&str> = [
+        ("kube", cfg!(feature = "kube")),
+        ("metrics", cfg!(feature = "metrics")),
+        ("testing", cfg!(feature = "testing")),
+        ("cli", cfg!(feature = "cli")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    let output = Command::new(env!("CARGO"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--example",
+            "web",
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(features.join(","))
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build --example web failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -109,7 +138,7 @@ fn example_binary() -> PathBuf {
         .unwrap();
     assert!(
         bin.exists(),
-        "{} not found: build it with `cargo build --example web` (`cargo test` does)",
+        "{} not found after cargo build",
         bin.display()
     );
     bin

@@ -290,9 +290,11 @@ impl Proc {
     }
 }
 
-/// A scratch file for the guarded commands of one test.
+/// A scratch file for the guarded commands of one test, under cargo's `target/tmp` (so runs
+/// do not pile up directories in the system's temp dir; `cargo clean` removes them).
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dsync-cli-{}", uuid::Uuid::new_v4().simple()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("dsync-cli-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
 }

@@ -135,6 +135,10 @@ struct Inner {
 #[derive(Default)]
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
+    /// Tasks that extend an election on the lease thread (its `LeaseCandidate`): each ends
+    /// with its election and then withdraws what it wrote, so a shutdown waits for them
+    /// after the lease actors have stopped and before the lease thread ends.
+    pub(crate) companions: tokio_util::task::TaskTracker,
 }
 
 impl Registry {
@@ -361,11 +365,17 @@ impl Handler<Shutdown> for Supervisor {
     fn handle(&mut self, Shutdown { reply, inside }: Shutdown, ctx: &mut Self::Context) {
         let entries = self.registry.close();
         let observers = self.registry.take_observers();
+        let companions = self.registry.companions.clone();
         tracing::info!(leases = entries.len(), "shutting down");
         let stops = async move {
             // Observers hold nothing: they stop at once.
             join_all(observers.iter().map(Observer::stop)).await;
             let results = join_all(entries.iter().map(|e| e.stop(inside.contains(&e.id())))).await;
+            // The elections have stopped, so their candidates are withdrawing: one store call
+            // each, bounded by the store's own timeout. Done before the reply, so that a
+            // shutdown that returned left no LeaseCandidate behind.
+            companions.close();
+            companions.wait().await;
             let first_error = results.into_iter().find(Result::is_err).unwrap_or(Ok(()));
             let deferred: Vec<Entry> = entries
                 .into_iter()

@@ -665,14 +665,200 @@ async fn a_memory_candidate_is_kept_answers_pings_and_is_deleted_on_stop() {
         "renewed after the ping: {answered:?}"
     );
 
+    // A shutdown that returned has withdrawn the candidate.
     d.shutdown().await.unwrap();
-    within(env.limit(), "withdrawn", rx.wait_for(|s| s.withdrawn))
-        .await
-        .unwrap();
+    assert!(rx.borrow().withdrawn, "{:?}", candidate.status());
     assert!(matches!(
         store.get_candidate(&key).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// A store call that hangs (a black-holed connection) is bounded by the renew deadline: a
+/// candidate cut off from its store neither blocks the shutdown for ever nor hides it; it
+/// reports the timeout. (`LeaseThread::Current`, paused time.)
+#[actix::test]
+async fn a_shutdown_is_not_held_by_a_candidate_whose_store_hangs() {
+    let env = Env::memory().await;
+    let (d, faults) = env.faulty_replica("pod-a").await;
+    let election = d.election("x").unwrap();
+    let candidate = d
+        .candidate(&election, Candidacy::new("1.36.0", "1.35.0"))
+        .unwrap();
+    within(env.limit(), "registered", candidate.registered())
+        .await
+        .unwrap();
+    faults.stall(Call::Candidate);
+    let started = Instant::now();
+    within(env.limit(), "shutdown", d.shutdown()).await.unwrap();
+    let status = candidate.status();
+    assert!(status.withdrawn, "{status:?}");
+    assert!(
+        status.error.as_deref().unwrap_or("").contains("timed out"),
+        "the hung delete is reported: {status:?}"
+    );
+    env.assert_timer(
+        started.elapsed(),
+        env.renew(),
+        env.renew(),
+        "the hung delete, bounded by the renew deadline",
+    );
+}
+
+/// Pings are answered as they come and nothing is read while nothing changes: the candidate
+/// follows its `LeaseCandidate` through the store's change signal
+/// (`LeaseStore::candidate_changes`), not by reading it every poll interval. (Paused time:
+/// an answer after zero elapsed time is an answer that waited for no timer.)
+#[actix::test]
+async fn a_candidate_answers_a_ping_at_once_and_reads_nothing_while_idle() {
+    let env = Env::memory().await;
+    let (d, faults) = env.faulty_replica("pod-a").await;
+    let election = d.election("x").unwrap();
+    let poll = Duration::from_secs(4);
+    let candidate = d
+        .candidate(
+            &election,
+            Candidacy::new("1.36.0", "1.35.0").with_poll_interval(poll),
+        )
+        .unwrap();
+    within(env.limit(), "registered", candidate.registered())
+        .await
+        .unwrap();
+    let mut rx = candidate.watch_status();
+    // The candidate reads its object again after its own write has been signalled.
+    settle().await;
+    let before = faults.calls(Call::Candidate);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        faults.calls(Call::Candidate),
+        before,
+        "no LeaseCandidate call in a minute in which nothing changed"
+    );
+    assert_eq!(faults.calls(Call::CandidateWatch), 1, "one change signal");
+    assert!(candidate.status().watching);
+
+    let store = env.store().await;
+    let pinged_at = Instant::now();
+    ping(&store, candidate.key()).await;
+    within(
+        env.limit(),
+        "the ping is answered",
+        rx.wait_for(|s| s.pings_answered == 1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pinged_at.elapsed(),
+        Duration::ZERO,
+        "answered without waiting for a {poll:?} poll"
+    );
+
+    // Renewed every 5 minutes without a ping, as client-go's candidate is.
+    let writes = candidate.status().writes;
+    within(
+        Duration::from_secs(6 * 60),
+        "renewed unpinged",
+        rx.wait_for(|s| s.writes == writes + 1),
+    )
+    .await
+    .unwrap();
+    env.assert_timer(
+        pinged_at.elapsed(),
+        Duration::from_secs(5 * 60),
+        Duration::from_secs(5 * 60),
+        "renewal 5 minutes after the last write",
+    );
+    d.shutdown().await.unwrap();
+}
+
+/// A store whose change signal fails (or that has none) still gets its pings answered: the
+/// candidate reads its object every poll interval instead.
+#[actix::test]
+async fn without_a_change_signal_a_candidate_reads_every_poll_interval() {
+    let env = Env::memory().await;
+    let (d, faults) = env.faulty_replica("pod-a").await;
+    faults.fail_always(Call::CandidateWatch, || StoreError::Forbidden {
+        verb: "watch".into(),
+        resource: "leasecandidates".into(),
+        message: "injected: no watch rights".into(),
+    });
+    let election = d.election("x").unwrap();
+    let poll = Duration::from_secs(4);
+    let candidate = d
+        .candidate(
+            &election,
+            Candidacy::new("1.36.0", "1.35.0").with_poll_interval(poll),
+        )
+        .unwrap();
+    within(env.limit(), "registered", candidate.registered())
+        .await
+        .unwrap();
+    let mut rx = candidate.watch_status();
+    settle().await;
+    let before = faults.calls(Call::Candidate);
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    let reads = faults.calls(Call::Candidate) - before;
+    assert_eq!(reads, 4, "one read per {poll:?} in 18 s");
+    assert!(!candidate.status().watching);
+
+    let store = env.store().await;
+    let pinged_at = Instant::now();
+    ping(&store, candidate.key()).await;
+    within(
+        env.limit(),
+        "the ping is answered",
+        rx.wait_for(|s| s.pings_answered == 1),
+    )
+    .await
+    .unwrap();
+    assert!(
+        pinged_at.elapsed() <= poll,
+        "answered at the next poll: {:?}",
+        pinged_at.elapsed()
+    );
+    d.shutdown().await.unwrap();
+}
+
+/// On the real API server the candidate follows its object with one watch: while nothing
+/// happens it makes no request, and a ping of the controller costs it a read and a write (its
+/// own write coming back on the watch is not read again). Reading its object every second,
+/// it made five requests in 5 s.
+#[actix::test]
+async fn on_the_api_server_a_candidate_watches_its_object_instead_of_polling() {
+    let env = Env::kube_on(Harness::coordinated()).await;
+    within(env.watchdog(), "a watch, not a poll", async {
+        let (d, faults) = env.faulty_replica("pod-a").await;
+        let (e, c) = candidate(&d, "1.36.0").await;
+        leads(&e, "pod-a leads").await;
+        // Once the watch's first list has been read.
+        let mut rx = c.watch_status();
+        within(env.limit(), "watching", rx.wait_for(|s| s.watching))
+            .await
+            .unwrap();
+        let (pings, calls) = (c.status().pings_answered, faults.calls(Call::Candidate));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let pings = c.status().pings_answered - pings;
+        let calls = faults.calls(Call::Candidate) - calls;
+        assert!(
+            calls <= 2 * pings,
+            "{calls} LeaseCandidate calls in 5 s for {pings} pings answered"
+        );
+        assert_eq!(faults.calls(Call::CandidateWatch), 1, "one watch");
+        d.shutdown().await.unwrap();
+        assert!(c.status().withdrawn);
+    })
+    .await;
+}
+
+/// Writes a ping into the `LeaseCandidate` `key`, as the election controller does.
+async fn ping(store: &Arc<dyn LeaseStore>, key: &LeaseKey) {
+    let stored = store.get_candidate(key).await.unwrap();
+    let mut pinged = stored.record.clone();
+    pinged.ping_time = Some(std::time::SystemTime::now());
+    store
+        .replace_candidate(key, pinged, &stored.resource_version)
+        .await
+        .unwrap();
 }
 
 /// One election, one dsync and one client-go candidate (client-go's coordinated mode,
@@ -802,11 +988,11 @@ async fn the_shipped_role_lets_a_candidate_register_and_withdraw() {
         let (e, c) = candidate(&d, "1.36.0").await;
         leads(&e, "pod-a leads").await;
         d.shutdown().await.unwrap();
-        let mut rx = c.watch_status();
-        let status = within(CONTROLLER, "withdrawn", rx.wait_for(|s| s.withdrawn))
-            .await
-            .unwrap()
-            .clone();
+        let status = c.status();
+        assert!(
+            status.withdrawn,
+            "withdrawn when the shutdown returns: {status:?}"
+        );
         assert_eq!(status.error, None, "deleted with the Role's rights");
         assert!(
             candidates_of(&env, &env.replica("probe").await)

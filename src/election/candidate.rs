@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -18,7 +19,8 @@ use crate::store::{CandidateRecord, LeaseStore, StoreError, StoredCandidate};
 /// oldest emulation version (then the oldest binary version, then the oldest candidate) leads.
 pub const OLDEST_EMULATION_VERSION: &str = "OldestEmulationVersion";
 
-/// How often a candidate re-reads its `LeaseCandidate` to see the controller's pings. The
+/// How often a candidate re-reads its `LeaseCandidate` to see the controller's pings while it
+/// cannot watch it (see [`LeaseStore::candidate_changes`]), and retries a failed write. The
 /// controller counts only candidates that answer a ping within 5 s, so this stays well below.
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
 
@@ -64,8 +66,10 @@ impl Candidacy {
         self
     }
 
-    /// How often the candidate re-reads its object to answer the controller's pings (default
-    /// 1 s; must be below 5 s, the time the controller waits for an answer).
+    /// How often the candidate re-reads its object to answer the controller's pings while its
+    /// watch on the object is down (or the store has none), and retries a failed write
+    /// (default 1 s; must be below 5 s, the time the controller waits for an answer). With a
+    /// working watch the candidate reads its object only when it changed.
     pub fn with_poll_interval(mut self, poll: Duration) -> Self {
         self.poll = poll;
         self
@@ -184,6 +188,11 @@ pub struct CandidateStatus {
     pub error: Option<String>,
     /// The candidate was withdrawn (its object deleted, or the deletion attempted).
     pub withdrawn: bool,
+    /// The candidate follows its object through the store's change signal (one watch on
+    /// Kubernetes) and reads it only when it changed. `false` until that signal first spoke
+    /// (and its news were read), and while it reads its object every poll interval instead:
+    /// a watch that failed (no `watch` right on `leasecandidates`), a store without one.
+    pub watching: bool,
 }
 
 /// A handle on this replica's `LeaseCandidate` for one election. The candidate lives until
@@ -247,12 +256,17 @@ impl Candidate {
     }
 }
 
-/// Starts the candidate task of `election`.
+/// Starts the candidate task of `election` on the lease thread `arbiter`, where the store's
+/// client lives (a Kubernetes client's connections belong to the runtime that made them: a
+/// task elsewhere could be handed one that dies with dsync's thread, and fail to withdraw).
+/// `companions` tracks it, so that a shutdown waits for its withdrawal.
 pub(crate) fn start(
     store: Arc<dyn LeaseStore>,
     config: &Config,
     election: &Election,
     candidacy: Candidacy,
+    arbiter: &actix::ArbiterHandle,
+    companions: &tokio_util::task::TaskTracker,
 ) -> Result<Candidate> {
     candidacy.validate()?;
     if !is_dns1123_subdomain(&config.identity) {
@@ -271,6 +285,7 @@ pub(crate) fn start(
     let (withdraw_tx, withdraw_rx) = watch::channel(false);
     let task = Task {
         store,
+        call_limit: config.timing.renew_deadline(),
         key: key.clone(),
         spec: CandidateRecord {
             lease_name: lease.name.clone(),
@@ -283,7 +298,12 @@ pub(crate) fn start(
         candidacy,
         status: status_tx,
     };
-    tokio::spawn(task.run(election.watch_status(), withdraw_rx));
+    let run = companions.track_future(task.run(election.watch_status(), withdraw_rx));
+    if !arbiter.spawn(run) {
+        return Err(Error::Stopped {
+            what: "dsync's lease thread".into(),
+        });
+    }
     Ok(Candidate {
         key,
         status,
@@ -293,6 +313,10 @@ pub(crate) fn start(
 
 struct Task {
     store: Arc<dyn LeaseStore>,
+    /// The limit on each store call (the renew deadline, as for operator actions): a call
+    /// that hangs (a black-holed connection) must not keep a shutdown waiting for the
+    /// candidate's withdrawal.
+    call_limit: Duration,
     key: LeaseKey,
     spec: CandidateRecord,
     candidacy: Candidacy,
@@ -310,22 +334,43 @@ impl Task {
         // Every `Candidate` handle dropped: the candidacy runs on with the election (only an
         // explicit `withdraw` or the election's end withdraws it).
         let mut handles = true;
+        // The controller's pings are changes to the object: the candidate reads it again when
+        // the store says it changed, and on a timer (`poll`) only while that signal cannot be
+        // trusted (a failed watch, a store without one) or the last read or write failed.
+        // Trusted from the start: the signal's first word (a watch's initial list) comes
+        // after it was opened, so a ping written before is read then.
+        let mut changes = self.store.candidate_changes(&self.key);
+        let (mut open, mut trusted, mut heard) = (true, true, false);
+        let mut read = true;
+        let mut last_read = tokio::time::Instant::now();
         loop {
             if election.borrow().stopped || (handles && *withdraw.borrow()) {
                 break;
             }
-            match self.step(&mut last, &mut next_renewal).await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(candidate = %self.key, lease = %self.spec.lease_name,
-                        error = %e, "LeaseCandidate not registered or renewed");
-                    last = None;
-                    self.status.send_modify(|s| {
-                        s.registered = false;
-                        s.error = Some(e.to_string());
-                    });
+            if read {
+                last_read = tokio::time::Instant::now();
+                match self.step(&mut last, &mut next_renewal).await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(candidate = %self.key, lease = %self.spec.lease_name,
+                            error = %e, "LeaseCandidate not registered or renewed");
+                        last = None;
+                        self.status.send_modify(|s| {
+                            s.registered = false;
+                            s.error = Some(e.to_string());
+                        });
+                    }
                 }
             }
+            let watching = open && trusted && heard;
+            self.status
+                .send_if_modified(|s| std::mem::replace(&mut s.watching, watching) != watching);
+            read = true;
+            let next_read = if trusted && last.is_some() {
+                next_renewal
+            } else {
+                last_read + self.candidacy.poll
+            };
             tokio::select! {
                 changed = election.wait_for(|s| s.stopped) => {
                     let _ = changed;
@@ -335,12 +380,38 @@ impl Task {
                     Ok(_) => break,
                     Err(_) => handles = false,
                 },
-                _ = tokio::time::sleep(self.candidacy.poll) => {}
+                change = changes.next(), if open => match change {
+                    Some(Ok(version)) => {
+                        tracing::trace!(candidate = %self.key, ?version, "LeaseCandidate changed");
+                        (trusted, heard) = (true, true);
+                        // Our own write coming back: nothing new to read.
+                        read = version.is_none()
+                            || last.as_ref().map(|c| &c.resource_version) != version.as_ref();
+                    }
+                    Some(Err(e)) => {
+                        if trusted {
+                            tracing::debug!(candidate = %self.key, error = %e,
+                                "LeaseCandidate changes not seen; reading it every {:?}",
+                                self.candidacy.poll);
+                        }
+                        trusted = false;
+                        read = false;
+                    }
+                    None => {
+                        open = false;
+                        trusted = false;
+                        read = false;
+                    }
+                },
+                _ = tokio::time::sleep_until(next_read) => {}
             }
         }
         // The election stopped (or its actor is gone): the candidacy ends with it, so that
         // the controller does not pick a replica that no longer campaigns.
-        match self.store.delete_candidate(&self.key).await {
+        match self
+            .bounded("delete", self.store.delete_candidate(&self.key))
+            .await
+        {
             Ok(()) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => {
                 tracing::warn!(candidate = %self.key, error = %e,
@@ -350,6 +421,7 @@ impl Task {
         }
         self.status.send_modify(|s| {
             s.registered = false;
+            s.watching = false;
             s.withdrawn = true;
         });
     }
@@ -360,12 +432,17 @@ impl Task {
         last: &mut Option<StoredCandidate>,
         next_renewal: &mut tokio::time::Instant,
     ) -> std::result::Result<(), StoreError> {
-        let current = match self.store.get_candidate(&self.key).await {
+        let current = match self
+            .bounded("get", self.store.get_candidate(&self.key))
+            .await
+        {
             Ok(c) => c,
             Err(StoreError::NotFound { .. }) => {
                 let mut record = self.spec.clone();
                 record.renew_time = Some(SystemTime::now());
-                let created = self.store.create_candidate(&self.key, record).await?;
+                let created = self
+                    .bounded("create", self.store.create_candidate(&self.key, record))
+                    .await?;
                 self.wrote(false);
                 *next_renewal = tokio::time::Instant::now() + self.candidacy.renew_every;
                 *last = Some(created);
@@ -395,14 +472,33 @@ impl Task {
             record.ping_time = current.record.ping_time;
             record.renew_time = Some(SystemTime::now());
             let renewed = self
-                .store
-                .replace_candidate(&self.key, record, &current.resource_version)
+                .bounded(
+                    "update",
+                    self.store
+                        .replace_candidate(&self.key, record, &current.resource_version),
+                )
                 .await?;
             self.wrote(pinged);
             *next_renewal = tokio::time::Instant::now() + self.candidacy.renew_every;
             *last = Some(renewed);
         }
         Ok(())
+    }
+
+    /// `call`, failed with [`StoreError::Timeout`] if it takes longer than the call limit.
+    async fn bounded<T>(
+        &self,
+        verb: &str,
+        call: impl std::future::Future<Output = std::result::Result<T, StoreError>>,
+    ) -> std::result::Result<T, StoreError> {
+        tokio::time::timeout(self.call_limit, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Timeout {
+                    operation: format!("{verb} leasecandidate {}", self.key),
+                    after: self.call_limit,
+                })
+            })
     }
 
     fn wrote(&self, answered_ping: bool) {

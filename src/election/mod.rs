@@ -28,7 +28,11 @@
 //! and emulation versions, strategy): a `coordination.k8s.io/v1beta1` `LeaseCandidate` named
 //! after the replica's identity (the controller names the candidate it picks as the holder),
 //! renewed when the controller pings it and every 5 minutes, deleted when the election stops
-//! (see [`candidate`]). Until the controller has marked the Lease with a strategy, a dsync
+//! (see [`candidate`]). The candidate follows its object with one watch, so it answers a ping
+//! as it comes and makes no request while nothing changes; it reads the object every second
+//! only while that watch is down ([`CandidateStatus::watching`]). It runs on dsync's lease
+//! thread, where the store's client lives, and [`Dsync::shutdown`](crate::Dsync::shutdown)
+//! returns after it was withdrawn. Until the controller has marked the Lease with a strategy, a dsync
 //! candidate campaigns as usual (client-go's coordinated mode waits for the controller from
 //! the start); the controller then moves the lease to its pick. dsync follows the rules of
 //! client-go's coordinated mode (`Coordinated: true`):
@@ -594,8 +598,8 @@ impl crate::Dsync {
     /// Registers this replica as a candidate of `election` in Kubernetes' coordinated leader
     /// election (KEP-4355): a `LeaseCandidate` named after this replica's identity, in the
     /// election's namespace, for its lease, with `candidacy`'s versions and strategy. It is
-    /// renewed (at once when the API server's election controller pings it) and deleted when
-    /// the election stops. The controller then picks the lease's holder among the
+    /// renewed (at once when the API server's election controller pings it: the candidate
+    /// watches its object) and deleted when the election stops; a shutdown waits for that. The controller then picks the lease's holder among the
     /// candidates, and this election follows (see
     /// [Coordinated leader election](crate::election#coordinated-leader-election)).
     ///
@@ -603,12 +607,15 @@ impl crate::Dsync {
     /// the identity cannot name a `LeaseCandidate`. A candidate that cannot register (no
     /// `coordination.k8s.io/v1beta1` API, no RBAC, a store that keeps no candidates) logs a
     /// warning and says so in its [`status`](crate::election::Candidate::status).
+    /// [`Error::Stopped`] after [`shutdown`](Self::shutdown).
     pub fn candidate(&self, election: &Election, candidacy: Candidacy) -> Result<Candidate> {
         candidate::start(
             self.inner.shared.store.clone(),
             &self.inner.config,
             election,
             candidacy,
+            &self.inner.arbiter,
+            &self.inner.registry.companions,
         )
     }
 

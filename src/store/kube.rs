@@ -421,6 +421,30 @@ impl LeaseStore for KubeStore {
         }
         .boxed()
     }
+
+    /// One watch on the one object (a `metadata.name` field selector), as client-go's
+    /// candidate keeps an informer on it: pings are seen as they come, for one request.
+    fn candidate_changes(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<Option<String>>> {
+        let api = self.candidates(&key.namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
+        let key = key.clone();
+        watcher(api, config)
+            .backoff(WatchBackoff::default())
+            .filter_map(move |event| {
+                let item = match event {
+                    // The first list's objects are summed up by its end.
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => None,
+                    Ok(watcher::Event::InitDone | watcher::Event::Delete(_)) => Some(Ok(None)),
+                    Ok(watcher::Event::Apply(object)) => Some(Ok(object.metadata.resource_version)),
+                    Err(error) => Some(Err(StoreError::Unavailable {
+                        message: format!("watch on leasecandidate {key} failed"),
+                        source: Some(Box::new(error)),
+                    })),
+                };
+                futures::future::ready(item)
+            })
+            .boxed()
+    }
 }
 
 /// How soon the watch is reopened after it failed: 250 ms, doubling up to 2 s (the default

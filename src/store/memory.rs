@@ -53,11 +53,21 @@ struct Inner {
     /// Watchers by namespace. Each has its own queue, as the API server keeps per watcher, so
     /// a burst of writes is never lost; closed watchers are dropped on the next write.
     watchers: FastMap<String, Vec<mpsc::UnboundedSender<WatchEvent>>>,
+    /// Who waits for changes to a `LeaseCandidate` ([`LeaseStore::candidate_changes`]).
+    candidate_watchers: FastMap<LeaseKey, Vec<mpsc::UnboundedSender<Option<String>>>>,
     revision: u64,
     stats: StoreStats,
 }
 
 impl Inner {
+    /// Tells those waiting for changes to the `LeaseCandidate` `key` its new version (`None`:
+    /// deleted); drops the ones gone.
+    fn candidate_changed(&mut self, key: &LeaseKey, version: Option<&str>) {
+        if let Some(watchers) = self.candidate_watchers.get_mut(key) {
+            watchers.retain(|tx| tx.unbounded_send(version.map(str::to_owned)).is_ok());
+        }
+    }
+
     /// Writes `record` as the lease's next version, whether it exists or not.
     fn commit(&mut self, key: &LeaseKey, record: LeaseRecord) -> StoredLease {
         let Inner {
@@ -453,6 +463,7 @@ impl LeaseStore for MemoryStore {
                 resource_version: inner.revision.to_string(),
             };
             inner.candidates.insert(key.clone(), stored.clone());
+            inner.candidate_changed(key, Some(&stored.resource_version));
             Ok(stored)
         };
         future::ready(answer).boxed()
@@ -484,6 +495,7 @@ impl LeaseStore for MemoryStore {
                     resource_version: inner.revision.to_string(),
                 };
                 inner.candidates.insert(key.clone(), stored.clone());
+                inner.candidate_changed(key, Some(&stored.resource_version));
                 Ok(stored)
             }
         };
@@ -495,6 +507,7 @@ impl LeaseStore for MemoryStore {
         let answer = match inner.candidates.remove(key) {
             Some(_) => {
                 inner.revision += 1;
+                inner.candidate_changed(key, None);
                 Ok(())
             }
             None => Err(StoreError::NotFound {
@@ -517,6 +530,16 @@ impl LeaseStore for MemoryStore {
             .collect();
         found.sort_by(|a, b| a.key.name.cmp(&b.key.name));
         future::ready(Ok(found)).boxed()
+    }
+
+    fn candidate_changes(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<Option<String>>> {
+        let (tx, rx) = mpsc::unbounded();
+        self.lock()
+            .candidate_watchers
+            .entry(key.clone())
+            .or_default()
+            .push(tx);
+        rx.map(Ok).boxed()
     }
 }
 
@@ -659,6 +682,38 @@ mod tests {
             Err(StoreError::Invalid { message, .. }) if message.contains("metadata.namespace")
         ));
         assert!(s.peek(&key()).is_none(), "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn candidate_changes_carry_each_version_and_a_delete() {
+        use crate::store::CandidateRecord;
+        let s = MemoryStore::new();
+        let mine = LeaseKey::new("default", "pod-a");
+        let mut changes = s.candidate_changes(&mine);
+        let created = s
+            .create_candidate(&mine, CandidateRecord::default())
+            .await
+            .unwrap();
+        let other = LeaseKey::new("default", "pod-b");
+        s.create_candidate(&other, CandidateRecord::default())
+            .await
+            .unwrap();
+        let replaced = s
+            .replace_candidate(&mine, CandidateRecord::default(), &created.resource_version)
+            .await
+            .unwrap();
+        s.delete_candidate(&mine).await.unwrap();
+        drop(s);
+        let seen: Vec<Option<String>> = changes.by_ref().map(Result::unwrap).collect().await;
+        assert_eq!(
+            seen,
+            vec![
+                Some(created.resource_version),
+                Some(replaced.resource_version),
+                None
+            ],
+            "only pod-a's changes, in order, the delete as None"
+        );
     }
 
     #[tokio::test]

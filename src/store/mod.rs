@@ -368,6 +368,20 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
         futures::future::ready(Err(no_candidates(&LeaseKey::new(namespace, "*")))).boxed()
     }
+
+    /// A signal for each change to the `LeaseCandidate` `key` (created, written or deleted,
+    /// by anyone): `Ok(Some(version))` when it was written and now has `resourceVersion`
+    /// `version`, `Ok(None)` when it was deleted or may have changed in any way (a watch's
+    /// first list). It lets a candidate answer the election controller's pings as they come
+    /// instead of reading its object every second, and skip reading back its own writes.
+    ///
+    /// An `Err` says the signal is not to be trusted until the next `Ok` (a watch that
+    /// failed, and may come back); the end of the stream says there will be no more. The
+    /// candidate reads its object on a timer for as long as either lasts. The default ends at
+    /// once after saying that this store keeps no candidates.
+    fn candidate_changes(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<Option<String>>> {
+        futures::stream::once(futures::future::ready(Err(no_candidates(key)))).boxed()
+    }
 }
 
 /// The answer of a store that keeps no `LeaseCandidate`s.
@@ -447,5 +461,9 @@ impl<S: LeaseStore + ?Sized> LeaseStore for std::sync::Arc<S> {
         namespace: &str,
     ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
         (**self).list_candidates(namespace)
+    }
+
+    fn candidate_changes(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<Option<String>>> {
+        (**self).candidate_changes(key)
     }
 }

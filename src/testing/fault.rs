@@ -38,14 +38,20 @@ pub enum Call {
     Watch,
     /// [`LeaseStore::list`].
     List,
-    /// Any of `get`, `create`, `replace` and `list` (not `watch`).
+    /// Any of `get`, `create`, `replace` and `list` (not `watch`, and no `LeaseCandidate`
+    /// call).
     Any,
+    /// Any call on `LeaseCandidate`s ([`LeaseStore::get_candidate`], `create_candidate`,
+    /// `replace_candidate`, `delete_candidate`, `list_candidates`).
+    Candidate,
+    /// [`LeaseStore::candidate_changes`]: a candidate's change signal being opened.
+    CandidateWatch,
 }
 
 impl Call {
     /// Whether a fault chosen with `self` applies to a concrete call `call`.
     fn covers(self, call: Call) -> bool {
-        self == call || (self == Call::Any && call != Call::Watch)
+        self == call || (self == Call::Any && call.index() < 4)
     }
 
     fn index(self) -> usize {
@@ -55,6 +61,8 @@ impl Call {
             Call::Replace => 2,
             Call::List => 3,
             Call::Watch | Call::Any => 4,
+            Call::Candidate => 5,
+            Call::CandidateWatch => 6,
         }
     }
 }
@@ -133,7 +141,7 @@ struct Faults {
     /// for: only these are translated back on a write.
     rewound: std::collections::HashMap<String, String>,
     /// get, create, replace, list, watch.
-    calls: [u64; 5],
+    calls: [u64; 7],
     watch_generation: u64,
 }
 
@@ -271,8 +279,8 @@ impl FaultyStore {
         self.change(|f| f.stalled.push(call));
     }
 
-    /// The next `call` fails with `make()` before it reaches the store. With [`Call::Watch`],
-    /// the next watch opened yields the error and ends.
+    /// The next `call` fails with `make()` before it reaches the store. With [`Call::Watch`]
+    /// (or [`Call::CandidateWatch`]), the next watch opened yields the error and ends.
     pub fn fail_next(&self, call: Call, make: impl Fn() -> StoreError + Send + Sync + 'static) {
         self.fail_next_when(call, When::Before, make);
     }
@@ -327,7 +335,8 @@ impl FaultyStore {
 
     /// Every `call` from now on fails with `make()` before it reaches the store, until
     /// [`clear`](Self::clear): a fault that lasts (RBAC revoked, an API server answering 503).
-    /// With [`Call::Watch`], every watch opened yields the error and ends.
+    /// With [`Call::Watch`] (or [`Call::CandidateWatch`]), every watch opened yields the error
+    /// and ends.
     pub fn fail_always(&self, call: Call, make: impl Fn() -> StoreError + Send + Sync + 'static) {
         self.change(|f| f.persistent.push((call, Box::new(move |_: &str| make()))));
     }
@@ -583,6 +592,23 @@ impl Reply for Vec<StoredLease> {
     }
 }
 
+/// `LeaseCandidate` answers are not tampered with (the tampering is of lease records).
+impl Reply for StoredCandidate {
+    fn tampered(self, _: &Tamper) -> Self {
+        self
+    }
+}
+
+impl Reply for Vec<StoredCandidate> {
+    fn tampered(self, _: &Tamper) -> Self {
+        self
+    }
+}
+
+impl Reply for () {
+    fn tampered(self, _: &Tamper) -> Self {}
+}
+
 /// `lease` with its version `by` lower, noted in `faults` (see
 /// [`FaultyStore::rewind_versions`]).
 fn rewound(faults: &Mutex<Faults>, mut lease: StoredLease, by: u64) -> StoredLease {
@@ -609,6 +635,11 @@ fn unwound(faults: &Faults, version: &str) -> String {
         Some(inner) => inner.clone(),
         None => format!("{version}-from-before-the-restore"),
     }
+}
+
+/// How injected errors name a `LeaseCandidate`.
+fn candidate(key: &LeaseKey) -> String {
+    format!("leasecandidate {key}")
 }
 
 /// Unreachable: a call neither forwarded nor failed.
@@ -662,7 +693,11 @@ impl LeaseStore for FaultyStore {
 
     // LeaseCandidates pass through: the faults are about leases.
     fn get_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
-        self.inner.get_candidate(key)
+        let inner = self.inner.clone();
+        let owned = key.clone();
+        self.intercept(Call::Candidate, candidate(key), move |_| {
+            inner.get_candidate(&owned)
+        })
     }
 
     fn create_candidate(
@@ -670,7 +705,11 @@ impl LeaseStore for FaultyStore {
         key: &LeaseKey,
         record: CandidateRecord,
     ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
-        self.inner.create_candidate(key, record)
+        let inner = self.inner.clone();
+        let owned = key.clone();
+        self.intercept(Call::Candidate, candidate(key), move |_| {
+            inner.create_candidate(&owned, record)
+        })
     }
 
     fn replace_candidate(
@@ -679,18 +718,58 @@ impl LeaseStore for FaultyStore {
         record: CandidateRecord,
         resource_version: &str,
     ) -> BoxFuture<'static, StoreResult<StoredCandidate>> {
-        self.inner.replace_candidate(key, record, resource_version)
+        let inner = self.inner.clone();
+        let (owned, version) = (key.clone(), resource_version.to_owned());
+        self.intercept(Call::Candidate, candidate(key), move |_| {
+            inner.replace_candidate(&owned, record, &version)
+        })
     }
 
     fn delete_candidate(&self, key: &LeaseKey) -> BoxFuture<'static, StoreResult<()>> {
-        self.inner.delete_candidate(key)
+        let inner = self.inner.clone();
+        let owned = key.clone();
+        self.intercept(Call::Candidate, candidate(key), move |_| {
+            inner.delete_candidate(&owned)
+        })
     }
 
     fn list_candidates(
         &self,
         namespace: &str,
     ) -> BoxFuture<'static, StoreResult<Vec<StoredCandidate>>> {
-        self.inner.list_candidates(namespace)
+        let inner = self.inner.clone();
+        let owned = namespace.to_owned();
+        self.intercept(
+            Call::Candidate,
+            format!("leasecandidates in {namespace}"),
+            move |_| inner.list_candidates(&owned),
+        )
+    }
+
+    /// Counted; silent if partitioned or stalled, failed (one error, then the end) as a watch
+    /// is, when it is opened; passed through otherwise.
+    fn candidate_changes(&self, key: &LeaseKey) -> BoxStream<'static, StoreResult<Option<String>>> {
+        let mut f = self.lock();
+        self.count(&mut f, Call::CandidateWatch);
+        if f.partitioned || f.stalled.contains(&Call::CandidateWatch) {
+            return futures::stream::pending().boxed();
+        }
+        let target = candidate(key);
+        let failure = match f
+            .persistent
+            .iter()
+            .find(|(c, _)| c.covers(Call::CandidateWatch))
+        {
+            Some((_, make)) => Some(make(&target)),
+            None => f
+                .take_queued(Call::CandidateWatch)
+                .map(|(_, make)| make(&target)),
+        };
+        drop(f);
+        match failure {
+            Some(error) => futures::stream::once(futures::future::ready(Err(error))).boxed(),
+            None => self.inner.candidate_changes(key),
+        }
     }
 
     fn list(&self, namespace: &str) -> BoxFuture<'static, StoreResult<Vec<StoredLease>>> {

@@ -712,21 +712,7 @@ async fn a_shutdown_is_not_held_by_a_candidate_whose_store_hangs() {
 #[actix::test]
 async fn a_candidate_answers_a_ping_at_once_and_reads_nothing_while_idle() {
     let env = Env::memory().await;
-    let (d, faults) = env.faulty_replica("pod-a").await;
-    let election = d.election("x").unwrap();
-    let poll = Duration::from_secs(4);
-    let candidate = d
-        .candidate(
-            &election,
-            Candidacy::new("1.36.0", "1.35.0").with_poll_interval(poll),
-        )
-        .unwrap();
-    within(env.limit(), "registered", candidate.registered())
-        .await
-        .unwrap();
-    let mut rx = candidate.watch_status();
-    // The candidate reads its object again after its own write has been signalled.
-    settle().await;
+    let (d, faults, candidate) = settled_candidate(&env, |_| {}).await;
     let before = faults.calls(Call::Candidate);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
@@ -737,24 +723,15 @@ async fn a_candidate_answers_a_ping_at_once_and_reads_nothing_while_idle() {
     assert_eq!(faults.calls(Call::CandidateWatch), 1, "one change signal");
     assert!(candidate.status().watching);
 
-    let store = env.store().await;
-    let pinged_at = Instant::now();
-    ping(&store, candidate.key()).await;
-    within(
-        env.limit(),
-        "the ping is answered",
-        rx.wait_for(|s| s.pings_answered == 1),
-    )
-    .await
-    .unwrap();
     assert_eq!(
-        pinged_at.elapsed(),
+        time_to_answer(&env, &candidate).await,
         Duration::ZERO,
-        "answered without waiting for a {poll:?} poll"
+        "answered without waiting for a {POLL:?} poll"
     );
 
     // Renewed every 5 minutes without a ping, as client-go's candidate is.
-    let writes = candidate.status().writes;
+    let (answered_at, writes) = (Instant::now(), candidate.status().writes);
+    let mut rx = candidate.watch_status();
     within(
         Duration::from_secs(6 * 60),
         "renewed unpinged",
@@ -763,7 +740,7 @@ async fn a_candidate_answers_a_ping_at_once_and_reads_nothing_while_idle() {
     .await
     .unwrap();
     env.assert_timer(
-        pinged_at.elapsed(),
+        answered_at.elapsed(),
         Duration::from_secs(5 * 60),
         Duration::from_secs(5 * 60),
         "renewal 5 minutes after the last write",
@@ -776,47 +753,72 @@ async fn a_candidate_answers_a_ping_at_once_and_reads_nothing_while_idle() {
 #[actix::test]
 async fn without_a_change_signal_a_candidate_reads_every_poll_interval() {
     let env = Env::memory().await;
+    let (d, faults, candidate) = settled_candidate(&env, |faults| {
+        faults.fail_always(Call::CandidateWatch, || StoreError::Forbidden {
+            verb: "watch".into(),
+            resource: "leasecandidates".into(),
+            message: "injected: no watch rights".into(),
+        })
+    })
+    .await;
+    let before = faults.calls(Call::Candidate);
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    let reads = faults.calls(Call::Candidate) - before;
+    assert_eq!(reads, 4, "one read per {POLL:?} in 18 s");
+    assert!(!candidate.status().watching);
+
+    let answer = time_to_answer(&env, &candidate).await;
+    assert!(answer <= POLL, "answered at the next poll: {answer:?}");
+    d.shutdown().await.unwrap();
+}
+
+/// The poll interval of [`settled_candidate`]: long, so that a read it causes stands out.
+const POLL: Duration = Duration::from_secs(4);
+
+/// `pod-a`'s candidacy in election `x` on a `FaultyStore` that `prepare` set up first: once it
+/// registered and handled the signal of its own write.
+async fn settled_candidate(
+    env: &Env,
+    prepare: impl FnOnce(&dsync::testing::FaultyStore),
+) -> (Dsync, dsync::testing::FaultyStore, Candidate) {
     let (d, faults) = env.faulty_replica("pod-a").await;
-    faults.fail_always(Call::CandidateWatch, || StoreError::Forbidden {
-        verb: "watch".into(),
-        resource: "leasecandidates".into(),
-        message: "injected: no watch rights".into(),
-    });
+    prepare(&faults);
     let election = d.election("x").unwrap();
-    let poll = Duration::from_secs(4);
     let candidate = d
         .candidate(
             &election,
-            Candidacy::new("1.36.0", "1.35.0").with_poll_interval(poll),
+            Candidacy::new("1.36.0", "1.35.0").with_poll_interval(POLL),
         )
         .unwrap();
     within(env.limit(), "registered", candidate.registered())
         .await
         .unwrap();
-    let mut rx = candidate.watch_status();
     settle().await;
-    let before = faults.calls(Call::Candidate);
-    tokio::time::sleep(Duration::from_secs(18)).await;
-    let reads = faults.calls(Call::Candidate) - before;
-    assert_eq!(reads, 4, "one read per {poll:?} in 18 s");
-    assert!(!candidate.status().watching);
+    (d, faults, candidate)
+}
 
+/// Pings `candidate` as the election controller does: how long it took to answer.
+async fn time_to_answer(env: &Env, candidate: &Candidate) -> Duration {
     let store = env.store().await;
+    let key = candidate.key();
+    let answered = candidate.status().pings_answered;
+    let mut rx = candidate.watch_status();
     let pinged_at = Instant::now();
-    ping(&store, candidate.key()).await;
+    let stored = store.get_candidate(key).await.unwrap();
+    let mut pinged = stored.record.clone();
+    pinged.ping_time = Some(std::time::SystemTime::now());
+    store
+        .replace_candidate(key, pinged, &stored.resource_version)
+        .await
+        .unwrap();
     within(
         env.limit(),
         "the ping is answered",
-        rx.wait_for(|s| s.pings_answered == 1),
+        rx.wait_for(|s| s.pings_answered == answered + 1),
     )
     .await
     .unwrap();
-    assert!(
-        pinged_at.elapsed() <= poll,
-        "answered at the next poll: {:?}",
-        pinged_at.elapsed()
-    );
-    d.shutdown().await.unwrap();
+    pinged_at.elapsed()
 }
 
 /// On the real API server the candidate follows its object with one watch: while nothing
@@ -848,17 +850,6 @@ async fn on_the_api_server_a_candidate_watches_its_object_instead_of_polling() {
         assert!(c.status().withdrawn);
     })
     .await;
-}
-
-/// Writes a ping into the `LeaseCandidate` `key`, as the election controller does.
-async fn ping(store: &Arc<dyn LeaseStore>, key: &LeaseKey) {
-    let stored = store.get_candidate(key).await.unwrap();
-    let mut pinged = stored.record.clone();
-    pinged.ping_time = Some(std::time::SystemTime::now());
-    store
-        .replace_candidate(key, pinged, &stored.resource_version)
-        .await
-        .unwrap();
 }
 
 /// One election, one dsync and one client-go candidate (client-go's coordinated mode,
